@@ -1,1 +1,22 @@
-//! placeholder
+//! krust's Kubernetes API server: the REST API over the store, with discovery, OpenAPI, watch,
+//! patch, Table printing, Status errors and the authentication → authorization → admission →
+//! storage chain every request passes.
+//!
+//! This is the only crate that touches `storage`; every other component is an API client.
+
+pub mod auth;
+pub mod discovery;
+pub mod handler;
+pub mod metrics;
+pub mod patch;
+pub mod pki;
+pub mod resources;
+pub mod rest;
+pub mod selectors;
+pub mod server;
+pub mod status;
+pub mod strategy;
+pub mod table;
+
+/// The Kubernetes API version krust serves (for OpenAPI and `/version`).
+pub const KUBERNETES_VERSION: &str = "v1.37.0";

@@ -1,1 +1,47 @@
-fn main() {}
+//! `krust`: a Kubernetes-compatible orchestrator in one binary.
+
+mod bench;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// krust: a Kubernetes-compatible container orchestrator in one binary.
+///
+/// `krust server` runs the control plane (API server and its store) and, in later releases, a
+/// node agent on the same host. The real kubectl and helm work against it unchanged.
+#[derive(Debug, Parser)]
+#[command(name = "krust", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: the Kubernetes API server on HTTPS with its store.
+    Server(server::ServerArgs),
+    /// Measure krust against its peers (see `krust bench --help`).
+    Bench(bench::BenchArgs),
+    /// Internal helpers used by krust's own tests.
+    #[command(hide = true)]
+    Debug(server::DebugArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Debug(args) => server::debug(args).await,
+        }
+    })
+}

@@ -1,0 +1,275 @@
+//! Discovery documents (aggregated `apidiscovery.k8s.io/v2` and the legacy per-group lists) and
+//! the OpenAPI v3 documents kubectl and helm read before `apply`, `create -f` and `install`.
+
+use serde_json::{Value, json};
+
+use crate::resources::{Registry, ResourceType};
+
+/// The response content type of aggregated discovery.
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+const VERBS: [&str; 8] =
+    ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+fn subresources(rt: &ResourceType) -> Vec<(&'static str, Value, Vec<&'static str>)> {
+    let own = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+    let mut out = Vec::new();
+    if rt.has_status {
+        out.push(("status", own.clone(), vec!["get", "patch", "update"]));
+    }
+    if rt.has_scale {
+        out.push((
+            "scale",
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+            vec!["get", "patch", "update"],
+        ));
+    }
+    out
+}
+
+fn aggregated_resource(rt: &ResourceType) -> Value {
+    let mut resource = json!({
+        "resource": rt.plural,
+        "singularResource": rt.singular,
+        "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
+        "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+        "verbs": VERBS,
+    });
+    if !rt.short_names.is_empty() {
+        resource["shortNames"] = json!(rt.short_names);
+    }
+    if !rt.categories.is_empty() {
+        resource["categories"] = json!(rt.categories);
+    }
+    let subs: Vec<Value> = subresources(rt)
+        .into_iter()
+        .map(|(name, kind, verbs)| json!({"subresource": name, "responseKind": kind, "verbs": verbs}))
+        .collect();
+    if !subs.is_empty() {
+        resource["subresources"] = Value::Array(subs);
+    }
+    resource
+}
+
+/// `GET /api` or `/apis` in aggregated form: the core group alone, or every other group.
+pub fn aggregated(registry: &Registry, core: bool) -> Value {
+    let types = registry.all();
+    let items: Vec<Value> = registry
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = types
+                        .iter()
+                        .filter(|t| t.group == group && &t.version == v)
+                        .map(|t| aggregated_resource(t))
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// `GET /api` in legacy form.
+pub fn api_versions(server_address: &str) -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
+}
+
+fn group_entry(group: &str, versions: &[String]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": versions, "preferredVersion": versions.first().cloned().unwrap_or(Value::Null)})
+}
+
+/// `GET /apis` in legacy form.
+pub fn api_group_list(registry: &Registry) -> Value {
+    let groups: Vec<Value> = registry
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| group_entry(&g, &v))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `GET /apis/<group>`.
+pub fn api_group(registry: &Registry, group: &str) -> Option<Value> {
+    let (g, versions) = registry.groups().into_iter().find(|(g, _)| g == group)?;
+    let mut entry = group_entry(&g, &versions);
+    entry["kind"] = json!("APIGroup");
+    entry["apiVersion"] = json!("v1");
+    Some(entry)
+}
+
+/// `GET /api/v1` or `/apis/<group>/<version>`.
+pub fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+    let types = registry.all();
+    let in_gv: Vec<&ResourceType> = types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+        .map(|t| t.as_ref())
+        .collect();
+    if in_gv.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for rt in in_gv {
+        let mut r = json!({
+            "name": rt.plural,
+            "singularName": rt.singular,
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": VERBS,
+        });
+        if !rt.short_names.is_empty() {
+            r["shortNames"] = json!(rt.short_names);
+        }
+        if !rt.categories.is_empty() {
+            r["categories"] = json!(rt.categories);
+        }
+        resources.push(r);
+        for (name, kind, verbs) in subresources(rt) {
+            resources.push(json!({
+                "name": format!("{}/{name}", rt.plural),
+                "singularName": "",
+                "namespaced": rt.namespaced,
+                "group": kind["group"],
+                "version": kind["version"],
+                "kind": kind["kind"],
+                "verbs": verbs,
+            }));
+        }
+    }
+    let group_version =
+        if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+}
+
+/// `GET /openapi/v3`: one entry per served group-version.
+pub fn openapi_root(registry: &Registry, hash: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (group, versions) in registry.groups() {
+        for v in versions {
+            let path = gv_path(&group, &v);
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+fn schema_name(rt: &ResourceType) -> String {
+    let group = if rt.group.is_empty() {
+        "io.k8s.api.core".to_owned()
+    } else {
+        let mut parts: Vec<&str> = rt.group.split('.').collect();
+        parts.reverse();
+        parts.join(".")
+    };
+    format!("{group}.{}.{}", rt.version, rt.kind)
+}
+
+/// `GET /openapi/v3/<api|apis/group>/<version>`: for every type, its object and collection paths
+/// with a PATCH operation carrying `x-kubernetes-group-version-kind` and the `fieldValidation`
+/// parameter (what kubectl and helm check), plus a schema per kind.
+pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
+    let (group, version) = match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => (String::new(), (*v).to_owned()),
+        ["apis", g, v] => ((*g).to_owned(), (*v).to_owned()),
+        _ => return None,
+    };
+    let types = registry.all();
+    let in_gv: Vec<&ResourceType> = types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+        .map(|t| t.as_ref())
+        .collect();
+    if in_gv.is_empty() {
+        return None;
+    }
+    let query_params = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
+        {"name": "force", "in": "query", "schema": {"type": "boolean"}, "uniqueItems": true}
+    ]);
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for rt in in_gv {
+        let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+        let schema_ref = json!({"$ref": format!("#/components/schemas/{}", schema_name(rt))});
+        let object_content = json!({"application/json": {"schema": schema_ref}});
+        // Strategic merge patch is left out on purpose until full schemas with patch metadata
+        // are served: kubectl then computes it from its compiled-in types.
+        let patch_content = json!({
+            "application/json-patch+json": {"schema": {"type": "object"}},
+            "application/merge-patch+json": {"schema": {"type": "object"}},
+            "application/apply-patch+yaml": {"schema": {"type": "object"}}
+        });
+        let prefix = format!("/{}", gv_path(&rt.group, &rt.version));
+        let base = if rt.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", rt.plural)
+        } else {
+            format!("{prefix}/{}", rt.plural)
+        };
+        let op = |verb: &str| {
+            json!({
+                "operationId": format!("{verb}{}", rt.kind),
+                "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": query_params,
+                "responses": {"200": {"description": "OK", "content": object_content}}
+            })
+        };
+        let mut patch_op = op("patch");
+        patch_op["requestBody"] = json!({"content": patch_content, "required": true});
+        let mut put_op = op("put");
+        put_op["requestBody"] = json!({"content": object_content, "required": true});
+        let mut post_op = op("post");
+        post_op["requestBody"] = json!({"content": object_content, "required": true});
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({"get": op("get"), "put": put_op, "patch": patch_op, "delete": op("delete")}),
+        );
+        paths.insert(base, json!({"get": op("list"), "post": post_op}));
+        schemas.insert(
+            schema_name(rt),
+            json!({
+                "type": "object",
+                "description": format!("{} is a {} resource served by krust.", rt.kind, if rt.group.is_empty() { "core" } else { &rt.group }),
+                "x-kubernetes-group-version-kind": [gvk],
+                "properties": {
+                    "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
+                    "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
+                    "metadata": {"type": "object", "description": "Standard object's metadata."},
+                    "spec": {"type": "object", "description": "Desired state."},
+                    "status": {"type": "object", "description": "Observed state."}
+                },
+                "x-kubernetes-preserve-unknown-fields": true
+            }),
+        );
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION},
+        "paths": paths,
+        "components": {"schemas": schemas}
+    }))
+}

@@ -1,0 +1,1311 @@
+//! The request chain: route → authenticate → authorize → admission → registry, and the one
+//! place where results and errors become HTTP responses.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use storage::{EventKind, WatchMessage};
+
+use crate::auth::{Attributes, Authorizer, Decision, UserInfo};
+use crate::discovery;
+use crate::metrics::Metrics;
+use crate::patch::PatchType;
+use crate::resources::{Registry, ResourceType};
+use crate::rest::{self, DeleteOptions, ListOptions, Rest, WriteOptions};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::strategy::FieldValidation;
+use crate::table::{self, IncludeObject};
+
+/// Response body type: whole bodies and streams alike.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted (upstream's limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Everything the handlers share.
+pub struct ApiServer {
+    /// The registry over the store.
+    pub rest: Rest,
+    /// Served types.
+    pub registry: Arc<Registry>,
+    /// The authorizer.
+    pub authorizer: Box<dyn Authorizer>,
+    /// Request metrics.
+    pub metrics: Metrics,
+    /// Compactor counters, exported in `/metrics`.
+    pub compactor: Arc<storage::compactor::CompactorStats>,
+    /// `host:port` clients should use, for legacy discovery.
+    pub advertise_address: String,
+    /// The service CIDR, for ClusterIP allocation.
+    pub service_cidr: ipnet_lite::Ipv4Cidr,
+    /// Serializes ClusterIP allocation.
+    pub ip_lock: tokio::sync::Mutex<()>,
+}
+
+/// A tiny IPv4 CIDR type, enough for allocating service IPs.
+pub mod ipnet_lite {
+    use std::net::Ipv4Addr;
+
+    /// An IPv4 network.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Ipv4Cidr {
+        /// Network address.
+        pub network: Ipv4Addr,
+        /// Prefix length.
+        pub prefix: u8,
+    }
+
+    impl Ipv4Cidr {
+        /// Parses `a.b.c.d/n`.
+        pub fn parse(s: &str) -> Option<Ipv4Cidr> {
+            let (addr, prefix) = s.split_once('/')?;
+            let addr: Ipv4Addr = addr.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            Some(Ipv4Cidr { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        }
+        /// The `n`th address of the network.
+        pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+            let size = 1u32 << (32 - u32::from(self.prefix));
+            (n < size).then(|| Ipv4Addr::from(u32::from(self.network) + n))
+        }
+        /// Number of addresses.
+        pub fn size(&self) -> u32 {
+            1u32 << (32 - u32::from(self.prefix))
+        }
+    }
+}
+
+/// The Kubernetes version krust reports.
+pub const GIT_VERSION: &str = "v1.37.0+krust";
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Renders an error as a `Status` response.
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    let code = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(code, &error.to_status());
+    if let Some(seconds) = error.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
+/// Decodes `%XX` and `+` in a query component.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query parameters (last value wins, as Go's `Get`).
+#[derive(Debug, Default)]
+struct Query(HashMap<String, Vec<String>>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            map.entry(percent_decode(k)).or_default().push(percent_decode(v));
+        }
+        Query(map)
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.first()).map(String::as_str)
+    }
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+    fn all(&self, key: &str) -> Vec<&str> {
+        self.0.get(key).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_default()
+    }
+}
+
+/// A request aimed at a resource.
+struct Target {
+    rt: Arc<ResourceType>,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+enum Route {
+    Resource(Target),
+    Other,
+}
+
+fn route(registry: &Registry, path: &str) -> ApiResult<Route> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
+        ["api", v, rest @ ..] if !rest.is_empty() => ("", *v, rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
+        _ => return Ok(Route::Other),
+    };
+    let lookup =
+        |plural: &str| registry.lookup(group, version, plural).ok_or_else(ApiError::no_route);
+    let target = match rest {
+        ["namespaces", ns] if group.is_empty() => Target {
+            rt: lookup("namespaces")?,
+            namespace: None,
+            name: Some((*ns).to_owned()),
+            subresource: None,
+        },
+        ["namespaces", ns, sub @ ("status" | "finalize")] if group.is_empty() => Target {
+            rt: lookup("namespaces")?,
+            namespace: None,
+            name: Some((*ns).to_owned()),
+            subresource: Some((*sub).to_owned()),
+        },
+        ["namespaces", ns, plural, tail @ ..] => {
+            let rt = lookup(plural)?;
+            if !rt.namespaced {
+                return Err(ApiError::no_route());
+            }
+            let (name, sub) = match tail {
+                [] => (None, None),
+                [name] => (Some((*name).to_owned()), None),
+                [name, sub] => (Some((*name).to_owned()), Some((*sub).to_owned())),
+                _ => return Err(ApiError::no_route()),
+            };
+            Target { rt, namespace: Some((*ns).to_owned()), name, subresource: sub }
+        }
+        [plural, tail @ ..] => {
+            let rt = lookup(plural)?;
+            let (name, sub) = match tail {
+                [] => (None, None),
+                [name] if !rt.namespaced => (Some((*name).to_owned()), None),
+                [name, sub] if !rt.namespaced => {
+                    (Some((*name).to_owned()), Some((*sub).to_owned()))
+                }
+                _ => return Err(ApiError::no_route()),
+            };
+            Target { rt, namespace: None, name, subresource: sub }
+        }
+        [] => return Ok(Route::Other),
+    };
+    if let Some(sub) = &target.subresource {
+        let ok = (sub == "status" && target.rt.has_status)
+            || (sub == "scale" && target.rt.has_scale)
+            || (sub == "finalize" && target.rt.kind == "Namespace");
+        if !ok {
+            return Err(ApiError::no_route());
+        }
+    }
+    Ok(Route::Resource(target))
+}
+
+fn wants_table(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+    })
+}
+
+fn accepts_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        params.contains(&"as=APIGroupDiscoveryList")
+            && params.contains(&"v=v2")
+            && params.contains(&"g=apidiscovery.k8s.io")
+    })
+}
+
+fn field_manager(query: &Query, user_agent: &str) -> String {
+    match query.get("fieldManager") {
+        Some(m) if !m.is_empty() => m.to_owned(),
+        _ => {
+            let agent = user_agent.split('/').next().unwrap_or("").trim();
+            if agent.is_empty() { "unknown".to_owned() } else { agent.chars().take(128).collect() }
+        }
+    }
+}
+
+fn dry_run(query: &Query) -> ApiResult<bool> {
+    let values = query.all("dryRun");
+    for v in &values {
+        if *v != "All" {
+            return Err(ApiError::bad_request(format!(
+                "dryRun: Unsupported value: \"{v}\": supported values: \"All\""
+            )));
+        }
+    }
+    Ok(!values.is_empty())
+}
+
+fn verb_of(method: &Method, target: Option<&Target>, query: &Query) -> &'static str {
+    match *method {
+        Method::GET if query.flag("watch") => "watch",
+        Method::GET if target.is_some_and(|t| t.name.is_none()) => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if target.is_some_and(|t| t.name.is_none()) => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    }
+}
+
+impl ApiServer {
+    /// Serves one HTTP request from `user` (None = no valid client credentials).
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        user: Option<UserInfo>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = Query::parse(request.uri().query());
+        let (response, verb, resource) = match route(&self.registry, &path) {
+            Err(e) => {
+                (error_response(&e), verb_of(&method, None, &query).to_uppercase(), String::new())
+            }
+            Ok(route) => {
+                let target = match &route {
+                    Route::Resource(t) => Some(t),
+                    Route::Other => None,
+                };
+                let verb = verb_of(&method, target, &query);
+                let resource = target.map(|t| t.rt.plural.clone()).unwrap_or_default();
+                let response = match self.authorize(user.as_ref(), verb, target, &path) {
+                    Err(e) => error_response(&e),
+                    Ok(()) => match route {
+                        Route::Resource(target) => {
+                            match self.clone().serve_resource(request, target, verb, query).await {
+                                Ok(r) => r,
+                                Err(e) => error_response(&e),
+                            }
+                        }
+                        Route::Other => match self.serve_other(&method, &path, &request).await {
+                            Ok(r) => r,
+                            Err(e) => error_response(&e),
+                        },
+                    },
+                };
+                (response, verb.to_uppercase(), resource)
+            }
+        };
+        self.metrics.observe(&verb, &resource, response.status().as_u16(), started.elapsed());
+        tracing::debug!(%method, %path, code = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    fn authorize(
+        &self,
+        user: Option<&UserInfo>,
+        verb: &str,
+        target: Option<&Target>,
+        path: &str,
+    ) -> ApiResult<()> {
+        if crate::auth::is_public_path(path) {
+            return Ok(());
+        }
+        let user = user.ok_or_else(ApiError::unauthorized)?;
+        let attributes = Attributes {
+            verb,
+            group: target.map_or("", |t| t.rt.group.as_str()),
+            resource: target.map_or("", |t| t.rt.plural.as_str()),
+            subresource: target.and_then(|t| t.subresource.as_deref()).unwrap_or(""),
+            namespace: target.and_then(|t| t.namespace.as_deref()).unwrap_or(""),
+            name: target.and_then(|t| t.name.as_deref()).unwrap_or(""),
+            path,
+        };
+        match self.authorizer.authorize(user, &attributes) {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => Err(ApiError::forbidden(format!(
+                "User \"{}\" cannot {verb} resource \"{}\": {reason}",
+                user.name, attributes.resource
+            ))),
+        }
+    }
+
+    async fn serve_other(
+        &self,
+        method: &Method,
+        path: &str,
+        request: &Request<Incoming>,
+    ) -> ApiResult<Response<Body>> {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )));
+        }
+        let accept =
+            request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let trimmed = path.trim_end_matches('/');
+        match trimmed {
+            "/version" => Ok(json_response(StatusCode::OK, &version_info())),
+            "/healthz" | "/livez" => Ok(text_response("ok")),
+            "/readyz" => match self.rest.store.current_revision().await {
+                Ok(_) => Ok(text_response("ok")),
+                Err(e) => Err(ApiError::internal(format!("readyz check failed: storage: {e}"))),
+            },
+            "/metrics" => {
+                let status = self.rest.store.status().await.ok();
+                let mut extra = String::new();
+                use std::sync::atomic::Ordering;
+                extra.push_str(&format!(
+                    "krust_storage_compactions_total {}\n",
+                    self.compactor.compactions.load(Ordering::Relaxed)
+                ));
+                extra.push_str(&format!(
+                    "krust_storage_compaction_failures_total {}\n",
+                    self.compactor.failures.load(Ordering::Relaxed)
+                ));
+                extra.push_str(&format!(
+                    "krust_storage_last_compaction_timestamp_seconds {}\n",
+                    self.compactor.last_success_unix.load(Ordering::Relaxed)
+                ));
+                if let Some(s) = status {
+                    extra.push_str(&format!(
+                        "krust_storage_revision {}\nkrust_storage_size_bytes {}\n",
+                        s.revision, s.size_bytes
+                    ));
+                }
+                let mut r = Response::new(full(self.metrics.render(&extra)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                Ok(r)
+            }
+            "/api" => {
+                if accepts_aggregated(accept) {
+                    Ok(aggregated_response(&discovery::aggregated(&self.registry, true)))
+                } else {
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &discovery::api_versions(&self.advertise_address),
+                    ))
+                }
+            }
+            "/apis" => {
+                if accepts_aggregated(accept) {
+                    Ok(aggregated_response(&discovery::aggregated(&self.registry, false)))
+                } else {
+                    Ok(json_response(StatusCode::OK, &discovery::api_group_list(&self.registry)))
+                }
+            }
+            "/openapi/v3" => Ok(json_response(
+                StatusCode::OK,
+                &discovery::openapi_root(&self.registry, &self.discovery_hash()),
+            )),
+            _ => {
+                if let Some(gv) = trimmed.strip_prefix("/openapi/v3/") {
+                    let doc = discovery::openapi_group_version(&self.registry, gv)
+                        .ok_or_else(ApiError::no_route)?;
+                    return Ok(json_response(StatusCode::OK, &doc));
+                }
+                let segments: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
+                let doc = match segments.as_slice() {
+                    ["api", v] => discovery::api_resource_list(&self.registry, "", v),
+                    ["apis", g] => discovery::api_group(&self.registry, g),
+                    ["apis", g, v] => discovery::api_resource_list(&self.registry, g, v),
+                    _ => None,
+                };
+                doc.map(|d| json_response(StatusCode::OK, &d)).ok_or_else(ApiError::no_route)
+            }
+        }
+    }
+
+    fn discovery_hash(&self) -> String {
+        let names: Vec<String> = self
+            .registry
+            .all()
+            .iter()
+            .map(|t| format!("{}/{}/{}", t.group, t.version, t.plural))
+            .collect();
+        format!("{:016X}", crc32_of(names.join(",").as_bytes()))
+    }
+
+    async fn serve_resource(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        target: Target,
+        verb: &str,
+        query: Query,
+    ) -> ApiResult<Response<Body>> {
+        let accept = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let rt = target.rt.clone();
+        let ns = target.namespace.as_deref();
+        let table = wants_table(&accept);
+        let include = IncludeObject::parse(query.get("includeObject"))?;
+        match verb {
+            "get" => {
+                let name = target.name.as_deref().unwrap_or("");
+                let stored = self.rest.get(&rt, ns, name).await?;
+                if target.subresource.as_deref() == Some("scale") {
+                    return Ok(json_response(StatusCode::OK, &scale_of(&rt, &stored.object)));
+                }
+                if table {
+                    let rv = stored.mod_revision.to_string();
+                    return Ok(table_response(&table::table(
+                        &rt.kind,
+                        &[stored.object],
+                        include,
+                        json!({"resourceVersion": rv}),
+                        true,
+                    )));
+                }
+                Ok(json_response(StatusCode::OK, &stored.object))
+            }
+            "list" => {
+                let options = list_options(&rt, &query)?;
+                let page = self.rest.list(&rt, ns, &options).await?;
+                let mut meta = json!({"resourceVersion": page.revision.to_string()});
+                if let Some(token) = &page.continue_token {
+                    meta["continue"] = json!(token);
+                }
+                if let Some(remaining) = page.remaining.filter(|r| *r > 0) {
+                    meta["remainingItemCount"] = json!(remaining);
+                }
+                if table {
+                    return Ok(table_response(&table::table(
+                        &rt.kind,
+                        &page.items,
+                        include,
+                        meta,
+                        true,
+                    )));
+                }
+                let list = json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": meta, "items": page.items});
+                Ok(json_response(StatusCode::OK, &list))
+            }
+            "watch" => self.watch(rt, target.namespace, target.name, &query, table, include).await,
+            "create" => {
+                if target.name.is_some() {
+                    return Err(ApiError::method_not_allowed(
+                        "POST is not supported on a named object",
+                    ));
+                }
+                let body = read_body(request, &content_type).await?;
+                let options = write_options(&query, &user_agent, false)?;
+                let mut body = body;
+                self.admit_create(&rt, &mut body).await?;
+                let (object, warnings) = self.rest.create(&rt, ns, body, &options).await?;
+                Ok(with_warnings(json_response(StatusCode::CREATED, &object), &warnings))
+            }
+            "update" => {
+                let name = target.name.clone().unwrap_or_default();
+                let body = read_body(request, &content_type).await?;
+                let options = write_options(&query, &user_agent, false)?;
+                if target.subresource.as_deref() == Some("scale") {
+                    return self.update_scale(&rt, ns, &name, body, &options).await;
+                }
+                let (object, warnings) = self
+                    .rest
+                    .update(&rt, ns, &name, body, target.subresource.as_deref(), &options)
+                    .await?;
+                if rt.kind == "Namespace" {
+                    self.clone().maybe_finalize_namespace(&object);
+                }
+                Ok(with_warnings(json_response(StatusCode::OK, &object), &warnings))
+            }
+            "patch" => {
+                let name = target.name.clone().unwrap_or_default();
+                let patch_type = PatchType::from_content_type(&content_type).ok_or_else(|| {
+                    ApiError::unsupported_media_type(format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"
+                    ))
+                })?;
+                if patch_type == PatchType::Apply
+                    && query.get("fieldManager").is_none_or(str::is_empty)
+                {
+                    return Err(ApiError::invalid(
+                        "PatchOptions",
+                        "meta.k8s.io",
+                        "",
+                        vec![crate::status::Cause::new(
+                            "FieldValueRequired",
+                            "fieldManager",
+                            "Required value: is required for apply patch",
+                        )],
+                    ));
+                }
+                if patch_type != PatchType::Apply && query.get("force").is_some() {
+                    return Err(ApiError::invalid(
+                        "PatchOptions",
+                        "meta.k8s.io",
+                        "",
+                        vec![crate::status::Cause::new(
+                            "FieldValueForbidden",
+                            "force",
+                            "Forbidden: may not be specified for non-apply patch",
+                        )],
+                    ));
+                }
+                let bytes = read_bytes(request).await?;
+                let patch: Value = parse_body_bytes(&bytes, patch_type == PatchType::Apply)?;
+                let options = write_options(&query, &user_agent, patch_type == PatchType::Apply)?;
+                if target.subresource.as_deref() == Some("scale") {
+                    let current = self.rest.get(&rt, ns, &name).await?;
+                    let scale = scale_of(&rt, &current.object);
+                    let patched = match patch_type {
+                        PatchType::Json => crate::patch::json_patch(&scale, &patch)?,
+                        _ => crate::patch::merge_patch(&scale, &patch),
+                    };
+                    return self.update_scale(&rt, ns, &name, patched, &options).await;
+                }
+                let (object, warnings, created) = self
+                    .rest
+                    .patch(
+                        &rt,
+                        ns,
+                        &name,
+                        patch_type,
+                        patch,
+                        target.subresource.as_deref(),
+                        &options,
+                    )
+                    .await?;
+                let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                Ok(with_warnings(json_response(code, &object), &warnings))
+            }
+            "delete" => {
+                let name = target.name.clone().unwrap_or_default();
+                let bytes = read_bytes(request).await?;
+                let options = delete_options(&query, &bytes, &content_type)?;
+                let object = self.rest.delete(&rt, ns, &name, &options).await?;
+                if rt.kind == "Namespace" && !options.dry_run {
+                    self.clone().maybe_finalize_namespace(&object);
+                }
+                Ok(json_response(StatusCode::OK, &object))
+            }
+            "deletecollection" => {
+                let bytes = read_bytes(request).await?;
+                let options = delete_options(&query, &bytes, &content_type)?;
+                let list = list_options(&rt, &query)?;
+                let page = self
+                    .rest
+                    .list(&rt, ns, &ListOptions { limit: 0, continue_token: None, ..list })
+                    .await?;
+                let mut deleted = Vec::new();
+                for item in page.items {
+                    let name = item
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
+                    let item_ns = item
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    match self.rest.delete(&rt, item_ns.as_deref(), &name, &options).await {
+                        Ok(obj) => deleted.push(obj),
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let list = json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": {}, "items": deleted});
+                Ok(json_response(StatusCode::OK, &list))
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        }
+    }
+
+    async fn update_scale(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        scale: Value,
+        options: &WriteOptions,
+    ) -> ApiResult<Response<Body>> {
+        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                vec![crate::status::Cause::new(
+                    "FieldValueInvalid",
+                    "spec.replicas",
+                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                )],
+            ));
+        }
+        let mut patch = json!({"spec": {"replicas": replicas}});
+        if let Some(rv) = scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            patch["metadata"] = json!({"resourceVersion": rv});
+        }
+        let (object, _, _) =
+            self.rest.patch(rt, ns, name, PatchType::Merge, patch, Some("scale"), options).await?;
+        Ok(json_response(StatusCode::OK, &scale_of(rt, &object)))
+    }
+
+    /// Admission: mutations every create of a type gets before it is stored.
+    async fn admit_create(&self, rt: &ResourceType, object: &mut Value) -> ApiResult<()> {
+        if rt.kind == "Service" {
+            let svc_type = object
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP")
+                .to_owned();
+            let has_ip = object
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty());
+            if svc_type != "ExternalName" && !has_ip {
+                let _guard = self.ip_lock.lock().await;
+                let ip = self.allocate_cluster_ip().await?;
+                if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.insert("clusterIP".into(), json!(ip));
+                    spec.insert("clusterIPs".into(), json!([ip]));
+                    spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+                    spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+                    spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn allocate_cluster_ip(&self) -> ApiResult<String> {
+        let rt = self
+            .registry
+            .lookup("", "v1", "services")
+            .ok_or_else(|| ApiError::internal("services not served"))?;
+        let page = self.rest.list(&rt, None, &ListOptions::default()).await?;
+        let used: std::collections::HashSet<String> = page
+            .items
+            .iter()
+            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        use rand::Rng;
+        let size = self.service_cidr.size();
+        let start = rand::rng().random_range(2..size.saturating_sub(1).max(3));
+        for offset in 0..size {
+            let n = 2 + (start - 2 + offset) % size.saturating_sub(3).max(1);
+            if let Some(ip) = self.service_cidr.nth(n) {
+                let ip = ip.to_string();
+                if !used.contains(&ip) {
+                    return Ok(ip);
+                }
+            }
+        }
+        Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
+    }
+
+    /// Namespace lifecycle: a terminating namespace has its contents deleted, then disappears.
+    fn maybe_finalize_namespace(self: Arc<Self>, namespace: &Value) {
+        if namespace.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null) {
+            return;
+        }
+        let Some(name) =
+            namespace.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned)
+        else {
+            return;
+        };
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let mut delay = Duration::from_millis(50);
+            while Instant::now() < deadline {
+                match self.finalize_namespace_once(&name).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(namespace = %name, error = %e, "namespace cleanup failed; retrying")
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            tracing::error!(namespace = %name, "namespace still has content after 10 minutes");
+        });
+    }
+
+    async fn finalize_namespace_once(&self, name: &str) -> ApiResult<bool> {
+        let mut empty = true;
+        for rt in self.registry.all().iter().filter(|t| t.namespaced) {
+            let page = self.rest.list(rt, Some(name), &ListOptions::default()).await?;
+            for item in page.items {
+                empty = false;
+                let item_name =
+                    item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned();
+                match self
+                    .rest
+                    .delete(
+                        rt,
+                        Some(name),
+                        &item_name,
+                        &DeleteOptions {
+                            propagation_policy: Some("Background".into()),
+                            ..DeleteOptions::default()
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !empty {
+            return Ok(false);
+        }
+        let key = format!("/registry/core/namespaces/{name}");
+        let (kv, _) = storage::get(self.rest.store.as_ref(), &key).await?;
+        if let Some(kv) = kv {
+            let ns = rest::decode(&kv)?.object;
+            let other_finalizers = ns
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if other_finalizers {
+                return Ok(false);
+            }
+            self.rest
+                .store
+                .txn(storage::Txn {
+                    compares: vec![storage::Compare::ModRevision {
+                        key: key.clone(),
+                        equals: kv.mod_revision,
+                    }],
+                    success: vec![storage::Op::Delete { key }],
+                    failure: vec![],
+                })
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn watch(
+        self: Arc<Self>,
+        rt: Arc<ResourceType>,
+        namespace: Option<String>,
+        name: Option<String>,
+        query: &Query,
+        table: bool,
+        include: IncludeObject,
+    ) -> ApiResult<Response<Body>> {
+        let mut options = list_options(&rt, query)?;
+        if let Some(name) = name {
+            let field = FieldSelector::parse(&format!("metadata.name={name}"), &rt.kind)?;
+            options.fields = field;
+        }
+        let send_initial = match query.get("sendInitialEvents") {
+            Some("true") => {
+                if query.get("resourceVersionMatch") != Some("NotOlderThan")
+                    || !query.flag("allowWatchBookmarks")
+                {
+                    return Err(ApiError::invalid(
+                        "ListOptions",
+                        "meta.k8s.io",
+                        "",
+                        vec![crate::status::Cause::new(
+                            "FieldValueForbidden",
+                            "sendInitialEvents",
+                            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan and allowWatchBookmarks",
+                        )],
+                    ));
+                }
+                Some(true)
+            }
+            Some("false") => Some(false),
+            _ => None,
+        };
+        let rv = options.resource_version.clone().unwrap_or_default();
+        let bookmarks = query.flag("allowWatchBookmarks");
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map_or(Duration::from_secs(1800), Duration::from_secs);
+        // Initial state: synthetic ADDED events for "now" (RV unset/0) or for WatchList.
+        let initial_events = send_initial.unwrap_or(rv.is_empty() || rv == "0");
+        let (initial, start_revision) = if initial_events {
+            let mut list = options.clone();
+            list.limit = 0;
+            list.continue_token = None;
+            if send_initial == Some(true) && !rv.is_empty() && rv != "0" {
+                list.resource_version_match = Some("NotOlderThan".into());
+            } else {
+                list.resource_version = None;
+            }
+            let page = self.rest.list(&rt, namespace.as_deref(), &list).await?;
+            (page.items, page.revision)
+        } else {
+            (Vec::new(), rest::parse_rv(&rv)?)
+        };
+        let prefix = rt.collection_prefix(namespace.as_deref());
+        let stream = match self.rest.store.watch(&prefix, start_revision + 1).await {
+            Ok(s) => Some(s),
+            Err(storage::Error::Compacted { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let kind = rt.kind.clone();
+        let api_version = rt.api_version();
+        tokio::spawn(async move {
+            let mut first = true;
+            let encode = |event_type: &str, object: Value, first: &mut bool| -> Bytes {
+                let object = if table && event_type != "BOOKMARK" && event_type != "ERROR" {
+                    let rv =
+                        object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                    let t = table::table(
+                        &kind,
+                        &[object],
+                        include,
+                        json!({"resourceVersion": rv}),
+                        *first,
+                    );
+                    *first = false;
+                    t
+                } else {
+                    object
+                };
+                let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object}))
+                    .unwrap_or_default();
+                line.push(b'\n');
+                Bytes::from(line)
+            };
+            for object in initial {
+                if sender.send(encode("ADDED", object, &mut first)).await.is_err() {
+                    return;
+                }
+            }
+            if send_initial == Some(true) {
+                let bookmark = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": start_revision.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                if sender.send(encode("BOOKMARK", bookmark, &mut first)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(mut stream) = stream else {
+                let status =
+                    ApiError::expired(format!("too old resource version: {start_revision}"))
+                        .to_status();
+                let _ = sender.send(encode("ERROR", status, &mut first)).await;
+                return;
+            };
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut last_bookmark = Instant::now();
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    _ = sender.closed() => return,
+                };
+                match next {
+                    None => return,
+                    Some(Err(e)) => {
+                        let status = ApiError::from(e).to_status();
+                        let _ = sender.send(encode("ERROR", status, &mut first)).await;
+                        return;
+                    }
+                    Some(Ok(WatchMessage::Progress(revision))) => {
+                        if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(10) {
+                            last_bookmark = Instant::now();
+                            let bookmark = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": revision.to_string()}});
+                            if sender.send(encode("BOOKMARK", bookmark, &mut first)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Ok(WatchMessage::Events(events))) => {
+                        for event in events {
+                            match translate_event(&event, &options) {
+                                Ok(Some((event_type, object))) => {
+                                    if sender
+                                        .send(encode(event_type, object, &mut first))
+                                        .await
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let _ = sender
+                                        .send(encode("ERROR", e.to_status(), &mut first))
+                                        .await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let body = StreamBody::new(futures::stream::unfold(receiver, |mut receiver| async move {
+            let chunk = receiver.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(chunk)), receiver))
+        }));
+        let mut response = Response::new(BodyExt::boxed(body));
+        let content_type =
+            if table { "application/json;as=Table;v=v1;g=meta.k8s.io" } else { "application/json" };
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Ok(response)
+    }
+}
+
+/// Maps a store event to a watch event for a client with selectors: an object that stops
+/// matching is DELETED for that client, one that starts matching is ADDED.
+fn translate_event(
+    event: &storage::Event,
+    options: &ListOptions,
+) -> ApiResult<Option<(&'static str, Value)>> {
+    let matches = |v: &Value| options.labels.matches(v) && options.fields.matches(v);
+    let old = match &event.prev_kv {
+        Some(prev) => Some(rest::decode(prev)?.object),
+        None => None,
+    };
+    let old_matches = old.as_ref().is_some_and(|o| matches(o));
+    match event.kind {
+        EventKind::Delete => {
+            if !old_matches {
+                return Ok(None);
+            }
+            let mut object = old.unwrap_or(Value::Null);
+            if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), json!(event.kv.mod_revision.to_string()));
+            }
+            Ok(Some(("DELETED", object)))
+        }
+        EventKind::Put => {
+            let new = rest::decode(&event.kv)?.object;
+            let new_matches = matches(&new);
+            Ok(match (old_matches, new_matches) {
+                (true, true) => Some(("MODIFIED", new)),
+                (false, true) => Some(("ADDED", new)),
+                (true, false) => Some(("DELETED", new)),
+                (false, false) => None,
+            })
+        }
+    }
+}
+
+fn crc32_of(bytes: &[u8]) -> u64 {
+    // FNV-1a: a stable, dependency-free fingerprint for the OpenAPI cache buster.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+fn text_response(text: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(text));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn aggregated_response(value: &Value) -> Response<Body> {
+    let mut r = json_response(StatusCode::OK, value);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+    r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
+}
+
+fn table_response(value: &Value) -> Response<Body> {
+    let mut r = json_response(StatusCode::OK, value);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+    );
+    r
+}
+
+fn scale_of(rt: &ResourceType, object: &Value) -> Value {
+    let selector = object
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let _ = rt;
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": object.pointer("/metadata/name"),
+            "namespace": object.pointer("/metadata/namespace"),
+            "uid": object.pointer("/metadata/uid"),
+            "resourceVersion": object.pointer("/metadata/resourceVersion"),
+            "creationTimestamp": object.pointer("/metadata/creationTimestamp"),
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {"replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+    })
+}
+
+fn list_options(rt: &ResourceType, query: &Query) -> ApiResult<ListOptions> {
+    Ok(ListOptions {
+        labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
+        fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), &rt.kind)?,
+        limit: match query.get("limit") {
+            Some(l) if !l.is_empty() => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("limit: invalid value {l:?}")))?
+                .max(0) as usize,
+            _ => 0,
+        },
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).map(str::to_owned),
+        resource_version: query.get("resourceVersion").map(str::to_owned),
+        resource_version_match: query.get("resourceVersionMatch").map(str::to_owned),
+    })
+}
+
+fn write_options(query: &Query, user_agent: &str, _apply: bool) -> ApiResult<WriteOptions> {
+    Ok(WriteOptions {
+        dry_run: dry_run(query)?,
+        field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
+        field_manager: field_manager(query, user_agent),
+    })
+}
+
+fn delete_options(query: &Query, body: &[u8], content_type: &str) -> ApiResult<DeleteOptions> {
+    let mut options = DeleteOptions {
+        propagation_policy: query.get("propagationPolicy").map(str::to_owned),
+        grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+        dry_run: dry_run(query)?,
+        ..DeleteOptions::default()
+    };
+    if query.get("orphanDependents") == Some("true") && options.propagation_policy.is_none() {
+        options.propagation_policy = Some("Orphan".into());
+    }
+    if !body.is_empty() {
+        if is_protobuf(content_type) {
+            return Err(protobuf_unsupported());
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        if let Some(p) = value.get("propagationPolicy").and_then(Value::as_str) {
+            if !["Foreground", "Background", "Orphan"].contains(&p) {
+                return Err(ApiError::bad_request(format!(
+                    "propagationPolicy: Unsupported value: \"{p}\""
+                )));
+            }
+            options.propagation_policy = Some(p.to_owned());
+        }
+        if value.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+            && options.propagation_policy.is_none()
+        {
+            options.propagation_policy = Some("Orphan".into());
+        }
+        if let Some(g) = value.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            options.grace_period_seconds = Some(g);
+        }
+        if let Some(d) = value.get("dryRun").and_then(Value::as_array) {
+            options.dry_run |= d.iter().any(|v| v == "All");
+        }
+        options.precondition_uid =
+            value.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
+        options.precondition_rv = value
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    }
+    Ok(options)
+}
+
+fn is_protobuf(content_type: &str) -> bool {
+    content_type.starts_with("application/vnd.kubernetes.protobuf")
+}
+
+fn protobuf_unsupported() -> ApiError {
+    ApiError::unsupported_media_type(
+        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+    )
+}
+
+async fn read_bytes(request: Request<Incoming>) -> ApiResult<Bytes> {
+    let limited = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY_BYTES}")))
+        }
+        Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
+    }
+}
+
+fn parse_body_bytes(bytes: &[u8], allow_yaml: bool) -> ApiResult<Value> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if v.is_object() || v.is_array() => Ok(v),
+        Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
+        Err(e) => {
+            if allow_yaml {
+                // kubectl and helm send apply patches as JSON; YAML bodies are not accepted yet.
+                return Err(ApiError::bad_request(format!(
+                    "error decoding patch: only JSON apply bodies are supported: {e}"
+                )));
+            }
+            Err(ApiError::bad_request(format!("error decoding request body: {e}")))
+        }
+    }
+}
+
+async fn read_body(request: Request<Incoming>, content_type: &str) -> ApiResult<Value> {
+    if is_protobuf(content_type) {
+        return Err(protobuf_unsupported());
+    }
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if !(media.is_empty() || media == "application/json" || media == "*/*") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json (got {media:?})"
+        )));
+    }
+    let bytes = read_bytes(request).await?;
+    let value = parse_body_bytes(&bytes, false)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "37",
+        "emulationMajor": "1",
+        "emulationMinor": "37",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "36",
+        "gitVersion": GIT_VERSION,
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-27T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_resolve_like_upstream_paths() {
+        let registry = Registry::new();
+        let resolve = |p: &str| match route(&registry, p) {
+            Ok(Route::Resource(t)) => {
+                Some((t.rt.plural.clone(), t.namespace, t.name, t.subresource))
+            }
+            _ => None,
+        };
+        assert_eq!(
+            resolve("/api/v1/namespaces/default/pods"),
+            Some(("pods".into(), Some("default".into()), None, None))
+        );
+        assert_eq!(
+            resolve("/api/v1/namespaces/kube-system"),
+            Some(("namespaces".into(), None, Some("kube-system".into()), None))
+        );
+        assert_eq!(
+            resolve("/apis/apps/v1/namespaces/x/deployments/web/scale"),
+            Some((
+                "deployments".into(),
+                Some("x".into()),
+                Some("web".into()),
+                Some("scale".into())
+            ))
+        );
+        assert_eq!(
+            resolve("/api/v1/nodes/n1/status"),
+            Some(("nodes".into(), None, Some("n1".into()), Some("status".into())))
+        );
+        assert_eq!(resolve("/api/v1/pods"), Some(("pods".into(), None, None, None)));
+        assert!(route(&registry, "/api/v1/foos").is_err());
+        assert!(route(&registry, "/api/v1/namespaces/default/configmaps/x/scale").is_err());
+    }
+
+    #[test]
+    fn query_decoding_and_accept_negotiation() {
+        let q =
+            Query::parse(Some("labelSelector=name%3Drel1%2Cowner%3Dhelm&watch=true&dryRun=All"));
+        assert_eq!(q.get("labelSelector"), Some("name=rel1,owner=helm"));
+        assert!(q.flag("watch"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+        assert!(accepts_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+    }
+}

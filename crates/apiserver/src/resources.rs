@@ -1,0 +1,283 @@
+//! The served resource types: group, version, kind, plural, scope, short names, categories and
+//! subresources of every built-in type, plus the types custom resource definitions add.
+//!
+//! Names and scopes come from `k8s-openapi`'s `Resource` impls so they match upstream exactly;
+//! short names and categories are what upstream's discovery lists.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
+use serde_json::Value;
+
+/// How a stored object of a built-in type is decoded into its `k8s-openapi` type and back, which
+/// checks field types and drops (or, with strict validation, reports) unknown fields.
+pub(crate) type Codec = fn(Value) -> Result<Value, serde_json::Error>;
+
+/// One served resource type.
+#[derive(Debug, Clone)]
+pub struct ResourceType {
+    /// API group ("" for core).
+    pub group: String,
+    /// Version within the group.
+    pub version: String,
+    /// Kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Kind of the list, e.g. `DeploymentList`.
+    pub list_kind: String,
+    /// Plural resource name used in URLs.
+    pub plural: String,
+    /// Singular name.
+    pub singular: String,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// kubectl short names.
+    pub short_names: Vec<String>,
+    /// Categories (`all` makes `kubectl get all` include it).
+    pub categories: Vec<String>,
+    /// Whether the type has a `status` subresource (main-resource writes then ignore `.status`).
+    pub has_status: bool,
+    /// Whether the type has a `scale` subresource.
+    pub has_scale: bool,
+    /// Whether a spec change bumps `metadata.generation` (types with a spec or CRDs).
+    pub tracks_generation: bool,
+    pub(crate) codec: Option<Codec>,
+}
+
+impl ResourceType {
+    /// `group/version`, or `version` for core.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key prefix under which every object of this type lives.
+    pub(crate) fn key_prefix(&self) -> String {
+        let group = if self.group.is_empty() { "core" } else { &self.group };
+        format!("/registry/{group}/{}/", self.plural)
+    }
+
+    /// The storage key of one object.
+    pub(crate) fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.key_prefix()),
+            _ => format!("{}{name}", self.key_prefix()),
+        }
+    }
+
+    /// The key prefix of one namespace's objects (or all objects).
+    pub(crate) fn collection_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.key_prefix()),
+            _ => self.key_prefix(),
+        }
+    }
+}
+
+trait Scope {
+    const NAMESPACED: bool;
+}
+impl Scope for NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+impl Scope for ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: Value,
+) -> Result<Value, serde_json::Error> {
+    let typed: T = serde_json::from_value(value)?;
+    serde_json::to_value(typed)
+}
+
+struct Extra {
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    status: bool,
+    scale: bool,
+    generation: bool,
+}
+
+fn builtin<T>(extra: Extra) -> ResourceType
+where
+    T: Resource + ListableResource + serde::de::DeserializeOwned + serde::Serialize,
+    T::Scope: Scope,
+{
+    ResourceType {
+        group: T::GROUP.to_owned(),
+        version: T::VERSION.to_owned(),
+        kind: T::KIND.to_owned(),
+        list_kind: T::LIST_KIND.to_owned(),
+        plural: T::URL_PATH_SEGMENT.to_owned(),
+        singular: extra.singular.to_owned(),
+        namespaced: <T::Scope as Scope>::NAMESPACED,
+        short_names: extra.short_names.iter().map(|s| (*s).to_owned()).collect(),
+        categories: extra.categories.iter().map(|s| (*s).to_owned()).collect(),
+        has_status: extra.status,
+        has_scale: extra.scale,
+        tracks_generation: extra.generation,
+        codec: Some(roundtrip::<T>),
+    }
+}
+
+macro_rules! builtins {
+    ($($ty:ty => $singular:literal [$($short:literal),*] [$($cat:literal),*] $($flag:ident)*;)*) => {
+        vec![$({
+            #[allow(unused_mut)]
+            let mut extra = Extra {
+                singular: $singular,
+                short_names: &[$($short),*],
+                categories: &[$($cat),*],
+                status: false,
+                scale: false,
+                generation: false,
+            };
+            $(builtins!(@flag extra $flag);)*
+            builtin::<$ty>(extra)
+        }),*]
+    };
+    (@flag $e:ident status) => { $e.status = true; };
+    (@flag $e:ident scale) => { $e.scale = true; };
+    (@flag $e:ident generation) => { $e.generation = true; };
+}
+
+/// Every built-in type krust serves, in discovery order.
+fn builtin_types() -> Vec<ResourceType> {
+    use k8s_openapi::api::{
+        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+        events::v1 as events, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as scheduling, storage::v1 as storage,
+    };
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+    builtins! {
+        core::Namespace => "namespace" ["ns"] [] status;
+        core::Pod => "pod" ["po"] ["all"] status generation;
+        core::Service => "service" ["svc"] ["all"] status;
+        core::Endpoints => "endpoints" ["ep"] [];
+        core::ConfigMap => "configmap" ["cm"] [];
+        core::Secret => "secret" [] [];
+        core::Node => "node" ["no"] [] status;
+        core::ServiceAccount => "serviceaccount" ["sa"] [];
+        core::Event => "event" ["ev"] [];
+        core::PersistentVolume => "persistentvolume" ["pv"] [] status;
+        core::PersistentVolumeClaim => "persistentvolumeclaim" ["pvc"] [] status;
+        core::LimitRange => "limitrange" ["limits"] [];
+        core::ResourceQuota => "resourcequota" ["quota"] [] status;
+        apps::Deployment => "deployment" ["deploy"] ["all"] status scale generation;
+        apps::ReplicaSet => "replicaset" ["rs"] ["all"] status scale generation;
+        apps::StatefulSet => "statefulset" ["sts"] ["all"] status scale generation;
+        apps::DaemonSet => "daemonset" ["ds"] ["all"] status generation;
+        apps::ControllerRevision => "controllerrevision" [] [];
+        batch::Job => "job" [] ["all"] status generation;
+        batch::CronJob => "cronjob" ["cj"] ["all"] status generation;
+        networking::Ingress => "ingress" ["ing"] [] status generation;
+        networking::IngressClass => "ingressclass" [] [];
+        networking::NetworkPolicy => "networkpolicy" ["netpol"] [] generation;
+        rbac::Role => "role" [] [];
+        rbac::RoleBinding => "rolebinding" [] [];
+        rbac::ClusterRole => "clusterrole" [] [];
+        rbac::ClusterRoleBinding => "clusterrolebinding" [] [];
+        coordination::Lease => "lease" [] [];
+        autoscaling::HorizontalPodAutoscaler => "horizontalpodautoscaler" ["hpa"] ["all"] status generation;
+        storage::StorageClass => "storageclass" ["sc"] [];
+        policy::PodDisruptionBudget => "poddisruptionbudget" ["pdb"] [] status generation;
+        discovery::EndpointSlice => "endpointslice" [] [];
+        events::Event => "event" ["ev"] [];
+        scheduling::PriorityClass => "priorityclass" ["pc"] [];
+        apiextensions::CustomResourceDefinition => "customresourcedefinition" ["crd", "crds"] [] status generation;
+    }
+}
+
+/// The resource types currently served, looked up by group/version/plural. Custom resource
+/// definitions add and remove entries at run time.
+#[derive(Debug)]
+pub struct Registry {
+    types: RwLock<Arc<Vec<Arc<ResourceType>>>>,
+}
+
+impl Registry {
+    /// A registry of the built-in types.
+    pub fn new() -> Registry {
+        Registry {
+            types: RwLock::new(Arc::new(builtin_types().into_iter().map(Arc::new).collect())),
+        }
+    }
+
+    /// Every served type, in discovery order.
+    pub fn all(&self) -> Arc<Vec<Arc<ResourceType>>> {
+        self.types.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Finds a type by group, version and plural.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
+        self.all()
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
+    }
+
+    /// Finds a type by group, version and kind.
+    pub fn lookup_kind(&self, group: &str, version: &str, kind: &str) -> Option<Arc<ResourceType>> {
+        self.all()
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.kind == kind)
+            .cloned()
+    }
+
+    /// Groups in discovery order, each with its versions (preferred first).
+    pub fn groups(&self) -> Vec<(String, Vec<String>)> {
+        let mut order: Vec<String> = Vec::new();
+        let mut versions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for t in self.all().iter() {
+            if !order.contains(&t.group) {
+                order.push(t.group.clone());
+            }
+            let entry = versions.entry(t.group.clone()).or_default();
+            if !entry.contains(&t.version) {
+                entry.push(t.version.clone());
+            }
+        }
+        order
+            .into_iter()
+            .map(|g| {
+                let v = versions.remove(&g).unwrap_or_default();
+                (g, v)
+            })
+            .collect()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_scopes_and_names_match_upstream() {
+        let registry = Registry::new();
+        let pods = registry.lookup("", "v1", "pods").unwrap();
+        assert!(pods.namespaced);
+        assert_eq!(pods.list_kind, "PodList");
+        let nodes = registry.lookup("", "v1", "nodes").unwrap();
+        assert!(!nodes.namespaced);
+        let deploy = registry.lookup("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploy.short_names, ["deploy"]);
+        assert!(deploy.has_scale);
+        assert_eq!(
+            registry.lookup_kind("rbac.authorization.k8s.io", "v1", "ClusterRole").unwrap().plural,
+            "clusterroles"
+        );
+        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+    }
+}

@@ -1,0 +1,963 @@
+//! The generic registry: create, get, list, update, patch, delete and watch of any served type on
+//! top of the store, with upstream's metadata semantics (uid, resourceVersion = store revision,
+//! generation, creationTimestamp, deletionTimestamp and finalizers) and optimistic concurrency.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use storage::{Compare, KeyValue, Op, OpResult, RangeRequest, SharedStore, Txn};
+
+use crate::patch::{self, PatchType};
+use crate::resources::{Registry, ResourceType};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult, Cause};
+use crate::strategy::{self, FieldValidation};
+
+/// Largest object the store accepts (etcd's default request limit is 1.5 MiB).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Options common to writes.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// `dryRun=All`: validate and answer, persist nothing.
+    pub dry_run: bool,
+    /// `fieldValidation`.
+    pub field_validation: FieldValidation,
+    /// `fieldManager` (or one derived from the user agent).
+    pub field_manager: String,
+}
+
+/// A decoded object read from the store.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The object with `metadata.resourceVersion` filled in.
+    pub object: Value,
+    /// Its mod revision.
+    pub mod_revision: i64,
+}
+
+/// Decodes a stored value and stamps its resourceVersion.
+pub fn decode(kv: &KeyValue) -> ApiResult<Stored> {
+    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!("stored object {} is not valid JSON: {e}", kv.key))
+    })?;
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(Stored { object, mod_revision: kv.mod_revision })
+}
+
+fn set_resource_version(object: &mut Value, revision: i64) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+fn encode(object: &Value) -> ApiResult<Bytes> {
+    let mut object = object.clone();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    let bytes = serde_json::to_vec(&object)
+        .map_err(|e| ApiError::internal(format!("encoding object: {e}")))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::too_large(format!(
+            "Request entity too large: the object is {} bytes, the limit is {MAX_OBJECT_BYTES}",
+            bytes.len()
+        )));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object
+        .get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn meta_mut(object: &mut Value) -> ApiResult<&mut serde_json::Map<String, Value>> {
+    let obj = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    if meta.is_null() {
+        *meta = json!({});
+    }
+    meta.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+const GENERATE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn generate_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| GENERATE_ALPHABET[rng.random_range(0..GENERATE_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// A fieldsV1 set naming every field set in `object` (lists are owned whole). This records
+/// which manager wrote what; conflict detection uses it.
+fn fields_v1(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                out.insert(format!("f:{k}"), fields_v1(v));
+            }
+            Value::Object(out)
+        }
+        _ => json!({}),
+    }
+}
+
+fn record_managed_fields(
+    object: &mut Value,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+) {
+    let mut owned = object.clone();
+    if let Some(o) = owned.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
+        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "name",
+                "namespace",
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "managedFields",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
+                meta.remove(k);
+            }
+            if meta.is_empty() {
+                o.remove("metadata");
+            }
+        }
+    }
+    let mut entry = json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields_v1(&owned),
+    });
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let mut list: Vec<Value> =
+        meta.get("managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    list.retain(|e| {
+        !(e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some(operation)
+            && e.get("subresource").and_then(Value::as_str) == subresource)
+    });
+    list.push(entry);
+    meta.insert("managedFields".into(), Value::Array(list));
+}
+
+/// The registry's view of one request target.
+pub struct Rest {
+    /// The store.
+    pub store: SharedStore,
+    /// Served types.
+    pub registry: Arc<Registry>,
+}
+
+/// A list read.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// Page size (0 = all).
+    pub limit: usize,
+    /// Continue token from a previous page.
+    pub continue_token: Option<String>,
+    /// `resourceVersion` parameter.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch` parameter.
+    pub resource_version_match: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// The matching objects.
+    pub items: Vec<Value>,
+    /// The store revision the list was read at.
+    pub revision: i64,
+    /// Token for the next page, if any.
+    pub continue_token: Option<String>,
+    /// Objects after this page (upper bound when selectors are used).
+    pub remaining: Option<i64>,
+}
+
+fn encode_continue(revision: i64, start: &str) -> String {
+    use base64::Engine;
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": start}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = value.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = value.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_owned();
+    Ok((rv, start))
+}
+
+/// Parses a resourceVersion parameter.
+pub fn parse_rv(rv: &str) -> ApiResult<i64> {
+    rv.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+        let mut e = ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: \"{rv}\": must be a non-negative integer"
+        ));
+        e.code = 400;
+        e
+    })
+}
+
+impl Rest {
+    /// Whether `namespace` exists and is not terminating; the caller is creating in it.
+    pub async fn check_namespace_for_create(&self, namespace: &str) -> ApiResult<()> {
+        let key = format!("/registry/core/namespaces/{namespace}");
+        let (kv, _) = storage::get(self.store.as_ref(), &key).await?;
+        let Some(kv) = kv else { return Err(ApiError::not_found("", "namespaces", namespace)) };
+        let ns = decode(&kv)?.object;
+        if ns.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates `object` in `namespace`.
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        self.prepare_type_meta(rt, &mut object)?;
+        {
+            let meta = meta_mut(&mut object)?;
+            if rt.namespaced {
+                let ns = namespace.ok_or_else(|| {
+                    ApiError::bad_request("a namespace is required for namespaced resources")
+                })?;
+                match meta.get("namespace").and_then(Value::as_str) {
+                    Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
+                        return Err(ApiError::bad_request(
+                            "the namespace of the provided object does not match the namespace sent on the request",
+                        ));
+                    }
+                    _ => {}
+                }
+                meta.insert("namespace".into(), json!(ns));
+            } else {
+                meta.remove("namespace");
+            }
+            let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+            if name.is_empty() {
+                if let Some(prefix) =
+                    meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty())
+                {
+                    let prefix: String = prefix.chars().take(58).collect();
+                    meta.insert("name".into(), json!(format!("{prefix}{}", generate_suffix())));
+                }
+            }
+            for field in
+                ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
+            {
+                meta.remove(field);
+            }
+            meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            if rt.tracks_generation {
+                meta.insert("generation".into(), json!(1));
+            } else {
+                meta.remove("generation");
+            }
+            meta.remove("managedFields");
+        }
+        let (mut object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
+        strategy::apply_defaults(rt, &mut object);
+        self.validate(rt, &object)?;
+        let name = meta_str(&object, "name").unwrap_or("").to_owned();
+        if rt.kind == "Namespace"
+            && ["default", "kube-system", "kube-public", "kube-node-lease"].contains(&name.as_str())
+        {
+            // Nothing special on create; they are recreated at start-up if missing.
+        }
+        if let (true, Some(ns)) = (rt.namespaced, namespace) {
+            self.check_namespace_for_create(ns).await?;
+        }
+        record_managed_fields(
+            &mut object,
+            &options.field_manager,
+            "Update",
+            &rt.api_version(),
+            None,
+        );
+        let key = rt.key(namespace, &name);
+        let bytes = encode(&object)?;
+        if options.dry_run {
+            let (existing, _) = storage::get(self.store.as_ref(), &key).await?;
+            if existing.is_some() {
+                return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+            }
+            return Ok((object, warnings));
+        }
+        let response = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision { key: key.clone(), equals: 0 }],
+                success: vec![Op::Put { key, value: bytes }],
+                failure: vec![],
+            })
+            .await?;
+        if !response.succeeded {
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+        }
+        set_resource_version(&mut object, response.revision);
+        Ok((object, warnings))
+    }
+
+    fn prepare_type_meta(&self, rt: &ResourceType, object: &mut Value) -> ApiResult<()> {
+        let obj = object
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+        let api_version = rt.api_version();
+        match obj.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if !v.is_empty() && v != api_version => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+            _ => {}
+        }
+        match obj.get("kind").and_then(Value::as_str) {
+            Some(k) if !k.is_empty() && k != rt.kind => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    rt.kind
+                )));
+            }
+            _ => {}
+        }
+        obj.insert("apiVersion".into(), json!(api_version));
+        obj.insert("kind".into(), json!(rt.kind));
+        Ok(())
+    }
+
+    fn validate(&self, rt: &ResourceType, object: &Value) -> ApiResult<()> {
+        let mut causes: Vec<Cause> = Vec::new();
+        strategy::validate_metadata(rt, object, &mut causes);
+        strategy::validate_spec(rt, object, &mut causes);
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            let name = meta_str(object, "name").unwrap_or("");
+            Err(ApiError::invalid(&rt.kind, &rt.group, name, causes))
+        }
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Stored> {
+        let (kv, _) = storage::get(self.store.as_ref(), &rt.key(namespace, name)).await?;
+        match kv {
+            Some(kv) => decode(&kv),
+            None => Err(ApiError::not_found(&rt.group, &rt.plural, name)),
+        }
+    }
+
+    /// Lists objects, one page at a time.
+    pub async fn list(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> ApiResult<ListPage> {
+        let prefix = rt.collection_prefix(namespace);
+        let end = storage::prefix_end(&prefix);
+        let (mut revision, mut start) = match &options.continue_token {
+            Some(token) => {
+                let (rv, start) = decode_continue(token)?;
+                if !start.starts_with(&prefix) {
+                    return Err(ApiError::bad_request("continue key does not match the request"));
+                }
+                (Some(rv), start)
+            }
+            None => (None, prefix.clone()),
+        };
+        if revision.is_none() {
+            match (options.resource_version.as_deref(), options.resource_version_match.as_deref()) {
+                (None | Some(""), _) | (Some("0"), _) => {}
+                (Some(rv), Some("Exact")) => revision = Some(parse_rv(rv)?),
+                (Some(rv), _) => {
+                    // NotOlderThan (or unset): the latest state is newer than any RV the client
+                    // saw, unless it names a revision the store has not reached.
+                    let wanted = parse_rv(rv)?;
+                    let current = self.store.current_revision().await?;
+                    if wanted > current {
+                        let mut e = ApiError::timeout(format!(
+                            "Too large resource version: {wanted}, current: {current}"
+                        ));
+                        e.retry_after = Some(1);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let filtering = !options.labels.is_empty() || !options.fields.is_empty();
+        let mut items = Vec::new();
+        let mut continue_token = None;
+        let mut remaining = None;
+        loop {
+            let want = if options.limit == 0 {
+                0
+            } else {
+                (options.limit - items.len()).max(if filtering { 256 } else { 0 })
+            };
+            let response = self
+                .store
+                .range(RangeRequest { start: start.clone(), end: end.clone(), revision, limit: want })
+                .await
+                .map_err(|e| match e {
+                    storage::Error::Compacted { .. } if options.continue_token.is_some() => ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ),
+                    other => other.into(),
+                })?;
+            revision = Some(response.revision);
+            let count = response.kvs.len();
+            let mut last_key = None;
+            for kv in &response.kvs {
+                last_key = Some(kv.key.clone());
+                let stored = decode(kv)?;
+                if options.labels.matches(&stored.object) && options.fields.matches(&stored.object)
+                {
+                    items.push(stored.object);
+                    if options.limit > 0 && items.len() == options.limit {
+                        break;
+                    }
+                }
+            }
+            let reached_limit = options.limit > 0 && items.len() == options.limit;
+            let exhausted =
+                !response.more && last_key.as_ref() == response.kvs.last().map(|kv| &kv.key);
+            if reached_limit {
+                let last = last_key.unwrap_or_default();
+                let consumed_all =
+                    !response.more && response.kvs.last().map(|kv| &kv.key) == Some(&last);
+                if !consumed_all {
+                    let next = storage::key_end(&last);
+                    continue_token = Some(encode_continue(response.revision, &next));
+                    if !filtering {
+                        let rest = self
+                            .store
+                            .range(RangeRequest {
+                                start: next,
+                                end: end.clone(),
+                                revision,
+                                limit: 0,
+                            })
+                            .await?;
+                        remaining = Some(rest.kvs.len() as i64);
+                    }
+                }
+                break;
+            }
+            if exhausted || count == 0 || !response.more {
+                break;
+            }
+            start = storage::key_end(&last_key.unwrap_or_default());
+        }
+        Ok(ListPage { items, revision: revision.unwrap_or(0), continue_token, remaining })
+    }
+
+    /// Replaces an object (PUT), optionally only its `status` subresource.
+    pub async fn update(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        mut object: Value,
+        subresource: Option<&str>,
+        options: &WriteOptions,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        self.prepare_type_meta(rt, &mut object)?;
+        let body_name = meta_str(&object, "name").unwrap_or("").to_owned();
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if let (true, Some(ns), Some(body_ns)) =
+            (rt.namespaced, namespace, meta_str(&object, "namespace"))
+            && body_ns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let precondition = meta_str(&object, "resourceVersion").map(parse_rv).transpose()?;
+        let (object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
+        self.guaranteed_update(
+            rt,
+            namespace,
+            name,
+            precondition,
+            options,
+            subresource,
+            "Update",
+            |_current| Ok(object.clone()),
+        )
+        .await
+        .map(|v| (v, warnings))
+    }
+
+    /// Applies a patch.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one request's parameters; a struct would only rename them"
+    )]
+    pub async fn patch(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: Value,
+        subresource: Option<&str>,
+        options: &WriteOptions,
+    ) -> ApiResult<(Value, Vec<String>, bool)> {
+        if patch_type == PatchType::Strategic && rt.codec.is_none() {
+            return Err(ApiError::unsupported_media_type(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ));
+        }
+        if patch_type == PatchType::Apply {
+            let exists =
+                storage::get(self.store.as_ref(), &rt.key(namespace, name)).await?.0.is_some();
+            if !exists {
+                let mut object = patch.clone();
+                {
+                    let meta = meta_mut(&mut object)?;
+                    let body_name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+                    if body_name.is_empty() {
+                        meta.insert("name".into(), json!(name));
+                    } else if body_name != name {
+                        return Err(ApiError::bad_request(format!(
+                            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                        )));
+                    }
+                }
+                let (mut created, warnings) = self.create(rt, namespace, object, options).await?;
+                if let Some(list) =
+                    created.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut)
+                {
+                    for entry in list.iter_mut() {
+                        entry["operation"] = json!("Apply");
+                    }
+                }
+                return Ok((created, warnings, true));
+            }
+        }
+        let mut warnings = Vec::new();
+        let operation = if patch_type == PatchType::Apply { "Apply" } else { "Update" };
+        let kind = rt.kind.clone();
+        let validation = options.field_validation;
+        let object = self
+            .guaranteed_update(
+                rt,
+                namespace,
+                name,
+                None,
+                options,
+                subresource,
+                operation,
+                |current| {
+                    let patched = match patch_type {
+                        PatchType::Json => patch::json_patch(current, &patch)?,
+                        PatchType::Merge | PatchType::Apply => patch::merge_patch(current, &patch),
+                        PatchType::Strategic => {
+                            patch::strategic_merge_patch(&kind, current, &patch)?
+                        }
+                    };
+                    let (canonical, w) = strategy::canonicalize(rt, patched, validation)?;
+                    warnings = w;
+                    Ok(canonical)
+                },
+            )
+            .await?;
+        Ok((object, warnings, false))
+    }
+
+    /// Reads, transforms and writes with compare-and-swap, retrying on races unless the caller
+    /// named a resourceVersion (then a race is a 409 Conflict, as upstream).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one request's parameters; a struct would only rename them"
+    )]
+    async fn guaranteed_update(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<i64>,
+        options: &WriteOptions,
+        subresource: Option<&str>,
+        operation: &str,
+        mut transform: impl FnMut(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Value> {
+        let key = rt.key(namespace, name);
+        for _attempt in 0..16 {
+            let current = self.get(rt, namespace, name).await?;
+            if let Some(rv) = precondition
+                && rv != current.mod_revision
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let mut next = transform(&current.object)?;
+            // A resourceVersion inside a patch is a precondition too.
+            if precondition.is_none()
+                && let Some(rv) = meta_str(&next, "resourceVersion")
+                && parse_rv(rv)? != current.mod_revision
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            self.prepare_type_meta(rt, &mut next)?;
+            self.carry_over(rt, &current.object, &mut next, subresource)?;
+            strategy::apply_defaults(rt, &mut next);
+            if rt.tracks_generation && strategy::spec_changed(&current.object, &next) {
+                let generation = current
+                    .object
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    + 1;
+                meta_mut(&mut next)?.insert("generation".into(), json!(generation));
+            }
+            self.validate(rt, &next)?;
+            let mut compare_old = current.object.clone();
+            set_resource_version(&mut compare_old, 0);
+            let mut compare_new = next.clone();
+            set_resource_version(&mut compare_new, 0);
+            if strip_managed(&compare_old) == strip_managed(&compare_new) {
+                // No change: upstream skips the write and returns the current object.
+                return Ok(current.object);
+            }
+            record_managed_fields(
+                &mut next,
+                &options.field_manager,
+                operation,
+                &rt.api_version(),
+                subresource,
+            );
+            let finalized =
+                next.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+                    && next
+                        .pointer("/metadata/finalizers")
+                        .and_then(Value::as_array)
+                        .is_none_or(Vec::is_empty);
+            let bytes = encode(&next)?;
+            if options.dry_run {
+                set_resource_version(&mut next, current.mod_revision);
+                return Ok(next);
+            }
+            let op = if finalized {
+                Op::Delete { key: key.clone() }
+            } else {
+                Op::Put { key: key.clone(), value: bytes }
+            };
+            let response = self
+                .store
+                .txn(Txn {
+                    compares: vec![Compare::ModRevision {
+                        key: key.clone(),
+                        equals: current.mod_revision,
+                    }],
+                    success: vec![op],
+                    failure: vec![],
+                })
+                .await?;
+            if response.succeeded {
+                set_resource_version(&mut next, response.revision);
+                return Ok(next);
+            }
+            if precondition.is_some() {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+        }
+        Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            "too many concurrent updates; please try again",
+        ))
+    }
+
+    /// Keeps what a write may not change: identity, creation time, deletion state and, for the
+    /// main resource of types with a status subresource, the status (and the reverse for it).
+    fn carry_over(
+        &self,
+        rt: &ResourceType,
+        current: &Value,
+        next: &mut Value,
+        subresource: Option<&str>,
+    ) -> ApiResult<()> {
+        let current_meta = current.get("metadata").cloned().unwrap_or_else(|| json!({}));
+        if subresource == Some("status") {
+            // Only status (and nothing in metadata but managedFields) changes through /status.
+            let status = next.get("status").cloned();
+            let mut merged = current.clone();
+            match status {
+                Some(s) => merged["status"] = s,
+                None => {
+                    if let Some(o) = merged.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            *next = merged;
+            return Ok(());
+        }
+        {
+            let meta = meta_mut(next)?;
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+            ] {
+                match current_meta.get(field) {
+                    Some(v) => {
+                        meta.insert(field.into(), v.clone());
+                    }
+                    None => {
+                        meta.remove(field);
+                    }
+                }
+            }
+            match current_meta.get("generation") {
+                Some(g) => {
+                    meta.insert("generation".into(), g.clone());
+                }
+                None => {
+                    meta.remove("generation");
+                }
+            }
+            if meta.get("managedFields").is_none_or(|m| m.as_array().is_none_or(Vec::is_empty))
+                && let Some(mf) = current_meta.get("managedFields")
+            {
+                meta.insert("managedFields".into(), mf.clone());
+            }
+        }
+        if subresource == Some("scale") {
+            return Ok(());
+        }
+        if rt.has_status {
+            let obj =
+                next.as_object_mut().ok_or_else(|| ApiError::bad_request("object expected"))?;
+            match current.get("status") {
+                Some(s) => {
+                    obj.insert("status".into(), s.clone());
+                }
+                None => {
+                    obj.remove("status");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an object: immediately, or by setting `deletionTimestamp` when finalizers
+    /// (including those the propagation policy adds) must run first.
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        let key = rt.key(namespace, name);
+        for _attempt in 0..16 {
+            let current = self.get(rt, namespace, name).await?;
+            if let Some(uid) = &options.precondition_uid
+                && meta_str(&current.object, "uid") != Some(uid.as_str())
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&current.object, "uid").unwrap_or("")
+                    ),
+                ));
+            }
+            if let Some(rv) = &options.precondition_rv
+                && parse_rv(rv)? != current.mod_revision
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.mod_revision
+                    ),
+                ));
+            }
+            let mut finalizers: Vec<Value> = current
+                .object
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match options.propagation_policy.as_deref() {
+                Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
+                    finalizers.push(json!("foregroundDeletion"))
+                }
+                Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
+                    finalizers.push(json!("orphan"))
+                }
+                _ => {}
+            }
+            let namespace_terminating = rt.kind == "Namespace";
+            let graceful = !finalizers.is_empty() || namespace_terminating;
+            let already_deleting =
+                current.object.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+            if graceful {
+                if already_deleting {
+                    return Ok(current.object);
+                }
+                let mut next = current.object.clone();
+                {
+                    let meta = meta_mut(&mut next)?;
+                    meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    if !finalizers.is_empty() {
+                        meta.insert("finalizers".into(), Value::Array(finalizers));
+                    }
+                }
+                if namespace_terminating
+                    && let Some(status) = next.get_mut("status").and_then(Value::as_object_mut)
+                {
+                    status.insert("phase".into(), json!("Terminating"));
+                }
+                if options.dry_run {
+                    return Ok(next);
+                }
+                let response = self
+                    .store
+                    .txn(Txn {
+                        compares: vec![Compare::ModRevision {
+                            key: key.clone(),
+                            equals: current.mod_revision,
+                        }],
+                        success: vec![Op::Put { key: key.clone(), value: encode(&next)? }],
+                        failure: vec![],
+                    })
+                    .await?;
+                if response.succeeded {
+                    set_resource_version(&mut next, response.revision);
+                    return Ok(next);
+                }
+                continue;
+            }
+            if options.dry_run {
+                return Ok(current.object);
+            }
+            let response = self
+                .store
+                .txn(Txn {
+                    compares: vec![Compare::ModRevision {
+                        key: key.clone(),
+                        equals: current.mod_revision,
+                    }],
+                    success: vec![Op::Delete { key: key.clone() }],
+                    failure: vec![],
+                })
+                .await?;
+            if response.succeeded {
+                let mut gone = current.object;
+                if let Some(OpResult::Delete { .. }) = response.results.first() {
+                    set_resource_version(&mut gone, response.revision);
+                }
+                return Ok(gone);
+            }
+        }
+        Err(ApiError::conflict(
+            &rt.group,
+            &rt.plural,
+            name,
+            "too many concurrent updates; please try again",
+        ))
+    }
+}
+
+fn strip_managed(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    v
+}
+
+/// Options of a DELETE, from the body and the query.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `propagationPolicy`.
+    pub propagation_policy: Option<String>,
+    /// `gracePeriodSeconds`.
+    pub grace_period_seconds: Option<i64>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+    /// `preconditions.uid`.
+    pub precondition_uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub precondition_rv: Option<String>,
+}

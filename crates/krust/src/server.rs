@@ -1,0 +1,269 @@
+//! `krust server`: flags (named as k3s names them), start-up and shutdown of the control plane.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use apiserver::handler::{ApiServer, ipnet_lite::Ipv4Cidr};
+use apiserver::pki::{self, Pki};
+use apiserver::resources::Registry;
+use apiserver::rest::Rest;
+use clap::{Args, Subcommand};
+use storage::SharedStore;
+
+/// Flags of `krust server`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Folder holding all state: certificates, the embedded store, the join token.
+    #[arg(long, default_value = "/var/lib/krust", env = "KRUST_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443)]
+    https_listen_port: u16,
+    /// Where to write the admin kubeconfig (mode 0600).
+    #[arg(long, default_value = "/etc/krust/krust.yaml", env = "KRUST_KUBECONFIG_OUTPUT")]
+    write_kubeconfig: PathBuf,
+    /// Store: empty for the embedded store, or etcd endpoints `http://host:2379[,...]`.
+    #[arg(long, default_value = "", env = "KRUST_DATASTORE_ENDPOINT")]
+    datastore_endpoint: String,
+    /// Do not run a node agent in this process (the agent arrives in a later release; for now
+    /// no agent runs either way).
+    #[arg(long)]
+    disable_agent: bool,
+    /// Pod network (IPv4 CIDR) nodes get their pod CIDRs from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Service network (IPv4 CIDR); its first address is the `kubernetes` Service.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
+    /// Shared secret nodes join with; generated and kept in the data dir when absent.
+    #[arg(long, env = "KRUST_TOKEN")]
+    token: Option<String>,
+    /// Interval of the store's compaction (history older than one interval is discarded).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
+    /// Size quota of the embedded store, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    datastore_quota_mib: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+    }
+}
+
+/// The host's own IPv4 addresses (not loopback), read from the kernel's routing tables.
+pub(crate) fn host_addresses() -> Vec<IpAddr> {
+    let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") else { return Vec::new() };
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in trie.lines() {
+        let trimmed = line.trim_start_matches([' ', '|', '-', '+']).trim();
+        if let Ok(ip) = trimmed.parse::<Ipv4Addr>() {
+            last = Some(ip);
+        } else if trimmed.contains("/32 host LOCAL")
+            && let Some(ip) = last
+            && !ip.is_loopback()
+            && !out.contains(&IpAddr::V4(ip))
+        {
+            out.push(IpAddr::V4(ip));
+        }
+    }
+    out
+}
+
+fn load_or_create_token(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    let path = dir.join("token");
+    if let Some(token) = given {
+        pki::write_private(&path, token.as_bytes())?;
+        return Ok(token.to_owned());
+    }
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_owned());
+    }
+    use rand::Rng;
+    let token: String =
+        rand::rng().sample_iter(rand::distr::Alphanumeric).take(48).map(char::from).collect();
+    pki::write_private(&path, token.as_bytes())?;
+    Ok(token)
+}
+
+async fn open_store(args: &ServerArgs) -> anyhow::Result<SharedStore> {
+    if args.datastore_endpoint.is_empty() {
+        let mut config =
+            storage::embedded::Config::with_dir(args.data_dir.join("server").join("db"));
+        config.quota_bytes = args.datastore_quota_mib << 20;
+        let store =
+            tokio::task::spawn_blocking(move || storage::embedded::EmbeddedStore::open(config))
+                .await??;
+        Ok(Arc::new(store))
+    } else {
+        let store = storage::etcd::EtcdStore::connect(&args.datastore_endpoint)
+            .await
+            .with_context(|| format!("connecting to etcd at {}", args.datastore_endpoint))?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Runs the control plane until SIGINT or SIGTERM.
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let service_cidr = Ipv4Cidr::parse(&args.service_cidr)
+        .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
+    Ipv4Cidr::parse(&args.cluster_cidr)
+        .with_context(|| format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr))?;
+    let first_service_ip = service_cidr.nth(1).context("service CIDR too small")?;
+    let server_dir = args.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("creating {}", server_dir.display()))?;
+    let _token = load_or_create_token(&server_dir, args.token.as_deref())?;
+    let addresses = host_addresses();
+    let mut sans = pki::default_sans(&addresses, Some(IpAddr::V4(first_service_ip)));
+    if !args.bind_address.is_unspecified() && !sans.contains(&args.bind_address.to_string()) {
+        sans.push(args.bind_address.to_string());
+    }
+    let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)?;
+    let store = open_store(&args).await?;
+
+    let compactor_stats = Arc::new(storage::compactor::CompactorStats::default());
+    tokio::spawn(storage::compactor::run(
+        store.clone(),
+        args.compaction_interval,
+        compactor_stats.clone(),
+    ));
+
+    let endpoint_ip = if !args.bind_address.is_unspecified() && !args.bind_address.is_loopback() {
+        args.bind_address
+    } else {
+        addresses.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    };
+    let registry = Arc::new(Registry::new());
+    let api = Arc::new(ApiServer {
+        rest: Rest { store: store.clone(), registry: registry.clone() },
+        registry,
+        authorizer: Box::new(apiserver::auth::AllowAuthenticated),
+        metrics: Default::default(),
+        compactor: compactor_stats,
+        advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
+        service_cidr,
+        ip_lock: Default::default(),
+    });
+    apiserver::server::bootstrap(
+        &api,
+        &endpoint_ip.to_string(),
+        args.https_listen_port,
+        &first_service_ip.to_string(),
+    )
+    .await?;
+
+    let addr = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let listener = apiserver::server::bind(addr).await?;
+    let acceptor = apiserver::server::tls_acceptor(&pki)?;
+    let local = listener.local_addr()?;
+    let host = if args.bind_address.is_unspecified() || args.bind_address.is_loopback() {
+        "127.0.0.1".to_owned()
+    } else {
+        args.bind_address.to_string()
+    };
+    let kubeconfig = pki.admin_kubeconfig(&format!("https://{host}:{}", local.port()));
+    pki::write_private(&args.write_kubeconfig, kubeconfig.as_bytes())
+        .with_context(|| format!("writing kubeconfig to {}", args.write_kubeconfig.display()))?;
+    tracing::info!(
+        address = %local,
+        kubeconfig = %args.write_kubeconfig.display(),
+        datastore = if args.datastore_endpoint.is_empty() { "embedded" } else { "etcd" },
+        disable_agent = args.disable_agent,
+        "krust API server is ready"
+    );
+    println!("krust is running: API server on https://{host}:{}", local.port());
+    println!("kubeconfig written to {}", args.write_kubeconfig.display());
+    println!("try: KUBECONFIG={} kubectl get namespaces", args.write_kubeconfig.display());
+
+    let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated; shutting down"),
+    }
+    serving.abort();
+    Ok(())
+}
+
+/// Hidden test helpers.
+#[derive(Debug, Args)]
+pub(crate) struct DebugArgs {
+    #[command(subcommand)]
+    command: DebugCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Writes keys to an embedded store as fast as it can, printing `ack <key>` after each
+    /// acknowledged write, until killed. The crash test kills it with SIGKILL.
+    StoreWriter {
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Key prefix (so runs don't overwrite each other's keys).
+        #[arg(long, default_value = "run")]
+        prefix: String,
+    },
+}
+
+pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
+    match args.command {
+        DebugCommand::StoreWriter { dir, writers, prefix } => {
+            use std::io::Write;
+            let store =
+                storage::embedded::EmbeddedStore::open(storage::embedded::Config::with_dir(dir))?;
+            let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let store = store.clone();
+                let stdout = stdout.clone();
+                let prefix = prefix.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0u64.. {
+                        let key = format!("/crash/{prefix}/{w}/{i}");
+                        let txn = storage::Txn {
+                            success: vec![storage::Op::Put {
+                                key: key.clone(),
+                                value: bytes_of(&key),
+                            }],
+                            ..storage::Txn::default()
+                        };
+                        if storage::Store::txn(&store, txn).await.is_err() {
+                            return;
+                        }
+                        let mut out =
+                            stdout.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let _ = writeln!(out, "ack {key}");
+                        let _ = out.flush();
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn bytes_of(key: &str) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(key.repeat(4).as_bytes())
+}
