@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use storage::{EventKind, WatchMessage};
@@ -130,7 +130,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
+            b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
@@ -1026,7 +1026,7 @@ fn translate_event(
         Some(prev) => Some(rest::decode(prev)?.object),
         None => None,
     };
-    let old_matches = old.as_ref().is_some_and(|o| matches(o));
+    let old_matches = old.as_ref().is_some_and(&matches);
     match event.kind {
         EventKind::Delete => {
             if !old_matches {
@@ -1193,14 +1193,32 @@ fn protobuf_unsupported() -> ApiError {
 }
 
 async fn read_bytes(request: Request<Incoming>) -> ApiResult<Bytes> {
-    let limited = Limited::new(request.into_body(), MAX_BODY_BYTES);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::too_large(format!("Request entity too large: limit is {MAX_BODY_BYTES}")))
+    let mut body = request.into_body();
+    let mut buffer = bytes::BytesMut::new();
+    let mut too_large = false;
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > MAX_BODY_BYTES {
+            // Keep reading (and dropping) so the client finishes sending and sees our 413
+            // instead of a reset connection; give up on absurd sizes.
+            too_large = true;
+            if seen > 16 * MAX_BODY_BYTES {
+                break;
+            }
+            continue;
         }
-        Err(e) => Err(ApiError::bad_request(format!("reading request body: {e}"))),
+        buffer.extend_from_slice(&data);
     }
+    if too_large {
+        return Err(ApiError::too_large(format!(
+            "Request entity too large: limit is {MAX_BODY_BYTES}"
+        )));
+    }
+    Ok(buffer.freeze())
 }
 
 fn parse_body_bytes(bytes: &[u8], allow_yaml: bool) -> ApiResult<Value> {

@@ -277,13 +277,12 @@ impl Rest {
                 meta.remove("namespace");
             }
             let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
-            if name.is_empty() {
-                if let Some(prefix) =
+            if name.is_empty()
+                && let Some(prefix) =
                     meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty())
-                {
-                    let prefix: String = prefix.chars().take(58).collect();
-                    meta.insert("name".into(), json!(format!("{prefix}{}", generate_suffix())));
-                }
+            {
+                let prefix: String = prefix.chars().take(58).collect();
+                meta.insert("name".into(), json!(format!("{prefix}{}", generate_suffix())));
             }
             for field in
                 ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]

@@ -30,7 +30,7 @@ pub struct ApiError {
     /// `Status.message`.
     pub message: String,
     /// `Status.details` name/group/kind (kind is the resource plural, as upstream).
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
     /// `Status.details.causes`.
     pub causes: Vec<Cause>,
     /// `Retry-After` seconds, for 429 and 5xx.
@@ -51,7 +51,7 @@ impl ApiError {
 
     /// Attaches `details.{name,group,kind}`.
     pub fn with_details(mut self, group: &str, plural: &str, name: &str) -> ApiError {
-        self.details = Some((name.to_owned(), group.to_owned(), plural.to_owned()));
+        self.details = Some(Box::new((name.to_owned(), group.to_owned(), plural.to_owned())));
         self
     }
 
@@ -124,7 +124,7 @@ impl ApiError {
             format!("{what} \"{name}\" is invalid: [{}]", list.join(", "))
         };
         let mut error = ApiError::new(422, "Invalid", message);
-        error.details = Some((name.to_owned(), group.to_owned(), kind.to_owned()));
+        error.details = Some(Box::new((name.to_owned(), group.to_owned(), kind.to_owned())));
         error.causes = causes;
         error
     }
@@ -154,7 +154,8 @@ impl ApiError {
         });
         if self.details.is_some() || !self.causes.is_empty() {
             let mut details = serde_json::Map::new();
-            if let Some((name, group, kind)) = &self.details {
+            if let Some(details_tuple) = &self.details {
+                let (name, group, kind) = details_tuple.as_ref();
                 if !name.is_empty() {
                     details.insert("name".into(), json!(name));
                 }

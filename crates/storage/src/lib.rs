@@ -258,6 +258,6 @@ mod tests {
     fn prefix_end_bumps_the_last_char() {
         assert_eq!(prefix_end("/registry/pods/"), "/registry/pods0");
         assert_eq!(prefix_end("a"), "b");
-        assert!(prefix_end("/registry/pods/") > "/registry/pods/zzzz".to_owned());
+        assert!(prefix_end("/registry/pods/").as_str() > "/registry/pods/zzzz");
     }
 }

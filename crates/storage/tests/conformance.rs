@@ -1,6 +1,8 @@
 //! One conformance suite for every backend: each case runs against the embedded store and
 //! against a real etcd (Debian's `etcd-server`) started on loopback ports.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

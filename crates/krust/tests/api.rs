@@ -1,0 +1,292 @@
+//! Integration tests with the `kube` crate: optimistic concurrency, Status errors, watch
+//! semantics (resume, 410, WatchList), and the bad-input contract.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::KrustServer;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+
+fn cm(name: &str, value: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": value}}))
+        .unwrap()
+}
+
+fn status_code(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("expected an API Status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_conflicts_and_list_resource_version() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let created = api.create(&PostParams::default(), &cm("a", "1")).await.unwrap();
+    let rv1 = created.metadata.resource_version.clone().unwrap();
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    let (code, reason) =
+        status_code(api.create(&PostParams::default(), &cm("a", "1")).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    let mut update = created.clone();
+    update.data = Some([("k".to_owned(), "2".to_owned())].into());
+    let updated = api.replace("a", &PostParams::default(), &update).await.unwrap();
+    assert_ne!(updated.metadata.resource_version.unwrap(), rv1);
+    // The same stale object again: 409 Conflict, and nothing changes.
+    let (code, reason) =
+        status_code(api.replace("a", &PostParams::default(), &update).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(api.get("a").await.unwrap().data.unwrap()["k"], "2");
+
+    // A list's resourceVersion is the store revision it was read at, not an item's.
+    let other: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    other.create(&PostParams::default(), &cm("elsewhere", "x")).await.unwrap();
+    let list = api.list(&ListParams::default()).await.unwrap();
+    let list_rv: i64 = list.metadata.resource_version.unwrap().parse().unwrap();
+    let max_item: i64 = list
+        .items
+        .iter()
+        .map(|i| i.metadata.resource_version.as_ref().unwrap().parse::<i64>().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        list_rv > max_item,
+        "list RV {list_rv} must be the store revision, above item RVs ({max_item})"
+    );
+
+    let (code, _) = status_code(api.get("missing").await.unwrap_err());
+    assert_eq!(code, 404);
+    let invalid: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "UPPER"}})).unwrap();
+    let err = api.create(&PostParams::default(), &invalid).await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            let causes = s.details.map(|d| d.causes).unwrap_or_default();
+            assert!(causes.iter().any(|c| c.field == "metadata.name"), "{causes:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_from_any_revision() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let start = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut revisions = Vec::new();
+    for i in 0..5 {
+        revisions.push(
+            api.create(&PostParams::default(), &cm(&format!("w{i}"), "v"))
+                .await
+                .unwrap()
+                .metadata
+                .resource_version
+                .unwrap(),
+        );
+    }
+    // From the list RV: all five, in order.
+    let events: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(20),
+        api.watch(&WatchParams::default(), &start).await.unwrap().take(5).try_collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let names: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Added(o) => o.metadata.name.clone().unwrap(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["w0", "w1", "w2", "w3", "w4"]);
+    // From the middle: exactly the tail.
+    let tail: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(20),
+        api.watch(&WatchParams::default(), &revisions[2])
+            .await
+            .unwrap()
+            .take(2)
+            .try_collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(tail.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_status_and_changes_nothing() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let request = |method: &str, path: &str, body: Vec<u8>, content_type: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Content-Type", content_type)
+            .body(body)
+            .unwrap()
+    };
+    let before = client
+        .request_text(
+            http::Request::get("/api/v1/namespaces/default/configmaps").body(vec![]).unwrap(),
+        )
+        .await
+        .unwrap();
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let cases: Vec<(http::Request<Vec<u8>>, u16)> = vec![
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                b"{not json".to_vec(),
+                "application/json",
+            ),
+            400,
+        ),
+        (request("GET", "/api/v1/namespaces/default/widgets", vec![], "application/json"), 404),
+        (request("GET", "/apis/nope.example/v1/things", vec![], "application/json"), 404),
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                br#"{"metadata":{"name":"x"},"data":{"a":1}}"#.to_vec(),
+                "application/json",
+            ),
+            400,
+        ),
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+                br#"{"metadata":{"name":"x"},"bogus":1}"#.to_vec(),
+                "application/json",
+            ),
+            400,
+        ),
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                vec![b' '; 4 * 1024 * 1024],
+                "application/json",
+            ),
+            413,
+        ),
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                format!(
+                    r#"{{"metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+                    "x".repeat(2 * 1024 * 1024)
+                )
+                .into_bytes(),
+                "application/json",
+            ),
+            413,
+        ),
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/pods",
+                br#"{"metadata":{"name":"p"},"spec":{"containers":[]}}"#.to_vec(),
+                "application/json",
+            ),
+            422,
+        ),
+        (
+            request(
+                "PATCH",
+                "/api/v1/namespaces/default/configmaps/none",
+                b"{}".to_vec(),
+                "text/plain",
+            ),
+            415,
+        ),
+    ];
+    for (req, want) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let err = client.request_text(req).await.unwrap_err();
+        assert_eq!(status_code(err).0, want, "{what}");
+    }
+    let after = client
+        .request_text(
+            http::Request::get("/api/v1/namespaces/default/configmaps").body(vec![]).unwrap(),
+        )
+        .await
+        .unwrap();
+    let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(before["items"], after["items"], "no bad request wrote anything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_get_401() {
+    let server = KrustServer::start(&[]);
+    // A client with the CA but without the admin certificate.
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig).unwrap();
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(info) = user.auth_info.as_mut() {
+            info.client_certificate_data = None;
+            info.client_key_data = None;
+        }
+    }
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let (code, reason) = status_code(api.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+    // Health and version stay public, as upstream.
+    assert!(client.apiserver_version().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_list_sends_initial_events_then_bookmark() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("before", "v")).await.unwrap();
+    let text = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request_text(
+            http::Request::get("/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1")
+                .body(vec![])
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let events: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "before");
+    let bookmark =
+        events.iter().find(|e| e["type"] == "BOOKMARK").expect("initial-events-end bookmark");
+    assert_eq!(bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    // Without the required companions the request is refused, so clients fall back to list+watch.
+    let err = client
+        .request_text(
+            http::Request::get(
+                "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true",
+            )
+            .body(vec![])
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(err).0, 422);
+    let _ = api.list(&ListParams::default()).await.unwrap();
+    let _ = futures::stream::iter([0]).next().await;
+}

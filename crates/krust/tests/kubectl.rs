@@ -1,0 +1,238 @@
+//! End-to-end: the real kubectl (v1.37, and v1.34 for skew) against a real `krust server`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{KrustServer, tool};
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+  namespace: demo
+  labels: {app: web}
+data:
+  a: "1"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        ports: [{containerPort: 80}]
+"#;
+
+#[test]
+fn kubectl_everyday_commands() {
+    let server = KrustServer::start(&[]);
+    let version = server.ok(&["version", "-o", "json"]);
+    assert!(version.contains("\"gitVersion\": \"v1.37.0+krust\""), "{version}");
+    let resources = server.ok(&["api-resources"]);
+    let deployments =
+        resources.lines().find(|l| l.starts_with("deployments ")).expect("deployments listed");
+    assert_eq!(
+        deployments.split_whitespace().collect::<Vec<_>>(),
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    assert!(resources.lines().any(|l| l.starts_with("customresourcedefinitions ")), "{resources}");
+    let namespaces = server.ok(&["get", "namespaces"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(namespaces.contains(ns), "{namespaces}");
+    }
+    assert!(
+        namespaces.starts_with("NAME") && namespaces.contains("STATUS"),
+        "server-side Table columns: {namespaces}"
+    );
+
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n",
+    );
+    // apply from a directory
+    let dir = server.dir.path().join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.yaml"), MANIFEST).unwrap();
+    let applied = server.ok(&["apply", "-f", dir.to_str().unwrap()]);
+    assert!(
+        applied.contains("configmap/cfg created")
+            && applied.contains("deployment.apps/web created"),
+        "{applied}"
+    );
+
+    let wide = server.ok(&["get", "deploy", "-n", "demo", "-o", "wide"]);
+    assert!(
+        wide.contains("CONTAINERS") && wide.contains("busybox:1.36") && wide.contains("app=web"),
+        "{wide}"
+    );
+
+    // update through apply (strategic merge patch computed by kubectl)
+    std::fs::write(
+        dir.join("app.yaml"),
+        MANIFEST.replace("replicas: 2", "replicas: 3").replace("\"1\"", "\"2\""),
+    )
+    .unwrap();
+    let reapplied = server.ok(&["apply", "-f", dir.to_str().unwrap()]);
+    assert!(reapplied.contains("deployment.apps/web configured"), "{reapplied}");
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.generation}"
+        ]),
+        "3 2"
+    );
+
+    server.ok(&["scale", "deploy/web", "-n", "demo", "--replicas=5"]);
+    server.ok(&["set", "image", "deploy/web", "-n", "demo", "web=busybox:1.37"]);
+    assert_eq!(
+        server.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.metadata.generation}"]),
+        "5 busybox:1.37 4"
+    );
+
+    server.ok(&["label", "cm", "cfg", "-n", "demo", "tier=x"]);
+    server.ok(&["annotate", "cm", "cfg", "-n", "demo", "note=y"]);
+    let labelled = server.ok(&["get", "cm", "-n", "demo", "-l", "tier=x", "-o", "name"]);
+    assert_eq!(labelled.trim(), "configmap/cfg");
+    assert_eq!(server.ok(&["get", "cm", "-n", "demo", "-l", "tier=nope", "-o", "name"]).trim(), "");
+    server.ok(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/a","value":"9"}]"#,
+    ]);
+    server.ok(&["patch", "cm", "cfg", "-n", "demo", "-p", r#"{"data":{"b":"3"}}"#]);
+    server.ok(&["patch", "cm", "cfg", "-n", "demo", "--type=merge", "-p", r#"{"data":{"c":"4"}}"#]);
+    assert_eq!(
+        server.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data}"]),
+        r#"{"a":"9","b":"3","c":"4"}"#
+    );
+
+    // field selectors, all namespaces, yaml/json output
+    let by_name =
+        server.ok(&["get", "cm", "-A", "--field-selector", "metadata.name=cfg", "-o", "name"]);
+    assert_eq!(by_name.trim(), "configmap/cfg");
+    let yaml = server.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "yaml"]);
+    assert!(yaml.contains("resourceVersion:") && yaml.contains("uid:"), "{yaml}");
+
+    // replace with a stale object is a conflict
+    let json = server.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "json"]);
+    server.ok(&["label", "cm", "cfg", "-n", "demo", "bump=1"]);
+    let stale = server.kubectl_with(tool("kubectl"), &["replace", "-f", "-"], Some(&json));
+    assert!(!stale.status.success());
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(err.contains("Conflict") && err.contains("the object has been modified"), "{err}");
+
+    // diff shows the live change; server-side apply succeeds
+    let diff = server.kubectl(&["diff", "-f", dir.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(1), "diff exits 1 when there are differences");
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("-  replicas: 5"));
+    let ssa = server.ok(&["apply", "--server-side", "-f", dir.to_str().unwrap()]);
+    assert!(ssa.contains("serverside-applied"), "{ssa}");
+
+    // chunked listing follows continue tokens
+    for i in 0..7 {
+        server.ok_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: page-{i}\n  namespace: demo\n"
+            ),
+        );
+    }
+    let chunked = server.ok(&["get", "cm", "-n", "demo", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(chunked.lines().count(), 8, "{chunked}");
+
+    // describe and explain work
+    let describe = server.ok(&["describe", "deploy", "web", "-n", "demo"]);
+    assert!(
+        describe.contains("busybox:1.36") && describe.contains("Replicas:               3 desired"),
+        "{describe}"
+    );
+    let explain = server.ok(&["explain", "deployment"]);
+    assert!(explain.contains("KIND:       Deployment"), "{explain}");
+
+    // errors come back as Status objects kubectl can print
+    let missing = server.kubectl(&["get", "cm", "nope", "-n", "demo"]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("Error from server (NotFound): configmaps \"nope\" not found")
+    );
+    let invalid = server.kubectl_with(
+        tool("kubectl"),
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n"),
+    );
+    assert!(
+        String::from_utf8_lossy(&invalid.stderr).contains("Invalid value: \"Bad_Name\""),
+        "{}",
+        String::from_utf8_lossy(&invalid.stderr)
+    );
+    let missing_ns = server.kubectl_with(
+        tool("kubectl"),
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: nowhere\n"),
+    );
+    assert!(
+        String::from_utf8_lossy(&missing_ns.stderr).contains("namespaces \"nowhere\" not found")
+    );
+
+    // delete, including the namespace and what is in it
+    server.ok(&["delete", "-f", dir.to_str().unwrap()]);
+    assert_eq!(server.ok(&["get", "deploy", "-n", "demo", "-o", "name"]).trim(), "");
+    server.ok(&["delete", "namespace", "demo", "--timeout=60s"]);
+    let after = server.ok(&["get", "namespaces", "-o", "name"]);
+    assert!(!after.contains("namespace/demo"), "{after}");
+}
+
+#[test]
+fn kubectl_134_skew_and_restart_keep_data() {
+    let mut server = KrustServer::start(&[]);
+    server.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  namespace: default\ndata:\n  k: v\n");
+    let old = server.kubectl_with(
+        tool("kubectl-v34"),
+        &["get", "cm", "keep", "-o", "jsonpath={.data.k}"],
+        None,
+    );
+    assert!(old.status.success(), "{}", String::from_utf8_lossy(&old.stderr));
+    assert_eq!(String::from_utf8_lossy(&old.stdout), "v");
+    let ca_before =
+        std::fs::read_to_string(server.dir.path().join("data/server/tls/ca.crt")).unwrap();
+    server.restart();
+    assert_eq!(
+        server.ok(&["get", "cm", "keep", "-o", "jsonpath={.data.k}"]),
+        "v",
+        "data survives SIGKILL and restart"
+    );
+    let ca_after =
+        std::fs::read_to_string(server.dir.path().join("data/server/tls/ca.crt")).unwrap();
+    assert_eq!(ca_before, ca_after, "the PKI is reused");
+}
+
+#[test]
+fn etcd_backend_serves_kubectl() {
+    let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
+    let endpoint = format!("--datastore-endpoint={}", etcd.endpoint);
+    let server = KrustServer::start(&[&endpoint]);
+    server.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: on-etcd\n  namespace: default\ndata:\n  k: v\n");
+    assert_eq!(server.ok(&["get", "cm", "on-etcd", "-o", "jsonpath={.data.k}"]), "v");
+    let listed = server.ok(&["get", "ns", "-o", "name"]);
+    assert!(listed.contains("namespace/kube-system"));
+}
