@@ -1,8 +1,6 @@
 //! The first two links of the request chain: authentication (who is asking) and authorization
 //! (may they). Admission follows in `admission`.
 
-use std::net::IpAddr;
-
 /// An authenticated identity, as upstream's `user.Info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserInfo {
@@ -73,9 +71,4 @@ pub fn is_public_path(path: &str) -> bool {
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
         || path.starts_with("/healthz/")
-}
-
-/// Whether the address is loopback (kept for audit logging of where a request came from).
-pub fn is_loopback(addr: &IpAddr) -> bool {
-    addr.is_loopback()
 }

@@ -46,43 +46,9 @@ pub struct ApiServer {
     /// `host:port` clients should use, for legacy discovery.
     pub advertise_address: String,
     /// The service CIDR, for ClusterIP allocation.
-    pub service_cidr: ipnet_lite::Ipv4Cidr,
+    pub service_cidr: crate::cidr::Ipv4Cidr,
     /// Serializes ClusterIP allocation.
     pub ip_lock: tokio::sync::Mutex<()>,
-}
-
-/// A tiny IPv4 CIDR type, enough for allocating service IPs.
-pub mod ipnet_lite {
-    use std::net::Ipv4Addr;
-
-    /// An IPv4 network.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Ipv4Cidr {
-        /// Network address.
-        pub network: Ipv4Addr,
-        /// Prefix length.
-        pub prefix: u8,
-    }
-
-    impl Ipv4Cidr {
-        /// Parses `a.b.c.d/n`.
-        pub fn parse(s: &str) -> Option<Ipv4Cidr> {
-            let (addr, prefix) = s.split_once('/')?;
-            let addr: Ipv4Addr = addr.parse().ok()?;
-            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30)?;
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            Some(Ipv4Cidr { network: Ipv4Addr::from(u32::from(addr) & mask), prefix })
-        }
-        /// The `n`th address of the network.
-        pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
-            let size = 1u32 << (32 - u32::from(self.prefix));
-            (n < size).then(|| Ipv4Addr::from(u32::from(self.network) + n))
-        }
-        /// Number of addresses.
-        pub fn size(&self) -> u32 {
-            1u32 << (32 - u32::from(self.prefix))
-        }
-    }
 }
 
 /// The Kubernetes version krust reports.
@@ -468,7 +434,7 @@ impl ApiServer {
             .iter()
             .map(|t| format!("{}/{}/{}", t.group, t.version, t.plural))
             .collect();
-        format!("{:016X}", crc32_of(names.join(",").as_bytes()))
+        format!("{:016X}", fnv1a(names.join(",").as_bytes()))
     }
 
     async fn serve_resource(
@@ -505,7 +471,7 @@ impl ApiServer {
                 let name = target.name.as_deref().unwrap_or("");
                 let stored = self.rest.get(&rt, ns, name).await?;
                 if target.subresource.as_deref() == Some("scale") {
-                    return Ok(json_response(StatusCode::OK, &scale_of(&rt, &stored.object)));
+                    return Ok(json_response(StatusCode::OK, &scale_of(&stored.object)));
                 }
                 if table {
                     let rv = stored.mod_revision.to_string();
@@ -525,9 +491,6 @@ impl ApiServer {
                 let mut meta = json!({"resourceVersion": page.revision.to_string()});
                 if let Some(token) = &page.continue_token {
                     meta["continue"] = json!(token);
-                }
-                if let Some(remaining) = page.remaining.filter(|r| *r > 0) {
-                    meta["remainingItemCount"] = json!(remaining);
                 }
                 if table {
                     return Ok(table_response(&table::table(
@@ -549,7 +512,7 @@ impl ApiServer {
                     ));
                 }
                 let body = read_body(request, &content_type).await?;
-                let options = write_options(&query, &user_agent, false)?;
+                let options = write_options(&query, &user_agent)?;
                 let mut body = body;
                 self.admit_create(&rt, &mut body).await?;
                 let (object, warnings) = self.rest.create(&rt, ns, body, &options).await?;
@@ -558,7 +521,7 @@ impl ApiServer {
             "update" => {
                 let name = target.name.clone().unwrap_or_default();
                 let body = read_body(request, &content_type).await?;
-                let options = write_options(&query, &user_agent, false)?;
+                let options = write_options(&query, &user_agent)?;
                 if target.subresource.as_deref() == Some("scale") {
                     return self.update_scale(&rt, ns, &name, body, &options).await;
                 }
@@ -606,10 +569,10 @@ impl ApiServer {
                 }
                 let bytes = read_bytes(request).await?;
                 let patch: Value = parse_body_bytes(&bytes, patch_type == PatchType::Apply)?;
-                let options = write_options(&query, &user_agent, patch_type == PatchType::Apply)?;
+                let options = write_options(&query, &user_agent)?;
                 if target.subresource.as_deref() == Some("scale") {
                     let current = self.rest.get(&rt, ns, &name).await?;
-                    let scale = scale_of(&rt, &current.object);
+                    let scale = scale_of(&current.object);
                     let patched = match patch_type {
                         PatchType::Json => crate::patch::json_patch(&scale, &patch)?,
                         _ => crate::patch::merge_patch(&scale, &patch),
@@ -706,7 +669,7 @@ impl ApiServer {
         }
         let (object, _, _) =
             self.rest.patch(rt, ns, name, PatchType::Merge, patch, Some("scale"), options).await?;
-        Ok(json_response(StatusCode::OK, &scale_of(rt, &object)))
+        Ok(json_response(StatusCode::OK, &scale_of(&object)))
     }
 
     /// Admission: mutations every create of a type gets before it is stored.
@@ -748,11 +711,12 @@ impl ApiServer {
             .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned))
             .collect();
         use rand::Rng;
-        let size = self.service_cidr.size();
-        let start = rand::rng().random_range(2..size.saturating_sub(1).max(3));
-        for offset in 0..size {
-            let n = 2 + (start - 2 + offset) % size.saturating_sub(3).max(1);
-            if let Some(ip) = self.service_cidr.nth(n) {
+        // Skip the network address, the first address (the `kubernetes` Service) and the
+        // broadcast address; start at a random offset so concurrent clusters rarely collide.
+        let usable = self.service_cidr.size().saturating_sub(3);
+        let first = if usable == 0 { 0 } else { rand::rng().random_range(0..usable) };
+        for i in 0..usable {
+            if let Some(ip) = self.service_cidr.nth(2 + (first + i) % usable) {
                 let ip = ip.to_string();
                 if !used.contains(&ip) {
                     return Ok(ip);
@@ -820,7 +784,7 @@ impl ApiServer {
         if !empty {
             return Ok(false);
         }
-        let key = format!("/registry/core/namespaces/{name}");
+        let key = self.rest.namespaces()?.key(None, name);
         let (kv, _) = storage::get(self.rest.store.as_ref(), &key).await?;
         if let Some(kv) = kv {
             let ns = rest::decode(&kv)?.object;
@@ -1051,8 +1015,8 @@ fn translate_event(
     }
 }
 
-fn crc32_of(bytes: &[u8]) -> u64 {
-    // FNV-1a: a stable, dependency-free fingerprint for the OpenAPI cache buster.
+/// FNV-1a: a stable, dependency-free fingerprint for the OpenAPI cache buster.
+fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf29ce484222325;
     for b in bytes {
         hash ^= u64::from(*b);
@@ -1085,18 +1049,8 @@ fn table_response(value: &Value) -> Response<Body> {
     r
 }
 
-fn scale_of(rt: &ResourceType, object: &Value) -> Value {
-    let selector = object
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let _ = rt;
+fn scale_of(object: &Value) -> Value {
+    let selector = table::label_selector_string(object.pointer("/spec/selector"));
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1129,7 +1083,7 @@ fn list_options(rt: &ResourceType, query: &Query) -> ApiResult<ListOptions> {
     })
 }
 
-fn write_options(query: &Query, user_agent: &str, _apply: bool) -> ApiResult<WriteOptions> {
+fn write_options(query: &Query, user_agent: &str) -> ApiResult<WriteOptions> {
     Ok(WriteOptions {
         dry_run: dry_run(query)?,
         field_validation: FieldValidation::parse(query.get("fieldValidation"))?,

@@ -5,6 +5,7 @@
 //! This is the only crate that touches `storage`; every other component is an API client.
 
 pub mod auth;
+pub mod cidr;
 pub mod discovery;
 pub mod handler;
 pub mod metrics;

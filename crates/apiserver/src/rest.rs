@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use storage::{Compare, KeyValue, Op, OpResult, RangeRequest, SharedStore, Txn};
+use storage::{Compare, KeyValue, Op, RangeRequest, SharedStore, Txn};
 
 use crate::patch::{self, PatchType};
 use crate::resources::{Registry, ResourceType};
@@ -203,8 +203,6 @@ pub struct ListPage {
     pub revision: i64,
     /// Token for the next page, if any.
     pub continue_token: Option<String>,
-    /// Objects after this page (upper bound when selectors are used).
-    pub remaining: Option<i64>,
 }
 
 fn encode_continue(revision: i64, start: &str) -> String {
@@ -235,12 +233,17 @@ pub fn parse_rv(rv: &str) -> ApiResult<i64> {
 }
 
 impl Rest {
+    /// The Namespace type, which the registry needs for namespace checks.
+    pub fn namespaces(&self) -> ApiResult<Arc<ResourceType>> {
+        self.registry
+            .lookup("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces are not served"))
+    }
+
     /// Whether `namespace` exists and is not terminating; the caller is creating in it.
     pub async fn check_namespace_for_create(&self, namespace: &str) -> ApiResult<()> {
-        let key = format!("/registry/core/namespaces/{namespace}");
-        let (kv, _) = storage::get(self.store.as_ref(), &key).await?;
-        let Some(kv) = kv else { return Err(ApiError::not_found("", "namespaces", namespace)) };
-        let ns = decode(&kv)?.object;
+        let namespaces = self.namespaces()?;
+        let ns = self.get(&namespaces, None, namespace).await?.object;
         if ns.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
             return Err(ApiError::forbidden(format!(
                 "unable to create new content in namespace {namespace} because it is being terminated"
@@ -435,7 +438,6 @@ impl Rest {
         let filtering = !options.labels.is_empty() || !options.fields.is_empty();
         let mut items = Vec::new();
         let mut continue_token = None;
-        let mut remaining = None;
         loop {
             let want = if options.limit == 0 {
                 0
@@ -453,7 +455,6 @@ impl Rest {
                     other => other.into(),
                 })?;
             revision = Some(response.revision);
-            let count = response.kvs.len();
             let mut last_key = None;
             for kv in &response.kvs {
                 last_key = Some(kv.key.clone());
@@ -466,37 +467,23 @@ impl Rest {
                     }
                 }
             }
-            let reached_limit = options.limit > 0 && items.len() == options.limit;
-            let exhausted =
-                !response.more && last_key.as_ref() == response.kvs.last().map(|kv| &kv.key);
-            if reached_limit {
-                let last = last_key.unwrap_or_default();
-                let consumed_all =
-                    !response.more && response.kvs.last().map(|kv| &kv.key) == Some(&last);
-                if !consumed_all {
-                    let next = storage::key_end(&last);
-                    continue_token = Some(encode_continue(response.revision, &next));
-                    if !filtering {
-                        let rest = self
-                            .store
-                            .range(RangeRequest {
-                                start: next,
-                                end: end.clone(),
-                                revision,
-                                limit: 0,
-                            })
-                            .await?;
-                        remaining = Some(rest.kvs.len() as i64);
-                    }
+            let last = last_key.unwrap_or_default();
+            if options.limit > 0 && items.len() == options.limit {
+                // More may follow if the range had more keys, or if the page filled up before
+                // the keys this read returned were all looked at.
+                let stopped_early = response.kvs.last().is_some_and(|kv| kv.key != last);
+                if stopped_early || response.more {
+                    continue_token =
+                        Some(encode_continue(response.revision, &storage::key_end(&last)));
                 }
                 break;
             }
-            if exhausted || count == 0 || !response.more {
+            if !response.more || response.kvs.is_empty() {
                 break;
             }
-            start = storage::key_end(&last_key.unwrap_or_default());
+            start = storage::key_end(&last);
         }
-        Ok(ListPage { items, revision: revision.unwrap_or(0), continue_token, remaining })
+        Ok(ListPage { items, revision: revision.unwrap_or(0), continue_token })
     }
 
     /// Replaces an object (PUT), optionally only its `status` subresource.
@@ -923,9 +910,7 @@ impl Rest {
                 .await?;
             if response.succeeded {
                 let mut gone = current.object;
-                if let Some(OpResult::Delete { .. }) = response.results.first() {
-                    set_resource_version(&mut gone, response.revision);
-                }
+                set_resource_version(&mut gone, response.revision);
                 return Ok(gone);
             }
         }

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::status::ApiError;
+use crate::strategy::{valid_label_value, valid_qualified_name};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
@@ -41,27 +42,6 @@ fn split_top_level(input: &str) -> Vec<&str> {
     parts
 }
 
-fn valid_label_key(key: &str) -> bool {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    name_ok && prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253)
-}
-
-fn valid_label_value(value: &str) -> bool {
-    value.is_empty()
-        || (value.len() <= 63
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
-}
-
 impl LabelSelector {
     /// Parses `k=v,k!=v,k in (a,b),k notin (a),k,!k`.
     pub fn parse(input: &str) -> Result<LabelSelector, ApiError> {
@@ -94,7 +74,7 @@ impl LabelSelector {
                 }
                 Requirement::Exists(k) | Requirement::DoesNotExist(k) => (k, vec![]),
             };
-            if !valid_label_key(key) {
+            if !valid_qualified_name(key) {
                 return Err(bad(&format!("invalid label key \"{key}\"")));
             }
             if let Some(v) = values.iter().find(|v| !valid_label_value(v)) {

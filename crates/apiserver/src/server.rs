@@ -32,6 +32,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A type the bootstrap objects need is not served.
+    #[error("bootstrap: {0} are not served")]
+    NotServed(&'static str),
     /// Creating the bootstrap objects failed.
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] crate::status::ApiError),
@@ -135,9 +138,8 @@ pub async fn bootstrap(
         field_manager: "krust".into(),
     };
     let registry = &server.registry;
-    let namespaces = registry
-        .lookup("", "v1", "namespaces")
-        .ok_or_else(|| ServerError::Tls("namespaces not served".into()))?;
+    let namespaces =
+        registry.lookup("", "v1", "namespaces").ok_or(ServerError::NotServed("namespaces"))?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         match server
             .rest
@@ -149,9 +151,8 @@ pub async fn bootstrap(
             Err(e) => return Err(e.into()),
         }
     }
-    let services = registry
-        .lookup("", "v1", "services")
-        .ok_or_else(|| ServerError::Tls("services not served".into()))?;
+    let services =
+        registry.lookup("", "v1", "services").ok_or(ServerError::NotServed("services"))?;
     let service = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": service_ip, "clusterIPs": [service_ip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
@@ -163,9 +164,8 @@ pub async fn bootstrap(
         Err(e) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    let endpoints = registry
-        .lookup("", "v1", "endpoints")
-        .ok_or_else(|| ServerError::Tls("endpoints not served".into()))?;
+    let endpoints =
+        registry.lookup("", "v1", "endpoints").ok_or(ServerError::NotServed("endpoints"))?;
     let wanted = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": endpoint_ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]

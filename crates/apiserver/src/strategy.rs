@@ -46,8 +46,6 @@ pub fn canonicalize(
         .map_err(|e| ApiError::bad_request(format!("error decoding {}: {e}", rt.kind)))?;
     let mut unknown = Vec::new();
     unknown_fields(&original, &canonical, "", &mut unknown);
-    // `status` of types without one, and fields the API ignores on purpose, are not "unknown".
-    unknown.retain(|f| f != ".metadata.resourceVersion");
     let warnings: Vec<String> = unknown
         .iter()
         .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.')))
@@ -122,10 +120,6 @@ pub fn validate_name(rt: &ResourceType, name: &str) -> Option<Cause> {
                 && name != "..",
             "may not contain '/' or '%'",
         ),
-        _ if rt.codec.is_none() => (
-            is_dns_subdomain(name),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-        ),
         _ => (
             is_dns_subdomain(name),
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
@@ -161,13 +155,7 @@ pub fn validate_metadata(rt: &ResourceType, object: &Value, causes: &mut Vec<Cau
                 causes.push(Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (max 63 characters)")));
             }
             let v = v.as_str().unwrap_or("");
-            if !(v.is_empty()
-                || (v.len() <= 63
-                    && v.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-                    && v.ends_with(|c: char| c.is_ascii_alphanumeric())))
-            {
+            if !valid_label_value(v) {
                 causes.push(Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (max 63 characters)")));
             }
         }
@@ -190,7 +178,19 @@ pub fn validate_metadata(rt: &ResourceType, object: &Value, causes: &mut Vec<Cau
     }
 }
 
-fn valid_qualified_name(key: &str) -> bool {
+/// A label value: empty, or at most 63 alphanumerics, '-', '_' or '.' starting and ending
+/// alphanumeric.
+pub(crate) fn valid_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 alphanumerics, '-', '_' or '.' starting and ending alphanumeric.
+pub(crate) fn valid_qualified_name(key: &str) -> bool {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),

@@ -244,13 +244,26 @@ fn containers_images(template_spec: &Value) -> (String, String) {
     (names.join(","), images.join(","))
 }
 
-fn selector_string(selector: Option<&Value>) -> String {
-    let Some(selector) = selector else { return "<none>".into() };
+/// `k=v,k=v` for a map of labels ("" when absent).
+pub(crate) fn label_map_string(map: Option<&Value>) -> String {
+    map.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// A `LabelSelector` in the query syntax (`a=b,c in (d),!e`), as upstream formats it; "" when
+/// absent or empty.
+pub(crate) fn label_selector_string(selector: Option<&Value>) -> String {
+    let Some(selector) = selector else { return String::new() };
     let mut parts = Vec::new();
-    if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in labels {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
-        }
+    let labels = label_map_string(selector.get("matchLabels"));
+    if !labels.is_empty() {
+        parts.push(labels);
     }
     if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
         for e in exprs {
@@ -263,13 +276,16 @@ fn selector_string(selector: Option<&Value>) -> String {
             parts.push(match s(e, "/operator") {
                 "In" => format!("{key} in ({})", values.join(",")),
                 "NotIn" => format!("{key} notin ({})", values.join(",")),
-                "Exists" => key.to_owned(),
                 "DoesNotExist" => format!("!{key}"),
                 _ => key.to_owned(),
             });
         }
     }
-    or_none(parts.join(","))
+    parts.join(",")
+}
+
+fn selector_string(selector: Option<&Value>) -> String {
+    or_none(label_selector_string(selector))
 }
 
 fn pod_status(pod: &Value) -> (String, i64, usize, usize) {
@@ -366,16 +382,7 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
         "DaemonSet" => {
             let (c, i) =
                 containers_images(obj.pointer("/spec/template/spec").unwrap_or(&Value::Null));
-            let node_selector = obj
-                .pointer("/spec/template/spec/nodeSelector")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let node_selector = label_map_string(obj.pointer("/spec/template/spec/nodeSelector"));
             vec![
                 json!(name),
                 json!(n(obj, "/status/desiredNumberScheduled")),
@@ -486,16 +493,7 @@ fn cells(kind: &str, obj: &Value, now: i64) -> Vec<Value> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let selector = obj
-                .pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let selector = label_map_string(obj.pointer("/spec/selector"));
             vec![
                 json!(name),
                 json!(svc_type),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use apiserver::handler::{ApiServer, ipnet_lite::Ipv4Cidr};
+use apiserver::cidr::Ipv4Cidr;
+use apiserver::handler::ApiServer;
 use apiserver::pki::{self, Pki};
 use apiserver::resources::Registry;
 use apiserver::rest::Rest;

@@ -1,5 +1,5 @@
 //! Integration tests with the `kube` crate: optimistic concurrency, Status errors, watch
-//! semantics (resume, 410, WatchList), and the bad-input contract.
+//! semantics (resume, 410 Expired after compaction, WatchList), and the bad-input contract.
 
 #![allow(clippy::unwrap_used)]
 
@@ -287,6 +287,46 @@ async fn watch_list_sends_initial_events_then_bookmark() {
         .await
         .unwrap_err();
     assert_eq!(status_code(err).0, 422);
-    let _ = api.list(&ListParams::default()).await.unwrap();
-    let _ = futures::stream::iter([0]).next().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_compacted_revision_gets_410_expired() {
+    let server = KrustServer::start(&["--compaction-interval=1s"]);
+    let client = server.client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let old = api
+        .create(&PostParams::default(), &cm("c", "0"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "compaction never passed revision {old}");
+        // Keep writing so the compactor has newer revisions to compact to.
+        i += 1;
+        let mut next = api.get("c").await.unwrap();
+        next.data = Some([("k".to_owned(), i.to_string())].into());
+        api.replace("c", &PostParams::default(), &next).await.unwrap();
+        let text = client
+            .request_text(
+                http::Request::get(format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={old}&timeoutSeconds=1"))
+                    .body(vec![])
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap();
+        if first["type"] == "ERROR" {
+            assert_eq!(first["object"]["code"], 410);
+            assert_eq!(first["object"]["reason"], "Expired");
+            break;
+        }
+        // Until then the watch replays history from `old` in order, starting just after it.
+        assert_eq!(first["type"], "MODIFIED", "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

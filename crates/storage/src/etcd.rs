@@ -50,6 +50,10 @@ fn convert_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 }
 
 /// Translates etcd's gRPC errors into the shared error type where they have a meaning there.
+///
+/// etcd reports compaction, future revisions and a full quota with one gRPC code each shared by
+/// several errors (OutOfRange, ResourceExhausted); its stable `rpctypes` messages are the only
+/// thing that tells them apart, and etcd's own Go client matches them the same way.
 fn convert_error(error: etcd_client::Error, requested: Revision) -> Error {
     if let etcd_client::Error::GRpcStatus(status) = &error {
         let message = status.message();
