@@ -18,6 +18,7 @@ use crate::auth::{Attributes, Authorizer, Decision, UserInfo};
 use crate::discovery;
 use crate::metrics::Metrics;
 use crate::patch::PatchType;
+use crate::protobuf;
 use crate::resources::{Registry, ResourceType};
 use crate::rest::{self, DeleteOptions, ListOptions, Rest, WriteOptions};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -45,10 +46,6 @@ pub struct ApiServer {
     pub compactor: Arc<storage::compactor::CompactorStats>,
     /// `host:port` clients should use, for legacy discovery.
     pub advertise_address: String,
-    /// The service CIDR, for ClusterIP allocation.
-    pub service_cidr: crate::cidr::Ipv4Cidr,
-    /// Serializes ClusterIP allocation.
-    pub ip_lock: tokio::sync::Mutex<()>,
 }
 
 /// The Kubernetes version krust reports.
@@ -513,8 +510,6 @@ impl ApiServer {
                 }
                 let body = read_body(request, &content_type).await?;
                 let options = write_options(&query, &user_agent)?;
-                let mut body = body;
-                self.admit_create(&rt, &mut body).await?;
                 let (object, warnings) = self.rest.create(&rt, ns, body, &options).await?;
                 Ok(with_warnings(json_response(StatusCode::CREATED, &object), &warnings))
             }
@@ -670,60 +665,6 @@ impl ApiServer {
         let (object, _, _) =
             self.rest.patch(rt, ns, name, PatchType::Merge, patch, Some("scale"), options).await?;
         Ok(json_response(StatusCode::OK, &scale_of(&object)))
-    }
-
-    /// Admission: mutations every create of a type gets before it is stored.
-    async fn admit_create(&self, rt: &ResourceType, object: &mut Value) -> ApiResult<()> {
-        if rt.kind == "Service" {
-            let svc_type = object
-                .pointer("/spec/type")
-                .and_then(Value::as_str)
-                .unwrap_or("ClusterIP")
-                .to_owned();
-            let has_ip = object
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty());
-            if svc_type != "ExternalName" && !has_ip {
-                let _guard = self.ip_lock.lock().await;
-                let ip = self.allocate_cluster_ip().await?;
-                if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-                    spec.insert("clusterIP".into(), json!(ip));
-                    spec.insert("clusterIPs".into(), json!([ip]));
-                    spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-                    spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
-                    spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn allocate_cluster_ip(&self) -> ApiResult<String> {
-        let rt = self
-            .registry
-            .lookup("", "v1", "services")
-            .ok_or_else(|| ApiError::internal("services not served"))?;
-        let page = self.rest.list(&rt, None, &ListOptions::default()).await?;
-        let used: std::collections::HashSet<String> = page
-            .items
-            .iter()
-            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned))
-            .collect();
-        use rand::Rng;
-        // Skip the network address, the first address (the `kubernetes` Service) and the
-        // broadcast address; start at a random offset so concurrent clusters rarely collide.
-        let usable = self.service_cidr.size().saturating_sub(3);
-        let first = if usable == 0 { 0 } else { rand::rng().random_range(0..usable) };
-        for i in 0..usable {
-            if let Some(ip) = self.service_cidr.nth(2 + (first + i) % usable) {
-                let ip = ip.to_string();
-                if !used.contains(&ip) {
-                    return Ok(ip);
-                }
-            }
-        }
-        Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
     }
 
     /// Namespace lifecycle: a terminating namespace has its contents deleted, then disappears.
@@ -1102,11 +1043,12 @@ fn delete_options(query: &Query, body: &[u8], content_type: &str) -> ApiResult<D
         options.propagation_policy = Some("Orphan".into());
     }
     if !body.is_empty() {
-        if is_protobuf(content_type) {
-            return Err(protobuf_unsupported());
-        }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        let value: Value = if protobuf::is_protobuf(content_type) {
+            protobuf::decode_object(body)?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
         if let Some(p) = value.get("propagationPolicy").and_then(Value::as_str) {
             if !["Foreground", "Background", "Orphan"].contains(&p) {
                 return Err(ApiError::bad_request(format!(
@@ -1134,16 +1076,6 @@ fn delete_options(query: &Query, body: &[u8], content_type: &str) -> ApiResult<D
             .map(str::to_owned);
     }
     Ok(options)
-}
-
-fn is_protobuf(content_type: &str) -> bool {
-    content_type.starts_with("application/vnd.kubernetes.protobuf")
-}
-
-fn protobuf_unsupported() -> ApiError {
-    ApiError::unsupported_media_type(
-        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
-    )
 }
 
 async fn read_bytes(request: Request<Incoming>) -> ApiResult<Bytes> {
@@ -1192,17 +1124,16 @@ fn parse_body_bytes(bytes: &[u8], allow_yaml: bool) -> ApiResult<Value> {
 }
 
 async fn read_body(request: Request<Incoming>, content_type: &str) -> ApiResult<Value> {
-    if is_protobuf(content_type) {
-        return Err(protobuf_unsupported());
-    }
     let media = content_type.split(';').next().unwrap_or("").trim();
-    if !(media.is_empty() || media == "application/json" || media == "*/*") {
+    let protobuf = protobuf::is_protobuf(content_type);
+    if !(protobuf || media.is_empty() || media == "application/json" || media == "*/*") {
         return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json (got {media:?})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {media:?})"
         )));
     }
     let bytes = read_bytes(request).await?;
-    let value = parse_body_bytes(&bytes, false)?;
+    let value =
+        if protobuf { protobuf::decode_object(&bytes)? } else { parse_body_bytes(&bytes, false)? };
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }

@@ -4,6 +4,7 @@
 //!
 //! This is the only crate that touches `storage`; every other component is an API client.
 
+pub mod admission;
 pub mod auth;
 pub mod cidr;
 pub mod discovery;
@@ -11,6 +12,7 @@ pub mod handler;
 pub mod metrics;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

@@ -175,6 +175,8 @@ pub struct Rest {
     pub store: SharedStore,
     /// Served types.
     pub registry: Arc<Registry>,
+    /// Admission, run on every create.
+    pub admission: crate::admission::Admission,
 }
 
 /// A list read.
@@ -302,6 +304,14 @@ impl Rest {
             meta.remove("managedFields");
         }
         let (mut object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
+        if rt.has_status
+            && rt.kind != "Node"
+            && let Some(obj) = object.as_object_mut()
+        {
+            // Status is the system's to write, through the status subresource (nodes are the
+            // exception: an agent registers its node with its status, as upstream allows).
+            obj.remove("status");
+        }
         strategy::apply_defaults(rt, &mut object);
         self.validate(rt, &object)?;
         let name = meta_str(&object, "name").unwrap_or("").to_owned();
@@ -313,6 +323,7 @@ impl Rest {
         if let (true, Some(ns)) = (rt.namespaced, namespace) {
             self.check_namespace_for_create(ns).await?;
         }
+        let _admitted = self.admission.admit_create(self, &rt.kind, &mut object).await?;
         record_managed_fields(
             &mut object,
             &options.field_manager,

@@ -389,11 +389,18 @@ pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
             set_default(spec, "replicas", json!(1));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
-            set_default(
-                spec,
-                "strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-            );
+            // Field by field, as upstream: an empty `strategy: {}` still gets its type.
+            let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+            if let Some(strategy) = strategy.as_object_mut() {
+                set_default(strategy, "type", json!("RollingUpdate"));
+                if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                    let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
+                    if let Some(rolling) = rolling.as_object_mut() {
+                        set_default(rolling, "maxUnavailable", json!("25%"));
+                        set_default(rolling, "maxSurge", json!("25%"));
+                    }
+                }
+            }
             if let Some(t) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
                 default_pod_spec(t);
             }

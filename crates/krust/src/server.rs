@@ -151,14 +151,16 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let registry = Arc::new(Registry::new());
     let api = Arc::new(ApiServer {
-        rest: Rest { store: store.clone(), registry: registry.clone() },
+        rest: Rest {
+            store: store.clone(),
+            registry: registry.clone(),
+            admission: apiserver::admission::Admission::new(service_cidr),
+        },
         registry,
         authorizer: Box::new(apiserver::auth::AllowAuthenticated),
         metrics: Default::default(),
         compactor: compactor_stats,
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
-        service_cidr,
-        ip_lock: Default::default(),
     });
     apiserver::server::bootstrap(
         &api,

@@ -236,3 +236,121 @@ fn etcd_backend_serves_kubectl() {
     let listed = server.ok(&["get", "ns", "-o", "name"]);
     assert!(listed.contains("namespace/kube-system"));
 }
+
+#[test]
+fn kubectl_create_subcommands_send_protobuf() {
+    let server = KrustServer::start(&[]);
+    // Each of these goes through client-go's typed clients, which send protobuf bodies.
+    server.ok(&["create", "namespace", "pb"]);
+    server.ok(&["create", "secret", "generic", "s1", "--from-literal=user=admin", "-n", "pb"]);
+    let file = server.dir.path().join("app.properties");
+    std::fs::write(&file, "color=blue\n").unwrap();
+    server.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        &format!("--from-file={}", file.display()),
+        "-n",
+        "pb",
+    ]);
+    server.ok(&["create", "deployment", "web", "--image=busybox:1.36", "--replicas=2", "-n", "pb"]);
+    server.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", "pb"]);
+
+    assert_eq!(
+        server.ok(&["get", "secret", "s1", "-n", "pb", "-o", "jsonpath={.data.user}"]),
+        "YWRtaW4="
+    );
+    assert_eq!(
+        server.ok(&["get", "cm", "c1", "-n", "pb", "-o", "jsonpath={.data.app\\.properties}"]),
+        "color=blue\n"
+    );
+    let deploy = server.ok(&["get", "deploy", "web", "-n", "pb", "-o", "json"]);
+    let deploy: serde_json::Value = serde_json::from_str(&deploy).unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(deploy["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.36");
+    assert_eq!(
+        deploy["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaults apply to protobuf creates too"
+    );
+    assert!(
+        deploy["spec"].get("paused").is_none(),
+        "Go's zero values do not leak into the object: {}",
+        deploy["spec"]
+    );
+    let svc = server.ok(&[
+        "get",
+        "svc",
+        "web",
+        "-n",
+        "pb",
+        "-o",
+        "jsonpath={.spec.clusterIP} {.spec.ports[0].targetPort}",
+    ]);
+    let (ip, target) = svc.split_once(' ').unwrap();
+    assert!(ip.starts_with("10.43."), "a ClusterIP from the service CIDR: {svc}");
+    assert_eq!(target, "8080");
+    // Deleting through the typed client sends protobuf DeleteOptions.
+    server.ok(&["delete", "secret", "s1", "-n", "pb"]);
+    assert!(server.kubectl(&["get", "secret", "s1", "-n", "pb"]).status.code() == Some(1));
+}
+
+#[test]
+fn helm_install_upgrade_list_uninstall() {
+    let server = KrustServer::start(&[]);
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chart");
+    let helm = |args: &[&str]| {
+        let out = server.kubectl_with(tool("helm"), args, None);
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let chart = chart.to_str().unwrap();
+    helm(&["install", "rel1", chart, "-n", "default"]);
+    assert_eq!(
+        server.ok(&["get", "cm", "rel1-config", "-o", "jsonpath={.data.greeting}"]),
+        "hello"
+    );
+    assert_eq!(server.ok(&["get", "deploy", "rel1-web", "-o", "jsonpath={.spec.replicas}"]), "1");
+    let svc_ip = server.ok(&["get", "svc", "rel1-web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(
+        svc_ip.starts_with("10.43."),
+        "server-side-applied Service got a ClusterIP: {svc_ip:?}"
+    );
+    let managed = server.ok(&[
+        "get",
+        "cm",
+        "rel1-config",
+        "-o",
+        "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}",
+    ]);
+    assert_eq!(managed, "Helm");
+
+    helm(&[
+        "upgrade",
+        "rel1",
+        chart,
+        "-n",
+        "default",
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "greeting=hi",
+    ]);
+    assert_eq!(server.ok(&["get", "deploy", "rel1-web", "-o", "jsonpath={.spec.replicas}"]), "3");
+    assert_eq!(server.ok(&["get", "cm", "rel1-config", "-o", "jsonpath={.data.greeting}"]), "hi");
+
+    let list = helm(&["list", "-n", "default"]);
+    let row = list.lines().find(|l| l.starts_with("rel1")).unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains("deployed") && row.split_whitespace().nth(2) == Some("2"), "{row}");
+    let releases = server.ok(&["get", "secrets", "-l", "owner=helm,name=rel1", "-o", "name"]);
+    assert_eq!(releases.lines().count(), 2, "one release Secret per revision: {releases}");
+
+    helm(&["uninstall", "rel1", "-n", "default"]);
+    assert_eq!(server.ok(&["get", "deploy,svc,cm", "-l", "app=rel1-web", "-o", "name"]).trim(), "");
+    assert!(server.kubectl(&["get", "cm", "rel1-config"]).status.code() == Some(1));
+    assert_eq!(server.ok(&["get", "secrets", "-l", "owner=helm", "-o", "name"]).trim(), "");
+}

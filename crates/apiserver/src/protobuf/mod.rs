@@ -1,0 +1,648 @@
+//! Decoding of `application/vnd.kubernetes.protobuf` request bodies into the JSON form the rest
+//! of the server works with.
+//!
+//! client-go's typed clients send built-in objects as protobuf with no JSON fallback (kubectl
+//! `create secret|configmap|namespace|deployment`, `auth can-i`, every helm release Secret), so
+//! the server must read them. The body is `k8s\0` followed by a `runtime.Unknown` envelope whose
+//! type meta names the kind and whose raw bytes are the object message. The object is decoded by
+//! walking the wire format with the field table in `schema.rs` (generated from the `k8s-pb` and
+//! `k8s-openapi` crates), mapping each field to its JSON name and representation.
+
+mod schema;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use crate::status::ApiError;
+
+/// The JSON shape of one protobuf field.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    String,
+    Bytes,
+    Int32,
+    Int64,
+    Bool,
+    Double,
+    /// A nested message.
+    Message(&'static str),
+    /// A nested message whose fields Go inlines into the parent's JSON.
+    Inline(&'static str),
+    MapString,
+    MapBytes,
+    MapMessage(&'static str),
+}
+
+/// One field of a message.
+#[derive(Debug)]
+pub(crate) struct Field {
+    tag: u32,
+    json: &'static str,
+    kind: Kind,
+    repeated: bool,
+}
+
+/// One message type, fields sorted by tag.
+#[derive(Debug)]
+pub(crate) struct Message {
+    name: &'static str,
+    fields: &'static [Field],
+}
+
+/// Whether a content type is Kubernetes protobuf.
+pub fn is_protobuf(content_type: &str) -> bool {
+    content_type.split(';').next().unwrap_or("").trim() == "application/vnd.kubernetes.protobuf"
+}
+
+const MAGIC: &[u8] = b"k8s\0";
+const MAX_DEPTH: usize = 100;
+
+fn bad(why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("error decoding protobuf body: {why}"))
+}
+
+/// Decodes a protobuf request body into a JSON object with `apiVersion` and `kind` set.
+pub fn decode_object(body: &[u8]) -> Result<Value, ApiError> {
+    let envelope =
+        body.strip_prefix(MAGIC).ok_or_else(|| bad("missing the k8s protobuf prefix"))?;
+    let mut api_version = String::new();
+    let mut kind = String::new();
+    let mut raw: &[u8] = &[];
+    let mut reader = Reader::new(envelope);
+    while let Some((tag, value)) = reader.next_field()? {
+        match (tag, value) {
+            (1, Wire::Bytes(type_meta)) => {
+                let mut r = Reader::new(type_meta);
+                while let Some((t, v)) = r.next_field()? {
+                    match (t, v) {
+                        (1, Wire::Bytes(b)) => api_version = utf8(b)?,
+                        (2, Wire::Bytes(b)) => kind = utf8(b)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, Wire::Bytes(b)) => raw = b,
+            (3, Wire::Bytes(b)) if !b.is_empty() => {
+                return Err(ApiError::unsupported_media_type(
+                    "protobuf bodies with a content encoding are not supported",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let message = message_for(&api_version, &kind).ok_or_else(|| {
+        ApiError::unsupported_media_type(format!(
+            "protobuf is not supported for {kind} ({api_version}); send application/json"
+        ))
+    })?;
+    let mut object = decode_message(message, raw, 0)?;
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(api_version));
+        map.insert("kind".into(), Value::String(kind));
+    }
+    Ok(object)
+}
+
+/// The message type of a kind, from its API group.
+fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let module =
+        if matches!(kind, "DeleteOptions" | "CreateOptions" | "UpdateOptions" | "PatchOptions") {
+            "apimachinery/pkg/apis/meta/v1".to_owned()
+        } else {
+            match group {
+                "" => format!("api/core/{version}"),
+                "apiextensions.k8s.io" => {
+                    format!("apiextensions_apiserver/pkg/apis/apiextensions/{version}")
+                }
+                other => format!("api/{}/{version}", other.split('.').next().unwrap_or(other)),
+            }
+        };
+    let name = format!("{module}/{kind}");
+    lookup(&name).map(|m| m.name)
+}
+
+fn lookup(name: &str) -> Option<&'static Message> {
+    schema::MESSAGES.binary_search_by(|m| m.name.cmp(name)).ok().map(|i| &schema::MESSAGES[i])
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, ApiError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| bad("a string field is not UTF-8"))
+}
+
+/// One wire value.
+enum Wire<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Bytes(&'a [u8]),
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(data: &'a [u8]) -> Reader<'a> {
+        Reader { data, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, ApiError> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = *self.data.get(self.pos).ok_or_else(|| bad("truncated varint"))?;
+            self.pos += 1;
+            value |= u64::from(byte & 0x7f) << shift.min(63);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(bad("varint too long"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ApiError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.data.len())
+            .ok_or_else(|| bad("truncated field"))?;
+        let out = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn next_field(&mut self) -> Result<Option<(u32, Wire<'a>)>, ApiError> {
+        if self.pos >= self.data.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let tag = u32::try_from(key >> 3).map_err(|_| bad("field number out of range"))?;
+        let value = match key & 7 {
+            0 => Wire::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8)?;
+                Wire::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            }
+            2 => {
+                let len =
+                    usize::try_from(self.varint()?).map_err(|_| bad("length out of range"))?;
+                Wire::Bytes(self.take(len)?)
+            }
+            5 => {
+                let b = self.take(4)?;
+                Wire::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            other => return Err(bad(format!("unsupported wire type {other}"))),
+        };
+        Ok(Some((tag, value)))
+    }
+}
+
+fn scalar(kind: Kind, wire: Wire<'_>) -> Result<Value, ApiError> {
+    Ok(match (kind, wire) {
+        (Kind::String, Wire::Bytes(b)) => Value::String(utf8(b)?),
+        (Kind::Bytes, Wire::Bytes(b)) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        (Kind::Int32, Wire::Varint(v)) => Value::from(v as i64 as i32),
+        (Kind::Int64, Wire::Varint(v)) => Value::from(v as i64),
+        (Kind::Bool, Wire::Varint(v)) => Value::Bool(v != 0),
+        (Kind::Double, Wire::Fixed64(v)) => {
+            serde_json::Number::from_f64(f64::from_bits(v)).map_or(Value::Null, Value::Number)
+        }
+        (Kind::Double, Wire::Fixed32(v)) => {
+            serde_json::Number::from_f64(f64::from(f32::from_bits(v)))
+                .map_or(Value::Null, Value::Number)
+        }
+        _ => return Err(bad("a field has the wrong wire type")),
+    })
+}
+
+/// Splits a packed repeated numeric field into its values.
+fn unpack(kind: Kind, bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let mut reader = Reader::new(bytes);
+    let mut out = Vec::new();
+    while reader.pos < bytes.len() {
+        let wire = match kind {
+            Kind::Double => {
+                let b = reader.take(8)?;
+                Wire::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            }
+            _ => Wire::Varint(reader.varint()?),
+        };
+        out.push(scalar(kind, wire)?);
+    }
+    Ok(out)
+}
+
+fn map_entry(bytes: &[u8], value_kind: Kind, depth: usize) -> Result<(String, Value), ApiError> {
+    let mut key = String::new();
+    let mut value = match value_kind {
+        Kind::MapString | Kind::MapBytes => Value::String(String::new()),
+        _ => Value::Null,
+    };
+    let mut reader = Reader::new(bytes);
+    while let Some((tag, wire)) = reader.next_field()? {
+        match (tag, wire) {
+            (1, Wire::Bytes(b)) => key = utf8(b)?,
+            (2, wire) => {
+                value = match (value_kind, wire) {
+                    (Kind::MapString, w) => scalar(Kind::String, w)?,
+                    (Kind::MapBytes, w) => scalar(Kind::Bytes, w)?,
+                    (Kind::MapMessage(name), Wire::Bytes(b)) => decode_named(name, b, depth + 1)?,
+                    _ => return Err(bad("a map value has the wrong wire type")),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, ApiError> {
+    decode_named(name, bytes, depth)
+}
+
+/// Decodes a message, with the types whose JSON form is not an object handled specially.
+fn decode_named(name: &str, bytes: &[u8], depth: usize) -> Result<Value, ApiError> {
+    if depth > MAX_DEPTH {
+        return Err(bad("message nesting is too deep"));
+    }
+    let fields = || -> Result<Vec<(u32, Wire<'_>)>, ApiError> {
+        let mut reader = Reader::new(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = reader.next_field()? {
+            out.push(f);
+        }
+        Ok(out)
+    };
+    match name {
+        "apimachinery/pkg/util/intstr/IntOrString" => {
+            let (mut is_string, mut int, mut string) = (false, 0i64, String::new());
+            for (tag, wire) in fields()? {
+                match (tag, wire) {
+                    (1, Wire::Varint(t)) => is_string = t == 1,
+                    (2, Wire::Varint(v)) => int = i64::from(v as i64 as i32),
+                    (3, Wire::Bytes(b)) => string = utf8(b)?,
+                    _ => {}
+                }
+            }
+            return Ok(if is_string { Value::String(string) } else { Value::from(int) });
+        }
+        "apimachinery/pkg/api/resource/Quantity" => {
+            for (tag, wire) in fields()? {
+                if let (1, Wire::Bytes(b)) = (tag, wire) {
+                    return Ok(Value::String(utf8(b)?));
+                }
+            }
+            return Ok(Value::String("0".into()));
+        }
+        "apimachinery/pkg/apis/meta/v1/Time" | "apimachinery/pkg/apis/meta/v1/MicroTime" => {
+            let (mut seconds, mut nanos) = (0i64, 0i32);
+            for (tag, wire) in fields()? {
+                match (tag, wire) {
+                    (1, Wire::Varint(v)) => seconds = v as i64,
+                    (2, Wire::Varint(v)) => nanos = v as i64 as i32,
+                    _ => {}
+                }
+            }
+            if seconds == 0 && nanos == 0 {
+                // Go's zero time marshals as null in JSON.
+                return Ok(Value::Null);
+            }
+            let ts = jiff::Timestamp::new(seconds, nanos)
+                .map_err(|e| bad(format!("time out of range: {e}")))?;
+            let format = if name.ends_with("MicroTime") {
+                "%Y-%m-%dT%H:%M:%S%.6fZ"
+            } else {
+                "%Y-%m-%dT%H:%M:%SZ"
+            };
+            return Ok(Value::String(ts.strftime(format).to_string()));
+        }
+        "apimachinery/pkg/apis/meta/v1/Duration" => {
+            let mut nanos = 0i64;
+            for (tag, wire) in fields()? {
+                if let (1, Wire::Varint(v)) = (tag, wire) {
+                    nanos = v as i64;
+                }
+            }
+            return Ok(Value::String(go_duration(nanos)));
+        }
+        "apimachinery/pkg/runtime/RawExtension"
+        | "apimachinery/pkg/apis/meta/v1/FieldsV1"
+        | "apiextensions_apiserver/pkg/apis/apiextensions/v1/Json" => {
+            for (tag, wire) in fields()? {
+                if let (1, Wire::Bytes(b)) = (tag, wire) {
+                    if b.is_empty() {
+                        return Ok(Value::Null);
+                    }
+                    return serde_json::from_slice(b)
+                        .map_err(|e| bad(format!("embedded JSON: {e}")));
+                }
+            }
+            return Ok(Value::Null);
+        }
+        "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrBool"
+        | "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrArray"
+        | "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrStringArray" => {
+            // Each is "a schema, or else a bool / a list of schemas / a list of strings".
+            let props = "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaProps";
+            let or_bool = name.ends_with("OrBool");
+            let mut schema = None;
+            let mut flag = false;
+            let mut list = Vec::new();
+            for (tag, wire) in fields()? {
+                match (or_bool, tag, wire) {
+                    (true, 1, Wire::Varint(v)) => flag = v != 0,
+                    (true, 2, Wire::Bytes(b)) | (false, 1, Wire::Bytes(b)) => {
+                        schema = Some(decode_named(props, b, depth + 1)?)
+                    }
+                    (false, 2, Wire::Bytes(b)) if name.ends_with("OrArray") => {
+                        list.push(decode_named(props, b, depth + 1)?)
+                    }
+                    (false, 2, Wire::Bytes(b)) => list.push(Value::String(utf8(b)?)),
+                    _ => {}
+                }
+            }
+            return Ok(match schema {
+                Some(s) => s,
+                None if or_bool => Value::Bool(flag),
+                None => Value::Array(list),
+            });
+        }
+        _ => {}
+    }
+    let message = lookup(name).ok_or_else(|| bad(format!("unknown message type {name}")))?;
+    let mut object = Map::new();
+    for (tag, wire) in fields()? {
+        // Fields this build does not know (newer clients) are skipped, as JSON decoding does.
+        let Ok(index) = message.fields.binary_search_by_key(&tag, |f| f.tag) else { continue };
+        let field = &message.fields[index];
+        match (field.kind, wire) {
+            (Kind::Inline(inner), Wire::Bytes(b)) => {
+                if let Value::Object(inner) = decode_named(inner, b, depth + 1)? {
+                    object.extend(inner);
+                }
+            }
+            (kind @ (Kind::MapString | Kind::MapBytes | Kind::MapMessage(_)), Wire::Bytes(b)) => {
+                let (key, value) = map_entry(b, kind, depth)?;
+                let entry = object.entry(field.json).or_insert_with(|| Value::Object(Map::new()));
+                if let Some(map) = entry.as_object_mut() {
+                    map.insert(key, value);
+                }
+            }
+            (Kind::Message(inner), Wire::Bytes(b)) => {
+                let value = decode_named(inner, b, depth + 1)?;
+                push(&mut object, field, value);
+            }
+            (kind @ (Kind::Int32 | Kind::Int64 | Kind::Bool | Kind::Double), Wire::Bytes(b))
+                if field.repeated =>
+            {
+                for value in unpack(kind, b)? {
+                    push(&mut object, field, value);
+                }
+            }
+            (kind, wire) => {
+                let value = scalar(kind, wire)?;
+                push(&mut object, field, value);
+            }
+        }
+    }
+    // Go writes non-pointer fields even when they hold their zero value, where its JSON
+    // encoding would have omitted them; the wire cannot tell those from a pointer field set to
+    // zero, so zeros are dropped except for the pointer fields where zero means something.
+    object.retain(|key, v| match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Bool(false) => MEANINGFUL_ZERO.contains(&key.as_str()),
+        Value::Number(n) if n.as_f64() == Some(0.0) => MEANINGFUL_ZERO.contains(&key.as_str()),
+        _ => true,
+    });
+    Ok(Value::Object(object))
+}
+
+/// Pointer fields of the built-in types whose zero or `false` differs from leaving them unset.
+const MEANINGFUL_ZERO: &[&str] = &[
+    "activeDeadlineSeconds",
+    "allowPrivilegeEscalation",
+    "allowVolumeExpansion",
+    "automountServiceAccountToken",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "blockOwnerDeletion",
+    "completions",
+    "controller",
+    "defaultMode",
+    "deletionGracePeriodSeconds",
+    "enableServiceLinks",
+    "expirationSeconds",
+    "failedJobsHistoryLimit",
+    "fsGroup",
+    "gracePeriodSeconds",
+    "hostUsers",
+    "immutable",
+    "leaseDurationSeconds",
+    "leaseTransitions",
+    "maxFailedIndexes",
+    "mode",
+    "optional",
+    "parallelism",
+    "partition",
+    "priority",
+    "privileged",
+    "readOnlyRootFilesystem",
+    "ready",
+    "replicas",
+    "revisionHistoryLimit",
+    "runAsGroup",
+    "runAsNonRoot",
+    "runAsUser",
+    "serving",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "suspend",
+    "terminating",
+    "terminationGracePeriodSeconds",
+    "ttlSecondsAfterFinished",
+];
+
+fn push(object: &mut Map<String, Value>, field: &Field, value: Value) {
+    if field.repeated {
+        let entry = object.entry(field.json).or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(value);
+        }
+    } else {
+        object.insert(field.json.to_owned(), value);
+    }
+}
+
+/// Formats nanoseconds as Go's `time.Duration.String()` does (`1h2m3.5s`, `150ms`).
+fn go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    if n < 1_000 {
+        return format!("{sign}{n}ns");
+    }
+    if n < 1_000_000 {
+        return format!("{sign}{}µs", trim(n as f64 / 1e3));
+    }
+    if n < 1_000_000_000 {
+        return format!("{sign}{}ms", trim(n as f64 / 1e6));
+    }
+    let total_secs = n / 1_000_000_000;
+    let frac = n % 1_000_000_000;
+    let (h, m, s) = (total_secs / 3600, (total_secs / 60) % 60, total_secs % 60);
+    let secs = if frac == 0 { s.to_string() } else { trim(s as f64 + frac as f64 / 1e9) };
+    match (h, m) {
+        (0, 0) => format!("{sign}{secs}s"),
+        (0, m) => format!("{sign}{m}m{secs}s"),
+        (h, m) => format!("{sign}{h}h{m}m{secs}s"),
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.9}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn bytes_field(tag: u32, data: &[u8], out: &mut Vec<u8>) {
+        varint(u64::from(tag << 3 | 2), out);
+        varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+    fn varint_field(tag: u32, v: u64, out: &mut Vec<u8>) {
+        varint(u64::from(tag << 3), out);
+        varint(v, out);
+    }
+    fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+        let mut type_meta = Vec::new();
+        bytes_field(1, api_version.as_bytes(), &mut type_meta);
+        bytes_field(2, kind.as_bytes(), &mut type_meta);
+        let mut unknown = Vec::new();
+        bytes_field(1, &type_meta, &mut unknown);
+        bytes_field(2, raw, &mut unknown);
+        bytes_field(3, b"", &mut unknown);
+        bytes_field(4, b"", &mut unknown);
+        [MAGIC, &unknown].concat()
+    }
+    fn entry(key: &str, value: &[u8]) -> Vec<u8> {
+        let mut e = Vec::new();
+        bytes_field(1, key.as_bytes(), &mut e);
+        bytes_field(2, value, &mut e);
+        e
+    }
+
+    #[test]
+    fn decodes_a_secret_like_client_go_sends_it() {
+        // ObjectMeta: name, empty generateName/namespace (Go writes them), labels, zero time.
+        let mut meta = Vec::new();
+        bytes_field(1, b"s1", &mut meta);
+        bytes_field(2, b"", &mut meta);
+        bytes_field(3, b"", &mut meta);
+        bytes_field(8, b"", &mut meta);
+        bytes_field(11, &entry("owner", b"helm"), &mut meta);
+        let mut secret = Vec::new();
+        bytes_field(1, &meta, &mut secret);
+        bytes_field(2, &entry("a", b"\x00\xffb"), &mut secret);
+        bytes_field(3, b"Opaque", &mut secret);
+        let object = decode_object(&envelope("v1", "Secret", &secret)).unwrap();
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "s1", "labels": {"owner": "helm"}},
+                "data": {"a": "AP9i"}
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_deployment_special_types_and_inline_structs() {
+        // Deployment.spec.replicas=0, strategy.rollingUpdate.maxSurge=IntOrString("25%"),
+        // template.spec.containers[0] with resources.limits{cpu: Quantity("1")}, and a volume
+        // whose source (VolumeSource) Go inlines into the Volume object.
+        let mut int_or_string = Vec::new();
+        varint_field(1, 1, &mut int_or_string);
+        bytes_field(3, b"25%", &mut int_or_string);
+        let mut rolling = Vec::new();
+        bytes_field(2, &int_or_string, &mut rolling);
+        let mut strategy = Vec::new();
+        bytes_field(1, b"RollingUpdate", &mut strategy);
+        bytes_field(2, &rolling, &mut strategy);
+        let mut quantity = Vec::new();
+        bytes_field(1, b"1", &mut quantity);
+        let mut resources = Vec::new();
+        bytes_field(1, &entry("cpu", &quantity), &mut resources);
+        let mut container = Vec::new();
+        bytes_field(1, b"web", &mut container);
+        bytes_field(2, b"nginx", &mut container);
+        bytes_field(8, &resources, &mut container);
+        let mut empty_dir = Vec::new();
+        bytes_field(1, b"Memory", &mut empty_dir);
+        let mut volume_source = Vec::new();
+        bytes_field(2, &empty_dir, &mut volume_source);
+        let mut volume = Vec::new();
+        bytes_field(1, b"scratch", &mut volume);
+        bytes_field(2, &volume_source, &mut volume);
+        let mut pod_spec = Vec::new();
+        bytes_field(1, &volume, &mut pod_spec);
+        bytes_field(2, &container, &mut pod_spec);
+        let mut template = Vec::new();
+        bytes_field(2, &pod_spec, &mut template);
+        let mut spec = Vec::new();
+        varint_field(1, 0, &mut spec);
+        bytes_field(3, &template, &mut spec);
+        bytes_field(4, &strategy, &mut spec);
+        let mut deployment = Vec::new();
+        bytes_field(2, &spec, &mut deployment);
+        let object = decode_object(&envelope("apps/v1", "Deployment", &deployment)).unwrap();
+        assert_eq!(object["spec"]["replicas"], 0, "an explicit zero survives");
+        assert_eq!(object["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let pod = &object["spec"]["template"]["spec"];
+        assert_eq!(pod["containers"][0]["resources"]["limits"]["cpu"], "1");
+        assert_eq!(
+            pod["volumes"][0],
+            serde_json::json!({"name": "scratch", "emptyDir": {"medium": "Memory"}})
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_and_unknown_kinds() {
+        assert_eq!(decode_object(b"{}").unwrap_err().code, 400);
+        assert_eq!(decode_object(&[MAGIC, &[0x0a, 0xff]].concat()).unwrap_err().code, 400);
+        assert_eq!(
+            decode_object(&envelope("example.com/v1", "Widget", &[])).unwrap_err().code,
+            415
+        );
+    }
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(1_500_000), "1.5ms");
+        assert_eq!(go_duration(90 * 1_000_000_000), "1m30s");
+        assert_eq!(go_duration(3_723_500_000_000), "1h2m3.5s");
+    }
+}
