@@ -38,10 +38,24 @@ pub enum Decision {
     Deny(String),
 }
 
+/// What a user may do in a namespace, as `SelfSubjectRulesReview` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// `{verbs, apiGroups, resources, resourceNames}` rules.
+    pub resource_rules: Vec<serde_json::Value>,
+    /// `{verbs, nonResourceURLs}` rules.
+    pub non_resource_rules: Vec<serde_json::Value>,
+    /// Whether the list may be missing rules.
+    pub incomplete: bool,
+}
+
 /// Decides whether a user may perform a request. RBAC implements this in its own issue.
 pub trait Authorizer: Send + Sync {
     /// The decision for `user` doing `attributes`.
     fn authorize(&self, user: &UserInfo, attributes: &Attributes<'_>) -> Decision;
+
+    /// Everything `user` may do in `namespace`.
+    fn rules(&self, user: &UserInfo, namespace: &str) -> Rules;
 }
 
 /// Allows every authenticated user everything (the default until RBAC lands).
@@ -51,6 +65,16 @@ pub struct AllowAuthenticated;
 impl Authorizer for AllowAuthenticated {
     fn authorize(&self, _user: &UserInfo, _attributes: &Attributes<'_>) -> Decision {
         Decision::Allow
+    }
+
+    fn rules(&self, _user: &UserInfo, _namespace: &str) -> Rules {
+        Rules {
+            resource_rules: vec![
+                serde_json::json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+            ],
+            non_resource_rules: vec![serde_json::json!({"verbs": ["*"], "nonResourceURLs": ["*"]})],
+            incomplete: false,
+        }
     }
 }
 

@@ -12,6 +12,10 @@ pub const AGGREGATED_CONTENT_TYPE: &str =
 const VERBS: [&str; 8] =
     ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
+fn verbs(rt: &ResourceType) -> &'static [&'static str] {
+    if rt.create_only { &["create"] } else { &VERBS }
+}
+
 fn subresources(rt: &ResourceType) -> Vec<(&'static str, Value, Vec<&'static str>)> {
     let own = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
     let mut out = Vec::new();
@@ -34,7 +38,7 @@ fn aggregated_resource(rt: &ResourceType) -> Value {
         "singularResource": rt.singular,
         "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
         "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
-        "verbs": VERBS,
+        "verbs": verbs(rt),
     });
     if !rt.short_names.is_empty() {
         resource["shortNames"] = json!(rt.short_names);
@@ -128,7 +132,7 @@ pub fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Opt
             "singularName": rt.singular,
             "namespaced": rt.namespaced,
             "kind": rt.kind,
-            "verbs": VERBS,
+            "verbs": verbs(rt),
         });
         if !rt.short_names.is_empty() {
             r["shortNames"] = json!(rt.short_names);
@@ -198,7 +202,7 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
     let types = registry.all();
     let in_gv: Vec<&ResourceType> = types
         .iter()
-        .filter(|t| t.group == group && t.version == version)
+        .filter(|t| t.group == group && t.version == version && !t.create_only)
         .map(|t| t.as_ref())
         .collect();
     if in_gv.is_empty() {

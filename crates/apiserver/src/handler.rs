@@ -287,7 +287,11 @@ impl ApiServer {
                     Err(e) => error_response(&e),
                     Ok(()) => match route {
                         Route::Resource(target) => {
-                            match self.clone().serve_resource(request, target, verb, query).await {
+                            match self
+                                .clone()
+                                .serve_resource(request, target, verb, query, user.as_ref())
+                                .await
+                            {
                                 Ok(r) => r,
                                 Err(e) => error_response(&e),
                             }
@@ -440,7 +444,26 @@ impl ApiServer {
         target: Target,
         verb: &str,
         query: Query,
+        user: Option<&UserInfo>,
     ) -> ApiResult<Response<Body>> {
+        if target.rt.create_only {
+            if verb != "create" {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} only supports create",
+                    target.rt.plural
+                )));
+            }
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = read_body(request, &content_type).await?;
+            let user = user.ok_or_else(ApiError::unauthorized)?;
+            let answered = self.review(&target.rt, body, user)?;
+            return Ok(json_response(StatusCode::CREATED, &answered));
+        }
         let accept = request
             .headers()
             .get(header::ACCEPT)
@@ -667,6 +690,80 @@ impl ApiServer {
         Ok(json_response(StatusCode::OK, &scale_of(&object)))
     }
 
+    /// Answers a review (`kubectl auth can-i`, `auth can-i --list`, `auth whoami`) for `user`.
+    fn review(&self, rt: &ResourceType, body: Value, user: &UserInfo) -> ApiResult<Value> {
+        let (mut review, _) = crate::strategy::canonicalize(rt, body, FieldValidation::Ignore)?;
+        let status = match rt.kind.as_str() {
+            "SelfSubjectAccessReview" => {
+                let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+                let text =
+                    |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+                let (verb, group, resource, subresource, namespace, name, path) = if spec
+                    .get("nonResourceAttributes")
+                    .is_some()
+                {
+                    (
+                        text("/nonResourceAttributes/verb"),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        text("/nonResourceAttributes/path"),
+                    )
+                } else if spec.get("resourceAttributes").is_some() {
+                    (
+                        text("/resourceAttributes/verb"),
+                        text("/resourceAttributes/group"),
+                        text("/resourceAttributes/resource"),
+                        text("/resourceAttributes/subresource"),
+                        text("/resourceAttributes/namespace"),
+                        text("/resourceAttributes/name"),
+                        String::new(),
+                    )
+                } else {
+                    return Err(ApiError::invalid(
+                        &rt.kind,
+                        &rt.group,
+                        "",
+                        vec![crate::status::Cause::new(
+                            "FieldValueRequired",
+                            "spec.resourceAttributes",
+                            "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                        )],
+                    ));
+                };
+                let attributes = Attributes {
+                    verb: &verb,
+                    group: &group,
+                    resource: &resource,
+                    subresource: &subresource,
+                    namespace: &namespace,
+                    name: &name,
+                    path: &path,
+                };
+                match self.authorizer.authorize(user, &attributes) {
+                    Decision::Allow => json!({"allowed": true}),
+                    Decision::Deny(reason) => json!({"allowed": false, "reason": reason}),
+                }
+            }
+            "SelfSubjectRulesReview" => {
+                let namespace =
+                    review.pointer("/spec/namespace").and_then(Value::as_str).unwrap_or("");
+                let rules = self.authorizer.rules(user, namespace);
+                json!({"resourceRules": rules.resource_rules, "nonResourceRules": rules.non_resource_rules, "incomplete": rules.incomplete})
+            }
+            _ => json!({"userInfo": {"username": user.name, "groups": user.groups}}),
+        };
+        if let Some(obj) = review.as_object_mut() {
+            obj.insert("apiVersion".into(), json!(rt.api_version()));
+            obj.insert("kind".into(), json!(rt.kind));
+            obj.insert("metadata".into(), json!({"creationTimestamp": null}));
+            obj.insert("status".into(), status);
+        }
+        Ok(review)
+    }
+
     /// Namespace lifecycle: a terminating namespace has its contents deleted, then disappears.
     fn maybe_finalize_namespace(self: Arc<Self>, namespace: &Value) {
         if namespace.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null) {
@@ -697,7 +794,7 @@ impl ApiServer {
 
     async fn finalize_namespace_once(&self, name: &str) -> ApiResult<bool> {
         let mut empty = true;
-        for rt in self.registry.all().iter().filter(|t| t.namespaced) {
+        for rt in self.registry.all().iter().filter(|t| t.namespaced && !t.create_only) {
             let page = self.rest.list(rt, Some(name), &ListOptions::default()).await?;
             for item in page.items {
                 empty = false;

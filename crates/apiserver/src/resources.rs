@@ -41,6 +41,9 @@ pub struct ResourceType {
     pub has_scale: bool,
     /// Whether a spec change bumps `metadata.generation` (types with a spec or CRDs).
     pub tracks_generation: bool,
+    /// A review type (`SelfSubjectAccessReview`, ...): only `create`, answered at once and
+    /// never stored.
+    pub create_only: bool,
     pub(crate) codec: Option<Codec>,
 }
 
@@ -121,6 +124,31 @@ where
         has_status: extra.status,
         has_scale: extra.scale,
         tracks_generation: extra.generation,
+        create_only: false,
+        codec: Some(roundtrip::<T>),
+    }
+}
+
+/// A create-only review type.
+fn review<T>(singular: &str) -> ResourceType
+where
+    T: Resource + serde::de::DeserializeOwned + serde::Serialize,
+    T::Scope: Scope,
+{
+    ResourceType {
+        group: T::GROUP.to_owned(),
+        version: T::VERSION.to_owned(),
+        kind: T::KIND.to_owned(),
+        list_kind: String::new(),
+        plural: T::URL_PATH_SEGMENT.to_owned(),
+        singular: singular.to_owned(),
+        namespaced: <T::Scope as Scope>::NAMESPACED,
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        has_status: false,
+        has_scale: false,
+        tracks_generation: false,
+        create_only: true,
         codec: Some(roundtrip::<T>),
     }
 }
@@ -155,7 +183,7 @@ fn builtin_types() -> Vec<ResourceType> {
         scheduling::v1 as scheduling, storage::v1 as storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
-    builtins! {
+    let mut types = builtins! {
         core::Namespace => "namespace" ["ns"] [] status;
         core::Pod => "pod" ["po"] ["all"] status generation;
         core::Service => "service" ["svc"] ["all"] status;
@@ -191,7 +219,14 @@ fn builtin_types() -> Vec<ResourceType> {
         events::Event => "event" ["ev"] [];
         scheduling::PriorityClass => "priorityclass" ["pc"] [];
         apiextensions::CustomResourceDefinition => "customresourcedefinition" ["crd", "crds"] [] status generation;
-    }
+    };
+    use k8s_openapi::api::{
+        authentication::v1 as authentication, authorization::v1 as authorization,
+    };
+    types.push(review::<authorization::SelfSubjectAccessReview>("selfsubjectaccessreview"));
+    types.push(review::<authorization::SelfSubjectRulesReview>("selfsubjectrulesreview"));
+    types.push(review::<authentication::SelfSubjectReview>("selfsubjectreview"));
+    types
 }
 
 /// The resource types currently served, looked up by group/version/plural. Custom resource

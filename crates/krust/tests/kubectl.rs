@@ -289,6 +289,16 @@ fn kubectl_create_subcommands_send_protobuf() {
     let (ip, target) = svc.split_once(' ').unwrap();
     assert!(ip.starts_with("10.43."), "a ClusterIP from the service CIDR: {svc}");
     assert_eq!(target, "8080");
+    // auth can-i / whoami post protobuf reviews.
+    assert_eq!(server.ok(&["auth", "can-i", "create", "pods", "-n", "pb"]).trim(), "yes");
+    assert_eq!(server.ok(&["auth", "can-i", "get", "/healthz"]).trim(), "yes");
+    let whoami = server.ok(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert!(whoami.starts_with("system:admin ") && whoami.contains("system:masters"), "{whoami}");
     // Deleting through the typed client sends protobuf DeleteOptions.
     server.ok(&["delete", "secret", "s1", "-n", "pb"]);
     assert!(server.kubectl(&["get", "secret", "s1", "-n", "pb"]).status.code() == Some(1));
@@ -353,4 +363,27 @@ fn helm_install_upgrade_list_uninstall() {
     assert_eq!(server.ok(&["get", "deploy,svc,cm", "-l", "app=rel1-web", "-o", "name"]).trim(), "");
     assert!(server.kubectl(&["get", "cm", "rel1-config"]).status.code() == Some(1));
     assert_eq!(server.ok(&["get", "secrets", "-l", "owner=helm", "-o", "name"]).trim(), "");
+}
+
+#[test]
+fn python_client_lists_and_watches() {
+    let server = KrustServer::start(&[]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/python_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&server.kubeconfig)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("watched ADDED py-cm"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
