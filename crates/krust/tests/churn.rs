@@ -54,8 +54,7 @@ async fn raw_watcher(api: Api<ConfigMap>) -> (Snapshot, usize, usize) {
             .await
             .unwrap()
             .boxed();
-        loop {
-            let Some(event) = stream.try_next().await.unwrap() else { break };
+        while let Some(event) = stream.try_next().await.unwrap() {
             match event {
                 WatchEvent::Added(c) | WatchEvent::Modified(c) => {
                     let this: i64 = c.metadata.resource_version.as_ref().unwrap().parse().unwrap();
