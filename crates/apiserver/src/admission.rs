@@ -66,7 +66,7 @@ impl Admission {
             .ok_or_else(|| ApiError::internal("services are not served"))?;
         let page = rest.list(&rt, None, &ListOptions::default()).await?;
         let used: std::collections::HashSet<String> = page
-            .items
+            .objects()?
             .iter()
             .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned))
             .collect();

@@ -515,14 +515,13 @@ impl ApiServer {
                 if table {
                     return Ok(table_response(&table::table(
                         &rt.kind,
-                        &page.items,
+                        &page.objects()?,
                         include,
                         meta,
                         true,
                     )));
                 }
-                let list = json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": meta, "items": page.items});
-                Ok(json_response(StatusCode::OK, &list))
+                Ok(list_response(&rt, &meta, &page.items))
             }
             "watch" => self.watch(rt, target.namespace, target.name, &query, table, include).await,
             "create" => {
@@ -631,7 +630,7 @@ impl ApiServer {
                     .list(&rt, ns, &ListOptions { limit: 0, continue_token: None, ..list })
                     .await?;
                 let mut deleted = Vec::new();
-                for item in page.items {
+                for item in page.objects()? {
                     let name = item
                         .pointer("/metadata/name")
                         .and_then(Value::as_str)
@@ -796,7 +795,7 @@ impl ApiServer {
         let mut empty = true;
         for rt in self.registry.all().iter().filter(|t| t.namespaced && !t.create_only) {
             let page = self.rest.list(rt, Some(name), &ListOptions::default()).await?;
-            for item in page.items {
+            for item in page.objects()? {
                 empty = false;
                 let item_name =
                     item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -901,7 +900,7 @@ impl ApiServer {
                 list.resource_version = None;
             }
             let page = self.rest.list(&rt, namespace.as_deref(), &list).await?;
-            (page.items, page.revision)
+            (page.objects()?, page.revision)
         } else {
             (Vec::new(), rest::parse_rv(&rv)?)
         };
@@ -1061,6 +1060,29 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x100000001b3);
     }
     hash
+}
+
+/// A list response assembled from the items' stored JSON, which is never decoded on this path.
+fn list_response(rt: &ResourceType, meta: &Value, items: &[Bytes]) -> Response<Body> {
+    let head =
+        json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": meta}).to_string();
+    let size = head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 16;
+    let mut body = Vec::with_capacity(size);
+    // `head` is an object; reopen it to append the items.
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    let mut response = Response::new(full(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn text_response(text: &'static str) -> Response<Body> {

@@ -52,13 +52,28 @@ fn set_resource_version(object: &mut Value, revision: i64) {
     }
 }
 
+/// Stored objects begin with this, so the resourceVersion can be spliced in without parsing.
+const METADATA_FIRST: &[u8] = b"{\"metadata\":{";
+
+/// Encodes an object for storage: `metadata` first (without resourceVersion), then the other
+/// fields. The layout lets reads stamp the resourceVersion into the bytes (see [`stamp`]).
 fn encode(object: &Value) -> ApiResult<Bytes> {
-    let mut object = object.clone();
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
+    let Some(map) = object.as_object() else {
+        return Err(ApiError::internal("an object must be a JSON object"));
+    };
+    let mut meta = map.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    meta.remove("resourceVersion");
+    let failed = |e: serde_json::Error| ApiError::internal(format!("encoding object: {e}"));
+    let mut bytes = Vec::with_capacity(1024);
+    bytes.extend_from_slice(b"{\"metadata\":");
+    serde_json::to_writer(&mut bytes, &meta).map_err(failed)?;
+    for (key, value) in map.iter().filter(|(k, _)| k.as_str() != "metadata") {
+        bytes.push(b',');
+        serde_json::to_writer(&mut bytes, key).map_err(failed)?;
+        bytes.push(b':');
+        serde_json::to_writer(&mut bytes, value).map_err(failed)?;
     }
-    let bytes = serde_json::to_vec(&object)
-        .map_err(|e| ApiError::internal(format!("encoding object: {e}")))?;
+    bytes.push(b'}');
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(ApiError::too_large(format!(
             "Request entity too large: the object is {} bytes, the limit is {MAX_OBJECT_BYTES}",
@@ -66,6 +81,24 @@ fn encode(object: &Value) -> ApiResult<Bytes> {
         )));
     }
     Ok(Bytes::from(bytes))
+}
+
+/// The stored JSON of `kv` with its resourceVersion, without decoding it: the hot path of LIST
+/// and watch. Values not in the metadata-first layout are decoded and re-encoded.
+pub fn stamp(kv: &KeyValue) -> ApiResult<Bytes> {
+    let value = &kv.value;
+    if value.starts_with(METADATA_FIRST) && value.get(METADATA_FIRST.len()) != Some(&b'}') {
+        let rv = format!("\"resourceVersion\":\"{}\",", kv.mod_revision);
+        let mut out = Vec::with_capacity(value.len() + rv.len());
+        out.extend_from_slice(METADATA_FIRST);
+        out.extend_from_slice(rv.as_bytes());
+        out.extend_from_slice(&value[METADATA_FIRST.len()..]);
+        return Ok(Bytes::from(out));
+    }
+    let stored = decode(kv)?;
+    serde_json::to_vec(&stored.object)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(format!("encoding object: {e}")))
 }
 
 fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
@@ -199,8 +232,8 @@ pub struct ListOptions {
 /// One page of a list.
 #[derive(Debug, Clone)]
 pub struct ListPage {
-    /// The matching objects.
-    pub items: Vec<Value>,
+    /// The matching objects as JSON, resourceVersion included.
+    pub items: Vec<Bytes>,
     /// The store revision the list was read at.
     pub revision: i64,
     /// Token for the next page, if any.
@@ -232,6 +265,20 @@ pub fn parse_rv(rv: &str) -> ApiResult<i64> {
         e.code = 400;
         e
     })
+}
+
+impl ListPage {
+    /// Decodes the items (for Table printing and other callers that inspect them).
+    pub fn objects(&self) -> ApiResult<Vec<Value>> {
+        self.items
+            .iter()
+            .map(|b| {
+                serde_json::from_slice(b).map_err(|e| {
+                    ApiError::internal(format!("stored object is not valid JSON: {e}"))
+                })
+            })
+            .collect()
+    }
 }
 
 impl Rest {
@@ -469,13 +516,17 @@ impl Rest {
             let mut last_key = None;
             for kv in &response.kvs {
                 last_key = Some(kv.key.clone());
-                let stored = decode(kv)?;
-                if options.labels.matches(&stored.object) && options.fields.matches(&stored.object)
-                {
-                    items.push(stored.object);
-                    if options.limit > 0 && items.len() == options.limit {
-                        break;
+                if filtering {
+                    let stored = decode(kv)?;
+                    if !(options.labels.matches(&stored.object)
+                        && options.fields.matches(&stored.object))
+                    {
+                        continue;
                     }
+                }
+                items.push(stamp(kv)?);
+                if options.limit > 0 && items.len() == options.limit {
+                    break;
                 }
             }
             let last = last_key.unwrap_or_default();
@@ -955,4 +1006,34 @@ pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub precondition_rv: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(value: Bytes, mod_revision: i64) -> KeyValue {
+        KeyValue { key: "/k".into(), value, create_revision: 1, mod_revision, version: 1 }
+    }
+
+    #[test]
+    fn stored_layout_lets_reads_stamp_the_resource_version_without_parsing() {
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"},
+            "metadata": {"name": "x", "namespace": "d", "resourceVersion": "999", "labels": {"k": "v"}}});
+        let stored = encode(&object).unwrap();
+        assert!(stored.starts_with(METADATA_FIRST));
+        assert!(!String::from_utf8_lossy(&stored).contains("999"), "resourceVersion is not stored");
+        let stamped: Value =
+            serde_json::from_slice(&stamp(&kv(stored.clone(), 42)).unwrap()).unwrap();
+        let mut expected = object.clone();
+        expected["metadata"]["resourceVersion"] = json!("42");
+        assert_eq!(stamped, expected);
+        assert_eq!(decode(&kv(stored, 42)).unwrap().object, expected);
+        // Values in any other layout still read correctly.
+        let legacy = Bytes::from(
+            serde_json::to_vec(&json!({"kind": "ConfigMap", "metadata": {"name": "x"}})).unwrap(),
+        );
+        let stamped: Value = serde_json::from_slice(&stamp(&kv(legacy, 7)).unwrap()).unwrap();
+        assert_eq!(stamped["metadata"]["resourceVersion"], "7");
+    }
 }

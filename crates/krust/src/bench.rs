@@ -19,6 +19,8 @@ pub(crate) struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// API server: starts `krust server` and drives it with concurrent kube-rs clients.
+    Api(crate::bench_api::ApiBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -35,6 +37,7 @@ enum BenchCommand {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
+        BenchCommand::Api(args) => crate::bench_api::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(
@@ -69,7 +72,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -1,6 +1,7 @@
 //! `krust`: a Kubernetes-compatible orchestrator in one binary.
 
 mod bench;
+mod bench_api;
 mod server;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,322 @@
+//! `krust bench api`: a real `krust server` (this binary, as a child process on loopback) driven
+//! by concurrent kube-rs clients. No upstream API server can be installed on these machines, so
+//! the figures stand against the targets rather than a peer measured in the same run.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+
+use crate::bench::percentile;
+
+/// Flags of `krust bench api`.
+#[derive(Debug, Args)]
+pub(crate) struct ApiBenchArgs {
+    /// Target rate of the open-loop create phase, per second.
+    #[arg(long, default_value_t = 500)]
+    create_rate: u32,
+    /// Length of the create phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    create_seconds: u32,
+    /// Pods to create before timing LIST.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// ConfigMaps (1 KiB each) to store before reading the server's memory.
+    #[arg(long, default_value_t = 100_000)]
+    configmaps: usize,
+    /// Concurrent clients for the bulk phases.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    fn start() -> anyhow::Result<Server> {
+        let dir = std::env::temp_dir().join(format!("krust-bench-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let kubeconfig = dir.join("kubeconfig.yaml");
+        let child = Command::new(std::env::current_exe()?)
+            .args(["server", "--bind-address=127.0.0.1", "--disable-agent"])
+            .arg(format!("--https-listen-port={port}"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .env("KRUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let server = Server { child, dir, kubeconfig };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(server.kubeconfig.exists()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        {
+            anyhow::ensure!(Instant::now() < deadline, "krust server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+fn pod(name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "bench", "tier": "web"}, "annotations": {"bench": "krust"}},
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [{
+                "name": "web", "image": "registry.local/web:1.0",
+                "ports": [{"containerPort": 8080}],
+                "env": [{"name": "MODE", "value": "bench"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+            }]
+        }
+    }))?)
+}
+
+fn report(label: &str, latencies: &mut [Duration], elapsed: Duration) {
+    latencies.sort();
+    println!(
+        "{label:<28} n={:<7} rate={:>8.0}/s  p50={:>7.2} ms  p99={:>7.2} ms",
+        latencies.len(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99)
+    );
+}
+
+/// Runs `total` calls of `op` with `concurrency` workers, returning per-call latencies.
+async fn closed_loop<F, Fut>(
+    total: usize,
+    concurrency: usize,
+    op: F,
+) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let op = op.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                op(i).await?;
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, started.elapsed()))
+}
+
+pub(crate) async fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
+    let server = Server::start()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("idle server RSS: {:.1} MiB", server.rss_mib());
+    let client = server.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    // Open loop: one create every 1/rate seconds, whatever the server's latency.
+    let total = (args.create_rate * args.create_seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.create_rate));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        ticker.tick().await;
+        let pods = pods.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            pods.create(&PostParams::default(), &pod(&format!("open-{i}"))?).await?;
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    report(
+        &format!("create pod @{}/s (open loop)", args.create_rate),
+        &mut latencies,
+        started.elapsed(),
+    );
+
+    let c = args.concurrency;
+    let api = pods.clone();
+    let (mut lat, took) = closed_loop(2000, c, move |i| {
+        let api = api.clone();
+        async move {
+            api.get(&format!("open-{}", i % total.max(1))).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    report("get pod", &mut lat, took);
+
+    let api = configmaps.clone();
+    closed_loop(c, c, move |i| {
+        let api = api.clone();
+        async move {
+            let cm: ConfigMap = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": format!("upd-{i}")}, "data": {"n": "0"}}),
+            )?;
+            api.create(&PostParams::default(), &cm).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let api = configmaps.clone();
+    let (mut lat, took) = closed_loop(2000, c, move |i| {
+        let api = api.clone();
+        async move {
+            // Each worker updates its own object; the merge patch carries no precondition.
+            let patch = serde_json::json!({"data": {"n": i.to_string()}});
+            api.patch(
+                &format!("upd-{}", i % c),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    report("update (merge patch)", &mut lat, took);
+
+    // Bring the pod count up to `pods`, then time full LISTs.
+    let existing = total;
+    let api = pods.clone();
+    let extra = args.pods.saturating_sub(existing);
+    let (mut lat, took) = closed_loop(extra, c, move |i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &pod(&format!("bulk-{i}"))?).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    report("create pod (closed loop)", &mut lat, took);
+    let mut list_times = Vec::new();
+    let mut count = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        count = pods.list(&ListParams::default()).await?.items.len();
+        list_times.push(t.elapsed());
+    }
+    list_times.sort();
+    println!(
+        "LIST {count} pods (JSON, decoded by the client): median {:.1} ms, best {:.1} ms",
+        percentile(&list_times, 0.5),
+        percentile(&list_times, 0.0)
+    );
+    let raw = client.clone();
+    let mut raw_times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let text = raw.request_text(http_get("/api/v1/namespaces/default/pods")?).await?;
+        raw_times.push(t.elapsed());
+        anyhow::ensure!(text.len() > 1000, "empty list");
+    }
+    raw_times.sort();
+    println!(
+        "LIST {count} pods (server time to full body): median {:.1} ms",
+        percentile(&raw_times, 0.5)
+    );
+
+    // Watch delivery: replay every pod create from the beginning.
+    let t = Instant::now();
+    let mut stream = pods.watch(&WatchParams::default().timeout(60), "1").await?.boxed();
+    let mut seen = 0;
+    while seen < count {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .context("watch stalled")?
+        {
+            Some(Ok(WatchEvent::Added(_) | WatchEvent::Modified(_))) => seen += 1,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => break,
+        }
+    }
+    println!(
+        "watch replay: {seen} events in {:.0} ms ({:.0} events/s)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        seen as f64 / t.elapsed().as_secs_f64()
+    );
+    println!("RSS with {count} pods: {:.1} MiB", server.rss_mib());
+
+    if args.configmaps > 0 {
+        let api = configmaps.clone();
+        let value = "x".repeat(1024);
+        let (mut lat, took) = closed_loop(args.configmaps, c, move |i| {
+            let api = api.clone();
+            let value = value.clone();
+            async move {
+                let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("cm-{i}")}, "data": {"payload": value}}))?;
+                api.create(&PostParams::default(), &cm).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        report("create configmap 1 KiB", &mut lat, took);
+        println!(
+            "RSS with {} configmaps + {count} pods: {:.1} MiB",
+            args.configmaps,
+            server.rss_mib()
+        );
+    }
+    Ok(())
+}
+
+fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
+    Ok(http::Request::get(path).body(Vec::new())?)
+}
