@@ -35,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Everything the handlers share.
 pub struct ApiServer {
     /// The registry over the store.
-    pub rest: Rest,
+    pub rest: Arc<Rest>,
     /// Served types.
     pub registry: Arc<Registry>,
     /// The authorizer.
@@ -533,6 +533,7 @@ impl ApiServer {
                 let body = read_body(request, &content_type).await?;
                 let options = write_options(&query, &user_agent)?;
                 let (object, warnings) = self.rest.create(&rt, ns, body, &options).await?;
+                self.after_write(&rt, &object, false, options.dry_run).await;
                 Ok(with_warnings(json_response(StatusCode::CREATED, &object), &warnings))
             }
             "update" => {
@@ -546,9 +547,7 @@ impl ApiServer {
                     .rest
                     .update(&rt, ns, &name, body, target.subresource.as_deref(), &options)
                     .await?;
-                if rt.kind == "Namespace" {
-                    self.clone().maybe_finalize_namespace(&object);
-                }
+                self.after_write(&rt, &object, false, options.dry_run).await;
                 Ok(with_warnings(json_response(StatusCode::OK, &object), &warnings))
             }
             "patch" => {
@@ -608,6 +607,7 @@ impl ApiServer {
                         &options,
                     )
                     .await?;
+                self.after_write(&rt, &object, false, options.dry_run).await;
                 let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                 Ok(with_warnings(json_response(code, &object), &warnings))
             }
@@ -616,9 +616,7 @@ impl ApiServer {
                 let bytes = read_bytes(request).await?;
                 let options = delete_options(&query, &bytes, &content_type)?;
                 let object = self.rest.delete(&rt, ns, &name, &options).await?;
-                if rt.kind == "Namespace" && !options.dry_run {
-                    self.clone().maybe_finalize_namespace(&object);
-                }
+                self.after_write(&rt, &object, true, options.dry_run).await;
                 Ok(json_response(StatusCode::OK, &object))
             }
             "deletecollection" => {
@@ -687,6 +685,33 @@ impl ApiServer {
         let (object, _, _) =
             self.rest.patch(rt, ns, name, PatchType::Merge, patch, Some("scale"), options).await?;
         Ok(json_response(StatusCode::OK, &scale_of(&object)))
+    }
+
+    /// What follows a successful write of some types: namespace finalization, and serving (or
+    /// no longer serving) the types a CRD defines.
+    async fn after_write(
+        self: &Arc<Self>,
+        rt: &ResourceType,
+        object: &Value,
+        deleted: bool,
+        dry_run: bool,
+    ) {
+        if dry_run {
+            return;
+        }
+        match rt.kind.as_str() {
+            "Namespace" => self.clone().maybe_finalize_namespace(object),
+            "CustomResourceDefinition" if rt.is_builtin() => {
+                if let Err(e) = crate::crd::sync(&self.rest).await {
+                    tracing::warn!(error = %e, "syncing custom resource types failed");
+                }
+                // A deleted (or deleting) definition is no longer served; its objects go too.
+                if deleted && let Err(e) = crate::crd::delete_instances(&self.rest, object).await {
+                    tracing::warn!(error = %e, "deleting custom resources of a deleted CRD failed");
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Answers a review (`kubectl auth can-i`, `auth can-i --list`, `auth whoami`) for `user`.

@@ -48,6 +48,42 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
+    /// Whether this is a built-in type (decoded through `k8s-openapi`), not a custom resource.
+    pub fn is_builtin(&self) -> bool {
+        self.codec.is_some()
+    }
+
+    /// A custom resource type defined by a CustomResourceDefinition.
+    #[expect(clippy::too_many_arguments, reason = "the names a CRD declares")]
+    pub(crate) fn custom(
+        group: &str,
+        version: &str,
+        kind: &str,
+        list_kind: &str,
+        plural: &str,
+        singular: &str,
+        namespaced: bool,
+        short_names: Vec<String>,
+        categories: Vec<String>,
+        has_status: bool,
+    ) -> ResourceType {
+        ResourceType {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            kind: kind.to_owned(),
+            list_kind: list_kind.to_owned(),
+            plural: plural.to_owned(),
+            singular: singular.to_owned(),
+            namespaced,
+            short_names,
+            categories,
+            has_status,
+            has_scale: false,
+            tracks_generation: true,
+            create_only: false,
+            codec: None,
+        }
+    }
     /// `group/version`, or `version` for core.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -285,6 +321,24 @@ impl Registry {
                 (g, v)
             })
             .collect()
+    }
+}
+
+impl Registry {
+    /// Replaces the custom resource types (those without a codec) with `custom`. A custom type
+    /// that would shadow a built-in one is left out.
+    pub(crate) fn set_custom(&self, custom: Vec<ResourceType>) {
+        let mut guard = self.types.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next: Vec<Arc<ResourceType>> =
+            guard.iter().filter(|t| t.is_builtin()).cloned().collect();
+        for t in custom {
+            let shadows =
+                next.iter().any(|b| b.is_builtin() && b.group == t.group && b.plural == t.plural);
+            if !shadows {
+                next.push(Arc::new(t));
+            }
+        }
+        *guard = Arc::new(next);
     }
 }
 

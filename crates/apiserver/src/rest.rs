@@ -449,10 +449,16 @@ impl Rest {
         name: &str,
     ) -> ApiResult<Stored> {
         let (kv, _) = storage::get(self.store.as_ref(), &rt.key(namespace, name)).await?;
-        match kv {
-            Some(kv) => decode(&kv),
-            None => Err(ApiError::not_found(&rt.group, &rt.plural, name)),
+        let mut stored = match kv {
+            Some(kv) => decode(&kv)?,
+            None => return Err(ApiError::not_found(&rt.group, &rt.plural, name)),
+        };
+        if !rt.is_builtin() {
+            // All versions of a custom resource share storage ("None" conversion): the object
+            // is served in the version asked for.
+            stored.object["apiVersion"] = json!(rt.api_version());
         }
+        Ok(stored)
     }
 
     /// Lists objects, one page at a time.
@@ -524,7 +530,16 @@ impl Rest {
                         continue;
                     }
                 }
-                items.push(stamp(kv)?);
+                if rt.is_builtin() {
+                    items.push(stamp(kv)?);
+                } else {
+                    let mut object = decode(kv)?.object;
+                    object["apiVersion"] = json!(rt.api_version());
+                    items.push(Bytes::from(
+                        serde_json::to_vec(&object)
+                            .map_err(|e| ApiError::internal(e.to_string()))?,
+                    ));
+                }
                 if options.limit > 0 && items.len() == options.limit {
                     break;
                 }
@@ -604,7 +619,7 @@ impl Rest {
         subresource: Option<&str>,
         options: &WriteOptions,
     ) -> ApiResult<(Value, Vec<String>, bool)> {
-        if patch_type == PatchType::Strategic && rt.codec.is_none() {
+        if patch_type == PatchType::Strategic && !rt.is_builtin() {
             return Err(ApiError::unsupported_media_type(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
             ));

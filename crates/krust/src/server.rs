@@ -150,12 +150,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         addresses.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     };
     let registry = Arc::new(Registry::new());
+    let rest = Arc::new(Rest {
+        store: store.clone(),
+        registry: registry.clone(),
+        admission: apiserver::admission::Admission::new(service_cidr),
+    });
+    apiserver::crd::sync(&rest).await?;
+    tokio::spawn(apiserver::crd::follow(rest.clone()));
     let api = Arc::new(ApiServer {
-        rest: Rest {
-            store: store.clone(),
-            registry: registry.clone(),
-            admission: apiserver::admission::Admission::new(service_cidr),
-        },
+        rest: rest.clone(),
         registry,
         authorizer: Box::new(apiserver::auth::AllowAuthenticated),
         metrics: Default::default(),

@@ -387,3 +387,63 @@ fn python_client_lists_and_watches() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn custom_resource_definitions_serve_their_types() {
+    let mut server = KrustServer::start(&[]);
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/widget-crd.yaml");
+    server.ok(&["apply", "-f", crd.to_str().unwrap()]);
+    server.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=20s"]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n",
+    );
+    assert_eq!(server.ok(&["get", "wd", "-o", "name"]).trim(), "widget.example.com/w1");
+    // Every served version reads the same object (no conversion needed between them).
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "widgets.v1beta1.example.com",
+            "w1",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.size}"
+        ]),
+        "example.com/v1beta1 3"
+    );
+    // An update through apply is a merge patch for custom types, and bumps generation.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 5\n",
+    );
+    assert_eq!(
+        server.ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size} {.metadata.generation}"]),
+        "5 2"
+    );
+    let api_resources = server.ok(&["api-resources", "--api-group=example.com"]);
+    assert!(api_resources.contains("widgets") && api_resources.contains("wd"), "{api_resources}");
+    // The definition survives a restart and its types are served again.
+    server.restart();
+    assert_eq!(server.ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size}"]), "5");
+    // Deleting the definition stops serving the type and deletes its objects.
+    server.ok(&["delete", "crd", "widgets.example.com"]);
+    let gone = server.kubectl(&["get", "widgets.example.com"]);
+    assert!(!gone.status.success());
+    server.ok(&["apply", "-f", crd.to_str().unwrap()]);
+    assert_eq!(
+        server.ok(&["get", "wd", "-o", "name"]).trim(),
+        "",
+        "objects of a deleted definition do not come back"
+    );
+}
+
+#[test]
+fn helm_installs_a_chart_with_crds() {
+    let server = KrustServer::start(&[]);
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/crd-chart");
+    let out = server.kubectl_with(tool("helm"), &["install", "w", chart.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.ok(&["get", "widgets", "w-widget", "-o", "jsonpath={.spec.size}"]), "7");
+    let out = server.kubectl_with(tool("helm"), &["uninstall", "w"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.kubectl(&["get", "widgets", "w-widget"]).status.code() == Some(1));
+}
