@@ -120,9 +120,8 @@ async fn measure(
     latencies.sort();
     let throughput = latencies.len() as f64 / elapsed.as_secs_f64();
 
-    // Range: fill 10k keys of 256 bytes with batched transactions, then read them all (the
-    // etcd client refuses gRPC responses over 4 MiB, so larger ranges need paging there).
-    let small = bytes::Bytes::from(vec![b'r'; 256]);
+    // Range: fill 10k keys with batched transactions, then read them all.
+    let small = value.clone();
     for chunk in 0..100 {
         let ops = (0..100)
             .map(|i| Op::Put { key: format!("/bench/r/{chunk:03}/{i:03}"), value: small.clone() })

@@ -13,6 +13,10 @@ use crate::{
     Revision, Store, StoreStatus, Txn, TxnResponse, WatchMessage, WatchStream,
 };
 
+/// Largest gRPC response accepted from etcd. tonic's default of 4 MiB is far below what a full
+/// LIST or a watch catching up on a busy range returns.
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
 /// A store backed by an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -87,7 +91,7 @@ fn to_etcd_op(op: &Op) -> TxnOp {
 impl Store for EtcdStore {
     fn range(&self, request: RangeRequest) -> BoxFuture<'_, Result<RangeResponse>> {
         Box::pin(async move {
-            let mut client = self.client.kv_client();
+            let mut client = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
             let mut options = GetOptions::new().with_range(request.end.as_bytes());
             if let Some(revision) = request.revision.filter(|r| *r > 0) {
                 options = options.with_revision(revision);
@@ -110,7 +114,7 @@ impl Store for EtcdStore {
 
     fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResponse>> {
         Box::pin(async move {
-            let mut client = self.client.kv_client();
+            let mut client = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
             let compares: Vec<EtcdCompare> = txn
                 .compares
                 .iter()
@@ -153,7 +157,8 @@ impl Store for EtcdStore {
     fn watch(&self, prefix: &str, start_revision: Revision) -> BoxFuture<'_, Result<WatchStream>> {
         let prefix = prefix.to_owned();
         Box::pin(async move {
-            let mut client = self.client.watch_client();
+            let mut client =
+                self.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_prev_key()
@@ -220,7 +225,7 @@ impl Store for EtcdStore {
 
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let mut client = self.client.kv_client();
+            let mut client = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
             client.compact(revision, None).await.map_err(|e| convert_error(e, revision))?;
             Ok(())
         })
@@ -228,7 +233,7 @@ impl Store for EtcdStore {
 
     fn current_revision(&self) -> BoxFuture<'_, Result<Revision>> {
         Box::pin(async move {
-            let mut client = self.client.kv_client();
+            let mut client = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
             // A count-only read of a key that never exists returns the header cheaply.
             let response = client
                 .get("/krust/revision-probe", Some(GetOptions::new().with_count_only()))

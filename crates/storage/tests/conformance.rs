@@ -59,6 +59,7 @@ conformance!(
     watch_order_prev_kv_and_resume,
     compaction_discards_history,
     concurrent_writers_serialize,
+    large_ranges_and_watch_batches,
 );
 
 fn put(key: &str, value: &str) -> Op {
@@ -318,4 +319,18 @@ async fn concurrent_writers_serialize(store: SharedStore) {
         "every increment seen once, in order"
     );
     assert!(events.windows(2).all(|w| w[0].kv.mod_revision < w[1].kv.mod_revision));
+}
+
+async fn large_ranges_and_watch_batches(store: SharedStore) {
+    // 8 MiB in one range and one watch catch-up: above gRPC's default 4 MiB message limit.
+    let start = store.current_revision().await.unwrap() + 1;
+    let value = "x".repeat(128 * 1024);
+    for chunk in 0..8 {
+        let ops = (0..8).map(|i| put(&format!("/t/big/{chunk}-{i}"), &value)).collect();
+        store.txn(Txn { success: ops, ..Txn::default() }).await.unwrap();
+    }
+    let all = store.range(RangeRequest::prefix("/t/big/")).await.unwrap();
+    assert_eq!(all.kvs.len(), 64);
+    let mut watch = store.watch("/t/big/", start).await.unwrap();
+    assert_eq!(next_events(&mut watch, 64).await.len(), 64);
 }
