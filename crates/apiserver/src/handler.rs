@@ -1173,6 +1173,7 @@ fn write_options(query: &Query, user_agent: &str) -> ApiResult<WriteOptions> {
         dry_run: dry_run(query)?,
         field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
         field_manager: field_manager(query, user_agent),
+        force: query.flag("force"),
     })
 }
 

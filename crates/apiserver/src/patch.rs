@@ -65,7 +65,7 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Value {
 }
 
 /// How a list field is merged by a strategic merge patch.
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     /// Elements are objects merged by this key.
     MergeKey(&'static str),
     /// Elements are scalars merged as a set.
@@ -74,7 +74,7 @@ enum ListStrategy {
     Replace,
 }
 
-fn list_strategy(kind: &str, path: &str) -> ListStrategy {
+pub(crate) fn list_strategy(kind: &str, path: &str) -> ListStrategy {
     let field = path.rsplit('.').next().unwrap_or(path);
     match field {
         "containers"

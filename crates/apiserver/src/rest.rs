@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use storage::{Compare, KeyValue, Op, RangeRequest, SharedStore, Txn};
 
+use crate::managed;
 use crate::patch::{self, PatchType};
 use crate::resources::{Registry, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -26,6 +27,18 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     /// `fieldManager` (or one derived from the user agent).
     pub field_manager: String,
+    /// `force=true` on a server-side apply: take over conflicting fields.
+    pub force: bool,
+}
+
+impl WriteOptions {
+    fn writer<'a>(
+        &'a self,
+        api_version: &'a str,
+        subresource: Option<&'a str>,
+    ) -> managed::Writer<'a> {
+        managed::Writer { manager: &self.field_manager, api_version, subresource }
+    }
 }
 
 /// A decoded object read from the store.
@@ -134,74 +147,6 @@ fn generate_suffix() -> String {
         .collect()
 }
 
-/// A fieldsV1 set naming every field set in `object` (lists are owned whole). This records
-/// which manager wrote what; conflict detection uses it.
-fn fields_v1(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in map {
-                out.insert(format!("f:{k}"), fields_v1(v));
-            }
-            Value::Object(out)
-        }
-        _ => json!({}),
-    }
-}
-
-fn record_managed_fields(
-    object: &mut Value,
-    manager: &str,
-    operation: &str,
-    api_version: &str,
-    subresource: Option<&str>,
-) {
-    let mut owned = object.clone();
-    if let Some(o) = owned.as_object_mut() {
-        o.remove("apiVersion");
-        o.remove("kind");
-        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-            for k in [
-                "name",
-                "namespace",
-                "uid",
-                "resourceVersion",
-                "generation",
-                "creationTimestamp",
-                "managedFields",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-            ] {
-                meta.remove(k);
-            }
-            if meta.is_empty() {
-                o.remove("metadata");
-            }
-        }
-    }
-    let mut entry = json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": api_version,
-        "time": now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields_v1(&owned),
-    });
-    if let Some(sub) = subresource {
-        entry["subresource"] = json!(sub);
-    }
-    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
-    let mut list: Vec<Value> =
-        meta.get("managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
-    list.retain(|e| {
-        !(e.get("manager").and_then(Value::as_str) == Some(manager)
-            && e.get("operation").and_then(Value::as_str) == Some(operation)
-            && e.get("subresource").and_then(Value::as_str) == subresource)
-    });
-    list.push(entry);
-    meta.insert("managedFields".into(), Value::Array(list));
-}
-
 /// The registry's view of one request target.
 pub struct Rest {
     /// The store.
@@ -306,8 +251,21 @@ impl Rest {
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
+        object: Value,
+        options: &WriteOptions,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        self.create_object(rt, namespace, object, options, false).await
+    }
+
+    /// Creates an object; `applied` objects come from server-side apply with their managed
+    /// fields already computed.
+    async fn create_object(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
         mut object: Value,
         options: &WriteOptions,
+        applied: bool,
     ) -> ApiResult<(Value, Vec<String>)> {
         self.prepare_type_meta(rt, &mut object)?;
         {
@@ -348,7 +306,9 @@ impl Rest {
             } else {
                 meta.remove("generation");
             }
-            meta.remove("managedFields");
+            if !applied {
+                meta.remove("managedFields");
+            }
         }
         let (mut object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
         if rt.has_status
@@ -371,13 +331,10 @@ impl Rest {
             self.check_namespace_for_create(ns).await?;
         }
         let _admitted = self.admission.admit_create(self, &rt.kind, &mut object).await?;
-        record_managed_fields(
-            &mut object,
-            &options.field_manager,
-            "Update",
-            &rt.api_version(),
-            None,
-        );
+        if !applied {
+            let api_version = rt.api_version();
+            managed::record_update(&rt.kind, None, &mut object, options.writer(&api_version, None));
+        }
         let key = rt.key(namespace, &name);
         let bytes = encode(&object)?;
         if options.dry_run {
@@ -640,14 +597,11 @@ impl Rest {
                         )));
                     }
                 }
-                let (mut created, warnings) = self.create(rt, namespace, object, options).await?;
-                if let Some(list) =
-                    created.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut)
-                {
-                    for entry in list.iter_mut() {
-                        entry["operation"] = json!("Apply");
-                    }
-                }
+                let api_version = rt.api_version();
+                let writer = options.writer(&api_version, subresource);
+                let object = managed::apply(&rt.kind, None, &object, writer, options.force)?;
+                let (created, warnings) =
+                    self.create_object(rt, namespace, object, options, true).await?;
                 return Ok((created, warnings, true));
             }
         }
@@ -655,6 +609,8 @@ impl Rest {
         let operation = if patch_type == PatchType::Apply { "Apply" } else { "Update" };
         let kind = rt.kind.clone();
         let validation = options.field_validation;
+        let api_version = rt.api_version();
+        let writer = options.writer(&api_version, subresource);
         let object = self
             .guaranteed_update(
                 rt,
@@ -667,7 +623,10 @@ impl Rest {
                 |current| {
                     let patched = match patch_type {
                         PatchType::Json => patch::json_patch(current, &patch)?,
-                        PatchType::Merge | PatchType::Apply => patch::merge_patch(current, &patch),
+                        PatchType::Merge => patch::merge_patch(current, &patch),
+                        PatchType::Apply => {
+                            managed::apply(&kind, Some(current), &patch, writer, options.force)?
+                        }
                         PatchType::Strategic => {
                             patch::strategic_merge_patch(&kind, current, &patch)?
                         }
@@ -745,13 +704,15 @@ impl Rest {
                 // No change: upstream skips the write and returns the current object.
                 return Ok(current.object);
             }
-            record_managed_fields(
-                &mut next,
-                &options.field_manager,
-                operation,
-                &rt.api_version(),
-                subresource,
-            );
+            if operation != "Apply" {
+                let api_version = rt.api_version();
+                managed::record_update(
+                    &rt.kind,
+                    Some(&current.object),
+                    &mut next,
+                    options.writer(&api_version, subresource),
+                );
+            }
             let finalized =
                 next.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
                     && next

@@ -136,6 +136,7 @@ pub async fn bootstrap(
         dry_run: false,
         field_validation: FieldValidation::Ignore,
         field_manager: "krust".into(),
+        force: false,
     };
     let registry = &server.registry;
     let namespaces =

@@ -145,8 +145,30 @@ fn kubectl_everyday_commands() {
     let diff = server.kubectl(&["diff", "-f", dir.to_str().unwrap()]);
     assert_eq!(diff.status.code(), Some(1), "diff exits 1 when there are differences");
     assert!(String::from_utf8_lossy(&diff.stdout).contains("-  replicas: 5"));
-    let ssa = server.ok(&["apply", "--server-side", "-f", dir.to_str().unwrap()]);
+    // Server-side apply: fields other managers changed (patch, scale, set image) conflict...
+    let conflict = server.kubectl(&["apply", "--server-side", "-f", dir.to_str().unwrap()]);
+    assert!(!conflict.status.success());
+    let err = String::from_utf8_lossy(&conflict.stderr);
+    assert!(err.contains("conflict with \"kubectl-patch\"") && err.contains(".data.a"), "{err}");
+    // ...until forced, which takes them over.
+    let ssa =
+        server.ok(&["apply", "--server-side", "--force-conflicts", "-f", dir.to_str().unwrap()]);
     assert!(ssa.contains("serverside-applied"), "{ssa}");
+    let managers = server.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert!(
+        managers.split(' ').any(|m| m == "kubectl"),
+        "kubectl owns the applied fields: {managers}"
+    );
+    assert_eq!(server.ok(&["get", "cm", "cfg", "-n", "demo", "-o", "jsonpath={.data.a}"]), "2");
 
     // chunked listing follows continue tokens
     for i in 0..7 {

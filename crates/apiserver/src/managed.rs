@@ -1,0 +1,619 @@
+//! Field ownership (`metadata.managedFields`) and server-side apply.
+//!
+//! Every write records which manager owns which fields, in upstream's `FieldsV1` form
+//! (`f:<field>`, `k:<key object>` for items of keyed lists, `v:<value>` for set items, `.` for
+//! an item itself). An update takes ownership of the fields it changed; an apply owns exactly
+//! the fields of its configuration, conflicts with other owners of fields it would change
+//! (unless forced), and removes fields it applied before but no longer does and nobody else
+//! owns. Lists are merged with the built-in merge keys (see `patch`); other lists are atomic.
+//! Everything here is pure: the registry calls it inside its compare-and-swap loop.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::patch::{ListStrategy, list_strategy};
+use crate::status::{ApiError, Cause};
+
+/// A path to one field, as a list of FieldsV1 elements (`f:spec`, `k:{"name":"web"}`, ...).
+type Path = Vec<String>;
+type FieldSet = BTreeSet<Path>;
+
+/// Identity and bookkeeping fields nobody owns.
+const UNOWNED_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+];
+
+/// The part of `object` whose fields are tracked for a write to `subresource`.
+fn tracked(object: &Value, subresource: Option<&str>) -> Value {
+    let Some(map) = object.as_object() else { return json!({}) };
+    let mut out = Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "apiVersion" | "kind" => {}
+            "status" if subresource != Some("status") => {}
+            "metadata" => {
+                let mut meta = value.as_object().cloned().unwrap_or_default();
+                meta.retain(|k, _| !UNOWNED_METADATA.contains(&k.as_str()));
+                if !meta.is_empty() && subresource != Some("status") {
+                    out.insert(key.clone(), Value::Object(meta));
+                }
+            }
+            _ if subresource == Some("status") => {}
+            _ => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn dotted(parent: &str, field: &str) -> String {
+    if parent.is_empty() { field.to_owned() } else { format!("{parent}.{field}") }
+}
+
+fn key_element(item: &Value, key: &str) -> Option<String> {
+    let value = item.get(key)?;
+    Some(format!("k:{}", json!({ key: value })))
+}
+
+/// Every owned path of `value`: leaves, plus the items of keyed and set lists.
+fn leaves(kind: &str, value: &Value, path: &mut Path, dotted_path: &str, out: &mut FieldSet) {
+    let Some(map) = value.as_object() else { return };
+    for (field, child) in map {
+        path.push(format!("f:{field}"));
+        let child_dotted = dotted(dotted_path, field);
+        match child {
+            Value::Object(inner) if !inner.is_empty() => {
+                leaves(kind, child, path, &child_dotted, out)
+            }
+            Value::Array(items) => match list_strategy(kind, &child_dotted) {
+                ListStrategy::MergeKey(key) => {
+                    for item in items {
+                        let Some(element) = key_element(item, key) else { continue };
+                        path.push(element);
+                        out.insert(path.clone());
+                        leaves(kind, item, path, &child_dotted, out);
+                        path.pop();
+                    }
+                }
+                ListStrategy::Primitive => {
+                    for item in items {
+                        path.push(format!("v:{item}"));
+                        out.insert(path.clone());
+                        path.pop();
+                    }
+                }
+                ListStrategy::Replace => {
+                    out.insert(path.clone());
+                }
+            },
+            _ => {
+                out.insert(path.clone());
+            }
+        }
+        path.pop();
+    }
+}
+
+fn field_set(kind: &str, object: &Value, subresource: Option<&str>) -> FieldSet {
+    let mut out = FieldSet::new();
+    leaves(kind, &tracked(object, subresource), &mut Vec::new(), "", &mut out);
+    out
+}
+
+/// The value at `path`, if present.
+fn get<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut current = value;
+    for element in path {
+        current = if let Some(field) = element.strip_prefix("f:") {
+            current.get(field)?
+        } else if let Some(key) = element.strip_prefix("k:") {
+            let key: Value = serde_json::from_str(key).ok()?;
+            let (k, v) = key.as_object()?.iter().next()?;
+            current.as_array()?.iter().find(|item| item.get(k) == Some(v))?
+        } else if let Some(set_value) = element.strip_prefix("v:") {
+            let wanted: Value = serde_json::from_str(set_value).ok()?;
+            current.as_array()?.iter().find(|item| **item == wanted)?
+        } else {
+            return None;
+        };
+    }
+    Some(current)
+}
+
+/// Removes the field or list item at `path` (no-op when absent).
+fn remove(value: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut current = value;
+    for element in parents {
+        let next = if let Some(field) = element.strip_prefix("f:") {
+            current.get_mut(field)
+        } else if let Some(key) = element.strip_prefix("k:") {
+            let Ok(key) = serde_json::from_str::<Value>(key) else { return };
+            let Some((k, v)) =
+                key.as_object().and_then(|o| o.iter().next()).map(|(k, v)| (k.clone(), v.clone()))
+            else {
+                return;
+            };
+            current
+                .as_array_mut()
+                .and_then(|items| items.iter_mut().find(|item| item.get(&k) == Some(&v)))
+        } else {
+            None
+        };
+        let Some(next) = next else { return };
+        current = next;
+    }
+    if let Some(field) = last.strip_prefix("f:") {
+        if let Some(map) = current.as_object_mut() {
+            map.remove(field);
+        }
+    } else if let Some(key) = last.strip_prefix("k:") {
+        let Ok(key) = serde_json::from_str::<Value>(key) else { return };
+        if let (Some((k, v)), Some(items)) =
+            (key.as_object().and_then(|o| o.iter().next()), current.as_array_mut())
+        {
+            items.retain(|item| item.get(k) != Some(v));
+        }
+    } else if let Some(set_value) = last.strip_prefix("v:")
+        && let Ok(wanted) = serde_json::from_str::<Value>(set_value)
+        && let Some(items) = current.as_array_mut()
+    {
+        items.retain(|item| *item != wanted);
+    }
+}
+
+/// Merges an applied configuration into the live object.
+fn merge(kind: &str, live: &mut Value, config: &Value, dotted_path: &str) {
+    match (live.as_object_mut(), config.as_object()) {
+        (Some(live_map), Some(config_map)) => {
+            for (field, value) in config_map {
+                let child_dotted = dotted(dotted_path, field);
+                match live_map.get_mut(field) {
+                    Some(existing) => merge(kind, existing, value, &child_dotted),
+                    None => {
+                        live_map.insert(field.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        _ => match (live.as_array_mut(), config.as_array(), list_strategy(kind, dotted_path)) {
+            (Some(live_items), Some(config_items), ListStrategy::MergeKey(key)) => {
+                for item in config_items {
+                    match live_items
+                        .iter_mut()
+                        .find(|l| l.get(key).is_some() && l.get(key) == item.get(key))
+                    {
+                        Some(existing) => merge(kind, existing, item, dotted_path),
+                        None => live_items.push(item.clone()),
+                    }
+                }
+            }
+            (Some(live_items), Some(config_items), ListStrategy::Primitive) => {
+                for item in config_items {
+                    if !live_items.contains(item) {
+                        live_items.push(item.clone());
+                    }
+                }
+            }
+            _ => *live = config.clone(),
+        },
+    }
+}
+
+/// One `managedFields` entry.
+#[derive(Debug, Clone)]
+struct Entry {
+    manager: String,
+    operation: String,
+    api_version: String,
+    time: String,
+    subresource: Option<String>,
+    fields: FieldSet,
+}
+
+fn parse_fields(node: &Value, path: &mut Path, out: &mut FieldSet) {
+    let Some(map) = node.as_object() else { return };
+    for (element, child) in map {
+        if element == "." {
+            out.insert(path.clone());
+            continue;
+        }
+        path.push(element.clone());
+        if child.as_object().is_none_or(Map::is_empty) {
+            out.insert(path.clone());
+        } else {
+            parse_fields(child, path, out);
+        }
+        path.pop();
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    owned: bool,
+    children: std::collections::BTreeMap<String, Node>,
+}
+
+fn render_node(node: &Node) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (element, child) in &node.children {
+        let mut rendered = render_node(child);
+        // An owned path that also has owned children is a list item: mark it ".".
+        if child.owned && !rendered.is_empty() {
+            rendered.insert(".".into(), json!({}));
+        }
+        out.insert(element.clone(), Value::Object(rendered));
+    }
+    out
+}
+
+fn render_fields(fields: &FieldSet) -> Value {
+    let mut root = Node::default();
+    for path in fields {
+        let mut node = &mut root;
+        for element in path {
+            node = node.children.entry(element.clone()).or_default();
+        }
+        node.owned = true;
+    }
+    Value::Object(render_node(&root))
+}
+
+fn read_entries(object: &Value) -> Vec<Entry> {
+    let Some(list) = object.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|e| {
+            let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            let mut fields = FieldSet::new();
+            parse_fields(e.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut fields);
+            Entry {
+                manager: text("manager"),
+                operation: text("operation"),
+                api_version: text("apiVersion"),
+                time: text("time"),
+                subresource: e.get("subresource").and_then(Value::as_str).map(str::to_owned),
+                fields,
+            }
+        })
+        .collect()
+}
+
+fn write_entries(object: &mut Value, entries: Vec<Entry>) {
+    let list: Vec<Value> = entries
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|e| {
+            let mut entry = json!({
+                "manager": e.manager,
+                "operation": e.operation,
+                "apiVersion": e.api_version,
+                "time": e.time,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": render_fields(&e.fields),
+            });
+            if let Some(sub) = e.subresource {
+                entry["subresource"] = json!(sub);
+            }
+            entry
+        })
+        .collect();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        if list.is_empty() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), Value::Array(list));
+        }
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Who is writing: the field manager, its operation and the API version it used.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    /// `fieldManager`.
+    pub manager: &'a str,
+    /// The API version of the request (`apps/v1`).
+    pub api_version: &'a str,
+    /// The subresource written, if any.
+    pub subresource: Option<&'a str>,
+}
+
+/// Records an Update (or a create) by `writer`: it takes ownership of every field it changed
+/// (all fields, for a create), which other managers lose.
+pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: Writer<'_>) {
+    let mut entries = old.map(read_entries).unwrap_or_default();
+    let new_fields = field_set(kind, new, writer.subresource);
+    let old_fields = old.map(|o| field_set(kind, o, writer.subresource)).unwrap_or_default();
+    let changed: FieldSet = match old {
+        None => new_fields.clone(),
+        Some(old) => new_fields
+            .iter()
+            .filter(|p| get(old, p) != get(new, p))
+            .chain(old_fields.iter().filter(|p| !new_fields.contains(*p)))
+            .cloned()
+            .collect(),
+    };
+    let all_new = field_set(kind, new, Some("status"))
+        .union(&field_set(kind, new, None))
+        .cloned()
+        .collect::<FieldSet>();
+    for entry in &mut entries {
+        entry.fields.retain(|p| !changed.contains(p) && all_new.contains(p));
+    }
+    let owned: FieldSet = changed.intersection(&new_fields).cloned().collect();
+    match entries.iter_mut().find(|e| {
+        e.manager == writer.manager
+            && e.operation == "Update"
+            && e.subresource.as_deref() == writer.subresource
+    }) {
+        Some(entry) => {
+            entry.fields.extend(owned);
+            entry.time = now();
+            entry.api_version = writer.api_version.to_owned();
+        }
+        None => entries.push(Entry {
+            manager: writer.manager.to_owned(),
+            operation: "Update".into(),
+            api_version: writer.api_version.to_owned(),
+            time: now(),
+            subresource: writer.subresource.map(str::to_owned),
+            fields: owned,
+        }),
+    }
+    write_entries(new, entries);
+}
+
+fn render_path(path: &[String]) -> String {
+    path.iter()
+        .map(|e| {
+            if let Some(f) = e.strip_prefix("f:") {
+                format!(".{f}")
+            } else if let Some(k) = e.strip_prefix("k:") {
+                let key: Value = serde_json::from_str(k).unwrap_or(Value::Null);
+                key.as_object()
+                    .map(|o| o.iter().map(|(k, v)| format!("[{k}={v}]")).collect::<String>())
+                    .unwrap_or_default()
+            } else if let Some(v) = e.strip_prefix("v:") {
+                format!("[={v}]")
+            } else {
+                e.clone()
+            }
+        })
+        .collect()
+}
+
+/// Server-side apply of `config` by `writer` onto `live` (None: the object is being created).
+/// Returns the new object with its managed fields, or a 409 listing the conflicts.
+pub fn apply(
+    kind: &str,
+    live: Option<&Value>,
+    config: &Value,
+    writer: Writer<'_>,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let config_fields = field_set(kind, config, writer.subresource);
+    let mut entries = live.map(read_entries).unwrap_or_default();
+    let mut result = live.cloned().unwrap_or_else(|| json!({}));
+    let is_mine = |e: &Entry| e.manager == writer.manager && e.operation == "Apply";
+    if let Some(live) = live {
+        let mut conflicts: Vec<(String, String, Path)> = Vec::new();
+        for entry in entries.iter().filter(|e| !is_mine(e)) {
+            for path in entry.fields.intersection(&config_fields) {
+                if get(live, path) != get(config, path) {
+                    conflicts.push((
+                        entry.manager.clone(),
+                        entry.api_version.clone(),
+                        path.clone(),
+                    ));
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            if !force {
+                let causes: Vec<Cause> = conflicts
+                    .iter()
+                    .map(|(manager, version, path)| {
+                        Cause::new(
+                            "FieldManagerConflict",
+                            &render_path(path),
+                            format!("conflict with \"{manager}\" using {version}"),
+                        )
+                    })
+                    .collect();
+                let message = if conflicts.len() == 1 {
+                    let (manager, version, path) = &conflicts[0];
+                    format!(
+                        "Apply failed with 1 conflict: conflict with \"{manager}\" using {version}: {}",
+                        render_path(path)
+                    )
+                } else {
+                    let lines: Vec<String> = conflicts
+                        .iter()
+                        .map(|(m, v, p)| {
+                            format!("conflict with \"{m}\" using {v}: {}", render_path(p))
+                        })
+                        .collect();
+                    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+                };
+                let mut error = ApiError::conflict("", "", "", "");
+                error.message = message;
+                error.details = None;
+                error.causes = causes;
+                return Err(error);
+            }
+            // Forcing takes the fields over.
+            for entry in entries.iter_mut().filter(|e| !is_mine(e)) {
+                entry.fields.retain(|p| !config_fields.contains(p));
+            }
+        }
+    }
+    merge(kind, &mut result, &tracked(config, writer.subresource), "");
+    // Fields this manager applied before, applies no longer, and nobody else owns go away.
+    let previously: FieldSet =
+        entries.iter().filter(|e| is_mine(e)).flat_map(|e| e.fields.iter().cloned()).collect();
+    let others: FieldSet =
+        entries.iter().filter(|e| !is_mine(e)).flat_map(|e| e.fields.iter().cloned()).collect();
+    let mut stale: Vec<&Path> = previously
+        .iter()
+        .filter(|p| !config_fields.contains(*p) && !others.iter().any(|o| o.starts_with(p)))
+        .collect();
+    stale.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for path in stale {
+        remove(&mut result, path);
+    }
+    entries.retain(|e| !is_mine(e));
+    entries.push(Entry {
+        manager: writer.manager.to_owned(),
+        operation: "Apply".into(),
+        api_version: writer.api_version.to_owned(),
+        time: now(),
+        subresource: writer.subresource.map(str::to_owned),
+        fields: config_fields,
+    });
+    if let Some(obj) = result.as_object_mut() {
+        for key in ["apiVersion", "kind"] {
+            if let Some(v) = config.get(key) {
+                obj.insert(key.into(), v.clone());
+            }
+        }
+        let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+        if let (Some(meta), Some(config_meta)) =
+            (meta.as_object_mut(), config.get("metadata").and_then(Value::as_object))
+        {
+            for key in ["name", "namespace"] {
+                if let Some(v) = config_meta.get(key)
+                    && !meta.contains_key(key)
+                {
+                    meta.insert(key.into(), v.clone());
+                }
+            }
+        }
+    }
+    write_entries(&mut result, entries);
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(manager: &str) -> Writer<'_> {
+        Writer { manager, api_version: "apps/v1", subresource: None }
+    }
+
+    fn deployment(replicas: i64, image: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "web", "image": image}]}}}})
+    }
+
+    #[test]
+    fn apply_creates_owns_and_round_trips_fields_v1() {
+        let created =
+            apply("Deployment", None, &deployment(2, "nginx:1"), writer("helm"), false).unwrap();
+        let entries = read_entries(&created);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].operation, "Apply");
+        let fields = &created["metadata"]["managedFields"][0]["fieldsV1"];
+        assert_eq!(fields["f:spec"]["f:replicas"], json!({}));
+        let item =
+            &fields["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
+        assert_eq!(item["."], json!({}), "keyed list items own themselves");
+        assert_eq!(item["f:image"], json!({}));
+        assert_eq!(
+            read_entries(&created)[0].fields,
+            entries[0].fields,
+            "FieldsV1 parses back to the same set"
+        );
+    }
+
+    #[test]
+    fn apply_conflicts_with_another_owner_unless_forced() {
+        let mut live =
+            apply("Deployment", None, &deployment(2, "nginx:1"), writer("helm"), false).unwrap();
+        // kubectl scale changes replicas through an update: it now owns the field.
+        let before = live.clone();
+        live["spec"]["replicas"] = json!(5);
+        record_update(
+            "Deployment",
+            Some(&before),
+            &mut live,
+            Writer { manager: "kubectl", api_version: "autoscaling/v1", subresource: None },
+        );
+        let err =
+            apply("Deployment", Some(&live), &deployment(2, "nginx:1"), writer("helm"), false)
+                .unwrap_err();
+        assert_eq!(err.code, 409);
+        assert_eq!(err.causes[0].field, ".spec.replicas");
+        assert!(err.message.contains("conflict with \"kubectl\""), "{}", err.message);
+        // The same value is no conflict; forcing takes the field over.
+        assert!(
+            apply("Deployment", Some(&live), &deployment(5, "nginx:1"), writer("helm"), false)
+                .is_ok()
+        );
+        let forced =
+            apply("Deployment", Some(&live), &deployment(3, "nginx:2"), writer("helm"), true)
+                .unwrap();
+        assert_eq!(forced["spec"]["replicas"], 3);
+        let kubectl = read_entries(&forced).into_iter().find(|e| e.manager == "kubectl");
+        assert!(kubectl.is_none(), "kubectl lost its only field");
+    }
+
+    #[test]
+    fn apply_removes_fields_it_no_longer_applies() {
+        let mut config = deployment(2, "nginx:1");
+        config["metadata"]["labels"]["tier"] = json!("fe");
+        let live = apply("Deployment", None, &config, writer("helm"), false).unwrap();
+        let next =
+            apply("Deployment", Some(&live), &deployment(2, "nginx:1"), writer("helm"), false)
+                .unwrap();
+        assert_eq!(
+            next["metadata"]["labels"],
+            json!({"app": "web"}),
+            "the dropped label is removed"
+        );
+        // A field another manager also owns stays.
+        let mut shared = live.clone();
+        let before = shared.clone();
+        shared["metadata"]["annotations"] = json!({"note": "x"});
+        record_update("Deployment", Some(&before), &mut shared, writer("kubectl"));
+        let next =
+            apply("Deployment", Some(&shared), &deployment(2, "nginx:1"), writer("helm"), false)
+                .unwrap();
+        assert_eq!(next["metadata"]["annotations"], json!({"note": "x"}));
+    }
+
+    #[test]
+    fn apply_merges_keyed_lists_with_other_managers_items() {
+        let live =
+            apply("Deployment", None, &deployment(1, "nginx:1"), writer("helm"), false).unwrap();
+        let mut sidecar = live.clone();
+        let before = sidecar.clone();
+        sidecar["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "side", "image": "busybox"}));
+        record_update("Deployment", Some(&before), &mut sidecar, writer("injector"));
+        let next =
+            apply("Deployment", Some(&sidecar), &deployment(1, "nginx:2"), writer("helm"), false)
+                .unwrap();
+        let containers = next["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2, "the other manager's container stays");
+        assert_eq!(containers[0]["image"], "nginx:2");
+    }
+}
