@@ -216,12 +216,33 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
     ]);
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    for rt in in_gv {
+    // Built-in types get their full schemas (with descriptions, for `kubectl explain`) from
+    // k8s-openapi; custom types a permissive one.
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut names = Vec::new();
+    for rt in &in_gv {
+        let name = match rt.schema {
+            Some(schema_fn) => {
+                let reference = schema_fn(&mut generator);
+                reference
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.rsplit('/').next())
+                    .map_or_else(|| schema_name(rt), str::to_owned)
+            }
+            None => schema_name(rt),
+        };
+        names.push(name);
+    }
+    for (name, schema) in generator.take_definitions(true) {
+        schemas.insert(name, schema);
+    }
+    for (rt, name) in in_gv.iter().zip(names) {
         let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
-        let schema_ref = json!({"$ref": format!("#/components/schemas/{}", schema_name(rt))});
+        let schema_ref = json!({"$ref": format!("#/components/schemas/{name}")});
         let object_content = json!({"application/json": {"schema": schema_ref}});
-        // Strategic merge patch is left out on purpose until full schemas with patch metadata
-        // are served: kubectl then computes it from its compiled-in types.
+        // Strategic merge patch is left out on purpose: the schemas carry no patch merge keys,
+        // so kubectl computes it from its compiled-in types instead.
         let patch_content = json!({
             "application/json-patch+json": {"schema": {"type": "object"}},
             "application/merge-patch+json": {"schema": {"type": "object"}},
@@ -253,8 +274,12 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
             json!({"get": op("get"), "put": put_op, "patch": patch_op, "delete": op("delete")}),
         );
         paths.insert(base, json!({"get": op("list"), "post": post_op}));
+        if let Some(schema) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+            continue;
+        }
         schemas.insert(
-            schema_name(rt),
+            name,
             json!({
                 "type": "object",
                 "description": format!("{} is a {} resource served by krust.", rt.kind, if rt.group.is_empty() { "core" } else { &rt.group }),

@@ -14,6 +14,9 @@ use serde_json::Value;
 /// checks field types and drops (or, with strict validation, reports) unknown fields.
 pub(crate) type Codec = fn(Value) -> Result<Value, serde_json::Error>;
 
+/// Adds a built-in type's OpenAPI schema (and those it refers to) to a generator.
+pub(crate) type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
 /// One served resource type.
 #[derive(Debug, Clone)]
 pub struct ResourceType {
@@ -45,6 +48,7 @@ pub struct ResourceType {
     /// never stored.
     pub create_only: bool,
     pub(crate) codec: Option<Codec>,
+    pub(crate) schema: Option<SchemaFn>,
 }
 
 impl ResourceType {
@@ -82,6 +86,7 @@ impl ResourceType {
             tracks_generation: true,
             create_only: false,
             codec: None,
+            schema: None,
         }
     }
     /// `group/version`, or `version` for core.
@@ -126,6 +131,12 @@ impl Scope for ClusterResourceScope {
     const NAMESPACED: bool = false;
 }
 
+fn schema_of<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
     value: Value,
 ) -> Result<Value, serde_json::Error> {
@@ -144,7 +155,11 @@ struct Extra {
 
 fn builtin<T>(extra: Extra) -> ResourceType
 where
-    T: Resource + ListableResource + serde::de::DeserializeOwned + serde::Serialize,
+    T: Resource
+        + ListableResource
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + schemars::JsonSchema,
     T::Scope: Scope,
 {
     ResourceType {
@@ -162,13 +177,14 @@ where
         tracks_generation: extra.generation,
         create_only: false,
         codec: Some(roundtrip::<T>),
+        schema: Some(schema_of::<T>),
     }
 }
 
 /// A create-only review type.
 fn review<T>(singular: &str) -> ResourceType
 where
-    T: Resource + serde::de::DeserializeOwned + serde::Serialize,
+    T: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
     T::Scope: Scope,
 {
     ResourceType {
@@ -186,6 +202,7 @@ where
         tracks_generation: false,
         create_only: true,
         codec: Some(roundtrip::<T>),
+        schema: Some(schema_of::<T>),
     }
 }
 

@@ -188,8 +188,15 @@ fn kubectl_everyday_commands() {
         describe.contains("busybox:1.36") && describe.contains("Replicas:               3 desired"),
         "{describe}"
     );
-    let explain = server.ok(&["explain", "deployment"]);
-    assert!(explain.contains("KIND:       Deployment"), "{explain}");
+    let explain = server.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(
+        explain.contains("KIND:       Deployment") && explain.contains("replicas <integer>"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("Number of desired pods"),
+        "field descriptions come from the schema: {explain}"
+    );
 
     // errors come back as Status objects kubectl can print
     let missing = server.kubectl(&["get", "cm", "nope", "-n", "demo"]);
