@@ -330,3 +330,32 @@ async fn watch_from_a_compacted_revision_gets_410_expired() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_endpoints() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.list(&ListParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &cm("m", "1")).await.unwrap();
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let body =
+            client.request_text(http::Request::get(path).body(vec![]).unwrap()).await.unwrap();
+        assert_eq!(body, "ok", "{path}");
+    }
+    let metrics =
+        client.request_text(http::Request::get("/metrics").body(vec![]).unwrap()).await.unwrap();
+    assert!(
+        metrics
+            .contains(r#"apiserver_request_total{verb="LIST",resource="configmaps",code="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"apiserver_request_total{verb="CREATE",resource="configmaps",code="201"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"apiserver_request_duration_seconds_bucket{verb="CREATE",resource="configmaps",le="+Inf"} 1"#), "{metrics}");
+    assert!(metrics.contains("krust_storage_revision "), "{metrics}");
+}

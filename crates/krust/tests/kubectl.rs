@@ -476,3 +476,73 @@ fn helm_installs_a_chart_with_crds() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(server.kubectl(&["get", "widgets", "w-widget"]).status.code() == Some(1));
 }
+
+#[test]
+fn kubectl_get_watch_prints_table_rows() {
+    use std::io::{BufRead, BufReader};
+    let server = KrustServer::start(&[]);
+    server.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: before\n  namespace: default\ndata:\n  a: b\n");
+    let mut child = std::process::Command::new(tool("kubectl"))
+        .args(["get", "cm", "-w", "-n", "default"])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", server.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut created = false;
+    while !seen.iter().any(|l: &String| l.starts_with("during ")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no watch row for the new ConfigMap; saw {seen:?}");
+        if let Ok(line) = lines_rx.recv_timeout(left.min(std::time::Duration::from_millis(200))) {
+            seen.push(line);
+        }
+        if !created && seen.iter().any(|l| l.starts_with("before ")) {
+            server.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: during\n  namespace: default\ndata:\n  a: b\n  c: d\n");
+            created = true;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen[0].starts_with("NAME") && seen[0].contains("DATA"),
+        "one header from the server's columns: {seen:?}"
+    );
+    let during = seen.iter().find(|l| l.starts_with("during ")).unwrap();
+    assert_eq!(
+        during.split_whitespace().nth(1),
+        Some("2"),
+        "the watch event carries the DATA cell: {during}"
+    );
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "later events carry no headers: {seen:?}"
+    );
+}
+
+#[test]
+fn two_servers_on_one_host_do_not_collide() {
+    let a = KrustServer::start(&[]);
+    let b = KrustServer::start(&[]);
+    a.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: only-in-a\n  namespace: default\n",
+    );
+    assert_eq!(a.ok(&["get", "cm", "only-in-a", "-o", "name"]).trim(), "configmap/only-in-a");
+    assert_eq!(b.kubectl(&["get", "cm", "only-in-a"]).status.code(), Some(1));
+    // Each kubeconfig trusts only its own server's CA.
+    let cross = a.kubectl(&["--server", &format!("https://127.0.0.1:{}", b.port), "get", "ns"]);
+    assert!(!cross.status.success(), "a's credentials must not work against b");
+}
