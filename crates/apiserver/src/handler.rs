@@ -1256,29 +1256,40 @@ fn parse_body_bytes(bytes: &[u8], allow_yaml: bool) -> ApiResult<Value> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v) if v.is_object() || v.is_array() => Ok(v),
         Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
-        Err(e) => {
-            if allow_yaml {
-                // kubectl and helm send apply patches as JSON; YAML bodies are not accepted yet.
-                return Err(ApiError::bad_request(format!(
-                    "error decoding patch: only JSON apply bodies are supported: {e}"
-                )));
-            }
-            Err(ApiError::bad_request(format!("error decoding request body: {e}")))
-        }
+        Err(e) if allow_yaml => parse_yaml(bytes).map_err(|yaml| {
+            ApiError::bad_request(format!(
+                "error decoding request body: not JSON ({e}) nor YAML ({yaml})"
+            ))
+        }),
+        Err(e) => Err(ApiError::bad_request(format!("error decoding request body: {e}"))),
     }
+}
+
+/// Parses a YAML document into JSON (YAML bodies are a JSON superset upstream accepts).
+fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let value: Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    if value.is_object() || value.is_array() { Ok(value) } else { Err("not an object".into()) }
 }
 
 async fn read_body(request: Request<Incoming>, content_type: &str) -> ApiResult<Value> {
     let media = content_type.split(';').next().unwrap_or("").trim();
     let protobuf = protobuf::is_protobuf(content_type);
-    if !(protobuf || media.is_empty() || media == "application/json" || media == "*/*") {
+    let yaml = media == "application/yaml";
+    if !(protobuf || yaml || media.is_empty() || media == "application/json" || media == "*/*") {
         return Err(ApiError::unsupported_media_type(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {media:?})"
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {media:?})"
         )));
     }
     let bytes = read_bytes(request).await?;
-    let value =
-        if protobuf { protobuf::decode_object(&bytes)? } else { parse_body_bytes(&bytes, false)? };
+    let value = if protobuf {
+        protobuf::decode_object(&bytes)?
+    } else if yaml {
+        parse_yaml(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?
+    } else {
+        parse_body_bytes(&bytes, false)?
+    };
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }

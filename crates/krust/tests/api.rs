@@ -214,6 +214,15 @@ async fn bad_input_gets_status_and_changes_nothing() {
             ),
             415,
         ),
+        (
+            request(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                b"metadata: [unclosed".to_vec(),
+                "application/yaml",
+            ),
+            400,
+        ),
     ];
     for (req, want) in cases {
         let what = format!("{} {}", req.method(), req.uri());
@@ -358,4 +367,27 @@ async fn health_and_metrics_endpoints() {
     );
     assert!(metrics.contains(r#"apiserver_request_duration_seconds_bucket{verb="CREATE",resource="configmaps",le="+Inf"} 1"#), "{metrics}");
     assert!(metrics.contains("krust_storage_revision "), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_bodies_are_accepted() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n";
+    let request = http::Request::post("/api/v1/namespaces/default/configmaps")
+        .header("Content-Type", "application/yaml")
+        .body(yaml.as_bytes().to_vec())
+        .unwrap();
+    client.request_text(request).await.unwrap();
+    let apply =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: applied\n";
+    let request = http::Request::patch(
+        "/api/v1/namespaces/default/configmaps/from-yaml?fieldManager=yaml-test&force=true",
+    )
+    .header("Content-Type", "application/apply-patch+yaml")
+    .body(apply.as_bytes().to_vec())
+    .unwrap();
+    client.request_text(request).await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    assert_eq!(api.get("from-yaml").await.unwrap().data.unwrap()["k"], "applied");
 }
