@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -391,7 +391,10 @@ impl ApiServer {
             }
             "/api" => {
                 if accepts_aggregated(accept) {
-                    Ok(aggregated_response(&discovery::aggregated(&self.registry, true)))
+                    Ok(revalidated(
+                        request,
+                        aggregated_response(&discovery::aggregated(&self.registry, true)),
+                    ))
                 } else {
                     Ok(json_response(
                         StatusCode::OK,
@@ -401,7 +404,10 @@ impl ApiServer {
             }
             "/apis" => {
                 if accepts_aggregated(accept) {
-                    Ok(aggregated_response(&discovery::aggregated(&self.registry, false)))
+                    Ok(revalidated(
+                        request,
+                        aggregated_response(&discovery::aggregated(&self.registry, false)),
+                    ))
                 } else {
                     Ok(json_response(StatusCode::OK, &discovery::api_group_list(&self.registry)))
                 }
@@ -414,7 +420,7 @@ impl ApiServer {
                 if let Some(gv) = trimmed.strip_prefix("/openapi/v3/") {
                     let doc = discovery::openapi_group_version(&self.registry, gv)
                         .ok_or_else(ApiError::no_route)?;
-                    return Ok(json_response(StatusCode::OK, &doc));
+                    return Ok(revalidated(request, json_response(StatusCode::OK, &doc)));
                 }
                 let segments: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
                 let doc = match segments.as_slice() {
@@ -1115,6 +1121,31 @@ fn text_response(text: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
+}
+
+/// Adds an `ETag` to a whole response and answers `304 Not Modified` when the client's
+/// `If-None-Match` names it (kubectl's HTTP cache revalidates discovery and OpenAPI this way).
+fn revalidated(request: &Request<Incoming>, response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    // Responses built here hold their whole body, so collecting it completes at once.
+    let Some(bytes) = body.collect().now_or_never().and_then(Result::ok).map(|c| c.to_bytes())
+    else {
+        return Response::from_parts(parts, full(Bytes::new()));
+    };
+    let etag = format!("\"{:016X}\"", fnv1a(&bytes));
+    let matches = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        parts.headers.insert(header::ETAG, value);
+    }
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+    Response::from_parts(parts, full(bytes))
 }
 
 fn aggregated_response(value: &Value) -> Response<Body> {

@@ -391,3 +391,37 @@ async fn yaml_bodies_are_accepted() {
     let api: Api<ConfigMap> = Api::namespaced(client, "default");
     assert_eq!(api.get("from-yaml").await.unwrap().data.unwrap()["k"], "applied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_is_revalidated_with_etags() {
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let accept =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let first = client
+        .send(
+            http::Request::get("/apis")
+                .header("Accept", accept)
+                .body(kube::client::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers()["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let again = client
+        .send(
+            http::Request::get("/apis")
+                .header("Accept", accept)
+                .header("If-None-Match", &etag)
+                .body(kube::client::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+}
