@@ -227,15 +227,19 @@ enum DebugCommand {
         /// Key prefix (so runs don't overwrite each other's keys).
         #[arg(long, default_value = "run")]
         prefix: String,
+        /// Log size that triggers a checkpoint, in KiB (small values exercise checkpoints).
+        #[arg(long, default_value_t = 64 * 1024)]
+        checkpoint_min_kib: u64,
     },
 }
 
 pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
     match args.command {
-        DebugCommand::StoreWriter { dir, writers, prefix } => {
+        DebugCommand::StoreWriter { dir, writers, prefix, checkpoint_min_kib } => {
             use std::io::Write;
-            let store =
-                storage::embedded::EmbeddedStore::open(storage::embedded::Config::with_dir(dir))?;
+            let mut config = storage::embedded::Config::with_dir(dir);
+            config.checkpoint_min_bytes = checkpoint_min_kib << 10;
+            let store = storage::embedded::EmbeddedStore::open(config)?;
             let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
             let mut tasks = Vec::new();
             for w in 0..writers {
@@ -245,11 +249,14 @@ pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
                 tasks.push(tokio::spawn(async move {
                     for i in 0u64.. {
                         let key = format!("/crash/{prefix}/{w}/{i}");
+                        // Each write also rewrites a hot key, like leases do, so that history
+                        // piles up for the compactor below and checkpoints happen.
+                        let hot = format!("/crash/{prefix}/hot/{w}");
                         let txn = storage::Txn {
-                            success: vec![storage::Op::Put {
-                                key: key.clone(),
-                                value: bytes_of(&key),
-                            }],
+                            success: vec![
+                                storage::Op::Put { key: key.clone(), value: bytes_of(&key) },
+                                storage::Op::Put { key: hot.clone(), value: bytes_of(&hot) },
+                            ],
                             ..storage::Txn::default()
                         };
                         if storage::Store::txn(&store, txn).await.is_err() {
@@ -262,6 +269,15 @@ pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
                     }
                 }));
             }
+            let compactor = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Ok(revision) = storage::Store::current_revision(&compactor).await {
+                        let _ = storage::Store::compact(&compactor, revision - 10).await;
+                    }
+                }
+            });
             for t in tasks {
                 let _ = t.await;
             }

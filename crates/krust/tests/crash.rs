@@ -20,6 +20,10 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
                 "store-writer",
                 "--writers",
                 "8",
+                // A 64 KiB log threshold makes checkpoints (snapshot and log rotation) happen
+                // during the writes, so kills also land in the middle of them.
+                "--checkpoint-min-kib",
+                "64",
                 "--prefix",
                 &format!("r{round}"),
                 "--dir",

@@ -3,19 +3,22 @@
 //!
 //! Why this shape (see ARCHITECTURE.md, "Storage"): a cluster's data set is small and is read
 //! far more than written, so the whole retained history lives in memory like etcd's index and
-//! the apiserver's watch cache do; every write is appended to `wal` and fsynced before it is
+//! the apiserver's watch cache do; every write is appended to the log and fsynced before it is
 //! acknowledged or made visible, and concurrent writers share one fsync. Disk use is bounded by
 //! design: the log is rewritten into `snapshot` once it grows past the retained data (or a floor
 //! of [`Config::checkpoint_min_bytes`]), so on-disk bytes stay below
-//! `2 × retained + max(retained, checkpoint_min_bytes)`, where "retained" is the live data plus
-//! the history kept since the last compaction. Nothing here can stall that rewrite: readers
+//! `2 × retained + 2 × max(retained, checkpoint_min_bytes)` (old and new snapshot, and the
+//! segments before and after a rotation, while a checkpoint runs), where "retained" is the
+//! live data plus the history kept since the last compaction. Nothing here can stall that rewrite: readers
 //! never hold the files, unlike SQLite's WAL checkpoints that starve under constant readers.
 //!
 //! Layout of the data directory:
 //! - `snapshot`: every retained version of every key, with the revision and compacted
 //!   revision; written to `snapshot.tmp`, fsynced, renamed, directory fsynced.
-//! - `wal`: records appended after the snapshot: `[len u32][crc32 u32][payload]`. A torn or
-//!   corrupt tail (a write cut short by a crash, never acknowledged) is truncated on open.
+//! - `wal.<seq>`: log segments, records appended after the snapshot:
+//!   `[len u32][crc32 u32][payload]`. A checkpoint starts a new segment and, once its snapshot
+//!   is on disk, deletes the segments it covers. A torn or corrupt tail of the last segment (a
+//!   write cut short by a crash, never acknowledged) is truncated on open.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -37,7 +40,7 @@ use crate::{
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Directory holding `snapshot` and `wal`; created if missing.
+    /// Directory holding `snapshot` and the `wal.<seq>` segments; created if missing.
     pub dir: PathBuf,
     /// Writes that would take the retained bytes over this fail with [`Error::QuotaExceeded`].
     pub quota_bytes: u64,
@@ -110,9 +113,17 @@ impl EmbeddedStore {
         if snapshot_path.exists() {
             load_snapshot(&snapshot_path, &mut state)?;
         }
-        let wal_path = config.dir.join("wal");
-        let wal_len = replay_wal(&wal_path, &mut state)?;
+        let segments = wal_segments(&config.dir)?;
+        let mut wal_len = 0;
+        for (_, path) in &segments {
+            wal_len = replay_wal(path, &mut state)?;
+        }
         state.durable = state.revision;
+        let wal_seq = segments.last().map_or(1, |(seq, _)| *seq);
+        let wal_path = match segments.last() {
+            Some((_, path)) => path.clone(),
+            None => segment_path(&config.dir, wal_seq),
+        };
         let wal = OpenOptions::new()
             .create(true)
             .append(true)
@@ -134,7 +145,15 @@ impl EmbeddedStore {
         let shared =
             Arc::new(Shared { state: RwLock::new(state), head, quota_bytes: config.quota_bytes });
         let (requests, receiver) = mpsc::channel(4096);
-        let committer = Committer { shared: shared.clone(), wal, wal_len, config };
+        let committer = Committer {
+            shared: shared.clone(),
+            wal,
+            wal_path,
+            wal_len,
+            wal_seq,
+            checkpointing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            config,
+        };
         std::thread::Builder::new()
             .name("store-commit".into())
             .spawn(move || committer.run(receiver))
@@ -342,7 +361,12 @@ impl WatchCursor {
 struct Committer {
     shared: Arc<Shared>,
     wal: File,
+    wal_path: PathBuf,
     wal_len: u64,
+    /// Sequence number of the current log segment (`wal.<seq>`).
+    wal_seq: u64,
+    /// Set while a snapshot is being written in the background.
+    checkpointing: Arc<std::sync::atomic::AtomicBool>,
     config: Config,
 }
 
@@ -407,47 +431,132 @@ impl Committer {
     }
 
     fn append(&mut self, buffer: &[u8]) -> Result<()> {
-        let path = self.config.dir.join("wal");
-        self.wal.write_all(buffer).map_err(|e| Error::io(&path, e))?;
-        self.wal.sync_data().map_err(|e| Error::io(&path, e))?;
+        let path = &self.wal_path;
+        self.wal.write_all(buffer).map_err(|e| Error::io(path, e))?;
+        self.wal.sync_data().map_err(|e| Error::io(path, e))?;
         self.wal_len += buffer.len() as u64;
         Ok(())
     }
 
+    /// Folds the log into a new snapshot once it has grown past the retained data. The state is
+    /// copied (values are shared, not copied) and the log rotated to a new segment here; the
+    /// snapshot is encoded and written on another thread, so writers do not wait for it.
     fn maybe_checkpoint(&mut self) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let retained =
             self.shared.state.read().unwrap_or_else(PoisonError::into_inner).retained_bytes;
-        if self.wal_len < self.config.checkpoint_min_bytes.max(retained) {
+        if self.wal_len < self.config.checkpoint_min_bytes.max(retained)
+            || self.checkpointing.swap(true, Ordering::AcqRel)
+        {
             return Ok(());
         }
         let started = Instant::now();
-        let snapshot = {
+        let copy = {
             let state = self.shared.state.read().unwrap_or_else(PoisonError::into_inner);
-            encode_snapshot(&state)
+            SnapshotData {
+                revision: state.durable,
+                compacted: state.compacted,
+                keys: state.keys.clone(),
+            }
         };
-        let tmp = self.config.dir.join("snapshot.tmp");
-        let path = self.config.dir.join("snapshot");
-        {
-            let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            file.write_all(&snapshot).map_err(|e| Error::io(&tmp, e))?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.config.dir)?;
-        // A crash before this truncation only means the next open replays records the snapshot
-        // already holds; replay skips them by revision.
-        let wal_path = self.config.dir.join("wal");
-        self.wal.set_len(0).map_err(|e| Error::io(&wal_path, e))?;
-        self.wal.sync_all().map_err(|e| Error::io(&wal_path, e))?;
-        tracing::info!(
-            snapshot_bytes = snapshot.len(),
-            log_bytes = self.wal_len,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "store checkpoint written"
-        );
+        let covered = self.wal_seq;
+        let next = segment_path(&self.config.dir, covered + 1);
+        let rotated = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&next)
+            .and_then(|f| f.sync_all().map(|()| f))
+            .map_err(|e| Error::io(&next, e));
+        let wal = match rotated.and_then(|f| sync_dir(&self.config.dir).map(|()| f)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.checkpointing.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let log_bytes = self.wal_len;
+        self.wal = wal;
+        self.wal_path = next;
+        self.wal_seq = covered + 1;
         self.wal_len = 0;
+        let dir = self.config.dir.clone();
+        let checkpointing = self.checkpointing.clone();
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let spawned = std::thread::Builder::new().name("store-snapshot".into()).spawn(move || {
+            match write_snapshot(&dir, &copy, covered) {
+                Ok(bytes) => tracing::info!(
+                    snapshot_bytes = bytes,
+                    log_bytes,
+                    copy_ms = copied_ms,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "store checkpoint written"
+                ),
+                // The old snapshot and every log segment are still there: nothing is lost, and
+                // the next checkpoint tries again.
+                Err(e) => tracing::error!(error = %e, "store checkpoint failed"),
+            }
+            checkpointing.store(false, Ordering::Release);
+        });
+        if let Err(e) = spawned {
+            self.checkpointing.store(false, Ordering::Release);
+            return Err(Error::io("store-snapshot thread", e));
+        }
         Ok(())
     }
+}
+
+/// A consistent copy of the state for a snapshot.
+struct SnapshotData {
+    revision: Revision,
+    compacted: Revision,
+    keys: BTreeMap<String, Vec<Version>>,
+}
+
+/// Writes the snapshot atomically, then deletes the log segments it covers.
+fn write_snapshot(dir: &Path, data: &SnapshotData, covered_seq: u64) -> Result<usize> {
+    let snapshot = encode_snapshot(data);
+    let tmp = dir.join(format!("snapshot.tmp.{covered_seq}"));
+    let path = dir.join("snapshot");
+    {
+        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        file.write_all(&snapshot).map_err(|e| Error::io(&tmp, e))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    sync_dir(dir)?;
+    // A crash before these removals only means the next open replays records the snapshot
+    // already holds; replay skips them by revision.
+    for (seq, segment) in wal_segments(dir)? {
+        if seq <= covered_seq {
+            std::fs::remove_file(&segment).map_err(|e| Error::io(&segment, e))?;
+        }
+    }
+    sync_dir(dir)?;
+    Ok(snapshot.len())
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal.{seq:010}"))
+}
+
+/// The log segments in order: `wal.<seq>` files (and a bare `wal` from older stores, first).
+fn wal_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let seq = match name.strip_prefix("wal") {
+            Some("") => Some(0),
+            Some(rest) => rest.strip_prefix('.').and_then(|n| n.parse::<u64>().ok()),
+            None => None,
+        };
+        if let Some(seq) = seq {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 enum Reply {
@@ -769,14 +878,13 @@ fn replay_wal(path: &Path, state: &mut State) -> Result<u64> {
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KRUSTSN1";
 
-fn encode_snapshot(state: &State) -> Vec<u8> {
-    let mut out = Vec::with_capacity(state.retained_bytes as usize + 64);
+fn encode_snapshot(state: &SnapshotData) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + state.keys.len() * 256);
     out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&state.durable.to_le_bytes());
+    out.extend_from_slice(&state.revision.to_le_bytes());
     out.extend_from_slice(&state.compacted.to_le_bytes());
     out.extend_from_slice(&(state.keys.len() as u64).to_le_bytes());
     for (key, versions) in &state.keys {
-        // Only durable versions: the committer is the sole writer, so none are pending here.
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(&(versions.len() as u32).to_le_bytes());
@@ -915,7 +1023,8 @@ mod tests {
             dump(&store).await
         };
         // A crash in the middle of an append leaves a partial record.
-        let mut wal = OpenOptions::new().append(true).open(dir.path().join("wal")).unwrap();
+        let segment = wal_segments(dir.path()).unwrap().pop().unwrap().1;
+        let mut wal = OpenOptions::new().append(true).open(segment).unwrap();
         wal.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 1, 9]).unwrap();
         drop(wal);
         let store = EmbeddedStore::open(Config::with_dir(dir.path())).unwrap();
@@ -947,7 +1056,7 @@ mod tests {
             let retained = store.status().await.unwrap().size_bytes;
             let on_disk = dir_bytes(dir.path());
             max_seen = max_seen.max(on_disk);
-            let bound = 2 * retained + config.checkpoint_min_bytes.max(retained) + 64 * 1024;
+            let bound = 2 * retained + 2 * config.checkpoint_min_bytes.max(retained) + 64 * 1024;
             assert!(
                 on_disk <= bound,
                 "round {round}: {on_disk} bytes on disk exceeds bound {bound}"
