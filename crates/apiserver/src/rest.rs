@@ -891,9 +891,18 @@ impl Rest {
                 _ => {}
             }
             let namespace_terminating = rt.kind == "Namespace";
-            let graceful = !finalizers.is_empty() || namespace_terminating;
+            let pod_grace = if rt.kind == "Pod" {
+                pod_grace_period(&current.object, options.grace_period_seconds)
+            } else {
+                0
+            };
             let already_deleting =
                 current.object.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+            // A forced delete (grace 0) of a pod already terminating removes it now.
+            let forced_now =
+                already_deleting && rt.kind == "Pod" && pod_grace == 0 && finalizers.is_empty();
+            let graceful =
+                !forced_now && (!finalizers.is_empty() || namespace_terminating || pod_grace > 0);
             if graceful {
                 if already_deleting {
                     return Ok(current.object);
@@ -901,8 +910,16 @@ impl Rest {
                 let mut next = current.object.clone();
                 {
                     let meta = meta_mut(&mut next)?;
-                    meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                    // A pod on a node gets its grace period for the node agent to stop it;
+                    // everything else waits only for its finalizers.
+                    let deadline = jiff::Timestamp::now()
+                        .checked_add(jiff::SignedDuration::from_secs(pod_grace))
+                        .unwrap_or_else(|_| jiff::Timestamp::now());
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    );
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(pod_grace));
                     if !finalizers.is_empty() {
                         meta.insert("finalizers".into(), Value::Array(finalizers));
                     }
@@ -967,6 +984,24 @@ fn strip_managed(v: &Value) -> Value {
         meta.remove("managedFields");
     }
     v
+}
+
+/// How long a deleted pod may take to stop: none for pods on no node or already finished
+/// (nothing runs them), else the request's grace period or the pod's own (default 30 s).
+fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
+    let on_node =
+        pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !on_node || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Options of a DELETE, from the body and the query.

@@ -425,3 +425,165 @@ async fn discovery_is_revalidated_with_etags() {
         .unwrap();
     assert_eq!(again.status(), 304);
 }
+
+fn value_of<T: serde::Serialize>(object: &T) -> serde_json::Value {
+    serde_json::to_value(object).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_a_node_are_deleted_gracefully() {
+    use k8s_openapi::api::core::v1::Pod;
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod = |name: &str, node: Option<&str>| -> Pod {
+        let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "busybox"}]});
+        if let Some(node) = node {
+            spec["nodeName"] = serde_json::json!(node);
+        }
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+            .unwrap()
+    };
+    // Nothing runs an unscheduled pod: it goes at once.
+    pods.create(&PostParams::default(), &pod("floating", None)).await.unwrap();
+    pods.delete("floating", &kube::api::DeleteParams::default()).await.unwrap();
+    assert_eq!(status_code(pods.get("floating").await.unwrap_err()).0, 404);
+    // A pod on a node waits its grace period for the node agent.
+    pods.create(&PostParams::default(), &pod("bound", Some("node-1"))).await.unwrap();
+    pods.delete("bound", &kube::api::DeleteParams::default()).await.unwrap();
+    let terminating = value_of(&pods.get("bound").await.unwrap());
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(terminating["metadata"]["deletionTimestamp"].is_string());
+    // A forced delete removes it.
+    pods.delete("bound", &kube::api::DeleteParams::default().grace_period(0)).await.unwrap();
+    assert_eq!(status_code(pods.get("bound").await.unwrap_err()).0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_subresource_dry_run_and_generate_name() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+                 "spec": {"containers": [{"name": "web", "image": "busybox"}]}}},
+        "status": {"replicas": 99}
+    }))
+    .unwrap();
+    let created = value_of(&deployments.create(&PostParams::default(), &deployment).await.unwrap());
+    assert!(
+        created["status"].get("replicas").is_none(),
+        "status is not set by create: {}",
+        created["status"]
+    );
+    // Through /status only the status changes, and generation stays.
+    let mut with_status = created.clone();
+    with_status["status"] = serde_json::json!({"replicas": 2, "observedGeneration": 1});
+    with_status["spec"]["replicas"] = serde_json::json!(7);
+    let after = value_of(
+        &deployments
+            .replace_status(
+                "web",
+                &PostParams::default(),
+                &serde_json::from_value::<Deployment>(with_status).unwrap(),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (
+            after["status"]["replicas"].clone(),
+            after["spec"]["replicas"].clone(),
+            after["metadata"]["generation"].clone()
+        ),
+        (serde_json::json!(2), serde_json::json!(1), serde_json::json!(1))
+    );
+    // Through the main resource the status is ignored, the spec changes and generation moves.
+    let mut main = after.clone();
+    main["status"]["replicas"] = serde_json::json!(50);
+    main["spec"]["replicas"] = serde_json::json!(3);
+    let main: Deployment = serde_json::from_value(main).unwrap();
+    let after = value_of(&deployments.replace("web", &PostParams::default(), &main).await.unwrap());
+    assert_eq!(
+        (
+            after["status"]["replicas"].clone(),
+            after["spec"]["replicas"].clone(),
+            after["metadata"]["generation"].clone()
+        ),
+        (serde_json::json!(2), serde_json::json!(3), serde_json::json!(2))
+    );
+
+    // dryRun=All validates and answers but stores nothing.
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    configmaps.create(&dry, &cm("dry", "1")).await.unwrap();
+    assert_eq!(status_code(configmaps.get("dry").await.unwrap_err()).0, 404);
+    // generateName gets a random suffix.
+    let generated: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"generateName": "gen-"}})).unwrap();
+    let name =
+        configmaps.create(&PostParams::default(), &generated).await.unwrap().metadata.name.unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_bootstrap_and_termination() {
+    use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+    let server = KrustServer::start(&[]);
+    let client = server.client().await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let kubernetes = services.get("kubernetes").await.unwrap();
+    assert_eq!(
+        kubernetes.spec.unwrap().cluster_ip.as_deref(),
+        Some("10.43.0.1"),
+        "the first service IP"
+    );
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let subsets = endpoints.get("kubernetes").await.unwrap().subsets.unwrap();
+    assert_eq!(subsets[0].ports.as_ref().unwrap()[0].port, i32::from(server.port));
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let held: Namespace = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+    )
+    .unwrap();
+    namespaces.create(&PostParams::default(), &held).await.unwrap();
+    let in_held: Api<ConfigMap> = Api::namespaced(client.clone(), "held");
+    in_held.create(&PostParams::default(), &cm("inside", "1")).await.unwrap();
+    namespaces.delete("held", &kube::api::DeleteParams::default()).await.unwrap();
+    let phase = namespaces.get("held").await.unwrap().status.unwrap().phase.unwrap();
+    assert_eq!(phase, "Terminating");
+    let (code, reason) =
+        status_code(in_held.create(&PostParams::default(), &cm("late", "1")).await.unwrap_err());
+    assert_eq!(
+        (code, reason.as_str()),
+        (403, "Forbidden"),
+        "no new content in a terminating namespace"
+    );
+    // Its content is deleted; once the last finalizer goes, so does the namespace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !in_held.list(&ListParams::default()).await.unwrap().items.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "content of a terminating namespace was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unhold = serde_json::json!({"metadata": {"finalizers": null}});
+    namespaces
+        .patch("held", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&unhold))
+        .await
+        .unwrap();
+    while namespaces.get("held").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "namespace was not removed after its finalizers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) =
+        status_code(in_held.create(&PostParams::default(), &cm("after", "1")).await.unwrap_err());
+    assert_eq!(code, 404, "creating in a missing namespace");
+}
