@@ -85,6 +85,11 @@ fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<
     response
 }
 
+/// A request header as text ("" when absent or not text).
+fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String {
+    request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
 /// Decodes `%XX` and `+` in a query component.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -350,8 +355,7 @@ impl ApiServer {
                 "the server does not allow this method on the requested resource ({method})"
             )));
         }
-        let accept =
-            request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = header_text(request, header::ACCEPT);
         let trimmed = path.trim_end_matches('/');
         match trimmed {
             "/version" => Ok(json_response(StatusCode::OK, &version_info())),
@@ -390,7 +394,7 @@ impl ApiServer {
                 Ok(r)
             }
             "/api" => {
-                if accepts_aggregated(accept) {
+                if accepts_aggregated(&accept) {
                     Ok(revalidated(
                         request,
                         aggregated_response(&discovery::aggregated(&self.registry, true)),
@@ -403,7 +407,7 @@ impl ApiServer {
                 }
             }
             "/apis" => {
-                if accepts_aggregated(accept) {
+                if accepts_aggregated(&accept) {
                     Ok(revalidated(
                         request,
                         aggregated_response(&discovery::aggregated(&self.registry, false)),
@@ -459,35 +463,15 @@ impl ApiServer {
                     target.rt.plural
                 )));
             }
-            let content_type = request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let content_type = header_text(&request, header::CONTENT_TYPE);
             let body = read_body(request, &content_type).await?;
             let user = user.ok_or_else(ApiError::unauthorized)?;
             let answered = self.review(&target.rt, body, user)?;
             return Ok(json_response(StatusCode::CREATED, &answered));
         }
-        let accept = request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let user_agent = request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let accept = header_text(&request, header::ACCEPT);
+        let content_type = header_text(&request, header::CONTENT_TYPE);
+        let user_agent = header_text(&request, header::USER_AGENT);
         let rt = target.rt.clone();
         let ns = target.namespace.as_deref();
         let table = wants_table(&accept);
