@@ -22,6 +22,7 @@ pub mod server;
 pub mod status;
 pub mod strategy;
 pub mod table;
+pub mod watch;
 
 /// The Kubernetes API version krust serves (for OpenAPI and `/version`).
 pub const KUBERNETES_VERSION: &str = "v1.37.0";
