@@ -14,13 +14,18 @@ use crate::status::{ApiError, ApiResult};
 #[derive(Debug)]
 pub struct Admission {
     service_cidr: Ipv4Cidr,
+    cluster_cidr: Option<Ipv4Cidr>,
     ip_lock: Mutex<()>,
 }
 
+/// The prefix of each node's pod CIDR, as k3s and kube-controller-manager default to.
+const NODE_CIDR_PREFIX: u8 = 24;
+
 impl Admission {
-    /// Admission for a cluster whose Services take addresses from `service_cidr`.
-    pub fn new(service_cidr: Ipv4Cidr) -> Admission {
-        Admission { service_cidr, ip_lock: Mutex::new(()) }
+    /// Admission for a cluster whose Services take addresses from `service_cidr` and whose
+    /// nodes take /24 pod networks from `cluster_cidr`.
+    pub fn new(service_cidr: Ipv4Cidr, cluster_cidr: Option<Ipv4Cidr>) -> Admission {
+        Admission { service_cidr, cluster_cidr, ip_lock: Mutex::new(()) }
     }
 
     /// Mutates `object` before it is created. The returned guard must be held until the
@@ -38,6 +43,9 @@ impl Admission {
                 obj.insert("status".into(), status);
             }
             return Ok(None);
+        }
+        if kind == "Node" {
+            return self.admit_node(rest, object).await;
         }
         if kind != "Service" {
             return Ok(None);
@@ -63,6 +71,53 @@ impl Admission {
             spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
             spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
             spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+        }
+        Ok(Some(guard))
+    }
+
+    /// Gives a new Node a pod network from the cluster CIDR (upstream's node-ipam controller
+    /// does this right after registration; doing it at admission means the agent has its
+    /// network as soon as it has its Node).
+    async fn admit_node(
+        &self,
+        rest: &Rest,
+        object: &mut Value,
+    ) -> ApiResult<Option<MutexGuard<'_, ()>>> {
+        let Some(cluster) = self.cluster_cidr else { return Ok(None) };
+        let has_cidr =
+            object.pointer("/spec/podCIDR").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+        if has_cidr || cluster.prefix > NODE_CIDR_PREFIX {
+            return Ok(None);
+        }
+        let guard = self.ip_lock.lock().await;
+        let rt = rest
+            .registry
+            .lookup("", "v1", "nodes")
+            .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+        let page = rest.list(&rt, None, &ListOptions::default()).await?;
+        let used: std::collections::HashSet<String> = page
+            .objects()?
+            .iter()
+            .filter_map(|n| n.pointer("/spec/podCIDR").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let count = 1u32 << (NODE_CIDR_PREFIX - cluster.prefix);
+        let step = 1u32 << (32 - NODE_CIDR_PREFIX);
+        let free = (0..count)
+            .filter_map(|i| cluster.nth(i * step))
+            .map(|net| format!("{net}/{NODE_CIDR_PREFIX}"))
+            .find(|cidr| !used.contains(cidr));
+        let Some(cidr) = free else {
+            // Upstream registers the node anyway and reports CIDRNotAvailable; so do we.
+            tracing::warn!("no pod CIDR left in the cluster CIDR for a new node");
+            return Ok(Some(guard));
+        };
+        let obj = object
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+        let spec = obj.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.insert("podCIDR".into(), json!(cidr));
+            spec.insert("podCIDRs".into(), json!([cidr]));
         }
         Ok(Some(guard))
     }

@@ -183,15 +183,82 @@ impl Pki {
 
     /// The admin kubeconfig for a server reachable at `server_url`.
     pub fn admin_kubeconfig(&self, server_url: &str) -> String {
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {}\n  name: krust\ncontexts:\n- context:\n    cluster: krust\n    user: krust-admin\n  name: krust\ncurrent-context: krust\npreferences: {{}}\nusers:\n- name: krust-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-            b64(&self.ca_cert_pem),
+        kubeconfig(
+            &self.ca_cert_pem,
             server_url,
-            b64(&self.admin_cert_pem),
-            b64(&self.admin_key_pem)
+            "krust-admin",
+            &self.admin_cert_pem,
+            &self.admin_key_pem,
         )
     }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let key_path = self.dir.join("ca.key");
+        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(cert("ca key"))?;
+        Issuer::from_ca_cert_pem(&self.ca_cert_pem, key).map_err(cert("ca"))
+    }
+
+    /// Issues a client certificate for `common_name` in `organizations` (a node's
+    /// `system:node:<name>` in `system:nodes`, say), returning (certificate, key) PEM.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate().map_err(cert("client key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, organizations);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages =
+            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        validity(&mut params, 1);
+        let issued = params.signed_by(&key, &self.issuer()?).map_err(cert("client"))?;
+        Ok((issued.pem(), key.serialize_pem()))
+    }
+
+    /// Issues a serving certificate for `sans` (a node agent's HTTPS endpoint), returning
+    /// (certificate, key) PEM.
+    pub fn issue_serving(
+        &self,
+        common_name: &str,
+        sans: &[String],
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate().map_err(cert("serving key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, &[]);
+        params.subject_alt_names = sans
+            .iter()
+            .filter_map(|s| match s.parse::<IpAddr>() {
+                Ok(ip) => Some(SanType::IpAddress(ip)),
+                Err(_) => s.clone().try_into().ok().map(SanType::DnsName),
+            })
+            .collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages =
+            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        validity(&mut params, 1);
+        let issued = params.signed_by(&key, &self.issuer()?).map_err(cert("serving"))?;
+        Ok((issued.pem(), key.serialize_pem()))
+    }
+}
+
+/// A kubeconfig with one cluster, user and context, credentials inline.
+pub fn kubeconfig(
+    ca_pem: &str,
+    server_url: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {}\n  name: krust\ncontexts:\n- context:\n    cluster: krust\n    user: {user}\n  name: krust\ncurrent-context: krust\npreferences: {{}}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(ca_pem),
+        server_url,
+        b64(cert_pem),
+        b64(key_pem)
+    )
 }
 
 fn unix_now() -> u64 {

@@ -713,12 +713,19 @@ impl Rest {
                     options.writer(&api_version, subresource),
                 );
             }
+            // The last finalizer gone from a deleted object removes it, unless it is still in
+            // its grace period (a pod its node agent is stopping): upstream's rule.
             let finalized =
                 next.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
                     && next
                         .pointer("/metadata/finalizers")
                         .and_then(Value::as_array)
-                        .is_none_or(Vec::is_empty);
+                        .is_none_or(Vec::is_empty)
+                    && current
+                        .object
+                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .is_none_or(|g| g == 0);
             let bytes = encode(&next)?;
             if options.dry_run {
                 set_resource_version(&mut next, current.mod_revision);
@@ -904,7 +911,14 @@ impl Rest {
             let graceful =
                 !forced_now && (!finalizers.is_empty() || namespace_terminating || pod_grace > 0);
             if graceful {
-                if already_deleting {
+                let current_grace = current
+                    .object
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
+                // A second delete may only shorten a pod's grace period (a forced delete of a
+                // pod held by finalizers leaves it at 0, so the last finalizer removes it).
+                let shortens = rt.kind == "Pod" && current_grace.is_some_and(|g| pod_grace < g);
+                if already_deleting && !shortens {
                     return Ok(current.object);
                 }
                 let mut next = current.object.clone();

@@ -1,5 +1,6 @@
 //! `krust`: a Kubernetes-compatible orchestrator in one binary.
 
+mod agent;
 mod bench;
 mod bench_api;
 mod server;
@@ -20,7 +21,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane: the Kubernetes API server on HTTPS with its store.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
+    /// Stop everything an agent started on this host: pods, containerd, mounts, network.
+    Reset(agent::ResetArgs),
+    /// Manage the images of this host's agent.
+    Image(agent::ImageArgs),
     /// Measure krust against its peers (see `krust bench --help`).
     Bench(bench::BenchArgs),
     /// Internal helpers used by krust's own tests.
@@ -40,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(*args).await,
+            Command::Reset(args) => agent::reset(args).await,
+            Command::Image(args) => agent::image(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug(args) => server::debug(args).await,
         }

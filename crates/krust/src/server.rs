@@ -32,10 +32,12 @@ pub(crate) struct ServerArgs {
     /// Store: empty for the embedded store, or etcd endpoints `http://host:2379[,...]`.
     #[arg(long, default_value = "", env = "KRUST_DATASTORE_ENDPOINT")]
     datastore_endpoint: String,
-    /// Do not run a node agent in this process (the agent arrives in a later release; for now
-    /// no agent runs either way).
+    /// Do not run a node agent in this process.
     #[arg(long)]
     disable_agent: bool,
+    /// Flags of the in-process node agent.
+    #[command(flatten)]
+    agent: crate::agent::AgentArgs,
     /// Pod network (IPv4 CIDR) nodes get their pod CIDRs from.
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
@@ -122,7 +124,7 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<SharedStore> {
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let service_cidr = Ipv4Cidr::parse(&args.service_cidr)
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
-    Ipv4Cidr::parse(&args.cluster_cidr)
+    let cluster_cidr = Ipv4Cidr::parse(&args.cluster_cidr)
         .with_context(|| format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr))?;
     let first_service_ip = service_cidr.nth(1).context("service CIDR too small")?;
     let server_dir = args.data_dir.join("server");
@@ -153,7 +155,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let rest = Arc::new(Rest {
         store: store.clone(),
         registry: registry.clone(),
-        admission: apiserver::admission::Admission::new(service_cidr),
+        admission: apiserver::admission::Admission::new(service_cidr, Some(cluster_cidr)),
     });
     apiserver::crd::sync(&rest).await?;
     tokio::spawn(apiserver::crd::follow(rest.clone()));
@@ -197,10 +199,27 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     println!("try: KUBECONFIG={} kubectl get namespaces", args.write_kubeconfig.display());
 
     let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut agent_task = None;
+    if !args.disable_agent {
+        let config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
+        let (cert, key) =
+            pki.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
+        let url = format!("https://127.0.0.1:{}", local.port());
+        let kubeconfig = pki::kubeconfig(&pki.ca_cert_pem, &url, "node", &cert, &key);
+        pki::write_private(&config.data_dir.join("kubelet.kubeconfig"), kubeconfig.as_bytes())?;
+        let client = crate::agent::client_from_kubeconfig(&kubeconfig).await?;
+        agent_task = Some(crate::agent::spawn(config, client, shutdown_rx));
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
+    }
+    // Stopping the agent stops containerd but leaves the pods running (fail-static).
+    shutdown_tx.send_replace(true);
+    if let Some(task) = agent_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
     }
     serving.abort();
     Ok(())
@@ -215,6 +234,19 @@ pub(crate) struct DebugArgs {
 
 #[derive(Debug, Subcommand)]
 enum DebugCommand {
+    /// Writes an OCI image archive built from the host's busybox-static: `/bin/busybox` and a
+    /// link for each applet. Tests run pods from it.
+    BusyboxImage {
+        /// Image reference to name it.
+        #[arg(long, default_value = "krust.local/busybox:1")]
+        name: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The static busybox to pack.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
     /// Writes keys to an embedded store as fast as it can, printing `ack <key>` after each
     /// acknowledged write, until killed. The crash test kills it with SIGKILL.
     StoreWriter {
@@ -235,6 +267,12 @@ enum DebugCommand {
 
 pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
     match args.command {
+        DebugCommand::BusyboxImage { name, out, busybox } => {
+            let archive = agent::image::busybox_image(&name, &busybox)
+                .with_context(|| format!("packing {}", busybox.display()))?;
+            std::fs::write(&out, archive).with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        }
         DebugCommand::StoreWriter { dir, writers, prefix, checkpoint_min_kib } => {
             use std::io::Write;
             let mut config = storage::embedded::Config::with_dir(dir);

@@ -12,6 +12,8 @@ pub struct KrustServer {
     pub port: u16,
     pub kubeconfig: PathBuf,
     extra: Vec<String>,
+    /// The node name when the server runs an agent.
+    pub node: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -30,18 +32,163 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// Writes an OCI archive of the host's busybox-static named `name` to `out`.
+pub fn busybox_archive(name: &str, out: &Path) {
+    let result = Command::new(env!("CARGO_BIN_EXE_krust"))
+        .args(["debug", "busybox-image", "--name", name, "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+}
+
+pub const BUSYBOX: &str = "krust.local/busybox:1";
+
 impl KrustServer {
+    /// A control plane only (`--disable-agent`).
     pub fn start(extra: &[&str]) -> KrustServer {
+        let mut all = vec!["--disable-agent"];
+        all.extend_from_slice(extra);
+        Self::launch(&all, None)
+    }
+
+    /// A server with its node agent, busybox imported through the air-gap images folder,
+    /// a node name and pod network of its own (so tests can run side by side), and the node
+    /// Ready when this returns. Dropping it resets the agent (`krust reset`).
+    pub fn start_with_agent(extra: &[&str]) -> KrustServer {
+        let port = free_port();
+        let node = format!("node-{port}");
+        let cidr = format!("10.{}.0.0/16", 100 + port % 150);
+        let mut all: Vec<String> = vec![
+            format!("--node-name={node}"),
+            format!("--cluster-cidr={cidr}"),
+            format!("--service-cidr=10.{}.0.0/16", 100 + (port + 75) % 150),
+        ];
+        all.extend(extra.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let server = Self::launch_on(port, &refs, Some(node.clone()));
+        server.wait_node_ready(&node);
+        server
+    }
+
+    fn launch(extra: &[&str], node: Option<String>) -> KrustServer {
+        Self::launch_on(free_port(), extra, node)
+    }
+
+    fn launch_on(port: u16, extra: &[&str], node: Option<String>) -> KrustServer {
         let dir = tempfile::tempdir().unwrap();
+        if node.is_some() {
+            let images = dir.path().join("data/agent/images");
+            std::fs::create_dir_all(&images).unwrap();
+            busybox_archive(BUSYBOX, &images.join("busybox.tar"));
+        }
         let mut server = KrustServer {
             child: None,
             kubeconfig: dir.path().join("kubeconfig.yaml"),
             dir,
-            port: free_port(),
+            port,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            node,
         };
         server.spawn();
         server
+    }
+
+    /// Polls until the Node reports Ready.
+    pub fn wait_node_ready(&self, node: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.kubectl(&[
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {node} not Ready in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls `kubectl get` with a jsonpath until `check` accepts the output.
+    pub fn wait_for(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.kubectl(args);
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && check(&text) {
+                return text;
+            }
+            let last = if out.status.success() {
+                text
+            } else {
+                String::from_utf8_lossy(&out.stderr).into_owned()
+            };
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting on kubectl {args:?}; last: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A jsonpath read of one pod.
+    pub fn pod_field(&self, namespace: &str, pod: &str, jsonpath: &str) -> String {
+        let out = self.kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Waits until the pod's phase is `phase`; panics early if it reaches another terminal
+    /// phase.
+    pub fn wait_phase(&self, namespace: &str, pod: &str, phase: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.pod_field(namespace, pod, "{.status.phase}");
+            if now == phase {
+                return;
+            }
+            if (now == "Succeeded" || now == "Failed") && now != phase {
+                panic!(
+                    "pod {namespace}/{pod} is {now}, wanted {phase}: {}",
+                    self.pod_field(namespace, pod, "{.status}")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {namespace}/{pod} not {phase} in {timeout:?}: {}",
+                self.pod_field(namespace, pod, "{.status}")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `krust reset` on this server's data dir.
+    pub fn reset(&self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_krust"))
+            .arg("reset")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!("krust reset failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 
     fn spawn(&mut self) {
@@ -141,5 +288,8 @@ impl KrustServer {
 impl Drop for KrustServer {
     fn drop(&mut self) {
         self.kill();
+        if self.node.is_some() {
+            self.reset();
+        }
     }
 }

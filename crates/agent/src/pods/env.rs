@@ -1,0 +1,376 @@
+//! A container's environment: `envFrom` sources, then `env` entries (later ones win), with
+//! values from ConfigMaps, Secrets, the downward API and resource fields, and `$(VAR)`
+//! expansion against what is defined so far, as upstream's kubelet builds it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::Api;
+
+use super::config::{expand_vars, parse_quantity};
+
+/// Why a container cannot be configured yet (`CreateContainerConfigError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// ConfigMaps and Secrets of the pod's namespace, fetched once per sync.
+#[derive(Debug, Default)]
+pub struct Sources {
+    config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
+    secrets: HashMap<String, Option<BTreeMap<String, String>>>,
+}
+
+/// What the downward API reads besides the pod object.
+#[derive(Debug, Clone, Default)]
+pub struct Downward {
+    /// The node's address.
+    pub host_ip: String,
+    /// The pod's address.
+    pub pod_ip: String,
+    /// Node allocatable cpu (cores) and memory (bytes), for limits that are not set.
+    pub node_cpu: f64,
+    /// See `node_cpu`.
+    pub node_memory: f64,
+}
+
+impl Sources {
+    /// Fetches every ConfigMap and Secret the pod's containers refer to (in env, envFrom and
+    /// volumes). Missing objects are remembered as missing.
+    pub async fn fetch(client: &kube::Client, pod: &Pod) -> Result<Sources, kube::Error> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let (cms, secrets) = references(pod);
+        let mut sources = Sources::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        for name in cms {
+            let data = cm_api.get_opt(&name).await?.map(|cm| {
+                let mut data = cm.data.unwrap_or_default();
+                for (k, v) in cm.binary_data.unwrap_or_default() {
+                    data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                }
+                data
+            });
+            sources.config_maps.insert(name, data);
+        }
+        let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        for name in secrets {
+            let data = secret_api.get_opt(&name).await?.map(|s| {
+                let mut data: BTreeMap<String, String> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect();
+                data.extend(s.string_data.unwrap_or_default());
+                data
+            });
+            sources.secrets.insert(name, data);
+        }
+        Ok(sources)
+    }
+
+    /// A ConfigMap's data, `None` when it does not exist.
+    pub fn config_map(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.config_maps.get(name).and_then(Option::as_ref)
+    }
+
+    /// A Secret's data, `None` when it does not exist.
+    pub fn secret(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.secrets.get(name).and_then(Option::as_ref)
+    }
+
+    /// Test helper: a source set from literal data.
+    pub fn from_literals(
+        config_maps: &[(&str, &[(&str, &str)])],
+        secrets: &[(&str, &[(&str, &str)])],
+    ) -> Sources {
+        let conv = |items: &[(&str, &[(&str, &str)])]| {
+            items
+                .iter()
+                .map(|(name, kv)| {
+                    let data = kv.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+                    ((*name).to_owned(), Some(data))
+                })
+                .collect()
+        };
+        Sources { config_maps: conv(config_maps), secrets: conv(secrets) }
+    }
+}
+
+/// Names of the ConfigMaps and Secrets the pod refers to.
+fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
+    let mut cms = Vec::new();
+    let mut secrets = Vec::new();
+    let Some(spec) = pod.spec.as_ref() else { return (cms, secrets) };
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for from in c.env_from.iter().flatten() {
+            cms.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
+            secrets.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
+        }
+        for e in c.env.iter().flatten() {
+            if let Some(vf) = e.value_from.as_ref() {
+                cms.extend(vf.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+                secrets.extend(vf.secret_key_ref.as_ref().map(|r| r.name.clone()));
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        cms.extend(v.config_map.as_ref().map(|c| c.name.clone()));
+        secrets.extend(v.secret.as_ref().and_then(|s| s.secret_name.clone()));
+        for source in v.projected.as_ref().and_then(|p| p.sources.as_ref()).into_iter().flatten() {
+            cms.extend(source.config_map.as_ref().map(|c| c.name.clone()));
+            secrets.extend(source.secret.as_ref().map(|s| s.name.clone()));
+        }
+    }
+    cms.sort();
+    cms.dedup();
+    secrets.sort();
+    secrets.dedup();
+    (cms, secrets)
+}
+
+/// Whether `key` is a valid environment variable name (upstream's C-identifier-ish rule:
+/// letters, digits, `_`, `-`, `.`, not starting with a digit).
+fn valid_env_name(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// The container's resolved environment.
+pub fn resolve(
+    pod: &Pod,
+    container: &Container,
+    sources: &Sources,
+    downward: &Downward,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        if let Some(existing) = env.iter_mut().find(|(name, _)| *name == k) {
+            existing.1 = v;
+        } else {
+            env.push((k, v));
+        }
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = from.config_map_ref.as_ref() {
+            match sources.config_map(&r.name) {
+                Some(data) => {
+                    for (k, v) in data {
+                        let key = format!("{prefix}{k}");
+                        if valid_env_name(&key) {
+                            set(&mut env, key, v.clone());
+                        }
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
+            }
+        }
+        if let Some(r) = from.secret_ref.as_ref() {
+            match sources.secret(&r.name) {
+                Some(data) => {
+                    for (k, v) in data {
+                        let key = format!("{prefix}{k}");
+                        if valid_env_name(&key) {
+                            set(&mut env, key, v.clone());
+                        }
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
+            }
+        }
+    }
+    for e in container.env.iter().flatten() {
+        let value = if let Some(v) = e.value.as_ref() {
+            let defined: HashMap<&str, &str> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Some(expand_vars(v, &defined))
+        } else if let Some(vf) = e.value_from.as_ref() {
+            if let Some(r) = vf.config_map_key_ref.as_ref() {
+                match sources.config_map(&r.name).map(|d| d.get(&r.key)) {
+                    Some(Some(v)) => Some(v.clone()),
+                    _ if r.optional == Some(true) => None,
+                    Some(None) => {
+                        return Err(ConfigError(format!(
+                            "couldn't find key {} in ConfigMap {namespace}/{}",
+                            r.key, r.name
+                        )));
+                    }
+                    None => {
+                        return Err(ConfigError(format!("configmap \"{}\" not found", r.name)));
+                    }
+                }
+            } else if let Some(r) = vf.secret_key_ref.as_ref() {
+                match sources.secret(&r.name).map(|d| d.get(&r.key)) {
+                    Some(Some(v)) => Some(v.clone()),
+                    _ if r.optional == Some(true) => None,
+                    Some(None) => {
+                        return Err(ConfigError(format!(
+                            "couldn't find key {} in Secret {namespace}/{}",
+                            r.key, r.name
+                        )));
+                    }
+                    None => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
+                }
+            } else if let Some(f) = vf.field_ref.as_ref() {
+                Some(field_value(pod, &f.field_path, downward).map_err(ConfigError)?)
+            } else if let Some(r) = vf.resource_field_ref.as_ref() {
+                let target = match r.container_name.as_deref() {
+                    Some(name) if !name.is_empty() => pod
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                        .find(|c| c.name == name)
+                        .ok_or_else(|| ConfigError(format!("container {name} not found")))?,
+                    _ => container,
+                };
+                Some(
+                    resource_value(target, &r.resource, r.divisor.as_ref(), downward)
+                        .map_err(ConfigError)?,
+                )
+            } else {
+                None
+            }
+        } else {
+            Some(String::new())
+        };
+        if let Some(v) = value {
+            set(&mut env, e.name.clone(), v);
+        }
+    }
+    Ok(env)
+}
+
+/// A downward-API field of the pod, as `fieldRef.fieldPath` names it.
+pub fn field_value(pod: &Pod, path: &str, downward: &Downward) -> Result<String, String> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let subscript = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix("['").or_else(|| rest.strip_prefix("[\"")))
+            .and_then(|rest| rest.strip_suffix("']").or_else(|| rest.strip_suffix("\"]")))
+            .map(str::to_owned)
+    };
+    Ok(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "metadata.labels" => format_map(meta.labels.as_ref()),
+        "metadata.annotations" => format_map(meta.annotations.as_ref()),
+        "spec.nodeName" => spec.node_name.clone().unwrap_or_default(),
+        "spec.serviceAccountName" => spec.service_account_name.clone().unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => downward.host_ip.clone(),
+        "status.podIP" | "status.podIPs" => downward.pod_ip.clone(),
+        _ => {
+            if let Some(key) = subscript("metadata.labels") {
+                meta.labels.as_ref().and_then(|l| l.get(&key)).cloned().unwrap_or_default()
+            } else if let Some(key) = subscript("metadata.annotations") {
+                meta.annotations.as_ref().and_then(|a| a.get(&key)).cloned().unwrap_or_default()
+            } else {
+                return Err(format!("unsupported fieldPath: {path}"));
+            }
+        }
+    })
+}
+
+/// `key="value"` lines, sorted, as the downward API writes label and annotation maps.
+pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A resource field (`limits.cpu`, `requests.memory`…) divided by `divisor` and rounded up,
+/// with limits that are not set reported as the node's allocatable, as upstream.
+pub fn resource_value(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    downward: &Downward,
+) -> Result<String, String> {
+    let res = container.resources.clone().unwrap_or_default();
+    let (kind, name) =
+        resource.split_once('.').ok_or_else(|| format!("unsupported resource {resource}"))?;
+    let map = match kind {
+        "limits" => res.limits,
+        "requests" => res.requests,
+        _ => return Err(format!("unsupported resource {resource}")),
+    };
+    let value = map.as_ref().and_then(|m| m.get(name)).and_then(parse_quantity);
+    let value = match (value, kind, name) {
+        (Some(v), _, _) => v,
+        (None, "limits", "cpu") => downward.node_cpu,
+        (None, "limits", "memory") => downward.node_memory,
+        (None, "requests", "cpu") => 0.0,
+        (None, _, _) => 0.0,
+    };
+    let divisor = divisor.and_then(parse_quantity).filter(|d| *d > 0.0).unwrap_or(1.0);
+    Ok(format!("{}", (value / divisor).ceil() as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_sources_resolve_in_upstream_order() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c",
+                "resources": {"limits": {"memory": "64Mi"}, "requests": {"cpu": "250m"}},
+                "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+                "env": [
+                    {"name": "A", "value": "a-$(CM_x)"},
+                    {"name": "S", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "pw"}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+                    {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "nope", "optional": true}}}
+                ]}]}
+        }))
+        .unwrap();
+        let sources = Sources::from_literals(
+            &[("cm", &[("x", "1"), ("bad key", "2")])],
+            &[("sec", &[("pw", "hunter2")])],
+        );
+        let downward = Downward { pod_ip: "10.42.0.5".into(), ..Default::default() };
+        let container = pod.spec.as_ref().unwrap().containers[0].clone();
+        let env: HashMap<_, _> =
+            resolve(&pod, &container, &sources, &downward).unwrap().into_iter().collect();
+        assert_eq!(env["CM_x"], "1");
+        assert!(!env.contains_key("CM_bad key"));
+        assert_eq!(env["A"], "a-1");
+        assert_eq!(env["S"], "hunter2");
+        assert_eq!(env["POD"], "p");
+        assert_eq!(env["APP"], "web");
+        assert_eq!(env["IP"], "10.42.0.5");
+        assert_eq!(env["MEM"], "64");
+        assert_eq!(env["CPU"], "250");
+        assert!(!env.contains_key("OPT"));
+    }
+
+    #[test]
+    fn missing_references_are_config_errors() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [{"name": "c", "env": [
+                {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]}]}
+        }))
+        .unwrap();
+        let container = pod.spec.as_ref().unwrap().containers[0].clone();
+        let none = Sources::default();
+        let err = resolve(&pod, &container, &none, &Downward::default()).unwrap_err();
+        assert_eq!(err.0, "configmap \"cm\" not found");
+        let no_key = Sources::from_literals(&[("cm", &[("other", "1")])], &[]);
+        let err = resolve(&pod, &container, &no_key, &Downward::default()).unwrap_err();
+        assert_eq!(err.0, "couldn't find key k in ConfigMap ns/cm");
+    }
+}

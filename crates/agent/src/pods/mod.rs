@@ -1,0 +1,209 @@
+//! The pods of this node: a watch of the pods bound to it (`spec.nodeName`), one worker per
+//! pod UID, a once-a-second relist of container states that wakes the workers whose
+//! containers changed (upstream's PLEG), and housekeeping of sandboxes whose pods are gone.
+
+pub mod config;
+pub mod env;
+pub mod images;
+pub mod runtime;
+pub mod status;
+pub mod volumes;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::watcher;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::AgentConfig;
+use crate::cri::Cri;
+use crate::events::Recorder;
+use config::PodKey;
+use worker::{Next, Worker};
+
+/// What every pod worker shares.
+pub(crate) struct Context {
+    pub(crate) client: kube::Client,
+    pub(crate) cri: Cri,
+    pub(crate) config: Arc<AgentConfig>,
+    pub(crate) recorder: Recorder,
+    pub(crate) pods_dir: PathBuf,
+    pub(crate) logs_dir: PathBuf,
+    pub(crate) resolv_conf: String,
+    pub(crate) node_memory: u64,
+    pub(crate) node_cpu: f64,
+}
+
+struct Handle {
+    pod: watch::Sender<Option<Arc<Pod>>>,
+    wake: Arc<Notify>,
+}
+
+/// Runs the pods of this node until `shutdown`. Shutting down leaves every container
+/// running: a restarted agent adopts them.
+pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let selector = format!("spec.nodeName={}", ctx.config.node_name);
+    let mut pods = watcher(api, watcher::Config::default().fields(&selector)).boxed();
+    let mut workers: HashMap<String, Handle> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut relist = tokio::time::interval(Duration::from_secs(1));
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut states: HashMap<String, (String, i32)> = HashMap::new();
+    let mut listing: HashSet<String> = HashSet::new();
+    let mut synced = false;
+    loop {
+        tokio::select! {
+            event = pods.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    Ok(watcher::Event::Apply(pod)) => dispatch(&ctx, &mut workers, &done_tx, pod),
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        listing.insert(pod.metadata.uid.clone().unwrap_or_default());
+                        dispatch(&ctx, &mut workers, &done_tx, pod);
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        let uid = pod.metadata.uid.clone().unwrap_or_default();
+                        if let Some(h) = workers.get(&uid) {
+                            h.pod.send_replace(None);
+                        }
+                    }
+                    Ok(watcher::Event::Init) => listing.clear(),
+                    Ok(watcher::Event::InitDone) => {
+                        for (uid, h) in &workers {
+                            if !listing.contains(uid) {
+                                h.pod.send_replace(None);
+                            }
+                        }
+                        if !synced {
+                            synced = true;
+                            housekeeping(&ctx, &mut workers, &done_tx, &listing).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pod watch failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            _ = relist.tick() => {
+                match runtime::container_states(&ctx.cri, &ctx.config.node_name).await {
+                    Ok(now) => {
+                        let mut changed: HashSet<&str> = HashSet::new();
+                        for (id, (uid, state)) in &now {
+                            if states.get(id).is_none_or(|(_, old)| old != state) {
+                                changed.insert(uid);
+                            }
+                        }
+                        for (id, (uid, _)) in &states {
+                            if !now.contains_key(id) {
+                                changed.insert(uid);
+                            }
+                        }
+                        for uid in changed {
+                            if let Some(h) = workers.get(uid) {
+                                h.wake.notify_one();
+                            }
+                        }
+                        states = now;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "relisting containers failed"),
+                }
+            }
+            Some(uid) = done_rx.recv() => {
+                // A late event for the same pod starts a fresh worker, which finds nothing
+                // left to do.
+                workers.remove(&uid);
+            }
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+}
+
+fn dispatch(
+    ctx: &Arc<Context>,
+    workers: &mut HashMap<String, Handle>,
+    done: &mpsc::UnboundedSender<String>,
+    pod: Pod,
+) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if uid.is_empty() {
+        return;
+    }
+    if let Some(h) = workers.get(&uid) {
+        h.pod.send_replace(Some(Arc::new(pod)));
+        return;
+    }
+    let key = PodKey::of(&pod);
+    spawn_worker(ctx, workers, done, key, Some(Arc::new(pod)));
+}
+
+fn spawn_worker(
+    ctx: &Arc<Context>,
+    workers: &mut HashMap<String, Handle>,
+    done: &mpsc::UnboundedSender<String>,
+    key: PodKey,
+    pod: Option<Arc<Pod>>,
+) {
+    let (tx, rx) = watch::channel(pod);
+    let wake = Arc::new(Notify::new());
+    workers.insert(key.uid.clone(), Handle { pod: tx, wake: wake.clone() });
+    let worker = Worker::new(ctx.clone(), key.clone());
+    tokio::spawn(run_worker(worker, rx, wake, done.clone(), key));
+}
+
+async fn run_worker(
+    mut worker: Worker,
+    mut pod: watch::Receiver<Option<Arc<Pod>>>,
+    wake: Arc<Notify>,
+    done: mpsc::UnboundedSender<String>,
+    key: PodKey,
+) {
+    loop {
+        let current = pod.borrow_and_update().clone();
+        let wait = match worker.sync(current.as_deref()).await {
+            Ok(Next::Done) => break,
+            Ok(Next::After(d)) => d,
+            Err(e) => {
+                tracing::warn!(pod = %key.display(), error = %e, "pod sync failed; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            changed = pod.changed() => if changed.is_err() { return },
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let _ = done.send(key.uid);
+}
+
+/// Sandboxes whose pods are not in the API (deleted while the agent was down) are stopped
+/// and removed.
+async fn housekeeping(
+    ctx: &Arc<Context>,
+    workers: &mut HashMap<String, Handle>,
+    done: &mpsc::UnboundedSender<String>,
+    listed: &HashSet<String>,
+) {
+    let uids = match runtime::sandbox_uids(&ctx.cri, &ctx.config.node_name).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing sandboxes for housekeeping failed");
+            return;
+        }
+    };
+    for uid in uids {
+        if !listed.contains(&uid) && !workers.contains_key(&uid) {
+            tracing::info!(uid, "removing the sandbox of a pod that no longer exists");
+            let key = PodKey { uid, namespace: String::new(), name: String::new() };
+            spawn_worker(ctx, workers, done, key, None);
+        }
+    }
+}

@@ -1,0 +1,876 @@
+//! One pod's worker: it brings the runtime in line with the pod (sandbox, init containers in
+//! order, containers, restarts with back-off), reports the status, and on deletion stops
+//! everything within the grace period and removes the pod from the API.
+//!
+//! A worker is keyed by pod UID and keeps only soft state (back-off timers, why a container
+//! waits); everything else is read back from the runtime on each sync, which is what lets a
+//! restarted agent adopt running pods as they are.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{Value, json};
+
+use super::config::{self, ContainerInputs, PodKey, QosClass};
+use super::env::{self, Downward, Sources};
+use super::runtime::{self, Observed, ObservedContainer, ObservedSandbox, State};
+use super::status::{self, Waiting};
+use super::{Context, images, volumes};
+use crate::AgentError;
+use crate::events::EventType;
+
+/// How long a settled pod waits before its next sync when nothing happens (volume contents
+/// are refreshed at this pace).
+const RESYNC: Duration = Duration::from_secs(20);
+
+/// How soon a container waiting for a missing ConfigMap, Secret or key is tried again.
+const CONFIG_RETRY: Duration = Duration::from_secs(3);
+
+/// Crash-loop back-off: 10 s doubling to 5 minutes; forgotten after 10 minutes.
+const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What a sync wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// The pod is gone; the worker ends.
+    Done,
+    /// Sync again after this long (or sooner, when something changes).
+    After(Duration),
+}
+
+/// A back-off entry, as upstream's `flowcontrol.Backoff`: the current delay and the time (ns
+/// since the epoch) of the event it was last stepped at.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    delay: Duration,
+    last_update_ns: i64,
+}
+
+fn now_ns() -> i64 {
+    jiff::Timestamp::now().as_nanosecond() as i64
+}
+
+impl Backoff {
+    /// Whether an event at `event_ns` is still inside the back-off window; `Some(remaining)`.
+    fn remaining(entry: Option<&Backoff>, event_ns: i64) -> Option<Duration> {
+        let entry = entry?;
+        if event_ns - entry.last_update_ns > 2 * BACKOFF_MAX.as_nanos() as i64 {
+            return None;
+        }
+        let elapsed = Duration::from_nanos((now_ns() - event_ns).max(0) as u64);
+        entry.delay.checked_sub(elapsed).filter(|d| !d.is_zero())
+    }
+
+    fn step(entry: Option<Backoff>, event_ns: i64) -> Backoff {
+        match entry {
+            Some(e) if event_ns - e.last_update_ns <= 2 * BACKOFF_MAX.as_nanos() as i64 => {
+                Backoff { delay: (e.delay * 2).min(BACKOFF_MAX), last_update_ns: event_ns }
+            }
+            _ => Backoff { delay: BACKOFF_INITIAL, last_update_ns: event_ns },
+        }
+    }
+}
+
+/// One pod's worker state.
+pub(crate) struct Worker {
+    ctx: Arc<Context>,
+    key: PodKey,
+    restart_backoff: HashMap<String, Backoff>,
+    pull_backoff: HashMap<String, Backoff>,
+    waiting: HashMap<String, Waiting>,
+    start_time: Option<String>,
+    last_status: Option<Value>,
+    last_grace: Option<i64>,
+    mount_error: Option<String>,
+}
+
+fn field_path(container: &Container, init: bool) -> String {
+    if init {
+        format!("spec.initContainers{{{}}}", container.name)
+    } else {
+        format!("spec.containers{{{}}}", container.name)
+    }
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".to_owned())
+}
+
+impl Worker {
+    pub(crate) fn new(ctx: Arc<Context>, key: PodKey) -> Worker {
+        Worker {
+            ctx,
+            key,
+            restart_backoff: HashMap::new(),
+            pull_backoff: HashMap::new(),
+            waiting: HashMap::new(),
+            start_time: None,
+            last_status: None,
+            last_grace: None,
+            mount_error: None,
+        }
+    }
+
+    /// One sync. `pod` is the latest object from the API, `None` once it is gone from it.
+    pub(crate) async fn sync(&mut self, pod: Option<&Pod>) -> Result<Next, AgentError> {
+        match pod {
+            None => {
+                let grace = self.last_grace.unwrap_or(2).min(2);
+                self.terminate(None, grace).await?;
+                Ok(Next::Done)
+            }
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                    .unwrap_or(30)
+                    .max(0);
+                self.terminate(Some(pod), grace).await?;
+                Ok(Next::Done)
+            }
+            Some(pod) => {
+                self.last_grace =
+                    pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
+                self.sync_live(pod).await
+            }
+        }
+    }
+
+    async fn sync_live(&mut self, pod: &Pod) -> Result<Next, AgentError> {
+        let ctx = self.ctx.clone();
+        let uid = self.key.uid.clone();
+        let mut observed = runtime::observe(&ctx.cri, &uid).await?;
+        if self.start_time.is_none() {
+            self.start_time = Some(
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map_or_else(|| jiff::Timestamp::now().to_string(), |t| t.0.to_string()),
+            );
+        }
+        let api_phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        if status::is_terminal(&api_phase) {
+            // Finished pods keep their containers (for logs) but not their sandbox.
+            self.stop_sandboxes(&observed).await?;
+            return Ok(Next::After(RESYNC * 3));
+        }
+
+        let sources = match Sources::fetch(&ctx.client, pod).await {
+            Ok(s) => s,
+            Err(e) => return Err(e.into()),
+        };
+        let mut downward = Downward {
+            host_ip: ctx.config.node_ip.to_string(),
+            pod_ip: observed
+                .sandbox()
+                .filter(|s| s.ready)
+                .map(|s| s.ip.clone())
+                .unwrap_or_default(),
+            node_cpu: ctx.node_cpu,
+            node_memory: ctx.node_memory as f64,
+        };
+        if let Err(e) = volumes::set_up(&ctx.pods_dir, pod, &sources, &downward) {
+            if self.mount_error.as_deref() != Some(&e.0) {
+                ctx.recorder.pod(
+                    &self.key,
+                    "",
+                    EventType::Warning,
+                    "FailedMount",
+                    &format!("MountVolume.SetUp failed: {e}"),
+                );
+                self.mount_error = Some(e.0.clone());
+            }
+            self.report(pod, &observed).await?;
+            return Ok(Next::After(Duration::from_secs(2)));
+        }
+        self.mount_error = None;
+
+        let sandbox = match observed.sandbox().filter(|s| s.ready).cloned() {
+            Some(s) => s,
+            None => {
+                let phase = status::phase(pod, &observed, &self.waiting);
+                if status::is_terminal(phase)
+                    || (observed.sandbox().is_some() && self.finished(pod, &observed))
+                {
+                    self.report(pod, &observed).await?;
+                    return Ok(Next::After(RESYNC));
+                }
+                match self.create_sandbox(pod, &observed).await {
+                    Ok(s) => {
+                        observed = runtime::observe(&ctx.cri, &uid).await?;
+                        s
+                    }
+                    Err(e) => {
+                        ctx.recorder.pod(
+                            &self.key,
+                            "",
+                            EventType::Warning,
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {e}"),
+                        );
+                        self.report(pod, &observed).await?;
+                        return Ok(Next::After(Duration::from_secs(2)));
+                    }
+                }
+            }
+        };
+        downward.pod_ip = sandbox.ip.clone();
+        let etc_hosts = if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            None
+        } else {
+            Some(
+                volumes::write_etc_hosts(&ctx.pods_dir, pod, &sandbox.ip)
+                    .map_err(|e| AgentError::Runtime(e.0))?,
+            )
+        };
+        let sandbox_config = self.sandbox_config(pod, sandbox.attempt);
+
+        let mut next = RESYNC;
+        let mut started_any = false;
+        let policy = restart_policy(pod);
+        let spec = pod.spec.clone().unwrap_or_default();
+        // Containers of an earlier sandbox do not count for this one's init sequence.
+        let current: Observed = Observed {
+            sandboxes: observed.sandboxes.clone(),
+            containers: observed
+                .containers
+                .iter()
+                .filter(|c| c.sandbox_id == sandbox.id)
+                .cloned()
+                .collect(),
+        };
+        if !status::initialized(pod, &current) {
+            for init in spec.init_containers.iter().flatten() {
+                let latest = current.latest(&init.name).cloned();
+                match latest {
+                    Some(c) if c.state == State::Exited && c.exit_code == 0 => continue,
+                    Some(c) if c.state == State::Running => break,
+                    Some(c) if c.state == State::Exited => {
+                        if policy == "Never" {
+                            break;
+                        }
+                        match self.restart_due(init, &c, true) {
+                            Some(wait) => next = next.min(wait),
+                            None => {
+                                started_any |= self
+                                    .start(
+                                        pod,
+                                        init,
+                                        true,
+                                        c.attempt + 1,
+                                        &sandbox,
+                                        &sandbox_config,
+                                        &sources,
+                                        &downward,
+                                        etc_hosts.as_deref(),
+                                    )
+                                    .await?;
+                            }
+                        }
+                        break;
+                    }
+                    Some(c) => {
+                        // Created but never started (the agent stopped in between): replace it.
+                        runtime::remove_container(&ctx.cri, &c.id).await?;
+                        started_any |= self
+                            .start(
+                                pod,
+                                init,
+                                true,
+                                c.attempt + 1,
+                                &sandbox,
+                                &sandbox_config,
+                                &sources,
+                                &downward,
+                                etc_hosts.as_deref(),
+                            )
+                            .await?;
+                        break;
+                    }
+                    None => {
+                        let attempt = observed.latest(&init.name).map_or(0, |c| c.attempt + 1);
+                        started_any |= self
+                            .start(
+                                pod,
+                                init,
+                                true,
+                                attempt,
+                                &sandbox,
+                                &sandbox_config,
+                                &sources,
+                                &downward,
+                                etc_hosts.as_deref(),
+                            )
+                            .await?;
+                        break;
+                    }
+                }
+            }
+            if let Some(wait) = self.pending_wait() {
+                next = next.min(wait);
+            }
+        } else {
+            for c in &spec.containers {
+                let latest = observed.latest(&c.name).cloned();
+                match latest {
+                    None => {
+                        started_any |= self
+                            .start(
+                                pod,
+                                c,
+                                false,
+                                0,
+                                &sandbox,
+                                &sandbox_config,
+                                &sources,
+                                &downward,
+                                etc_hosts.as_deref(),
+                            )
+                            .await?;
+                    }
+                    Some(o) if o.state == State::Running => {
+                        self.waiting.remove(&c.name);
+                    }
+                    Some(o) if o.state == State::Exited => {
+                        let restart = match policy.as_str() {
+                            "Never" => false,
+                            "OnFailure" => o.exit_code != 0,
+                            _ => true,
+                        };
+                        if !restart {
+                            self.waiting.remove(&c.name);
+                            continue;
+                        }
+                        match self.restart_due(c, &o, false) {
+                            Some(wait) => next = next.min(wait),
+                            None => {
+                                started_any |= self
+                                    .start(
+                                        pod,
+                                        c,
+                                        false,
+                                        o.attempt + 1,
+                                        &sandbox,
+                                        &sandbox_config,
+                                        &sources,
+                                        &downward,
+                                        etc_hosts.as_deref(),
+                                    )
+                                    .await?;
+                            }
+                        }
+                    }
+                    Some(o) if o.state == State::Created => {
+                        runtime::remove_container(&ctx.cri, &o.id).await?;
+                        started_any |= self
+                            .start(
+                                pod,
+                                c,
+                                false,
+                                o.attempt + 1,
+                                &sandbox,
+                                &sandbox_config,
+                                &sources,
+                                &downward,
+                                etc_hosts.as_deref(),
+                            )
+                            .await?;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(wait) = self.pending_wait() {
+                next = next.min(wait);
+            }
+        }
+        // A missing ConfigMap, Secret or key may appear at any time: look again soon.
+        if self.waiting.values().any(|w| w.reason.starts_with("CreateContainer")) {
+            next = next.min(CONFIG_RETRY);
+        }
+        if started_any {
+            observed = runtime::observe(&ctx.cri, &uid).await?;
+        }
+        self.remove_dead(&observed).await?;
+        let phase = status::phase(pod, &observed, &self.waiting);
+        if status::is_terminal(phase) {
+            self.stop_sandboxes(&observed).await?;
+        }
+        self.report(pod, &observed).await?;
+        Ok(Next::After(next))
+    }
+
+    /// The soonest time a waiting container should be retried.
+    fn pending_wait(&self) -> Option<Duration> {
+        let images = self.pull_backoff.values();
+        let restarts = self.restart_backoff.values();
+        images
+            .chain(restarts)
+            .filter_map(|b| {
+                let due = b.last_update_ns + b.delay.as_nanos() as i64;
+                let left = due - now_ns();
+                (left > 0).then(|| Duration::from_nanos(left as u64))
+            })
+            .min()
+            .map(|d| d + Duration::from_millis(10))
+    }
+
+    /// Whether every container is done and will not be restarted.
+    fn finished(&self, pod: &Pod, observed: &Observed) -> bool {
+        status::is_terminal(status::phase(pod, observed, &self.waiting))
+    }
+
+    /// `None` when the container may restart now (the back-off is stepped); otherwise how long
+    /// it must still wait, with the container marked `CrashLoopBackOff`.
+    fn restart_due(
+        &mut self,
+        c: &Container,
+        exited: &ObservedContainer,
+        init: bool,
+    ) -> Option<Duration> {
+        let event_ns = if exited.finished_at > 0 { exited.finished_at } else { now_ns() };
+        let entry = self.restart_backoff.get(&c.name).copied();
+        match Backoff::remaining(entry.as_ref(), event_ns) {
+            Some(left) => {
+                let delay = entry.map_or(BACKOFF_INITIAL, |e| e.delay);
+                let message = format!(
+                    "back-off {} restarting failed container={} pod={}",
+                    format_duration(delay),
+                    c.name,
+                    self.key.display()
+                );
+                let first_report =
+                    self.waiting.get(&c.name).is_none_or(|w| w.reason != "CrashLoopBackOff");
+                if first_report {
+                    self.ctx.recorder.pod(
+                        &self.key,
+                        &field_path(c, init),
+                        EventType::Warning,
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            c.name,
+                            self.key.display()
+                        ),
+                    );
+                }
+                self.waiting
+                    .insert(c.name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message });
+                Some(left + Duration::from_millis(10))
+            }
+            None => {
+                self.restart_backoff.insert(c.name.clone(), Backoff::step(entry, event_ns));
+                None
+            }
+        }
+    }
+
+    fn sandbox_config(&self, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+        let ctx = &self.ctx;
+        let qos = config::qos_class(pod);
+        config::sandbox_config(
+            pod,
+            &ctx.config.node_name,
+            attempt,
+            &self.log_dir().display().to_string(),
+            &config::pod_cgroup_parent(&ctx.config.cgroup_root, qos, &self.key.uid),
+            &ctx.resolv_conf,
+        )
+    }
+
+    fn log_dir(&self) -> std::path::PathBuf {
+        self.ctx.logs_dir.join(format!("{}_{}_{}", self.key.namespace, self.key.name, self.key.uid))
+    }
+
+    async fn create_sandbox(
+        &mut self,
+        pod: &Pod,
+        observed: &Observed,
+    ) -> Result<ObservedSandbox, AgentError> {
+        let ctx = self.ctx.clone();
+        for c in observed.containers.iter().filter(|c| c.state == State::Running) {
+            runtime::stop_container(&ctx.cri, &c.id, 0).await?;
+        }
+        if let Some(old) = observed.sandbox() {
+            runtime::stop_sandbox(&ctx.cri, &old.id, false).await?;
+            ctx.recorder.pod(
+                &self.key,
+                "",
+                EventType::Normal,
+                "SandboxChanged",
+                "Pod sandbox changed, it will be killed and re-created.",
+            );
+        }
+        let attempt = observed.sandbox().map_or(0, |s| s.attempt + 1);
+        let log_dir = self.log_dir();
+        std::fs::create_dir_all(&log_dir).map_err(|e| AgentError::io(&log_dir, e))?;
+        let config = self.sandbox_config(pod, attempt);
+        let id = ctx
+            .cri
+            .runtime
+            .clone()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let ip = ctx
+            .cri
+            .runtime
+            .clone()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        Ok(ObservedSandbox { id, attempt, ready: true, created_at: now_ns(), ip })
+    }
+
+    /// Pulls (per policy), configures, creates and starts one container. Returns whether it
+    /// started; when it did not, the reason is in `self.waiting`.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        init: bool,
+        attempt: u32,
+        sandbox: &ObservedSandbox,
+        sandbox_config: &cri::PodSandboxConfig,
+        sources: &Sources,
+        downward: &Downward,
+        etc_hosts: Option<&std::path::Path>,
+    ) -> Result<bool, AgentError> {
+        let ctx = self.ctx.clone();
+        let path = field_path(c, init);
+        let Some(image) = self.ensure_image(pod, c, &path).await? else { return Ok(false) };
+        let env = match env::resolve(pod, c, sources, downward) {
+            Ok(env) => env,
+            Err(e) => {
+                self.fail(c, &path, "CreateContainerConfigError", &e.0);
+                return Ok(false);
+            }
+        };
+        let mounts = match volumes::container_mounts(&ctx.pods_dir, pod, c, etc_hosts) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(c, &path, "CreateContainerConfigError", &e.0);
+                return Ok(false);
+            }
+        };
+        let inputs = ContainerInputs { env, mounts, image, attempt, node_memory: ctx.node_memory };
+        let config = config::container_config(pod, c, &ctx.config.node_name, &inputs);
+        let created = ctx
+            .cri
+            .runtime
+            .clone()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config.clone()),
+            })
+            .await;
+        let id = match created {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => {
+                self.fail(c, &path, "CreateContainerError", e.message());
+                return Ok(false);
+            }
+        };
+        ctx.recorder.pod(
+            &self.key,
+            &path,
+            EventType::Normal,
+            "Created",
+            &format!("Created container: {}", c.name),
+        );
+        if let Err(e) = ctx
+            .cri
+            .runtime
+            .clone()
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+        {
+            self.fail(c, &path, "RunContainerError", e.message());
+            return Ok(false);
+        }
+        ctx.recorder.pod(
+            &self.key,
+            &path,
+            EventType::Normal,
+            "Started",
+            &format!("Started container {}", c.name),
+        );
+        self.waiting.remove(&c.name);
+        Ok(true)
+    }
+
+    fn fail(&mut self, c: &Container, path: &str, reason: &str, message: &str) {
+        let known =
+            self.waiting.get(&c.name).is_some_and(|w| w.reason == reason && w.message == message);
+        if !known {
+            self.ctx.recorder.pod(
+                &self.key,
+                path,
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {message}"),
+            );
+        }
+        self.waiting
+            .insert(c.name.clone(), Waiting { reason: reason.into(), message: message.into() });
+    }
+
+    /// The image reference to run, pulling it as the policy says; `None` when it is not
+    /// available (the reason is recorded).
+    async fn ensure_image(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        path: &str,
+    ) -> Result<Option<String>, AgentError> {
+        let ctx = self.ctx.clone();
+        let image = c.image.clone().unwrap_or_default();
+        let policy = images::pull_policy(c);
+        let present = images::present(&ctx.cri, &image).await?;
+        match (policy.as_str(), present) {
+            ("Never", Some(id)) | ("IfNotPresent", Some(id)) => {
+                if !self.waiting.contains_key(&c.name) {
+                    ctx.recorder.pod(
+                        &self.key,
+                        path,
+                        EventType::Normal,
+                        "Pulled",
+                        &format!("Container image \"{image}\" already present on machine"),
+                    );
+                }
+                return Ok(Some(id));
+            }
+            ("Never", None) => {
+                let message =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                self.fail(c, path, "ErrImageNeverPull", &message);
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let entry = self.pull_backoff.get(&image).copied();
+        if let Some(e) = entry
+            && Backoff::remaining(Some(&e), e.last_update_ns).is_some()
+        {
+            let message = format!("Back-off pulling image \"{image}\"");
+            if self.waiting.get(&c.name).is_none_or(|w| w.reason != "ImagePullBackOff") {
+                ctx.recorder.pod(&self.key, path, EventType::Normal, "BackOff", &message);
+            }
+            self.waiting
+                .insert(c.name.clone(), Waiting { reason: "ImagePullBackOff".into(), message });
+            return Ok(None);
+        }
+        ctx.recorder.pod(
+            &self.key,
+            path,
+            EventType::Normal,
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        );
+        let started = std::time::Instant::now();
+        let auths = images::credentials(&ctx.client, pod, &image).await;
+        match images::pull(&ctx.cri, &image, auths).await {
+            Ok(reference) => {
+                self.pull_backoff.remove(&image);
+                ctx.recorder.pod(
+                    &self.key,
+                    path,
+                    EventType::Normal,
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                Ok(Some(reference))
+            }
+            Err(e) => {
+                self.pull_backoff.insert(image.clone(), Backoff::step(entry, now_ns()));
+                let message = format!("Failed to pull image \"{image}\": {}", e.message());
+                ctx.recorder.pod(&self.key, path, EventType::Warning, "Failed", &message);
+                ctx.recorder.pod(
+                    &self.key,
+                    path,
+                    EventType::Warning,
+                    "Failed",
+                    "Error: ErrImagePull",
+                );
+                self.waiting
+                    .insert(c.name.clone(), Waiting { reason: "ErrImagePull".into(), message });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes exited containers beyond the newest two of each name (the newest and the one
+    /// `--previous` shows), and containers of sandboxes that are gone.
+    async fn remove_dead(&self, observed: &Observed) -> Result<(), AgentError> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for c in &observed.containers {
+            let n = seen.entry(c.name.as_str()).or_default();
+            *n += 1;
+            if *n > 2 && c.state == State::Exited {
+                runtime::remove_container(&self.ctx.cri, &c.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_sandboxes(&self, observed: &Observed) -> Result<(), AgentError> {
+        for c in observed.containers.iter().filter(|c| c.state == State::Running) {
+            runtime::stop_container(&self.ctx.cri, &c.id, 0).await?;
+        }
+        for s in observed.sandboxes.iter().filter(|s| s.ready) {
+            runtime::stop_sandbox(&self.ctx.cri, &s.id, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pod's status when it changed.
+    async fn report(&mut self, pod: &Pod, observed: &Observed) -> Result<(), AgentError> {
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+            .to_string();
+        let start_time = self.start_time.clone().unwrap_or_else(|| now.clone());
+        let qos: QosClass = config::qos_class(pod);
+        let none = HashMap::new();
+        let status = status::pod_status(&status::Inputs {
+            pod,
+            observed,
+            waiting: &self.waiting,
+            ready: &none,
+            started: &none,
+            host_ip: &self.ctx.config.node_ip.to_string(),
+            start_time: &start_time,
+            now: &now,
+            qos: qos.as_str(),
+        });
+        if self.last_status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        let patch = json!({ "metadata": { "uid": self.key.uid }, "status": status });
+        match pods
+            .patch_status(&self.key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.last_status = Some(status);
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops the pod's containers (SIGTERM, then SIGKILL after `grace` seconds), removes its
+    /// sandboxes and volumes, and deletes the pod from the API.
+    async fn terminate(&mut self, pod: Option<&Pod>, grace: i64) -> Result<(), AgentError> {
+        let ctx = self.ctx.clone();
+        let observed = runtime::observe(&ctx.cri, &self.key.uid).await?;
+        let running: Vec<&ObservedContainer> =
+            observed.containers.iter().filter(|c| c.state == State::Running).collect();
+        let mut stops = Vec::new();
+        for c in &running {
+            if pod.is_some() {
+                let init = pod
+                    .and_then(|p| p.spec.as_ref())
+                    .is_some_and(|s| s.init_containers.iter().flatten().any(|i| i.name == c.name));
+                let path = if init {
+                    format!("spec.initContainers{{{}}}", c.name)
+                } else {
+                    format!("spec.containers{{{}}}", c.name)
+                };
+                ctx.recorder.pod(
+                    &self.key,
+                    &path,
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {}", c.name),
+                );
+            }
+            stops.push(runtime::stop_container(&ctx.cri, &c.id, grace));
+        }
+        for result in futures::future::join_all(stops).await {
+            result?;
+        }
+        if let Some(pod) = pod {
+            let observed = runtime::observe(&ctx.cri, &self.key.uid).await?;
+            self.report(pod, &observed).await?;
+        }
+        for s in &observed.sandboxes {
+            runtime::stop_sandbox(&ctx.cri, &s.id, true).await?;
+        }
+        volumes::tear_down(&ctx.pods_dir, &self.key.uid).map_err(|e| AgentError::Runtime(e.0))?;
+        let _ = std::fs::remove_dir_all(self.log_dir());
+        ctx.recorder.forget(&self.key.uid);
+        if pod.is_some() {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &self.key.namespace);
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.key.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match pods.delete(&self.key.name, &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(pod = %self.key.display(), "pod removed from the node");
+        Ok(())
+    }
+}
+
+/// `10s`, `1m20s`, `5m0s`, as Go prints durations in upstream's messages.
+fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 { format!("{}m{}s", secs / 60, secs % 60) } else { format!("{secs}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets_after_a_quiet_period() {
+        let t0 = now_ns();
+        let first = Backoff::step(None, t0);
+        assert_eq!(first.delay, BACKOFF_INITIAL);
+        let mut b = first;
+        for _ in 0..10 {
+            b = Backoff::step(Some(b), t0);
+        }
+        assert_eq!(b.delay, BACKOFF_MAX);
+        // A crash right now is inside the window; one long after the last step is not.
+        assert!(Backoff::remaining(Some(&first), now_ns()).is_some());
+        let later = t0 + 2 * BACKOFF_MAX.as_nanos() as i64 + 1;
+        assert!(Backoff::remaining(Some(&first), later).is_none());
+        assert_eq!(Backoff::step(Some(b), later).delay, BACKOFF_INITIAL);
+        assert_eq!(format_duration(Duration::from_secs(20)), "20s");
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m0s");
+    }
+}

@@ -1,0 +1,149 @@
+//! `krust reset`: stops everything one agent started on this host: its pods (through CRI, so
+//! the CNI plugins release addresses and rules), its containerd and shims, its mounts, its
+//! bridge and its cgroups. Its data folder stays unless the caller removes it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{AgentConfig, AgentError, containerd, cri};
+
+/// What was cleaned, for the command's output.
+#[derive(Debug, Default)]
+pub struct ResetReport {
+    /// Sandboxes stopped and removed.
+    pub sandboxes: usize,
+    /// Processes killed (containerd, leftover shims).
+    pub processes: usize,
+    /// Mounts unmounted.
+    pub mounts: usize,
+}
+
+/// File in the agent's folder recording its cgroup root, for reset.
+pub fn cgroup_root_file(config: &AgentConfig) -> PathBuf {
+    config.data_dir.join("cgroup-root")
+}
+
+/// Resets the agent whose folder is `config.data_dir`.
+pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
+    let mut report = ResetReport::default();
+    let paths = config.containerd_paths();
+    if paths.dir.join("config.toml").exists() {
+        // containerd must run for CRI to tear pods down properly; start one if needed.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let temporary = if containerd::running_pid(&paths).is_none() {
+            let p = paths.clone();
+            Some(tokio::spawn(async move { containerd::supervise(p, stop_rx).await }))
+        } else {
+            None
+        };
+        let client = cri::Cri::new(paths.socket.clone())?;
+        if client.wait_ready(Duration::from_secs(20)).await.is_ok() {
+            report.sandboxes = remove_all_sandboxes(&client).await?;
+        } else {
+            tracing::warn!("containerd did not answer; pods are killed without CRI");
+        }
+        stop_tx.send_replace(true);
+        if let Some(t) = temporary {
+            let _ = t.await;
+        }
+        if let Some(pid) = containerd::running_pid(&paths) {
+            kill(pid);
+            report.processes += 1;
+        }
+        report.processes += kill_shims(&paths.socket);
+    }
+    let mut mounts = crate::pods::volumes::mounts_under(&config.data_dir);
+    mounts.extend(crate::pods::volumes::mounts_under(&config.run_dir()));
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in mounts {
+        if rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH).is_ok() {
+            report.mounts += 1;
+        }
+    }
+    let bridge = crate::cni::bridge_name(config);
+    let _ = tokio::process::Command::new("ip").args(["link", "delete", &bridge]).output().await;
+    if let Ok(root) = std::fs::read_to_string(cgroup_root_file(config)) {
+        remove_cgroups(root.trim());
+    }
+    let _ = std::fs::remove_dir_all(config.run_dir());
+    Ok(report)
+}
+
+async fn remove_all_sandboxes(client: &cri::Cri) -> Result<usize, AgentError> {
+    let mut runtime = client.runtime.clone();
+    let containers = runtime
+        .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers;
+    for c in containers {
+        let _ = crate::pods::runtime::stop_container(client, &c.id, 0).await;
+        let _ = crate::pods::runtime::remove_container(client, &c.id).await;
+    }
+    let sandboxes = runtime
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+        .await?
+        .into_inner()
+        .items;
+    for s in &sandboxes {
+        crate::pods::runtime::stop_sandbox(client, &s.id, true).await?;
+    }
+    Ok(sandboxes.len())
+}
+
+fn kill(pid: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Kills shims that were started by the containerd listening on `socket`.
+fn kill_shims(socket: &Path) -> usize {
+    let socket = socket.display().to_string();
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+        if is_shim && args.contains(&socket) {
+            kill(pid);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Removes the agent's cgroups in every hierarchy, deepest first (only empty cgroups can go).
+fn remove_cgroups(root: &str) {
+    let root = root.trim_start_matches('/');
+    if root.is_empty() {
+        return;
+    }
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for h in hierarchies.flatten() {
+        let base = h.path().join(root);
+        let mut dirs = Vec::new();
+        collect_dirs(&base, &mut dirs);
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_owned());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}

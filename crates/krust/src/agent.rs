@@ -1,0 +1,171 @@
+//! `krust agent` (a node joining a server) and the agent flags `krust server` shares, named
+//! as k3s names them.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+/// Flags of the node agent (also accepted by `krust server`, whose agent runs in-process).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AgentArgs {
+    /// Node name (default: the host name).
+    #[arg(long, env = "KRUST_NODE_NAME")]
+    pub(crate) node_name: Option<String>,
+    /// The node's address (default: the host's first non-loopback address).
+    #[arg(long)]
+    pub(crate) node_ip: Option<IpAddr>,
+    /// A label to register the node with, `key=value` (repeatable).
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    pub(crate) node_labels: Vec<String>,
+    /// A taint to register the node with, `key=value:Effect` (repeatable).
+    #[arg(long = "node-taint", value_name = "KEY=VALUE:EFFECT")]
+    pub(crate) node_taints: Vec<String>,
+    /// CRI socket of an external runtime (`unix:///run/containerd/containerd.sock`); empty runs
+    /// a supervised containerd.
+    #[arg(long, default_value = "")]
+    pub(crate) container_runtime_endpoint: String,
+    /// Registry configuration in k3s's `registries.yaml` format.
+    #[arg(long)]
+    pub(crate) private_registry: Option<PathBuf>,
+    /// Port of the agent's HTTPS endpoint (logs, exec, port-forward, stats).
+    #[arg(long, default_value_t = 10250)]
+    pub(crate) kubelet_port: u16,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl AgentArgs {
+    /// The agent's config for data under `data_dir` (the agent uses `<data_dir>/agent`).
+    pub(crate) fn config(
+        &self,
+        data_dir: &Path,
+        default_ip: Option<IpAddr>,
+    ) -> anyhow::Result<agent::AgentConfig> {
+        let node_name = self.node_name.clone().unwrap_or_else(host_name);
+        let node_ip = self
+            .node_ip
+            .or(default_ip)
+            .or_else(|| crate::server::host_addresses().first().copied())
+            .context("no node address: pass --node-ip")?;
+        let mut config = agent::AgentConfig::new(data_dir.join("agent"), node_name, node_ip);
+        for label in &self.node_labels {
+            let (k, v) = label
+                .split_once('=')
+                .with_context(|| format!("--node-label {label:?} is not key=value"))?;
+            config.node_labels.insert(k.to_owned(), v.to_owned());
+        }
+        for taint in &self.node_taints {
+            config.node_taints.push(agent::parse_taint(taint)?);
+        }
+        if !self.container_runtime_endpoint.is_empty() {
+            config.container_runtime_endpoint = Some(self.container_runtime_endpoint.clone());
+        }
+        config.private_registry = self.private_registry.clone();
+        config.serve_port = self.kubelet_port;
+        Ok(config)
+    }
+}
+
+/// A kube client from a kubeconfig's text.
+pub(crate) async fn client_from_kubeconfig(text: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Starts an agent in this process; it stops (leaving pods running) when `shutdown` fires.
+pub(crate) fn spawn(
+    config: agent::AgentConfig,
+    client: kube::Client,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let name = config.node_name.clone();
+        if let Err(e) = agent::run(config, client, shutdown).await {
+            tracing::error!(node = %name, error = %e, "node agent failed");
+        }
+    })
+}
+
+/// Flags of `krust reset`.
+#[derive(Debug, Args)]
+pub(crate) struct ResetArgs {
+    /// The data dir of the server or agent to reset.
+    #[arg(long, default_value = "/var/lib/krust", env = "KRUST_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+/// Stops every pod, containerd, mount, bridge and cgroup the agent of `--data-dir` started.
+pub(crate) async fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let config = agent::AgentConfig::new(
+        args.data_dir.join("agent"),
+        String::new(),
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    );
+    let report = agent::reset::reset(&config).await?;
+    println!(
+        "reset {}: {} pod sandboxes removed, {} processes stopped, {} mounts released",
+        args.data_dir.display(),
+        report.sandboxes,
+        report.processes,
+        report.mounts
+    );
+    Ok(())
+}
+
+/// Flags of `krust image`.
+#[derive(Debug, Args)]
+pub(crate) struct ImageArgs {
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ImageCommand {
+    /// Imports image archives (docker-archive or OCI archive) into the agent's containerd.
+    Import {
+        /// The data dir of the server or agent whose containerd gets the images.
+        #[arg(long, default_value = "/var/lib/krust", env = "KRUST_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Archives to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `krust image …`.
+pub(crate) async fn image(args: ImageArgs) -> anyhow::Result<()> {
+    match args.command {
+        ImageCommand::Import { data_dir, files } => {
+            let config = agent::AgentConfig::new(
+                data_dir.join("agent"),
+                String::new(),
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            );
+            let socket = config.containerd_paths().socket;
+            anyhow::ensure!(
+                socket.exists(),
+                "no containerd socket at {}: is the agent of {} running?",
+                socket.display(),
+                data_dir.display()
+            );
+            for file in files {
+                agent::containerd::import_image(&socket, &file).await?;
+                println!("imported {}", file.display());
+            }
+            Ok(())
+        }
+    }
+}
