@@ -487,3 +487,131 @@ fn config_map_volume_updates_reach_the_running_pod() {
     server.wait_phase("default", "watcher", "Succeeded", Duration::from_secs(90));
     eprintln!("ConfigMap update reached the pod in {:?}", changed.elapsed());
 }
+
+#[test]
+fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
+    let server = KrustServer::start_with_agent(&[]);
+    // Readiness (exec) follows a file the container creates after 2 s and removes after 8 s;
+    // the startup probe (tcpSocket) waits for httpd, which starts after 1 s.
+    let manifest = pod(
+        &server,
+        "probed",
+        &format!(
+            "  containers:
+  - name: app
+    image: {BUSYBOX}
+    command:
+    - sh
+    - -c
+    - |
+      trap 'exit 0' TERM
+      mkdir -p /www && echo ok > /www/healthz
+      sleep 1; /bin/busybox httpd -p 8080 -h /www
+      sleep 1; touch /tmp/ready
+      sleep 6; rm /tmp/ready
+      while true; do sleep 1; done
+    startupProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1, failureThreshold: 30}}
+    readinessProbe: {{exec: {{command: [test, -f, /tmp/ready]}}, periodSeconds: 1}}
+    livenessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, 'echo started > /tmp/poststart']}}}}
+"
+        ),
+    );
+    apply(&server, &manifest);
+    server.wait_phase("default", "probed", "Running", Duration::from_secs(60));
+    server.wait_for(
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        Duration::from_secs(30),
+        |s| s == "True",
+    );
+    assert_eq!(
+        server.pod_field("default", "probed", "{.status.containerStatuses[0].started}"),
+        "true"
+    );
+    server.wait_for(
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        Duration::from_secs(30),
+        |s| s == "False",
+    );
+    assert_eq!(
+        server.pod_field("default", "probed", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    let events = server.ok(&[
+        "get",
+        "events",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(events.contains("Unhealthy: Readiness probe failed"), "{events}");
+    assert!(!events.contains("FailedPostStartHook"), "{events}");
+
+    // Liveness: a path that 404s fails three times in a row and the container is restarted.
+    let liveness = pod(
+        &server,
+        "unhealthy",
+        &format!(
+            "  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [/bin/busybox, httpd, -f, -p, '8080', -h, /]
+    livenessProbe: {{httpGet: {{path: /missing, port: 8080}}, periodSeconds: 1, failureThreshold: 2}}
+"
+        ),
+    );
+    apply(&server, &liveness);
+    server.wait_for(
+        &["get", "pod", "unhealthy", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"],
+        Duration::from_secs(60),
+        |s| s.parse::<u32>().is_ok_and(|n| n >= 1),
+    );
+    let events = server.ok(&[
+        "get",
+        "events",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("Unhealthy: Liveness probe failed: HTTP probe failed with statuscode: 404"),
+        "{events}"
+    );
+    assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
+
+    // preStop runs before the container is stopped: it leaves a mark in a hostPath volume.
+    let marks = server.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let hooked = pod(
+        &server,
+        "hooked",
+        &format!(
+            "  volumes: [{{name: marks, hostPath: {{path: {marks}}}}}]
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    volumeMounts: [{{name: marks, mountPath: /marks}}]
+    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, 'echo stopping > /marks/prestop']}}}}
+",
+            marks = marks.display()
+        ),
+    );
+    apply(&server, &hooked);
+    server.wait_phase("default", "hooked", "Running", Duration::from_secs(60));
+    server.ok(&["delete", "pod", "hooked"]);
+    assert_eq!(std::fs::read_to_string(marks.join("prestop")).unwrap().trim(), "stopping");
+}

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod env;
 pub mod images;
+pub mod probe;
 pub mod runtime;
 pub mod status;
 pub mod volumes;
@@ -154,7 +155,7 @@ fn spawn_worker(
     let (tx, rx) = watch::channel(pod);
     let wake = Arc::new(Notify::new());
     workers.insert(key.uid.clone(), Handle { pod: tx, wake: wake.clone() });
-    let worker = Worker::new(ctx.clone(), key.clone());
+    let worker = Worker::new(ctx.clone(), key.clone(), wake.clone());
     tokio::spawn(run_worker(worker, rx, wake, done.clone(), key));
 }
 

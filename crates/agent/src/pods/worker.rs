@@ -20,7 +20,7 @@ use super::config::{self, ContainerInputs, PodKey, QosClass};
 use super::env::{self, Downward, Sources};
 use super::runtime::{self, Observed, ObservedContainer, ObservedSandbox, State};
 use super::status::{self, Waiting};
-use super::{Context, images, volumes};
+use super::{Context, images, probe, volumes};
 use crate::AgentError;
 use crate::events::EventType;
 
@@ -88,6 +88,8 @@ pub(crate) struct Worker {
     last_status: Option<Value>,
     last_grace: Option<i64>,
     mount_error: Option<String>,
+    probers: HashMap<String, probe::Probers>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn field_path(container: &Container, init: bool) -> String {
@@ -103,7 +105,7 @@ fn restart_policy(pod: &Pod) -> String {
 }
 
 impl Worker {
-    pub(crate) fn new(ctx: Arc<Context>, key: PodKey) -> Worker {
+    pub(crate) fn new(ctx: Arc<Context>, key: PodKey, wake: Arc<tokio::sync::Notify>) -> Worker {
         Worker {
             ctx,
             key,
@@ -114,6 +116,8 @@ impl Worker {
             last_status: None,
             last_grace: None,
             mount_error: None,
+            probers: HashMap::new(),
+            wake,
         }
     }
 
@@ -232,6 +236,9 @@ impl Worker {
         };
         let sandbox_config = self.sandbox_config(pod, sandbox.attempt);
 
+        if self.handle_probes(pod, &observed, &sandbox).await? {
+            observed = runtime::observe(&ctx.cri, &uid).await?;
+        }
         let mut next = RESYNC;
         let mut started_any = false;
         let policy = restart_policy(pod);
@@ -396,6 +403,7 @@ impl Worker {
         }
         if started_any {
             observed = runtime::observe(&ctx.cri, &uid).await?;
+            self.handle_probes(pod, &observed, &sandbox).await?;
         }
         self.remove_dead(&observed).await?;
         let phase = status::phase(pod, &observed, &self.waiting);
@@ -615,7 +623,110 @@ impl Worker {
             &format!("Started container {}", c.name),
         );
         self.waiting.remove(&c.name);
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let target = probe::Target { container_id: id.clone(), pod_ip: sandbox.ip.clone() };
+            if let Err(why) =
+                probe::run_hook(&ctx.cri, hook, c, &target, Duration::from_secs(30)).await
+            {
+                ctx.recorder.pod(
+                    &self.key,
+                    &path,
+                    EventType::Warning,
+                    "FailedPostStartHook",
+                    &format!("PostStartHook failed: {why}"),
+                );
+                runtime::stop_container(&ctx.cri, &id, self.grace(pod)).await?;
+            }
+        }
         Ok(true)
+    }
+
+    fn grace(&self, pod: &Pod) -> i64 {
+        pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0)
+    }
+
+    /// Keeps one set of probe tasks per running container and restarts containers whose
+    /// liveness or startup probe failed. Returns whether it stopped any.
+    async fn handle_probes(
+        &mut self,
+        pod: &Pod,
+        observed: &Observed,
+        sandbox: &ObservedSandbox,
+    ) -> Result<bool, AgentError> {
+        let ctx = self.ctx.clone();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut killed = false;
+        let mut keep = std::collections::HashSet::new();
+        for c in &spec.containers {
+            let Some(o) = observed.latest(&c.name).filter(|o| o.state == State::Running) else {
+                continue;
+            };
+            if c.liveness_probe.is_none()
+                && c.readiness_probe.is_none()
+                && c.startup_probe.is_none()
+            {
+                continue;
+            }
+            keep.insert(c.name.clone());
+            let current = self.probers.get(&c.name).is_some_and(|p| p.container_id == o.id);
+            if !current {
+                let recorder = ctx.recorder.clone();
+                let key = self.key.clone();
+                let path = field_path(c, false);
+                let report: probe::Report = Arc::new(move |kind: probe::Kind, why: &str| {
+                    recorder.pod(
+                        &key,
+                        &path,
+                        EventType::Warning,
+                        "Unhealthy",
+                        &format!("{} probe failed: {why}", kind.name()),
+                    );
+                });
+                let target =
+                    probe::Target { container_id: o.id.clone(), pod_ip: sandbox.ip.clone() };
+                let probers = probe::start(ctx.cri.clone(), c, target, self.wake.clone(), report);
+                self.probers.insert(c.name.clone(), probers);
+                continue;
+            }
+            let kill = self
+                .probers
+                .get(&c.name)
+                .and_then(|p| p.state.lock().ok().and_then(|s| s.kill.clone()));
+            if let Some(message) = kill {
+                let path = field_path(c, false);
+                ctx.recorder.pod(&self.key, &path, EventType::Normal, "Killing", &message);
+                let grace = c
+                    .liveness_probe
+                    .as_ref()
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .unwrap_or_else(|| self.grace(pod));
+                self.pre_stop(c, &o.id, &sandbox.ip, grace).await;
+                runtime::stop_container(&ctx.cri, &o.id, grace).await?;
+                self.probers.remove(&c.name);
+                keep.remove(&c.name);
+                killed = true;
+            }
+        }
+        self.probers.retain(|name, _| keep.contains(name));
+        Ok(killed)
+    }
+
+    /// Runs a container's preStop hook, bounded by its grace period.
+    async fn pre_stop(&self, c: &Container, container_id: &str, pod_ip: &str, grace: i64) {
+        let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else { return };
+        let target =
+            probe::Target { container_id: container_id.to_owned(), pod_ip: pod_ip.to_owned() };
+        let timeout = Duration::from_secs(grace.max(1) as u64);
+        let run = probe::run_hook(&self.ctx.cri, hook, c, &target, timeout);
+        if let Ok(Err(why)) = tokio::time::timeout(timeout, run).await {
+            self.ctx.recorder.pod(
+                &self.key,
+                &field_path(c, false),
+                EventType::Warning,
+                "FailedPreStopHook",
+                &format!("PreStopHook failed: {why}"),
+            );
+        }
     }
 
     fn fail(&mut self, c: &Container, path: &str, reason: &str, message: &str) {
@@ -753,13 +864,20 @@ impl Worker {
             .to_string();
         let start_time = self.start_time.clone().unwrap_or_else(|| now.clone());
         let qos: QosClass = config::qos_class(pod);
-        let none = HashMap::new();
+        let mut ready = HashMap::new();
+        let mut started = HashMap::new();
+        for (name, p) in &self.probers {
+            if let Ok(state) = p.state.lock() {
+                ready.insert(name.clone(), state.ready);
+                started.insert(name.clone(), state.started);
+            }
+        }
         let status = status::pod_status(&status::Inputs {
             pod,
             observed,
             waiting: &self.waiting,
-            ready: &none,
-            started: &none,
+            ready: &ready,
+            started: &started,
             host_ip: &self.ctx.config.node_ip.to_string(),
             start_time: &start_time,
             now: &now,
@@ -790,6 +908,19 @@ impl Worker {
         let observed = runtime::observe(&ctx.cri, &self.key.uid).await?;
         let running: Vec<&ObservedContainer> =
             observed.containers.iter().filter(|c| c.state == State::Running).collect();
+        self.probers.clear();
+        let hooks_started = std::time::Instant::now();
+        if let Some(p) = pod {
+            let ip = observed.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
+            let hooks = running.iter().filter_map(|o| {
+                let spec = p.spec.as_ref()?.containers.iter().find(|c| c.name == o.name)?;
+                Some(self.pre_stop(spec, &o.id, &ip, grace))
+            });
+            futures::future::join_all(hooks).await;
+        }
+        // What the hooks used comes off the grace period, leaving at least 2 s, as upstream.
+        let used = hooks_started.elapsed().as_secs() as i64;
+        let grace = if used > 0 { (grace - used).max(grace.min(2)) } else { grace };
         let mut stops = Vec::new();
         for c in &running {
             if pod.is_some() {
