@@ -55,6 +55,7 @@ pub mod node;
 pub mod pods;
 pub mod registries;
 pub mod reset;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -87,6 +88,18 @@ pub struct AgentConfig {
     pub cgroup_root: String,
     /// Port of the agent's HTTPS endpoint (reported in the Node's daemonEndpoints).
     pub serve_port: u16,
+}
+
+/// Where the agent keeps the TLS material of its endpoint: the cluster CA (to verify the API
+/// server) and its own serving certificate. Written at join (or by the server for its
+/// in-process agent).
+pub fn tls_files(config: &AgentConfig) -> stream::server::TlsFiles {
+    let dir = config.data_dir.join("tls");
+    stream::server::TlsFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("serving.crt"),
+        key: dir.join("serving.key"),
+    }
 }
 
 impl AgentConfig {
@@ -272,7 +285,24 @@ pub async fn run(
         });
     }
 
+    let directory = stream::server::Directory::default();
+    let stream_ctx = stream::server::StreamContext {
+        cri: cri.clone(),
+        directory: directory.clone(),
+        node_name: config.node_name.clone(),
+    };
+    let addr =
+        std::net::SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), config.serve_port);
+    let endpoint = {
+        let files = tls_files(&config);
+        tokio::spawn(async move {
+            if let Err(e) = stream::server::serve(addr, files, stream_ctx).await {
+                tracing::error!(error = %e, "the agent endpoint stopped");
+            }
+        })
+    };
     let ctx = Arc::new(pods::Context {
+        directory,
         client: client.clone(),
         cri,
         recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
@@ -285,6 +315,7 @@ pub async fn run(
     });
     tracing::info!(node = %config.node_name, pod_cidr, "node agent is running");
     pods::run(ctx, shutdown).await;
+    endpoint.abort();
     if let Some(s) = supervisor {
         let _ = s.await;
     }

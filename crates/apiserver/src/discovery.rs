@@ -22,6 +22,13 @@ fn subresources(rt: &ResourceType) -> Vec<(&'static str, Value, Vec<&'static str
     if rt.has_status {
         out.push(("status", own.clone(), vec!["get", "patch", "update"]));
     }
+    if rt.kind == "Pod" && rt.is_builtin() {
+        let options = |kind: &str| json!({"group": "", "version": "v1", "kind": kind});
+        out.push(("attach", options("PodAttachOptions"), vec!["create", "get"]));
+        out.push(("exec", options("PodExecOptions"), vec!["create", "get"]));
+        out.push(("log", own.clone(), vec!["get"]));
+        out.push(("portforward", options("PodPortForwardOptions"), vec!["create", "get"]));
+    }
     if rt.has_scale {
         out.push((
             "scale",

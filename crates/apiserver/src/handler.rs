@@ -45,7 +45,13 @@ pub struct ApiServer {
     pub compactor: Arc<storage::compactor::CompactorStats>,
     /// `host:port` clients should use, for legacy discovery.
     pub advertise_address: String,
+    /// Connections to node agents for logs, exec, attach and port-forward (none: those
+    /// requests answer 503).
+    pub node_proxy: Option<crate::proxy::NodeProxy>,
 }
+
+/// Pod subresources served by the node agent through the proxy.
+const STREAMING: [&str; 4] = ["log", "exec", "attach", "portforward"];
 
 /// The Kubernetes version krust reports.
 pub const GIT_VERSION: &str = "v1.37.0+krust";
@@ -205,6 +211,9 @@ fn route(registry: &Registry, path: &str) -> ApiResult<Route> {
     if let Some(sub) = &target.subresource {
         let ok = (sub == "status" && target.rt.has_status)
             || (sub == "scale" && target.rt.has_scale)
+            || (target.rt.kind == "Pod"
+                && target.rt.is_builtin()
+                && STREAMING.contains(&sub.as_str()))
             || (sub == "finalize" && target.rt.kind == "Namespace");
         if !ok {
             return Err(ApiError::no_route());
@@ -252,6 +261,14 @@ fn dry_run(query: &Query) -> ApiResult<bool> {
 }
 
 fn verb_of(method: &Method, target: Option<&Target>, query: &Query) -> &'static str {
+    // exec, attach and port-forward are "create" whatever the method (kubectl's WebSocket
+    // upgrades are GETs), as upstream authorizes them.
+    if target
+        .and_then(|t| t.subresource.as_deref())
+        .is_some_and(|s| matches!(s, "exec" | "attach" | "portforward"))
+    {
+        return "create";
+    }
     match *method {
         Method::GET if query.flag("watch") => "watch",
         Method::GET if target.is_some_and(|t| t.name.is_none()) => "list",
@@ -290,6 +307,17 @@ impl ApiServer {
                 let response = match self.authorize(user.as_ref(), verb, target, &path) {
                     Err(e) => error_response(&e),
                     Ok(()) => match route {
+                        Route::Resource(target)
+                            if target
+                                .subresource
+                                .as_deref()
+                                .is_some_and(|s| STREAMING.contains(&s)) =>
+                        {
+                            match self.serve_pod_stream(request, target, &query).await {
+                                Ok(r) => r,
+                                Err(e) => error_response(&e),
+                            }
+                        }
                         Route::Resource(target) => {
                             match self
                                 .clone()
@@ -445,6 +473,46 @@ impl ApiServer {
             .map(|t| format!("{}/{}/{}", t.group, t.version, t.plural))
             .collect();
         format!("{:016X}", fnv1a(names.join(",").as_bytes()))
+    }
+
+    /// Logs, exec, attach and port-forward: checked here, served by the pod's node agent.
+    async fn serve_pod_stream(
+        &self,
+        request: Request<Incoming>,
+        target: Target,
+        query: &Query,
+    ) -> ApiResult<Response<Body>> {
+        let sub = target.subresource.clone().unwrap_or_default();
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let name = target.name.clone().ok_or_else(ApiError::no_route)?;
+        let pod = self.rest.get(&target.rt, Some(&namespace), &name).await?.object;
+        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+        if node.is_empty() {
+            return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        }
+        let proxy = self.node_proxy.as_ref().ok_or_else(|| {
+            ApiError::new(503, "ServiceUnavailable", "this API server does not reach node agents")
+        })?;
+        let nodes = self
+            .registry
+            .lookup("", "v1", "nodes")
+            .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+        let node_object = self.rest.get(&nodes, None, node).await?.object;
+        let addr = crate::proxy::node_endpoint(&node_object)
+            .ok_or_else(|| ApiError::internal(format!("node {node} has no address")))?;
+        let raw_query = request.uri().query().unwrap_or("").to_owned();
+        let path = if sub == "portforward" {
+            format!("/portForward/{namespace}/{name}?{raw_query}")
+        } else {
+            let container = crate::proxy::container_for(&pod, query.get("container"), &name)?;
+            let kind = match sub.as_str() {
+                "log" => "containerLogs",
+                "exec" => "exec",
+                _ => "attach",
+            };
+            format!("/{kind}/{namespace}/{name}/{container}?{raw_query}")
+        };
+        proxy.forward(addr, request, &path).await
     }
 
     async fn serve_resource(

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod proxy;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

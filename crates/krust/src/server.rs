@@ -166,6 +166,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         metrics: Default::default(),
         compactor: compactor_stats,
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
+        node_proxy: Some(node_proxy(&pki)?),
     });
     apiserver::server::bootstrap(
         &api,
@@ -208,6 +209,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let url = format!("https://127.0.0.1:{}", local.port());
         let kubeconfig = pki::kubeconfig(&pki.ca_cert_pem, &url, "node", &cert, &key);
         pki::write_private(&config.data_dir.join("kubelet.kubeconfig"), kubeconfig.as_bytes())?;
+        write_agent_tls(&pki, &config)?;
         let client = crate::agent::client_from_kubeconfig(&kubeconfig).await?;
         agent_task = Some(crate::agent::spawn(config, client, shutdown_rx));
     }
@@ -222,6 +224,32 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
     }
     serving.abort();
+    Ok(())
+}
+
+/// The API server's client for node agents: trusts the cluster CA and presents a
+/// certificate the agents accept.
+fn node_proxy(pki: &Pki) -> anyhow::Result<apiserver::proxy::NodeProxy> {
+    let (cert, key) =
+        pki.issue_client(agent::stream::server::API_SERVER_CLIENT, &["system:masters"])?;
+    apiserver::proxy::NodeProxy::new(&pki.ca_cert_pem, &cert, &key)
+        .map_err(|e| anyhow::anyhow!("node proxy: {}", e.message))
+}
+
+/// The in-process agent's endpoint certificate (for its node address and name) and the CA
+/// that verifies the API server.
+pub(crate) fn write_agent_tls(pki: &Pki, config: &agent::AgentConfig) -> anyhow::Result<()> {
+    let files = agent::tls_files(config);
+    let sans = vec![
+        config.node_ip.to_string(),
+        config.node_name.clone(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let (cert, key) = pki.issue_serving(&config.node_name, &sans)?;
+    pki::write_private(&files.ca, pki.ca_cert_pem.as_bytes())?;
+    pki::write_private(&files.cert, cert.as_bytes())?;
+    pki::write_private(&files.key, key.as_bytes())?;
     Ok(())
 }
 

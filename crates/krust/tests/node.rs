@@ -217,7 +217,9 @@ fn restart_policies_and_crash_loop_back_off() {
     let manifest = pod(
         &server,
         "crash",
-        &format!("  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, 'exit 2']}}]\n"),
+        &format!(
+            "  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, 'echo crashed once; exit 2']}}]\n"
+        ),
     );
     apply(&server, &manifest);
     // First restart is immediate, the second waits 10 s: the container is in CrashLoopBackOff
@@ -265,6 +267,8 @@ fn restart_policies_and_crash_loop_back_off() {
     assert_eq!(server.pod_field("default", "crash", "{.status.phase}"), "Running");
     let events = server.ok(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);
     assert!(events.contains("BackOff"), "{events}");
+    // The previous instance's log stays readable.
+    assert_eq!(server.ok(&["logs", "crash", "--previous"]), "crashed once\n");
 
     // OnFailure: a success is final.
     let once = pod(
@@ -614,4 +618,297 @@ fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
     server.wait_phase("default", "hooked", "Running", Duration::from_secs(60));
     server.ok(&["delete", "pod", "hooked"]);
     assert_eq!(std::fs::read_to_string(marks.join("prestop")).unwrap().trim(), "stopping");
+}
+
+/// Runs kubectl with extra environment and stdin; returns (exit code, stdout, stderr).
+fn kubectl_env(
+    server: &KrustServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(common::tool("kubectl"));
+    cmd.args(args)
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", server.dir.path())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
+    let server = KrustServer::start_with_agent(&[]);
+    let manifest = pod(
+        &server,
+        "talk",
+        &format!(
+            "  containers:
+  - name: counter
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap \"exit 0\" TERM; echo first; echo to-stderr >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done']
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, 'mkdir -p /www && echo served-locally > /www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www']
+  - name: reader
+    image: {BUSYBOX}
+    stdin: true
+    command: [sh, -c, 'while read line; do echo \"got $line\"; done']
+"
+        ),
+    );
+    apply(&server, &manifest);
+    server.wait_for(
+        &["get", "pod", "talk", "-o", "jsonpath={.status.containerStatuses[*].ready}"],
+        Duration::from_secs(60),
+        |s| s == "true true true",
+    );
+
+    // Logs: kubectl defaults to the first container; the API itself wants a container when
+    // there are several. Then tail, timestamps, since.
+    server.wait_for(&["logs", "talk"], Duration::from_secs(20), |s| s.contains("first"));
+    let raw = server.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/talk/log"]);
+    assert!(!raw.status.success());
+    assert!(
+        String::from_utf8_lossy(&raw.stderr)
+            .contains("a container name must be specified for pod talk"),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    server.wait_for(&["logs", "talk", "-c", "counter"], Duration::from_secs(20), |s| {
+        s.contains("tick 3")
+    });
+    let logs = server.ok(&["logs", "talk", "-c", "counter"]);
+    // stdout and stderr reach the log through separate pipes: their relative order may vary.
+    for line in ["first", "to-stderr", "tick 0"] {
+        assert!(logs.lines().any(|l| l == line), "{line} missing in {logs}");
+    }
+    let tail = server.ok(&["logs", "talk", "-c", "counter", "--tail=1", "--timestamps"]);
+    let line = tail.trim();
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let (stamp, text) = line.split_once(' ').unwrap();
+    assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{line}");
+    assert!(text.starts_with("tick "), "{line}");
+    let recent = server.ok(&["logs", "talk", "-c", "counter", "--since=1s"]);
+    assert!(!recent.contains("first"), "{recent}");
+    // Follow: lines keep arriving until kubectl is stopped.
+    let (_, followed, _) = kubectl_env(
+        &server,
+        &["logs", "-f", "talk", "-c", "counter", "--tail=1", "--request-timeout=3s"],
+        &[],
+        None,
+    );
+    let followed = String::from_utf8_lossy(&followed).into_owned();
+    assert!(followed.lines().count() >= 3, "follow gave only {followed:?}");
+
+    // exec: stdout, stderr, exit code, stdin with EOF, and the legacy SPDY upgrade.
+    let (code, stdout, stderr) = kubectl_env(
+        &server,
+        &["exec", "talk", "-c", "counter", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 7, "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&stdout), "out\n");
+    assert!(stderr.contains("err"), "{stderr}");
+    let (code, stdout, _) = kubectl_env(
+        &server,
+        &["exec", "-i", "talk", "-c", "counter", "--", "sh", "-c", "wc -c"],
+        &[],
+        Some(&[b'x'; 100_000]),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(String::from_utf8_lossy(&stdout).trim(), "100000");
+    let (code, stdout, stderr) = kubectl_env(
+        &server,
+        &["exec", "talk", "-c", "counter", "--", "sh", "-c", "echo legacy; exit 4"],
+        &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
+        None,
+    );
+    assert_eq!(
+        (code, String::from_utf8_lossy(&stdout).into_owned()),
+        (4, "legacy\n".to_owned()),
+        "{stderr}"
+    );
+
+    // cp both ways (tar over exec).
+    let local = server.dir.path().join("payload.txt");
+    std::fs::write(&local, "copied content\n").unwrap();
+    server.ok(&["cp", local.to_str().unwrap(), "talk:/tmp/payload.txt", "-c", "counter"]);
+    let back = server.dir.path().join("back.txt");
+    server.ok(&["cp", "talk:/tmp/payload.txt", back.to_str().unwrap(), "-c", "counter"]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied content\n");
+
+    // attach to a container reading stdin: what we type comes back on its stdout. (stdin
+    // stays open until the answer arrives: closing it ends the attach session.)
+    {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new(common::tool("kubectl"))
+            .args(["attach", "-i", "talk", "-c", "reader"])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .env("HOME", server.dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        'typing: while Instant::now() < deadline {
+            stdin.write_all(b"hello\n").unwrap();
+            stdin.flush().unwrap();
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+                if line.contains("got hello") {
+                    seen.push(line);
+                    break 'typing;
+                }
+                seen.push(line);
+            }
+        }
+        drop(stdin);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen.iter().any(|l| l.contains("got hello")), "attach output {seen:?}");
+    }
+
+    // port-forward reaches a server bound to the pod's localhost, over WebSocket and SPDY.
+    for websockets in ["true", "false"] {
+        let port = common::free_port();
+        let mut child = std::process::Command::new(common::tool("kubectl"))
+            .args(["port-forward", "pod/talk", &format!("{port}:8080")])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .env("HOME", server.dir.path())
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let body = loop {
+            if let Ok(body) = http_get(port, "/index.html") {
+                break body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port-forward (websockets={websockets}) never answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(body.contains("served-locally"), "{body}");
+        // A second connection over the same forward.
+        assert!(http_get(port, "/index.html").unwrap().contains("served-locally"));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET to 127.0.0.1:`port`.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if out.is_empty() {
+        return Err(std::io::Error::other("empty answer"));
+    }
+    Ok(out)
+}
+
+#[test]
+fn the_agent_endpoint_admits_only_the_api_server_and_serves_stats() {
+    let server = KrustServer::start_with_agent(&[]);
+    let manifest = pod(
+        &server,
+        "busy",
+        &format!(
+            "  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']}}]\n"
+        ),
+    );
+    apply(&server, &manifest);
+    server.wait_phase("default", "busy", "Running", Duration::from_secs(60));
+    let node = server.node.clone().unwrap();
+    let port = server.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
+    ]);
+    let tls = server.dir.path().join("data/agent/tls");
+    let url = format!("https://127.0.0.1:{port}/stats/summary");
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(tls.join("ca.crt"))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // No client certificate: the TLS handshake itself is refused.
+    let (ok, _) = curl(&[]);
+    assert!(!ok, "the agent answered a client without a certificate");
+    // A node's own certificate is from the cluster CA but does not name the API server.
+    let node_kubeconfig = server.dir.path().join("data/agent/kubelet.kubeconfig");
+    let cert = server.dir.path().join("node.crt");
+    let key = server.dir.path().join("node.key");
+    std::fs::write(&cert, kubeconfig_pem(&node_kubeconfig, "client-certificate-data")).unwrap();
+    std::fs::write(&key, kubeconfig_pem(&node_kubeconfig, "client-key-data")).unwrap();
+    let (ok, body) = curl(&["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(body, "Forbidden");
+    // The admin (system:masters) gets the summary, with the pod's container in it.
+    let admin_cert = server.dir.path().join("admin.crt");
+    let admin_key = server.dir.path().join("admin.key");
+    std::fs::write(&admin_cert, kubeconfig_pem(&server.kubeconfig, "client-certificate-data"))
+        .unwrap();
+    std::fs::write(&admin_key, kubeconfig_pem(&server.kubeconfig, "client-key-data")).unwrap();
+    let (ok, body) =
+        curl(&["--cert", admin_cert.to_str().unwrap(), "--key", admin_key.to_str().unwrap()]);
+    assert!(ok, "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pods = summary["pods"].as_array().unwrap();
+    let busy =
+        pods.iter().find(|p| p["podRef"]["name"] == "busy").expect("the pod is in the summary");
+    assert_eq!(busy["containers"][0]["name"], "c");
+    assert!(busy["containers"][0]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+}
+
+/// A base64 field of a kubeconfig (`client-certificate-data`…), decoded.
+fn kubeconfig_pem(path: &std::path::Path, field: &str) -> Vec<u8> {
+    use std::io::Write;
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with(field)).unwrap();
+    let b64 = line.split_once(':').unwrap().1.trim().to_owned();
+    let mut child = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
+    child.wait_with_output().unwrap().stdout
 }

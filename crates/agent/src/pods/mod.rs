@@ -39,6 +39,7 @@ pub(crate) struct Context {
     pub(crate) resolv_conf: String,
     pub(crate) node_memory: u64,
     pub(crate) node_cpu: f64,
+    pub(crate) directory: crate::stream::server::Directory,
 }
 
 struct Handle {
@@ -121,6 +122,9 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) 
                 // A late event for the same pod starts a fresh worker, which finds nothing
                 // left to do.
                 workers.remove(&uid);
+                if let Ok(mut d) = ctx.directory.write() {
+                    d.retain(|_, u| *u != uid);
+                }
             }
             _ = crate::stopped(&mut shutdown) => break,
         }
@@ -137,11 +141,14 @@ fn dispatch(
     if uid.is_empty() {
         return;
     }
+    let key = PodKey::of(&pod);
+    if let Ok(mut d) = ctx.directory.write() {
+        d.insert((key.namespace.clone(), key.name.clone()), uid.clone());
+    }
     if let Some(h) = workers.get(&uid) {
         h.pod.send_replace(Some(Arc::new(pod)));
         return;
     }
-    let key = PodKey::of(&pod);
     spawn_worker(ctx, workers, done, key, Some(Arc::new(pod)));
 }
 

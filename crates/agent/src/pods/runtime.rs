@@ -62,6 +62,8 @@ pub struct ObservedContainer {
     pub image: String,
     /// The image's ID (`sha256:…`).
     pub image_id: String,
+    /// Its CRI log file.
+    pub log_path: String,
 }
 
 /// One sandbox of the pod.
@@ -202,6 +204,7 @@ pub async fn observe(cri: &Cri, uid: &str) -> Result<Observed, AgentError> {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| c.image.map(|i| i.image).unwrap_or_default()),
             image_id: status.image_ref,
+            log_path: status.log_path,
         });
     }
     observed.containers.sort_by_key(|c| std::cmp::Reverse((c.attempt, c.created_at)));

@@ -328,6 +328,7 @@ mod tests {
             message: String::new(),
             image: "img".into(),
             image_id: "sha256:x".into(),
+            log_path: String::new(),
         }
     }
 

@@ -63,6 +63,7 @@ impl KrustServer {
             format!("--node-name={node}"),
             format!("--cluster-cidr={cidr}"),
             format!("--service-cidr=10.{}.0.0/16", 100 + (port + 75) % 150),
+            format!("--kubelet-port={}", free_port()),
         ];
         all.extend(extra.iter().map(|s| (*s).to_owned()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();

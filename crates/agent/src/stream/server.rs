@@ -1,0 +1,256 @@
+//! The agent's HTTPS endpoint (the kubelet port): container logs, exec, attach,
+//! port-forward and stats, for the API server to proxy to. Only clients with a certificate
+//! from the cluster CA that names the API server (or a cluster admin) get in; there is no
+//! anonymous access.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use super::logs::{self, LogOptions};
+use crate::AgentError;
+use crate::cri::Cri;
+use crate::pods::runtime::{self, State};
+
+/// Response body type.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The common name of the API server's client certificate for agents.
+pub const API_SERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
+
+/// Pods this agent runs, by (namespace, name) → UID, kept by the pod manager.
+pub type Directory = Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
+
+/// What the endpoint needs.
+#[derive(Clone, Debug)]
+pub struct StreamContext {
+    /// The runtime.
+    pub cri: Cri,
+    /// Pods by name.
+    pub directory: Directory,
+    /// The node's name (for stats).
+    pub node_name: String,
+}
+
+/// TLS material of the endpoint.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Cluster CA (verifies clients).
+    pub ca: PathBuf,
+    /// Serving certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, AgentError> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| AgentError::io(p, e));
+    let tls = |e: String| AgentError::Config(format!("agent TLS: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut read(&files.ca)?.as_slice()) {
+        roots.add(cert.map_err(|e| tls(e.to_string()))?).map_err(|e| tls(e.to_string()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| tls(e.to_string()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read(&files.cert)?.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut read(&files.key)?.as_slice())
+        .map_err(|e| tls(e.to_string()))?
+        .ok_or_else(|| tls("no private key".into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Whether the client certificate names someone allowed in.
+fn allowed(cert: &rustls::pki_types::CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return false };
+    let subject = parsed.subject();
+    let cn_ok =
+        subject.iter_common_name().filter_map(|c| c.as_str().ok()).any(|c| c == API_SERVER_CLIENT);
+    let admin =
+        subject.iter_organization().filter_map(|o| o.as_str().ok()).any(|o| o == "system:masters");
+    cn_ok || admin
+}
+
+/// Serves the endpoint on `addr` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    files: TlsFiles,
+    ctx: StreamContext,
+) -> Result<(), AgentError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&files)?));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::Config(format!("binding the agent endpoint on {addr}: {e}")))?;
+    tracing::info!(%addr, "agent endpoint listening");
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let ok =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).is_some_and(allowed);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let ctx = ctx.clone();
+                async move {
+                    if !ok {
+                        return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, "Forbidden"));
+                    }
+                    Ok(route(ctx, request).await)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "agent connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A plain-text response.
+pub fn text(code: StatusCode, message: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(message.to_owned())).boxed());
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn json(code: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn route(ctx: StreamContext, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<String> =
+        path.trim_matches('/').split('/').map(super::percent_decode).collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["healthz"] => text(StatusCode::OK, "ok"),
+        ["containerLogs", ns, pod, container] => {
+            container_logs(&ctx, &request, ns, pod, container).await
+        }
+        ["exec", ns, pod, container] => {
+            super::exec::exec(ctx.clone(), request, ns, pod, container, false).await
+        }
+        ["attach", ns, pod, container] => {
+            super::exec::exec(ctx.clone(), request, ns, pod, container, true).await
+        }
+        ["portForward", ns, pod] => super::exec::port_forward(ctx.clone(), request, ns, pod).await,
+        ["stats", "summary"] => match super::stats::summary(&ctx).await {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+/// The UID of the pod `namespace/name` on this node.
+pub fn pod_uid(ctx: &StreamContext, namespace: &str, name: &str) -> Option<String> {
+    ctx.directory.read().ok()?.get(&(namespace.to_owned(), name.to_owned())).cloned()
+}
+
+async fn container_logs(
+    ctx: &StreamContext,
+    request: &Request<Incoming>,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    let options = match LogOptions::from_query(request.uri().query().unwrap_or("")) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(uid) = pod_uid(ctx, namespace, pod) else {
+        return text(StatusCode::NOT_FOUND, &format!("pod {namespace}/{pod} is not on this node"));
+    };
+    let observed = match runtime::observe(&ctx.cri, &uid).await {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let chosen =
+        if options.previous { observed.previous(container) } else { observed.latest(container) };
+    let Some(chosen) = chosen.cloned() else {
+        let message = if options.previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
+        };
+        return text(StatusCode::BAD_REQUEST, &message);
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let cri = ctx.cri.clone();
+    let id = chosen.id.clone();
+    let follow_running = chosen.state == State::Running && !options.previous;
+    let path = PathBuf::from(&chosen.log_path);
+    let options = LogOptions { follow: options.follow && follow_running, ..options };
+    tokio::spawn(async move {
+        let running = move || {
+            let cri = cri.clone();
+            let id = id.clone();
+            Box::pin(async move { container_running(&cri, &id).await })
+                as futures::future::BoxFuture<'static, bool>
+        };
+        if let Err(e) = logs::stream(path, options, tx, running).await {
+            tracing::debug!(error = %e, "streaming logs failed");
+        }
+    });
+    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Whether the container still runs.
+pub async fn container_running(cri: &Cri, id: &str) -> bool {
+    cri.runtime
+        .clone()
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().status)
+        .is_some_and(|s| s.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+}

@@ -1,0 +1,215 @@
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: the API server checks the
+//! pod and container, then forwards the request to the node agent's HTTPS endpoint,
+//! authenticating with its own client certificate and verifying the agent's against the
+//! cluster CA. Upgraded connections (WebSocket, SPDY) are spliced byte for byte.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::handler::Body;
+use crate::status::{ApiError, ApiResult};
+
+/// Talks to node agents.
+pub struct NodeProxy {
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for NodeProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeProxy")
+    }
+}
+
+fn tls_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("agent TLS: {e}"))
+}
+
+impl NodeProxy {
+    /// A proxy trusting agents signed by `ca_pem`, presenting `cert_pem`/`key_pem`.
+    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ApiResult<NodeProxy> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.map_err(tls_error)?).map_err(tls_error)?;
+        }
+        let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(tls_error)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(tls_error)?
+            .ok_or_else(|| tls_error("no private key"))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(tls_error)?;
+        Ok(NodeProxy { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+    }
+
+    /// Forwards `request` to the agent at `addr` as `path_and_query`, streaming the answer
+    /// back (and splicing the connection if the agent switches protocols).
+    pub async fn forward(
+        &self,
+        addr: SocketAddr,
+        mut request: Request<Incoming>,
+        path_and_query: &str,
+    ) -> ApiResult<Response<Body>> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ApiError::new(502, "InternalError", format!("error dialing backend: {e}"))
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let mut upstream = Request::builder().method(request.method()).uri(path_and_query);
+        for (name, value) in request.headers() {
+            // The agent authenticates the API server, not the user.
+            if name == hyper::header::AUTHORIZATION || name == hyper::header::HOST {
+                continue;
+            }
+            upstream = upstream.header(name, value);
+        }
+        upstream = upstream.header(hyper::header::HOST, addr.to_string());
+        let upstream = upstream
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        let mut response = sender.send_request(upstream).await.map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let agent_upgrade = hyper::upgrade::on(&mut response);
+            let mut ours = Response::new(
+                http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}).boxed(),
+            );
+            *ours.status_mut() = status;
+            *ours.headers_mut() = response.headers().clone();
+            tokio::spawn(async move {
+                let (Ok(client), Ok(agent)) = (client_upgrade.await, agent_upgrade.await) else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut agent = TokioIo::new(agent);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+            });
+            return Ok(ours);
+        }
+        if !status.is_success() {
+            let body =
+                response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let message = String::from_utf8_lossy(&body).trim().to_owned();
+            let reason = match status.as_u16() {
+                400 => "BadRequest",
+                403 => "Forbidden",
+                404 => "NotFound",
+                _ => "InternalError",
+            };
+            return Err(ApiError::new(status.as_u16(), reason, message));
+        }
+        let content_type = response.headers().get(hyper::header::CONTENT_TYPE).cloned();
+        let frames =
+            futures::StreamExt::filter_map(BodyStream::new(response.into_body()), |f| async move {
+                f.ok().and_then(|f| f.into_data().ok()).map(|d| Ok::<_, Infallible>(Frame::data(d)))
+            });
+        let mut ours = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+        if let Some(ct) = content_type {
+            ours.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+        }
+        Ok(ours)
+    }
+}
+
+/// Which container of `pod` a streaming request means: the one named, or the default (the
+/// `kubectl.kubernetes.io/default-container` annotation, or the only container).
+pub fn container_for(pod: &Value, requested: Option<&str>, name: &str) -> ApiResult<String> {
+    let names = |key: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{key}"))
+            .and_then(Value::as_array)
+            .map(|cs| cs.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let containers = names("containers");
+    let init = names("initContainers");
+    let ephemeral = names("ephemeralContainers");
+    if let Some(c) = requested.filter(|c| !c.is_empty()) {
+        if containers.iter().chain(&init).chain(&ephemeral).any(|n| n == c) {
+            return Ok(c.to_owned());
+        }
+        return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}")));
+    }
+    if let Some(default) = pod
+        .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+        .and_then(Value::as_str)
+        .filter(|d| containers.iter().any(|c| c == d))
+    {
+        return Ok(default.to_owned());
+    }
+    match containers.as_slice() {
+        [only] => Ok(only.clone()),
+        _ => {
+            let mut message = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            );
+            if !init.is_empty() {
+                message.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
+            }
+            Err(ApiError::bad_request(message))
+        }
+    }
+}
+
+/// The agent endpoint of a Node: its InternalIP and kubelet port.
+pub fn node_endpoint(node: &Value) -> Option<SocketAddr> {
+    let addresses = node.pointer("/status/addresses").and_then(Value::as_array)?;
+    let ip: IpAddr = addresses
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .or_else(|| addresses.first())
+        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a.parse().ok())?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(10250);
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_default_as_upstream() {
+        let one = json!({"spec": {"containers": [{"name": "web"}]}});
+        assert_eq!(container_for(&one, None, "p").unwrap(), "web");
+        let two = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}});
+        let err = container_for(&two, None, "p").unwrap_err();
+        assert!(err.message.contains("choose one of: [a b] or one of the init containers: [i]"));
+        assert_eq!(container_for(&two, Some("i"), "p").unwrap(), "i");
+        assert!(container_for(&two, Some("zz"), "p").is_err());
+        let annotated = json!({"metadata": {"annotations": {"kubectl.kubernetes.io/default-container": "b"}},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
+        assert_eq!(container_for(&annotated, None, "p").unwrap(), "b");
+        let node = json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 12345}}}});
+        assert_eq!(node_endpoint(&node), Some("10.0.0.5:12345".parse().unwrap()));
+    }
+}
