@@ -16,6 +16,8 @@ pub struct ResetReport {
     pub processes: usize,
     /// Mounts unmounted.
     pub mounts: usize,
+    /// What could not be cleaned through the runtime (cleaned by hand afterwards).
+    pub errors: Vec<String>,
 }
 
 /// File in the agent's folder recording its cgroup root, for reset.
@@ -26,6 +28,7 @@ pub fn cgroup_root_file(config: &AgentConfig) -> PathBuf {
 /// Resets the agent whose folder is `config.data_dir`.
 pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
     let mut report = ResetReport::default();
+    let mut netns_files: Vec<PathBuf> = Vec::new();
     let paths = config.containerd_paths();
     if paths.dir.join("config.toml").exists() {
         // containerd must run for CRI to tear pods down properly; start one if needed.
@@ -38,9 +41,12 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
         };
         let client = cri::Cri::new(paths.socket.clone())?;
         if client.wait_ready(Duration::from_secs(20)).await.is_ok() {
-            report.sandboxes = remove_all_sandboxes(&client).await?;
+            match remove_all_sandboxes(&client, &mut report).await {
+                Ok(netns) => netns_files = netns,
+                Err(e) => report.errors.push(e.to_string()),
+            }
         } else {
-            tracing::warn!("containerd did not answer; pods are killed without CRI");
+            report.errors.push("containerd did not answer; pods are killed without CRI".into());
         }
         stop_tx.send_replace(true);
         if let Some(t) = temporary {
@@ -51,6 +57,13 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
             report.processes += 1;
         }
         report.processes += kill_shims(&paths.socket);
+    }
+    // Whatever still runs in the agent's cgroups (a container whose shim is gone) is killed.
+    let cgroup_root = std::fs::read_to_string(cgroup_root_file(config)).unwrap_or_default();
+    report.processes += kill_cgroup_processes(cgroup_root.trim());
+    for netns in &netns_files {
+        let _ = rustix::mount::unmount(netns, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_file(netns);
     }
     let mut mounts = crate::pods::volumes::mounts_under(&config.data_dir);
     mounts.extend(crate::pods::volumes::mounts_under(&config.run_dir()));
@@ -69,7 +82,12 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
     Ok(report)
 }
 
-async fn remove_all_sandboxes(client: &cri::Cri) -> Result<usize, AgentError> {
+/// Stops and removes every sandbox, collecting failures in the report; returns the network
+/// namespace files of the sandboxes (to remove by hand if the runtime could not).
+async fn remove_all_sandboxes(
+    client: &cri::Cri,
+    report: &mut ResetReport,
+) -> Result<Vec<PathBuf>, AgentError> {
     let mut runtime = client.runtime.clone();
     let containers = runtime
         .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
@@ -85,10 +103,59 @@ async fn remove_all_sandboxes(client: &cri::Cri) -> Result<usize, AgentError> {
         .await?
         .into_inner()
         .items;
+    let mut netns = Vec::new();
     for s in &sandboxes {
-        crate::pods::runtime::stop_sandbox(client, &s.id, true).await?;
+        let status = runtime
+            .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+                pod_sandbox_id: s.id.clone(),
+                verbose: true,
+            })
+            .await;
+        if let Ok(status) = status
+            && let Some(info) = status.into_inner().info.get("info")
+            && let Ok(info) = serde_json::from_str::<serde_json::Value>(info)
+            && let Some(namespaces) =
+                info.pointer("/runtimeSpec/linux/namespaces").and_then(|n| n.as_array())
+        {
+            netns.extend(
+                namespaces
+                    .iter()
+                    .filter(|n| n["type"] == "network")
+                    .filter_map(|n| n["path"].as_str())
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from),
+            );
+        }
+        match crate::pods::runtime::stop_sandbox(client, &s.id, true).await {
+            Ok(()) => report.sandboxes += 1,
+            Err(e) => report.errors.push(format!("sandbox {}: {e}", s.id)),
+        }
     }
-    Ok(sandboxes.len())
+    Ok(netns)
+}
+
+/// Kills every process in the cgroups under `root` (all hierarchies); returns how many.
+fn kill_cgroup_processes(root: &str) -> usize {
+    let root = root.trim_start_matches('/');
+    if root.is_empty() {
+        return 0;
+    }
+    let mut pids = std::collections::BTreeSet::new();
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let mut dirs = Vec::new();
+            collect_dirs(&h.path().join(root), &mut dirs);
+            for d in dirs {
+                if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                }
+            }
+        }
+    }
+    for pid in &pids {
+        kill(*pid);
+    }
+    pids.len()
 }
 
 fn kill(pid: i32) {

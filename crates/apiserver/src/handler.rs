@@ -48,6 +48,8 @@ pub struct ApiServer {
     /// Connections to node agents for logs, exec, attach and port-forward (none: those
     /// requests answer 503).
     pub node_proxy: Option<crate::proxy::NodeProxy>,
+    /// Lets agents holding the join token fetch the CA and their credentials.
+    pub node_join: Option<crate::join::NodeJoin>,
 }
 
 /// Pod subresources served by the node agent through the proxy.
@@ -292,6 +294,14 @@ impl ApiServer {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        if let Some(join) = &self.node_join
+            && (path == crate::join::CACERTS_PATH || path == crate::join::CREDENTIALS_PATH)
+        {
+            return match Self::serve_join(join, request).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            };
+        }
         let query = Query::parse(request.uri().query());
         let (response, verb, resource) = match route(&self.registry, &path) {
             Err(e) => {
@@ -473,6 +483,27 @@ impl ApiServer {
             .map(|t| format!("{}/{}/{}", t.group, t.version, t.plural))
             .collect();
         format!("{:016X}", fnv1a(names.join(",").as_bytes()))
+    }
+
+    /// The join endpoints (no client certificate needed: the token is the credential).
+    async fn serve_join(
+        join: &crate::join::NodeJoin,
+        request: Request<Incoming>,
+    ) -> ApiResult<Response<Body>> {
+        if request.uri().path() == crate::join::CACERTS_PATH {
+            return Ok(text_response(join.pki.ca_cert_pem.clone()));
+        }
+        if request.method() != Method::POST {
+            return Err(ApiError::method_not_allowed("node credentials are requested with POST"));
+        }
+        let auth = header_text(&request, header::AUTHORIZATION);
+        let token = auth.strip_prefix("Bearer ").unwrap_or("").trim().to_owned();
+        if token.is_empty() || !join.accepts(&token) {
+            return Err(ApiError::unauthorized());
+        }
+        let content_type = header_text(&request, header::CONTENT_TYPE);
+        let body = read_body(request, &content_type).await?;
+        Ok(json_response(StatusCode::OK, &join.credentials(&body)?))
     }
 
     /// Logs, exec, attach and port-forward: checked here, served by the pod's node agent.
@@ -963,7 +994,7 @@ fn list_response(rt: &ResourceType, meta: &Value, items: &[Bytes]) -> Response<B
     response
 }
 
-fn text_response(text: &'static str) -> Response<Body> {
+fn text_response(text: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(text));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod crd;
 pub mod discovery;
 pub mod handler;
+pub mod join;
 pub mod managed;
 pub mod metrics;
 pub mod patch;

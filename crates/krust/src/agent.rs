@@ -53,7 +53,7 @@ impl AgentArgs {
         let node_ip = self
             .node_ip
             .or(default_ip)
-            .or_else(|| crate::server::host_addresses().first().copied())
+            .or_else(crate::server::default_address)
             .context("no node address: pass --node-ip")?;
         let mut config = agent::AgentConfig::new(data_dir.join("agent"), node_name, node_ip);
         for label in &self.node_labels {
@@ -115,6 +115,9 @@ pub(crate) async fn reset(args: ResetArgs) -> anyhow::Result<()> {
         IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
     );
     let report = agent::reset::reset(&config).await?;
+    for e in &report.errors {
+        eprintln!("warning: {e}");
+    }
     println!(
         "reset {}: {} pod sandboxes removed, {} processes stopped, {} mounts released",
         args.data_dir.display(),
@@ -168,4 +171,56 @@ pub(crate) async fn image(args: ImageArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Flags of `krust agent`.
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// The server to join, `https://HOST:PORT`.
+    #[arg(long, env = "KRUST_URL")]
+    server: String,
+    /// The cluster's join token (`<server data dir>/server/node-token`).
+    #[arg(long, env = "KRUST_TOKEN")]
+    token: String,
+    /// Folder holding this agent's state.
+    #[arg(long, default_value = "/var/lib/krust", env = "KRUST_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// `krust agent`: joins the server and runs the node until SIGINT or SIGTERM (pods keep
+/// running after it stops).
+pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
+    let config = args.agent.config(&args.data_dir, None)?;
+    let addresses = vec![config.node_ip.to_string()];
+    let credentials =
+        crate::join::join(&args.server, &args.token, &config.node_name, &addresses).await?;
+    let files = agent::tls_files(&config);
+    apiserver::pki::write_private(&files.ca, credentials.ca.as_bytes())?;
+    apiserver::pki::write_private(&files.cert, credentials.serving_cert.as_bytes())?;
+    apiserver::pki::write_private(&files.key, credentials.serving_key.as_bytes())?;
+    let kubeconfig = apiserver::pki::kubeconfig(
+        &credentials.ca,
+        &args.server,
+        "node",
+        &credentials.client_cert,
+        &credentials.client_key,
+    );
+    apiserver::pki::write_private(
+        &config.data_dir.join("kubelet.kubeconfig"),
+        kubeconfig.as_bytes(),
+    )?;
+    let client = client_from_kubeconfig(&kubeconfig).await?;
+    tracing::info!(server = %args.server, node = %config.node_name, "joined the cluster");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = spawn(config, client, stop_rx);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod bench_api;
+mod join;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API server on HTTPS with its store.
     Server(Box<server::ServerArgs>),
+    /// Join a server as a node: `krust agent --server https://HOST:6443 --token TOKEN`.
+    Agent(Box<agent::JoinArgs>),
     /// Stop everything an agent started on this host: pods, containerd, mounts, network.
     Reset(agent::ResetArgs),
     /// Manage the images of this host's agent.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
+            Command::Agent(args) => agent::run_joined(*args).await,
             Command::Reset(args) => agent::reset(args).await,
             Command::Image(args) => agent::image(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -47,6 +47,10 @@ pub(crate) struct ServerArgs {
     /// Shared secret nodes join with; generated and kept in the data dir when absent.
     #[arg(long, env = "KRUST_TOKEN")]
     token: Option<String>,
+    /// Extra names or addresses for the serving certificate (repeatable), e.g. the address
+    /// agents in other network namespaces reach this server on.
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
     /// Interval of the store's compaction (history older than one interval is discarded).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
@@ -85,6 +89,47 @@ pub(crate) fn host_addresses() -> Vec<IpAddr> {
         }
     }
     out
+}
+
+/// The host's address on the interface of its default route (what other hosts reach it on),
+/// else its first address outside krust's own pod bridges.
+pub(crate) fn default_address() -> Option<IpAddr> {
+    let addresses = host_addresses();
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let parse =
+        |hex: &str| u32::from_str_radix(hex, 16).ok().map(|v| Ipv4Addr::from(v.swap_bytes()));
+    // (interface, destination, mask) of every IPv4 route.
+    let table: Vec<(String, Ipv4Addr, Ipv4Addr)> = routes
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.first()?.to_string(), parse(f.get(1)?)?, parse(f.get(7)?)?))
+        })
+        .collect();
+    let inside = |ip: &Ipv4Addr, net: &Ipv4Addr, mask: &Ipv4Addr| {
+        u32::from(*ip) & u32::from(*mask) == u32::from(*net) && u32::from(*mask) != 0
+    };
+    let v4 = |a: &IpAddr| match a {
+        IpAddr::V4(v) => Some(*v),
+        IpAddr::V6(_) => None,
+    };
+    if let Some((iface, _, _)) = table.iter().find(|(_, dest, _)| dest.is_unspecified()) {
+        let on_default = addresses
+            .iter()
+            .filter_map(v4)
+            .find(|ip| table.iter().any(|(i, net, mask)| i == iface && inside(ip, net, mask)));
+        if let Some(ip) = on_default {
+            return Some(IpAddr::V4(ip));
+        }
+    }
+    addresses.iter().copied().find(|a| {
+        v4(a).is_none_or(|ip| {
+            !table.iter().any(|(i, net, mask)| {
+                (i.starts_with("kr") || i.starts_with("cni")) && inside(&ip, net, mask)
+            })
+        })
+    })
 }
 
 fn load_or_create_token(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
@@ -130,11 +175,16 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
-    let _token = load_or_create_token(&server_dir, args.token.as_deref())?;
+    let secret = load_or_create_token(&server_dir, args.token.as_deref())?;
     let addresses = host_addresses();
     let mut sans = pki::default_sans(&addresses, Some(IpAddr::V4(first_service_ip)));
     if !args.bind_address.is_unspecified() && !sans.contains(&args.bind_address.to_string()) {
         sans.push(args.bind_address.to_string());
+    }
+    for san in &args.tls_san {
+        if !sans.contains(san) {
+            sans.push(san.clone());
+        }
     }
     let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)?;
     let store = open_store(&args).await?;
@@ -149,7 +199,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let endpoint_ip = if !args.bind_address.is_unspecified() && !args.bind_address.is_loopback() {
         args.bind_address
     } else {
-        addresses.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        default_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     };
     let registry = Arc::new(Registry::new());
     let rest = Arc::new(Rest {
@@ -167,7 +217,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         compactor: compactor_stats,
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
         node_proxy: Some(node_proxy(&pki)?),
+        node_join: Some(apiserver::join::NodeJoin { pki: pki.clone(), secret }),
     });
+    let node_token = server_dir.join("node-token");
+    if let Some(join) = &api.node_join {
+        pki::write_private(&node_token, join.token().as_bytes())?;
+    }
     apiserver::server::bootstrap(
         &api,
         &endpoint_ip.to_string(),
@@ -198,6 +253,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     println!("krust is running: API server on https://{host}:{}", local.port());
     println!("kubeconfig written to {}", args.write_kubeconfig.display());
     println!("try: KUBECONFIG={} kubectl get namespaces", args.write_kubeconfig.display());
+    println!(
+        "nodes join with: krust agent --server https://{endpoint_ip}:{} --token $(cat {})",
+        local.port(),
+        node_token.display()
+    );
 
     let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -912,3 +912,177 @@ fn kubeconfig_pem(path: &std::path::Path, field: &str) -> Vec<u8> {
     child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
     child.wait_with_output().unwrap().stdout
 }
+
+/// A network namespace joined to the host by a veth pair: the host side is `.1`, the
+/// namespace side `.2` of a /30. The namespace is held by a process of its own rather than
+/// `ip netns add`, which would bind-mount /run/netns over itself and hide the namespaces
+/// containerd already mounted there (so it could never remove them). Gone on drop.
+struct NetNs {
+    holder: std::process::Child,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl NetNs {
+    fn create(index: u16) -> NetNs {
+        let holder = std::process::Command::new("unshare")
+            .args(["--net", "--", "sleep", "100000"])
+            .spawn()
+            .unwrap();
+        let (a, b) = (index / 64 % 256, (index % 64) * 4);
+        let host_ip = format!("10.254.{a}.{}", b + 1);
+        let ns_ip = format!("10.254.{a}.{}", b + 2);
+        let host_if = format!("krt{index}h");
+        let ns_if = format!("krt{index}n");
+        let mut ns = NetNs {
+            holder,
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        let pid = ns.holder.id().to_string();
+        // unshare(1) enters the namespace before exec'ing sleep; wait until it has.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+            == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            assert!(Instant::now() < deadline, "unshare did not enter a new network namespace");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let inside = |args: &[&str]| {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .arg("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?} in the namespace: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip").args(["link", "delete", &host_if]).output();
+        run(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        run(&["link", "set", &ns_if, "netns", &pid]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        inside(&["addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
+        inside(&["link", "set", &ns_if, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", "default", "via", &host_ip]);
+        ns.host_if = host_if;
+        ns
+    }
+
+    /// `--net=` argument for nsenter.
+    fn nsenter_arg(&self) -> String {
+        format!("--net=/proc/{}/ns/net", self.holder.id())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_if]).output();
+    }
+}
+
+/// A `krust agent` joined from inside a network namespace; killed and reset on drop.
+struct JoinedAgent {
+    child: std::process::Child,
+    nsenter: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for JoinedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("nsenter")
+            .arg(&self.nsenter)
+            .args([env!("CARGO_BIN_EXE_krust"), "reset", "--data-dir"])
+            .arg(&self.data)
+            .output();
+    }
+}
+
+#[test]
+fn agents_join_from_their_own_network_namespaces() {
+    let port = common::free_port();
+    let ns = NetNs::create(port % 4096);
+    let server = KrustServer::start_with_agent(&[
+        "--bind-address=0.0.0.0",
+        &format!("--tls-san={}", ns.host_ip),
+    ]);
+    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
+    let data = server.dir.path().join("agent2");
+    std::fs::create_dir_all(data.join("agent/images")).unwrap();
+    common::busybox_archive(BUSYBOX, &data.join("agent/images/busybox.tar"));
+    let node = format!("far-{port}");
+    // nsenter enters the network namespace only; `ip netns exec` would also remount /sys
+    // without its cgroup mounts, which runc needs.
+    let child = std::process::Command::new("nsenter")
+        .arg(ns.nsenter_arg())
+        .args([env!("CARGO_BIN_EXE_krust"), "agent"])
+        .arg(format!("--server=https://{}:{}", ns.host_ip, server.port))
+        .arg(format!("--token={}", token.trim()))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(format!("--node-name={node}"))
+        .arg(format!("--node-ip={}", ns.ns_ip))
+        .arg("--node-label=zone=far")
+        .arg("--node-taint=dedicated=far:NoSchedule")
+        .env("KRUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = JoinedAgent { child, nsenter: ns.nsenter_arg(), data };
+    server.wait_node_ready(&node);
+    assert_eq!(
+        server.ok(&["get", "node", &node, "-o", "jsonpath={.status.addresses[0].address}"]),
+        ns.ns_ip
+    );
+    assert_eq!(server.ok(&["get", "node", &node, "-o", "jsonpath={.metadata.labels.zone}"]), "far");
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.spec.taints[0].key}={.spec.taints[0].effect}"
+        ]),
+        "dedicated=NoSchedule"
+    );
+    let cidrs = server.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]);
+    let cidrs: Vec<&str> = cidrs.split_whitespace().collect();
+    assert_eq!(cidrs.len(), 2);
+    assert_ne!(cidrs[0], cidrs[1], "each node gets its own pod network");
+    let lease = server.ok(&[
+        "get",
+        "lease",
+        &node,
+        "-n",
+        "kube-node-lease",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(lease, node);
+
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: far\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'trap \"exit 0\" TERM; echo from-far; while true; do sleep 1; done']\n"
+    );
+    apply(&server, &manifest);
+    server.wait_phase("default", "far", "Running", Duration::from_secs(60));
+    assert_eq!(server.pod_field("default", "far", "{.status.hostIP}"), ns.ns_ip);
+    // Logs and exec go through the API server to the agent inside the namespace.
+    server.wait_for(&["logs", "far"], Duration::from_secs(20), |s| s == "from-far");
+    assert_eq!(server.ok(&["exec", "far", "--", "hostname"]).trim(), "far");
+    server.ok(&["delete", "pod", "far", "--wait=true"]);
+}

@@ -198,7 +198,10 @@ impl KrustServer {
             .arg("server")
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .arg("--bind-address=127.0.0.1")
+            .args(
+                (!self.extra.iter().any(|a| a.starts_with("--bind-address")))
+                    .then_some("--bind-address=127.0.0.1"),
+            )
             .arg(format!("--https-listen-port={}", self.port))
             .arg("--write-kubeconfig")
             .arg(&self.kubeconfig)

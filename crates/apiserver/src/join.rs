@@ -1,0 +1,114 @@
+//! Node join, as k3s does it: an agent holding the cluster's join token fetches the CA
+//! (`GET /cacerts`, checked against the CA hash inside the token), then trades the token for
+//! its credentials (`POST /v1-krust/node-credentials`): a client certificate for
+//! `system:node:<name>` in `system:nodes`, and a serving certificate for its own endpoint.
+
+use serde_json::{Value, json};
+
+use crate::pki::Pki;
+use crate::status::{ApiError, ApiResult};
+
+/// The path of the CA bundle.
+pub const CACERTS_PATH: &str = "/cacerts";
+/// The path that issues node credentials.
+pub const CREDENTIALS_PATH: &str = "/v1-krust/node-credentials";
+
+/// What the server needs to let nodes join.
+#[derive(Debug, Clone)]
+pub struct NodeJoin {
+    /// The PKI that signs node certificates.
+    pub pki: Pki,
+    /// The shared secret of the join token.
+    pub secret: String,
+}
+
+/// The hex sha256 of a PEM bundle, as the token's CA hash.
+pub fn ca_hash(ca_pem: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Splits a join token into (CA hash, secret). The full form is `K10<hash>::server:<secret>`
+/// (k3s's); a bare secret has no hash.
+pub fn parse_token(token: &str) -> (Option<String>, String) {
+    if let Some(rest) = token.strip_prefix("K10")
+        && let Some((hash, credentials)) = rest.split_once("::")
+    {
+        let secret = credentials.split_once(':').map_or(credentials, |(_, s)| s);
+        return (Some(hash.to_owned()), secret.to_owned());
+    }
+    (None, token.to_owned())
+}
+
+fn same(a: &str, b: &str) -> bool {
+    // Compare in constant time so the secret does not leak through timing.
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl NodeJoin {
+    /// The full join token to give to agents.
+    pub fn token(&self) -> String {
+        format!("K10{}::server:{}", ca_hash(&self.pki.ca_cert_pem), self.secret)
+    }
+
+    /// Whether `presented` (a full token or the bare secret) is this cluster's.
+    pub fn accepts(&self, presented: &str) -> bool {
+        let (hash, secret) = parse_token(presented);
+        hash.is_none_or(|h| same(&h, &ca_hash(&self.pki.ca_cert_pem)))
+            && same(&secret, &self.secret)
+    }
+
+    /// Issues a node's credentials for the request `body` (`{"nodeName", "addresses"}`).
+    pub fn credentials(&self, body: &Value) -> ApiResult<Value> {
+        let name = body["nodeName"].as_str().unwrap_or("").trim();
+        let valid_name = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !valid_name {
+            return Err(ApiError::bad_request(format!("invalid node name {name:?}")));
+        }
+        let mut sans: Vec<String> = vec![name.to_owned(), "localhost".into(), "127.0.0.1".into()];
+        for a in body["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if a.parse::<std::net::IpAddr>().is_ok() && !sans.iter().any(|s| s == a) {
+                sans.push(a.to_owned());
+            }
+        }
+        let internal = |e: crate::pki::PkiError| ApiError::internal(e.to_string());
+        let (client_cert, client_key) = self
+            .pki
+            .issue_client(&format!("system:node:{name}"), &["system:nodes"])
+            .map_err(internal)?;
+        let (serving_cert, serving_key) = self.pki.issue_serving(name, &sans).map_err(internal)?;
+        Ok(json!({
+            "ca": self.pki.ca_cert_pem,
+            "clientCert": client_cert,
+            "clientKey": client_key,
+            "servingCert": serving_cert,
+            "servingKey": serving_key,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_and_check() {
+        assert_eq!(parse_token("K10abc::server:s3cret"), (Some("abc".into()), "s3cret".into()));
+        assert_eq!(parse_token("plain"), (None, "plain".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &["127.0.0.1".into()]).unwrap();
+        let join = NodeJoin { pki, secret: "s3cret".into() };
+        assert!(join.accepts(&join.token()));
+        assert!(join.accepts("s3cret"));
+        assert!(!join.accepts("K10deadbeef::server:s3cret"));
+        assert!(!join.accepts("wrong"));
+        let creds =
+            join.credentials(&json!({"nodeName": "n2", "addresses": ["10.0.0.7"]})).unwrap();
+        assert!(creds["clientCert"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(join.credentials(&json!({"nodeName": "Bad Name"})).is_err());
+    }
+}
