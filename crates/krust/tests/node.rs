@@ -1086,3 +1086,174 @@ fn agents_join_from_their_own_network_namespaces() {
     assert_eq!(server.ok(&["exec", "far", "--", "hostname"]).trim(), "far");
     server.ok(&["delete", "pod", "far", "--wait=true"]);
 }
+
+/// A real registry (Debian's docker-registry, distribution 2.8) on loopback with htpasswd
+/// authentication. Stopped on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(dir: &std::path::Path, user: &str, password: &str) -> Registry {
+        let port = common::free_port();
+        let out =
+            std::process::Command::new("htpasswd").args(["-Bbn", user, password]).output().unwrap();
+        assert!(out.status.success());
+        std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
+        let config = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: krust\n    path: {htpasswd}\n",
+            root = dir.join("registry").display(),
+            htpasswd = dir.join("htpasswd").display(),
+        );
+        std::fs::write(dir.join("registry.yml"), config).unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("registry.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry { child, port }
+    }
+
+    /// Pushes an OCI archive as `repo:tag` with skopeo.
+    fn push(&self, archive: &std::path::Path, reference: &str, creds: &str) {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", creds])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://127.0.0.1:{}/{reference}", self.port))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn images_are_pulled_from_a_private_registry_with_pull_secrets() {
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = Registry::start(scratch.path(), "puller", "s3cret");
+    let archive = scratch.path().join("image.tar");
+    common::busybox_archive("krust.local/pushed:v1", &archive);
+    registry.push(&archive, "team/busybox:v1", "puller:s3cret");
+    let host = format!("127.0.0.1:{}", registry.port);
+    // The registry speaks plain HTTP: say so in the registries file, as k3s users do.
+    let registries = scratch.path().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!("mirrors:\n  \"{host}\":\n    endpoint:\n      - \"http://{host}\"\n"),
+    )
+    .unwrap();
+    let server =
+        KrustServer::start_with_agent(&[&format!("--private-registry={}", registries.display())]);
+    let image = format!("{host}/team/busybox:v1");
+    let run = "[sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']";
+
+    // Without credentials the registry answers 401: ErrImagePull.
+    apply(
+        &server,
+        &pod(
+            &server,
+            "anonymous",
+            &format!("  containers: [{{name: c, image: '{image}', command: {run}}}]\n"),
+        ),
+    );
+    server.wait_for(
+        &[
+            "get",
+            "pod",
+            "anonymous",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+        Duration::from_secs(60),
+        |s| s == "ErrImagePull" || s == "ImagePullBackOff",
+    );
+
+    // With a docker-registry Secret it pulls and runs.
+    server.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={host}"),
+        "--docker-username=puller",
+        "--docker-password=s3cret",
+    ]);
+    apply(
+        &server,
+        &pod(
+            &server,
+            "pulled",
+            &format!(
+                "  imagePullSecrets: [{{name: regcred}}]\n  containers: [{{name: c, image: '{image}', command: {run}}}]\n"
+            ),
+        ),
+    );
+    server.wait_phase("default", "pulled", "Running", Duration::from_secs(60));
+    let image_id = server.pod_field("default", "pulled", "{.status.containerStatuses[0].imageID}");
+    assert!(image_id.starts_with("sha256:") || image_id.contains("@sha256:"), "{image_id}");
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=pulled",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(events.contains(&format!("Pulling: Pulling image \"{image}\"")), "{events}");
+    assert!(events.contains("Successfully pulled image"), "{events}");
+
+    // IfNotPresent (the default for a tagged image) does not pull again; Always does.
+    apply(
+        &server,
+        &pod(
+            &server,
+            "cached",
+            &format!("  containers: [{{name: c, image: '{image}', command: {run}}}]\n"),
+        ),
+    );
+    server.wait_phase("default", "cached", "Running", Duration::from_secs(60));
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=cached",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(events.contains("already present on machine"), "{events}");
+    assert!(!events.contains("Pulling"), "{events}");
+    apply(
+        &server,
+        &pod(
+            &server,
+            "always",
+            &format!(
+                "  imagePullSecrets: [{{name: regcred}}]\n  containers: [{{name: c, image: '{image}', imagePullPolicy: Always, command: {run}}}]\n"
+            ),
+        ),
+    );
+    server.wait_phase("default", "always", "Running", Duration::from_secs(60));
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=always",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(events.contains("Pulling"), "{events}");
+}

@@ -60,7 +60,9 @@ pub async fn credentials(client: &kube::Client, pod: &Pod, image: &str) -> Vec<c
             };
         for (server, entry) in auths {
             if server_matches(&server, &host) {
-                out.push(auth_config(&server, &entry));
+                // containerd compares the URL host of server_address with the registry's
+                // host, so it is given as a URL of the image's registry.
+                out.push(auth_config(&format!("https://{host}"), &entry));
             }
         }
     }
