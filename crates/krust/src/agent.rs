@@ -137,6 +137,19 @@ pub(crate) struct ImageArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum ImageCommand {
+    /// Writes an OCI image archive built from the host's busybox-static (`/bin/busybox` and a
+    /// link for each applet): an image to run pods from without any registry.
+    Busybox {
+        /// Image reference to name it.
+        #[arg(long, default_value = "krust.local/busybox:1")]
+        name: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The static busybox to pack.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
     /// Imports image archives (docker-archive or OCI archive) into the agent's containerd.
     Import {
         /// The data dir of the server or agent whose containerd gets the images.
@@ -151,6 +164,16 @@ enum ImageCommand {
 /// `krust image …`.
 pub(crate) async fn image(args: ImageArgs) -> anyhow::Result<()> {
     match args.command {
+        ImageCommand::Busybox { name, out, busybox } => {
+            let archive = agent::image::busybox_image(&name, &busybox)
+                .with_context(|| format!("packing {}", busybox.display()))?;
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&out, archive).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {name} to {}", out.display());
+            Ok(())
+        }
         ImageCommand::Import { data_dir, files } => {
             let config = agent::AgentConfig::new(
                 data_dir.join("agent"),

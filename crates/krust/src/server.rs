@@ -322,19 +322,6 @@ pub(crate) struct DebugArgs {
 
 #[derive(Debug, Subcommand)]
 enum DebugCommand {
-    /// Writes an OCI image archive built from the host's busybox-static: `/bin/busybox` and a
-    /// link for each applet. Tests run pods from it.
-    BusyboxImage {
-        /// Image reference to name it.
-        #[arg(long, default_value = "krust.local/busybox:1")]
-        name: String,
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-        /// The static busybox to pack.
-        #[arg(long, default_value = "/bin/busybox")]
-        busybox: PathBuf,
-    },
     /// Writes keys to an embedded store as fast as it can, printing `ack <key>` after each
     /// acknowledged write, until killed. The crash test kills it with SIGKILL.
     StoreWriter {
@@ -355,12 +342,6 @@ enum DebugCommand {
 
 pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
     match args.command {
-        DebugCommand::BusyboxImage { name, out, busybox } => {
-            let archive = agent::image::busybox_image(&name, &busybox)
-                .with_context(|| format!("packing {}", busybox.display()))?;
-            std::fs::write(&out, archive).with_context(|| format!("writing {}", out.display()))?;
-            Ok(())
-        }
         DebugCommand::StoreWriter { dir, writers, prefix, checkpoint_min_kib } => {
             use std::io::Write;
             let mut config = storage::embedded::Config::with_dir(dir);

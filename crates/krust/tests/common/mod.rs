@@ -35,7 +35,7 @@ pub fn tool(name: &str) -> PathBuf {
 /// Writes an OCI archive of the host's busybox-static named `name` to `out`.
 pub fn busybox_archive(name: &str, out: &Path) {
     let result = Command::new(env!("CARGO_BIN_EXE_krust"))
-        .args(["debug", "busybox-image", "--name", name, "--out"])
+        .args(["image", "busybox", "--name", name, "--out"])
         .arg(out)
         .output()
         .unwrap();
