@@ -21,6 +21,9 @@ pub(crate) struct BenchArgs {
 enum BenchCommand {
     /// API server: starts `krust server` and drives it with concurrent kube-rs clients.
     Api(crate::bench_api::ApiBenchArgs),
+    /// Pod start-up through the node agent beside `ctr run` on the same containerd, and the
+    /// agent's memory and CPU (needs root, containerd, runc and the CNI plugins).
+    Pods(crate::bench_pods::PodBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -38,6 +41,7 @@ enum BenchCommand {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
+        BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod bench_api;
+mod bench_pods;
 mod join;
 mod server;
 
