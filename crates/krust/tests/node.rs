@@ -1257,3 +1257,57 @@ fn images_are_pulled_from_a_private_registry_with_pull_secrets() {
     ]);
     assert!(events.contains("Pulling"), "{events}");
 }
+
+#[test]
+fn a_node_runs_110_pods_with_the_same_names_in_two_namespaces() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().unwrap();
+    assert_eq!(
+        server.ok(&["get", "node", &node, "-o", "jsonpath={.status.allocatable.pods}"]),
+        "110"
+    );
+    server.ok(&["create", "namespace", "left"]);
+    server.ok(&["create", "namespace", "right"]);
+    let mut manifest = String::new();
+    for i in 0..55 {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: {{many: \"yes\"}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 3600 & wait; done']}}]\n"
+        ));
+    }
+    server.ok_stdin(&["apply", "-n", "left", "-f", "-"], &manifest);
+    server.ok_stdin(&["apply", "-n", "right", "-f", "-"], &manifest);
+    server.wait_for(
+        &["get", "pods", "-A", "-l", "many=yes", "-o", "jsonpath={.items[*].status.phase}"],
+        Duration::from_secs(240),
+        |s| s.split_whitespace().filter(|p| *p == "Running").count() == 110,
+    );
+    // Every pod has its own sandbox and address.
+    let ips = server.ok(&[
+        "get",
+        "pods",
+        "-A",
+        "-l",
+        "many=yes",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let mut ips: Vec<&str> = ips.split_whitespace().collect();
+    ips.sort_unstable();
+    ips.dedup();
+    assert_eq!(ips.len(), 110);
+    let uids = server.ok(&[
+        "get",
+        "pods",
+        "-A",
+        "-l",
+        "many=yes",
+        "-o",
+        "jsonpath={.items[*].metadata.uid}",
+    ]);
+    assert_eq!(uids.split_whitespace().count(), 110);
+    // Deleting one namespace's pods leaves the other's twins running.
+    server.ok(&["delete", "pods", "--all", "-n", "left", "--wait=true"]);
+    let right =
+        server.ok(&["get", "pods", "-n", "right", "-o", "jsonpath={.items[*].status.phase}"]);
+    assert_eq!(right.split_whitespace().filter(|p| *p == "Running").count(), 55);
+}
