@@ -88,6 +88,10 @@ pub struct AgentConfig {
     pub cgroup_root: String,
     /// Port of the agent's HTTPS endpoint (reported in the Node's daemonEndpoints).
     pub serve_port: u16,
+    /// Most pods on the node (capacity `pods`), upstream's `--max-pods`.
+    pub max_pods: u32,
+    /// Most processes per pod, upstream's `--pod-max-pids` (none = unlimited).
+    pub pod_pids_limit: Option<i64>,
 }
 
 /// Where the agent keeps the TLS material of its endpoint: the cluster CA (to verify the API
@@ -115,6 +119,8 @@ impl AgentConfig {
             container_runtime_endpoint: None,
             private_registry: None,
             serve_port: 10250,
+            max_pods: node::MAX_PODS,
+            pod_pids_limit: None,
         }
     }
 

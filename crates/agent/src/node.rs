@@ -142,7 +142,7 @@ pub fn node_status(
     let mut capacity = BTreeMap::new();
     capacity.insert("cpu".to_owned(), Quantity(cpus.to_string()));
     capacity.insert("memory".to_owned(), Quantity(format!("{}Ki", memory / 1024)));
-    capacity.insert("pods".to_owned(), Quantity(MAX_PODS.to_string()));
+    capacity.insert("pods".to_owned(), Quantity(config.max_pods.to_string()));
     capacity.insert("ephemeral-storage".to_owned(), Quantity(format!("{}Ki", disk_total / 1024)));
     capacity.insert("hugepages-2Mi".to_owned(), Quantity("0".to_owned()));
     // Allocatable keeps back upstream's default eviction threshold for memory (100Mi); the

@@ -32,6 +32,9 @@ pub(crate) struct AgentArgs {
     /// Port of the agent's HTTPS endpoint (logs, exec, port-forward, stats).
     #[arg(long, default_value_t = 10250)]
     pub(crate) kubelet_port: u16,
+    /// A kubelet tunable, `key=value` (repeatable): `max-pods`, `pod-max-pids`.
+    #[arg(long = "kubelet-arg", value_name = "KEY=VALUE")]
+    pub(crate) kubelet_args: Vec<String>,
 }
 
 fn host_name() -> String {
@@ -70,6 +73,22 @@ impl AgentArgs {
         }
         config.private_registry = self.private_registry.clone();
         config.serve_port = self.kubelet_port;
+        for arg in &self.kubelet_args {
+            let (key, value) = arg
+                .trim_start_matches("--")
+                .split_once('=')
+                .with_context(|| format!("--kubelet-arg {arg:?} is not key=value"))?;
+            match key {
+                "max-pods" => config.max_pods = value.parse().context("--kubelet-arg max-pods")?,
+                "pod-max-pids" => {
+                    let n: i64 = value.parse().context("--kubelet-arg pod-max-pids")?;
+                    config.pod_pids_limit = (n > 0).then_some(n);
+                }
+                other => anyhow::bail!(
+                    "--kubelet-arg {other:?} is not supported (max-pods, pod-max-pids are)"
+                ),
+            }
+        }
         Ok(config)
     }
 }

@@ -209,6 +209,71 @@ fn env_comes_from_config_maps_secrets_and_the_downward_api() {
     server.ok(&["create", "configmap", "settings", "--from-literal=color=blue"]);
     server.wait_phase("default", "env", "Succeeded", Duration::from_secs(60));
     assert_eq!(server.pod_field("default", "env", "{.status.qosClass}"), "Guaranteed");
+
+    // Security context: user and group, a read-only root filesystem, no privilege escalation;
+    // the termination message comes back in the status.
+    let secure = pod(
+        &server,
+        "secure",
+        &format!(
+            "  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, runAsGroup: 3000}}
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+    command:
+    - sh
+    - -c
+    - |
+      test \"$(id -u)\" = 1000 || exit 10
+      test \"$(id -g)\" = 3000 || exit 11
+      touch /not-writable 2>/dev/null && exit 12
+      grep -q '^NoNewPrivs:.*1' /proc/self/status || exit 13
+      grep -q '^CapEff:.*0000000000000000' /proc/self/status || exit 14
+      echo all checks passed > /dev/termination-log
+      exit 3
+"
+        ),
+    );
+    apply(&server, &secure);
+    server.wait_phase("default", "secure", "Failed", Duration::from_secs(60));
+    assert_eq!(
+        server.pod_field(
+            "default",
+            "secure",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "3"
+    );
+    assert_eq!(
+        server.pod_field(
+            "default",
+            "secure",
+            "{.status.containerStatuses[0].state.terminated.message}"
+        ),
+        "all checks passed"
+    );
+    // runAsNonRoot with an image that runs as root is refused before it starts.
+    let nonroot = pod(
+        &server,
+        "nonroot",
+        &format!(
+            "  securityContext: {{runAsNonRoot: true}}\n  containers: [{{name: c, image: {BUSYBOX}, command: [id]}}]\n"
+        ),
+    );
+    apply(&server, &nonroot);
+    server.wait_for(
+        &[
+            "get",
+            "pod",
+            "nonroot",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.message}",
+        ],
+        Duration::from_secs(60),
+        |s| s == "container has runAsNonRoot and image will run as root",
+    );
 }
 
 #[test]
@@ -288,7 +353,7 @@ fn restart_policies_and_crash_loop_back_off() {
 
 #[test]
 fn memory_and_cpu_limits_reach_the_cgroups() {
-    let server = KrustServer::start_with_agent(&[]);
+    let server = KrustServer::start_with_agent(&["--kubelet-arg=pod-max-pids=64"]);
     let manifest = pod(
         &server,
         "oom",
@@ -345,6 +410,31 @@ fn memory_and_cpu_limits_reach_the_cgroups() {
     let shares = std::fs::read_to_string(format!("{dir}/cpu.shares")).unwrap();
     assert_eq!(quota.trim(), "25000");
     assert_eq!(shares.trim(), "102");
+    // The pod's own cgroup carries the pod's sums and the node's PID limit.
+    let pod_dir = format!("krust/{node}/kubepods/burstable/pod{uid}");
+    let read = |controller: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/{pod_dir}/{file}"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+    assert_eq!(read("cpu", "cpu.shares"), "102");
+    assert_eq!(read("pids", "pids.max"), "64");
+    // The limit holds: a pod cannot start more than 64 processes.
+    let (code, _, stderr) = kubectl_env(
+        &server,
+        &["exec", "cpu", "--", "sh", "-c", "for i in $(seq 80); do sleep 5 & done"],
+        &[],
+        None,
+    );
+    assert_ne!(code, 0, "80 processes started under a limit of 64");
+    assert!(stderr.contains("fork"), "{stderr}");
+    server.ok(&["delete", "pod", "cpu", "--wait=true"]);
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/cpu/{pod_dir}")).exists(),
+        "pod cgroup removed"
+    );
 }
 
 #[test]
@@ -461,6 +551,7 @@ fn config_map_volume_updates_reach_the_running_pod() {
   - {{name: cfg, configMap: {{name: page}}}}
   - {{name: sec, secret: {{secretName: token, defaultMode: 0400}}}}
   - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}
+  - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 16Mi}}}}
   containers:
   - name: c
     image: {BUSYBOX}
@@ -469,6 +560,7 @@ fn config_map_volume_updates_reach_the_running_pod() {
     - {{name: sec, mountPath: /sec}}
     - {{name: info, mountPath: /info}}
     - {{name: cfg, mountPath: /sub, subPath: extra}}
+    - {{name: mem, mountPath: /mem}}
     command:
     - sh
     - -c
@@ -476,6 +568,7 @@ fn config_map_volume_updates_reach_the_running_pod() {
       test \"$(cat /sec/value)\" = s3cret || exit 10
       test \"$(stat -L -c %a /sec/value)\" = 400 || exit 11
       test -d /sub || exit 12
+      grep ' /mem tmpfs ' /proc/mounts | grep -q size=16384k || exit 15
       test \"$(cat /cfg/color)\" = red || exit 13
       until test \"$(cat /cfg/color)\" = green; do sleep 0.5; done
 "

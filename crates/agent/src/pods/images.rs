@@ -115,6 +115,26 @@ pub async fn present(cri: &Cri, image: &str) -> Result<Option<String>, tonic::St
     Ok(response.image.map(|i| i.id))
 }
 
+/// The user an image runs as: `Some(uid)` when numeric (from the image config), `None` when
+/// it names a user by name, and `Some(0)` when it names none.
+pub async fn image_user(cri: &Cri, image: &str) -> Result<Option<i64>, tonic::Status> {
+    let response = cri
+        .images
+        .clone()
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: image.to_owned(), ..Default::default() }),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    let Some(image) = response.image else { return Ok(None) };
+    Ok(match (image.uid, image.username.as_str()) {
+        (Some(uid), _) => Some(uid.value),
+        (None, "") => Some(0),
+        (None, _) => None,
+    })
+}
+
 /// Pulls `image`, trying each credential and then none; returns the image reference.
 pub async fn pull(
     cri: &Cri,

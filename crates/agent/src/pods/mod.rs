@@ -2,6 +2,7 @@
 //! pod UID, a once-a-second relist of container states that wakes the workers whose
 //! containers changed (upstream's PLEG), and housekeeping of sandboxes whose pods are gone.
 
+pub mod cgroups;
 pub mod config;
 pub mod env;
 pub mod images;

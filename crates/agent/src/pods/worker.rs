@@ -516,6 +516,12 @@ impl Worker {
             );
         }
         let attempt = observed.sandbox().map_or(0, |s| s.attempt + 1);
+        let qos = config::qos_class(pod);
+        let parent = config::pod_cgroup_parent(&ctx.config.cgroup_root, qos, &self.key.uid);
+        let limits = super::cgroups::pod_limits(pod, ctx.config.pod_pids_limit);
+        if let Err(e) = super::cgroups::set_up(&parent, qos, &limits) {
+            tracing::warn!(pod = %self.key.display(), error = %e, "setting up the pod cgroup failed");
+        }
         let log_dir = self.log_dir();
         std::fs::create_dir_all(&log_dir).map_err(|e| AgentError::io(&log_dir, e))?;
         let config = self.sandbox_config(pod, attempt);
@@ -565,6 +571,10 @@ impl Worker {
         let ctx = self.ctx.clone();
         let path = field_path(c, init);
         let Some(image) = self.ensure_image(pod, c, &path).await? else { return Ok(false) };
+        if let Some(message) = self.verify_non_root(pod, c, &image).await? {
+            self.fail(c, &path, "CreateContainerConfigError", &message);
+            return Ok(false);
+        }
         let env = match env::resolve(pod, c, sources, downward) {
             Ok(env) => env,
             Err(e) => {
@@ -572,13 +582,31 @@ impl Worker {
                 return Ok(false);
             }
         };
-        let mounts = match volumes::container_mounts(&ctx.pods_dir, pod, c, etc_hosts) {
+        let mut mounts = match volumes::container_mounts(&ctx.pods_dir, pod, c, etc_hosts) {
             Ok(m) => m,
             Err(e) => {
                 self.fail(c, &path, "CreateContainerConfigError", &e.0);
                 return Ok(false);
             }
         };
+        // The termination message file, read back when the container ends.
+        let message_file = self.termination_file(&c.name, attempt);
+        if let Some(dir) = message_file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+        }
+        std::fs::write(&message_file, b"").map_err(|e| AgentError::io(&message_file, e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&message_file, std::fs::Permissions::from_mode(0o666));
+        }
+        mounts.push(cri::Mount {
+            container_path: c
+                .termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+            host_path: message_file.display().to_string(),
+            ..Default::default()
+        });
         let inputs = ContainerInputs { env, mounts, image, attempt, node_memory: ctx.node_memory };
         let config = config::container_config(pod, c, &ctx.config.node_name, &inputs);
         let created = ctx
@@ -639,6 +667,73 @@ impl Worker {
             }
         }
         Ok(true)
+    }
+
+    /// Where container `name`'s attempt `attempt` writes its termination message.
+    fn termination_file(&self, name: &str, attempt: u32) -> std::path::PathBuf {
+        self.ctx
+            .pods_dir
+            .join(&self.key.uid)
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string())
+    }
+
+    /// With `runAsNonRoot`, a container that would run as root (or as a user named rather
+    /// than numbered, which cannot be checked) is refused, as upstream does.
+    async fn verify_non_root(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        image: &str,
+    ) -> Result<Option<String>, AgentError> {
+        let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+        let sc = c.security_context.clone().unwrap_or_default();
+        if sc.run_as_non_root.or(pod_sc.run_as_non_root) != Some(true) {
+            return Ok(None);
+        }
+        let uid = match sc.run_as_user.or(pod_sc.run_as_user) {
+            Some(uid) => Some(uid),
+            None => images::image_user(&self.ctx.cri, image).await?,
+        };
+        Ok(match uid {
+            Some(0) => Some("container has runAsNonRoot and image will run as root".to_owned()),
+            Some(_) => None,
+            None => Some(
+                "container has runAsNonRoot and image has non-numeric user, cannot verify user is non-root".to_owned(),
+            ),
+        })
+    }
+
+    /// Fills in the termination messages of exited containers from their files (or, with
+    /// `FallbackToLogsOnError`, the end of their log when they failed without one).
+    fn read_termination_messages(&self, pod: &Pod, observed: &mut Observed) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let all: Vec<&Container> =
+            spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+        for o in observed
+            .containers
+            .iter_mut()
+            .filter(|o| o.state == State::Exited && o.message.is_empty())
+        {
+            let mut message =
+                std::fs::read(self.termination_file(&o.name, o.attempt)).unwrap_or_default();
+            message.truncate(4096);
+            let fallback = all.iter().find(|c| c.name == o.name).is_some_and(|c| {
+                c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+            });
+            if message.is_empty() && fallback && o.exit_code != 0 {
+                let log = std::fs::read_to_string(&o.log_path).unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter_map(|l| crate::stream::logs::parse_line(l).map(|p| p.text))
+                    .collect();
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                message = tail.into_bytes();
+                message.truncate(2048);
+            }
+            o.message = String::from_utf8_lossy(&message).trim_end().to_owned();
+        }
     }
 
     fn grace(&self, pod: &Pod) -> i64 {
@@ -858,6 +953,9 @@ impl Worker {
 
     /// Writes the pod's status when it changed.
     async fn report(&mut self, pod: &Pod, observed: &Observed) -> Result<(), AgentError> {
+        let mut observed = observed.clone();
+        self.read_termination_messages(pod, &mut observed);
+        let observed = &observed;
         let now = jiff::Timestamp::now()
             .round(jiff::Unit::Second)
             .unwrap_or_else(|_| jiff::Timestamp::now())
@@ -953,6 +1051,13 @@ impl Worker {
             runtime::stop_sandbox(&ctx.cri, &s.id, true).await?;
         }
         volumes::tear_down(&ctx.pods_dir, &self.key.uid).map_err(|e| AgentError::Runtime(e.0))?;
+        for qos in [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort] {
+            super::cgroups::tear_down(&config::pod_cgroup_parent(
+                &ctx.config.cgroup_root,
+                qos,
+                &self.key.uid,
+            ));
+        }
         let _ = std::fs::remove_dir_all(self.log_dir());
         ctx.recorder.forget(&self.key.uid);
         if pod.is_some() {
