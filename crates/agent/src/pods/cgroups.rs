@@ -39,11 +39,14 @@ pub fn pod_limits(pod: &Pod, pids_max: Option<i64>) -> PodLimits {
             _ => q.and_then(config::bytes),
         }
     };
+    // A request defaults to the limit when only the limit is set.
+    let value = |c: &k8s_openapi::api::core::v1::Container, limits: bool, name: &str| {
+        if limits { get(c, true, name) } else { get(c, false, name).or_else(|| get(c, true, name)) }
+    };
     let sum = |limits: bool, name: &str| -> Option<i64> {
         let mut total = 0i64;
         for c in &spec.containers {
-            // A request defaults to the limit when only the limit is set.
-            let v = get(c, limits, name).or_else(|| if limits { None } else { get(c, true, name) });
+            let v = value(c, limits, name);
             match v {
                 Some(v) => total += v,
                 None if limits => return None,
@@ -54,7 +57,7 @@ pub fn pod_limits(pod: &Pod, pids_max: Option<i64>) -> PodLimits {
             .init_containers
             .iter()
             .flatten()
-            .map(|c| get(c, limits, name))
+            .map(|c| value(c, limits, name))
             .try_fold(0i64, |acc, v| v.map(|v| acc.max(v)));
         match (limits, init_max) {
             (true, None) if spec.init_containers.as_ref().is_some_and(|i| !i.is_empty()) => None,
