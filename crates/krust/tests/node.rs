@@ -1404,3 +1404,53 @@ fn a_node_runs_110_pods_with_the_same_names_in_two_namespaces() {
         server.ok(&["get", "pods", "-n", "right", "-o", "jsonpath={.items[*].status.phase}"]);
     assert_eq!(right.split_whitespace().filter(|p| *p == "Running").count(), 55);
 }
+
+#[test]
+fn an_agent_can_use_an_external_cri_runtime() {
+    // The server's own agent supervises a containerd; a second agent joins and, instead of
+    // supervising one, is pointed at that containerd's CRI socket.
+    let server = KrustServer::start_with_agent(&[]);
+    let socket = std::fs::read_dir("/run/krust")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("containerd/containerd.sock"))
+        .find(|s| {
+            std::fs::read_to_string(server.dir.path().join("data/agent/containerd/config.toml"))
+                .is_ok_and(|c| c.contains(&s.display().to_string()))
+        })
+        .expect("the server agent's containerd socket");
+    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
+    let data = server.dir.path().join("external");
+    let port = common::free_port();
+    let node = format!("ext-{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .arg("agent")
+        .arg(format!("--server=https://127.0.0.1:{}", server.port))
+        .arg(format!("--token={}", token.trim()))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(format!("--node-name={node}"))
+        .arg(format!("--kubelet-port={port}"))
+        .arg(format!("--container-runtime-endpoint=unix://{}", socket.display()))
+        .env("KRUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(child);
+    server.wait_node_ready(&node);
+    assert!(!data.join("agent/containerd/config.toml").exists(), "no containerd of its own");
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ext\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'trap \"exit 0\" TERM; echo external; while true; do sleep 1; done']\n"
+    );
+    apply(&server, &manifest);
+    server.wait_phase("default", "ext", "Running", Duration::from_secs(60));
+    server.wait_for(&["logs", "ext"], Duration::from_secs(20), |s| s == "external");
+    server.ok(&["delete", "pod", "ext", "--wait=true"]);
+}
