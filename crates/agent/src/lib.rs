@@ -56,6 +56,7 @@ pub mod pods;
 pub mod registries;
 pub mod reset;
 pub mod stream;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -136,8 +136,7 @@ async fn run_tcp(
     }
 }
 
-/// An HTTP GET: 200–399 passes, as upstream. (HTTPS probes are answered as failures until the
-/// agent gains a TLS client that skips verification, as upstream's prober does.)
+/// An HTTP(S) GET: 200–399 passes, as upstream.
 pub async fn http_get(
     http: &HTTPGetAction,
     container: &Container,
@@ -148,9 +147,8 @@ pub async fn http_get(
         Ok(p) => p,
         Err(e) => return Outcome::Failure(e),
     };
-    if http.scheme.as_deref() == Some("HTTPS") {
-        return Outcome::Failure("HTTPS probes are not supported yet".into());
-    }
+    let https = http.scheme.as_deref() == Some("HTTPS");
+    let scheme = if https { "https" } else { "http" };
     let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned());
     let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
     let mut request = format!(
@@ -161,21 +159,17 @@ pub async fn http_get(
     }
     request.push_str("\r\n");
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = vec![0u8; 1024];
-        let mut got = 0;
-        while got < buf.len() {
-            let n = stream.read(&mut buf[got..]).await?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-            if buf[..got].windows(2).any(|w| w == b"\r\n") {
-                break;
-            }
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        if https {
+            // Probes do not verify certificates, as upstream's prober does not.
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let config = crate::tls::insecure_client().map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            status_line(tls, &request).await
+        } else {
+            status_line(tcp, &request).await
         }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..got]).into_owned())
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(head)) => {
@@ -187,11 +181,32 @@ pub async fn http_get(
                 Outcome::Failure(format!("HTTP probe failed with statuscode: {code}"))
             }
         }
-        Ok(Err(e)) => Outcome::Failure(format!("Get \"http://{host}:{port}{path}\": {e}")),
+        Ok(Err(e)) => Outcome::Failure(format!("Get \"{scheme}://{host}:{port}{path}\": {e}")),
         Err(_) => Outcome::Failure(format!(
-            "Get \"http://{host}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            "Get \"{scheme}://{host}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )),
     }
+}
+
+/// Sends `request` and reads up to the end of the status line.
+async fn status_line<S>(mut stream: S, request: &str) -> std::io::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = vec![0u8; 1024];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = stream.read(&mut buf[got..]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if buf[..got].windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..got]).into_owned())
 }
 
 async fn run_http(
@@ -605,6 +620,48 @@ mod tests {
             }
         });
         port
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_certificate_verification() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["nobody.invalid".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                let mut buf = [0u8; 512];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let container = Container { name: "c".into(), ..Default::default() };
+        let probe = HTTPGetAction {
+            scheme: Some("HTTPS".into()),
+            port: IntOrString::Int(i32::from(port)),
+            ..Default::default()
+        };
+        assert_eq!(
+            http_get(&probe, &container, "127.0.0.1", Duration::from_secs(2)).await,
+            Outcome::Success
+        );
     }
 
     #[tokio::test]
