@@ -188,6 +188,8 @@ fn env_comes_from_config_maps_secrets_and_the_downward_api() {
       test -n \"$POD_IP\"
       test \"$NODE\" = \"{node}\"
       test \"$MEM_MI\" = 64
+      test -n \"$KUBERNETES_SERVICE_HOST\"
+      test \"$KUBERNETES_SERVICE_PORT\" = 443
 ",
             node = server.node.clone().unwrap()
         ),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::Api;
 
 use super::config::{expand_vars, parse_quantity};
@@ -19,6 +19,8 @@ pub struct ConfigError(pub String);
 pub struct Sources {
     config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
     secrets: HashMap<String, Option<BTreeMap<String, String>>>,
+    /// Docker-link style variables of the Services the pod sees.
+    services: Vec<(String, String)>,
 }
 
 /// What the downward API reads besides the pod object.
@@ -66,6 +68,19 @@ impl Sources {
             });
             sources.secrets.insert(name, data);
         }
+        // Every pod sees the `kubernetes` Service; with enableServiceLinks (the default) also
+        // the Services of its own namespace.
+        let mut services: Vec<Service> = Vec::new();
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+        if links {
+            let api: Api<Service> = Api::namespaced(client.clone(), &namespace);
+            services.extend(api.list(&kube::api::ListParams::default()).await?.items);
+        }
+        if namespace != "default" || !links {
+            let api: Api<Service> = Api::namespaced(client.clone(), "default");
+            services.extend(api.get_opt("kubernetes").await?);
+        }
+        sources.services = service_env(&services);
         Ok(sources)
     }
 
@@ -93,8 +108,52 @@ impl Sources {
                 })
                 .collect()
         };
-        Sources { config_maps: conv(config_maps), secrets: conv(secrets) }
+        Sources { config_maps: conv(config_maps), secrets: conv(secrets), services: Vec::new() }
     }
+}
+
+/// The variables upstream injects for Services (`<NAME>_SERVICE_HOST`, `<NAME>_PORT_…`),
+/// sorted by Service name; headless and ExternalName Services have none.
+pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
+    let mut sorted: Vec<&Service> = services.iter().collect();
+    sorted.sort_by_key(|s| s.metadata.name.clone());
+    let mut out = Vec::new();
+    for svc in sorted {
+        let Some(spec) = svc.spec.as_ref() else { continue };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        if ip.is_empty() || ip == "None" || spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let name = svc.metadata.name.clone().unwrap_or_default().to_uppercase().replace('-', "_");
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        out.push((format!("{name}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in &ports {
+            if let Some(port_name) = p.name.as_ref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!("{name}_SERVICE_PORT_{}", port_name.to_uppercase().replace('-', "_")),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        out.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+        ));
+        for p in &ports {
+            let upper = proto(p).to_uppercase();
+            let prefix = format!("{name}_PORT_{}_{upper}", p.port);
+            out.push((prefix.clone(), format!("{}://{ip}:{}", upper.to_lowercase(), p.port)));
+            out.push((format!("{prefix}_PROTO"), upper.to_lowercase()));
+            out.push((format!("{prefix}_PORT"), p.port.to_string()));
+            out.push((format!("{prefix}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// Names of the ConfigMaps and Secrets the pod refers to.
@@ -145,7 +204,7 @@ pub fn resolve(
     downward: &Downward,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = sources.services.clone();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(existing) = env.iter_mut().find(|(name, _)| *name == k) {
             existing.1 = v;
@@ -372,5 +431,25 @@ mod tests {
         let no_key = Sources::from_literals(&[("cm", &[("other", "1")])], &[]);
         let err = resolve(&pod, &container, &no_key, &Downward::default()).unwrap_err();
         assert_eq!(err.0, "couldn't find key k in ConfigMap ns/cm");
+    }
+
+    #[test]
+    fn services_become_link_variables() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "redis-master"},
+            "spec": {"clusterIP": "10.0.0.11", "ports": [{"name": "db", "port": 6379}]}
+        }))
+        .unwrap();
+        let headless: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}
+        }))
+        .unwrap();
+        let env: HashMap<_, _> = service_env(&[svc, headless]).into_iter().collect();
+        assert_eq!(env["REDIS_MASTER_SERVICE_HOST"], "10.0.0.11");
+        assert_eq!(env["REDIS_MASTER_SERVICE_PORT"], "6379");
+        assert_eq!(env["REDIS_MASTER_SERVICE_PORT_DB"], "6379");
+        assert_eq!(env["REDIS_MASTER_PORT"], "tcp://10.0.0.11:6379");
+        assert_eq!(env["REDIS_MASTER_PORT_6379_TCP_ADDR"], "10.0.0.11");
+        assert!(!env.keys().any(|k| k.starts_with("H_")));
     }
 }
