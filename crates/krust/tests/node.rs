@@ -412,6 +412,20 @@ fn memory_and_cpu_limits_reach_the_cgroups() {
     let shares = std::fs::read_to_string(format!("{dir}/cpu.shares")).unwrap();
     assert_eq!(quota.trim(), "25000");
     assert_eq!(shares.trim(), "102");
+    // A busy loop is throttled to the limit.
+    let _ = kubectl_env(
+        &server,
+        &["exec", "cpu", "--", "timeout", "2", "sh", "-c", "while :; do :; done"],
+        &[],
+        None,
+    );
+    let stat = std::fs::read_to_string(format!("{dir}/cpu.stat")).unwrap();
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(throttled > 0, "never throttled: {stat}");
     // The pod's own cgroup carries the pod's sums and the node's PID limit.
     let pod_dir = format!("krust/{node}/kubepods/burstable/pod{uid}");
     let read = |controller: &str, file: &str| {
@@ -1455,4 +1469,124 @@ fn an_agent_can_use_an_external_cri_runtime() {
     server.wait_phase("default", "ext", "Running", Duration::from_secs(60));
     server.wait_for(&["logs", "ext"], Duration::from_secs(20), |s| s == "external");
     server.ok(&["delete", "pod", "ext", "--wait=true"]);
+}
+
+#[test]
+fn containerd_is_restarted_and_archives_of_both_formats_import() {
+    let server = KrustServer::start_with_agent(&[]);
+    let run = "[sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']";
+    apply(
+        &server,
+        &pod(
+            &server,
+            "survivor",
+            &format!("  containers: [{{name: c, image: {BUSYBOX}, command: {run}}}]\n"),
+        ),
+    );
+    server.wait_phase("default", "survivor", "Running", Duration::from_secs(60));
+    let before =
+        server.pod_field("default", "survivor", "{.status.containerStatuses[0].containerID}");
+
+    // Kill the supervised containerd: the agent starts a new one, the pod keeps running.
+    let config =
+        std::fs::read_to_string(server.dir.path().join("data/agent/containerd/config.toml"))
+            .unwrap();
+    let state = config
+        .lines()
+        .find_map(|l| l.strip_prefix("state = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let pid_file = std::path::Path::new(&state).join("krust-containerd.pid");
+    let old_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let _ = std::process::Command::new("kill").args(["-9", &old_pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(old_pid);
+        if pid != old_pid && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containerd was not restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Archives in both formats, imported on demand: OCI (as krust writes them) and
+    // docker-archive (as `docker save` writes them; converted here with skopeo).
+    let scratch = tempfile::tempdir().unwrap();
+    let oci = scratch.path().join("oci.tar");
+    common::busybox_archive("krust.local/from-oci:1", &oci);
+    let docker = scratch.path().join("docker.tar");
+    let out = std::process::Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}", oci.display()))
+        .arg(format!("docker-archive:{}:krust.local/from-docker:1", docker.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .args(["image", "import", "--data-dir"])
+        .arg(server.dir.path().join("data"))
+        .arg(&oci)
+        .arg(&docker)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "krust image import: {}", String::from_utf8_lossy(&out.stderr));
+    for (name, image) in
+        [("from-oci", "krust.local/from-oci:1"), ("from-docker", "krust.local/from-docker:1")]
+    {
+        apply(
+            &server,
+            &pod(
+                &server,
+                name,
+                &format!(
+                    "  containers: [{{name: c, image: '{image}', imagePullPolicy: Never, command: {run}}}]\n"
+                ),
+            ),
+        );
+    }
+    for name in ["from-oci", "from-docker"] {
+        server.wait_phase("default", name, "Running", Duration::from_secs(60));
+    }
+    assert_eq!(
+        server.pod_field("default", "survivor", "{.status.containerStatuses[0].containerID}"),
+        before
+    );
+    assert_eq!(
+        server.pod_field("default", "survivor", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+}
+
+#[test]
+fn exec_with_a_terminal() {
+    let server = KrustServer::start_with_agent(&[]);
+    let run = "[sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']";
+    apply(
+        &server,
+        &pod(
+            &server,
+            "tty",
+            &format!("  containers: [{{name: c, image: {BUSYBOX}, command: {run}}}]\n"),
+        ),
+    );
+    server.wait_phase("default", "tty", "Running", Duration::from_secs(60));
+    // script(1) gives kubectl a pseudo-terminal, as a user's shell would.
+    let kubectl = common::tool("kubectl");
+    let command = format!("{} exec -it tty -- sh -c 'tty; stty size; exit 5'", kubectl.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", server.dir.path())
+        .env("COLUMNS", "100")
+        .env("LINES", "40")
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("/dev/pts/"), "no terminal in the container: {text:?}");
+    assert_eq!(out.status.code(), Some(5), "{text}");
 }
