@@ -79,6 +79,10 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
         remove_cgroups(root.trim());
     }
     let _ = std::fs::remove_dir_all(config.run_dir());
+    // The shared parents go too once no other agent uses them.
+    if let Some(parent) = config.run_dir().parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
     Ok(report)
 }
 
@@ -197,6 +201,14 @@ fn remove_cgroups(root: &str) {
         dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for d in dirs {
             let _ = std::fs::remove_dir(&d);
+        }
+        // `/krust` itself, when this was the last agent on the host.
+        let mut parent = base.parent().map(std::path::Path::to_path_buf);
+        while let Some(p) = parent.filter(|p| *p != h.path()) {
+            if std::fs::remove_dir(&p).is_err() {
+                break;
+            }
+            parent = p.parent().map(std::path::Path::to_path_buf);
         }
     }
 }

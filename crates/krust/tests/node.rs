@@ -1452,14 +1452,18 @@ fn an_agent_can_use_an_external_cri_runtime() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
+    struct Stop(std::process::Child, std::path::PathBuf);
+    impl Drop for Stop {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+                .args(["reset", "--data-dir"])
+                .arg(&self.1)
+                .output();
         }
     }
-    let _agent = Kill(child);
+    let _agent = Stop(child, data.clone());
     server.wait_node_ready(&node);
     assert!(!data.join("agent/containerd/config.toml").exists(), "no containerd of its own");
     let manifest = format!(
