@@ -251,6 +251,7 @@ pub async fn run(
     let pod_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default();
     if config.container_runtime_endpoint.is_none() {
         cni::write_config(&config, &pod_cidr)?;
+        cni::masquerade(&config, &pod_cidr).await?;
     }
     let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(node::RuntimeInfo {
         version: runtime_version.clone(),

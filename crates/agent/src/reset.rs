@@ -73,6 +73,7 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
             report.mounts += 1;
         }
     }
+    crate::cni::remove_masquerade(config).await;
     let bridge = crate::cni::bridge_name(config);
     let _ = tokio::process::Command::new("ip").args(["link", "delete", &bridge]).output().await;
     if let Ok(root) = std::fs::read_to_string(cgroup_root_file(config)) {

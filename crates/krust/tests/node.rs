@@ -1193,6 +1193,22 @@ fn agents_join_from_their_own_network_namespaces() {
     // Logs and exec go through the API server to the agent inside the namespace.
     server.wait_for(&["logs", "far"], Duration::from_secs(20), |s| s == "from-far");
     assert_eq!(server.ok(&["exec", "far", "--", "hostname"]).trim(), "far");
+    // The pod reaches the API server on another host (here: the other side of the veth),
+    // which has no route back to the pod network: its traffic leaves masqueraded.
+    let (code, _, stderr) = kubectl_env(
+        &server,
+        &[
+            "exec",
+            "far",
+            "--",
+            "sh",
+            "-c",
+            &format!("nc -w 3 {} {} </dev/null", ns.host_ip, server.port),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "no connection from the pod to {}:{}: {stderr}", ns.host_ip, server.port);
     server.ok(&["delete", "pod", "far", "--wait=true"]);
 }
 
