@@ -1610,3 +1610,113 @@ fn exec_with_a_terminal() {
     assert!(text.contains("/dev/pts/"), "no terminal in the container: {text:?}");
     assert_eq!(out.status.code(), Some(5), "{text}");
 }
+
+/// A gRPC health server (HTTP/2, as grpc-go serves it) on all addresses of the host, whose
+/// answer the test flips: SERVING (1) or NOT_SERVING (2).
+fn grpc_health_server(serving: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let serving = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let status = if serving.load(Ordering::SeqCst) { 1u8 } else { 2u8 };
+                            async move {
+                                use http_body_util::BodyExt;
+                                let _ = request.into_body().collect().await;
+                                let message = bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]);
+                                let mut trailers = hyper::HeaderMap::new();
+                                trailers.insert(
+                                    "grpc-status",
+                                    hyper::header::HeaderValue::from_static("0"),
+                                );
+                                let frames = futures::stream::iter(vec![
+                                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                        message,
+                                    )),
+                                    Ok(hyper::body::Frame::trailers(trailers)),
+                                ]);
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/grpc")
+                                        .body(http_body_util::StreamBody::new(frames))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
+                    .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn grpc_and_tcp_probes_pass_and_fail() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = KrustServer::start_with_agent(&[]);
+    let serving = std::sync::Arc::new(AtomicBool::new(true));
+    let port = grpc_health_server(serving.clone());
+    // A host-network pod's address is the node's, so its gRPC readiness probe reaches the
+    // health server this test runs on the host. A second container's tcpSocket readiness
+    // probe aims at a port nothing listens on.
+    let manifest = pod(
+        &server,
+        "grpc",
+        &format!(
+            "  hostNetwork: true
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']
+    readinessProbe: {{grpc: {{port: {port}}}, periodSeconds: 1, failureThreshold: 1}}
+  - name: closed
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 1; done']
+    readinessProbe: {{tcpSocket: {{port: 1}}, periodSeconds: 1}}
+"
+        ),
+    );
+    apply(&server, &manifest);
+    server.wait_phase("default", "grpc", "Running", Duration::from_secs(60));
+    let ready =
+        |name: &str| format!("jsonpath={{.status.containerStatuses[?(@.name==\"{name}\")].ready}}");
+    server.wait_for(&["get", "pod", "grpc", "-o", &ready("app")], Duration::from_secs(30), |s| {
+        s == "true"
+    });
+    assert_eq!(
+        server.pod_field("default", "grpc", "{.status.podIP}"),
+        server.pod_field("default", "grpc", "{.status.hostIP}")
+    );
+    serving.store(false, Ordering::SeqCst);
+    server.wait_for(&["get", "pod", "grpc", "-o", &ready("app")], Duration::from_secs(30), |s| {
+        s == "false"
+    });
+    assert_eq!(server.ok(&["get", "pod", "grpc", "-o", &ready("closed")]), "false");
+    let events =
+        server.ok(&["get", "events", "-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}"]);
+    assert!(
+        events.contains("Readiness probe failed: service unhealthy (responded with NOT_SERVING)"),
+        "{events}"
+    );
+    assert!(events.contains("Readiness probe failed: dial tcp"), "{events}");
+    serving.store(true, Ordering::SeqCst);
+    server.wait_for(&["get", "pod", "grpc", "-o", &ready("app")], Duration::from_secs(30), |s| {
+        s == "true"
+    });
+}

@@ -225,7 +225,7 @@ impl Worker {
                 }
             }
         };
-        downward.pod_ip = sandbox.ip.clone();
+        downward.pod_ip = self.pod_ip(pod, &sandbox.ip);
         let etc_hosts = if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             None
         } else {
@@ -652,7 +652,8 @@ impl Worker {
         );
         self.waiting.remove(&c.name);
         if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
-            let target = probe::Target { container_id: id.clone(), pod_ip: sandbox.ip.clone() };
+            let target =
+                probe::Target { container_id: id.clone(), pod_ip: self.pod_ip(pod, &sandbox.ip) };
             if let Err(why) =
                 probe::run_hook(&ctx.cri, hook, c, &target, Duration::from_secs(30)).await
             {
@@ -736,6 +737,16 @@ impl Worker {
         }
     }
 
+    /// The address probes and hooks connect to: the sandbox's, or the node's for pods on the
+    /// host network.
+    fn pod_ip(&self, pod: &Pod, sandbox_ip: &str) -> String {
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            self.ctx.config.node_ip.to_string()
+        } else {
+            sandbox_ip.to_owned()
+        }
+    }
+
     fn grace(&self, pod: &Pod) -> i64 {
         pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0)
     }
@@ -777,8 +788,10 @@ impl Worker {
                         &format!("{} probe failed: {why}", kind.name()),
                     );
                 });
-                let target =
-                    probe::Target { container_id: o.id.clone(), pod_ip: sandbox.ip.clone() };
+                let target = probe::Target {
+                    container_id: o.id.clone(),
+                    pod_ip: self.pod_ip(pod, &sandbox.ip),
+                };
                 let probers = probe::start(ctx.cri.clone(), c, target, self.wake.clone(), report);
                 self.probers.insert(c.name.clone(), probers);
                 continue;
@@ -795,7 +808,7 @@ impl Worker {
                     .as_ref()
                     .and_then(|p| p.termination_grace_period_seconds)
                     .unwrap_or_else(|| self.grace(pod));
-                self.pre_stop(c, &o.id, &sandbox.ip, grace).await;
+                self.pre_stop(c, &o.id, &self.pod_ip(pod, &sandbox.ip), grace).await;
                 runtime::stop_container(&ctx.cri, &o.id, grace).await?;
                 self.probers.remove(&c.name);
                 keep.remove(&c.name);
@@ -1009,7 +1022,7 @@ impl Worker {
         self.probers.clear();
         let hooks_started = std::time::Instant::now();
         if let Some(p) = pod {
-            let ip = observed.sandbox().map(|s| s.ip.clone()).unwrap_or_default();
+            let ip = self.pod_ip(p, &observed.sandbox().map(|s| s.ip.clone()).unwrap_or_default());
             let hooks = running.iter().filter_map(|o| {
                 let spec = p.spec.as_ref()?.containers.iter().find(|c| c.name == o.name)?;
                 Some(self.pre_stop(spec, &o.id, &ip, grace))
