@@ -77,6 +77,16 @@ impl Backoff {
     }
 }
 
+/// What starting a container in the current sandbox needs.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    sandbox: &'a ObservedSandbox,
+    sandbox_config: &'a cri::PodSandboxConfig,
+    sources: &'a Sources,
+    downward: &'a Downward,
+    etc_hosts: Option<&'a std::path::Path>,
+}
+
 /// One pod's worker state.
 pub(crate) struct Worker {
     ctx: Arc<Context>,
@@ -239,12 +249,15 @@ impl Worker {
         if self.handle_probes(pod, &observed, &sandbox).await? {
             observed = runtime::observe(&ctx.cri, &uid).await?;
         }
-        let mut next = RESYNC;
-        let mut started_any = false;
-        let policy = restart_policy(pod);
-        let spec = pod.spec.clone().unwrap_or_default();
+        let launch = Launch {
+            sandbox: &sandbox,
+            sandbox_config: &sandbox_config,
+            sources: &sources,
+            downward: &downward,
+            etc_hosts: etc_hosts.as_deref(),
+        };
         // Containers of an earlier sandbox do not count for this one's init sequence.
-        let current: Observed = Observed {
+        let current = Observed {
             sandboxes: observed.sandboxes.clone(),
             containers: observed
                 .containers
@@ -253,150 +266,12 @@ impl Worker {
                 .cloned()
                 .collect(),
         };
-        if !status::initialized(pod, &current) {
-            for init in spec.init_containers.iter().flatten() {
-                let latest = current.latest(&init.name).cloned();
-                match latest {
-                    Some(c) if c.state == State::Exited && c.exit_code == 0 => continue,
-                    Some(c) if c.state == State::Running => break,
-                    Some(c) if c.state == State::Exited => {
-                        if policy == "Never" {
-                            break;
-                        }
-                        match self.restart_due(init, &c, true) {
-                            Some(wait) => next = next.min(wait),
-                            None => {
-                                started_any |= self
-                                    .start(
-                                        pod,
-                                        init,
-                                        true,
-                                        c.attempt + 1,
-                                        &sandbox,
-                                        &sandbox_config,
-                                        &sources,
-                                        &downward,
-                                        etc_hosts.as_deref(),
-                                    )
-                                    .await?;
-                            }
-                        }
-                        break;
-                    }
-                    Some(c) => {
-                        // Created but never started (the agent stopped in between): replace it.
-                        runtime::remove_container(&ctx.cri, &c.id).await?;
-                        started_any |= self
-                            .start(
-                                pod,
-                                init,
-                                true,
-                                c.attempt + 1,
-                                &sandbox,
-                                &sandbox_config,
-                                &sources,
-                                &downward,
-                                etc_hosts.as_deref(),
-                            )
-                            .await?;
-                        break;
-                    }
-                    None => {
-                        let attempt = observed.latest(&init.name).map_or(0, |c| c.attempt + 1);
-                        started_any |= self
-                            .start(
-                                pod,
-                                init,
-                                true,
-                                attempt,
-                                &sandbox,
-                                &sandbox_config,
-                                &sources,
-                                &downward,
-                                etc_hosts.as_deref(),
-                            )
-                            .await?;
-                        break;
-                    }
-                }
-            }
-            if let Some(wait) = self.pending_wait() {
-                next = next.min(wait);
-            }
+        let (started_any, wait) = if status::initialized(pod, &current) {
+            self.sync_containers(pod, &observed, &launch).await?
         } else {
-            for c in &spec.containers {
-                let latest = observed.latest(&c.name).cloned();
-                match latest {
-                    None => {
-                        started_any |= self
-                            .start(
-                                pod,
-                                c,
-                                false,
-                                0,
-                                &sandbox,
-                                &sandbox_config,
-                                &sources,
-                                &downward,
-                                etc_hosts.as_deref(),
-                            )
-                            .await?;
-                    }
-                    Some(o) if o.state == State::Running => {
-                        self.waiting.remove(&c.name);
-                    }
-                    Some(o) if o.state == State::Exited => {
-                        let restart = match policy.as_str() {
-                            "Never" => false,
-                            "OnFailure" => o.exit_code != 0,
-                            _ => true,
-                        };
-                        if !restart {
-                            self.waiting.remove(&c.name);
-                            continue;
-                        }
-                        match self.restart_due(c, &o, false) {
-                            Some(wait) => next = next.min(wait),
-                            None => {
-                                started_any |= self
-                                    .start(
-                                        pod,
-                                        c,
-                                        false,
-                                        o.attempt + 1,
-                                        &sandbox,
-                                        &sandbox_config,
-                                        &sources,
-                                        &downward,
-                                        etc_hosts.as_deref(),
-                                    )
-                                    .await?;
-                            }
-                        }
-                    }
-                    Some(o) if o.state == State::Created => {
-                        runtime::remove_container(&ctx.cri, &o.id).await?;
-                        started_any |= self
-                            .start(
-                                pod,
-                                c,
-                                false,
-                                o.attempt + 1,
-                                &sandbox,
-                                &sandbox_config,
-                                &sources,
-                                &downward,
-                                etc_hosts.as_deref(),
-                            )
-                            .await?;
-                    }
-                    Some(_) => {}
-                }
-            }
-            if let Some(wait) = self.pending_wait() {
-                next = next.min(wait);
-            }
-        }
+            self.sync_init_containers(pod, &current, &observed, &launch).await?
+        };
+        let mut next = wait.into_iter().chain(self.pending_wait()).fold(RESYNC, Duration::min);
         // A missing ConfigMap, Secret or key may appear at any time: look again soon.
         if self.waiting.values().any(|w| w.reason.starts_with("CreateContainer")) {
             next = next.min(CONFIG_RETRY);
@@ -412,6 +287,88 @@ impl Worker {
         }
         self.report(pod, &observed).await?;
         Ok(Next::After(next))
+    }
+
+    /// Runs the init containers in order: starts the first that has not succeeded, unless
+    /// one is running, or one failed and the pod never restarts. Returns whether it started
+    /// one, and how long a back-off still holds.
+    async fn sync_init_containers(
+        &mut self,
+        pod: &Pod,
+        current: &Observed,
+        observed: &Observed,
+        launch: &Launch<'_>,
+    ) -> Result<(bool, Option<Duration>), AgentError> {
+        let never = restart_policy(pod) == "Never";
+        let spec = pod.spec.clone().unwrap_or_default();
+        for init in spec.init_containers.iter().flatten() {
+            let latest = current.latest(&init.name).cloned();
+            let attempt = match &latest {
+                Some(c) if c.state == State::Exited && c.exit_code == 0 => continue,
+                Some(c) if c.state == State::Running => return Ok((false, None)),
+                Some(c) if c.state == State::Exited && never => return Ok((false, None)),
+                Some(c) if c.state == State::Exited => match self.restart_due(init, c, true) {
+                    Some(wait) => return Ok((false, Some(wait))),
+                    None => c.attempt + 1,
+                },
+                Some(c) => {
+                    // Created but never started (the agent stopped in between): replace it.
+                    runtime::remove_container(&self.ctx.cri, &c.id).await?;
+                    c.attempt + 1
+                }
+                None => observed.latest(&init.name).map_or(0, |c| c.attempt + 1),
+            };
+            return Ok((self.start(pod, init, true, attempt, launch).await?, None));
+        }
+        Ok((false, None))
+    }
+
+    /// Starts the containers that never ran and restarts the exited ones the restart policy
+    /// brings back (after their back-off). Returns whether it started any, and how long a
+    /// back-off still holds.
+    async fn sync_containers(
+        &mut self,
+        pod: &Pod,
+        observed: &Observed,
+        launch: &Launch<'_>,
+    ) -> Result<(bool, Option<Duration>), AgentError> {
+        let policy = restart_policy(pod);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let (mut started_any, mut wait) = (false, None::<Duration>);
+        for c in &spec.containers {
+            let attempt = match observed.latest(&c.name).cloned() {
+                None => 0,
+                Some(o) if o.state == State::Running => {
+                    self.waiting.remove(&c.name);
+                    continue;
+                }
+                Some(o) if o.state == State::Exited => {
+                    let restart = match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => o.exit_code != 0,
+                        _ => true,
+                    };
+                    if !restart {
+                        self.waiting.remove(&c.name);
+                        continue;
+                    }
+                    match self.restart_due(c, &o, false) {
+                        Some(w) => {
+                            wait = Some(wait.map_or(w, |old| old.min(w)));
+                            continue;
+                        }
+                        None => o.attempt + 1,
+                    }
+                }
+                Some(o) if o.state == State::Created => {
+                    runtime::remove_container(&self.ctx.cri, &o.id).await?;
+                    o.attempt + 1
+                }
+                Some(_) => continue,
+            };
+            started_any |= self.start(pod, c, false, attempt, launch).await?;
+        }
+        Ok((started_any, wait))
     }
 
     /// The soonest time a waiting container should be retried.
@@ -555,19 +512,15 @@ impl Worker {
 
     /// Pulls (per policy), configures, creates and starts one container. Returns whether it
     /// started; when it did not, the reason is in `self.waiting`.
-    #[allow(clippy::too_many_arguments)]
     async fn start(
         &mut self,
         pod: &Pod,
         c: &Container,
         init: bool,
         attempt: u32,
-        sandbox: &ObservedSandbox,
-        sandbox_config: &cri::PodSandboxConfig,
-        sources: &Sources,
-        downward: &Downward,
-        etc_hosts: Option<&std::path::Path>,
+        launch: &Launch<'_>,
     ) -> Result<bool, AgentError> {
+        let Launch { sandbox, sandbox_config, sources, downward, etc_hosts } = *launch;
         let ctx = self.ctx.clone();
         let path = field_path(c, init);
         let Some(image) = self.ensure_image(pod, c, &path).await? else { return Ok(false) };
