@@ -118,6 +118,7 @@ pub async fn supervise(
 ) -> Result<(), AgentError> {
     let mut delay = Duration::from_millis(200);
     loop {
+        stop_stale(&paths).await;
         let mut child = spawn(&paths)?;
         let started = std::time::Instant::now();
         tokio::select! {
@@ -139,7 +140,6 @@ pub async fn supervise(
 }
 
 fn spawn(paths: &ContainerdPaths) -> Result<tokio::process::Child, AgentError> {
-    stop_stale(paths);
     let log_path = paths.dir.join("containerd.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -174,19 +174,26 @@ pub fn prepare(paths: &ContainerdPaths, sandbox_image: &str) -> Result<(), Agent
 }
 
 /// A containerd left behind by a krust that was killed (SIGKILL leaves no chance to stop it)
-/// holds the socket and state; stop it so ours can start. Its containers live on.
-fn stop_stale(paths: &ContainerdPaths) {
+/// holds the socket and state; stop it so ours can start. Its containers live on. Callers
+/// must do this before talking to the runtime, or they may talk to the old one.
+pub async fn stop_stale(paths: &ContainerdPaths) {
     let Some(pid) = running_pid(paths) else { return };
     tracing::info!(pid, "stopping a containerd left by an earlier agent");
     if let Some(p) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }
 
 /// The PID of a running containerd started with this agent's config, if any.
@@ -211,6 +218,24 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// Imports an image archive (docker-archive or OCI archive) into containerd's `k8s.io`
 /// namespace, where the CRI plugin sees it, unpacked for the overlayfs snapshotter.
 pub async fn import_image(socket: &Path, archive: &Path) -> Result<(), AgentError> {
+    // containerd may be restarting (it was just started, or died): retry for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match import_once(socket, archive).await {
+            Err(e) if tokio::time::Instant::now() < deadline && !socket_answers(socket).await => {
+                tracing::debug!(error = %e, "containerd not answering yet; retrying the import");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn socket_answers(socket: &Path) -> bool {
+    tokio::net::UnixStream::connect(socket).await.is_ok()
+}
+
+async fn import_once(socket: &Path, archive: &Path) -> Result<(), AgentError> {
     let output = tokio::process::Command::new("ctr")
         .arg("--address")
         .arg(socket)

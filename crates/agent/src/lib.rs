@@ -177,6 +177,9 @@ pub async fn start_runtime(
     let mut supervisor = None;
     if config.container_runtime_endpoint.is_none() {
         let paths = config.containerd_paths();
+        // Before anything talks to the socket: a containerd left by a killed agent must not
+        // answer for the one we start.
+        containerd::stop_stale(&paths).await;
         containerd::prepare(&paths, image::PAUSE_IMAGE)?;
         if let Some(file) = &config.private_registry {
             registries::apply(file, &paths)?;
@@ -188,13 +191,25 @@ pub async fn start_runtime(
             }
         }));
     }
-    let cri = cri::Cri::new(config.cri_socket())?;
-    let (name, version) = cri.wait_ready(Duration::from_secs(60)).await?;
-    tracing::info!(runtime = %name, %version, "container runtime is ready");
-    if config.container_runtime_endpoint.is_none() {
-        import_images(config).await?;
+    let ready = async {
+        let cri = cri::Cri::new(config.cri_socket())?;
+        let (name, version) = cri.wait_ready(Duration::from_secs(60)).await?;
+        tracing::info!(runtime = %name, %version, "container runtime is ready");
+        if config.container_runtime_endpoint.is_none() {
+            import_images(config).await?;
+        }
+        Ok::<_, AgentError>((cri, format!("{name}://{}", version.trim_start_matches('v'))))
+    };
+    match ready.await {
+        Ok((cri, version)) => Ok((cri, version, supervisor)),
+        Err(e) => {
+            // A failed start leaves no containerd behind for the next attempt to trip on.
+            if let Some(s) = supervisor {
+                s.abort();
+            }
+            Err(e)
+        }
     }
-    Ok((cri, format!("{name}://{}", version.trim_start_matches('v')), supervisor))
 }
 
 /// Imports the pause image and every archive in the images folder into the supervised
@@ -246,13 +261,25 @@ pub async fn run(
     std::fs::write(&root_file, &config.cgroup_root).map_err(|e| AgentError::io(&root_file, e))?;
     let (cri, runtime_version, supervisor) = start_runtime(&config, shutdown.clone()).await?;
 
-    let node = node::register(&client, &config).await?;
-    let node = wait_for_pod_cidr(&client, &config, node).await?;
-    let pod_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default();
-    if config.container_runtime_endpoint.is_none() {
-        cni::write_config(&config, &pod_cidr)?;
-        cni::masquerade(&config, &pod_cidr).await?;
-    }
+    let registered = async {
+        let node = node::register(&client, &config).await?;
+        let node = wait_for_pod_cidr(&client, &config, node).await?;
+        let pod_cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.clone()).unwrap_or_default();
+        if config.container_runtime_endpoint.is_none() {
+            cni::write_config(&config, &pod_cidr)?;
+            cni::masquerade(&config, &pod_cidr).await?;
+        }
+        Ok::<_, AgentError>((node, pod_cidr))
+    };
+    let (node, pod_cidr) = match registered.await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(s) = supervisor {
+                s.abort();
+            }
+            return Err(e);
+        }
+    };
     let (runtime_tx, runtime_rx) = tokio::sync::watch::channel(node::RuntimeInfo {
         version: runtime_version.clone(),
         ready: false,
@@ -260,13 +287,18 @@ pub async fn run(
     });
     let first = runtime_status(&cri, &runtime_version).await;
     runtime_tx.send_replace(first.clone());
-    let node = node::patch_status(
-        &client,
-        &config.node_name,
-        &node::node_status(&config, &first, Some(&node)),
-    )
-    .await?;
-    node::renew_lease(&client, &node).await?;
+    // From here on failures are retried by the heartbeat rather than ending the agent.
+    let status = node::node_status(&config, &first, Some(&node));
+    let node = match node::patch_status(&client, &config.node_name, &status).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "writing the node status failed; the heartbeat retries");
+            node
+        }
+    };
+    if let Err(e) = node::renew_lease(&client, &node).await {
+        tracing::warn!(error = %e, "renewing the node lease failed; the heartbeat retries");
+    }
     tokio::spawn(node::heartbeat(
         client.clone(),
         config.clone(),

@@ -112,8 +112,19 @@ pub(crate) fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let name = config.node_name.clone();
-        if let Err(e) = agent::run(config, client, shutdown).await {
-            tracing::error!(node = %name, error = %e, "node agent failed");
+        let mut shutdown = shutdown;
+        // Like the kubelet, the agent does not give up: a failed start is retried.
+        loop {
+            match agent::run(config.clone(), client.clone(), shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(node = %name, error = %e, "node agent failed; retrying in 5 s")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = agent::stopped(&mut shutdown) => return,
+            }
         }
     })
 }

@@ -482,8 +482,16 @@ fn agent_restart_adopts_running_pods_and_same_names_in_two_namespaces_coexist() 
 
     // SIGKILL krust (API server, agent and all); the containers keep running and the new
     // agent adopts them: same container, no restart.
+    let restarted_at = jiff::Timestamp::now();
     server.restart();
     server.wait_node_ready(&server.node.clone().unwrap());
+    // The new agent is alive: it renews the node's Lease.
+    let node = server.node.clone().unwrap();
+    server.wait_for(
+        &["get", "lease", &node, "-n", "kube-node-lease", "-o", "jsonpath={.spec.renewTime}"],
+        Duration::from_secs(30),
+        |t| t.parse::<jiff::Timestamp>().is_ok_and(|t| t > restarted_at),
+    );
     for (i, ns) in ["default", "other"].iter().enumerate() {
         server.wait_phase(ns, "twin", "Running", Duration::from_secs(30));
         assert_eq!(
@@ -496,7 +504,7 @@ fn agent_restart_adopts_running_pods_and_same_names_in_two_namespaces_coexist() 
         );
     }
     // Deleting one twin leaves the other alone.
-    server.ok(&["delete", "pod", "twin", "-n", "other"]);
+    server.ok(&["delete", "pod", "twin", "-n", "other", "--timeout=60s"]);
     assert_eq!(
         server.pod_field("default", "twin", "{.status.containerStatuses[0].containerID}"),
         before[0]
