@@ -136,39 +136,18 @@ impl Pki {
         let current = std::fs::read_to_string(&sans_path).unwrap_or_default();
         let covered = sans.iter().all(|s| current.lines().any(|l| l == s));
         if !(covered && serving_cert_path.exists() && serving_key_path.exists()) {
-            let key = KeyPair::generate().map_err(cert("serving key"))?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = name("kube-apiserver", &[]);
-            params.subject_alt_names = sans
-                .iter()
-                .filter_map(|s| match s.parse::<IpAddr>() {
-                    Ok(ip) => Some(SanType::IpAddress(ip)),
-                    Err(_) => s.clone().try_into().ok().map(SanType::DnsName),
-                })
-                .collect();
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            params.key_usages =
-                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            validity(&mut params, 1);
-            let serving = params.signed_by(&key, &issuer).map_err(cert("serving"))?;
-            write_private(&serving_key_path, key.serialize_pem().as_bytes())?;
-            write_private(&serving_cert_path, serving.pem().as_bytes())?;
+            let (serving, key) = sign(&issuer, "kube-apiserver", &[], Some(sans))?;
+            write_private(&serving_key_path, key.as_bytes())?;
+            write_private(&serving_cert_path, serving.as_bytes())?;
             write_private(&sans_path, wanted.as_bytes())?;
         }
 
         let admin_cert_path = dir.join("client-admin.crt");
         let admin_key_path = dir.join("client-admin.key");
         if !(admin_cert_path.exists() && admin_key_path.exists()) {
-            let key = KeyPair::generate().map_err(cert("admin key"))?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = name("system:admin", &["system:masters"]);
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            params.key_usages =
-                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            validity(&mut params, 1);
-            let admin = params.signed_by(&key, &issuer).map_err(cert("admin"))?;
-            write_private(&admin_key_path, key.serialize_pem().as_bytes())?;
-            write_private(&admin_cert_path, admin.pem().as_bytes())?;
+            let (admin, key) = sign(&issuer, "system:admin", &["system:masters"], None)?;
+            write_private(&admin_key_path, key.as_bytes())?;
+            write_private(&admin_cert_path, admin.as_bytes())?;
         }
         let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
         Ok(Pki {
@@ -206,15 +185,7 @@ impl Pki {
         common_name: &str,
         organizations: &[&str],
     ) -> Result<(String, String), PkiError> {
-        let key = KeyPair::generate().map_err(cert("client key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(common_name, organizations);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        validity(&mut params, 1);
-        let issued = params.signed_by(&key, &self.issuer()?).map_err(cert("client"))?;
-        Ok((issued.pem(), key.serialize_pem()))
+        sign(&self.issuer()?, common_name, organizations, None)
     }
 
     /// Issues a serving certificate for `sans` (a node agent's HTTPS endpoint), returning
@@ -224,23 +195,38 @@ impl Pki {
         common_name: &str,
         sans: &[String],
     ) -> Result<(String, String), PkiError> {
-        let key = KeyPair::generate().map_err(cert("serving key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(common_name, &[]);
-        params.subject_alt_names = sans
-            .iter()
-            .filter_map(|s| match s.parse::<IpAddr>() {
-                Ok(ip) => Some(SanType::IpAddress(ip)),
-                Err(_) => s.clone().try_into().ok().map(SanType::DnsName),
-            })
-            .collect();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        validity(&mut params, 1);
-        let issued = params.signed_by(&key, &self.issuer()?).map_err(cert("serving"))?;
-        Ok((issued.pem(), key.serialize_pem()))
+        sign(&self.issuer()?, common_name, &[], Some(sans))
     }
+}
+
+/// Issues a one-year certificate signed by `issuer`: a serving certificate for `sans` when
+/// given, else a client certificate. Returns (certificate, key) PEM.
+fn sign<S: rcgen::SigningKey>(
+    issuer: &Issuer<'_, S>,
+    common_name: &str,
+    organizations: &[&str],
+    sans: Option<&[String]>,
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(cert("key"))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(common_name, organizations);
+    match sans {
+        Some(sans) => {
+            params.subject_alt_names = sans
+                .iter()
+                .filter_map(|s| match s.parse::<IpAddr>() {
+                    Ok(ip) => Some(SanType::IpAddress(ip)),
+                    Err(_) => s.clone().try_into().ok().map(SanType::DnsName),
+                })
+                .collect();
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        None => params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    validity(&mut params, 1);
+    let issued = params.signed_by(&key, issuer).map_err(cert("issued"))?;
+    Ok((issued.pem(), key.serialize_pem()))
 }
 
 /// A kubeconfig with one cluster, user and context, credentials inline.
