@@ -100,10 +100,6 @@ pub fn hosts_toml(host: &str, mirror: Option<&Mirror>, config: Option<&RegistryC
             "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
             toml_str(&url)
         ));
-        let endpoint_host =
-            url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
-        tls_lines(&mut out, config.and_then(|c| c.tls.as_ref()));
-        let _ = endpoint_host;
     }
     if mirror.is_none() {
         out.push_str(&format!(

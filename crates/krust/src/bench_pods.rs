@@ -138,6 +138,21 @@ impl Cluster {
     }
 }
 
+/// Starts `true` in the image through the agent's containerd directly and waits for it to
+/// exit and be removed; returns how long that took in ms.
+async fn ctr_run(socket: &std::path::Path, id: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = tokio::process::Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["-n", "k8s.io", "run", "--rm", "--snapshotter", "overlayfs", IMAGE, id, "true"])
+        .output()
+        .await
+        .context("running ctr")?;
+    anyhow::ensure!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -268,60 +283,20 @@ pub(crate) async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let socket = cluster.socket();
     let mut floor = Vec::new();
     for i in 0..=args.floor_runs {
-        let started = Instant::now();
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args([
-                "-n",
-                "k8s.io",
-                "run",
-                "--rm",
-                "--snapshotter",
-                "overlayfs",
-                IMAGE,
-                &format!("floor-{i}"),
-                "true",
-            ])
-            .output()
-            .context("running ctr")?;
-        anyhow::ensure!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+        let ms = ctr_run(&socket, &format!("floor-{i}")).await?;
+        // The first run warms caches; it is not counted.
         if i > 0 {
-            floor.push(started.elapsed().as_secs_f64() * 1000.0);
+            floor.push(ms);
         }
     }
 
     // The concurrent floor: as many `ctr run --rm` at once as pods are started at once.
     let runs = futures::future::join_all((0..args.concurrent).map(|i| {
         let socket = socket.clone();
-        async move {
-            let started = Instant::now();
-            let out = tokio::process::Command::new("ctr")
-                .arg("--address")
-                .arg(&socket)
-                .args([
-                    "-n",
-                    "k8s.io",
-                    "run",
-                    "--rm",
-                    "--snapshotter",
-                    "overlayfs",
-                    IMAGE,
-                    &format!("floor-c{i}"),
-                    "true",
-                ])
-                .output()
-                .await;
-            out.map(|o| (o.status.success(), started.elapsed().as_secs_f64() * 1000.0))
-        }
+        async move { ctr_run(&socket, &format!("floor-c{i}")).await }
     }))
     .await;
-    let mut floor_concurrent = Vec::new();
-    for r in runs {
-        let (ok, ms) = r.context("running ctr")?;
-        anyhow::ensure!(ok, "a concurrent ctr run failed");
-        floor_concurrent.push(ms);
-    }
+    let floor_concurrent = runs.into_iter().collect::<anyhow::Result<Vec<f64>>>()?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let seen = Arc::new(Mutex::new(HashMap::new()));

@@ -17,10 +17,10 @@ pub struct ConfigError(pub String);
 /// ConfigMaps and Secrets of the pod's namespace, fetched once per sync.
 #[derive(Debug, Default)]
 pub struct Sources {
-    config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
-    secrets: HashMap<String, Option<BTreeMap<String, String>>>,
-    /// Docker-link style variables of the Services the pod sees.
-    services: Vec<(String, String)>,
+    // Values as bytes: Secrets (and ConfigMaps' binaryData) need not be text, and volumes
+    // must receive them unchanged.
+    config_maps: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
+    secrets: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
 }
 
 /// What the downward API reads besides the pod object.
@@ -46,10 +46,13 @@ impl Sources {
         let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
         for name in cms {
             let data = cm_api.get_opt(&name).await?.map(|cm| {
-                let mut data = cm.data.unwrap_or_default();
-                for (k, v) in cm.binary_data.unwrap_or_default() {
-                    data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-                }
+                let mut data: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
                 data
             });
             sources.config_maps.insert(name, data);
@@ -57,41 +60,33 @@ impl Sources {
         let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         for name in secrets {
             let data = secret_api.get_opt(&name).await?.map(|s| {
-                let mut data: BTreeMap<String, String> = s
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect();
-                data.extend(s.string_data.unwrap_or_default());
+                let mut data: BTreeMap<String, Vec<u8>> =
+                    s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                data.extend(
+                    s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())),
+                );
                 data
             });
             sources.secrets.insert(name, data);
         }
-        // Every pod sees the `kubernetes` Service; with enableServiceLinks (the default) also
-        // the Services of its own namespace.
-        let mut services: Vec<Service> = Vec::new();
-        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
-        if links {
-            let api: Api<Service> = Api::namespaced(client.clone(), &namespace);
-            services.extend(api.list(&kube::api::ListParams::default()).await?.items);
-        }
-        if namespace != "default" || !links {
-            let api: Api<Service> = Api::namespaced(client.clone(), "default");
-            services.extend(api.get_opt("kubernetes").await?);
-        }
-        sources.services = service_env(&services);
         Ok(sources)
     }
 
     /// A ConfigMap's data, `None` when it does not exist.
-    pub fn config_map(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+    pub fn config_map(&self, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
         self.config_maps.get(name).and_then(Option::as_ref)
     }
 
     /// A Secret's data, `None` when it does not exist.
-    pub fn secret(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+    pub fn secret(&self, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
         self.secrets.get(name).and_then(Option::as_ref)
+    }
+
+    /// Test helper: one Secret with byte values.
+    #[cfg(test)]
+    pub(crate) fn with_secret_bytes(name: &str, data: &[(&str, &[u8])]) -> Sources {
+        let data = data.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect();
+        Sources { secrets: HashMap::from([(name.to_owned(), Some(data))]), ..Default::default() }
     }
 
     /// Test helper: a source set from literal data.
@@ -103,13 +98,35 @@ impl Sources {
             items
                 .iter()
                 .map(|(name, kv)| {
-                    let data = kv.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+                    let data =
+                        kv.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect();
                     ((*name).to_owned(), Some(data))
                 })
                 .collect()
         };
-        Sources { config_maps: conv(config_maps), secrets: conv(secrets), services: Vec::new() }
+        Sources { config_maps: conv(config_maps), secrets: conv(secrets) }
     }
+}
+
+/// The Services a new container of `pod` gets variables for: the `kubernetes` Service always,
+/// and with enableServiceLinks (the default) those of the pod's namespace. Read when a
+/// container is created, not on every sync.
+pub async fn visible_services(
+    client: &kube::Client,
+    pod: &Pod,
+) -> Result<Vec<(String, String)>, kube::Error> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut services: Vec<Service> = Vec::new();
+    let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+    if links {
+        let api: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        services.extend(api.list(&kube::api::ListParams::default()).await?.items);
+    }
+    if namespace != "default" || !links {
+        let api: Api<Service> = Api::namespaced(client.clone(), "default");
+        services.extend(api.get_opt("kubernetes").await?);
+    }
+    Ok(service_env(&services))
 }
 
 /// The variables upstream injects for Services (`<NAME>_SERVICE_HOST`, `<NAME>_PORT_…`),
@@ -188,6 +205,11 @@ fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
     (cms, secrets)
 }
 
+/// A value as an environment variable (which can only hold text).
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
 /// Whether `key` is a valid environment variable name (upstream's C-identifier-ish rule:
 /// letters, digits, `_`, `-`, `.`, not starting with a digit).
 fn valid_env_name(key: &str) -> bool {
@@ -196,15 +218,17 @@ fn valid_env_name(key: &str) -> bool {
         && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// The container's resolved environment.
+/// The container's resolved environment: the Service variables `services` first, then
+/// `envFrom`, then `env`.
 pub fn resolve(
     pod: &Pod,
     container: &Container,
     sources: &Sources,
     downward: &Downward,
+    services: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut env: Vec<(String, String)> = sources.services.clone();
+    let mut env: Vec<(String, String)> = services;
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(existing) = env.iter_mut().find(|(name, _)| *name == k) {
             existing.1 = v;
@@ -214,32 +238,27 @@ pub fn resolve(
     };
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(r) = from.config_map_ref.as_ref() {
-            match sources.config_map(&r.name) {
+        let config_map = from
+            .config_map_ref
+            .as_ref()
+            .map(|r| ("configmap", &r.name, r.optional, sources.config_map(&r.name)));
+        let secret = from
+            .secret_ref
+            .as_ref()
+            .map(|r| ("secret", &r.name, r.optional, sources.secret(&r.name)));
+        for (kind, name, optional, data) in config_map.into_iter().chain(secret) {
+            match data {
                 Some(data) => {
                     for (k, v) in data {
                         let key = format!("{prefix}{k}");
+                        // Keys that are not valid variable names are skipped, as upstream.
                         if valid_env_name(&key) {
-                            set(&mut env, key, v.clone());
+                            set(&mut env, key, text(v));
                         }
                     }
                 }
-                None if r.optional == Some(true) => {}
-                None => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
-            }
-        }
-        if let Some(r) = from.secret_ref.as_ref() {
-            match sources.secret(&r.name) {
-                Some(data) => {
-                    for (k, v) in data {
-                        let key = format!("{prefix}{k}");
-                        if valid_env_name(&key) {
-                            set(&mut env, key, v.clone());
-                        }
-                    }
-                }
-                None if r.optional == Some(true) => {}
-                None => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
+                None if optional == Some(true) => {}
+                None => return Err(ConfigError(format!("{kind} \"{name}\" not found"))),
             }
         }
     }
@@ -251,7 +270,7 @@ pub fn resolve(
         } else if let Some(vf) = e.value_from.as_ref() {
             if let Some(r) = vf.config_map_key_ref.as_ref() {
                 match sources.config_map(&r.name).map(|d| d.get(&r.key)) {
-                    Some(Some(v)) => Some(v.clone()),
+                    Some(Some(v)) => Some(text(v)),
                     _ if r.optional == Some(true) => None,
                     Some(None) => {
                         return Err(ConfigError(format!(
@@ -265,7 +284,7 @@ pub fn resolve(
                 }
             } else if let Some(r) = vf.secret_key_ref.as_ref() {
                 match sources.secret(&r.name).map(|d| d.get(&r.key)) {
-                    Some(Some(v)) => Some(v.clone()),
+                    Some(Some(v)) => Some(text(v)),
                     _ if r.optional == Some(true) => None,
                     Some(None) => {
                         return Err(ConfigError(format!(
@@ -402,8 +421,10 @@ mod tests {
         );
         let downward = Downward { pod_ip: "10.42.0.5".into(), ..Default::default() };
         let container = pod.spec.as_ref().unwrap().containers[0].clone();
-        let env: HashMap<_, _> =
-            resolve(&pod, &container, &sources, &downward).unwrap().into_iter().collect();
+        let env: HashMap<_, _> = resolve(&pod, &container, &sources, &downward, Vec::new())
+            .unwrap()
+            .into_iter()
+            .collect();
         assert_eq!(env["CM_x"], "1");
         assert!(!env.contains_key("CM_bad key"));
         assert_eq!(env["A"], "a-1");
@@ -426,10 +447,10 @@ mod tests {
         .unwrap();
         let container = pod.spec.as_ref().unwrap().containers[0].clone();
         let none = Sources::default();
-        let err = resolve(&pod, &container, &none, &Downward::default()).unwrap_err();
+        let err = resolve(&pod, &container, &none, &Downward::default(), Vec::new()).unwrap_err();
         assert_eq!(err.0, "configmap \"cm\" not found");
         let no_key = Sources::from_literals(&[("cm", &[("other", "1")])], &[]);
-        let err = resolve(&pod, &container, &no_key, &Downward::default()).unwrap_err();
+        let err = resolve(&pod, &container, &no_key, &Downward::default(), Vec::new()).unwrap_err();
         assert_eq!(err.0, "couldn't find key k in ConfigMap ns/cm");
     }
 

@@ -101,8 +101,8 @@ fn auth_config(server: &str, entry: &serde_json::Value) -> cri::AuthConfig {
     }
 }
 
-/// The image's ID when the runtime has it.
-pub async fn present(cri: &Cri, image: &str) -> Result<Option<String>, tonic::Status> {
+/// The image as the runtime has it, if it has it.
+pub async fn status(cri: &Cri, image: &str) -> Result<Option<cri::Image>, tonic::Status> {
     let response = cri
         .images
         .clone()
@@ -112,27 +112,17 @@ pub async fn present(cri: &Cri, image: &str) -> Result<Option<String>, tonic::St
         })
         .await?
         .into_inner();
-    Ok(response.image.map(|i| i.id))
+    Ok(response.image)
 }
 
 /// The user an image runs as: `Some(uid)` when numeric (from the image config), `None` when
 /// it names a user by name, and `Some(0)` when it names none.
-pub async fn image_user(cri: &Cri, image: &str) -> Result<Option<i64>, tonic::Status> {
-    let response = cri
-        .images
-        .clone()
-        .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec { image: image.to_owned(), ..Default::default() }),
-            verbose: false,
-        })
-        .await?
-        .into_inner();
-    let Some(image) = response.image else { return Ok(None) };
-    Ok(match (image.uid, image.username.as_str()) {
+pub fn image_user(image: &cri::Image) -> Option<i64> {
+    match (&image.uid, image.username.as_str()) {
         (Some(uid), _) => Some(uid.value),
         (None, "") => Some(0),
         (None, _) => None,
-    })
+    }
 }
 
 /// Pulls `image`, trying each credential and then none; returns the image reference.

@@ -83,7 +83,11 @@ async fn run_exec(cri: &Cri, exec: &ExecAction, target: &Target, timeout: Durati
                 let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
                 out.push_str(&String::from_utf8_lossy(&r.stderr));
                 Outcome::Failure(if out.trim().is_empty() {
-                    format!("command {:?} exited with {}", request_cmd(exec), r.exit_code)
+                    format!(
+                        "command {:?} exited with {}",
+                        exec.command.clone().unwrap_or_default(),
+                        r.exit_code
+                    )
                 } else {
                     out.trim().to_owned()
                 })
@@ -92,10 +96,6 @@ async fn run_exec(cri: &Cri, exec: &ExecAction, target: &Target, timeout: Durati
         Ok(Err(e)) => Outcome::Failure(format!("exec failed: {}", e.message())),
         Err(_) => Outcome::Failure(format!("command timed out after {}s", timeout.as_secs())),
     }
-}
-
-fn request_cmd(exec: &ExecAction) -> Vec<String> {
-    exec.command.clone().unwrap_or_default()
 }
 
 /// A port given by number or by the name of one of the container's ports.
@@ -422,12 +422,11 @@ async fn probe_loop(
                     s.ready = container.readiness_probe.is_none();
                     changed = true;
                 }
-                (Kind::Startup, Outcome::Failure(why)) if failures >= failure_threshold => {
+                (Kind::Startup, Outcome::Failure(_)) if failures >= failure_threshold => {
                     s.kill = Some(format!(
                         "Container {} failed startup probe, will be restarted",
                         container.name
                     ));
-                    let _ = why;
                     changed = true;
                 }
                 (Kind::Readiness, Outcome::Success)
@@ -508,11 +507,7 @@ pub async fn run_hook(
         tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(timeout)).await;
         return Ok(());
     }
-    if let Some(tcp) = &hook.tcp_socket {
-        // Deprecated for hooks upstream and never executed; kept as a no-op.
-        let _ = tcp;
-        return Ok(());
-    }
+    // A tcpSocket hook is deprecated upstream and never executed: nothing to do.
     Ok(())
 }
 

@@ -267,6 +267,11 @@ pub async fn stop_sandbox(cri: &Cri, id: &str, remove: bool) -> Result<(), Agent
     Ok(())
 }
 
+/// The label selector of everything this node's agent created.
+fn managed_by(node: &str) -> HashMap<String, String> {
+    HashMap::from([(super::config::LABEL_MANAGED_BY.to_owned(), node.to_owned())])
+}
+
 /// Every pod UID the runtime holds sandboxes for, on this node (for housekeeping).
 pub async fn sandbox_uids(cri: &Cri, node: &str) -> Result<Vec<String>, AgentError> {
     let items = cri
@@ -274,10 +279,7 @@ pub async fn sandbox_uids(cri: &Cri, node: &str) -> Result<Vec<String>, AgentErr
         .clone()
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
-                label_selector: HashMap::from([(
-                    super::config::LABEL_MANAGED_BY.to_owned(),
-                    node.to_owned(),
-                )]),
+                label_selector: managed_by(node),
                 ..Default::default()
             }),
         })
@@ -302,10 +304,7 @@ pub async fn container_states(
         .clone()
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {
-                label_selector: HashMap::from([(
-                    super::config::LABEL_MANAGED_BY.to_owned(),
-                    node.to_owned(),
-                )]),
+                label_selector: managed_by(node),
                 ..Default::default()
             }),
         })

@@ -145,7 +145,7 @@ pub fn initialized(pod: &Pod, observed: &Observed) -> bool {
 }
 
 /// The phase upstream derives from container states.
-pub fn phase(pod: &Pod, observed: &Observed, waiting: &HashMap<String, Waiting>) -> &'static str {
+pub fn phase(pod: &Pod, observed: &Observed) -> &'static str {
     let Some(spec) = pod.spec.as_ref() else { return "Pending" };
     let policy = restart_policy(pod);
     // An init container that failed for good fails the pod.
@@ -173,7 +173,6 @@ pub fn phase(pod: &Pod, observed: &Observed, waiting: &HashMap<String, Waiting>)
                 }
             }
             _ => {
-                let _ = waiting.get(&c.name);
                 waiting_n += 1;
             }
         }
@@ -233,7 +232,7 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         .and_then(|s| serde_json::to_value(&s.conditions).ok())
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
-    let phase = phase(pod, inputs.observed, inputs.waiting);
+    let phase = phase(pod, inputs.observed);
     let init_statuses: Vec<Value> =
         spec.init_containers.iter().flatten().map(|c| container_status(inputs, c, true)).collect();
     let statuses: Vec<Value> =
@@ -349,27 +348,26 @@ mod tests {
 
     #[test]
     fn phases_follow_restart_policy() {
-        let none = HashMap::new();
         let both_ok = observed(vec![
             container("a", State::Exited, 0, 0),
             container("b", State::Exited, 0, 0),
         ]);
-        assert_eq!(phase(&pod("Never"), &both_ok, &none), "Succeeded");
-        assert_eq!(phase(&pod("OnFailure"), &both_ok, &none), "Succeeded");
-        assert_eq!(phase(&pod("Always"), &both_ok, &none), "Running");
+        assert_eq!(phase(&pod("Never"), &both_ok), "Succeeded");
+        assert_eq!(phase(&pod("OnFailure"), &both_ok), "Succeeded");
+        assert_eq!(phase(&pod("Always"), &both_ok), "Running");
         let one_failed = observed(vec![
             container("a", State::Exited, 1, 0),
             container("b", State::Exited, 0, 0),
         ]);
-        assert_eq!(phase(&pod("Never"), &one_failed, &none), "Failed");
-        assert_eq!(phase(&pod("OnFailure"), &one_failed, &none), "Running");
+        assert_eq!(phase(&pod("Never"), &one_failed), "Failed");
+        assert_eq!(phase(&pod("OnFailure"), &one_failed), "Running");
         let half = observed(vec![container("a", State::Running, 0, 0)]);
-        assert_eq!(phase(&pod("Always"), &half, &none), "Pending");
+        assert_eq!(phase(&pod("Always"), &half), "Pending");
         let running = observed(vec![
             container("a", State::Running, 0, 0),
             container("b", State::Exited, 0, 0),
         ]);
-        assert_eq!(phase(&pod("Never"), &running, &none), "Running");
+        assert_eq!(phase(&pod("Never"), &running), "Running");
     }
 
     #[test]

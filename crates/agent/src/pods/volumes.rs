@@ -139,11 +139,11 @@ fn add_items(
         Some(items) if !items.is_empty() => {
             for item in items {
                 let contents = data.get(&item.key).ok_or_else(|| {
-                    MountError(format!(
-                        "configmap references non-existent config key: {}",
-                        item.key
-                    ))
-                    .with_kind(what)
+                    MountError(if what == "secret" {
+                        format!("references non-existent secret key: {}", item.key)
+                    } else {
+                        format!("configmap references non-existent config key: {}", item.key)
+                    })
                 })?;
                 let mode = item.mode.map_or(default_mode, |m| m as u32);
                 files.insert(item.path.clone(), (contents.clone(), mode));
@@ -158,23 +158,6 @@ fn add_items(
     Ok(())
 }
 
-impl MountError {
-    fn with_kind(self, what: &str) -> MountError {
-        if what == "secret" {
-            MountError(self.0.replace(
-                "configmap references non-existent config key",
-                "references non-existent secret key",
-            ))
-        } else {
-            self
-        }
-    }
-}
-
-fn bytes_map(data: &BTreeMap<String, String>) -> BTreeMap<String, Vec<u8>> {
-    data.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect()
-}
-
 /// The files a projected-kind volume should contain, or `None` for other kinds.
 fn projected_files(
     pod: &Pod,
@@ -187,9 +170,7 @@ fn projected_files(
     if let Some(cm) = volume.config_map.as_ref() {
         let mode = cm.default_mode.map_or(0o644, |m| m as u32);
         match sources.config_map(&cm.name) {
-            Some(data) => {
-                add_items(&mut files, &bytes_map(data), cm.items.as_ref(), mode, "configmap")?
-            }
+            Some(data) => add_items(&mut files, data, cm.items.as_ref(), mode, "configmap")?,
             None if cm.optional == Some(true) => {}
             None => return Err(MountError(format!("configmap \"{}\" not found", cm.name))),
         }
@@ -199,9 +180,7 @@ fn projected_files(
         let mode = secret.default_mode.map_or(0o644, |m| m as u32);
         let name = secret.secret_name.clone().unwrap_or_default();
         match sources.secret(&name) {
-            Some(data) => {
-                add_items(&mut files, &bytes_map(data), secret.items.as_ref(), mode, "secret")?
-            }
+            Some(data) => add_items(&mut files, data, secret.items.as_ref(), mode, "secret")?,
             None if secret.optional == Some(true) => {}
             None => {
                 return Err(MountError(format!(
@@ -221,22 +200,16 @@ fn projected_files(
         for source in p.sources.iter().flatten() {
             if let Some(cm) = source.config_map.as_ref() {
                 match sources.config_map(&cm.name) {
-                    Some(data) => add_items(
-                        &mut files,
-                        &bytes_map(data),
-                        cm.items.as_ref(),
-                        mode,
-                        "configmap",
-                    )?,
+                    Some(data) => {
+                        add_items(&mut files, data, cm.items.as_ref(), mode, "configmap")?
+                    }
                     None if cm.optional == Some(true) => {}
                     None => return Err(MountError(format!("configmap \"{}\" not found", cm.name))),
                 }
             }
             if let Some(s) = source.secret.as_ref() {
                 match sources.secret(&s.name) {
-                    Some(data) => {
-                        add_items(&mut files, &bytes_map(data), s.items.as_ref(), mode, "secret")?
-                    }
+                    Some(data) => add_items(&mut files, data, s.items.as_ref(), mode, "secret")?,
                     None if s.optional == Some(true) => {}
                     None => return Err(MountError(format!("secret \"{}\" not found", s.name))),
                 }
@@ -556,5 +529,26 @@ mod tests {
         assert_eq!(err.0, "configmap \"cm\" not found");
         tear_down(dir.path(), "u1").unwrap();
         assert!(!dir.path().join("u1").exists());
+    }
+
+    #[test]
+    fn binary_secret_values_reach_files_unchanged() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u2"},
+            "spec": {"containers": [{"name": "c"}], "volumes": [
+                {"name": "keys", "secret": {"secretName": "bin"}}]}
+        }))
+        .unwrap();
+        let bytes: &[u8] = &[0x00, 0xff, 0xfe, 0x80, b'k'];
+        let sources = Sources::with_secret_bytes("bin", &[("keystore", bytes)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u2/volumes/kubernetes.io~secret/keys");
+        std::fs::create_dir_all(&path).unwrap();
+        // A tmpfs would be mounted here; write into the folder directly for the unit test.
+        let volume = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0].clone();
+        let files =
+            projected_files(&pod, &volume, &sources, &Downward::default()).unwrap().unwrap();
+        write_atomic(&path, &files).unwrap();
+        assert_eq!(std::fs::read(path.join("keystore")).unwrap(), bytes);
     }
 }

@@ -176,10 +176,7 @@ impl Worker {
             return Ok(Next::After(RESYNC * 3));
         }
 
-        let sources = match Sources::fetch(&ctx.client, pod).await {
-            Ok(s) => s,
-            Err(e) => return Err(e.into()),
-        };
+        let sources = Sources::fetch(&ctx.client, pod).await?;
         let mut downward = Downward {
             host_ip: ctx.config.node_ip.to_string(),
             pod_ip: observed
@@ -209,7 +206,7 @@ impl Worker {
         let sandbox = match observed.sandbox().filter(|s| s.ready).cloned() {
             Some(s) => s,
             None => {
-                let phase = status::phase(pod, &observed, &self.waiting);
+                let phase = status::phase(pod, &observed);
                 if status::is_terminal(phase)
                     || (observed.sandbox().is_some() && self.finished(pod, &observed))
                 {
@@ -281,7 +278,7 @@ impl Worker {
             self.handle_probes(pod, &observed, &sandbox).await?;
         }
         self.remove_dead(&observed).await?;
-        let phase = status::phase(pod, &observed, &self.waiting);
+        let phase = status::phase(pod, &observed);
         if status::is_terminal(phase) {
             self.stop_sandboxes(&observed).await?;
         }
@@ -388,7 +385,7 @@ impl Worker {
 
     /// Whether every container is done and will not be restarted.
     fn finished(&self, pod: &Pod, observed: &Observed) -> bool {
-        status::is_terminal(status::phase(pod, observed, &self.waiting))
+        status::is_terminal(status::phase(pod, observed))
     }
 
     /// `None` when the container may restart now (the back-off is stepped); otherwise how long
@@ -528,7 +525,8 @@ impl Worker {
             self.fail(c, &path, "CreateContainerConfigError", &message);
             return Ok(false);
         }
-        let env = match env::resolve(pod, c, sources, downward) {
+        let services = env::visible_services(&ctx.client, pod).await?;
+        let env = match env::resolve(pod, c, sources, downward, services) {
             Ok(env) => env,
             Err(e) => {
                 self.fail(c, &path, "CreateContainerConfigError", &e.0);
@@ -648,7 +646,9 @@ impl Worker {
         }
         let uid = match sc.run_as_user.or(pod_sc.run_as_user) {
             Some(uid) => Some(uid),
-            None => images::image_user(&self.ctx.cri, image).await?,
+            None => {
+                images::status(&self.ctx.cri, image).await?.as_ref().and_then(images::image_user)
+            }
         };
         Ok(match uid {
             Some(0) => Some("container has runAsNonRoot and image will run as root".to_owned()),
@@ -817,7 +817,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let image = c.image.clone().unwrap_or_default();
         let policy = images::pull_policy(c);
-        let present = images::present(&ctx.cri, &image).await?;
+        let present = images::status(&ctx.cri, &image).await?.map(|i| i.id);
         match (policy.as_str(), present) {
             ("Never", Some(id)) | ("IfNotPresent", Some(id)) => {
                 if !self.waiting.contains_key(&c.name) {

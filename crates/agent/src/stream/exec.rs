@@ -379,14 +379,12 @@ where
             }));
         } else if let Some(mut source) = from_runtime.remove(kind.as_str()) {
             let target = stream.writer();
-            let is_error = kind == "error";
             tasks.push(tokio::spawn(async move {
                 while let Some(chunk) = source.read().await {
                     if target.write(&chunk).is_err() {
                         break;
                     }
                 }
-                let _ = is_error;
                 target.close();
             }));
         }
