@@ -55,8 +55,10 @@ fn containers_share_localhost_and_an_empty_dir_and_deletion_is_graceful() {
     );
     apply(&server, &manifest);
     server.wait_phase("default", "web", "Running", Duration::from_secs(60));
-    server.wait_for(
-        &["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[*].ready}"],
+    server.wait_pod(
+        "default",
+        "web",
+        "{.status.containerStatuses[*].ready}",
         Duration::from_secs(30),
         |s| s == "true true",
     );
@@ -196,14 +198,10 @@ fn env_comes_from_config_maps_secrets_and_the_downward_api() {
     );
     apply(&server, &manifest);
     // The ConfigMap does not exist yet: the container cannot be configured.
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "env",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
+    server.wait_pod(
+        "default",
+        "env",
+        "{.status.containerStatuses[0].state.waiting.reason}",
         Duration::from_secs(60),
         |s| s == "CreateContainerConfigError",
     );
@@ -265,14 +263,10 @@ fn env_comes_from_config_maps_secrets_and_the_downward_api() {
         ),
     );
     apply(&server, &nonroot);
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "nonroot",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.message}",
-        ],
+    server.wait_pod(
+        "default",
+        "nonroot",
+        "{.status.containerStatuses[0].state.waiting.message}",
         Duration::from_secs(60),
         |s| s == "container has runAsNonRoot and image will run as root",
     );
@@ -291,14 +285,10 @@ fn restart_policies_and_crash_loop_back_off() {
     apply(&server, &manifest);
     // First restart is immediate, the second waits 10 s: the container is in CrashLoopBackOff
     // with its last exit recorded.
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "crash",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
+    server.wait_pod(
+        "default",
+        "crash",
+        "{.status.containerStatuses[0].state.waiting.reason}",
         Duration::from_secs(60),
         |s| s == "CrashLoopBackOff",
     );
@@ -324,8 +314,10 @@ fn restart_policies_and_crash_loop_back_off() {
         "Error"
     );
     let entered = Instant::now();
-    server.wait_for(
-        &["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"],
+    server.wait_pod(
+        "default",
+        "crash",
+        "{.status.containerStatuses[0].restartCount}",
         Duration::from_secs(40),
         |s| s.parse::<u32>().is_ok_and(|n| n > restarts_at_backoff),
     );
@@ -518,25 +510,17 @@ fn a_missing_image_is_err_image_pull_then_back_off() {
     let manifest =
         pod(&server, "missing", "  containers: [{name: c, image: '127.0.0.1:9/nothing/here:1'}]\n");
     apply(&server, &manifest);
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "missing",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
+    server.wait_pod(
+        "default",
+        "missing",
+        "{.status.containerStatuses[0].state.waiting.reason}",
         Duration::from_secs(60),
         |s| s == "ErrImagePull" || s == "ImagePullBackOff",
     );
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "missing",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
+    server.wait_pod(
+        "default",
+        "missing",
+        "{.status.containerStatuses[0].state.waiting.reason}",
         Duration::from_secs(60),
         |s| s == "ImagePullBackOff",
     );
@@ -548,14 +532,10 @@ fn a_missing_image_is_err_image_pull_then_back_off() {
         "  containers: [{name: c, image: 'krust.local/absent:1', imagePullPolicy: Never}]\n",
     );
     apply(&server, &never);
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "never",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
+    server.wait_pod(
+        "default",
+        "never",
+        "{.status.containerStatuses[0].state.waiting.reason}",
         Duration::from_secs(60),
         |s| s == "ErrImageNeverPull",
     );
@@ -641,14 +621,10 @@ fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
     );
     apply(&server, &manifest);
     server.wait_phase("default", "probed", "Running", Duration::from_secs(60));
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "probed",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
+    server.wait_pod(
+        "default",
+        "probed",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
         Duration::from_secs(30),
         |s| s == "True",
     );
@@ -656,14 +632,10 @@ fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
         server.pod_field("default", "probed", "{.status.containerStatuses[0].started}"),
         "true"
     );
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "probed",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
+    server.wait_pod(
+        "default",
+        "probed",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
         Duration::from_secs(30),
         |s| s == "False",
     );
@@ -671,14 +643,11 @@ fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
         server.pod_field("default", "probed", "{.status.containerStatuses[0].restartCount}"),
         "0"
     );
-    let events = server.ok(&[
-        "get",
-        "events",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ]);
+    let events = server.events("");
     assert!(events.contains("Unhealthy: Readiness probe failed"), "{events}");
     assert!(!events.contains("FailedPostStartHook"), "{events}");
+    // The postStart hook ran inside the container.
+    assert_eq!(server.ok(&["exec", "probed", "--", "cat", "/tmp/poststart"]).trim(), "started");
 
     // Liveness: a path that 404s fails three times in a row and the container is restarted.
     let liveness = pod(
@@ -695,17 +664,14 @@ fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
         ),
     );
     apply(&server, &liveness);
-    server.wait_for(
-        &["get", "pod", "unhealthy", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"],
+    server.wait_pod(
+        "default",
+        "unhealthy",
+        "{.status.containerStatuses[0].restartCount}",
         Duration::from_secs(60),
         |s| s.parse::<u32>().is_ok_and(|n| n >= 1),
     );
-    let events = server.ok(&[
-        "get",
-        "events",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ]);
+    let events = server.events("");
     assert!(
         events.contains("Unhealthy: Liveness probe failed: HTTP probe failed with statuscode: 404"),
         "{events}"
@@ -787,8 +753,10 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
         ),
     );
     apply(&server, &manifest);
-    server.wait_for(
-        &["get", "pod", "talk", "-o", "jsonpath={.status.containerStatuses[*].ready}"],
+    server.wait_pod(
+        "default",
+        "talk",
+        "{.status.containerStatuses[*].ready}",
         Duration::from_secs(60),
         |s| s == "true true true",
     );
@@ -1303,14 +1271,10 @@ fn images_are_pulled_from_a_private_registry_with_pull_secrets() {
             &format!("  containers: [{{name: c, image: '{image}', command: {run}}}]\n"),
         ),
     );
-    server.wait_for(
-        &[
-            "get",
-            "pod",
-            "anonymous",
-            "-o",
-            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
-        ],
+    server.wait_pod(
+        "default",
+        "anonymous",
+        "{.status.containerStatuses[0].state.waiting.reason}",
         Duration::from_secs(60),
         |s| s == "ErrImagePull" || s == "ImagePullBackOff",
     );
@@ -1338,14 +1302,7 @@ fn images_are_pulled_from_a_private_registry_with_pull_secrets() {
     server.wait_phase("default", "pulled", "Running", Duration::from_secs(60));
     let image_id = server.pod_field("default", "pulled", "{.status.containerStatuses[0].imageID}");
     assert!(image_id.starts_with("sha256:") || image_id.contains("@sha256:"), "{image_id}");
-    let events = server.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=pulled",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ]);
+    let events = server.events("pulled");
     assert!(events.contains(&format!("Pulling: Pulling image \"{image}\"")), "{events}");
     assert!(events.contains("Successfully pulled image"), "{events}");
 
@@ -1359,14 +1316,7 @@ fn images_are_pulled_from_a_private_registry_with_pull_secrets() {
         ),
     );
     server.wait_phase("default", "cached", "Running", Duration::from_secs(60));
-    let events = server.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=cached",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ]);
+    let events = server.events("cached");
     assert!(events.contains("already present on machine"), "{events}");
     assert!(!events.contains("Pulling"), "{events}");
     apply(
@@ -1380,14 +1330,7 @@ fn images_are_pulled_from_a_private_registry_with_pull_secrets() {
         ),
     );
     server.wait_phase("default", "always", "Running", Duration::from_secs(60));
-    let events = server.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=always",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-    ]);
+    let events = server.events("always");
     assert!(events.contains("Pulling"), "{events}");
 }
 
@@ -1702,29 +1645,21 @@ fn grpc_and_tcp_probes_pass_and_fail() {
     );
     apply(&server, &manifest);
     server.wait_phase("default", "grpc", "Running", Duration::from_secs(60));
-    let ready =
-        |name: &str| format!("jsonpath={{.status.containerStatuses[?(@.name==\"{name}\")].ready}}");
-    server.wait_for(&["get", "pod", "grpc", "-o", &ready("app")], Duration::from_secs(30), |s| {
-        s == "true"
-    });
+    let ready = |name: &str| format!("{{.status.containerStatuses[?(@.name==\"{name}\")].ready}}");
+    server.wait_pod("default", "grpc", &ready("app"), Duration::from_secs(30), |s| s == "true");
     assert_eq!(
         server.pod_field("default", "grpc", "{.status.podIP}"),
         server.pod_field("default", "grpc", "{.status.hostIP}")
     );
     serving.store(false, Ordering::SeqCst);
-    server.wait_for(&["get", "pod", "grpc", "-o", &ready("app")], Duration::from_secs(30), |s| {
-        s == "false"
-    });
-    assert_eq!(server.ok(&["get", "pod", "grpc", "-o", &ready("closed")]), "false");
-    let events =
-        server.ok(&["get", "events", "-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}"]);
+    server.wait_pod("default", "grpc", &ready("app"), Duration::from_secs(30), |s| s == "false");
+    assert_eq!(server.pod_field("default", "grpc", &ready("closed")), "false");
+    let events = server.events("grpc");
     assert!(
         events.contains("Readiness probe failed: service unhealthy (responded with NOT_SERVING)"),
         "{events}"
     );
     assert!(events.contains("Readiness probe failed: dial tcp"), "{events}");
     serving.store(true, Ordering::SeqCst);
-    server.wait_for(&["get", "pod", "grpc", "-o", &ready("app")], Duration::from_secs(30), |s| {
-        s == "true"
-    });
+    server.wait_pod("default", "grpc", &ready("app"), Duration::from_secs(30), |s| s == "true");
 }

@@ -141,6 +141,30 @@ impl KrustServer {
         }
     }
 
+    /// Polls one pod's jsonpath until `check` accepts it.
+    pub fn wait_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        jsonpath: &str,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let output = format!("jsonpath={jsonpath}");
+        self.wait_for(&["get", "pod", pod, "-n", namespace, "-o", &output], timeout, check)
+    }
+
+    /// Events (of the object named `name`, or all with ""), one `Reason: message` per line.
+    pub fn events(&self, name: &str) -> String {
+        let selector = format!("involvedObject.name={name}");
+        let mut args = vec!["get", "events"];
+        if !name.is_empty() {
+            args.extend(["--field-selector", &selector]);
+        }
+        args.extend(["-o", "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}"]);
+        self.ok(&args)
+    }
+
     /// A jsonpath read of one pod.
     pub fn pod_field(&self, namespace: &str, pod: &str, jsonpath: &str) -> String {
         let out = self.kubectl(&[
