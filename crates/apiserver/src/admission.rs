@@ -47,6 +47,10 @@ impl Admission {
         if kind == "Node" {
             return self.admit_node(rest, object).await;
         }
+        if kind == "Pod" && object.get("apiVersion").and_then(Value::as_str) == Some("v1") {
+            crate::pods::admit(rest, object).await?;
+            return Ok(None);
+        }
         if kind != "Service" {
             return Ok(None);
         }

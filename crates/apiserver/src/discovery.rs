@@ -25,6 +25,12 @@ fn subresources(rt: &ResourceType) -> Vec<(&'static str, Value, Vec<&'static str
     if rt.kind == "Pod" && rt.is_builtin() {
         let options = |kind: &str| json!({"group": "", "version": "v1", "kind": kind});
         out.push(("attach", options("PodAttachOptions"), vec!["create", "get"]));
+        out.push(("binding", options("Binding"), vec!["create"]));
+        out.push((
+            "eviction",
+            json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
+            vec!["create"],
+        ));
         out.push(("exec", options("PodExecOptions"), vec!["create", "get"]));
         out.push(("log", own.clone(), vec!["get"]));
         out.push(("portforward", options("PodPortForwardOptions"), vec!["create", "get"]));

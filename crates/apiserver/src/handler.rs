@@ -216,6 +216,9 @@ fn route(registry: &Registry, path: &str) -> ApiResult<Route> {
             || (target.rt.kind == "Pod"
                 && target.rt.is_builtin()
                 && STREAMING.contains(&sub.as_str()))
+            || (target.rt.kind == "Pod"
+                && target.rt.is_builtin()
+                && matches!(sub.as_str(), "binding" | "eviction"))
             || (sub == "finalize" && target.rt.kind == "Namespace");
         if !ok {
             return Err(ApiError::no_route());
@@ -574,6 +577,24 @@ impl ApiServer {
         let ns = target.namespace.as_deref();
         let table = wants_table(&accept);
         let include = IncludeObject::parse(query.get("includeObject"))?;
+        if let (Some(sub @ ("binding" | "eviction")), Some(ns), Some(name)) =
+            (target.subresource.as_deref(), ns, target.name.as_deref())
+        {
+            if verb != "create" {
+                return Err(ApiError::method_not_allowed(format!(
+                    "pods/{sub} only supports create"
+                )));
+            }
+            let body = read_body(request, &content_type).await?;
+            let answer = if sub == "binding" {
+                let options = write_options(&query, &user_agent)?;
+                crate::pods::bind(&self.rest, ns, name, &body, &options).await?
+            } else {
+                let options = delete_options(&query, &[], &content_type)?;
+                crate::pods::evict(&self.rest, ns, name, &body, options).await?
+            };
+            return Ok(json_response(StatusCode::CREATED, &answer));
+        }
         match verb {
             "get" => {
                 let name = target.name.as_deref().unwrap_or("");

@@ -15,6 +15,7 @@ pub mod managed;
 pub mod metrics;
 pub mod patch;
 pub mod pki;
+pub mod pods;
 pub mod protobuf;
 pub mod proxy;
 pub mod resources;

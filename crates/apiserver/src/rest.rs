@@ -640,6 +640,22 @@ impl Rest {
         Ok((object, warnings, false))
     }
 
+    /// Reads, transforms and writes with compare-and-swap, retrying on races; for writes
+    /// whose rules live outside the generic registry (pod binding). The `binding`
+    /// subresource may change status along with spec.
+    pub async fn update_with(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        options: &WriteOptions,
+        subresource: Option<&str>,
+        transform: impl FnMut(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Value> {
+        self.guaranteed_update(rt, namespace, name, None, options, subresource, "Update", transform)
+            .await
+    }
+
     /// Reads, transforms and writes with compare-and-swap, retrying on races unless the caller
     /// named a resourceVersion (then a race is a 409 Conflict, as upstream).
     #[expect(
@@ -826,7 +842,7 @@ impl Rest {
                 meta.insert("managedFields".into(), mf.clone());
             }
         }
-        if subresource == Some("scale") {
+        if subresource == Some("scale") || subresource == Some("binding") {
             return Ok(());
         }
         if rt.has_status {

@@ -85,6 +85,37 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`).
+    pub fn from_object(selector: &Value) -> Result<LabelSelector, ApiError> {
+        let mut requirements = Vec::new();
+        if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in labels {
+                requirements
+                    .push(Requirement::Equals(k.clone(), v.as_str().unwrap_or("").to_owned()));
+            }
+        }
+        for e in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or("").to_owned();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|v| v.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default();
+            requirements.push(match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "\"{other}\" is not a valid label selector operator"
+                    )));
+                }
+            });
+        }
+        Ok(LabelSelector { requirements })
+    }
+
     /// Whether the selector has no requirements.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()

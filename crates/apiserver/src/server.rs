@@ -152,6 +152,19 @@ pub async fn bootstrap(
             Err(e) => return Err(e.into()),
         }
     }
+    let classes = registry
+        .lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or(ServerError::NotServed("priorityclasses"))?;
+    for (name, value) in crate::pods::SYSTEM_PRIORITY_CLASSES {
+        let class = json!({"metadata": {"name": name}, "value": value,
+            "description": "Used for system critical pods that must not be moved from their current node.",
+            "preemptionPolicy": "PreemptLowerPriority"});
+        match server.rest.create(&classes, None, class, &options).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let services =
         registry.lookup("", "v1", "services").ok_or(ServerError::NotServed("services"))?;
     let service = json!({

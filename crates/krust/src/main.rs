@@ -4,6 +4,7 @@ mod agent;
 mod bench;
 mod bench_api;
 mod bench_pods;
+mod control;
 mod join;
 mod server;
 
@@ -30,6 +31,10 @@ enum Command {
     Reset(agent::ResetArgs),
     /// Manage the images of this host's agent.
     Image(agent::ImageArgs),
+    /// Run only the scheduler, against a server: `krust scheduler --kubeconfig FILE`.
+    Scheduler(control::StandaloneScheduler),
+    /// Run only the controller manager, against a server: `krust controller-manager --kubeconfig FILE`.
+    ControllerManager(control::StandaloneManager),
     /// Measure krust against its peers (see `krust bench --help`).
     Bench(bench::BenchArgs),
     /// Internal helpers used by krust's own tests.
@@ -53,6 +58,8 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(args) => agent::run_joined(*args).await,
             Command::Reset(args) => agent::reset(args).await,
             Command::Image(args) => agent::image(args).await,
+            Command::Scheduler(args) => control::run_scheduler(args).await,
+            Command::ControllerManager(args) => control::run_manager(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug(args) => server::debug(args).await,
         }

@@ -38,6 +38,18 @@ pub(crate) struct ServerArgs {
     /// Flags of the in-process node agent.
     #[command(flatten)]
     agent: crate::agent::AgentArgs,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    disable_scheduler: bool,
+    /// Do not run the controller manager in this process.
+    #[arg(long)]
+    disable_controller_manager: bool,
+    /// Flags of the in-process scheduler.
+    #[command(flatten)]
+    scheduler: crate::control::SchedulerArgs,
+    /// Flags of the in-process controller manager.
+    #[command(flatten)]
+    manager: crate::control::ManagerArgs,
     /// Pod network (IPv4 CIDR) nodes get their pod CIDRs from.
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
@@ -260,6 +272,17 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     );
 
     let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api));
+    if !args.disable_scheduler || !args.disable_controller_manager {
+        let (cert, key) = pki.issue_client("system:kube-controller-manager", &[])?;
+        let url = format!("https://127.0.0.1:{}", local.port());
+        let kubeconfig = pki::kubeconfig(&pki.ca_cert_pem, &url, "control-plane", &cert, &key);
+        let client = crate::agent::client_from_kubeconfig(&kubeconfig).await?;
+        crate::control::spawn_in_server(
+            client,
+            (!args.disable_scheduler).then(|| args.scheduler.config()),
+            (!args.disable_controller_manager).then(|| args.manager.config()),
+        );
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut agent_task = None;
     if !args.disable_agent {

@@ -1,0 +1,356 @@
+//! What the API server does for pods beyond generic storage: the `binding` subresource the
+//! scheduler assigns nodes through, the `eviction` subresource drains go through (checking
+//! PodDisruptionBudgets), and the admission upstream's DefaultTolerationSeconds and Priority
+//! plugins apply to every new pod.
+
+use serde_json::{Value, json};
+
+use crate::rest::{DeleteOptions, ListOptions, Rest, WriteOptions};
+use crate::selectors::LabelSelector;
+use crate::status::{ApiError, ApiResult, Cause};
+
+/// The taints the node lifecycle controller puts on nodes that stop reporting, which every
+/// pod tolerates for five minutes unless it says otherwise (DefaultTolerationSeconds).
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+/// See [`NOT_READY_TAINT`].
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// The priority classes every cluster has (upstream creates the same two at start-up).
+pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64); 2] =
+    [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];
+
+fn success(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+fn pods_type(rest: &Rest) -> ApiResult<std::sync::Arc<crate::resources::ResourceType>> {
+    rest.registry.lookup("", "v1", "pods").ok_or_else(|| ApiError::internal("pods are not served"))
+}
+
+/// `POST pods/{name}/binding`: assigns the pod to `target.name` unless it already has a node
+/// or is being deleted (409 then, so two schedulers cannot both bind it), and marks it
+/// scheduled.
+pub async fn bind(
+    rest: &Rest,
+    namespace: &str,
+    name: &str,
+    body: &Value,
+    options: &WriteOptions,
+) -> ApiResult<Value> {
+    let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("");
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            "Binding",
+            "",
+            name,
+            vec![Cause::new("FieldValueRequired", "target.name", "Required value")],
+        ));
+    }
+    let kind = body.pointer("/target/kind").and_then(Value::as_str).unwrap_or("Node");
+    if !kind.is_empty() && kind != "Node" {
+        return Err(ApiError::invalid(
+            "Binding",
+            "",
+            name,
+            vec![Cause::new(
+                "FieldValueNotSupported",
+                "target.kind",
+                format!("Unsupported value: \"{kind}\": supported values: \"Node\""),
+            )],
+        ));
+    }
+    if let Some(body_name) = body.pointer("/metadata/name").and_then(Value::as_str)
+        && !body_name.is_empty()
+        && body_name != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let annotations = body.pointer("/metadata/annotations").cloned();
+    let rt = pods_type(rest)?;
+    let now =
+        jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+    rest.update_with(&rt, Some(namespace), name, options, Some("binding"), |current| {
+        let mut pod = current.clone();
+        if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                name,
+                &format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        if let Some(existing) =
+            pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                name,
+                &format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        if let Some(Value::Object(extra)) = &annotations {
+            let meta = pod["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| ApiError::internal("pod without metadata"))?;
+            let target = meta.entry("annotations").or_insert_with(|| json!({}));
+            if let Some(target) = target.as_object_mut() {
+                for (k, v) in extra {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        set_condition(
+            &mut pod,
+            json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                   "lastTransitionTime": now.to_string()}),
+        );
+        Ok(pod)
+    })
+    .await?;
+    Ok(success(201))
+}
+
+/// Replaces the pod condition of the same type, or adds it.
+fn set_condition(pod: &mut Value, condition: Value) {
+    let Some(status) = pod.as_object_mut().map(|o| o.entry("status").or_insert_with(|| json!({})))
+    else {
+        return;
+    };
+    let Some(status) = status.as_object_mut() else { return };
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    let Some(list) = conditions.as_array_mut() else { return };
+    let kind = condition.get("type").cloned();
+    match list.iter_mut().find(|c| c.get("type") == kind.as_ref()) {
+        Some(existing) => *existing = condition,
+        None => list.push(condition),
+    }
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn is_terminal(pod: &Value) -> bool {
+    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+/// An int-or-percent of `total`, rounded up as upstream does for PodDisruptionBudgets.
+fn scaled(value: &Value, total: i64) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => {
+            let percent: i64 = s.strip_suffix('%')?.parse().ok()?;
+            Some((percent * total + 99) / 100)
+        }
+        _ => None,
+    }
+}
+
+/// `POST pods/{name}/eviction`: deletes the pod unless that would take a PodDisruptionBudget
+/// below what it allows (429 then, which `kubectl drain` retries).
+pub async fn evict(
+    rest: &Rest,
+    namespace: &str,
+    name: &str,
+    body: &Value,
+    mut delete: DeleteOptions,
+) -> ApiResult<Value> {
+    if let Some(body_name) = body.pointer("/metadata/name").and_then(Value::as_str)
+        && !body_name.is_empty()
+        && body_name != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "name in URL does not match name in Eviction object: {name} != {body_name}"
+        )));
+    }
+    if let Some(options) = body.get("deleteOptions").filter(|o| o.is_object()) {
+        if let Some(g) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            delete.grace_period_seconds = Some(g);
+        }
+        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+            delete.precondition_uid = Some(uid.to_owned());
+        }
+        if let Some(d) = options.get("dryRun").and_then(Value::as_array) {
+            delete.dry_run |= d.iter().any(|v| v == "All");
+        }
+    }
+    let rt = pods_type(rest)?;
+    let pod = rest.get(&rt, Some(namespace), name).await?.object;
+    // A pod that is finished, already going, or not ready costs no budget (upstream's
+    // default unhealthyPodEvictionPolicy for unready pods is the same in effect).
+    let free = is_terminal(&pod)
+        || pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+        || !is_ready(&pod);
+    if !free {
+        check_budgets(rest, namespace, &pod).await?;
+    }
+    rest.delete(&rt, Some(namespace), name, &delete).await?;
+    Ok(success(201))
+}
+
+async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value) -> ApiResult<()> {
+    let Some(pdbs) = rest.registry.lookup("policy", "v1", "poddisruptionbudgets") else {
+        return Ok(());
+    };
+    let mut matching = Vec::new();
+    for pdb in rest.list(&pdbs, Some(namespace), &ListOptions::default()).await?.objects()? {
+        let Some(selector) = pdb.pointer("/spec/selector") else { continue };
+        let selector = LabelSelector::from_object(selector)
+            .map_err(|e| ApiError::internal(format!("PodDisruptionBudget selector: {e}")))?;
+        // In policy/v1 an empty selector covers every pod of the namespace.
+        if selector.matches(pod) {
+            matching.push((pdb, selector));
+        }
+    }
+    if matching.len() > 1 {
+        return Err(ApiError::internal(
+            "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+        ));
+    }
+    let Some((pdb, selector)) = matching.pop() else { return Ok(()) };
+    let pods = pods_type(rest)?;
+    let options = ListOptions { labels: selector, ..ListOptions::default() };
+    let covered: Vec<Value> = rest
+        .list(&pods, Some(namespace), &options)
+        .await?
+        .objects()?
+        .into_iter()
+        .filter(|p| !is_terminal(p))
+        .collect();
+    let expected = covered.len() as i64;
+    let healthy = covered
+        .iter()
+        .filter(|p| {
+            is_ready(p) && p.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null)
+        })
+        .count() as i64;
+    let desired_healthy = if let Some(min) = pdb.pointer("/spec/minAvailable") {
+        scaled(min, expected).unwrap_or(0)
+    } else if let Some(max) = pdb.pointer("/spec/maxUnavailable") {
+        expected - scaled(max, expected).unwrap_or(0)
+    } else {
+        0
+    };
+    if healthy - 1 < desired_healthy {
+        let pdb_name = pdb.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let mut error = ApiError::new(
+            429,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+        );
+        error.causes.push(Cause::new(
+            "DisruptionBudget",
+            "",
+            format!(
+                "The disruption budget {pdb_name} needs {desired_healthy} healthy pods and has {healthy} currently"
+            ),
+        ));
+        error.retry_after = Some(10);
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// Admission of a new pod: the default NoExecute tolerations and the priority its class gives.
+pub(crate) async fn admit(rest: &Rest, pod: &mut Value) -> ApiResult<()> {
+    let spec = pod
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ApiError::bad_request("a pod needs a spec"))?;
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if tolerations.is_null() {
+        *tolerations = json!([]);
+    }
+    if let Some(list) = tolerations.as_array_mut() {
+        for key in [NOT_READY_TAINT, UNREACHABLE_TAINT] {
+            let covered = list.iter().any(|t| {
+                let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                let t_key = t.get("key").and_then(Value::as_str).unwrap_or("");
+                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+                (effect.is_empty() || effect == "NoExecute")
+                    && (t_key == key || (t_key.is_empty() && exists))
+            });
+            if !covered {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                                 "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
+            }
+        }
+    }
+    let class_name = spec.get("priorityClassName").and_then(Value::as_str).unwrap_or("").to_owned();
+    let Some(classes) = rest.registry.lookup("scheduling.k8s.io", "v1", "priorityclasses") else {
+        return Ok(());
+    };
+    let class = if class_name.is_empty() {
+        // The class marked globalDefault applies to pods that name none.
+        rest.list(&classes, None, &ListOptions::default())
+            .await?
+            .objects()?
+            .into_iter()
+            .find(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
+    } else {
+        match rest.get(&classes, None, &class_name).await {
+            Ok(stored) => Some(stored.object),
+            Err(e) if e.code == 404 => {
+                return Err(ApiError::forbidden(format!(
+                    "no PriorityClass with name {class_name} was found"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let (priority, policy) = match &class {
+        Some(c) => (
+            c.get("value").and_then(Value::as_i64).unwrap_or(0),
+            c.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority"),
+        ),
+        None => (0, "PreemptLowerPriority"),
+    };
+    if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+        && given != priority
+    {
+        return Err(ApiError::forbidden(
+            "the integer value of priority must not be provided in pod spec; priority admission controller computed the value from the given PriorityClass name",
+        ));
+    }
+    spec.insert("priority".into(), json!(priority));
+    spec.insert("preemptionPolicy".into(), json!(policy));
+    if let Some(c) = &class
+        && class_name.is_empty()
+        && let Some(name) = c.pointer("/metadata/name")
+    {
+        spec.insert("priorityClassName".into(), name.clone());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_scale_percentages_up() {
+        assert_eq!(scaled(&json!(2), 10), Some(2));
+        assert_eq!(scaled(&json!("50%"), 3), Some(2));
+        assert_eq!(scaled(&json!("10%"), 10), Some(1));
+        assert_eq!(scaled(&json!("x"), 10), None);
+    }
+
+    #[test]
+    fn conditions_are_replaced_by_type() {
+        let mut pod =
+            json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False"}]}});
+        set_condition(&mut pod, json!({"type": "PodScheduled", "status": "True"}));
+        set_condition(&mut pod, json!({"type": "Ready", "status": "False"}));
+        assert_eq!(
+            pod["status"]["conditions"],
+            json!([{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}])
+        );
+    }
+}

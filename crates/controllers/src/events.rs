@@ -1,0 +1,155 @@
+//! Events the scheduler and controllers post (`Scheduled`, `FailedScheduling`,
+//! `SuccessfulCreate`, `ScalingReplicaSet`…), as `kubectl describe` and `kubectl events`
+//! show them. A repeat of an event bumps `count` and `lastTimestamp`, as upstream's recorder
+//! does. Recording never blocks the caller: events queue for a background task and are
+//! dropped when the queue is full, as upstream drops them under overload.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+/// Normal or Warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Normal.
+    Normal,
+    /// Warning.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    object: ObjectReference,
+    kind: EventType,
+    reason: String,
+    message: String,
+}
+
+/// Posts events as one component (`source.component`).
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// A reference to `object` for an event's `involvedObject`.
+pub fn object_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: object.meta().name.clone(),
+        namespace: object.meta().namespace.clone(),
+        uid: object.meta().uid.clone(),
+        resource_version: object.meta().resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+/// How many distinct events are remembered for de-duplication.
+const REMEMBERED: usize = 8192;
+
+impl Recorder {
+    /// A recorder for `component`, with its posting task.
+    pub fn new(client: kube::Client, component: &str) -> Recorder {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(post_events(client, component.to_owned(), rx));
+        Recorder { tx }
+    }
+
+    /// Records an event about `object`.
+    pub fn record(
+        &self,
+        object: ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        let pending = Pending { object, kind, reason: reason.to_owned(), message: message.into() };
+        if self.tx.try_send(pending).is_err() {
+            tracing::debug!(reason, "event queue full; event dropped");
+        }
+    }
+}
+
+async fn post_events(client: kube::Client, component: String, mut rx: mpsc::Receiver<Pending>) {
+    // (uid, reason, message) → (event namespace, event name, count).
+    let mut seen: HashMap<(String, String, String), (String, String, i32)> = HashMap::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    while let Some(event) = rx.recv().await {
+        // A handful of posts at once keeps up with a busy scheduler without flooding.
+        while in_flight.len() >= 8 {
+            in_flight.join_next().await;
+        }
+        while in_flight.try_join_next().is_some() {}
+        let namespace = event.object.namespace.clone().unwrap_or_else(|| "default".into());
+        let key = (
+            event.object.uid.clone().unwrap_or_default(),
+            event.reason.clone(),
+            event.message.clone(),
+        );
+        let now = Time(jiff::Timestamp::now());
+        if let Some((ns, name, count)) = seen.get_mut(&key) {
+            *count += 1;
+            let patch = serde_json::json!({"count": *count, "lastTimestamp": now});
+            let api: Api<Event> = Api::namespaced(client.clone(), ns);
+            let name = name.clone();
+            in_flight.spawn(async move {
+                if let Err(e) =
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
+                {
+                    tracing::debug!(error = %e, "updating an event failed");
+                }
+            });
+            continue;
+        }
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        let object_name = event.object.name.clone().unwrap_or_default();
+        let name = format!(
+            "{object_name}.{:x}",
+            jiff::Timestamp::now().as_nanosecond() as u64 ^ u64::from(rand_suffix())
+        );
+        seen.insert(key, (namespace.clone(), name.clone(), 1));
+        let body = Event {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: event.object,
+            reason: Some(event.reason),
+            message: Some(event.message),
+            type_: Some(event.kind.as_str().to_owned()),
+            source: Some(EventSource { component: Some(component.clone()), host: None }),
+            reporting_component: Some(component.clone()),
+            reporting_instance: Some(component.clone()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        in_flight.spawn(async move {
+            if let Err(e) = api.create(&PostParams::default(), &body).await {
+                tracing::debug!(error = %e, event = %body.name_any(), "posting an event failed");
+            }
+        });
+    }
+}
+
+fn rand_suffix() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}

@@ -1,0 +1,196 @@
+//! krust's scheduler and controller manager. Both are clients of the API server through
+//! the `kube` crate, exactly as upstream's kube-scheduler and kube-controller-manager are,
+//! so they run inside `krust server` or on their own (`krust scheduler`,
+//! `krust controller-manager`), several at once with leader election.
+//!
+//! A process shares one set of informers (`informer.rs`) between its components; each
+//! controller turns changes into keys on its work queue (`queue.rs`) and syncs one key at a
+//! time, reading the informers' caches and writing through the API.
+
+pub mod deployment;
+pub mod events;
+pub mod informer;
+pub mod leader;
+pub mod quantity;
+pub mod queue;
+pub mod replicaset;
+pub mod scheduler;
+pub mod selectors;
+pub mod serviceaccount;
+
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::Api;
+use kube::runtime::watcher;
+
+use informer::Informer;
+use scheduler::{Scheduler, SchedulerConfig};
+
+/// What a controller's sync can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API answered with an error (retried with back-off).
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+    /// An object the controller read cannot be acted on.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Starter = Box<dyn FnOnce() + Send>;
+
+/// The informers of one process, created on first use and started together.
+pub struct Informers {
+    client: kube::Client,
+    pods: Arc<Informer<Pod>>,
+    nodes: Arc<Informer<Node>>,
+    namespaces: Arc<Informer<Namespace>>,
+    replica_sets: Arc<Informer<ReplicaSet>>,
+    deployments: Arc<Informer<Deployment>>,
+    service_accounts: Arc<Informer<ServiceAccount>>,
+    wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
+}
+
+impl std::fmt::Debug for Informers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Informers").finish_non_exhaustive()
+    }
+}
+
+macro_rules! informer_getter {
+    ($name:ident, $ty:ty, $label:literal) => {
+        /// The shared informer of this type (started by [`Informers::start`]).
+        pub fn $name(&self) -> Arc<Informer<$ty>> {
+            let informer = self.$name.clone();
+            let mut wanted = self.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !wanted.iter().any(|(n, _)| *n == $label) {
+                let api: Api<$ty> = Api::all(self.client.clone());
+                let run = informer.clone();
+                wanted.push((
+                    $label,
+                    Some(Box::new(move || {
+                        tokio::spawn(run.run(api, watcher::Config::default()));
+                    })),
+                ));
+            }
+            informer
+        }
+    };
+}
+
+impl Informers {
+    /// Informers reading through `client`.
+    pub fn new(client: kube::Client) -> Arc<Informers> {
+        Arc::new(Informers {
+            client,
+            pods: Informer::new(),
+            nodes: Informer::new(),
+            namespaces: Informer::new(),
+            replica_sets: Informer::new(),
+            deployments: Informer::new(),
+            service_accounts: Informer::new(),
+            wanted: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The client the informers read through.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    informer_getter!(pods, Pod, "pods");
+    informer_getter!(nodes, Node, "nodes");
+    informer_getter!(namespaces, Namespace, "namespaces");
+    informer_getter!(replica_sets, ReplicaSet, "replicasets");
+    informer_getter!(deployments, Deployment, "deployments");
+    informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
+
+    /// Starts the watches of every informer asked for so far.
+    pub fn start(&self) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, start) in wanted.iter_mut() {
+            if let Some(start) = start.take() {
+                tracing::debug!(informer = *name, "starting");
+                start();
+            }
+        }
+    }
+}
+
+/// Runs the scheduler while this process holds the `kube-scheduler` Lease. Call
+/// [`Informers::start`] after this returns its future's first poll… in practice: build,
+/// start the informers, then await.
+pub fn scheduler(
+    informers: &Informers,
+    config: SchedulerConfig,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let client = informers.client();
+    let pods = informers.pods();
+    let nodes = informers.nodes();
+    let namespaces = informers.namespaces();
+    let scheduler = Scheduler::new(client.clone(), pods.clone(), &nodes, &namespaces, config);
+    async move {
+        pods.wait_synced().await;
+        nodes.wait_synced().await;
+        namespaces.wait_synced().await;
+        leader::run_as_leader(client, leader::LeaderConfig::new("kube-scheduler"), || {
+            scheduler.clone().run()
+        })
+        .await;
+    }
+}
+
+/// Settings of the controller manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Workers per controller for ReplicaSets and Deployments (upstream: 5).
+    pub workers: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> ManagerConfig {
+        ManagerConfig { workers: 5 }
+    }
+}
+
+/// Runs the controllers while this process holds the `kube-controller-manager` Lease.
+pub fn controller_manager(
+    informers: &Informers,
+    config: ManagerConfig,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let client = informers.client();
+    let pods = informers.pods();
+    informer::index_by_controller(&pods);
+    let replica_sets = informers.replica_sets();
+    informer::index_by_controller(&replica_sets);
+    let replica_set =
+        replicaset::ReplicaSetController::new(client.clone(), pods.clone(), replica_sets.clone());
+    let deployment = deployment::DeploymentController::new(
+        client.clone(),
+        informers.deployments(),
+        replica_sets,
+        pods,
+    );
+    let service_account = serviceaccount::ServiceAccountController::new(
+        client.clone(),
+        informers.namespaces(),
+        informers.service_accounts(),
+    );
+    async move {
+        leader::run_as_leader(client, leader::LeaderConfig::new("kube-controller-manager"), || {
+            let replica_set = replica_set.clone();
+            let deployment = deployment.clone();
+            let service_account = service_account.clone();
+            async move {
+                tokio::join!(
+                    replica_set.run(config.workers),
+                    deployment.run(config.workers),
+                    service_account.run(),
+                );
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,541 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods matching the selector, adopting
+//! orphans that match and releasing owned pods that no longer do, deleting unscheduled,
+//! unready and newest pods first, and reporting replicas, ready and available counts.
+//!
+//! Expectations (upstream's mechanism) keep it from acting twice on one need: after it
+//! creates or deletes pods it waits until the informer has seen those changes (or five
+//! minutes pass) before it counts pods again, so a slow watch never makes it over- or
+//! under-shoot.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::Error;
+use crate::events::{EventType, Recorder, object_ref};
+use crate::informer::{
+    self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of, split_key,
+};
+use crate::queue::{Queue, Requeue, run_workers};
+use crate::selectors::label_selector_matches;
+
+/// At most this many pods are created or deleted in one sync (upstream's burstReplicas).
+const BURST: usize = 500;
+/// Expectations not met within this long are given up (a lost watch event).
+const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+struct Expectation {
+    adds: i64,
+    deletes: HashSet<String>,
+    since: Instant,
+}
+
+/// Pending creations and deletions per owner key.
+#[derive(Debug, Default)]
+pub(crate) struct Expectations {
+    map: Mutex<HashMap<String, Expectation>>,
+}
+
+impl Expectations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn satisfied(&self, key: &str) -> bool {
+        match self.lock().get(key) {
+            None => true,
+            Some(e) => {
+                (e.adds <= 0 && e.deletes.is_empty()) || e.since.elapsed() > EXPECTATIONS_TTL
+            }
+        }
+    }
+
+    pub(crate) fn expect(&self, key: &str, adds: i64, deletes: HashSet<String>) {
+        self.lock().insert(key.to_owned(), Expectation { adds, deletes, since: Instant::now() });
+    }
+
+    pub(crate) fn created(&self, key: &str) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.adds -= 1;
+        }
+    }
+
+    pub(crate) fn deleted(&self, key: &str, pod: &str) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.deletes.remove(pod);
+        }
+    }
+
+    pub(crate) fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// When the pod became Ready, if it is.
+pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+/// Whether the pod has been Ready for `min_ready_seconds`.
+pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+    ready_since(pod).is_some_and(|since| {
+        min_ready_seconds <= 0
+            || since + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) <= now
+    })
+}
+
+/// Whether the pod is still counted (not finished, not being deleted).
+pub fn is_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// A controller reference to `owner`.
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.name_any(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A new pod from a template, owned by `owner`.
+pub fn pod_from_template(
+    template: &PodTemplateSpec,
+    namespace: &str,
+    prefix: &str,
+    owner: OwnerReference,
+) -> Pod {
+    let meta = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{prefix}-")),
+            namespace: Some(namespace.to_owned()),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// The order pods are deleted in when scaling down: unscheduled before scheduled, pending
+/// before running, unready before ready, ready for less time, more restarts, then newer.
+fn deletion_rank(pod: &Pod) -> impl Ord {
+    let spec_node =
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") => 0,
+        Some("Unknown") => 1,
+        Some("Running") => 2,
+        _ => 0,
+    };
+    let ready = ready_since(pod);
+    let restarts: i32 = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0);
+    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (spec_node, phase, ready.is_some(), Reverse(ready), Reverse(restarts), Reverse(created))
+}
+
+/// The ReplicaSet controller.
+pub struct ReplicaSetController {
+    client: kube::Client,
+    pods: Arc<Informer<Pod>>,
+    replica_sets: Arc<Informer<ReplicaSet>>,
+    queue: Arc<Queue>,
+    expectations: Expectations,
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for ReplicaSetController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaSetController").finish_non_exhaustive()
+    }
+}
+
+fn owner_key(pod: &Pod) -> Option<String> {
+    let owner = informer::controller_of(pod)?;
+    (owner.kind == "ReplicaSet" && owner.api_version.starts_with("apps/"))
+        .then(|| format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name))
+}
+
+impl ReplicaSetController {
+    /// Hooks the controller to the informers (before they start).
+    pub fn new(
+        client: kube::Client,
+        pods: Arc<Informer<Pod>>,
+        replica_sets: Arc<Informer<ReplicaSet>>,
+    ) -> Arc<ReplicaSetController> {
+        let controller = Arc::new(ReplicaSetController {
+            recorder: Recorder::new(client.clone(), "replicaset-controller"),
+            client,
+            pods: pods.clone(),
+            replica_sets: replica_sets.clone(),
+            queue: Queue::new(),
+            expectations: Expectations::default(),
+        });
+        let this = Arc::downgrade(&controller);
+        replica_sets.on_change(move |change| {
+            let Some(c) = this.upgrade() else { return };
+            match change {
+                Change::Added(rs) | Change::Updated(_, rs) => c.queue.add(key_of(rs.as_ref())),
+                Change::Deleted(rs) => {
+                    let key = key_of(rs.as_ref());
+                    c.expectations.forget(&key);
+                    c.queue.add(key);
+                }
+            }
+        });
+        let this = Arc::downgrade(&controller);
+        pods.on_change(move |change| {
+            let Some(c) = this.upgrade() else { return };
+            c.pod_changed(change);
+        });
+        controller
+    }
+
+    fn pod_changed(&self, change: &Change<'_, Pod>) {
+        match change {
+            Change::Added(pod) => {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    return;
+                }
+                match owner_key(pod) {
+                    Some(key) => {
+                        self.expectations.created(&key);
+                        self.queue.add(key);
+                    }
+                    None if informer::controller_of(pod.as_ref()).is_none() => {
+                        self.enqueue_matching(pod)
+                    }
+                    None => {}
+                }
+            }
+            Change::Updated(old, pod) => {
+                let key = owner_key(pod);
+                if pod.metadata.deletion_timestamp.is_some()
+                    && old.metadata.deletion_timestamp.is_none()
+                    && let Some(k) = &key
+                {
+                    // A pod being deleted counts as gone for expectations, as upstream.
+                    self.expectations.deleted(k, &key_of(pod.as_ref()));
+                }
+                let old_key = owner_key(old);
+                if old_key != key
+                    && let Some(k) = old_key
+                {
+                    self.queue.add(k);
+                }
+                match key {
+                    Some(k) => self.queue.add(k),
+                    None if informer::controller_of(pod.as_ref()).is_none()
+                        && (old.metadata.labels != pod.metadata.labels
+                            || informer::controller_of(old.as_ref()).is_some()) =>
+                    {
+                        self.enqueue_matching(pod);
+                    }
+                    None => {}
+                }
+            }
+            Change::Deleted(pod) => {
+                if let Some(key) = owner_key(pod) {
+                    self.expectations.deleted(&key, &key_of(pod.as_ref()));
+                    self.queue.add(key);
+                }
+            }
+        }
+    }
+
+    /// Queues the ReplicaSets of the pod's namespace that select it (to adopt an orphan).
+    fn enqueue_matching(&self, pod: &Pod) {
+        let ns = pod.namespace().unwrap_or_default();
+        let labels = pod.labels();
+        for rs in self.replica_sets.list() {
+            if rs.namespace().as_deref() == Some(ns.as_str())
+                && !crate::selectors::is_empty_selector(&rs.spec.selector)
+                && label_selector_matches(&rs.spec.selector, labels)
+            {
+                self.queue.add(key_of(rs.as_ref()));
+            }
+        }
+    }
+
+    /// Syncs ReplicaSets until dropped.
+    pub async fn run(self: Arc<Self>, workers: usize) {
+        self.pods.wait_synced().await;
+        self.replica_sets.wait_synced().await;
+        let this = self.clone();
+        run_workers(self.queue.clone(), workers, "replicaset", move |key| {
+            let this = this.clone();
+            async move { this.sync(&key).await }
+        })
+        .await;
+    }
+
+    async fn sync(&self, key: &str) -> Result<Requeue, Error> {
+        let Some(rs) = self.replica_sets.get(key) else {
+            self.expectations.forget(key);
+            return Ok(Requeue::No);
+        };
+        let (namespace, name) = split_key(key);
+        let namespace = namespace.unwrap_or_default();
+        let spec = rs.spec.clone();
+        let uid = rs.uid().unwrap_or_default();
+        let satisfied = self.expectations.satisfied(key);
+        let pods = self.claim_pods(&rs, namespace).await?;
+        let active: Vec<Arc<Pod>> = pods.into_iter().filter(|p| is_active(p)).collect();
+        let mut failure = None;
+        if satisfied && rs.metadata.deletion_timestamp.is_none() {
+            let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+            if let Err(e) = self.manage_replicas(&rs, key, namespace, name, &active, want).await {
+                failure = Some(e);
+            }
+        }
+        let now = jiff::Timestamp::now();
+        let min_ready = spec.min_ready_seconds.unwrap_or(0);
+        let template_labels = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
+        let available = active.iter().filter(|p| is_available(p, min_ready, now)).count() as i32;
+        let fully_labeled = active
+            .iter()
+            .filter(|p| template_labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+            .count() as i32;
+        let mut conditions: Vec<ReplicaSetCondition> = rs
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_.as_deref() != Some("ReplicaFailure"))
+            .collect();
+        if let Some(Error::Api(kube::Error::Api(status))) = &failure {
+            conditions.push(ReplicaSetCondition {
+                type_: Some("ReplicaFailure".into()),
+                status: Some("True".into()),
+                reason: Some("FailedCreate".into()),
+                message: Some(status.message.clone()),
+                last_transition_time: Some(Time(now)),
+            });
+        }
+        let status = ReplicaSetStatus {
+            replicas: active.len() as i32,
+            fully_labeled_replicas: Some(fully_labeled),
+            ready_replicas: Some(ready),
+            available_replicas: Some(available),
+            observed_generation: rs.metadata.generation,
+            conditions: (!conditions.is_empty()).then_some(conditions),
+            terminating_replicas: None,
+        };
+        let current = rs.status.clone().unwrap_or_default();
+        if !same_status(&current, &status) && rs.uid().as_deref() == Some(uid.as_str()) {
+            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
+            let patch = serde_json::json!({"status": status});
+            match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::No),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if min_ready > 0 && ready > available {
+            return Ok(Requeue::After(
+                Duration::from_secs(u64::try_from(min_ready).unwrap_or(1))
+                    .max(Duration::from_secs(1)),
+            ));
+        }
+        Ok(Requeue::No)
+    }
+
+    /// The pods this ReplicaSet controls, after adopting matching orphans and releasing
+    /// owned pods that no longer match.
+    async fn claim_pods(&self, rs: &ReplicaSet, namespace: &str) -> Result<Vec<Arc<Pod>>, Error> {
+        let uid = rs.uid().unwrap_or_default();
+        let selector = rs.spec.selector.clone();
+        let empty_selector = crate::selectors::is_empty_selector(&selector);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let mut claimed = Vec::new();
+        for pod in self.pods.by_index(BY_CONTROLLER, &uid) {
+            if !empty_selector && label_selector_matches(&selector, pod.labels()) {
+                claimed.push(pod);
+            } else if rs.metadata.deletion_timestamp.is_none() {
+                // Release: drop our controller reference.
+                let remaining: Vec<OwnerReference> =
+                    pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
+                let patch = serde_json::json!({"metadata": {"ownerReferences": remaining, "resourceVersion": pod.resource_version()}});
+                match api
+                    .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if rs.metadata.deletion_timestamp.is_some() || empty_selector {
+            return Ok(claimed);
+        }
+        for pod in self.pods.by_index(ORPHANS_BY_NAMESPACE, namespace) {
+            if pod.metadata.deletion_timestamp.is_some()
+                || !label_selector_matches(&selector, pod.labels())
+            {
+                continue;
+            }
+            let mut refs = pod.owner_references().to_vec();
+            refs.push(controller_ref(rs));
+            let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
+            match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(adopted) => claimed.push(Arc::new(adopted)),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn manage_replicas(
+        &self,
+        rs: &ReplicaSet,
+        key: &str,
+        namespace: &str,
+        name: &str,
+        active: &[Arc<Pod>],
+        want: usize,
+    ) -> Result<(), Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        if active.len() < want {
+            let missing = (want - active.len()).min(BURST);
+            let Some(template) = rs.spec.template.clone() else {
+                return Err(Error::Invalid(format!("ReplicaSet {key} has no template")));
+            };
+            self.expectations.expect(key, missing as i64, HashSet::new());
+            let pod = pod_from_template(&template, namespace, name, controller_ref(rs));
+            let post = PostParams::default();
+            // Slow start, as upstream: batches of 1, 2, 4… so that a systematic failure
+            // (quota, admission) costs one request, not hundreds.
+            let mut created = 0;
+            let mut batch = 1;
+            while created < missing {
+                let n = batch.min(missing - created);
+                let results =
+                    futures::future::join_all((0..n).map(|_| api.create(&post, &pod))).await;
+                let mut first_error = None;
+                for result in results {
+                    match result {
+                        Ok(p) => self.recorder.record(
+                            object_ref(rs),
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", p.name_any()),
+                        ),
+                        Err(e) => {
+                            self.expectations.created(key);
+                            if first_error.is_none() {
+                                first_error = Some(e);
+                            }
+                        }
+                    }
+                }
+                created += n;
+                if let Some(e) = first_error {
+                    // The pods never attempted are not expected either.
+                    for _ in created..missing {
+                        self.expectations.created(key);
+                    }
+                    let message = format!("Error creating: {e}");
+                    self.recorder.record(
+                        object_ref(rs),
+                        EventType::Warning,
+                        "FailedCreate",
+                        message,
+                    );
+                    return Err(e.into());
+                }
+                batch *= 2;
+            }
+        } else if active.len() > want {
+            let mut ranked: Vec<&Arc<Pod>> = active.iter().collect();
+            ranked.sort_by_cached_key(|p| deletion_rank(p));
+            let victims: Vec<&Arc<Pod>> =
+                ranked.into_iter().take((active.len() - want).min(BURST)).collect();
+            self.expectations.expect(key, 0, victims.iter().map(|p| key_of(p.as_ref())).collect());
+            let params = DeleteParams::default();
+            let results = futures::future::join_all(
+                victims
+                    .iter()
+                    .map(|p| api.delete(p.metadata.name.as_deref().unwrap_or(""), &params)),
+            )
+            .await;
+            for (pod, result) in victims.iter().zip(results) {
+                match result {
+                    Ok(_) => self.recorder.record(
+                        object_ref(rs),
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", pod.name_any()),
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {
+                        self.expectations.deleted(key, &key_of(pod.as_ref()))
+                    }
+                    Err(e) => {
+                        self.expectations.deleted(key, &key_of(pod.as_ref()));
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_status(a: &ReplicaSetStatus, b: &ReplicaSetStatus) -> bool {
+    let strip = |s: &ReplicaSetStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_transition_time = None;
+        }
+        s.terminating_replicas = None;
+        s
+    };
+    strip(a) == strip(b)
+}

@@ -1,0 +1,132 @@
+//! The scheduler and the controller manager: inside `krust server` by default, or on their
+//! own with `krust scheduler` / `krust controller-manager` and a kubeconfig.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use controllers::scheduler::SchedulerConfig;
+use controllers::scheduler::framework::ResourceStrategy;
+use controllers::{Informers, ManagerConfig};
+
+/// How the scheduler scores resource use.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Scoring {
+    /// Prefer the emptiest node: spread pods (upstream's default).
+    LeastAllocated,
+    /// Prefer the fullest node that fits: bin-pack pods.
+    MostAllocated,
+}
+
+/// Flags of the scheduler, in `krust server` and `krust scheduler`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct SchedulerArgs {
+    /// Resource scoring: spread (least-allocated) or bin-pack (most-allocated).
+    #[arg(long, value_enum, default_value = "least-allocated")]
+    scheduler_scoring: Scoring,
+    /// Share of nodes (percent) to find feasible before scoring; 0 = upstream's adaptive rule.
+    #[arg(long, default_value_t = 0)]
+    percentage_of_nodes_to_score: u32,
+}
+
+impl SchedulerArgs {
+    pub(crate) fn config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            strategy: match self.scheduler_scoring {
+                Scoring::LeastAllocated => ResourceStrategy::LeastAllocated,
+                Scoring::MostAllocated => ResourceStrategy::MostAllocated,
+            },
+            percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
+            ..SchedulerConfig::default()
+        }
+    }
+}
+
+/// Flags of the controller manager, in `krust server` and `krust controller-manager`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ManagerArgs {
+    /// Workers per ReplicaSet and Deployment controller.
+    #[arg(long, default_value_t = 5)]
+    concurrent_syncs: usize,
+}
+
+impl ManagerArgs {
+    pub(crate) fn config(&self) -> ManagerConfig {
+        ManagerConfig { workers: self.concurrent_syncs.max(1) }
+    }
+}
+
+/// `krust scheduler`.
+#[derive(Debug, Args)]
+pub(crate) struct StandaloneScheduler {
+    /// Kubeconfig to reach the API server with.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+/// `krust controller-manager`.
+#[derive(Debug, Args)]
+pub(crate) struct StandaloneManager {
+    /// Kubeconfig to reach the API server with.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    manager: ManagerArgs,
+}
+
+async fn client_from(path: &PathBuf) -> anyhow::Result<kube::Client> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    crate::agent::client_from_kubeconfig(&text).await
+}
+
+async fn until_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_scheduler(args: StandaloneScheduler) -> anyhow::Result<()> {
+    let informers = Informers::new(client_from(&args.kubeconfig).await?);
+    let scheduler = controllers::scheduler(&informers, args.scheduler.config());
+    informers.start();
+    tracing::info!("scheduler running (leader-elected through the kube-scheduler Lease)");
+    tokio::select! {
+        () = scheduler => Ok(()),
+        r = until_signal() => r,
+    }
+}
+
+pub(crate) async fn run_manager(args: StandaloneManager) -> anyhow::Result<()> {
+    let informers = Informers::new(client_from(&args.kubeconfig).await?);
+    let manager = controllers::controller_manager(&informers, args.manager.config());
+    informers.start();
+    tracing::info!(
+        "controller manager running (leader-elected through the kube-controller-manager Lease)"
+    );
+    tokio::select! {
+        () = manager => Ok(()),
+        r = until_signal() => r,
+    }
+}
+
+/// Starts the in-process scheduler and controller manager (sharing one set of informers).
+pub(crate) fn spawn_in_server(
+    client: kube::Client,
+    scheduler: Option<SchedulerConfig>,
+    manager: Option<ManagerConfig>,
+) {
+    let informers = Informers::new(client);
+    if let Some(config) = scheduler {
+        tokio::spawn(controllers::scheduler(&informers, config));
+    }
+    if let Some(config) = manager {
+        tokio::spawn(controllers::controller_manager(&informers, config));
+    }
+    informers.start();
+}
