@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::patch::PatchType;
 use crate::protobuf;
 use crate::resources::{Registry, ResourceType};
-use crate::rest::{self, DeleteOptions, ListOptions, Rest, WriteOptions};
+use crate::rest::{DeleteOptions, ListOptions, Rest, WriteOptions};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::strategy::FieldValidation;
@@ -809,7 +809,6 @@ impl ApiServer {
             return;
         }
         match rt.kind.as_str() {
-            "Namespace" => self.clone().maybe_finalize_namespace(object),
             "CustomResourceDefinition" if rt.is_builtin() => {
                 if let Err(e) = crate::crd::sync(&self.rest).await {
                     tracing::warn!(error = %e, "syncing custom resource types failed");
@@ -895,90 +894,6 @@ impl ApiServer {
             obj.insert("status".into(), status);
         }
         Ok(review)
-    }
-
-    /// Namespace lifecycle: a terminating namespace has its contents deleted, then disappears.
-    fn maybe_finalize_namespace(self: Arc<Self>, namespace: &Value) {
-        if namespace.pointer("/metadata/deletionTimestamp").is_none_or(Value::is_null) {
-            return;
-        }
-        let Some(name) =
-            namespace.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned)
-        else {
-            return;
-        };
-        tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(600);
-            let mut delay = Duration::from_millis(50);
-            while Instant::now() < deadline {
-                match self.finalize_namespace_once(&name).await {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(namespace = %name, error = %e, "namespace cleanup failed; retrying")
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            tracing::error!(namespace = %name, "namespace still has content after 10 minutes");
-        });
-    }
-
-    async fn finalize_namespace_once(&self, name: &str) -> ApiResult<bool> {
-        let mut empty = true;
-        for rt in self.registry.all().iter().filter(|t| t.namespaced && !t.create_only) {
-            let page = self.rest.list(rt, Some(name), &ListOptions::default()).await?;
-            for item in page.objects()? {
-                empty = false;
-                let item_name =
-                    item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned();
-                match self
-                    .rest
-                    .delete(
-                        rt,
-                        Some(name),
-                        &item_name,
-                        &DeleteOptions {
-                            propagation_policy: Some("Background".into()),
-                            ..DeleteOptions::default()
-                        },
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if !empty {
-            return Ok(false);
-        }
-        let key = self.rest.namespaces()?.key(None, name);
-        let (kv, _) = storage::get(self.rest.store.as_ref(), &key).await?;
-        if let Some(kv) = kv {
-            let ns = rest::decode(&kv)?.object;
-            let other_finalizers = ns
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            if other_finalizers {
-                return Ok(false);
-            }
-            self.rest
-                .store
-                .txn(storage::Txn {
-                    compares: vec![storage::Compare::ModRevision {
-                        key: key.clone(),
-                        equals: kv.mod_revision,
-                    }],
-                    success: vec![storage::Op::Delete { key }],
-                    failure: vec![],
-                })
-                .await?;
-        }
-        Ok(true)
     }
 }
 

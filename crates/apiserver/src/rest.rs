@@ -731,8 +731,7 @@ impl Rest {
             }
             // The last finalizer gone from a deleted object removes it, unless it is still in
             // its grace period (a pod its node agent is stopping): upstream's rule.
-            let finalized =
-                next.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+            let finalized = next.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
                     && next
                         .pointer("/metadata/finalizers")
                         .and_then(Value::as_array)
@@ -741,7 +740,14 @@ impl Rest {
                         .object
                         .pointer("/metadata/deletionGracePeriodSeconds")
                         .and_then(Value::as_i64)
-                        .is_none_or(|g| g == 0);
+                        .is_none_or(|g| g == 0)
+                    // A namespace also waits for its spec finalizers (the namespace
+                    // controller removes `kubernetes` through `finalize` once it is empty).
+                    && (rt.kind != "Namespace"
+                        || next
+                            .pointer("/spec/finalizers")
+                            .and_then(Value::as_array)
+                            .is_none_or(Vec::is_empty));
             let bytes = encode(&next)?;
             if options.dry_run {
                 set_resource_version(&mut next, current.mod_revision);

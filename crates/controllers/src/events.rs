@@ -153,3 +153,43 @@ async fn post_events(client: kube::Client, component: String, mut rx: mpsc::Rece
 fn rand_suffix() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
+
+/// Deletes events last seen more than `ttl` ago (upstream's `--event-ttl`, one hour by
+/// default, which etcd enforces there with leases), sweeping every `ttl / 12`.
+pub async fn expire(client: kube::Client, ttl: std::time::Duration) {
+    let api: Api<Event> = Api::all(client.clone());
+    let every =
+        (ttl / 12).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(300));
+    loop {
+        tokio::time::sleep(every).await;
+        let cutoff =
+            jiff::Timestamp::now() - jiff::SignedDuration::try_from(ttl).unwrap_or_default();
+        let mut params = kube::api::ListParams::default().limit(500);
+        loop {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::debug!(error = %e, "listing events to expire failed");
+                    break;
+                }
+            };
+            for event in &page.items {
+                let seen = event
+                    .last_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .or(event.event_time.as_ref().map(|t| t.0))
+                    .or(event.metadata.creation_timestamp.as_ref().map(|t| t.0));
+                if seen.is_some_and(|t| t < cutoff) {
+                    let ns: Api<Event> =
+                        Api::namespaced(client.clone(), &event.namespace().unwrap_or_default());
+                    let _ = ns.delete(&event.name_any(), &kube::api::DeleteParams::default()).await;
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+}

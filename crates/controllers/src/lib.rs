@@ -9,8 +9,11 @@
 
 pub mod deployment;
 pub mod events;
+pub mod gc;
 pub mod informer;
 pub mod leader;
+pub mod namespace;
+pub mod nodelifecycle;
 pub mod quantity;
 pub mod queue;
 pub mod replicaset;
@@ -21,6 +24,7 @@ pub mod serviceaccount;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::Api;
 use kube::runtime::watcher;
@@ -50,6 +54,7 @@ pub struct Informers {
     replica_sets: Arc<Informer<ReplicaSet>>,
     deployments: Arc<Informer<Deployment>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
+    node_leases: Arc<Informer<Lease>>,
     wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
 }
 
@@ -91,6 +96,7 @@ impl Informers {
             replica_sets: Informer::new(),
             deployments: Informer::new(),
             service_accounts: Informer::new(),
+            node_leases: Informer::new(),
             wanted: Mutex::new(Vec::new()),
         })
     }
@@ -106,6 +112,23 @@ impl Informers {
     informer_getter!(replica_sets, ReplicaSet, "replicasets");
     informer_getter!(deployments, Deployment, "deployments");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
+
+    /// The Leases of `kube-node-lease` (node heartbeats).
+    pub fn node_leases(&self) -> Arc<Informer<Lease>> {
+        let informer = self.node_leases.clone();
+        let mut wanted = self.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !wanted.iter().any(|(n, _)| *n == "node-leases") {
+            let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+            let run = informer.clone();
+            wanted.push((
+                "node-leases",
+                Some(Box::new(move || {
+                    tokio::spawn(run.run(api, watcher::Config::default()));
+                })),
+            ));
+        }
+        informer
+    }
 
     /// Starts the watches of every informer asked for so far.
     pub fn start(&self) {
@@ -147,11 +170,19 @@ pub fn scheduler(
 pub struct ManagerConfig {
     /// Workers per controller for ReplicaSets and Deployments (upstream: 5).
     pub workers: usize,
+    /// Node monitoring, taint eviction and pod GC.
+    pub node_lifecycle: nodelifecycle::NodeLifecycleConfig,
+    /// How long events are kept after they were last seen (upstream: 1 h).
+    pub event_ttl: std::time::Duration,
 }
 
 impl Default for ManagerConfig {
     fn default() -> ManagerConfig {
-        ManagerConfig { workers: 5 }
+        ManagerConfig {
+            workers: 5,
+            node_lifecycle: nodelifecycle::NodeLifecycleConfig::default(),
+            event_ttl: std::time::Duration::from_secs(3600),
+        }
     }
 }
 
@@ -163,6 +194,21 @@ pub fn controller_manager(
     let client = informers.client();
     let pods = informers.pods();
     informer::index_by_controller(&pods);
+    pods.add_index(informer::BY_NODE, |p| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+            .into_iter()
+            .collect()
+    });
+    let node_lifecycle = nodelifecycle::NodeLifecycleController::new(
+        client.clone(),
+        informers.nodes(),
+        informers.node_leases(),
+        pods.clone(),
+        config.node_lifecycle.clone(),
+    );
     let replica_sets = informers.replica_sets();
     informer::index_by_controller(&replica_sets);
     let replica_set =
@@ -178,8 +224,15 @@ pub fn controller_manager(
         informers.namespaces(),
         informers.service_accounts(),
     );
+    let garbage_collector = gc::GarbageCollector::new(client.clone());
+    let client_for_events = client.clone();
+    let namespace = namespace::NamespaceController::new(client.clone(), informers.namespaces());
     async move {
         leader::run_as_leader(client, leader::LeaderConfig::new("kube-controller-manager"), || {
+            let garbage_collector = garbage_collector.clone();
+            let namespace = namespace.clone();
+            let node_lifecycle = node_lifecycle.clone();
+            let events = events::expire(client_for_events.clone(), config.event_ttl);
             let replica_set = replica_set.clone();
             let deployment = deployment.clone();
             let service_account = service_account.clone();
@@ -188,6 +241,10 @@ pub fn controller_manager(
                     replica_set.run(config.workers),
                     deployment.run(config.workers),
                     service_account.run(),
+                    garbage_collector.run(config.workers * 4),
+                    namespace.run(config.workers),
+                    node_lifecycle.run(),
+                    events,
                 );
             }
         })

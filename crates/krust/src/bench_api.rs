@@ -56,7 +56,13 @@ impl Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let kubeconfig = dir.join("kubeconfig.yaml");
         let child = Command::new(std::env::current_exe()?)
-            .args(["server", "--bind-address=127.0.0.1", "--disable-agent"])
+            .args([
+                "server",
+                "--bind-address=127.0.0.1",
+                "--disable-agent",
+                "--disable-scheduler",
+                "--disable-controller-manager",
+            ])
             .arg(format!("--https-listen-port={port}"))
             .arg("--data-dir")
             .arg(dir.join("data"))

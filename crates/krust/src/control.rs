@@ -2,9 +2,11 @@
 //! own with `krust scheduler` / `krust controller-manager` and a kubeconfig.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use controllers::nodelifecycle::NodeLifecycleConfig;
 use controllers::scheduler::SchedulerConfig;
 use controllers::scheduler::framework::ResourceStrategy;
 use controllers::{Informers, ManagerConfig};
@@ -48,11 +50,31 @@ pub(crate) struct ManagerArgs {
     /// Workers per ReplicaSet and Deployment controller.
     #[arg(long, default_value_t = 5)]
     concurrent_syncs: usize,
+    /// How long a node may miss heartbeats before it is NotReady (Unknown) and tainted.
+    #[arg(long, default_value = "50s", value_parser = crate::server::parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// How often nodes and their taints are checked.
+    #[arg(long, default_value = "5s", value_parser = crate::server::parse_duration)]
+    node_monitor_period: Duration,
+    /// Terminated pods kept before the oldest are deleted.
+    #[arg(long, default_value_t = 12_500)]
+    terminated_pod_gc_threshold: usize,
+    /// How long events are kept after they were last seen.
+    #[arg(long, default_value = "1h", value_parser = crate::server::parse_duration)]
+    event_ttl: Duration,
 }
 
 impl ManagerArgs {
     pub(crate) fn config(&self) -> ManagerConfig {
-        ManagerConfig { workers: self.concurrent_syncs.max(1) }
+        ManagerConfig {
+            workers: self.concurrent_syncs.max(1),
+            node_lifecycle: NodeLifecycleConfig {
+                node_monitor_grace_period: self.node_monitor_grace_period,
+                node_monitor_period: self.node_monitor_period,
+                terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
+            },
+            event_ttl: self.event_ttl,
+        }
     }
 }
 

@@ -531,7 +531,7 @@ async fn status_subresource_dry_run_and_generate_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_bootstrap_and_termination() {
     use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
-    let server = KrustServer::start(&[]);
+    let server = KrustServer::start_control_plane(&[]);
     let client = server.client().await;
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let kubernetes = services.get("kubernetes").await.unwrap();

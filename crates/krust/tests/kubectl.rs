@@ -35,7 +35,7 @@ spec:
 
 #[test]
 fn kubectl_everyday_commands() {
-    let server = KrustServer::start(&[]);
+    let server = KrustServer::start_control_plane(&[]);
     let version = server.ok(&["version", "-o", "json"]);
     assert!(version.contains("\"gitVersion\": \"v1.37.0+krust\""), "{version}");
     let resources = server.ok(&["api-resources"]);

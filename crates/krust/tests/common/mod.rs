@@ -45,8 +45,16 @@ pub fn busybox_archive(name: &str, out: &Path) {
 pub const BUSYBOX: &str = "krust.local/busybox:1";
 
 impl KrustServer {
-    /// A control plane only (`--disable-agent`).
+    /// The API server alone: no agent, scheduler or controllers act on what tests write.
     pub fn start(extra: &[&str]) -> KrustServer {
+        let mut all =
+            vec!["--disable-agent", "--disable-scheduler", "--disable-controller-manager"];
+        all.extend_from_slice(extra);
+        Self::launch(&all, None)
+    }
+
+    /// The control plane without an agent: API server, scheduler and controllers.
+    pub fn start_control_plane(extra: &[&str]) -> KrustServer {
         let mut all = vec!["--disable-agent"];
         all.extend_from_slice(extra);
         Self::launch(&all, None)
