@@ -55,6 +55,7 @@ pub mod node;
 pub mod pods;
 pub mod registries;
 pub mod reset;
+pub mod sim;
 pub mod stream;
 pub mod tls;
 

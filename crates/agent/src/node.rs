@@ -157,13 +157,50 @@ pub fn node_status(
         Quantity(format!("{}", disk_total - disk_total / 10)),
     );
     let uname = rustix::system::uname();
+    let memory_pressure = available_memory_bytes().is_some_and(|a| a < (100 << 20));
+    let disk_pressure = disk_total > 0 && disk_free < disk_total / 10;
+    let ready = if runtime.ready { Ok(()) } else { Err(runtime.message.as_str()) };
+    let conditions = conditions(previous, memory_pressure, disk_pressure, ready);
+    let info = NodeSystemInfo {
+        architecture: go_arch().to_owned(),
+        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        container_runtime_version: runtime.version.clone(),
+        kernel_version: uname.release().to_string_lossy().into_owned(),
+        kube_proxy_version: String::new(),
+        kubelet_version: crate::KUBELET_VERSION.to_owned(),
+        machine_id: read_trimmed("/etc/machine-id"),
+        operating_system: "linux".to_owned(),
+        os_image: os_image(),
+        system_uuid: read_trimmed("/sys/class/dmi/id/product_uuid"),
+        ..Default::default()
+    };
+    let addresses = vec![
+        NodeAddress { type_: "InternalIP".to_owned(), address: config.node_ip.to_string() },
+        NodeAddress { type_: "Hostname".to_owned(), address: config.node_name.clone() },
+    ];
+    json!({
+        "capacity": capacity,
+        "allocatable": allocatable,
+        "conditions": conditions,
+        "addresses": addresses,
+        "nodeInfo": info,
+        "daemonEndpoints": { "kubeletEndpoint": { "Port": config.serve_port } },
+    })
+}
+
+/// The four conditions a node reports, keeping each transition time while its status
+/// stays the same.
+pub fn conditions(
+    previous: Option<&Node>,
+    memory_pressure: bool,
+    disk_pressure: bool,
+    ready: Result<(), &str>,
+) -> Vec<NodeCondition> {
     let now = Time(jiff::Timestamp::now());
     let prev_conditions: Vec<NodeCondition> = previous
         .and_then(|n| n.status.as_ref())
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    let memory_pressure = available_memory_bytes().is_some_and(|a| a < (100 << 20));
-    let disk_pressure = disk_total > 0 && disk_free < disk_total / 10;
     let condition = |kind: &str, status: bool, reason: &str, message: &str| {
         let status = if status { "True" } else { "False" };
         let transition = prev_conditions
@@ -180,7 +217,7 @@ pub fn node_status(
             last_transition_time: Some(transition),
         }
     };
-    let conditions = vec![
+    vec![
         if memory_pressure {
             condition(
                 "MemoryPressure",
@@ -212,37 +249,11 @@ pub fn node_status(
             "KubeletHasSufficientPID",
             "kubelet has sufficient PID available",
         ),
-        if runtime.ready {
-            condition("Ready", true, "KubeletReady", "kubelet is posting ready status")
-        } else {
-            condition("Ready", false, "KubeletNotReady", &runtime.message)
+        match ready {
+            Ok(()) => condition("Ready", true, "KubeletReady", "kubelet is posting ready status"),
+            Err(message) => condition("Ready", false, "KubeletNotReady", message),
         },
-    ];
-    let info = NodeSystemInfo {
-        architecture: go_arch().to_owned(),
-        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
-        container_runtime_version: runtime.version.clone(),
-        kernel_version: uname.release().to_string_lossy().into_owned(),
-        kube_proxy_version: String::new(),
-        kubelet_version: crate::KUBELET_VERSION.to_owned(),
-        machine_id: read_trimmed("/etc/machine-id"),
-        operating_system: "linux".to_owned(),
-        os_image: os_image(),
-        system_uuid: read_trimmed("/sys/class/dmi/id/product_uuid"),
-        ..Default::default()
-    };
-    let addresses = vec![
-        NodeAddress { type_: "InternalIP".to_owned(), address: config.node_ip.to_string() },
-        NodeAddress { type_: "Hostname".to_owned(), address: config.node_name.clone() },
-    ];
-    json!({
-        "capacity": capacity,
-        "allocatable": allocatable,
-        "conditions": conditions,
-        "addresses": addresses,
-        "nodeInfo": info,
-        "daemonEndpoints": { "kubeletEndpoint": { "Port": config.serve_port } },
-    })
+    ]
 }
 
 /// Writes the Node's status (a merge patch of the whole status).
@@ -256,46 +267,46 @@ pub async fn patch_status(
     Ok(nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
 }
 
-/// Creates or renews the node's Lease.
+/// Renews the node's Lease (one merge patch), creating it when it does not exist yet.
 pub async fn renew_lease(client: &kube::Client, node: &Node) -> Result<(), AgentError> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let now = MicroTime(jiff::Timestamp::now());
-    match leases.get_opt(&name).await? {
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now);
-            spec.holder_identity = Some(name.clone());
-            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
-            leases.replace(&name, &PostParams::default(), &lease).await?;
-        }
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some("kube-node-lease".to_owned()),
-                    owner_references: Some(vec![
-                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                            api_version: "v1".to_owned(),
-                            kind: "Node".to_owned(),
-                            name: name.clone(),
-                            uid: node.metadata.uid.clone().unwrap_or_default(),
-                            ..Default::default()
-                        },
-                    ]),
+    let patch = json!({"spec": {"renewTime": now, "holderIdentity": name,
+        "leaseDurationSeconds": LEASE_DURATION_SECONDS}});
+    match leases.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    // The Lease belongs to the Node, so it goes when the Node is deleted.
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some("kube-node-lease".to_owned()),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "v1".to_owned(),
+                    kind: "Node".to_owned(),
+                    name: name.clone(),
+                    uid: node.metadata.uid.clone().unwrap_or_default(),
                     ..Default::default()
                 },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.clone()),
-                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
-                    renew_time: Some(now),
-                    ..Default::default()
-                }),
-            };
-            leases.create(&PostParams::default(), &lease).await?;
-        }
+            ]),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(name.clone()),
+            lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+            renew_time: Some(now),
+            ..Default::default()
+        }),
+    };
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Keeps the Lease fresh every 10 s and the status fresh every minute or whenever `runtime`

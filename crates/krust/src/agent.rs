@@ -59,15 +59,8 @@ impl AgentArgs {
             .or_else(crate::server::default_address)
             .context("no node address: pass --node-ip")?;
         let mut config = agent::AgentConfig::new(data_dir.join("agent"), node_name, node_ip);
-        for label in &self.node_labels {
-            let (k, v) = label
-                .split_once('=')
-                .with_context(|| format!("--node-label {label:?} is not key=value"))?;
-            config.node_labels.insert(k.to_owned(), v.to_owned());
-        }
-        for taint in &self.node_taints {
-            config.node_taints.push(agent::parse_taint(taint)?);
-        }
+        (config.node_labels, config.node_taints) =
+            labels_and_taints(&self.node_labels, &self.node_taints)?;
         if !self.container_runtime_endpoint.is_empty() {
             config.container_runtime_endpoint = Some(self.container_runtime_endpoint.clone());
         }
@@ -276,4 +269,23 @@ pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
     stop_tx.send_replace(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
     Ok(())
+}
+
+/// `--node-label key=value` and `--node-taint key=value:Effect` flags, parsed.
+pub(crate) fn labels_and_taints(
+    labels: &[String],
+    taints: &[String],
+) -> anyhow::Result<(
+    std::collections::BTreeMap<String, String>,
+    Vec<k8s_openapi::api::core::v1::Taint>,
+)> {
+    let mut parsed = std::collections::BTreeMap::new();
+    for label in labels {
+        let (k, v) = label
+            .split_once('=')
+            .with_context(|| format!("--node-label {label:?} is not key=value"))?;
+        parsed.insert(k.to_owned(), v.to_owned());
+    }
+    let taints = taints.iter().map(|t| agent::parse_taint(t)).collect::<Result<Vec<_>, _>>()?;
+    Ok((parsed, taints))
 }

@@ -7,6 +7,7 @@ mod bench_pods;
 mod control;
 mod join;
 mod server;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,8 @@ enum Command {
     Scheduler(control::StandaloneScheduler),
     /// Run only the controller manager, against a server: `krust controller-manager --kubeconfig FILE`.
     ControllerManager(control::StandaloneManager),
+    /// Simulated nodes for scale tests: `krust sim nodes --count N --kubeconfig FILE`.
+    Sim(sim::SimArgs),
     /// Measure krust against its peers (see `krust bench --help`).
     Bench(bench::BenchArgs),
     /// Internal helpers used by krust's own tests.
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::Image(args) => agent::image(args).await,
             Command::Scheduler(args) => control::run_scheduler(args).await,
             Command::ControllerManager(args) => control::run_manager(args).await,
+            Command::Sim(args) => sim::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug(args) => server::debug(args).await,
         }
