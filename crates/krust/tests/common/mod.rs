@@ -329,3 +329,46 @@ impl Drop for KrustServer {
         }
     }
 }
+
+/// A `krust sim nodes` process against a server; killed (its nodes stop heartbeating)
+/// when dropped or stopped.
+pub struct SimNodes {
+    child: Option<Child>,
+}
+
+impl SimNodes {
+    /// Starts simulated nodes with these flags (`--count`, `--prefix`, …) and waits until
+    /// `count` nodes with the prefix are Ready.
+    pub fn start(server: &KrustServer, prefix: &str, count: usize, extra: &[&str]) -> SimNodes {
+        let child = Command::new(env!("CARGO_BIN_EXE_krust"))
+            .args(["sim", "nodes", "--kubeconfig"])
+            .arg(&server.kubeconfig)
+            .args(["--prefix", prefix, "--count", &count.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start krust sim nodes");
+        let sim = SimNodes { child: Some(child) };
+        server.wait_for(
+            &["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"],
+            Duration::from_secs(60),
+            |out| out.lines().filter(|l| l.starts_with(&format!("{prefix}-")) && l.ends_with("=True")).count() == count,
+        );
+        sim
+    }
+
+    /// Stops the process: its nodes stop renewing their Leases, as a dead kubelet would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

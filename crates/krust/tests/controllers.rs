@@ -1,0 +1,437 @@
+//! The scheduler and the controllers, end to end: Deployments with real pods on the real
+//! agent, placement rules and node loss on simulated nodes (`krust sim nodes`), all driven
+//! by the real kubectl.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BUSYBOX, KrustServer, SimNodes};
+
+fn deployment(name: &str, replicas: u32, cause: &str, env: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  annotations:
+    kubernetes.io/change-cause: "{cause}"
+spec:
+  replicas: {replicas}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxUnavailable: 0, maxSurge: 1}}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {BUSYBOX}
+        imagePullPolicy: IfNotPresent
+        command: ["sleep", "3600"]
+        env: [{{name: VERSION, value: "{env}"}}]
+"#
+    )
+}
+
+/// Names of the pods with `app=<app>` that are Running and not being deleted.
+fn running_pods(server: &KrustServer, namespace: &str, app: &str) -> Vec<String> {
+    let out = server.ok(&[
+        "get", "pods", "-n", namespace, "-l", &format!("app={app}"), "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 2 && f[1] == "Running").then(|| f[0].to_owned())
+        })
+        .collect()
+}
+
+fn wait_running(server: &KrustServer, namespace: &str, app: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pods = running_pods(server, namespace, app);
+        let all =
+            server.ok(&["get", "pods", "-n", namespace, "-l", &format!("app={app}"), "-o", "name"]);
+        if pods.len() == n && all.lines().count() == n {
+            return pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{app}: wanted {n} running pods, have {pods:?} of {all}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn rollout_status(server: &KrustServer, deployment: &str) -> (bool, String) {
+    let out = server.kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{deployment}"),
+        "--timeout=120s",
+    ]);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_roll_back_heal_and_are_collected() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::watcher;
+
+    let server = KrustServer::start_with_agent(&[]);
+    server.ok_stdin(&["apply", "-f", "-"], &deployment("web", 3, "v1", "1"));
+    let (ok, text) = rollout_status(&server, "web");
+    assert!(ok, "{text}");
+    server.ok(&["wait", "--for=condition=Available", "deployment/web", "--timeout=60s"]);
+    let pods = wait_running(&server, "default", "web", 3);
+
+    // A deleted pod is replaced.
+    server.ok(&["delete", "pod", &pods[0], "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = running_pods(&server, "default", "web");
+        if now.len() == 3 && !now.contains(&pods[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pod {} not replaced: {now:?}", pods[0]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Scale 3 → 10 → 1 → 3.
+    server.ok(&["scale", "deployment/web", "--replicas=10"]);
+    assert!(rollout_status(&server, "web").0);
+    wait_running(&server, "default", "web", 10);
+    server.ok(&["scale", "deployment/web", "--replicas=1"]);
+    wait_running(&server, "default", "web", 1);
+    server.ok(&["scale", "deployment/web", "--replicas=3"]);
+    assert!(rollout_status(&server, "web").0);
+    wait_running(&server, "default", "web", 3);
+
+    // A rolling update with maxUnavailable 0: a watch on the pods sees at least 3 ready,
+    // undeleted pods at every moment.
+    let client = server.client().await;
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "default");
+    let low = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn({
+        let low = low.clone();
+        async move {
+            let mut ready = std::collections::HashMap::<String, bool>::new();
+            let mut synced = Some(synced_tx);
+            let mut stream = watcher(api, watcher::Config::default().labels("app=web")).boxed();
+            while let Some(Ok(event)) = stream.next().await {
+                let (pod, gone) = match event {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
+                    watcher::Event::Delete(p) => (p, true),
+                    watcher::Event::InitDone => {
+                        if let Some(tx) = synced.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    watcher::Event::Init => continue,
+                };
+                let is_ready = !gone
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                        c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    });
+                ready.insert(pod.metadata.name.clone().unwrap_or_default(), is_ready);
+                if synced.is_none() {
+                    let count = ready.values().filter(|r| **r).count();
+                    low.fetch_min(count, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    synced_rx.await.unwrap();
+    server.ok_stdin(&["apply", "-f", "-"], &deployment("web", 3, "v2", "2"));
+    let (ok, text) = rollout_status(&server, "web");
+    assert!(ok, "{text}");
+    wait_running(&server, "default", "web", 3);
+    watch.abort();
+    let low = low.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(low != usize::MAX, "the watch saw the rollout");
+    assert!(low >= 3, "ready replicas dropped to {low} during a maxUnavailable=0 rollout");
+    let history = server.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("v1") && history.contains("v2"), "{history}");
+
+    // Undo returns to the previous template.
+    server.ok(&["rollout", "undo", "deployment/web"]);
+    assert!(rollout_status(&server, "web").0);
+    let env = server.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(env.trim(), "1");
+
+    // A broken image stalls at the progress deadline; undo heals it.
+    server.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"progressDeadlineSeconds":8}}"#]);
+    server.ok(&["set", "image", "deployment/web", "c=krust.local/missing:1"]);
+    let (ok, text) = rollout_status(&server, "web");
+    assert!(!ok && text.contains("exceeded its progress deadline"), "{text}");
+    assert_eq!(
+        running_pods(&server, "default", "web").len(),
+        3,
+        "maxUnavailable 0 keeps the old pods"
+    );
+    let reason = server.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+    ]);
+    assert_eq!(reason.trim(), "ProgressDeadlineExceeded");
+    server.ok(&["rollout", "undo", "deployment/web"]);
+    let (ok, text) = rollout_status(&server, "web");
+    assert!(ok, "{text}");
+
+    // Deleting the Deployment removes its ReplicaSets and pods.
+    server.ok(&["delete", "deployment", "web"]);
+    server.wait_for(
+        &["get", "rs,pods", "-l", "app=web", "-o", "name"],
+        Duration::from_secs(60),
+        str::is_empty,
+    );
+
+    // --cascade=orphan keeps them, without the owner reference.
+    server.ok_stdin(&["apply", "-f", "-"], &deployment("kept", 2, "k", "1"));
+    assert!(rollout_status(&server, "kept").0);
+    server.ok(&["delete", "deployment", "kept", "--cascade=orphan"]);
+    server.wait_for(&["get", "deployment", "-o", "name"], Duration::from_secs(30), |o| {
+        !o.contains("kept")
+    });
+    let owners = server.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=kept",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences}",
+    ]);
+    assert!(!owners.contains("Deployment"), "{owners}");
+    assert_eq!(running_pods(&server, "default", "kept").len(), 2);
+
+    // Deleting a namespace empties it, then it goes.
+    server.ok(&["create", "namespace", "doomed"]);
+    server.ok_stdin(&["apply", "-n", "doomed", "-f", "-"], &deployment("inside", 2, "i", "1"));
+    wait_running(&server, "doomed", "inside", 2);
+    server.ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    let phase = server.ok(&["get", "namespace", "doomed", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(phase.trim(), "Terminating");
+    server.wait_for(&["get", "namespaces", "-o", "name"], Duration::from_secs(90), |o| {
+        !o.contains("doomed")
+    });
+    let left = server.ok(&["get", "pods", "-n", "doomed", "-o", "name"]);
+    assert!(left.trim().is_empty(), "{left}");
+}
+
+fn pod_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: c\n    image: {BUSYBOX}\n{spec}"
+    )
+}
+
+fn node_of(server: &KrustServer, pod: &str) -> String {
+    server.wait_pod("default", pod, "{.spec.nodeName}", Duration::from_secs(30), |n| !n.is_empty())
+}
+
+/// The FailedScheduling message of a pod, once it has one containing `wanted`.
+fn failed_scheduling(server: &KrustServer, pod: &str, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = server.events(pod);
+        if let Some(line) =
+            events.lines().find(|l| l.starts_with("FailedScheduling: ") && l.contains(wanted))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no FailedScheduling with {wanted:?} for {pod}: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_scheduler_honours_selectors_taints_affinity_resources_and_priority() {
+    let server = KrustServer::start_control_plane(&[]);
+    let _ssd = SimNodes::start(&server, "ssd", 3, &["--cpu", "4", "--node-label", "disk=ssd"]);
+    let _gpu = SimNodes::start(
+        &server,
+        "gpu",
+        2,
+        &["--cpu", "4", "--node-taint", "dedicated=gpu:NoSchedule"],
+    );
+
+    // nodeSelector.
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("on-ssd", "  nodeSelector: {disk: ssd}\n"));
+    assert!(node_of(&server, "on-ssd").starts_with("ssd-"));
+
+    // A toleration admits the tainted nodes; required node affinity picks them.
+    let affinity = "  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [gpu-0, gpu-1]}]\n";
+    let toleration =
+        "  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n";
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("on-gpu", &format!("{affinity}{toleration}")));
+    assert!(node_of(&server, "on-gpu").starts_with("gpu-"));
+
+    // Without the toleration it fits nowhere, with upstream's message and condition.
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("untolerated", affinity));
+    let message = failed_scheduling(&server, "untolerated", "0/5 nodes are available");
+    assert!(
+        message.contains("0/5 nodes are available: 2 node(s) had untolerated taint {dedicated: gpu}, 3 node(s) didn't match Pod's node affinity/selector."),
+        "{message}"
+    );
+    let reason = server.pod_field(
+        "default",
+        "untolerated",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+    );
+    assert_eq!(reason, "Unschedulable");
+
+    // Required anti-affinity on the hostname spreads replicas over distinct nodes; the
+    // fourth has nowhere to go.
+    let spread = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: spread}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: spread}}}}
+  template:
+    metadata: {{labels: {{app: spread}}}}
+    spec:
+      nodeSelector: {{disk: ssd}}
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {{matchLabels: {{app: spread}}}}
+            topologyKey: kubernetes.io/hostname
+      containers: [{{name: c, image: {BUSYBOX}}}]
+"#
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &spread);
+    let placed = server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=spread",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.nodeName}{\"\\n\"}{end}",
+        ],
+        Duration::from_secs(30),
+        |o| o.lines().count() == 4 && o.lines().filter(|l| !l.ends_with('=')).count() == 3,
+    );
+    let nodes: std::collections::HashSet<&str> = placed
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(nodes.len(), 3, "one replica per node: {placed}");
+    let pending = placed.lines().find_map(|l| l.strip_suffix('=')).unwrap_or_default().to_owned();
+    let message = failed_scheduling(&server, &pending, "anti-affinity");
+    assert!(message.contains("3 node(s) didn't match pod anti-affinity rules"), "{message}");
+
+    // Requests that fit nowhere wait, and are placed when a node that fits joins.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_yaml("huge", "    resources: {requests: {cpu: \"16\"}}\n"),
+    );
+    let message = failed_scheduling(&server, "huge", "Insufficient cpu");
+    assert!(message.contains("3 Insufficient cpu"), "{message}");
+    let _big = SimNodes::start(&server, "big", 1, &["--cpu", "64"]);
+    assert_eq!(node_of(&server, "huge"), "big-0");
+
+    // Preemption: a high-priority pod evicts a lower-priority one that holds the node.
+    server.ok_stdin(&["apply", "-f", "-"], "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000000\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\n");
+    let _small =
+        SimNodes::start(&server, "small", 1, &["--cpu", "2", "--node-label", "pool=small"]);
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("victim", "    resources: {requests: {cpu: 1500m}}\n  nodeSelector: {pool: small}\n  priorityClassName: low\n"));
+    assert_eq!(node_of(&server, "victim"), "small-0");
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("important", "    resources: {requests: {cpu: 1500m}}\n  nodeSelector: {pool: small}\n  priorityClassName: high\n"));
+    assert_eq!(node_of(&server, "important"), "small-0");
+    let priority = server.pod_field("default", "important", "{.spec.priority}");
+    assert_eq!(priority, "1000000");
+    server.wait_for(&["get", "pods", "-o", "name"], Duration::from_secs(30), |o| {
+        !o.contains("pod/victim")
+    });
+    let events = server.events("victim");
+    assert!(events.contains("Preempted: Preempted by pod"), "{events}");
+}
+
+#[test]
+fn pods_of_a_lost_node_are_replaced_on_healthy_nodes() {
+    // Grace period shortened from 50 s to 10 s, and the pods tolerate the unreachable taint
+    // for 2 s instead of 300 s, so the test takes seconds.
+    let server = KrustServer::start_control_plane(&[
+        "--node-monitor-grace-period=10s",
+        "--node-monitor-period=1s",
+    ]);
+    let mut doomed = SimNodes::start(&server, "doomed", 2, &["--lease-interval", "2s"]);
+    let deployment = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: survivor}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: survivor}}}}
+  template:
+    metadata: {{labels: {{app: survivor}}}}
+    spec:
+      tolerations:
+      - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}
+      - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}
+      containers: [{{name: c, image: {BUSYBOX}}}]
+"#
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &deployment);
+    assert!(rollout_status(&server, "survivor").0);
+    let _healthy = SimNodes::start(&server, "healthy", 2, &["--lease-interval", "2s"]);
+    let stopped = Instant::now();
+    doomed.stop();
+    server.wait_for(
+        &[
+            "get",
+            "node",
+            "doomed-0",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        Duration::from_secs(40),
+        |s| s == "Unknown",
+    );
+    let after = stopped.elapsed();
+    assert!(after < Duration::from_secs(30), "NotReady after {after:?}, grace period 10 s");
+    server.wait_for(
+        &["get", "node", "doomed-0", "-o", "jsonpath={.spec.taints[*].key}"],
+        Duration::from_secs(10),
+        |t| t.contains("node.kubernetes.io/unreachable"),
+    );
+    let placed = server.wait_for(
+        &["get", "pods", "-l", "app=survivor", "-o", "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}"],
+        Duration::from_secs(60),
+        |o| o.lines().filter(|l| l.starts_with("healthy-") && l.split_whitespace().count() == 2 && l.contains("Running")).count() == 4,
+    );
+    assert!(
+        placed.lines().all(|l| l.starts_with("healthy-") || l.split_whitespace().count() == 3),
+        "{placed}"
+    );
+    let events = server.events("");
+    assert!(events.contains("TaintManagerEviction"), "{events}");
+}
