@@ -339,24 +339,29 @@ pub struct Writer<'a> {
 pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: Writer<'_>) {
     let mut entries = old.map(read_entries).unwrap_or_default();
     let new_fields = field_set(kind, new, writer.subresource);
-    let old_fields = old.map(|o| field_set(kind, o, writer.subresource)).unwrap_or_default();
-    let changed: FieldSet = match old {
-        None => new_fields.clone(),
-        Some(old) => new_fields
-            .iter()
-            .filter(|p| get(old, p) != get(new, p))
-            .chain(old_fields.iter().filter(|p| !new_fields.contains(*p)))
-            .cloned()
-            .collect(),
+    // A create owns every field; nobody else owns anything yet (the common, hot case).
+    let owned: FieldSet = match old {
+        None => new_fields,
+        Some(old) => {
+            let old_fields = field_set(kind, old, writer.subresource);
+            let changed: FieldSet = new_fields
+                .iter()
+                .filter(|p| get(old, p) != get(new, p))
+                .chain(old_fields.iter().filter(|p| !new_fields.contains(*p)))
+                .cloned()
+                .collect();
+            if entries.iter().any(|e| !e.fields.is_empty()) {
+                let all_new = field_set(kind, new, Some("status"))
+                    .union(&field_set(kind, new, None))
+                    .cloned()
+                    .collect::<FieldSet>();
+                for entry in &mut entries {
+                    entry.fields.retain(|p| !changed.contains(p) && all_new.contains(p));
+                }
+            }
+            changed.intersection(&new_fields).cloned().collect()
+        }
     };
-    let all_new = field_set(kind, new, Some("status"))
-        .union(&field_set(kind, new, None))
-        .cloned()
-        .collect::<FieldSet>();
-    for entry in &mut entries {
-        entry.fields.retain(|p| !changed.contains(p) && all_new.contains(p));
-    }
-    let owned: FieldSet = changed.intersection(&new_fields).cloned().collect();
     match entries.iter_mut().find(|e| {
         e.manager == writer.manager
             && e.operation == "Update"

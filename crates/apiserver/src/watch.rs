@@ -87,6 +87,7 @@ impl ApiServer {
         let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
         let kind = rt.kind.clone();
         let api_version = rt.api_version();
+        let plain = !table && options.labels.is_empty() && options.fields.is_empty();
         tokio::spawn(async move {
             let mut first = true;
             let encode = |event_type: &str, object: Value, first: &mut bool| -> Bytes {
@@ -155,6 +156,23 @@ impl ApiServer {
                     }
                     Some(Ok(WatchMessage::Events(events))) => {
                         for event in events {
+                            if plain {
+                                // No selector, no Table: the stored bytes go out as they are.
+                                match event_line(&event) {
+                                    Ok(line) => {
+                                        if sender.send(line).await.is_err() {
+                                            return;
+                                        }
+                                        continue;
+                                    }
+                                    Err(e) => {
+                                        let _ = sender
+                                            .send(encode("ERROR", e.to_status(), &mut first))
+                                            .await;
+                                        return;
+                                    }
+                                }
+                            }
                             match translate_event(&event, &options) {
                                 Ok(Some((event_type, object))) => {
                                     if sender
@@ -188,6 +206,31 @@ impl ApiServer {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         Ok(response)
     }
+}
+
+/// One watch line for a client without selectors, spliced from the stored bytes: the hot
+/// path of informers, which would otherwise decode and re-encode every object per watcher.
+fn event_line(event: &storage::Event) -> ApiResult<Bytes> {
+    let (kind, object) = match event.kind {
+        EventKind::Put if event.kv.create_revision == event.kv.mod_revision => {
+            ("ADDED", rest::stamp(&event.kv)?)
+        }
+        EventKind::Put => ("MODIFIED", rest::stamp(&event.kv)?),
+        EventKind::Delete => {
+            let Some(prev) = &event.prev_kv else {
+                return Err(ApiError::internal("delete event without the deleted object"));
+            };
+            // A deleted object carries the revision of its deletion, as upstream.
+            let gone = storage::KeyValue { mod_revision: event.kv.mod_revision, ..prev.clone() };
+            ("DELETED", rest::stamp(&gone)?)
+        }
+    };
+    let head = format!("{{\"type\":\"{kind}\",\"object\":");
+    let mut line = Vec::with_capacity(head.len() + object.len() + 2);
+    line.extend_from_slice(head.as_bytes());
+    line.extend_from_slice(&object);
+    line.extend_from_slice(b"}\n");
+    Ok(Bytes::from(line))
 }
 
 /// Maps a store event to a watch event for a client with selectors: an object that stops

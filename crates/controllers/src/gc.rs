@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
@@ -63,6 +63,10 @@ struct Graph {
     dependents: HashMap<String, HashSet<String>>,
 }
 
+type Attach = Box<
+    dyn Fn(Arc<GarbageCollector>, Arc<Kind>) -> tokio::sync::oneshot::Receiver<()> + Send + Sync,
+>;
+
 /// The garbage collector.
 pub struct GarbageCollector {
     client: kube::Client,
@@ -70,6 +74,9 @@ pub struct GarbageCollector {
     queue: Arc<Queue>,
     /// (apiVersion, kind) → type, from discovery.
     kinds: Mutex<HashMap<(String, String), Arc<Kind>>>,
+    /// Types the process already has informers for (`apiVersion/plural`), which the
+    /// collector follows instead of watching them a second time.
+    shared: Mutex<HashMap<String, Attach>>,
 }
 
 impl std::fmt::Debug for GarbageCollector {
@@ -91,7 +98,42 @@ impl GarbageCollector {
             graph: Mutex::new(Graph::default()),
             queue: Queue::new(),
             kinds: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Follows this type through the process's informer rather than a watch of its own.
+    pub fn share<K>(&self, informer: Arc<crate::informer::Informer<K>>)
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let id = format!("{}/{}", K::api_version(&()), K::plural(&()));
+        let attach: Attach = Box::new(move |gc, kind| {
+            let weak = Arc::downgrade(&gc);
+            informer.on_change(move |change| {
+                let Some(gc) = weak.upgrade() else { return };
+                match change {
+                    crate::informer::Change::Added(o) | crate::informer::Change::Updated(_, o) => {
+                        gc.observe(&kind, o.meta())
+                    }
+                    crate::informer::Change::Deleted(o) => gc.forget(o.meta()),
+                }
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let informer = informer.clone();
+            tokio::spawn(async move {
+                informer.wait_synced().await;
+                let _ = tx.send(());
+            });
+            rx
+        });
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, attach);
     }
 
     fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
@@ -127,10 +169,20 @@ impl GarbageCollector {
                                     kind.clone(),
                                 );
                             let id = format!("{}/{}", resource.api_version, resource.plural);
-                            if watched.insert(id) {
-                                let (tx, rx) = tokio::sync::oneshot::channel();
-                                tokio::spawn(self.clone().watch(kind, tx));
-                                pending.push(rx);
+                            if watched.insert(id.clone()) {
+                                let shared = self
+                                    .shared
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .remove(&id);
+                                match shared {
+                                    Some(attach) => pending.push(attach(self.clone(), kind)),
+                                    None => {
+                                        let (tx, rx) = tokio::sync::oneshot::channel();
+                                        tokio::spawn(self.clone().watch(kind, tx));
+                                        pending.push(rx);
+                                    }
+                                }
                             }
                         }
                     }
@@ -168,9 +220,9 @@ impl GarbageCollector {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                     delay = Duration::from_millis(200);
-                    self.observe(&kind, &o);
+                    self.observe(&kind, &o.metadata);
                 }
-                Ok(watcher::Event::Delete(o)) => self.forget(&o),
+                Ok(watcher::Event::Delete(o)) => self.forget(&o.metadata),
                 Ok(watcher::Event::InitDone) => {
                     if let Some(tx) = synced.take() {
                         let _ = tx.send(());
@@ -195,16 +247,16 @@ impl GarbageCollector {
         }
     }
 
-    fn observe(&self, kind: &Arc<Kind>, object: &DynamicObject) {
-        let Some(uid) = object.uid() else { return };
+    fn observe(&self, kind: &Arc<Kind>, meta: &ObjectMeta) {
+        let Some(uid) = meta.uid.clone() else { return };
         let item = Item {
             kind: kind.clone(),
-            namespace: object.namespace(),
-            name: object.name_any(),
-            resource_version: object.resource_version().unwrap_or_default(),
-            owners: object.owner_references().to_vec(),
-            deleting: object.metadata.deletion_timestamp.is_some(),
-            finalizers: object.finalizers().to_vec(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            owners: meta.owner_references.clone().unwrap_or_default(),
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers.clone().unwrap_or_default(),
         };
         let mut enqueue = Vec::new();
         {
@@ -239,8 +291,8 @@ impl GarbageCollector {
         }
     }
 
-    fn forget(&self, object: &DynamicObject) {
-        let Some(uid) = object.uid() else { return };
+    fn forget(&self, meta: &ObjectMeta) {
+        let Some(uid) = meta.uid.clone() else { return };
         let mut enqueue = Vec::new();
         {
             let mut graph = self.graph();

@@ -216,8 +216,8 @@ pub fn controller_manager(
     let deployment = deployment::DeploymentController::new(
         client.clone(),
         informers.deployments(),
-        replica_sets,
-        pods,
+        replica_sets.clone(),
+        pods.clone(),
     );
     let service_account = serviceaccount::ServiceAccountController::new(
         client.clone(),
@@ -225,6 +225,9 @@ pub fn controller_manager(
         informers.service_accounts(),
     );
     let garbage_collector = gc::GarbageCollector::new(client.clone());
+    garbage_collector.share(pods.clone());
+    garbage_collector.share(replica_sets.clone());
+    garbage_collector.share(informers.deployments());
     let client_for_events = client.clone();
     let namespace = namespace::NamespaceController::new(client.clone(), informers.namespaces());
     async move {

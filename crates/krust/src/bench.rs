@@ -24,6 +24,9 @@ enum BenchCommand {
     /// Pod start-up through the node agent beside `ctr run` on the same containerd, and the
     /// agent's memory and CPU (needs root, containerd, runc and the CNI plugins).
     Pods(crate::bench_pods::PodBenchArgs),
+    /// Scheduler and controllers at scale on simulated nodes: throughput through
+    /// Deployments, convergence of a large Deployment, memory and LIST latency when full.
+    Scheduler(crate::bench_sched::SchedBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -42,6 +45,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
         BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
+        BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(

@@ -35,10 +35,11 @@ pub(crate) struct ApiBenchArgs {
     concurrency: usize,
 }
 
-struct Server {
+/// A `krust server` child process on loopback with its own data dir, removed on drop.
+pub(crate) struct Server {
     child: Child,
     dir: PathBuf,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
 }
 
 impl Drop for Server {
@@ -51,18 +52,18 @@ impl Drop for Server {
 
 impl Server {
     fn start() -> anyhow::Result<Server> {
-        let dir = std::env::temp_dir().join(format!("krust-bench-api-{}", std::process::id()));
+        Server::start_with("api", &["--disable-scheduler", "--disable-controller-manager"])
+    }
+
+    /// Starts a server without an agent, with `extra` flags.
+    pub(crate) fn start_with(name: &str, extra: &[&str]) -> anyhow::Result<Server> {
+        let dir = std::env::temp_dir().join(format!("krust-bench-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let kubeconfig = dir.join("kubeconfig.yaml");
         let child = Command::new(std::env::current_exe()?)
-            .args([
-                "server",
-                "--bind-address=127.0.0.1",
-                "--disable-agent",
-                "--disable-scheduler",
-                "--disable-controller-manager",
-            ])
+            .args(["server", "--bind-address=127.0.0.1", "--disable-agent"])
+            .args(extra)
             .arg(format!("--https-listen-port={port}"))
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -82,7 +83,7 @@ impl Server {
         Ok(server)
     }
 
-    fn rss_mib(&self) -> f64 {
+    pub(crate) fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
@@ -92,7 +93,7 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
-    async fn client(&self) -> anyhow::Result<kube::Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         Ok(kube::Client::try_from(config)?)

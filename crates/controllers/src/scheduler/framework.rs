@@ -183,7 +183,7 @@ impl AffinityTerm {
     /// Whether the term selects `pod`.
     pub fn matches(&self, pod: &PodInfo) -> bool {
         self.namespaces.contains(&pod.namespace)
-            && label_selector_matches(&self.selector, &pod.labels)
+            && label_selector_matches(&self.selector, pod.labels())
     }
 }
 
@@ -208,8 +208,6 @@ pub struct PodInfo {
     pub pod: Arc<Pod>,
     /// Its namespace.
     pub namespace: String,
-    /// Its labels.
-    pub labels: Labels,
     /// Effective requests.
     pub requests: Resources,
     /// Requests with defaults for scoring (millicores, bytes).
@@ -289,7 +287,6 @@ impl PodInfo {
             .collect();
         PodInfo {
             key: format!("{namespace}/{name}"),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
             requests,
             nonzero,
             host_ports,
@@ -312,6 +309,12 @@ impl PodInfo {
             namespace,
             pod,
         }
+    }
+
+    /// The pod's labels (read from the pod: a copy per placed pod would cost memory).
+    pub fn labels(&self) -> &Labels {
+        static EMPTY: Labels = Labels::new();
+        self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
     }
 
     fn tolerations(&self) -> &[Toleration] {
@@ -596,7 +599,7 @@ impl ClusterState {
                     .values()
                     .filter(|p| {
                         p.namespace == pod.namespace
-                            && label_selector_matches(&c.selector, &p.labels)
+                            && label_selector_matches(&c.selector, p.labels())
                     })
                     .count() as i64;
                 *counts.entry(domain.clone()).or_insert(0) += n;
@@ -674,7 +677,7 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, cluster: Option<&ClusterState>) ->
         } else {
             counts.values().copied().min().unwrap_or(0)
         };
-        let self_match = i64::from(label_selector_matches(&c.selector, &pod.labels));
+        let self_match = i64::from(label_selector_matches(&c.selector, pod.labels()));
         let here = counts.get(domain).copied().unwrap_or(0);
         if here + self_match - global_min > c.max_skew {
             return Some(Unfit::Spread);
