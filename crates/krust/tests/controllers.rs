@@ -199,6 +199,34 @@ async fn deployments_roll_out_roll_back_heal_and_are_collected() {
     let (ok, text) = rollout_status(&server, "web");
     assert!(ok, "{text}");
 
+    // Paused, a template change makes no new ReplicaSet; resumed, it rolls out; restart
+    // rolls out the same template again.
+    let replica_sets = |server: &KrustServer| {
+        server.ok(&["get", "rs", "-l", "app=web", "-o", "name"]).lines().count()
+    };
+    let before = replica_sets(&server);
+    server.ok(&["rollout", "pause", "deployment/web"]);
+    server.ok(&["set", "env", "deployment/web", "PAUSED=yes"]);
+    server.wait_for(
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ],
+        Duration::from_secs(30),
+        |r| r == "DeploymentPaused",
+    );
+    assert_eq!(replica_sets(&server), before, "a paused Deployment rolls nothing out");
+    server.ok(&["rollout", "resume", "deployment/web"]);
+    assert!(rollout_status(&server, "web").0);
+    assert_eq!(replica_sets(&server), before + 1);
+    server.ok(&["rollout", "restart", "deployment/web"]);
+    assert!(rollout_status(&server, "web").0);
+    assert_eq!(replica_sets(&server), before + 2);
+    wait_running(&server, "default", "web", 3);
+
     // Deleting the Deployment removes its ReplicaSets and pods.
     server.ok(&["delete", "deployment", "web"]);
     server.wait_for(
