@@ -83,11 +83,59 @@ impl Recorder {
     }
 }
 
+/// How many distinct messages one object may get for one reason (within the window)
+/// before further ones are folded into a single "combined" event, as upstream's event
+/// aggregator does: a ReplicaSet creating a thousand pods records ten `SuccessfulCreate`
+/// events and one combined event counting the rest, not a thousand objects.
+const SIMILAR_MAX: usize = 10;
+const SIMILAR_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Upstream's aggregation: tracks distinct messages per (object, type, reason).
+#[derive(Debug, Default)]
+struct Aggregator {
+    /// (uid, type, reason) → (window start, distinct messages seen in it).
+    similar: HashMap<
+        (String, &'static str, String),
+        (std::time::Instant, std::collections::HashSet<String>),
+    >,
+}
+
+impl Aggregator {
+    /// The message to record: the event's own, or the combined form once the object had
+    /// too many similar ones.
+    fn message(&mut self, uid: &str, kind: EventType, reason: &str, message: &str) -> String {
+        if self.similar.len() >= REMEMBERED {
+            self.similar.clear();
+        }
+        let key = (uid.to_owned(), kind.as_str(), reason.to_owned());
+        let entry = self
+            .similar
+            .entry(key)
+            .or_insert_with(|| (std::time::Instant::now(), std::collections::HashSet::new()));
+        if entry.0.elapsed() > SIMILAR_WINDOW {
+            *entry = (std::time::Instant::now(), std::collections::HashSet::new());
+        }
+        if entry.1.contains(message) || entry.1.len() < SIMILAR_MAX {
+            entry.1.insert(message.to_owned());
+            return message.to_owned();
+        }
+        // Upstream's wording; one event of that message per object and reason, counted.
+        "(combined from similar events): ".to_owned() + message.split(':').next().unwrap_or(message)
+    }
+}
+
 async fn post_events(client: kube::Client, component: String, mut rx: mpsc::Receiver<Pending>) {
     // (uid, reason, message) → (event namespace, event name, count).
     let mut seen: HashMap<(String, String, String), (String, String, i32)> = HashMap::new();
+    let mut aggregator = Aggregator::default();
     let mut in_flight = tokio::task::JoinSet::new();
-    while let Some(event) = rx.recv().await {
+    while let Some(mut event) = rx.recv().await {
+        event.message = aggregator.message(
+            event.object.uid.as_deref().unwrap_or(""),
+            event.kind,
+            &event.reason,
+            &event.message,
+        );
         // A handful of posts at once keeps up with a busy scheduler without flooding.
         while in_flight.len() >= 8 {
             in_flight.join_next().await;
@@ -191,5 +239,39 @@ pub async fn expire(client: kube::Client, ttl: std::time::Duration) {
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn similar_events_of_one_object_are_combined_after_ten() {
+        let mut a = Aggregator::default();
+        for i in 0..10 {
+            let m = format!("Created pod: web-{i}");
+            assert_eq!(a.message("rs", EventType::Normal, "SuccessfulCreate", &m), m);
+        }
+        let combined =
+            a.message("rs", EventType::Normal, "SuccessfulCreate", "Created pod: web-10");
+        assert_eq!(combined, "(combined from similar events): Created pod");
+        assert_eq!(
+            a.message("rs", EventType::Normal, "SuccessfulCreate", "Created pod: web-11"),
+            combined
+        );
+        // A message seen before keeps its own event; other objects and reasons are apart.
+        assert_eq!(
+            a.message("rs", EventType::Normal, "SuccessfulCreate", "Created pod: web-3"),
+            "Created pod: web-3"
+        );
+        assert_eq!(
+            a.message("rs2", EventType::Normal, "SuccessfulCreate", "Created pod: x"),
+            "Created pod: x"
+        );
+        assert_eq!(
+            a.message("rs", EventType::Normal, "SuccessfulDelete", "Deleted pod: x"),
+            "Deleted pod: x"
+        );
     }
 }

@@ -25,6 +25,7 @@ pub enum Change<'a, K> {
 }
 
 type Handler<K> = Box<dyn Fn(&Change<'_, K>) + Send + Sync>;
+type Transform<K> = Box<dyn Fn(&mut K) + Send + Sync>;
 type IndexFn<K> = Box<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 
 struct Cache<K> {
@@ -38,6 +39,7 @@ pub struct Informer<K> {
     cache: RwLock<Cache<K>>,
     indexers: RwLock<Vec<(&'static str, IndexFn<K>)>>,
     handlers: RwLock<Vec<Handler<K>>>,
+    transform: RwLock<Option<Transform<K>>>,
     synced: tokio::sync::watch::Sender<bool>,
 }
 
@@ -80,6 +82,7 @@ where
             cache: RwLock::new(Cache { objects: HashMap::new(), indices: HashMap::new() }),
             indexers: RwLock::new(Vec::new()),
             handlers: RwLock::new(Vec::new()),
+            transform: RwLock::new(None),
             synced: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -87,6 +90,11 @@ where
     /// Calls `handler` for every change, on the informer's task (it must only enqueue work).
     pub fn on_change(&self, handler: impl Fn(&Change<'_, K>) + Send + Sync + 'static) {
         self.handlers.write().unwrap_or_else(lock_poisoned).push(Box::new(handler));
+    }
+
+    /// Trims every object before it is cached (what no reader of the process uses).
+    pub fn set_transform(&self, transform: impl Fn(&mut K) + Send + Sync + 'static) {
+        *self.transform.write().unwrap_or_else(lock_poisoned) = Some(Box::new(transform));
     }
 
     /// Maintains an index: `values` gives the index values an object is found under.
@@ -167,6 +175,9 @@ where
     fn apply(&self, mut object: K) -> (Arc<K>, Option<Arc<K>>) {
         // managedFields are never read by controllers and are a large share of each object.
         object.meta_mut().managed_fields = None;
+        if let Some(transform) = self.transform.read().unwrap_or_else(lock_poisoned).as_ref() {
+            transform(&mut object);
+        }
         let key = key_of(&object);
         let new_values = self.index_values(&object);
         let object = Arc::new(object);
@@ -256,6 +267,64 @@ where
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
+        }
+    }
+}
+
+/// What the scheduler and controllers read of a pod, and nothing else: a cached pod costs
+/// ~12 KB as a typed object, most of it fields only the node agent uses (probes, env,
+/// volumes, every condition and container state). Kept: metadata but annotations; the
+/// containers' names, images, ports, resources and restart policy with the rest of the
+/// spec but volumes; phase, the Ready condition, nominated node, QoS class and each
+/// container's name, readiness and restart count.
+pub fn slim_pod(pod: &mut k8s_openapi::api::core::v1::Pod) {
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            c.env = None;
+            c.env_from = None;
+            c.command = None;
+            c.args = None;
+            c.volume_mounts = None;
+            c.volume_devices = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.lifecycle = None;
+            c.security_context = None;
+            c.working_dir = None;
+            c.termination_message_path = None;
+            c.termination_message_policy = None;
+            c.image_pull_policy = None;
+            c.resize_policy = None;
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| c.type_ == "Ready");
+            for c in conditions.iter_mut() {
+                c.message = None;
+                c.reason = None;
+                c.last_probe_time = None;
+            }
+        }
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+        status.host_ips = None;
+        status.pod_ips = None;
+        status.resource_claim_statuses = None;
+        for c in status.container_statuses.iter_mut().flatten() {
+            c.image = String::new();
+            c.image_id = String::new();
+            c.container_id = None;
+            c.state = None;
+            c.last_state = None;
+            c.resources = None;
+            c.allocated_resources = None;
+            c.allocated_resources_status = None;
+            c.volume_mounts = None;
+            c.user = None;
         }
     }
 }

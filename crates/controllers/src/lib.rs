@@ -88,9 +88,11 @@ macro_rules! informer_getter {
 impl Informers {
     /// Informers reading through `client`.
     pub fn new(client: kube::Client) -> Arc<Informers> {
+        let pods = Informer::new();
+        pods.set_transform(informer::slim_pod);
         Arc::new(Informers {
             client,
-            pods: Informer::new(),
+            pods,
             nodes: Informer::new(),
             namespaces: Informer::new(),
             replica_sets: Informer::new(),
