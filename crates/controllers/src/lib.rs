@@ -66,12 +66,21 @@ impl std::fmt::Debug for Informers {
 
 macro_rules! informer_getter {
     ($name:ident, $ty:ty, $label:literal) => {
-        /// The shared informer of this type (started by [`Informers::start`]).
+        informer_getter!(
+            $name,
+            $ty,
+            $label,
+            Api::all,
+            "The shared informer of this type (started by [`Informers::start`])."
+        );
+    };
+    ($name:ident, $ty:ty, $label:literal, $api:expr, $doc:literal) => {
+        #[doc = $doc]
         pub fn $name(&self) -> Arc<Informer<$ty>> {
             let informer = self.$name.clone();
             let mut wanted = self.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if !wanted.iter().any(|(n, _)| *n == $label) {
-                let api: Api<$ty> = Api::all(self.client.clone());
+                let api: Api<$ty> = $api(self.client.clone());
                 let run = informer.clone();
                 wanted.push((
                     $label,
@@ -115,22 +124,13 @@ impl Informers {
     informer_getter!(deployments, Deployment, "deployments");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
 
-    /// The Leases of `kube-node-lease` (node heartbeats).
-    pub fn node_leases(&self) -> Arc<Informer<Lease>> {
-        let informer = self.node_leases.clone();
-        let mut wanted = self.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !wanted.iter().any(|(n, _)| *n == "node-leases") {
-            let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-            let run = informer.clone();
-            wanted.push((
-                "node-leases",
-                Some(Box::new(move || {
-                    tokio::spawn(run.run(api, watcher::Config::default()));
-                })),
-            ));
-        }
-        informer
-    }
+    informer_getter!(
+        node_leases,
+        Lease,
+        "node-leases",
+        |client| Api::namespaced(client, "kube-node-lease"),
+        "The Leases of `kube-node-lease` (node heartbeats)."
+    );
 
     /// Starts the watches of every informer asked for so far.
     pub fn start(&self) {
@@ -144,9 +144,8 @@ impl Informers {
     }
 }
 
-/// Runs the scheduler while this process holds the `kube-scheduler` Lease. Call
-/// [`Informers::start`] after this returns its future's first poll… in practice: build,
-/// start the informers, then await.
+/// The scheduler, run while this process holds the `kube-scheduler` Lease. It registers
+/// with the informers when called; start them ([`Informers::start`]) before awaiting it.
 pub fn scheduler(
     informers: &Informers,
     config: SchedulerConfig,

@@ -523,12 +523,12 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Computes what `pod`'s rules need from the placed pods of `nodes`.
+    /// Computes what `pod`'s rules need from the placed pods of `nodes` (by name) and the
+    /// placed pods that carry required anti-affinity (with their node names).
     pub fn new<'a>(
         pod: &PodInfo,
-        nodes: impl Iterator<Item = &'a NodeInfo> + Clone,
-        anti_affinity_pods: &[(Arc<PodInfo>, String)],
-        node_labels: &HashMap<String, Labels>,
+        nodes: &HashMap<String, NodeInfo>,
+        anti_affinity_pods: impl Iterator<Item = &'a (Arc<PodInfo>, String)>,
     ) -> ClusterState {
         let mut state = ClusterState {
             affinity_domains: vec![(HashSet::new(), false); pod.affinity.len()],
@@ -539,7 +539,7 @@ impl ClusterState {
         let needs_scan =
             !pod.affinity.is_empty() || !pod.anti_affinity.is_empty() || !pod.preferred.is_empty();
         if needs_scan {
-            for node in nodes.clone() {
+            for node in nodes.values() {
                 for other in node.pods.values() {
                     for (i, term) in pod.affinity.iter().enumerate() {
                         if term.matches(other) {
@@ -575,7 +575,7 @@ impl ClusterState {
             for term in &other.anti_affinity {
                 if term.matches(pod)
                     && let Some(v) =
-                        node_labels.get(node_name).and_then(|l| l.get(&term.topology_key))
+                        nodes.get(node_name).and_then(|n| n.labels.get(&term.topology_key))
                 {
                     state.forbidden.insert((term.topology_key.clone(), v.clone()));
                 }
@@ -583,7 +583,7 @@ impl ClusterState {
         }
         for (i, c) in pod.spread.iter().enumerate() {
             let counts = &mut state.spread_counts[i];
-            for node in nodes.clone() {
+            for node in nodes.values() {
                 let Some(domain) = node.labels.get(&c.topology_key) else { continue };
                 if c.honor_node_affinity && !pod.fits_node_affinity(node) {
                     continue;
@@ -1014,11 +1014,9 @@ mod tests {
         let first = Arc::new(pod("p1", anti.clone()));
         a.add_pod(first.clone());
         let second = pod("p2", anti);
-        let nodes = [&a, &b];
-        let labels: HashMap<String, Labels> =
-            nodes.iter().map(|n| (n.name.clone(), n.labels.clone())).collect();
-        let state =
-            ClusterState::new(&second, nodes.iter().copied(), &[(first, "a".into())], &labels);
+        let nodes: HashMap<String, NodeInfo> =
+            [a.clone(), b.clone()].into_iter().map(|n| (n.name.clone(), n)).collect();
+        let state = ClusterState::new(&second, &nodes, [(first, "a".to_owned())].iter());
         assert_eq!(filter(&second, &a, Some(&state)), Some(Unfit::PodAntiAffinity));
         assert_eq!(filter(&second, &b, Some(&state)), None);
     }

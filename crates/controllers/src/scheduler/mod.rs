@@ -502,13 +502,8 @@ impl Scheduler {
             || !pod.preferred.is_empty()
             || !pod.spread.is_empty()
             || !state.anti_affinity_pods.is_empty();
-        let cluster = needs_cluster.then(|| {
-            let anti: Vec<(Arc<PodInfo>, String)> =
-                state.anti_affinity_pods.values().cloned().collect();
-            let labels: HashMap<String, Labels> =
-                state.nodes.iter().map(|(n, i)| (n.clone(), i.labels.clone())).collect();
-            ClusterState::new(pod, state.nodes.values(), &anti, &labels)
-        });
+        let cluster = needs_cluster
+            .then(|| ClusterState::new(pod, &state.nodes, state.anti_affinity_pods.values()));
         let want = self.nodes_to_find(total);
         let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
         let start = state.next_start % total;
