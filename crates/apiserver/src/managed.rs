@@ -41,6 +41,9 @@ fn tracked(object: &Value, subresource: Option<&str>) -> Value {
         match key.as_str() {
             "apiVersion" | "kind" => {}
             "status" if subresource != Some("status") => {}
+            "status" => {
+                out.insert(key.clone(), value.clone());
+            }
             "metadata" => {
                 let mut meta = value.as_object().cloned().unwrap_or_default();
                 meta.retain(|k, _| !UNOWNED_METADATA.contains(&k.as_str()));
@@ -71,37 +74,197 @@ fn leaves(kind: &str, value: &Value, path: &mut Path, dotted_path: &str, out: &m
     let Some(map) = value.as_object() else { return };
     for (field, child) in map {
         path.push(format!("f:{field}"));
-        let child_dotted = dotted(dotted_path, field);
-        match child {
-            Value::Object(inner) if !inner.is_empty() => {
-                leaves(kind, child, path, &child_dotted, out)
-            }
-            Value::Array(items) => match list_strategy(kind, &child_dotted) {
-                ListStrategy::MergeKey(key) => {
-                    for item in items {
-                        let Some(element) = key_element(item, key) else { continue };
-                        path.push(element);
-                        out.insert(path.clone());
-                        leaves(kind, item, path, &child_dotted, out);
-                        path.pop();
-                    }
-                }
-                ListStrategy::Primitive => {
-                    for item in items {
-                        path.push(format!("v:{item}"));
-                        out.insert(path.clone());
-                        path.pop();
-                    }
-                }
-                ListStrategy::Replace => {
+        value_paths(kind, child, path, &dotted(dotted_path, field), out);
+        path.pop();
+    }
+}
+
+/// The owned paths of `value` found at `path` (`dotted_path` names it for list strategies).
+fn value_paths(kind: &str, value: &Value, path: &mut Path, dotted_path: &str, out: &mut FieldSet) {
+    match value {
+        Value::Object(inner) if !inner.is_empty() => leaves(kind, value, path, dotted_path, out),
+        Value::Array(items) => match list_strategy(kind, dotted_path) {
+            ListStrategy::MergeKey(key) => {
+                for item in items {
+                    let Some(element) = key_element(item, key) else { continue };
+                    path.push(element);
                     out.insert(path.clone());
+                    leaves(kind, item, path, dotted_path, out);
+                    path.pop();
                 }
-            },
-            _ => {
+            }
+            ListStrategy::Primitive => {
+                for item in items {
+                    path.push(format!("v:{item}"));
+                    out.insert(path.clone());
+                    path.pop();
+                }
+            }
+            ListStrategy::Replace => {
                 out.insert(path.clone());
             }
+        },
+        _ => {
+            out.insert(path.clone());
         }
-        path.pop();
+    }
+}
+
+/// What a write changed, as owned paths: `changed` gets every path whose value differs
+/// between `old` and `new` (including paths only one side has), `owned` those of them that
+/// exist in `new`. Equal subtrees are skipped whole, so the cost follows the change, not
+/// the object (a Lease renewal touches one field of a small object; a pod status write
+/// leaves the spec alone).
+struct Diff<'k> {
+    kind: &'k str,
+    changed: FieldSet,
+    owned: FieldSet,
+}
+
+impl Diff<'_> {
+    fn value(&mut self, old: Option<&Value>, new: Option<&Value>, path: &mut Path, dotted: &str) {
+        if old == new {
+            return;
+        }
+        match (old, new) {
+            (Some(Value::Object(o)), Some(Value::Object(n))) if !o.is_empty() && !n.is_empty() => {
+                self.fields(Some(o), Some(n), path, dotted);
+            }
+            (Some(Value::Array(o)), Some(Value::Array(n))) => {
+                match list_strategy(self.kind, dotted) {
+                    ListStrategy::MergeKey(key) => self.keyed_items(o, n, key, path, dotted),
+                    ListStrategy::Primitive => {
+                        for item in n.iter().filter(|i| !o.contains(i)) {
+                            path.push(format!("v:{item}"));
+                            self.owned.insert(path.clone());
+                            self.changed.insert(path.clone());
+                            path.pop();
+                        }
+                        for item in o.iter().filter(|i| !n.contains(i)) {
+                            path.push(format!("v:{item}"));
+                            self.changed.insert(path.clone());
+                            path.pop();
+                        }
+                    }
+                    ListStrategy::Replace => {
+                        self.owned.insert(path.clone());
+                        self.changed.insert(path.clone());
+                    }
+                }
+            }
+            _ => {
+                // Different shapes (or scalars): everything either side has here changed.
+                if let Some(new) = new {
+                    let mut paths = FieldSet::new();
+                    value_paths(self.kind, new, path, dotted, &mut paths);
+                    self.changed.extend(paths.iter().cloned());
+                    self.owned.extend(paths);
+                }
+                if let Some(old) = old {
+                    value_paths(self.kind, old, path, dotted, &mut self.changed);
+                }
+            }
+        }
+    }
+
+    fn fields(
+        &mut self,
+        old: Option<&Map<String, Value>>,
+        new: Option<&Map<String, Value>>,
+        path: &mut Path,
+        dotted_path: &str,
+    ) {
+        for (field, value) in new.into_iter().flatten() {
+            path.push(format!("f:{field}"));
+            let old_value = old.and_then(|o| o.get(field));
+            self.value(old_value, Some(value), path, &dotted(dotted_path, field));
+            path.pop();
+        }
+        for (field, value) in old.into_iter().flatten() {
+            if new.is_some_and(|n| n.contains_key(field)) {
+                continue;
+            }
+            path.push(format!("f:{field}"));
+            self.value(Some(value), None, path, &dotted(dotted_path, field));
+            path.pop();
+        }
+    }
+
+    fn keyed_items(
+        &mut self,
+        old: &[Value],
+        new: &[Value],
+        key: &str,
+        path: &mut Path,
+        dotted: &str,
+    ) {
+        // An item is found by the first one with its key, as `get` finds it.
+        let find = |items: &'_ [Value], item: &Value| -> Option<usize> {
+            let wanted = item.get(key)?;
+            items.iter().position(|i| i.get(key) == Some(wanted))
+        };
+        for item in new {
+            let Some(element) = key_element(item, key) else { continue };
+            let before = find(old, item).map(|i| &old[i]);
+            if before == Some(item) {
+                continue;
+            }
+            path.push(element);
+            self.owned.insert(path.clone());
+            self.changed.insert(path.clone());
+            self.fields(before.and_then(Value::as_object), item.as_object(), path, dotted);
+            path.pop();
+        }
+        for item in old {
+            let Some(element) = key_element(item, key) else { continue };
+            if find(new, item).is_some() {
+                continue;
+            }
+            path.push(element);
+            self.changed.insert(path.clone());
+            leaves(self.kind, item, path, dotted, &mut self.changed);
+            path.pop();
+        }
+    }
+
+    /// Compares what `subresource` tracks of both objects (see `tracked`) without copying them.
+    fn objects(&mut self, old: &Value, new: &Value, subresource: Option<&str>) {
+        let empty = Map::new();
+        let old = old.as_object().unwrap_or(&empty);
+        let new = new.as_object().unwrap_or(&empty);
+        let status = subresource == Some("status");
+        let mut path = Vec::new();
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for key in keys {
+            match key.as_str() {
+                "apiVersion" | "kind" => {}
+                "status" if !status => {}
+                "metadata" if !status => {
+                    let meta = |o: &Map<String, Value>| -> Map<String, Value> {
+                        let mut m = Map::new();
+                        if let Some(Value::Object(meta)) = o.get("metadata") {
+                            for (k, v) in meta {
+                                if !UNOWNED_METADATA.contains(&k.as_str()) {
+                                    m.insert(k.clone(), v.clone());
+                                }
+                            }
+                        }
+                        m
+                    };
+                    let (o, n) = (meta(old), meta(new));
+                    path.push("f:metadata".to_owned());
+                    self.fields(Some(&o), Some(&n), &mut path, "metadata");
+                    path.pop();
+                }
+                "metadata" => {}
+                _ if status && key != "status" => {}
+                _ => {
+                    path.push(format!("f:{key}"));
+                    self.value(old.get(key), new.get(key), &mut path, key);
+                    path.pop();
+                }
+            }
+        }
     }
 }
 
@@ -338,28 +501,21 @@ pub struct Writer<'a> {
 /// (all fields, for a create), which other managers lose.
 pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: Writer<'_>) {
     let mut entries = old.map(read_entries).unwrap_or_default();
-    let new_fields = field_set(kind, new, writer.subresource);
     // A create owns every field; nobody else owns anything yet (the common, hot case).
     let owned: FieldSet = match old {
-        None => new_fields,
+        None => field_set(kind, new, writer.subresource),
         Some(old) => {
-            let old_fields = field_set(kind, old, writer.subresource);
-            let changed: FieldSet = new_fields
-                .iter()
-                .filter(|p| get(old, p) != get(new, p))
-                .chain(old_fields.iter().filter(|p| !new_fields.contains(*p)))
-                .cloned()
-                .collect();
-            if entries.iter().any(|e| !e.fields.is_empty()) {
-                let all_new = field_set(kind, new, Some("status"))
-                    .union(&field_set(kind, new, None))
-                    .cloned()
-                    .collect::<FieldSet>();
-                for entry in &mut entries {
-                    entry.fields.retain(|p| !changed.contains(p) && all_new.contains(p));
-                }
+            let mut diff = Diff { kind, changed: FieldSet::new(), owned: FieldSet::new() };
+            diff.objects(old, new, writer.subresource);
+            if only_restamps(old, new, &diff, writer) {
+                return;
             }
-            changed.intersection(&new_fields).cloned().collect()
+            // Other managers lose what this write changed. (Nothing outside the written
+            // part can vanish: the registry carries it over from the stored object.)
+            for entry in &mut entries {
+                entry.fields.retain(|p| !diff.changed.contains(p));
+            }
+            diff.owned
         }
     };
     match entries.iter_mut().find(|e| {
@@ -382,6 +538,61 @@ pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: W
         }),
     }
     write_entries(new, entries);
+}
+
+/// Whether `fieldsV1` owns exactly `path` (a leaf `{}`, or an item marked `.`).
+fn owns(fields_v1: &Value, path: &[String]) -> bool {
+    let mut node = fields_v1;
+    for element in path {
+        match node.get(element) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    node.as_object().is_some_and(|m| m.is_empty() || m.contains_key("."))
+}
+
+/// The hot case of an update (a Lease renewal, a repeated status write): the writer already
+/// owns every field it changed, nobody else owns any of them and nothing was removed, so
+/// ownership stays as it is and only the writer's entry gets the new time. Done on the
+/// stored entries directly, without parsing and re-rendering them.
+fn only_restamps(old: &Value, new: &mut Value, diff: &Diff<'_>, writer: Writer<'_>) -> bool {
+    if diff.changed.len() != diff.owned.len() {
+        return false;
+    }
+    let Some(entries) = old.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+        return false;
+    };
+    let is_writer = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(writer.manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update")
+            && e.get("subresource").and_then(Value::as_str) == writer.subresource
+    };
+    let Some(mine) = entries.iter().position(is_writer) else { return false };
+    let null = Value::Null;
+    for (i, entry) in entries.iter().enumerate() {
+        let fields = entry.get("fieldsV1").unwrap_or(&null);
+        let fine = if i == mine {
+            diff.owned.iter().all(|p| owns(fields, p))
+        } else {
+            !diff.changed.iter().any(|p| owns(fields, p))
+        };
+        if !fine {
+            return false;
+        }
+    }
+    let mut entries = entries.clone();
+    if let Some(entry) = entries[mine].as_object_mut() {
+        entry.insert("time".into(), json!(now()));
+        entry.insert("apiVersion".into(), json!(writer.api_version));
+    }
+    match new.get_mut("metadata").and_then(Value::as_object_mut) {
+        Some(meta) => {
+            meta.insert("managedFields".into(), Value::Array(entries));
+            true
+        }
+        None => false,
+    }
 }
 
 fn render_path(path: &[String]) -> String {
@@ -517,6 +728,118 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `Diff` must compute, the slow way: every path of either side's field set whose
+    /// value differs.
+    fn changed_by_field_sets(
+        kind: &str,
+        old: &Value,
+        new: &Value,
+        subresource: Option<&str>,
+    ) -> (FieldSet, FieldSet) {
+        let new_fields = field_set(kind, new, subresource);
+        let old_fields = field_set(kind, old, subresource);
+        let changed: FieldSet = new_fields
+            .iter()
+            .filter(|p| get(old, p) != get(new, p))
+            .chain(old_fields.iter().filter(|p| !new_fields.contains(*p)))
+            .cloned()
+            .collect();
+        let owned = changed.intersection(&new_fields).cloned().collect();
+        (changed, owned)
+    }
+
+    #[test]
+    fn a_repeated_update_only_restamps_the_writers_entry() {
+        let lease = |t: &str| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "n"}, "spec": {"holderIdentity": "n", "renewTime": t}})
+        };
+        let kubelet =
+            Writer { manager: "kubelet", api_version: "coordination.k8s.io/v1", subresource: None };
+        let mut first = lease("t1");
+        record_update("Lease", None, &mut first, kubelet);
+        let mut second = lease("t2");
+        record_update("Lease", Some(&first), &mut second, kubelet);
+        assert_eq!(
+            second["metadata"]["managedFields"][0]["fieldsV1"],
+            first["metadata"]["managedFields"][0]["fieldsV1"]
+        );
+        // Another manager changing the same field takes it over (the slow path).
+        let mut third = lease("t3");
+        record_update("Lease", Some(&second), &mut third, writer("other"));
+        let entries = third["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert!(entries[0]["fieldsV1"]["f:spec"].get("f:renewTime").is_none(), "{entries:?}");
+        assert!(entries[1]["fieldsV1"]["f:spec"].get("f:renewTime").is_some(), "{entries:?}");
+        // Removing a field one owns is not a restamp either.
+        let mut fourth = third.clone();
+        if let Some(spec) = fourth["spec"].as_object_mut() {
+            spec.remove("renewTime");
+        }
+        record_update("Lease", Some(&third), &mut fourth, writer("other"));
+        let entries = fourth["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+        assert!(
+            entries.iter().all(|e| e["fieldsV1"]["f:spec"].get("f:renewTime").is_none()),
+            "{entries:?}"
+        );
+    }
+
+    #[test]
+    fn structural_diff_finds_what_the_field_sets_find() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "uid": "1", "resourceVersion": "5",
+                         "labels": {"app": "web", "tier": "x"}, "finalizers": ["a", "b"],
+                         "ownerReferences": [{"uid": "u1", "name": "rs", "kind": "ReplicaSet", "apiVersion": "apps/v1"}]},
+            "spec": {"containers": [
+                        {"name": "web", "image": "w:1", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                         "ports": [{"containerPort": 80, "protocol": "TCP"}], "args": ["x", "y"]},
+                        {"name": "side", "image": "s:1"}],
+                     "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}});
+        let mut variants: Vec<Value> = Vec::new();
+        let mut push = |f: &dyn Fn(&mut Value)| {
+            let mut v = pod.clone();
+            f(&mut v);
+            variants.push(v);
+        };
+        push(&|v| v["spec"]["nodeName"] = json!("n1"));
+        push(&|v| v["metadata"]["labels"]["app"] = json!("api"));
+        push(&|v| v["metadata"]["labels"] = json!({}));
+        push(&|v| v["metadata"]["resourceVersion"] = json!("9"));
+        push(&|v| v["metadata"]["finalizers"] = json!(["b", "c"]));
+        push(&|v| v["spec"]["containers"][0]["image"] = json!("w:2"));
+        push(&|v| v["spec"]["containers"][0]["env"][1]["value"] = json!("3"));
+        push(&|v| v["spec"]["containers"][0]["args"] = json!(["z"]));
+        push(&|v| v["spec"]["containers"][0]["ports"] = json!([]));
+        push(&|v| {
+            v["spec"]["containers"] =
+                json!([{"name": "side", "image": "s:1"}, {"name": "new", "image": "n"}])
+        });
+        push(&|v| v["spec"]["tolerations"] = json!("scalar now"));
+        push(&|v| {
+            v["status"] = json!({"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "web", "ready": true, "restartCount": 0}]});
+        });
+        push(&|v| {
+            if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("tolerations");
+            }
+        });
+        for subresource in [None, Some("status")] {
+            for new in &variants {
+                for (old, new) in [(&pod, new), (new, &pod)] {
+                    let mut diff =
+                        Diff { kind: "Pod", changed: FieldSet::new(), owned: FieldSet::new() };
+                    diff.objects(old, new, subresource);
+                    let (changed, owned) = changed_by_field_sets("Pod", old, new, subresource);
+                    assert_eq!(diff.changed, changed, "{subresource:?} {old} -> {new}");
+                    assert_eq!(diff.owned, owned, "{subresource:?} {old} -> {new}");
+                }
+            }
+        }
+    }
 
     fn writer(manager: &str) -> Writer<'_> {
         Writer { manager, api_version: "apps/v1", subresource: None }

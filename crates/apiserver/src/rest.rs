@@ -712,11 +712,7 @@ impl Rest {
                 meta_mut(&mut next)?.insert("generation".into(), json!(generation));
             }
             self.validate(rt, &next)?;
-            let mut compare_old = current.object.clone();
-            set_resource_version(&mut compare_old, 0);
-            let mut compare_new = next.clone();
-            set_resource_version(&mut compare_new, 0);
-            if strip_managed(&compare_old) == strip_managed(&compare_new) {
+            if same_but_bookkeeping(&current.object, &next) {
                 // No change: upstream skips the write and returns the current object.
                 return Ok(current.object);
             }
@@ -1014,12 +1010,25 @@ impl Rest {
     }
 }
 
-fn strip_managed(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("managedFields");
-    }
-    v
+/// Whether two objects differ only in `resourceVersion` and `managedFields` (compared in
+/// place: a write that changes nothing is common, and copying a pod to compare costs more
+/// than the comparison).
+fn same_but_bookkeeping(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let bookkeeping = |k: &String| k == "resourceVersion" || k == "managedFields";
+    let same_meta = |x: Option<&Value>, y: Option<&Value>| match (x, y) {
+        (Some(Value::Object(x)), Some(Value::Object(y))) => {
+            x.keys().filter(|k| !bookkeeping(k)).count()
+                == y.keys().filter(|k| !bookkeeping(k)).count()
+                && x.iter().filter(|(k, _)| !bookkeeping(k)).all(|(k, v)| y.get(k) == Some(v))
+        }
+        (x, y) => x == y,
+    };
+    a.len() == b.len()
+        && a.iter().all(|(k, v)| match k.as_str() {
+            "metadata" => same_meta(Some(v), b.get(k)),
+            _ => b.get(k) == Some(v),
+        })
 }
 
 /// How long a deleted pod may take to stop: none for pods on no node or already finished
