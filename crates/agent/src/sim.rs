@@ -12,6 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeSystemInfo, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use controllers::cached_pod::CachedPod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -240,7 +241,9 @@ async fn heartbeat(
 /// The simulated kubelet: pods bound to our nodes become Running and Ready; pods being
 /// deleted are removed.
 async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slots: Arc<Semaphore>) {
-    let api: Api<Pod> = Api::all(client.clone());
+    // The cached view decodes only what a simulated kubelet reads, which keeps this
+    // process cheap beside the server it loads.
+    let api: Api<CachedPod> = Api::all(client.clone());
     let state = Arc::new(Mutex::new(Pods::default()));
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     while let Some(event) = stream.next().await {
@@ -318,7 +321,7 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
 }
 
 /// The status of a pod whose containers all run and are ready.
-fn running_status(pod: &Pod, host_ip: &str, pod_ip: &str) -> serde_json::Value {
+fn running_status(pod: &CachedPod, host_ip: &str, pod_ip: &str) -> serde_json::Value {
     let now =
         jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
     let uid = pod.uid().unwrap_or_default();

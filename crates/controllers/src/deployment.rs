@@ -7,6 +7,7 @@
 //! and Progressing conditions with `progressDeadlineSeconds`, which `kubectl rollout
 //! status` reads.
 
+use crate::cached_pod::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -125,7 +126,7 @@ pub struct DeploymentController {
     client: kube::Client,
     deployments: Arc<Informer<Deployment>>,
     replica_sets: Arc<Informer<ReplicaSet>>,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     queue: Arc<Queue>,
     recorder: Recorder,
 }
@@ -148,7 +149,7 @@ impl DeploymentController {
         client: kube::Client,
         deployments: Arc<Informer<Deployment>>,
         replica_sets: Arc<Informer<ReplicaSet>>,
-        pods: Arc<Informer<Pod>>,
+        pods: Arc<Informer<CachedPod>>,
     ) -> Arc<DeploymentController> {
         let controller = Arc::new(DeploymentController {
             recorder: Recorder::new(client.clone(), "deployment-controller"),

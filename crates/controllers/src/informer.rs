@@ -271,64 +271,6 @@ where
     }
 }
 
-/// What the scheduler and controllers read of a pod, and nothing else: a cached pod costs
-/// ~12 KB as a typed object, most of it fields only the node agent uses (probes, env,
-/// volumes, every condition and container state). Kept: metadata but annotations; the
-/// containers' names, images, ports, resources and restart policy with the rest of the
-/// spec but volumes; phase, the Ready condition, nominated node, QoS class and each
-/// container's name, readiness and restart count.
-pub fn slim_pod(pod: &mut k8s_openapi::api::core::v1::Pod) {
-    pod.metadata.annotations = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
-            c.env = None;
-            c.env_from = None;
-            c.command = None;
-            c.args = None;
-            c.volume_mounts = None;
-            c.volume_devices = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-            c.lifecycle = None;
-            c.security_context = None;
-            c.working_dir = None;
-            c.termination_message_path = None;
-            c.termination_message_policy = None;
-            c.image_pull_policy = None;
-            c.resize_policy = None;
-        }
-    }
-    if let Some(status) = pod.status.as_mut() {
-        if let Some(conditions) = status.conditions.as_mut() {
-            conditions.retain(|c| c.type_ == "Ready");
-            for c in conditions.iter_mut() {
-                c.message = None;
-                c.reason = None;
-                c.last_probe_time = None;
-            }
-        }
-        status.init_container_statuses = None;
-        status.ephemeral_container_statuses = None;
-        status.host_ips = None;
-        status.pod_ips = None;
-        status.resource_claim_statuses = None;
-        for c in status.container_statuses.iter_mut().flatten() {
-            c.image = String::new();
-            c.image_id = String::new();
-            c.container_id = None;
-            c.state = None;
-            c.last_state = None;
-            c.resources = None;
-            c.allocated_resources = None;
-            c.allocated_resources_status = None;
-            c.volume_mounts = None;
-            c.user = None;
-        }
-    }
-}
-
 /// The controller owner reference of an object, if any.
 pub fn controller_of<K: Resource>(
     object: &K,

@@ -7,6 +7,7 @@
 //! controller turns changes into keys on its work queue (`queue.rs`) and syncs one key at a
 //! time, reading the informers' caches and writing through the API.
 
+pub mod cached_pod;
 pub mod deployment;
 pub mod events;
 pub mod gc;
@@ -21,11 +22,12 @@ pub mod scheduler;
 pub mod selectors;
 pub mod serviceaccount;
 
+use crate::cached_pod::CachedPod;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::Api;
 use kube::runtime::watcher;
 
@@ -48,7 +50,7 @@ type Starter = Box<dyn FnOnce() + Send>;
 /// The informers of one process, created on first use and started together.
 pub struct Informers {
     client: kube::Client,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     nodes: Arc<Informer<Node>>,
     namespaces: Arc<Informer<Namespace>>,
     replica_sets: Arc<Informer<ReplicaSet>>,
@@ -98,7 +100,7 @@ impl Informers {
     /// Informers reading through `client`.
     pub fn new(client: kube::Client) -> Arc<Informers> {
         let pods = Informer::new();
-        pods.set_transform(informer::slim_pod);
+        pods.set_transform(cached_pod::slim);
         Arc::new(Informers {
             client,
             pods,
@@ -117,7 +119,7 @@ impl Informers {
         self.client.clone()
     }
 
-    informer_getter!(pods, Pod, "pods");
+    informer_getter!(pods, CachedPod, "pods");
     informer_getter!(nodes, Node, "nodes");
     informer_getter!(namespaces, Namespace, "namespaces");
     informer_getter!(replica_sets, ReplicaSet, "replicasets");

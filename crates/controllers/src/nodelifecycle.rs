@@ -10,6 +10,7 @@
 //!   deleted are force-deleted, and terminated pods beyond a threshold are deleted oldest
 //!   first.
 
+use crate::cached_pod::CachedPod;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +55,7 @@ pub struct NodeLifecycleController {
     client: kube::Client,
     nodes: Arc<Informer<Node>>,
     leases: Arc<Informer<Lease>>,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     config: NodeLifecycleConfig,
     recorder: Recorder,
 }
@@ -100,7 +101,7 @@ fn wanted_taints(node: &Node, now: &Time) -> Option<Vec<Taint>> {
 
 /// When a pod on a node with these taints must go: None if never, Some(0) for now, else
 /// seconds after the taint was added (the smallest tolerationSeconds that applies).
-fn eviction_delay(pod: &Pod, taints: &[Taint]) -> Option<(i64, jiff::Timestamp)> {
+fn eviction_delay(pod: &CachedPod, taints: &[Taint]) -> Option<(i64, jiff::Timestamp)> {
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
     let mut deadline: Option<(i64, jiff::Timestamp)> = None;
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
@@ -127,7 +128,7 @@ impl NodeLifecycleController {
         client: kube::Client,
         nodes: Arc<Informer<Node>>,
         leases: Arc<Informer<Lease>>,
-        pods: Arc<Informer<Pod>>,
+        pods: Arc<Informer<CachedPod>>,
         config: NodeLifecycleConfig,
     ) -> Arc<NodeLifecycleController> {
         Arc::new(NodeLifecycleController {
@@ -376,12 +377,16 @@ mod tests {
             ..Pod::default()
         };
         assert_eq!(
-            eviction_delay(&pod(Some(5)), std::slice::from_ref(&taint)).map(|d| d.0),
+            eviction_delay(&CachedPod::from(&pod(Some(5))), std::slice::from_ref(&taint))
+                .map(|d| d.0),
             Some(5)
         );
-        assert_eq!(eviction_delay(&pod(None), std::slice::from_ref(&taint)), None);
         assert_eq!(
-            eviction_delay(&Pod::default(), std::slice::from_ref(&taint)).map(|d| d.0),
+            eviction_delay(&CachedPod::from(&pod(None)), std::slice::from_ref(&taint)),
+            None
+        );
+        assert_eq!(
+            eviction_delay(&CachedPod::default(), std::slice::from_ref(&taint)).map(|d| d.0),
             Some(0)
         );
     }

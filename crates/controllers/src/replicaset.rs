@@ -7,6 +7,7 @@
 //! minutes pass) before it counts pods again, so a slow watch never makes it over- or
 //! under-shoot.
 
+use crate::cached_pod::CachedPod;
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -80,12 +81,12 @@ impl Expectations {
 }
 
 /// Whether the pod's Ready condition is True.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CachedPod) -> bool {
     ready_since(pod).is_some()
 }
 
 /// When the pod became Ready, if it is.
-pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+pub fn ready_since(pod: &CachedPod) -> Option<jiff::Timestamp> {
     let c = pod
         .status
         .as_ref()?
@@ -97,7 +98,7 @@ pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// Whether the pod has been Ready for `min_ready_seconds`.
-pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
     ready_since(pod).is_some_and(|since| {
         min_ready_seconds <= 0
             || since + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) <= now
@@ -105,7 +106,7 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> 
 }
 
 /// Whether the pod is still counted (not finished, not being deleted).
-pub fn is_active(pod: &Pod) -> bool {
+pub fn is_active(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && !matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -150,7 +151,7 @@ pub fn pod_from_template(
 
 /// The order pods are deleted in when scaling down: unscheduled before scheduled, pending
 /// before running, unready before ready, ready for less time, more restarts, then newer.
-fn deletion_rank(pod: &Pod) -> impl Ord {
+fn deletion_rank(pod: &CachedPod) -> impl Ord {
     let spec_node =
         pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
     let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
@@ -173,7 +174,7 @@ fn deletion_rank(pod: &Pod) -> impl Ord {
 /// The ReplicaSet controller.
 pub struct ReplicaSetController {
     client: kube::Client,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     replica_sets: Arc<Informer<ReplicaSet>>,
     queue: Arc<Queue>,
     expectations: Expectations,
@@ -186,7 +187,7 @@ impl std::fmt::Debug for ReplicaSetController {
     }
 }
 
-fn owner_key(pod: &Pod) -> Option<String> {
+fn owner_key(pod: &CachedPod) -> Option<String> {
     let owner = informer::controller_of(pod)?;
     (owner.kind == "ReplicaSet" && owner.api_version.starts_with("apps/"))
         .then(|| format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name))
@@ -196,7 +197,7 @@ impl ReplicaSetController {
     /// Hooks the controller to the informers (before they start).
     pub fn new(
         client: kube::Client,
-        pods: Arc<Informer<Pod>>,
+        pods: Arc<Informer<CachedPod>>,
         replica_sets: Arc<Informer<ReplicaSet>>,
     ) -> Arc<ReplicaSetController> {
         let controller = Arc::new(ReplicaSetController {
@@ -227,7 +228,7 @@ impl ReplicaSetController {
         controller
     }
 
-    fn pod_changed(&self, change: &Change<'_, Pod>) {
+    fn pod_changed(&self, change: &Change<'_, CachedPod>) {
         match change {
             Change::Added(pod) => {
                 if pod.metadata.deletion_timestamp.is_some() {
@@ -280,7 +281,7 @@ impl ReplicaSetController {
     }
 
     /// Queues the ReplicaSets of the pod's namespace that select it (to adopt an orphan).
-    fn enqueue_matching(&self, pod: &Pod) {
+    fn enqueue_matching(&self, pod: &CachedPod) {
         let ns = pod.namespace().unwrap_or_default();
         let labels = pod.labels();
         for rs in self.replica_sets.list() {
@@ -316,7 +317,7 @@ impl ReplicaSetController {
         let uid = rs.uid().unwrap_or_default();
         let satisfied = self.expectations.satisfied(key);
         let pods = self.claim_pods(&rs, namespace).await?;
-        let active: Vec<Arc<Pod>> = pods.into_iter().filter(|p| is_active(p)).collect();
+        let active: Vec<Arc<CachedPod>> = pods.into_iter().filter(|p| is_active(p)).collect();
         let mut failure = None;
         if satisfied && rs.metadata.deletion_timestamp.is_none() {
             let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
@@ -388,7 +389,11 @@ impl ReplicaSetController {
 
     /// The pods this ReplicaSet controls, after adopting matching orphans and releasing
     /// owned pods that no longer match.
-    async fn claim_pods(&self, rs: &ReplicaSet, namespace: &str) -> Result<Vec<Arc<Pod>>, Error> {
+    async fn claim_pods(
+        &self,
+        rs: &ReplicaSet,
+        namespace: &str,
+    ) -> Result<Vec<Arc<CachedPod>>, Error> {
         let uid = rs.uid().unwrap_or_default();
         let selector = rs.spec.selector.clone();
         let empty_selector = crate::selectors::is_empty_selector(&selector);
@@ -425,7 +430,7 @@ impl ReplicaSetController {
             refs.push(controller_ref(rs));
             let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
             match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(adopted) => claimed.push(Arc::new(adopted)),
+                Ok(adopted) => claimed.push(Arc::new(CachedPod::from(&adopted))),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -439,7 +444,7 @@ impl ReplicaSetController {
         key: &str,
         namespace: &str,
         name: &str,
-        active: &[Arc<Pod>],
+        active: &[Arc<CachedPod>],
         want: usize,
     ) -> Result<(), Error> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
@@ -494,9 +499,9 @@ impl ReplicaSetController {
                 batch *= 2;
             }
         } else if active.len() > want {
-            let mut ranked: Vec<&Arc<Pod>> = active.iter().collect();
+            let mut ranked: Vec<&Arc<CachedPod>> = active.iter().collect();
             ranked.sort_by_cached_key(|p| deletion_rank(p));
-            let victims: Vec<&Arc<Pod>> =
+            let victims: Vec<&Arc<CachedPod>> =
                 ranked.into_iter().take((active.len() - want).min(BURST)).collect();
             self.expectations.expect(key, 0, victims.iter().map(|p| key_of(p.as_ref())).collect());
             let params = DeleteParams::default();

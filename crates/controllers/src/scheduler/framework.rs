@@ -2,10 +2,11 @@
 //! ([`NodeInfo`]), the filters that rule nodes out with upstream's reasons, and the scores
 //! that rank the rest. No I/O here; `mod.rs` feeds it from the informers.
 
+use crate::cached_pod::CachedPod;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, PodAffinityTerm, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::quantity::{bytes, millicores};
@@ -82,11 +83,11 @@ const DEFAULT_MEMORY: i64 = 200 << 20;
 /// (with restartable init containers, "sidecars", which keep running) and each init
 /// container in turn (with the sidecars started before it), plus the pod overhead.
 /// The second value is the same with defaults for missing CPU and memory requests.
-pub fn pod_requests(pod: &Pod) -> (Resources, (i64, i64)) {
+pub fn pod_requests(pod: &CachedPod) -> (Resources, (i64, i64)) {
     let Some(spec) = &pod.spec else { return (Resources::default(), (0, 0)) };
     let mut app = Resources::default();
     let mut nonzero = (0, 0);
-    let requests_of = |c: &k8s_openapi::api::core::v1::Container| {
+    let requests_of = |c: &crate::cached_pod::CachedContainer| {
         Resources::from_map(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
     };
     for c in &spec.containers {
@@ -205,7 +206,7 @@ pub struct PodInfo {
     /// `namespace/name`.
     pub key: String,
     /// The pod.
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     /// Its namespace.
     pub namespace: String,
     /// Effective requests.
@@ -230,7 +231,7 @@ pub struct PodInfo {
 
 impl PodInfo {
     /// Computes what the scheduler needs of `pod`.
-    pub fn new(pod: Arc<Pod>, namespace_labels: &HashMap<String, Labels>) -> PodInfo {
+    pub fn new(pod: Arc<CachedPod>, namespace_labels: &HashMap<String, Labels>) -> PodInfo {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let (requests, nonzero) = pod_requests(&pod);
@@ -887,7 +888,7 @@ pub fn unschedulable_message(total: usize, reasons: &HashMap<Unfit, usize>) -> S
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, NodeSpec, NodeStatus, PodSpec, ResourceRequirements,
+        Container, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -938,7 +939,7 @@ mod tests {
             spec: Some(spec),
             status: None,
         };
-        PodInfo::new(Arc::new(pod), &HashMap::new())
+        PodInfo::new(Arc::new(CachedPod::from(&pod)), &HashMap::new())
     }
 
     #[test]
@@ -951,7 +952,7 @@ mod tests {
             overhead: Some(quantities(&[("cpu", "10m")])),
             ..PodSpec::default()
         };
-        let (r, _) = pod_requests(&Pod { spec: Some(spec), ..Pod::default() });
+        let (r, _) = pod_requests(&CachedPod::from(&Pod { spec: Some(spec), ..Pod::default() }));
         // max(500m + 100m sidecar, 100m sidecar + 1000m init) + 10m overhead.
         assert_eq!(r.cpu, 1110);
         assert_eq!(r.memory, (210) << 20);

@@ -8,6 +8,7 @@
 
 pub mod framework;
 
+use crate::cached_pod::CachedPod;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -246,7 +247,7 @@ const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(300);
 /// schedules (while leader).
 pub struct Scheduler {
     client: kube::Client,
-    pods: Arc<Informer<Pod>>,
+    pods: Arc<Informer<CachedPod>>,
     config: SchedulerConfig,
     state: Mutex<State>,
     wake: Notify,
@@ -260,11 +261,11 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
-fn is_terminal(pod: &Pod) -> bool {
+fn is_terminal(pod: &CachedPod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
-fn node_name(pod: &Pod) -> Option<&str> {
+fn node_name(pod: &CachedPod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
 }
 
@@ -272,7 +273,7 @@ impl Scheduler {
     /// A scheduler fed by these informers (register before they start).
     pub fn new(
         client: kube::Client,
-        pods: Arc<Informer<Pod>>,
+        pods: Arc<Informer<CachedPod>>,
         nodes: &Informer<Node>,
         namespaces: &Informer<Namespace>,
         config: SchedulerConfig,
@@ -325,12 +326,12 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn is_ours(&self, pod: &Pod) -> bool {
+    fn is_ours(&self, pod: &CachedPod) -> bool {
         pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(DEFAULT_SCHEDULER)
             == self.config.scheduler_name
     }
 
-    fn pod_changed(&self, change: &Change<'_, Pod>) {
+    fn pod_changed(&self, change: &Change<'_, CachedPod>) {
         let mut state = self.state();
         match change {
             Change::Added(pod) | Change::Updated(_, pod) => {
@@ -424,7 +425,11 @@ impl Scheduler {
 
     /// One scheduling decision, under the cache lock: the pod is assumed onto a node
     /// (returned for binding), or marked unschedulable (and may preempt).
-    fn decide(self: &Arc<Self>, key: &str, pod: Arc<Pod>) -> Option<(Arc<PodInfo>, String, u32)> {
+    fn decide(
+        self: &Arc<Self>,
+        key: &str,
+        pod: Arc<CachedPod>,
+    ) -> Option<(Arc<PodInfo>, String, u32)> {
         let mut state = self.state();
         let info = Arc::new(PodInfo::new(pod, &state.namespace_labels));
         let attempts = state.attempts.get(key).copied().unwrap_or(0) + 1;
