@@ -631,7 +631,11 @@ impl Rest {
                             patch::strategic_merge_patch(&kind, current, &patch)?
                         }
                     };
-                    let (canonical, w) = strategy::canonicalize(rt, patched, validation)?;
+                    let (canonical, w) = if subresource == Some("status") && rt.has_status {
+                        strategy::canonicalize_status(rt, patched, validation)?
+                    } else {
+                        strategy::canonicalize(rt, patched, validation)?
+                    };
                     warnings = w;
                     Ok(canonical)
                 },

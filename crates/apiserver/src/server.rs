@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::user_from_certificate;
+use crate::auth::{UserInfo, user_from_certificate};
 use crate::handler::ApiServer;
 use crate::pki::Pki;
 use crate::rest::WriteOptions;
@@ -121,6 +121,115 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<Api
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Connects the process's own clients (the in-process scheduler and controllers) to the API
+/// server through an in-memory pipe instead of loopback TLS: the same handler chain
+/// (authentication as `user`, authorization, admission) without encrypting and decrypting
+/// every request and watch event twice in one process. A `tower` connector for
+/// `hyper_util`'s client; each connection is a `tokio::io::duplex` pair whose server end
+/// is served like an accepted TLS connection.
+#[derive(Clone)]
+pub struct InProcessConnector {
+    server: Arc<ApiServer>,
+    user: UserInfo,
+}
+
+impl std::fmt::Debug for InProcessConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessConnector").field("user", &self.user.name).finish()
+    }
+}
+
+impl InProcessConnector {
+    /// Connections authenticated as `user` (`system:authenticated` is added).
+    pub fn new(server: Arc<ApiServer>, name: &str, groups: &[&str]) -> InProcessConnector {
+        let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        groups.push("system:authenticated".to_owned());
+        InProcessConnector { server, user: UserInfo { name: name.to_owned(), groups } }
+    }
+}
+
+/// Bytes buffered in each direction of an in-process connection.
+const IN_PROCESS_BUFFER: usize = 1 << 20;
+
+impl tower::Service<http::Uri> for InProcessConnector {
+    type Response = InProcessStream;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<InProcessStream, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let (client, server_end) = tokio::io::duplex(IN_PROCESS_BUFFER);
+        let server = self.server.clone();
+        let user = self.user.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let server = server.clone();
+                let user = user.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(server.handle(request, Some(user)).await)
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) =
+                builder.serve_connection_with_upgrades(TokioIo::new(server_end), service).await
+            {
+                tracing::debug!(error = %e, "in-process connection ended with an error");
+            }
+        });
+        std::future::ready(Ok(InProcessStream(TokioIo::new(client))))
+    }
+}
+
+/// The client end of an in-process connection.
+#[derive(Debug)]
+pub struct InProcessStream(TokioIo<tokio::io::DuplexStream>);
+
+impl hyper_util::client::legacy::connect::Connection for InProcessStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for InProcessStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for InProcessStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

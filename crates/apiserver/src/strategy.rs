@@ -60,6 +60,30 @@ pub fn canonicalize(
     }
 }
 
+/// [`canonicalize`] for a write to the `status` subresource: the registry keeps only
+/// `status` of it (everything else is carried over from the stored object, already
+/// canonical), so only `status` is decoded, not the whole object once more.
+pub fn canonicalize_status(
+    rt: &ResourceType,
+    mut object: Value,
+    validation: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let Some(map) = object.as_object_mut() else { return canonicalize(rt, object, validation) };
+    let Some(status) = map.remove("status") else { return Ok((object, Vec::new())) };
+    let mut probe = serde_json::Map::new();
+    for key in ["apiVersion", "kind"] {
+        if let Some(v) = map.get(key) {
+            probe.insert(key.into(), v.clone());
+        }
+    }
+    probe.insert("status".into(), status);
+    let (mut canonical, warnings) = canonicalize(rt, Value::Object(probe), validation)?;
+    if let Some(status) = canonical.as_object_mut().and_then(|c| c.remove("status")) {
+        map.insert("status".into(), status);
+    }
+    Ok((object, warnings))
+}
+
 fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {

@@ -271,12 +271,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         node_token.display()
     );
 
-    let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api));
+    let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api.clone()));
     if !args.disable_scheduler || !args.disable_controller_manager {
-        let (cert, key) = pki.issue_client("system:kube-controller-manager", &[])?;
-        let url = format!("https://127.0.0.1:{}", local.port());
-        let kubeconfig = pki::kubeconfig(&pki.ca_cert_pem, &url, "control-plane", &cert, &key);
-        let client = crate::agent::client_from_kubeconfig(&kubeconfig).await?;
+        let client = in_process_client(api.clone(), "system:kube-controller-manager")?;
         crate::control::spawn_in_server(
             client,
             (!args.disable_scheduler).then(|| args.scheduler.config()),
@@ -418,4 +415,21 @@ pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
 
 fn bytes_of(key: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(key.repeat(4).as_bytes())
+}
+
+/// A client of this process's own API server over an in-memory pipe (see
+/// `apiserver::server::InProcessConnector`), for the in-process scheduler and controllers.
+fn in_process_client(
+    api: Arc<apiserver::handler::ApiServer>,
+    user: &str,
+) -> anyhow::Result<kube::Client> {
+    let connector = apiserver::server::InProcessConnector::new(api, user, &[]);
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector);
+    let base: http::Uri = "http://in-process".parse()?;
+    let service = tower::ServiceBuilder::new()
+        .layer(kube::client::middleware::BaseUriLayer::new(base))
+        .service(http);
+    Ok(kube::Client::new(service, "default"))
 }
