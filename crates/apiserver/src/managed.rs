@@ -433,46 +433,43 @@ fn render_fields(fields: &FieldSet) -> Value {
     Value::Object(render_node(&root))
 }
 
+fn read_entry(e: &Value) -> Entry {
+    let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let mut fields = FieldSet::new();
+    parse_fields(e.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut fields);
+    Entry {
+        manager: text("manager"),
+        operation: text("operation"),
+        api_version: text("apiVersion"),
+        time: text("time"),
+        subresource: e.get("subresource").and_then(Value::as_str).map(str::to_owned),
+        fields,
+    }
+}
+
 fn read_entries(object: &Value) -> Vec<Entry> {
     let Some(list) = object.pointer("/metadata/managedFields").and_then(Value::as_array) else {
         return Vec::new();
     };
-    list.iter()
-        .map(|e| {
-            let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-            let mut fields = FieldSet::new();
-            parse_fields(e.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut fields);
-            Entry {
-                manager: text("manager"),
-                operation: text("operation"),
-                api_version: text("apiVersion"),
-                time: text("time"),
-                subresource: e.get("subresource").and_then(Value::as_str).map(str::to_owned),
-                fields,
-            }
-        })
-        .collect()
+    list.iter().map(read_entry).collect()
 }
 
-fn write_entries(object: &mut Value, entries: Vec<Entry>) {
-    let list: Vec<Value> = entries
-        .into_iter()
-        .filter(|e| !e.fields.is_empty())
-        .map(|e| {
-            let mut entry = json!({
-                "manager": e.manager,
-                "operation": e.operation,
-                "apiVersion": e.api_version,
-                "time": e.time,
-                "fieldsType": "FieldsV1",
-                "fieldsV1": render_fields(&e.fields),
-            });
-            if let Some(sub) = e.subresource {
-                entry["subresource"] = json!(sub);
-            }
-            entry
-        })
-        .collect();
+fn render_entry(e: Entry) -> Value {
+    let mut entry = json!({
+        "manager": e.manager,
+        "operation": e.operation,
+        "apiVersion": e.api_version,
+        "time": e.time,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": render_fields(&e.fields),
+    });
+    if let Some(sub) = e.subresource {
+        entry["subresource"] = json!(sub);
+    }
+    entry
+}
+
+fn set_entries(object: &mut Value, list: Vec<Value>) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         if list.is_empty() {
             meta.remove("managedFields");
@@ -480,6 +477,11 @@ fn write_entries(object: &mut Value, entries: Vec<Entry>) {
             meta.insert("managedFields".into(), Value::Array(list));
         }
     }
+}
+
+fn write_entries(object: &mut Value, entries: Vec<Entry>) {
+    let list = entries.into_iter().filter(|e| !e.fields.is_empty()).map(render_entry).collect();
+    set_entries(object, list);
 }
 
 fn now() -> String {
@@ -500,44 +502,75 @@ pub struct Writer<'a> {
 /// Records an Update (or a create) by `writer`: it takes ownership of every field it changed
 /// (all fields, for a create), which other managers lose.
 pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: Writer<'_>) {
-    let mut entries = old.map(read_entries).unwrap_or_default();
-    // A create owns every field; nobody else owns anything yet (the common, hot case).
-    let owned: FieldSet = match old {
-        None => field_set(kind, new, writer.subresource),
-        Some(old) => {
-            let mut diff = Diff { kind, changed: FieldSet::new(), owned: FieldSet::new() };
-            diff.objects(old, new, writer.subresource);
-            if only_restamps(old, new, &diff, writer) {
-                return;
-            }
-            // Other managers lose what this write changed. (Nothing outside the written
-            // part can vanish: the registry carries it over from the stored object.)
-            for entry in &mut entries {
-                entry.fields.retain(|p| !diff.changed.contains(p));
-            }
-            diff.owned
-        }
-    };
-    match entries.iter_mut().find(|e| {
-        e.manager == writer.manager
-            && e.operation == "Update"
-            && e.subresource.as_deref() == writer.subresource
-    }) {
-        Some(entry) => {
-            entry.fields.extend(owned);
-            entry.time = now();
-            entry.api_version = writer.api_version.to_owned();
-        }
-        None => entries.push(Entry {
+    let Some(old) = old else {
+        // A create owns every field; nobody else owns anything yet (the common, hot case).
+        let entry = Entry {
             manager: writer.manager.to_owned(),
             operation: "Update".into(),
             api_version: writer.api_version.to_owned(),
             time: now(),
             subresource: writer.subresource.map(str::to_owned),
-            fields: owned,
-        }),
+            fields: field_set(kind, new, writer.subresource),
+        };
+        write_entries(new, vec![entry]);
+        return;
+    };
+    let mut diff = Diff { kind, changed: FieldSet::new(), owned: FieldSet::new() };
+    diff.objects(old, new, writer.subresource);
+    if only_restamps(old, new, &diff, writer) {
+        return;
     }
-    write_entries(new, entries);
+    // Other managers lose what this write changed; entries that own none of it are kept
+    // as stored, not parsed and rendered again. (Nothing outside the written part can
+    // vanish: the registry carries it over from the stored object.)
+    enum Slot {
+        Kept(Value),
+        Changed(Entry),
+    }
+    let stored = old.pointer("/metadata/managedFields").and_then(Value::as_array);
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut mine = None;
+    for e in stored.into_iter().flatten() {
+        let is_writer = mine.is_none()
+            && e.get("manager").and_then(Value::as_str) == Some(writer.manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update")
+            && e.get("subresource").and_then(Value::as_str) == writer.subresource;
+        let fields = e.get("fieldsV1").unwrap_or(&Value::Null);
+        if !is_writer && !diff.changed.iter().any(|p| owns(fields, p)) {
+            slots.push(Slot::Kept(e.clone()));
+            continue;
+        }
+        let mut entry = read_entry(e);
+        entry.fields.retain(|p| !diff.changed.contains(p));
+        if is_writer {
+            mine = Some(slots.len());
+        }
+        slots.push(Slot::Changed(entry));
+    }
+    match mine.and_then(|i| slots.get_mut(i)) {
+        Some(Slot::Changed(entry)) => {
+            entry.fields.extend(diff.owned);
+            entry.time = now();
+            entry.api_version = writer.api_version.to_owned();
+        }
+        _ => slots.push(Slot::Changed(Entry {
+            manager: writer.manager.to_owned(),
+            operation: "Update".into(),
+            api_version: writer.api_version.to_owned(),
+            time: now(),
+            subresource: writer.subresource.map(str::to_owned),
+            fields: diff.owned,
+        })),
+    }
+    let list = slots
+        .into_iter()
+        .filter_map(|slot| match slot {
+            Slot::Kept(v) => Some(v),
+            Slot::Changed(e) if e.fields.is_empty() => None,
+            Slot::Changed(e) => Some(render_entry(e)),
+        })
+        .collect();
+    set_entries(new, list);
 }
 
 /// Whether `fieldsV1` owns exactly `path` (a leaf `{}`, or an item marked `.`).

@@ -518,15 +518,11 @@ pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
 
 /// Whether two objects differ outside `metadata` and `status` (what bumps `generation`).
 pub fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| -> Value {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("metadata");
-            o.remove("status");
-        }
-        v
-    };
-    strip(old) != strip(new)
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else { return old != new };
+    // Compared in place: everything but metadata and status.
+    let counted = |k: &String| k != "metadata" && k != "status";
+    old.keys().filter(|k| counted(k)).count() != new.keys().filter(|k| counted(k)).count()
+        || old.iter().filter(|(k, _)| counted(k)).any(|(k, v)| new.get(k) != Some(v))
 }
 
 #[cfg(test)]

@@ -18,14 +18,14 @@ use k8s_openapi::api::core::v1::{
     TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::Deserialize;
 
 /// A pod, as cached: metadata, and the parts of spec and status controllers read.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct CachedPod {
-    /// Standard object metadata (without managedFields and annotations once cached).
-    #[serde(default)]
+    /// Standard object metadata, without managedFields and annotations (never decoded).
+    #[serde(default, deserialize_with = "metadata")]
     pub metadata: ObjectMeta,
     /// What the scheduler and controllers read of the spec.
     #[serde(default)]
@@ -105,6 +105,44 @@ pub struct CachedContainerStatus {
     pub restart_count: i32,
 }
 
+/// The metadata fields a cached pod keeps; the rest (managedFields above all, a large
+/// share of every pod) is skipped while decoding.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct CachedMetadata {
+    name: Option<String>,
+    generate_name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+    finalizers: Option<Vec<String>>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+}
+
+fn metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = CachedMetadata::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        generate_name: m.generate_name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        generation: m.generation,
+        labels: m.labels,
+        owner_references: m.owner_references,
+        finalizers: m.finalizers,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        ..ObjectMeta::default()
+    })
+}
+
 impl kube::Resource for CachedPod {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
@@ -143,7 +181,6 @@ impl From<&Pod> for CachedPod {
 
 /// Trims what no reader of the cache uses and what changes on every status write.
 pub fn slim(pod: &mut CachedPod) {
-    pod.metadata.annotations = None;
     if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
         conditions.retain(|c| c.type_ == "Ready");
         for c in conditions.iter_mut() {
@@ -162,7 +199,8 @@ mod tests {
     #[test]
     fn a_full_pod_decodes_into_the_cached_view() {
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "d", "labels": {"app": "web"}},
+            "metadata": {"name": "p", "namespace": "d", "labels": {"app": "web"}, "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
             "spec": {
                 "nodeName": "n1", "priority": 7, "tolerations": [{"key": "k", "operator": "Exists"}],
                 "containers": [{"name": "web", "image": "w:1", "env": [{"name": "A", "value": "1"}],
@@ -190,5 +228,7 @@ mod tests {
         assert_eq!(status.conditions.as_ref().map(Vec::len), Some(1));
         assert_eq!(status.container_statuses.as_ref().map(|c| c[0].restart_count), Some(3));
         assert_eq!(kube::ResourceExt::name_any(&cached), "p");
+        assert_eq!(cached.metadata.labels.as_ref().map(BTreeMap::len), Some(1));
+        assert!(cached.metadata.annotations.is_none() && cached.metadata.managed_fields.is_none());
     }
 }
