@@ -240,20 +240,24 @@ impl Diff<'_> {
                 "apiVersion" | "kind" => {}
                 "status" if !status => {}
                 "metadata" if !status => {
-                    let meta = |o: &Map<String, Value>| -> Map<String, Value> {
-                        let mut m = Map::new();
-                        if let Some(Value::Object(meta)) = o.get("metadata") {
-                            for (k, v) in meta {
-                                if !UNOWNED_METADATA.contains(&k.as_str()) {
-                                    m.insert(k.clone(), v.clone());
-                                }
-                            }
-                        }
-                        m
-                    };
-                    let (o, n) = (meta(old), meta(new));
+                    let (o, n) = (
+                        old.get("metadata").and_then(Value::as_object),
+                        new.get("metadata").and_then(Value::as_object),
+                    );
+                    let fields: BTreeSet<&String> = o
+                        .into_iter()
+                        .chain(n)
+                        .flat_map(Map::keys)
+                        .filter(|k| !UNOWNED_METADATA.contains(&k.as_str()))
+                        .collect();
                     path.push("f:metadata".to_owned());
-                    self.fields(Some(&o), Some(&n), &mut path, "metadata");
+                    for field in fields {
+                        path.push(format!("f:{field}"));
+                        let (before, after) =
+                            (o.and_then(|m| m.get(field)), n.and_then(|m| m.get(field)));
+                        self.value(before, after, &mut path, &dotted("metadata", field));
+                        path.pop();
+                    }
                     path.pop();
                 }
                 "metadata" => {}
@@ -385,6 +389,20 @@ struct Entry {
     fields: FieldSet,
 }
 
+impl Entry {
+    /// A new Update entry of `writer` owning `fields`.
+    fn update(writer: Writer<'_>, fields: FieldSet) -> Entry {
+        Entry {
+            manager: writer.manager.to_owned(),
+            operation: "Update".into(),
+            api_version: writer.api_version.to_owned(),
+            time: now(),
+            subresource: writer.subresource.map(str::to_owned),
+            fields,
+        }
+    }
+}
+
 fn parse_fields(node: &Value, path: &mut Path, out: &mut FieldSet) {
     let Some(map) = node.as_object() else { return };
     for (element, child) in map {
@@ -504,22 +522,12 @@ pub struct Writer<'a> {
 pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: Writer<'_>) {
     let Some(old) = old else {
         // A create owns every field; nobody else owns anything yet (the common, hot case).
-        let entry = Entry {
-            manager: writer.manager.to_owned(),
-            operation: "Update".into(),
-            api_version: writer.api_version.to_owned(),
-            time: now(),
-            subresource: writer.subresource.map(str::to_owned),
-            fields: field_set(kind, new, writer.subresource),
-        };
+        let entry = Entry::update(writer, field_set(kind, new, writer.subresource));
         write_entries(new, vec![entry]);
         return;
     };
     let mut diff = Diff { kind, changed: FieldSet::new(), owned: FieldSet::new() };
     diff.objects(old, new, writer.subresource);
-    if only_restamps(old, new, &diff, writer) {
-        return;
-    }
     // Other managers lose what this write changed; entries that own none of it are kept
     // as stored, not parsed and rendered again. (Nothing outside the written part can
     // vanish: the registry carries it over from the stored object.)
@@ -553,14 +561,7 @@ pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: W
             entry.time = now();
             entry.api_version = writer.api_version.to_owned();
         }
-        _ => slots.push(Slot::Changed(Entry {
-            manager: writer.manager.to_owned(),
-            operation: "Update".into(),
-            api_version: writer.api_version.to_owned(),
-            time: now(),
-            subresource: writer.subresource.map(str::to_owned),
-            fields: diff.owned,
-        })),
+        _ => slots.push(Slot::Changed(Entry::update(writer, diff.owned))),
     }
     let list = slots
         .into_iter()
@@ -583,49 +584,6 @@ fn owns(fields_v1: &Value, path: &[String]) -> bool {
         }
     }
     node.as_object().is_some_and(|m| m.is_empty() || m.contains_key("."))
-}
-
-/// The hot case of an update (a Lease renewal, a repeated status write): the writer already
-/// owns every field it changed, nobody else owns any of them and nothing was removed, so
-/// ownership stays as it is and only the writer's entry gets the new time. Done on the
-/// stored entries directly, without parsing and re-rendering them.
-fn only_restamps(old: &Value, new: &mut Value, diff: &Diff<'_>, writer: Writer<'_>) -> bool {
-    if diff.changed.len() != diff.owned.len() {
-        return false;
-    }
-    let Some(entries) = old.pointer("/metadata/managedFields").and_then(Value::as_array) else {
-        return false;
-    };
-    let is_writer = |e: &Value| {
-        e.get("manager").and_then(Value::as_str) == Some(writer.manager)
-            && e.get("operation").and_then(Value::as_str) == Some("Update")
-            && e.get("subresource").and_then(Value::as_str) == writer.subresource
-    };
-    let Some(mine) = entries.iter().position(is_writer) else { return false };
-    let null = Value::Null;
-    for (i, entry) in entries.iter().enumerate() {
-        let fields = entry.get("fieldsV1").unwrap_or(&null);
-        let fine = if i == mine {
-            diff.owned.iter().all(|p| owns(fields, p))
-        } else {
-            !diff.changed.iter().any(|p| owns(fields, p))
-        };
-        if !fine {
-            return false;
-        }
-    }
-    let mut entries = entries.clone();
-    if let Some(entry) = entries[mine].as_object_mut() {
-        entry.insert("time".into(), json!(now()));
-        entry.insert("apiVersion".into(), json!(writer.api_version));
-    }
-    match new.get_mut("metadata").and_then(Value::as_object_mut) {
-        Some(meta) => {
-            meta.insert("managedFields".into(), Value::Array(entries));
-            true
-        }
-        None => false,
-    }
 }
 
 fn render_path(path: &[String]) -> String {
@@ -783,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_update_only_restamps_the_writers_entry() {
+    fn a_repeated_update_keeps_ownership_and_another_writer_takes_fields_over() {
         let lease = |t: &str| {
             json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "n"}, "spec": {"holderIdentity": "n", "renewTime": t}})
@@ -816,6 +774,24 @@ mod tests {
             entries.iter().all(|e| e["fieldsV1"]["f:spec"].get("f:renewTime").is_none()),
             "{entries:?}"
         );
+    }
+
+    #[test]
+    fn a_status_write_records_its_fields_under_the_status_subresource() {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        record_update("Pod", None, &mut pod, writer("creator"));
+        let mut running = pod.clone();
+        running["status"] = json!({"phase": "Running"});
+        let kubelet = Writer { manager: "kubelet", api_version: "v1", subresource: Some("status") };
+        record_update("Pod", Some(&pod), &mut running, kubelet);
+        let entries = running["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(entries[1]["manager"], "kubelet");
+        assert_eq!(entries[1]["subresource"], "status");
+        assert_eq!(entries[1]["fieldsV1"], json!({"f:status": {"f:phase": {}}}));
+        // The creator's entry is kept as it was.
+        assert_eq!(entries[0], pod["metadata"]["managedFields"][0]);
     }
 
     #[test]
