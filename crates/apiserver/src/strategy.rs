@@ -62,7 +62,8 @@ pub fn canonicalize(
 
 /// [`canonicalize`] for a write to the `status` subresource: the registry keeps only
 /// `status` of it (everything else is carried over from the stored object, already
-/// canonical), so only `status` is decoded, not the whole object once more.
+/// canonical), so only `status` is decoded, not the whole object once more (every served
+/// type decodes without its spec; the unit test checks pods and CRDs).
 pub fn canonicalize_status(
     rt: &ResourceType,
     mut object: Value,
@@ -529,6 +530,31 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::resources::Registry;
+
+    #[test]
+    fn status_writes_decode_status_and_still_reject_bad_status() {
+        let registry = Registry::new();
+        let pods = registry.lookup("", "v1", "pods").unwrap();
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}});
+        let (out, _) = canonicalize_status(&pods, pod.clone(), FieldValidation::Strict).unwrap();
+        assert_eq!(out, canonicalize(&pods, pod, FieldValidation::Strict).unwrap().0);
+        let bad = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "status": {"phase": 7}});
+        assert!(canonicalize_status(&pods, bad, FieldValidation::Strict).is_err());
+        // A type with a required spec (a CRD) still decodes from its status alone.
+        let crds =
+            registry.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions").unwrap();
+        let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                     "names": {"plural": "widgets", "kind": "Widget"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]},
+            "status": {"acceptedNames": {"plural": "widgets", "kind": "Widget"}, "storedVersions": ["v1"]}});
+        let (out, _) = canonicalize_status(&crds, crd.clone(), FieldValidation::Strict).unwrap();
+        assert_eq!(out["status"]["storedVersions"], serde_json::json!(["v1"]));
+    }
 
     #[test]
     fn names_follow_dns_rules() {

@@ -7,7 +7,6 @@
 //! and Progressing conditions with `progressDeadlineSeconds`, which `kubectl rollout
 //! status` reads.
 
-use crate::cached_pod::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use crate::Error;
+use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{
     self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of, split_key,

@@ -22,7 +22,6 @@ pub mod scheduler;
 pub mod selectors;
 pub mod serviceaccount;
 
-use crate::cached_pod::CachedPod;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -31,6 +30,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::Api;
 use kube::runtime::watcher;
 
+use cached_pod::CachedPod;
 use informer::Informer;
 use scheduler::{Scheduler, SchedulerConfig};
 

@@ -10,7 +10,6 @@
 //!   deleted are force-deleted, and terminated pods beyond a threshold are deleted oldest
 //!   first.
 
-use crate::cached_pod::CachedPod;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
+use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{BY_NODE, Informer};
 use crate::selectors::tolerates;

@@ -7,7 +7,6 @@
 //! minutes pass) before it counts pods again, so a slow watch never makes it over- or
 //! under-shoot.
 
-use crate::cached_pod::CachedPod;
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::Error;
+use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{
     self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of, split_key,

@@ -2,13 +2,13 @@
 //! ([`NodeInfo`]), the filters that rule nodes out with upstream's reasons, and the scores
 //! that rank the rest. No I/O here; `mod.rs` feeds it from the informers.
 
-use crate::cached_pod::CachedPod;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, PodAffinityTerm, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use crate::cached_pod::CachedPod;
 use crate::quantity::{bytes, millicores};
 use crate::selectors::{Labels, label_selector_matches, node_selector_term_matches, untolerated};
 

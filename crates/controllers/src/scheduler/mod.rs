@@ -8,7 +8,6 @@
 
 pub mod framework;
 
-use crate::cached_pod::CachedPod;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{Change, Informer};
 use crate::selectors::Labels;
