@@ -306,10 +306,13 @@ impl ApiServer {
             };
         }
         let query = Query::parse(request.uri().query());
-        let (response, verb, resource) = match route(&self.registry, &path) {
-            Err(e) => {
-                (error_response(&e), verb_of(&method, None, &query).to_uppercase(), String::new())
-            }
+        let (response, verb, resource, subresource) = match route(&self.registry, &path) {
+            Err(e) => (
+                error_response(&e),
+                verb_of(&method, None, &query).to_uppercase(),
+                String::new(),
+                String::new(),
+            ),
             Ok(route) => {
                 let target = match &route {
                     Route::Resource(t) => Some(t),
@@ -317,6 +320,7 @@ impl ApiServer {
                 };
                 let verb = verb_of(&method, target, &query);
                 let resource = target.map(|t| t.rt.plural.clone()).unwrap_or_default();
+                let subresource = target.and_then(|t| t.subresource.clone()).unwrap_or_default();
                 let response = match self.authorize(user.as_ref(), verb, target, &path) {
                     Err(e) => error_response(&e),
                     Ok(()) => match route {
@@ -347,10 +351,16 @@ impl ApiServer {
                         },
                     },
                 };
-                (response, verb.to_uppercase(), resource)
+                (response, verb.to_uppercase(), resource, subresource)
             }
         };
-        self.metrics.observe(&verb, &resource, response.status().as_u16(), started.elapsed());
+        self.metrics.observe(
+            &verb,
+            &resource,
+            &subresource,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         tracing::debug!(%method, %path, code = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
         response
     }

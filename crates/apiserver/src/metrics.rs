@@ -16,15 +16,24 @@ struct Histogram {
 /// Request metrics of the API server.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    requests: Mutex<BTreeMap<(String, String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
 }
 
 impl Metrics {
-    /// Records one finished request.
-    pub fn observe(&self, verb: &str, resource: &str, code: u16, elapsed: Duration) {
+    /// Records one finished request (`subresource` empty for the object itself).
+    pub fn observe(
+        &self,
+        verb: &str,
+        resource: &str,
+        subresource: &str,
+        code: u16,
+        elapsed: Duration,
+    ) {
         let mut requests = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *requests.entry((verb.to_owned(), resource.to_owned(), code)).or_default() += 1;
+        *requests
+            .entry((verb.to_owned(), resource.to_owned(), subresource.to_owned(), code))
+            .or_default() += 1;
         drop(requests);
         // Watches last as long as the client wants; their duration says nothing about latency.
         if verb == "WATCH" {
@@ -47,10 +56,10 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP apiserver_request_total Counter of apiserver requests broken out by verb, resource and HTTP response code.\n");
         out.push_str("# TYPE apiserver_request_total counter\n");
-        for ((verb, resource, code), n) in
+        for ((verb, resource, subresource, code), n) in
             self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter()
         {
-            out.push_str(&format!("apiserver_request_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}\n"));
+            out.push_str(&format!("apiserver_request_total{{verb=\"{verb}\",resource=\"{resource}\",subresource=\"{subresource}\",code=\"{code}\"}} {n}\n"));
         }
         out.push_str("# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb and resource.\n");
         out.push_str("# TYPE apiserver_request_duration_seconds histogram\n");

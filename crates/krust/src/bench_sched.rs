@@ -84,9 +84,21 @@ async fn wait_bound(
     let api: Api<CachedPod> = Api::namespaced(client, namespace);
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     let mut bound: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
     let mut first = None;
     let deadline = start + timeout;
+    let mut next_report = start + Duration::from_secs(5);
     loop {
+        // Progress on stderr: whether creation or binding is the slower stage.
+        if Instant::now() >= next_report {
+            eprintln!(
+                "  {:>5.1} s: {} pods seen, {} bound",
+                start.elapsed().as_secs_f64(),
+                seen.len(),
+                bound.len()
+            );
+            next_report += Duration::from_secs(5);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         anyhow::ensure!(
             !left.is_zero(),
@@ -98,8 +110,12 @@ async fn wait_bound(
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
             _ => continue,
         };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !seen.contains(&uid) {
+            seen.insert(uid.clone());
+        }
         if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty())
-            && bound.insert(pod.metadata.uid.clone().unwrap_or_default())
+            && bound.insert(uid)
         {
             first.get_or_insert_with(|| start.elapsed());
             if bound.len() >= target {
@@ -126,6 +142,34 @@ async fn create_deployments(
         i += 1;
     }
     Ok(())
+}
+
+/// The server's request counters (`apiserver_request_total`), by "verb resource code".
+async fn request_counts(
+    client: &kube::Client,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let text = client.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
+    let mut counts = std::collections::HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else { continue };
+        let Some((labels, n)) = rest.split_once("} ") else { continue };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"'))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let key = format!(
+            "{} {}/{} {}",
+            label("verb"),
+            label("resource"),
+            label("subresource"),
+            label("code")
+        );
+        counts.insert(key, n.trim().parse().unwrap_or(0));
+    }
+    Ok(counts)
 }
 
 async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
@@ -174,8 +218,22 @@ pub(crate) async fn run(args: SchedBenchArgs) -> anyhow::Result<()> {
         start,
         Duration::from_secs(1800),
     ));
+    let before = request_counts(&client).await?;
     create_deployments(&client, "throughput", "d", args.pods, args.replicas_per_deployment).await?;
     let (first, last) = waiter.await??;
+    let after = request_counts(&client).await?;
+    let mut writes: Vec<(String, u64)> = after
+        .into_iter()
+        .filter_map(|(k, n)| {
+            let d = n.saturating_sub(before.get(&k).copied().unwrap_or(0));
+            (d >= 100).then_some((k, d))
+        })
+        .collect();
+    writes.sort_by(|a, b| b.1.cmp(&a.1));
+    eprintln!("  requests during the throughput phase (verb resource code: count):");
+    for (k, n) in writes {
+        eprintln!("    {k}: {n}");
+    }
     println!(
         "scheduling throughput: {} pods through {} Deployments on {} nodes: first bound after {:.2} s, last after {:.2} s: {:.0} pods/s",
         args.pods,

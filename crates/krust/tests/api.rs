@@ -356,12 +356,12 @@ async fn health_and_metrics_endpoints() {
         client.request_text(http::Request::get("/metrics").body(vec![]).unwrap()).await.unwrap();
     assert!(
         metrics
-            .contains(r#"apiserver_request_total{verb="LIST",resource="configmaps",code="200"} 1"#),
+            .contains(r#"apiserver_request_total{verb="LIST",resource="configmaps",subresource="",code="200"} 1"#),
         "{metrics}"
     );
     assert!(
         metrics.contains(
-            r#"apiserver_request_total{verb="CREATE",resource="configmaps",code="201"} 1"#
+            r#"apiserver_request_total{verb="CREATE",resource="configmaps",subresource="",code="201"} 1"#
         ),
         "{metrics}"
     );
