@@ -229,7 +229,7 @@ pub(crate) async fn run(args: SchedBenchArgs) -> anyhow::Result<()> {
             (d >= 100).then_some((k, d))
         })
         .collect();
-    writes.sort_by(|a, b| b.1.cmp(&a.1));
+    writes.sort_by_key(|w| std::cmp::Reverse(w.1));
     eprintln!("  requests during the throughput phase (verb resource code: count):");
     for (k, n) in writes {
         eprintln!("    {k}: {n}");
