@@ -72,6 +72,18 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
+/// The response to a write: the bytes the store was given when the write encoded them
+/// (serializing the object again would cost as much as encoding it did).
+fn written_response(code: StatusCode, written: crate::rest::Written) -> Response<Body> {
+    let Some(body) = written.body else { return json_response(code, &written.object) };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 /// Renders an error as a `Status` response.
 pub fn error_response(error: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -652,8 +664,8 @@ impl ApiServer {
                 let body = read_body(request, &content_type).await?;
                 let options = write_options(&query, &user_agent)?;
                 let (object, warnings) = self.rest.create(&rt, ns, body, &options).await?;
-                self.after_write(&rt, &object, false, options.dry_run).await;
-                Ok(with_warnings(json_response(StatusCode::CREATED, &object), &warnings))
+                self.after_write(&rt, &object.object, false, options.dry_run).await;
+                Ok(with_warnings(written_response(StatusCode::CREATED, object), &warnings))
             }
             "update" => {
                 let name = target.name.clone().unwrap_or_default();
@@ -666,8 +678,8 @@ impl ApiServer {
                     .rest
                     .update(&rt, ns, &name, body, target.subresource.as_deref(), &options)
                     .await?;
-                self.after_write(&rt, &object, false, options.dry_run).await;
-                Ok(with_warnings(json_response(StatusCode::OK, &object), &warnings))
+                self.after_write(&rt, &object.object, false, options.dry_run).await;
+                Ok(with_warnings(written_response(StatusCode::OK, object), &warnings))
             }
             "patch" => {
                 let name = target.name.clone().unwrap_or_default();
@@ -726,9 +738,9 @@ impl ApiServer {
                         &options,
                     )
                     .await?;
-                self.after_write(&rt, &object, false, options.dry_run).await;
+                self.after_write(&rt, &object.object, false, options.dry_run).await;
                 let code = if created { StatusCode::CREATED } else { StatusCode::OK };
-                Ok(with_warnings(json_response(code, &object), &warnings))
+                Ok(with_warnings(written_response(code, object), &warnings))
             }
             "delete" => {
                 let name = target.name.clone().unwrap_or_default();
@@ -803,7 +815,7 @@ impl ApiServer {
         }
         let (object, _, _) =
             self.rest.patch(rt, ns, name, PatchType::Merge, patch, Some("scale"), options).await?;
-        Ok(json_response(StatusCode::OK, &scale_of(&object)))
+        Ok(json_response(StatusCode::OK, &scale_of(&object.object)))
     }
 
     /// What follows a successful write of some types: namespace finalization, and serving (or

@@ -99,19 +99,43 @@ fn encode(object: &Value) -> ApiResult<Bytes> {
 /// The stored JSON of `kv` with its resourceVersion, without decoding it: the hot path of LIST
 /// and watch. Values not in the metadata-first layout are decoded and re-encoded.
 pub fn stamp(kv: &KeyValue) -> ApiResult<Bytes> {
-    let value = &kv.value;
-    if value.starts_with(METADATA_FIRST) && value.get(METADATA_FIRST.len()) != Some(&b'}') {
-        let rv = format!("\"resourceVersion\":\"{}\",", kv.mod_revision);
-        let mut out = Vec::with_capacity(value.len() + rv.len());
-        out.extend_from_slice(METADATA_FIRST);
-        out.extend_from_slice(rv.as_bytes());
-        out.extend_from_slice(&value[METADATA_FIRST.len()..]);
-        return Ok(Bytes::from(out));
+    if let Some(out) = stamp_encoded(&kv.value, kv.mod_revision) {
+        return Ok(out);
     }
     let stored = decode(kv)?;
     serde_json::to_vec(&stored.object)
         .map(Bytes::from)
         .map_err(|e| ApiError::internal(format!("encoding object: {e}")))
+}
+
+/// The bytes [`encode`] made, with `revision` spliced in as the resourceVersion; None if
+/// they do not have that layout (objects written by older versions).
+fn stamp_encoded(value: &[u8], revision: i64) -> Option<Bytes> {
+    if !value.starts_with(METADATA_FIRST) || value.get(METADATA_FIRST.len()) == Some(&b'}') {
+        return None;
+    }
+    let rv = format!("\"resourceVersion\":\"{revision}\",");
+    let mut out = Vec::with_capacity(value.len() + rv.len());
+    out.extend_from_slice(METADATA_FIRST);
+    out.extend_from_slice(rv.as_bytes());
+    out.extend_from_slice(&value[METADATA_FIRST.len()..]);
+    Some(Bytes::from(out))
+}
+
+/// The result of a write: the object as written, and (when the write encoded it) its JSON
+/// with the resourceVersion, so the response need not serialize it again.
+#[derive(Debug)]
+pub struct Written {
+    /// The object, with its new resourceVersion.
+    pub object: Value,
+    /// `object` as JSON, when already at hand.
+    pub body: Option<Bytes>,
+}
+
+impl Written {
+    fn encoded(object: Value, bytes: &[u8], revision: i64) -> Self {
+        Written { object, body: stamp_encoded(bytes, revision) }
+    }
 }
 
 fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
@@ -253,7 +277,7 @@ impl Rest {
         namespace: Option<&str>,
         object: Value,
         options: &WriteOptions,
-    ) -> ApiResult<(Value, Vec<String>)> {
+    ) -> ApiResult<(Written, Vec<String>)> {
         self.create_object(rt, namespace, object, options, false).await
     }
 
@@ -266,7 +290,7 @@ impl Rest {
         mut object: Value,
         options: &WriteOptions,
         applied: bool,
-    ) -> ApiResult<(Value, Vec<String>)> {
+    ) -> ApiResult<(Written, Vec<String>)> {
         self.prepare_type_meta(rt, &mut object)?;
         {
             let meta = meta_mut(&mut object)?;
@@ -342,13 +366,13 @@ impl Rest {
             if existing.is_some() {
                 return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
             }
-            return Ok((object, warnings));
+            return Ok((Written { object, body: None }, warnings));
         }
         let response = self
             .store
             .txn(Txn {
                 compares: vec![Compare::ModRevision { key: key.clone(), equals: 0 }],
-                success: vec![Op::Put { key, value: bytes }],
+                success: vec![Op::Put { key, value: bytes.clone() }],
                 failure: vec![],
             })
             .await?;
@@ -356,7 +380,7 @@ impl Rest {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
         set_resource_version(&mut object, response.revision);
-        Ok((object, warnings))
+        Ok((Written::encoded(object, &bytes, response.revision), warnings))
     }
 
     fn prepare_type_meta(&self, rt: &ResourceType, object: &mut Value) -> ApiResult<()> {
@@ -529,7 +553,7 @@ impl Rest {
         mut object: Value,
         subresource: Option<&str>,
         options: &WriteOptions,
-    ) -> ApiResult<(Value, Vec<String>)> {
+    ) -> ApiResult<(Written, Vec<String>)> {
         self.prepare_type_meta(rt, &mut object)?;
         let body_name = meta_str(&object, "name").unwrap_or("").to_owned();
         if !body_name.is_empty() && body_name != name {
@@ -575,7 +599,7 @@ impl Rest {
         patch: Value,
         subresource: Option<&str>,
         options: &WriteOptions,
-    ) -> ApiResult<(Value, Vec<String>, bool)> {
+    ) -> ApiResult<(Written, Vec<String>, bool)> {
         if patch_type == PatchType::Strategic && !rt.is_builtin() {
             return Err(ApiError::unsupported_media_type(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
@@ -658,6 +682,7 @@ impl Rest {
     ) -> ApiResult<Value> {
         self.guaranteed_update(rt, namespace, name, None, options, subresource, "Update", transform)
             .await
+            .map(|w| w.object)
     }
 
     /// Reads, transforms and writes with compare-and-swap, retrying on races unless the caller
@@ -676,7 +701,7 @@ impl Rest {
         subresource: Option<&str>,
         operation: &str,
         mut transform: impl FnMut(&Value) -> ApiResult<Value>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Written> {
         let key = rt.key(namespace, name);
         for _attempt in 0..16 {
             let current = self.get(rt, namespace, name).await?;
@@ -718,7 +743,7 @@ impl Rest {
             self.validate(rt, &next)?;
             if same_but_bookkeeping(&current.object, &next) {
                 // No change: upstream skips the write and returns the current object.
-                return Ok(current.object);
+                return Ok(Written { object: current.object, body: None });
             }
             if operation != "Apply" {
                 let api_version = rt.api_version();
@@ -751,12 +776,12 @@ impl Rest {
             let bytes = encode(&next)?;
             if options.dry_run {
                 set_resource_version(&mut next, current.mod_revision);
-                return Ok(next);
+                return Ok(Written::encoded(next, &bytes, current.mod_revision));
             }
             let op = if finalized {
                 Op::Delete { key: key.clone() }
             } else {
-                Op::Put { key: key.clone(), value: bytes }
+                Op::Put { key: key.clone(), value: bytes.clone() }
             };
             let response = self
                 .store
@@ -771,7 +796,7 @@ impl Rest {
                 .await?;
             if response.succeeded {
                 set_resource_version(&mut next, response.revision);
-                return Ok(next);
+                return Ok(Written::encoded(next, &bytes, response.revision));
             }
             if precondition.is_some() {
                 return Err(ApiError::conflict(
