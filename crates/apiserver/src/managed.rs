@@ -272,6 +272,105 @@ impl Diff<'_> {
     }
 }
 
+/// The `fieldsV1` of a writer that owns every tracked field of `object` (a create),
+/// rendered straight from the object: the same tree `render_fields(&field_set(..))` gives
+/// (a unit test holds them together) without building a path per field, which made the
+/// managed fields a tenth of the cost of creating a pod.
+fn owned_fields_v1(kind: &str, object: &Value, subresource: Option<&str>) -> Map<String, Value> {
+    let mut out = Map::new();
+    let Some(map) = object.as_object() else { return out };
+    let status_write = subresource == Some("status");
+    for (key, value) in map {
+        let node = match key.as_str() {
+            "apiVersion" | "kind" => None,
+            "status" if status_write => owned_node(kind, value, key),
+            _ if status_write => None,
+            "status" => None,
+            "metadata" => {
+                let Some(meta) = value.as_object() else { continue };
+                let fields: Map<String, Value> = meta
+                    .iter()
+                    .filter(|(k, _)| !UNOWNED_METADATA.contains(&k.as_str()))
+                    .filter_map(|(k, v)| {
+                        let node = owned_node(kind, v, &dotted("metadata", k))?;
+                        Some((format!("f:{k}"), node))
+                    })
+                    .collect();
+                (!fields.is_empty()).then_some(Value::Object(fields))
+            }
+            _ => owned_node(kind, value, key),
+        };
+        if let Some(node) = node {
+            out.insert(format!("f:{key}"), node);
+        }
+    }
+    out
+}
+
+/// The `fieldsV1` node of a field holding `value` at `dotted_path`; None when it owns
+/// nothing (an empty keyed or set list, an object of such).
+fn owned_node(kind: &str, value: &Value, dotted_path: &str) -> Option<Value> {
+    match value {
+        Value::Object(inner) if !inner.is_empty() => {
+            let fields = owned_children(kind, inner, dotted_path);
+            (!fields.is_empty()).then_some(Value::Object(fields))
+        }
+        Value::Array(items) => {
+            let mut out = Map::new();
+            match list_strategy(kind, dotted_path) {
+                ListStrategy::Replace => return Some(json!({})),
+                ListStrategy::Primitive => {
+                    for item in items {
+                        out.insert(format!("v:{item}"), json!({}));
+                    }
+                }
+                ListStrategy::MergeKey(key) => {
+                    for item in items {
+                        let Some(element) = key_element(item, key) else { continue };
+                        let mut fields = item
+                            .as_object()
+                            .map(|o| owned_children(kind, o, dotted_path))
+                            .unwrap_or_default();
+                        if !fields.is_empty() {
+                            fields.insert(".".into(), json!({}));
+                        }
+                        match out.get_mut(&element) {
+                            // Items with the same key own the union of their fields.
+                            Some(existing) => merge_fields(existing, Value::Object(fields)),
+                            None => {
+                                out.insert(element, Value::Object(fields));
+                            }
+                        }
+                    }
+                }
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        _ => Some(json!({})),
+    }
+}
+
+fn owned_children(kind: &str, map: &Map<String, Value>, dotted_path: &str) -> Map<String, Value> {
+    map.iter()
+        .filter_map(|(field, child)| {
+            let node = owned_node(kind, child, &dotted(dotted_path, field))?;
+            Some((format!("f:{field}"), node))
+        })
+        .collect()
+}
+
+fn merge_fields(into: &mut Value, from: Value) {
+    let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) else { return };
+    for (key, value) in from {
+        match into.get_mut(&key) {
+            Some(existing) => merge_fields(existing, value),
+            None => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 fn field_set(kind: &str, object: &Value, subresource: Option<&str>) -> FieldSet {
     let mut out = FieldSet::new();
     leaves(kind, &tracked(object, subresource), &mut Vec::new(), "", &mut out);
@@ -522,8 +621,24 @@ pub struct Writer<'a> {
 pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: Writer<'_>) {
     let Some(old) = old else {
         // A create owns every field; nobody else owns anything yet (the common, hot case).
-        let entry = Entry::update(writer, field_set(kind, new, writer.subresource));
-        write_entries(new, vec![entry]);
+        let fields = owned_fields_v1(kind, new, writer.subresource);
+        let list = if fields.is_empty() {
+            Vec::new()
+        } else {
+            let mut entry = json!({
+                "manager": writer.manager,
+                "operation": "Update",
+                "apiVersion": writer.api_version,
+                "time": now(),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": Value::Object(fields),
+            });
+            if let Some(sub) = writer.subresource {
+                entry["subresource"] = json!(sub);
+            }
+            vec![entry]
+        };
+        set_entries(new, list);
         return;
     };
     let mut diff = Diff { kind, changed: FieldSet::new(), owned: FieldSet::new() };
@@ -846,6 +961,51 @@ mod tests {
                     assert_eq!(diff.changed, changed, "{subresource:?} {old} -> {new}");
                     assert_eq!(diff.owned, owned, "{subresource:?} {old} -> {new}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn fields_of_a_create_are_rendered_as_the_field_set_renders_them() {
+        let objects = [
+            (
+                "Pod",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "d", "uid": "1", "generateName": "p-",
+                             "labels": {"app": "web"}, "annotations": {}, "finalizers": ["a", "b"],
+                             "ownerReferences": [{"uid": "u1", "name": "rs", "kind": "ReplicaSet", "apiVersion": "apps/v1", "controller": true}]},
+                "spec": {"containers": [
+                            {"name": "web", "image": "w:1", "env": [{"name": "A", "value": "1"}, {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
+                             "ports": [{"containerPort": 80, "protocol": "TCP"}, {"containerPort": 81}],
+                             "args": ["x", "y"], "resources": {"requests": {"cpu": "10m"}, "limits": {}},
+                             "volumeMounts": []},
+                            {"name": "side", "image": "s:1", "command": []},
+                            {"image": "no-name"}],
+                         "volumes": [], "nodeSelector": {}, "tolerations": [{"key": "k", "operator": "Exists"}],
+                         "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": []}},
+                         "securityContext": {}, "terminationGracePeriodSeconds": 30, "hostname": null},
+                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}],
+                           "podIPs": [{"ip": "10.0.0.1"}]}}),
+            ),
+            (
+                "Service",
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+                "spec": {"ports": [{"port": 80, "protocol": "TCP"}, {"port": 80, "protocol": "UDP"}],
+                         "selector": {"app": "web"}, "clusterIPs": ["10.43.0.1"]}}),
+            ),
+            (
+                "ConfigMap",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            ),
+            ("Deployment", deployment(3, "web:1")),
+        ];
+        for (kind, object) in &objects {
+            for subresource in [None, Some("status")] {
+                assert_eq!(
+                    Value::Object(owned_fields_v1(kind, object, subresource)),
+                    render_fields(&field_set(kind, object, subresource)),
+                    "{kind} {subresource:?}"
+                );
             }
         }
     }

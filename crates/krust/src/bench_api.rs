@@ -93,6 +93,11 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// CPU time (user and system) the server has used, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.id())
+    }
+
     pub(crate) async fn client(&self) -> anyhow::Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
@@ -326,4 +331,18 @@ pub(crate) async fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
 
 fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
     Ok(http::Request::get(path).body(Vec::new())?)
+}
+
+/// CPU time (user and system) process `pid` has used, in seconds (0 if unreadable).
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are space-separated, with
+    // utime and stime the 12th and 13th after the closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // /proc counts in USER_HZ, which Linux fixes at 100 for this interface.
+    ticks as f64 / 100.0
 }

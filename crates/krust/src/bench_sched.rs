@@ -219,8 +219,13 @@ pub(crate) async fn run(args: SchedBenchArgs) -> anyhow::Result<()> {
         Duration::from_secs(1800),
     ));
     let before = request_counts(&client).await?;
+    let cpu_before = (server.cpu_seconds(), crate::bench_api::cpu_seconds(sim.0.id()));
     create_deployments(&client, "throughput", "d", args.pods, args.replicas_per_deployment).await?;
     let (first, last) = waiter.await??;
+    let cpu = (
+        server.cpu_seconds() - cpu_before.0,
+        crate::bench_api::cpu_seconds(sim.0.id()) - cpu_before.1,
+    );
     let after = request_counts(&client).await?;
     let mut writes: Vec<(String, u64)> = after
         .into_iter()
@@ -245,6 +250,12 @@ pub(crate) async fn run(args: SchedBenchArgs) -> anyhow::Result<()> {
     );
     println!(
         "  upstream, for comparison: kube-scheduler reached an average of 100 pods/s in 5,000-node clusters (kubernetes/kubernetes#74041, 2019, rate-limited at 100 pods/s); scheduler_perf SchedulingBasic with 500 nodes measured 792-909 pods/s for the scheduler alone (alculquicondor's runs for kubernetes/kubernetes#85861, 2020)"
+    );
+    println!(
+        "  CPU until the last bind: server {:.1} s ({:.2} ms per pod), simulated nodes {:.1} s",
+        cpu.0,
+        cpu.0 * 1000.0 / args.pods as f64,
+        cpu.1
     );
     println!("server RSS: {:.1} MiB", server.rss_mib());
 
