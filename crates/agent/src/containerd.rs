@@ -241,6 +241,9 @@ async fn import_once(socket: &Path, archive: &Path) -> Result<(), AgentError> {
         .arg(socket)
         .args(["--namespace", "k8s.io", "images", "import", "--snapshotter", "overlayfs"])
         .arg(archive)
+        // An agent stopped mid-import (a test that failed, a Ctrl-C) must not leave the
+        // import running on its own for as long as it takes.
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| AgentError::Runtime(format!("running ctr: {e}")))?;
