@@ -572,15 +572,35 @@ fn read_entries(object: &Value) -> Vec<Entry> {
 }
 
 fn render_entry(e: Entry) -> Value {
+    let fields_v1 = render_fields(&e.fields);
+    entry_json(
+        &e.manager,
+        &e.operation,
+        &e.api_version,
+        &e.time,
+        e.subresource.as_deref(),
+        fields_v1,
+    )
+}
+
+/// One `managedFields` item.
+fn entry_json(
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    time: &str,
+    subresource: Option<&str>,
+    fields_v1: Value,
+) -> Value {
     let mut entry = json!({
-        "manager": e.manager,
-        "operation": e.operation,
-        "apiVersion": e.api_version,
-        "time": e.time,
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": time,
         "fieldsType": "FieldsV1",
-        "fieldsV1": render_fields(&e.fields),
+        "fieldsV1": fields_v1,
     });
-    if let Some(sub) = e.subresource {
+    if let Some(sub) = subresource {
         entry["subresource"] = json!(sub);
     }
     entry
@@ -625,18 +645,14 @@ pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: W
         let list = if fields.is_empty() {
             Vec::new()
         } else {
-            let mut entry = json!({
-                "manager": writer.manager,
-                "operation": "Update",
-                "apiVersion": writer.api_version,
-                "time": now(),
-                "fieldsType": "FieldsV1",
-                "fieldsV1": Value::Object(fields),
-            });
-            if let Some(sub) = writer.subresource {
-                entry["subresource"] = json!(sub);
-            }
-            vec![entry]
+            vec![entry_json(
+                writer.manager,
+                "Update",
+                writer.api_version,
+                &now(),
+                writer.subresource,
+                Value::Object(fields),
+            )]
         };
         set_entries(new, list);
         return;
