@@ -10,7 +10,6 @@ use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::auth::{Attributes, Authorizer, Decision, UserInfo};
@@ -27,6 +26,23 @@ use crate::table::{self, IncludeObject};
 
 /// Response body type: whole bodies and streams alike.
 pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Request body type: a connection's body, or an in-process client's (see
+/// [`crate::server::InProcess`]), boxed so one handler serves both.
+pub type RequestBody = BoxBody<Bytes, BoxError>;
+
+/// Errors of request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Boxes any body as a [`RequestBody`] (keeping the request's extensions, so a connection's
+/// upgrade stays reachable).
+pub fn boxed_request<B>(request: Request<B>) -> Request<RequestBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    request.map(|b| b.map_err(Into::into).boxed())
+}
 
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -105,7 +121,7 @@ fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<
 }
 
 /// A request header as text ("" when absent or not text).
-fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String {
+fn header_text(request: &Request<RequestBody>, name: header::HeaderName) -> String {
     request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
 }
 
@@ -303,7 +319,7 @@ impl ApiServer {
     /// Serves one HTTP request from `user` (None = no valid client credentials).
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         user: Option<UserInfo>,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -410,7 +426,7 @@ impl ApiServer {
         &self,
         method: &Method,
         path: &str,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
     ) -> ApiResult<Response<Body>> {
         if method != Method::GET && method != Method::HEAD {
             return Err(ApiError::method_not_allowed(format!(
@@ -513,7 +529,7 @@ impl ApiServer {
     /// The join endpoints (no client certificate needed: the token is the credential).
     async fn serve_join(
         join: &crate::join::NodeJoin,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> ApiResult<Response<Body>> {
         if request.uri().path() == crate::join::CACERTS_PATH {
             return Ok(text_response(join.pki.ca_cert_pem.clone()));
@@ -534,7 +550,7 @@ impl ApiServer {
     /// Logs, exec, attach and port-forward: checked here, served by the pod's node agent.
     async fn serve_pod_stream(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         target: Target,
         query: &Query,
     ) -> ApiResult<Response<Body>> {
@@ -573,7 +589,7 @@ impl ApiServer {
 
     async fn serve_resource(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         target: Target,
         verb: &str,
         query: Query,
@@ -961,7 +977,7 @@ fn text_response(text: impl Into<Bytes>) -> Response<Body> {
 
 /// Adds an `ETag` to a whole response and answers `304 Not Modified` when the client's
 /// `If-None-Match` names it (kubectl's HTTP cache revalidates discovery and OpenAPI this way).
-fn revalidated(request: &Request<Incoming>, response: Response<Body>) -> Response<Body> {
+fn revalidated(request: &Request<RequestBody>, response: Response<Body>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     // Responses built here hold their whole body, so collecting it completes at once.
     let Some(bytes) = body.collect().now_or_never().and_then(Result::ok).map(|c| c.to_bytes())
@@ -1090,7 +1106,7 @@ fn delete_options(query: &Query, body: &[u8], content_type: &str) -> ApiResult<D
     Ok(options)
 }
 
-async fn read_bytes(request: Request<Incoming>) -> ApiResult<Bytes> {
+async fn read_bytes(request: Request<RequestBody>) -> ApiResult<Bytes> {
     let mut body = request.into_body();
     let mut buffer = bytes::BytesMut::new();
     let mut too_large = false;
@@ -1139,7 +1155,7 @@ fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
     if value.is_object() || value.is_array() { Ok(value) } else { Err("not an object".into()) }
 }
 
-async fn read_body(request: Request<Incoming>, content_type: &str) -> ApiResult<Value> {
+async fn read_body(request: Request<RequestBody>, content_type: &str) -> ApiResult<Value> {
     let media = content_type.split(';').next().unwrap_or("").trim();
     let protobuf = protobuf::is_protobuf(content_type);
     let yaml = media == "application/yaml";

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -60,7 +60,7 @@ impl NodeProxy {
     pub async fn forward(
         &self,
         addr: SocketAddr,
-        mut request: Request<Incoming>,
+        mut request: Request<crate::handler::RequestBody>,
         path_and_query: &str,
     ) -> ApiResult<Response<Body>> {
         let unreachable = |e: &dyn std::fmt::Display| {

@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -12,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{UserInfo, user_from_certificate};
-use crate::handler::ApiServer;
+use crate::handler::{ApiServer, Body, BoxError, boxed_request};
 use crate::pki::Pki;
 use crate::rest::WriteOptions;
 use crate::strategy::FieldValidation;
@@ -113,7 +116,11 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<Api
             let service = service_fn(move |request| {
                 let server = server.clone();
                 let user = user.clone();
-                async move { Ok::<_, std::convert::Infallible>(server.handle(request, user).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        server.handle(boxed_request(request), user).await,
+                    )
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
@@ -124,40 +131,41 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<Api
     }
 }
 
-/// Connects the process's own clients (the in-process scheduler and controllers) to the API
-/// server through an in-memory pipe instead of loopback TLS: the same handler chain
-/// (authentication as `user`, authorization, admission) without encrypting and decrypting
-/// every request and watch event twice in one process. A `tower` connector for
-/// `hyper_util`'s client; each connection is a `tokio::io::duplex` pair whose server end
-/// is served like an accepted TLS connection.
+/// Serves the process's own clients (the in-process scheduler and controllers) by calling
+/// the handler directly: the same chain (authentication as `user`, authorization,
+/// admission) without TLS, HTTP framing or a socket between two parts of one process. A
+/// `tower` service, which is what `kube::Client::new` takes.
 #[derive(Clone)]
-pub struct InProcessConnector {
+pub struct InProcess {
     server: Arc<ApiServer>,
     user: UserInfo,
 }
 
-impl std::fmt::Debug for InProcessConnector {
+impl std::fmt::Debug for InProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InProcessConnector").field("user", &self.user.name).finish()
+        f.debug_struct("InProcess").field("user", &self.user.name).finish()
     }
 }
 
-impl InProcessConnector {
-    /// Connections authenticated as `user` (`system:authenticated` is added).
-    pub fn new(server: Arc<ApiServer>, name: &str, groups: &[&str]) -> InProcessConnector {
+impl InProcess {
+    /// Requests authenticated as `user` (`system:authenticated` is added).
+    pub fn new(server: Arc<ApiServer>, name: &str, groups: &[&str]) -> InProcess {
         let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
         groups.push("system:authenticated".to_owned());
-        InProcessConnector { server, user: UserInfo { name: name.to_owned(), groups } }
+        InProcess { server, user: UserInfo { name: name.to_owned(), groups } }
     }
 }
 
-/// Bytes buffered in each direction of an in-process connection.
-const IN_PROCESS_BUFFER: usize = 1 << 20;
-
-impl tower::Service<http::Uri> for InProcessConnector {
-    type Response = InProcessStream;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<InProcessStream, std::io::Error>>;
+impl<B> tower::Service<Request<B>> for InProcess
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -166,70 +174,25 @@ impl tower::Service<http::Uri> for InProcessConnector {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let (client, server_end) = tokio::io::duplex(IN_PROCESS_BUFFER);
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let server = self.server.clone();
         let user = self.user.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let server = server.clone();
-                let user = user.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(server.handle(request, Some(user)).await)
+        Box::pin(async move {
+            // A client's body is already in memory (the clients send whole objects); taking
+            // it whole spares the handler a body type that need not be `Sync`.
+            let (parts, body) = request.into_parts();
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    let status =
+                        crate::status::ApiError::bad_request(format!("reading request body: {e}"));
+                    return Ok(crate::handler::error_response(&status));
                 }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) =
-                builder.serve_connection_with_upgrades(TokioIo::new(server_end), service).await
-            {
-                tracing::debug!(error = %e, "in-process connection ended with an error");
-            }
-        });
-        std::future::ready(Ok(InProcessStream(TokioIo::new(client))))
-    }
-}
-
-/// The client end of an in-process connection.
-#[derive(Debug)]
-pub struct InProcessStream(TokioIo<tokio::io::DuplexStream>);
-
-impl hyper_util::client::legacy::connect::Connection for InProcessStream {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        hyper_util::client::legacy::connect::Connected::new()
-    }
-}
-
-impl hyper::rt::Read for InProcessStream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for InProcessStream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+            };
+            let request = Request::from_parts(parts, http_body_util::Full::new(body));
+            Ok(server.handle(boxed_request(request), Some(user)).await)
+        })
     }
 }
 

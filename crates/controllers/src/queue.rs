@@ -16,6 +16,8 @@ struct State {
     dirty: HashSet<String>,
     processing: HashSet<String>,
     failures: HashMap<String, u32>,
+    /// Keys whose batching window is open (see [`Queue::add_batched`]).
+    batching: HashSet<String>,
 }
 
 /// The queue; share it behind an `Arc`.
@@ -65,6 +67,26 @@ impl Queue {
         let queue = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            queue.add(key);
+        });
+    }
+
+    /// Queues `key` once `window` has passed, folding every add of it meanwhile into that
+    /// one: for keys that a stream of events touches (a ReplicaSet whose pods change by the
+    /// hundred), so that one sync sees a window's events instead of each event paying for a
+    /// sync over every pod. A key already waiting is left as it is.
+    pub fn add_batched(self: &Arc<Self>, key: impl Into<String>, window: Duration) {
+        let key = key.into();
+        {
+            let mut state = self.state();
+            if state.dirty.contains(&key) || !state.batching.insert(key.clone()) {
+                return;
+            }
+        }
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            queue.state().batching.remove(&key);
             queue.add(key);
         });
     }
@@ -201,6 +223,28 @@ mod tests {
         assert_eq!(q.get().await, "a");
         q.done("a");
         q.done("b");
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn batched_adds_within_a_window_become_one() {
+        let q = Queue::new();
+        q.add_batched("rs", Duration::from_millis(20));
+        q.add_batched("rs", Duration::from_millis(20));
+        // Nothing is handed out before the window closes.
+        assert!(q.is_empty());
+        assert_eq!(q.get().await, "rs");
+        q.done("rs");
+        {
+            let state = q.state();
+            assert!(state.batching.is_empty() && state.dirty.is_empty() && state.queue.is_empty());
+        }
+        // A key already waiting is not batched again.
+        q.add("rs");
+        q.add_batched("rs", Duration::from_millis(20));
+        assert!(q.state().batching.is_empty());
+        assert_eq!(q.get().await, "rs");
+        q.done("rs");
         assert!(q.is_empty());
     }
 }

@@ -105,6 +105,36 @@ pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestam
     })
 }
 
+/// How long the ReplicaSet controller gathers its pods' changes before a sync: a sync reads
+/// every pod of the ReplicaSet, so under churn one sync per window replaces one per change.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// Whether a pod's change may change what the ReplicaSet controller counts or decides: its
+/// labels, owners, deletion, phase, readiness and the container facts that rank pods for
+/// deletion. Binding (`nodeName`, `PodScheduled`) is not among them.
+fn counted_differently(old: &CachedPod, new: &CachedPod) -> bool {
+    let ready = |p: &CachedPod| {
+        p.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| (c.status.clone(), c.last_transition_time.clone()))
+        })
+    };
+    let phase = |p: &CachedPod| p.status.as_ref().and_then(|s| s.phase.clone());
+    let containers = |p: &CachedPod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| c.iter().map(|c| (c.ready, c.restart_count)).collect::<Vec<_>>())
+    };
+    old.metadata.labels != new.metadata.labels
+        || old.metadata.owner_references != new.metadata.owner_references
+        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+        || phase(old) != phase(new)
+        || ready(old) != ready(new)
+        || containers(old) != containers(new)
+}
+
 /// Whether the pod is still counted (not finished, not being deleted).
 pub fn is_active(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -237,7 +267,12 @@ impl ReplicaSetController {
                 match owner_key(pod) {
                     Some(key) => {
                         self.expectations.created(&key);
-                        self.queue.add(key);
+                        if self.expectations.satisfied(&key) {
+                            // The last pod of a batch: the next batch may go at once.
+                            self.queue.add(key);
+                        } else {
+                            self.queue.add_batched(key, BATCH_WINDOW);
+                        }
                     }
                     None if informer::controller_of(pod.as_ref()).is_none() => {
                         self.enqueue_matching(pod)
@@ -256,12 +291,18 @@ impl ReplicaSetController {
                 }
                 let old_key = owner_key(old);
                 if old_key != key
-                    && let Some(k) = old_key
+                    && let Some(k) = &old_key
                 {
-                    self.queue.add(k);
+                    self.queue.add(k.clone());
                 }
                 match key {
-                    Some(k) => self.queue.add(k),
+                    Some(k) if old_key.as_ref() != Some(&k) => self.queue.add(k),
+                    Some(k) if counted_differently(old, pod) => {
+                        self.queue.add_batched(k, BATCH_WINDOW);
+                    }
+                    // Binding and other changes that neither the status nor any decision
+                    // of the ReplicaSet depends on.
+                    Some(_) => {}
                     None if informer::controller_of(pod.as_ref()).is_none()
                         && (old.metadata.labels != pod.metadata.labels
                             || informer::controller_of(old.as_ref()).is_some()) =>
@@ -543,4 +584,43 @@ fn same_status(a: &ReplicaSetStatus, b: &ReplicaSetStatus) -> bool {
         s
     };
     strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: serde_json::Value) -> CachedPod {
+        serde_json::from_value(value).expect("a valid pod")
+    }
+
+    #[test]
+    fn binding_does_not_wake_the_replica_set_but_readiness_does() {
+        let pending = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Pending"}
+        }));
+        let bound = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        }));
+        let ready = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-29T00:00:00Z"}
+            ]}
+        }));
+        let relabeled = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "other"}},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Pending"}
+        }));
+        assert!(!counted_differently(&pending, &bound));
+        assert!(counted_differently(&bound, &ready));
+        assert!(counted_differently(&pending, &relabeled));
+    }
 }

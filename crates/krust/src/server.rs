@@ -417,19 +417,15 @@ fn bytes_of(key: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(key.repeat(4).as_bytes())
 }
 
-/// A client of this process's own API server over an in-memory pipe (see
-/// `apiserver::server::InProcessConnector`), for the in-process scheduler and controllers.
+/// A client of this process's own API server that calls its handler directly (see
+/// `apiserver::server::InProcess`), for the in-process scheduler and controllers.
 fn in_process_client(
     api: Arc<apiserver::handler::ApiServer>,
     user: &str,
 ) -> anyhow::Result<kube::Client> {
-    let connector = apiserver::server::InProcessConnector::new(api, user, &[]);
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector);
     let base: http::Uri = "http://in-process".parse()?;
     let service = tower::ServiceBuilder::new()
         .layer(kube::client::middleware::BaseUriLayer::new(base))
-        .service(http);
+        .service(apiserver::server::InProcess::new(api, user, &[]));
     Ok(kube::Client::new(service, "default"))
 }

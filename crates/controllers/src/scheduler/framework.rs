@@ -373,6 +373,72 @@ pub struct NodeInfo {
     pub images: HashMap<String, i64>,
 }
 
+/// The scheduler's nodes: a dense vector, which the filter walks in order (5,000 nodes stay
+/// in cache where a map's scattered entries missed it at every step), and an index by name.
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+}
+
+impl NodeTable {
+    /// How many nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The nodes in their stable order.
+    pub fn as_slice(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// The node named `name`.
+    pub fn get(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// The node named `name`, to change.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        self.index.get(name).map(|&i| &mut self.nodes[i])
+    }
+
+    /// Adds a node not yet in the table (a known name replaces it in place).
+    pub fn insert(&mut self, node: NodeInfo) {
+        match self.index.get(&node.name) {
+            Some(&i) => self.nodes[i] = node,
+            None => {
+                self.index.insert(node.name.clone(), self.nodes.len());
+                self.nodes.push(node);
+            }
+        }
+    }
+
+    /// Removes the node named `name`; the last node takes its place.
+    pub fn remove(&mut self, name: &str) -> Option<NodeInfo> {
+        let i = self.index.remove(name)?;
+        let removed = self.nodes.swap_remove(i);
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+        Some(removed)
+    }
+}
+
+impl FromIterator<NodeInfo> for NodeTable {
+    fn from_iter<I: IntoIterator<Item = NodeInfo>>(iter: I) -> Self {
+        let mut table = NodeTable::default();
+        for node in iter {
+            table.insert(node);
+        }
+        table
+    }
+}
+
 impl NodeInfo {
     /// A node with no pods yet.
     pub fn new(node: &Node) -> NodeInfo {
@@ -528,7 +594,7 @@ impl ClusterState {
     /// placed pods that carry required anti-affinity (with their node names).
     pub fn new<'a>(
         pod: &PodInfo,
-        nodes: &HashMap<String, NodeInfo>,
+        nodes: &NodeTable,
         anti_affinity_pods: impl Iterator<Item = &'a (Arc<PodInfo>, String)>,
     ) -> ClusterState {
         let mut state = ClusterState {
@@ -540,7 +606,7 @@ impl ClusterState {
         let needs_scan =
             !pod.affinity.is_empty() || !pod.anti_affinity.is_empty() || !pod.preferred.is_empty();
         if needs_scan {
-            for node in nodes.values() {
+            for node in nodes.as_slice() {
                 for other in node.pods.values() {
                     for (i, term) in pod.affinity.iter().enumerate() {
                         if term.matches(other) {
@@ -584,7 +650,7 @@ impl ClusterState {
         }
         for (i, c) in pod.spread.iter().enumerate() {
             let counts = &mut state.spread_counts[i];
-            for node in nodes.values() {
+            for node in nodes.as_slice() {
                 let Some(domain) = node.labels.get(&c.topology_key) else { continue };
                 if c.honor_node_affinity && !pod.fits_node_affinity(node) {
                     continue;
@@ -943,6 +1009,22 @@ mod tests {
     }
 
     #[test]
+    fn node_table_keeps_its_index_true_when_a_node_is_removed() {
+        let mut table: NodeTable =
+            ["a", "b", "c"].into_iter().map(|n| node(n, "8", &[], vec![])).collect();
+        assert!(table.remove("a").is_some());
+        assert_eq!(table.len(), 2);
+        assert!(table.get("a").is_none());
+        assert_eq!(table.get("c").map(|n| n.name.as_str()), Some("c"));
+        assert_eq!(table.get("b").map(|n| n.name.as_str()), Some("b"));
+        // A known name is replaced in place.
+        table.insert(node("b", "4", &[], vec![]));
+        assert_eq!(table.len(), 2);
+        assert!(table.remove("b").is_some() && table.remove("c").is_some());
+        assert!(table.is_empty() && table.remove("c").is_none());
+    }
+
+    #[test]
     fn requests_count_init_containers_sidecars_and_overhead() {
         let mut sidecar = container("100m", "10Mi");
         sidecar.restart_policy = Some("Always".into());
@@ -1015,8 +1097,7 @@ mod tests {
         let first = Arc::new(pod("p1", anti.clone()));
         a.add_pod(first.clone());
         let second = pod("p2", anti);
-        let nodes: HashMap<String, NodeInfo> =
-            [a.clone(), b.clone()].into_iter().map(|n| (n.name.clone(), n)).collect();
+        let nodes: NodeTable = [a.clone(), b.clone()].into_iter().collect();
         let state = ClusterState::new(&second, &nodes, [(first, "a".to_owned())].iter());
         assert_eq!(filter(&second, &a, Some(&state)), Some(Unfit::PodAntiAffinity));
         assert_eq!(filter(&second, &b, Some(&state)), None);

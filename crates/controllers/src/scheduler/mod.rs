@@ -23,7 +23,7 @@ use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{Change, Informer};
 use crate::selectors::Labels;
-use framework::{ClusterState, NodeInfo, PodInfo, ResourceStrategy, Unfit};
+use framework::{ClusterState, NodeInfo, NodeTable, PodInfo, ResourceStrategy, Unfit};
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -64,9 +64,8 @@ struct Queued {
 
 #[derive(Debug, Default)]
 struct State {
-    nodes: HashMap<String, NodeInfo>,
-    /// Node names in a stable order, for the round-robin search start.
-    order: Vec<String>,
+    /// Nodes in a stable order, for the round-robin search start.
+    nodes: NodeTable,
     next_start: usize,
     /// Pod key → node of every placed pod (bound or assumed).
     placed: HashMap<String, String>,
@@ -160,34 +159,37 @@ impl State {
 
     fn set_node(&mut self, node: &Node) {
         let mut info = NodeInfo::new(node);
-        let name = info.name.clone();
-        let relevant_change = match self.nodes.remove(&name) {
-            Some(old) => {
-                let changed = old.labels != info.labels
-                    || old.taints != info.taints
-                    || old.unschedulable != info.unschedulable
-                    || old.allocatable != info.allocatable
-                    || old.allowed_pods != info.allowed_pods;
+        let relevant_change = match self.nodes.get_mut(&info.name) {
+            // Replaced in place, so the node keeps its position in the search order.
+            Some(slot) => {
+                let old = std::mem::replace(slot, info);
+                let changed = old.labels != slot.labels
+                    || old.taints != slot.taints
+                    || old.unschedulable != slot.unschedulable
+                    || old.allocatable != slot.allocatable
+                    || old.allowed_pods != slot.allowed_pods;
                 for image in old.images.keys() {
                     if let Some(n) = self.image_nodes.get_mut(image) {
                         *n = n.saturating_sub(1);
                     }
                 }
-                info.adopt_pods(old);
+                slot.adopt_pods(old);
+                for image in slot.images.keys() {
+                    *self.image_nodes.entry(image.clone()).or_insert(0) += 1;
+                }
                 changed
             }
             None => {
-                self.order.push(name.clone());
-                for (_, p) in self.on_unknown_nodes.remove(&name).unwrap_or_default() {
+                for (_, p) in self.on_unknown_nodes.remove(&info.name).unwrap_or_default() {
                     info.add_pod(p);
                 }
+                for image in info.images.keys() {
+                    *self.image_nodes.entry(image.clone()).or_insert(0) += 1;
+                }
+                self.nodes.insert(info);
                 true
             }
         };
-        for image in info.images.keys() {
-            *self.image_nodes.entry(image.clone()).or_insert(0) += 1;
-        }
-        self.nodes.insert(name, info);
         if relevant_change {
             self.cluster_changed();
         }
@@ -205,7 +207,6 @@ impl State {
                 self.on_unknown_nodes.insert(name.to_owned(), old.pods);
             }
         }
-        self.order.retain(|n| n != name);
     }
 
     /// The next pod to schedule, if one is ready.
@@ -497,7 +498,7 @@ impl Scheduler {
     }
 
     fn find_node(&self, state: &mut State, pod: &PodInfo) -> Result<String, HashMap<Unfit, usize>> {
-        let total = state.order.len();
+        let total = state.nodes.len();
         let mut reasons: HashMap<Unfit, usize> = HashMap::new();
         if total == 0 {
             return Err(reasons);
@@ -514,8 +515,7 @@ impl Scheduler {
         let start = state.next_start % total;
         let mut examined = 0;
         for i in 0..total {
-            let name = &state.order[(start + i) % total];
-            let Some(node) = state.nodes.get(name) else { continue };
+            let node = &state.nodes.as_slice()[(start + i) % total];
             examined += 1;
             match framework::filter(pod, node, cluster.as_ref()) {
                 None => {
@@ -693,7 +693,7 @@ impl Scheduler {
             return None;
         }
         let mut best: Option<(i32, usize, String, Vec<Arc<PodInfo>>)> = None;
-        for (name, node) in &state.nodes {
+        for node in state.nodes.as_slice() {
             let lower: Vec<Arc<PodInfo>> = node
                 .pods
                 .values()
@@ -731,7 +731,7 @@ impl Scheduler {
                 Some((p, n, _, _)) => (top, victims.len()) < (*p, *n),
             };
             if better {
-                best = Some((top, victims.len(), name.clone(), victims));
+                best = Some((top, victims.len(), node.name.clone(), victims));
             }
         }
         let (_, _, node, victims) = best?;
