@@ -745,7 +745,9 @@ impl Rest {
                 // No change: upstream skips the write and returns the current object.
                 return Ok(Written { object: current.object, body: None });
             }
-            if operation != "Apply" {
+            // A binding is not a write of the pod's fields by a manager: upstream assigns the
+            // node in storage, below the field manager, so no `kube-scheduler` entry appears.
+            if operation != "Apply" && subresource != Some("binding") {
                 let api_version = rt.api_version();
                 managed::record_update(
                     &rt.kind,

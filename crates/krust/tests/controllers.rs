@@ -309,6 +309,10 @@ fn the_scheduler_honours_selectors_taints_affinity_resources_and_priority() {
     // nodeSelector.
     server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("on-ssd", "  nodeSelector: {disk: ssd}\n"));
     assert!(node_of(&server, "on-ssd").starts_with("ssd-"));
+    // Binding assigns the node below the field manager, as upstream: no managedFields entry.
+    let subresources =
+        server.pod_field("default", "on-ssd", "{.metadata.managedFields[*].subresource}");
+    assert!(!subresources.contains("binding"), "{subresources}");
 
     // A toleration admits the tainted nodes; required node affinity picks them.
     let affinity = "  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [gpu-0, gpu-1]}]\n";
