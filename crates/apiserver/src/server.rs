@@ -178,8 +178,8 @@ where
         let server = self.server.clone();
         let user = self.user.clone();
         Box::pin(async move {
-            // A client's body is already in memory (the clients send whole objects); taking
-            // it whole spares the handler a body type that need not be `Sync`.
+            // The handler's boxed body must be `Sync` and kube's is not; the clients send whole
+            // objects, so the body is already in memory and is taken whole here.
             let (parts, body) = request.into_parts();
             let body = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),

@@ -113,26 +113,35 @@ const BATCH_WINDOW: Duration = Duration::from_millis(50);
 /// labels, owners, deletion, phase, readiness and the container facts that rank pods for
 /// deletion. Binding (`nodeName`, `PodScheduled`) is not among them.
 fn counted_differently(old: &CachedPod, new: &CachedPod) -> bool {
-    let ready = |p: &CachedPod| {
-        p.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| {
-            c.iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| (c.status.clone(), c.last_transition_time.clone()))
-        })
-    };
-    let phase = |p: &CachedPod| p.status.as_ref().and_then(|s| s.phase.clone());
-    let containers = |p: &CachedPod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .map(|c| c.iter().map(|c| (c.ready, c.restart_count)).collect::<Vec<_>>())
+    // Runs on every pod update, so it compares in place rather than building views.
+    fn status(p: &CachedPod) -> Option<&crate::cached_pod::CachedPodStatus> {
+        p.status.as_ref()
+    }
+    fn ready(p: &CachedPod) -> Option<(&str, Option<&Time>)> {
+        status(p)
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| (c.status.as_str(), c.last_transition_time.as_ref()))
+    }
+    let containers_differ = match (
+        status(old).and_then(|s| s.container_statuses.as_deref()),
+        status(new).and_then(|s| s.container_statuses.as_deref()),
+    ) {
+        (Some(a), Some(b)) => {
+            a.len() != b.len()
+                || a.iter()
+                    .zip(b)
+                    .any(|(a, b)| (a.ready, a.restart_count) != (b.ready, b.restart_count))
+        }
+        (a, b) => a.is_some() != b.is_some(),
     };
     old.metadata.labels != new.metadata.labels
         || old.metadata.owner_references != new.metadata.owner_references
         || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
-        || phase(old) != phase(new)
+        || status(old).and_then(|s| s.phase.as_deref())
+            != status(new).and_then(|s| s.phase.as_deref())
         || ready(old) != ready(new)
-        || containers(old) != containers(new)
+        || containers_differ
 }
 
 /// Whether the pod is still counted (not finished, not being deleted).
