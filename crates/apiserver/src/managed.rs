@@ -667,16 +667,29 @@ pub fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, writer: W
         Changed(Entry),
     }
     let stored = old.pointer("/metadata/managedFields").and_then(Value::as_array);
+    // A patch starts from the stored object, so the written object nearly always carries the
+    // stored list unchanged: its entries are moved from there rather than copied (an entry
+    // of a pod's creator is as large as the pod's spec, and every status write keeps it).
+    let mut carried = match (stored, new.pointer_mut("/metadata/managedFields")) {
+        (Some(stored), Some(Value::Array(written))) if stored == written => {
+            Some(std::mem::take(written))
+        }
+        _ => None,
+    };
     let mut slots: Vec<Slot> = Vec::new();
     let mut mine = None;
-    for e in stored.into_iter().flatten() {
+    for (i, e) in stored.into_iter().flatten().enumerate() {
         let is_writer = mine.is_none()
             && e.get("manager").and_then(Value::as_str) == Some(writer.manager)
             && e.get("operation").and_then(Value::as_str) == Some("Update")
             && e.get("subresource").and_then(Value::as_str) == writer.subresource;
         let fields = e.get("fieldsV1").unwrap_or(&Value::Null);
         if !is_writer && !diff.changed.iter().any(|p| owns(fields, p)) {
-            slots.push(Slot::Kept(e.clone()));
+            let kept = carried
+                .as_mut()
+                .and_then(|list| list.get_mut(i))
+                .map_or_else(|| e.clone(), std::mem::take);
+            slots.push(Slot::Kept(kept));
             continue;
         }
         let mut entry = read_entry(e);

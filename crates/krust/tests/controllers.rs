@@ -394,17 +394,48 @@ spec:
     server.ok_stdin(&["apply", "-f", "-"], "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000000\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\n");
     let _small =
         SimNodes::start(&server, "small", 1, &["--cpu", "2", "--node-label", "pool=small"]);
-    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("victim", "    resources: {requests: {cpu: 1500m}}\n  nodeSelector: {pool: small}\n  priorityClassName: low\n"));
+    // The victim carries a finalizer, so it stays Terminating (and on the node) until the
+    // test lets it go: that is the window in which the room is held for the preemptor.
+    let victim = pod_yaml(
+        "victim",
+        "    resources: {requests: {cpu: \"1\"}}\n  nodeSelector: {pool: small}\n  priorityClassName: low\n",
+    )
+    .replacen("metadata:\n", "metadata:\n  finalizers: [example.com/hold]\n", 1);
+    server.ok_stdin(&["apply", "-f", "-"], &victim);
     assert_eq!(node_of(&server, "victim"), "small-0");
     server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("important", "    resources: {requests: {cpu: 1500m}}\n  nodeSelector: {pool: small}\n  priorityClassName: high\n"));
-    assert_eq!(node_of(&server, "important"), "small-0");
+    let nominated = server.wait_pod(
+        "default",
+        "important",
+        "{.status.nominatedNodeName}",
+        Duration::from_secs(30),
+        |n| !n.is_empty(),
+    );
+    assert_eq!(nominated, "small-0");
     let priority = server.pod_field("default", "important", "{.spec.priority}");
     assert_eq!(priority, "1000000");
+    // A less important pod that would fit beside the terminating victim (1 + 0.8 of 2 CPUs)
+    // does not take the room held for the nominated preemptor.
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("latecomer", "    resources: {requests: {cpu: 800m}}\n  nodeSelector: {pool: small}\n  priorityClassName: low\n"));
+    let message = failed_scheduling(&server, "latecomer", "Insufficient cpu");
+    assert!(message.contains("1 Insufficient cpu"), "{message}");
+    assert_eq!(server.pod_field("default", "latecomer", "{.spec.nodeName}"), "");
+    // Once the victim is gone the preemptor gets the node, and the latecomer still waits.
+    server.ok(&[
+        "patch",
+        "pod",
+        "victim",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert_eq!(node_of(&server, "important"), "small-0");
     server.wait_for(&["get", "pods", "-o", "name"], Duration::from_secs(30), |o| {
         !o.contains("pod/victim")
     });
     let events = server.events("victim");
     assert!(events.contains("Preempted: Preempted by pod"), "{events}");
+    assert_eq!(server.pod_field("default", "latecomer", "{.spec.nodeName}"), "");
 }
 
 #[test]

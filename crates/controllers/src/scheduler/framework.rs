@@ -703,11 +703,7 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, cluster: Option<&ClusterState>) ->
     if let Some(unfit) = fits_resources(pod, node) {
         return Some(unfit);
     }
-    if pod.host_ports.iter().any(|(ip, proto, port)| {
-        node.host_ports.iter().any(|(ip2, proto2, port2)| {
-            port == port2 && proto == proto2 && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
-        })
-    }) {
+    if ports_conflict(pod, node) {
         return Some(Unfit::Ports);
     }
     let cluster = cluster?;
@@ -751,6 +747,35 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, cluster: Option<&ClusterState>) ->
         }
     }
     None
+}
+
+/// Whether a host port `pod` wants is taken on `node`.
+fn ports_conflict(pod: &PodInfo, node: &NodeInfo) -> bool {
+    pod.host_ports.iter().any(|(ip, proto, port)| {
+        node.host_ports.iter().any(|(ip2, proto2, port2)| {
+            port == port2 && proto == proto2 && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
+        })
+    })
+}
+
+/// Whether `pod` still fits on `node` once the pods preemption nominated to it are counted
+/// as if already there, those of at least `pod`'s priority: the room their victims free is
+/// held for them, not taken by a less important pod meanwhile (upstream runs its filters
+/// with the nominated pods added).
+pub fn fits_with_nominated<'a>(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    nominated: impl IntoIterator<Item = &'a Arc<PodInfo>>,
+) -> Option<Unfit> {
+    let mut trial: Option<NodeInfo> = None;
+    for other in nominated {
+        if other.key == pod.key || other.priority < pod.priority {
+            continue;
+        }
+        trial.get_or_insert_with(|| node.clone()).add_pod(other.clone());
+    }
+    let trial = trial?;
+    fits_resources(pod, &trial).or_else(|| ports_conflict(pod, &trial).then_some(Unfit::Ports))
 }
 
 /// The resource fit filter alone (preemption re-runs it with victims removed).
@@ -1022,6 +1047,33 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert!(table.remove("b").is_some() && table.remove("c").is_some());
         assert!(table.is_empty() && table.remove("c").is_none());
+    }
+
+    #[test]
+    fn room_held_for_a_nominated_pod_is_kept_from_less_important_pods() {
+        let spec = |priority| PodSpec {
+            containers: vec![container("1", "100Mi")],
+            priority: Some(priority),
+            ..PodSpec::default()
+        };
+        let node = node("a", "2", &[], vec![]);
+        let nominated = Arc::new(pod("preemptor", spec(100)));
+        let held = [nominated.clone()];
+        // The node has room for one more such pod with the nominated one counted in.
+        let low = pod("low", spec(0));
+        assert_eq!(filter(&low, &node, None), None);
+        assert_eq!(fits_with_nominated(&low, &node, &held), None);
+        let mut half_full = node.clone();
+        half_full.add_pod(Arc::new(pod("running", spec(0))));
+        assert_eq!(
+            fits_with_nominated(&low, &half_full, &held),
+            Some(Unfit::Insufficient("cpu".into()))
+        );
+        // A pod as important as the nominated one is held off too; a more important one
+        // and the nominated pod itself are not.
+        assert!(fits_with_nominated(&pod("peer", spec(100)), &half_full, &held).is_some());
+        assert_eq!(fits_with_nominated(&pod("high", spec(200)), &half_full, &held), None);
+        assert_eq!(fits_with_nominated(&nominated, &half_full, &held), None);
     }
 
     #[test]

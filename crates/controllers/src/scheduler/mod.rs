@@ -88,6 +88,11 @@ struct State {
     attempts: HashMap<String, u32>,
     /// The last FailedScheduling message per pod, so repeats don't rewrite the condition.
     last_message: HashMap<String, String>,
+    /// Pending pods that preemption nominated to a node, by node: the room their victims
+    /// free is held for them against pods of lower priority.
+    nominated: HashMap<String, HashMap<String, Arc<PodInfo>>>,
+    /// Pod key → the node it is nominated to.
+    nominated_to: HashMap<String, String>,
     seq: u64,
 }
 
@@ -103,11 +108,43 @@ impl State {
     }
 
     fn forget_pending(&mut self, key: &str) {
+        self.clear_nomination(key);
         self.queued.remove(key);
         self.unschedulable.remove(key);
         self.backoff.remove(key);
         self.attempts.remove(key);
         self.last_message.remove(key);
+    }
+
+    /// Holds the room on `node` for `pod` (its `nominatedNodeName`).
+    fn nominate(&mut self, pod: Arc<PodInfo>, node: &str) {
+        if self.nominated_to.get(&pod.key).is_some_and(|n| n == node) {
+            // The same nomination seen again: keep the newer view of the pod.
+            if let Some(pods) = self.nominated.get_mut(node) {
+                pods.insert(pod.key.clone(), pod);
+            }
+            return;
+        }
+        self.clear_nomination(&pod.key);
+        self.nominated_to.insert(pod.key.clone(), node.to_owned());
+        self.nominated.entry(node.to_owned()).or_default().insert(pod.key.clone(), pod);
+    }
+
+    fn clear_nomination(&mut self, key: &str) {
+        let Some(node) = self.nominated_to.remove(key) else { return };
+        if let Some(pods) = self.nominated.get_mut(&node) {
+            pods.remove(key);
+            if pods.is_empty() {
+                self.nominated.remove(&node);
+            }
+        }
+    }
+
+    /// Whether the room `pod` needs on `node` is held for a nominated pod at least as
+    /// important.
+    fn held_for_others(&self, pod: &PodInfo, node: &NodeInfo) -> Option<Unfit> {
+        let nominated = self.nominated.get(&node.name)?;
+        framework::fits_with_nominated(pod, node, nominated.values())
     }
 
     /// Something changed that may let waiting pods fit: they retry once their back-off ends.
@@ -348,6 +385,16 @@ impl Scheduler {
                     let info = Arc::new(PodInfo::new((*pod).clone(), &state.namespace_labels));
                     state.place(info, node);
                 } else if pod.metadata.deletion_timestamp.is_none() && self.is_ours(pod) {
+                    // A nomination made by this scheduler (or a previous leader) holds room.
+                    if let Some(nominated) = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.as_deref())
+                        .filter(|n| !n.is_empty())
+                    {
+                        let info = Arc::new(PodInfo::new((*pod).clone(), &state.namespace_labels));
+                        state.nominate(info, nominated);
+                    }
                     if !state.assumed.contains(&key)
                         && !state.unschedulable.contains_key(&key)
                         && !state.backoff.contains_key(&key)
@@ -438,6 +485,7 @@ impl Scheduler {
             Ok(node) => {
                 state.attempts.remove(key);
                 state.last_message.remove(key);
+                state.clear_nomination(key);
                 state.assumed.insert(key.to_owned());
                 state.place(info.clone(), &node);
                 Some((info, node, attempts))
@@ -446,6 +494,9 @@ impl Scheduler {
                 let total = state.nodes.len();
                 let mut message = framework::unschedulable_message(total, &reasons);
                 let preempted = self.preempt(&mut state, &info, &reasons);
+                if let Some((node, _)) = &preempted {
+                    state.nominate(info.clone(), node);
+                }
                 match &preempted {
                     Some((node, victims)) => {
                         message.push_str(&format!(
@@ -510,6 +561,15 @@ impl Scheduler {
             || !state.anti_affinity_pods.is_empty();
         let cluster = needs_cluster
             .then(|| ClusterState::new(pod, &state.nodes, state.anti_affinity_pods.values()));
+        // A pod nominated by an earlier preemption goes to that node if it fits there now,
+        // as upstream tries the nominated node before searching.
+        if let Some(node) = state.nominated_to.get(&pod.key).and_then(|n| state.nodes.get(n))
+            && framework::filter(pod, node, cluster.as_ref())
+                .or_else(|| state.held_for_others(pod, node))
+                .is_none()
+        {
+            return Ok(node.name.clone());
+        }
         let want = self.nodes_to_find(total);
         let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
         let start = state.next_start % total;
@@ -517,7 +577,9 @@ impl Scheduler {
         for i in 0..total {
             let node = &state.nodes.as_slice()[(start + i) % total];
             examined += 1;
-            match framework::filter(pod, node, cluster.as_ref()) {
+            match framework::filter(pod, node, cluster.as_ref())
+                .or_else(|| state.held_for_others(pod, node))
+            {
                 None => {
                     feasible.push(node);
                     if feasible.len() >= want {
