@@ -439,6 +439,50 @@ spec:
 }
 
 #[test]
+fn topology_spread_balances_zones_not_nodes() {
+    let server = KrustServer::start_control_plane(&[]);
+    // Zone a has two nodes and zone b one: spreading over nodes alone (the resource score)
+    // would put twice as many replicas in zone a as in zone b.
+    let _a =
+        SimNodes::start(&server, "zone-a", 2, &["--node-label", "topology.kubernetes.io/zone=a"]);
+    let _b =
+        SimNodes::start(&server, "zone-b", 1, &["--node-label", "topology.kubernetes.io/zone=b"]);
+    let deployment = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: zones}}
+spec:
+  replicas: 6
+  selector: {{matchLabels: {{app: zones}}}}
+  template:
+    metadata: {{labels: {{app: zones}}}}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: topology.kubernetes.io/zone
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {{matchLabels: {{app: zones}}}}
+      containers: [{{name: c, image: {BUSYBOX}}}]
+"#
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &deployment);
+    let placed = server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=zones",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+        ],
+        Duration::from_secs(30),
+        |o| o.lines().filter(|l| !l.is_empty()).count() == 6,
+    );
+    let in_zone = |zone: &str| placed.lines().filter(|l| l.starts_with(zone)).count();
+    assert_eq!((in_zone("zone-a-"), in_zone("zone-b-")), (3, 3), "{placed}");
+}
+
+#[test]
 fn pods_of_a_lost_node_are_replaced_on_healthy_nodes() {
     // Grace period shortened from 50 s to 10 s, and the pods tolerate the unreachable taint
     // for 2 s instead of 300 s, so the test takes seconds.
