@@ -63,8 +63,17 @@ const REMEMBERED: usize = 8192;
 impl Recorder {
     /// A recorder for `component`, with its posting task.
     pub fn new(client: kube::Client, component: &str) -> Recorder {
+        Recorder::spawn(client, component, None)
+    }
+
+    /// A recorder for `component` on one node (`source.host`), as the kubelet reports.
+    pub fn for_node(client: kube::Client, component: &str, node: &str) -> Recorder {
+        Recorder::spawn(client, component, Some(node.to_owned()))
+    }
+
+    fn spawn(client: kube::Client, component: &str, host: Option<String>) -> Recorder {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(post_events(client, component.to_owned(), rx));
+        tokio::spawn(post_events(client, component.to_owned(), host, rx));
         Recorder { tx }
     }
 
@@ -124,9 +133,16 @@ impl Aggregator {
     }
 }
 
-async fn post_events(client: kube::Client, component: String, mut rx: mpsc::Receiver<Pending>) {
-    // (uid, reason, message) → (event namespace, event name, count).
-    let mut seen: HashMap<(String, String, String), (String, String, i32)> = HashMap::new();
+/// What makes two events the same one: (object uid, field path, reason, message).
+type PostedKey = (String, String, String, String);
+
+async fn post_events(
+    client: kube::Client,
+    component: String,
+    host: Option<String>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let mut seen: HashMap<PostedKey, (String, String, i32)> = HashMap::new();
     let mut aggregator = Aggregator::default();
     let mut in_flight = tokio::task::JoinSet::new();
     while let Some(mut event) = rx.recv().await {
@@ -144,6 +160,7 @@ async fn post_events(client: kube::Client, component: String, mut rx: mpsc::Rece
         let namespace = event.object.namespace.clone().unwrap_or_else(|| "default".into());
         let key = (
             event.object.uid.clone().unwrap_or_default(),
+            event.object.field_path.clone().unwrap_or_default(),
             event.reason.clone(),
             event.message.clone(),
         );
@@ -181,9 +198,9 @@ async fn post_events(client: kube::Client, component: String, mut rx: mpsc::Rece
             reason: Some(event.reason),
             message: Some(event.message),
             type_: Some(event.kind.as_str().to_owned()),
-            source: Some(EventSource { component: Some(component.clone()), host: None }),
+            source: Some(EventSource { component: Some(component.clone()), host: host.clone() }),
             reporting_component: Some(component.clone()),
-            reporting_instance: Some(component.clone()),
+            reporting_instance: Some(host.clone().unwrap_or_else(|| component.clone())),
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now),
             count: Some(1),

@@ -1025,7 +1025,6 @@ impl Worker {
             ));
         }
         let _ = std::fs::remove_dir_all(self.log_dir());
-        ctx.recorder.forget(&self.key.uid);
         if pod.is_some() {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &self.key.namespace);
             let params = DeleteParams {
