@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 // a third of the server's CPU on them under load (perf), mimalloc a fraction of that.
 // mimalloc is built without transparent huge pages (`no_thp`): with them, every page it
 // purged and reused was faulted back in as a fresh 2 MiB page, and zeroing those took 6-7% of
-// the server's CPU while scheduling (perf, `krust bench scheduler`; 0.4% without).
+// the server's CPU while scheduling (perf, `krust bench scheduler`; 0.7% without).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
