@@ -385,12 +385,15 @@ impl Scheduler {
                     let info = Arc::new(PodInfo::new((*pod).clone(), &state.namespace_labels));
                     state.place(info, node);
                 } else if pod.metadata.deletion_timestamp.is_none() && self.is_ours(pod) {
-                    // A nomination made by this scheduler (or a previous leader) holds room.
-                    if let Some(nominated) = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.nominated_node_name.as_deref())
-                        .filter(|n| !n.is_empty())
+                    // A nomination made by this scheduler (or a previous leader) holds room,
+                    // unless the pod has since been placed (its status may trail the
+                    // decision).
+                    if !state.assumed.contains(&key)
+                        && let Some(nominated) = pod
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.nominated_node_name.as_deref())
+                            .filter(|n| !n.is_empty())
                     {
                         let info = Arc::new(PodInfo::new((*pod).clone(), &state.namespace_labels));
                         state.nominate(info, nominated);
