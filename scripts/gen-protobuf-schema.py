@@ -59,6 +59,10 @@ for f in glob.glob(f"{pb_root}/**/mod.rs", recursive=True):
     if not WANTED.match(mod):
         continue
     text = open(f).read()
+    # Empty messages (`pub struct X {}`, e.g. CustomResourceSubresourceStatus) are messages
+    # too: a field naming one must find it.
+    for sm in re.finditer(r"^pub struct (\w+) \{\}", text, re.M):
+        raw[f"{mod}/{sm.group(1)}"] = (mod, sm.group(1), [])
     for sm in re.finditer(r"^pub struct (\w+) \{\n(.*?)^\}", text, re.M | re.S):
         name, body = sm.group(1), sm.group(2)
         fields = []
@@ -76,7 +80,8 @@ for f in glob.glob(f"{pb_root}/**/mod.rs", recursive=True):
 def message_target(mod, typ):
     inner = re.sub(r"^::core::option::Option<|^::prost::alloc::vec::Vec<|^::prost::alloc::boxed::Box<", "", typ)
     inner = re.sub(r"^::prost::alloc::boxed::Box<", "", inner)
-    return resolve(mod, inner.rstrip(">").strip())
+    # rustfmt leaves a trailing comma inside generics split over lines (`Vec<\n X,\n>`).
+    return resolve(mod, inner.rstrip(">").rstrip(",").strip())
 
 messages = {}
 guessed = []
@@ -91,7 +96,7 @@ for key, (mod, name, raw_fields) in raw.items():
         if mm:
             value = mm.group(2)
             if value == "message":
-                inner = re.search(r"BTreeMap<[^,]+,([^,>]+),?>$", typ).group(1)
+                inner = re.search(r"BTreeMap<[^,]+,([^,>]+),?>$", typ).group(1).rstrip(",")
                 kind = f'Kind::MapMessage("{resolve(mod, inner)}")'
             else:
                 kind = {"string": "Kind::MapString", "bytes": "Kind::MapBytes"}[value]

@@ -98,7 +98,19 @@ pub async fn sync(rest: &Rest) -> ApiResult<()> {
         return Ok(());
     };
     let page = rest.list(&crds, None, &ListOptions::default()).await?;
-    let custom: Vec<ResourceType> = page.objects()?.iter().flat_map(types_of).collect();
+    let mut custom: Vec<ResourceType> = Vec::new();
+    for item in &page.items {
+        match serde_json::from_slice::<Value>(item) {
+            Ok(crd) => custom.extend(types_of(&crd)),
+            // One unreadable definition must not keep the server from starting or serving
+            // the others; it can still be read (500, naming it) and deleted.
+            Err(e) => tracing::warn!(
+                name = crate::rest::identity_of(item).map(|(n, _)| n).unwrap_or_default(),
+                error = %e,
+                "a stored CustomResourceDefinition cannot be decoded; its types are not served"
+            ),
+        }
+    }
     rest.registry.set_custom(custom);
     Ok(())
 }

@@ -775,16 +775,11 @@ impl ApiServer {
                     .list(&rt, ns, &ListOptions { limit: 0, continue_token: None, ..list })
                     .await?;
                 let mut deleted = Vec::new();
-                for item in page.objects()? {
-                    let name = item
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned();
-                    let item_ns = item
-                        .pointer("/metadata/namespace")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
+                for item in &page.items {
+                    // Only the identity is read: an item too deep to decode is still deleted.
+                    let Some((name, item_ns)) = crate::rest::identity_of(item) else {
+                        return Err(ApiError::internal("a listed object has no readable metadata"));
+                    };
                     match self.rest.delete(&rt, item_ns.as_deref(), &name, &options).await {
                         Ok(obj) => deleted.push(obj),
                         Err(e) if e.code == 404 => {}

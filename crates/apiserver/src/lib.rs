@@ -11,6 +11,7 @@ pub mod crd;
 pub mod discovery;
 pub mod handler;
 pub mod join;
+pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod patch;

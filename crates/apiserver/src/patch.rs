@@ -33,19 +33,74 @@ impl PatchType {
     }
 }
 
-/// Applies an RFC 6902 JSON patch.
+/// Applies an RFC 6902 JSON patch, within the request budget of [`crate::limits`]: at most
+/// 10,000 operations (413 beyond, as upstream), `copy` operations that together copy at most
+/// 3 MiB, and no operation that would nest the document deeper than a stored object may be
+/// (422): a few copies of a value into itself double it each time, so a 5 KB patch could
+/// otherwise grow an object to gigabytes.
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
+    use crate::limits::{MAX_JSON_PATCH_COPY_BYTES, MAX_JSON_PATCH_OPERATIONS, MAX_OBJECT_DEPTH};
+    use json_patch::PatchOperation;
+    let count = patch.as_array().map_or(0, Vec::len);
+    if count > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::too_large(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {count}"
+        )));
+    }
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    let mut out = target.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| {
+    let unprocessable = |message: String| {
         // A failed `test` op or a missing path is the client's mistake, as upstream reports it.
         let mut err = ApiError::invalid_patch(format!(
-            "the server rejected our request due to an error in our request: {e}"
+            "the server rejected our request due to an error in our request: {message}"
         ));
         err.code = 422;
         err
-    })?;
+    };
+    let mut out = target.clone();
+    let mut copied = 0usize;
+    for (index, op) in ops.iter().enumerate() {
+        // How deep the value lands: the target path's length plus the value's own depth.
+        let placed = match op {
+            PatchOperation::Add(o) => Some((o.path.count(), Some(&o.value))),
+            PatchOperation::Replace(o) => Some((o.path.count(), Some(&o.value))),
+            PatchOperation::Copy(o) => Some((o.path.count(), out.pointer(o.from.as_str()))),
+            PatchOperation::Move(o) => Some((o.path.count(), out.pointer(o.from.as_str()))),
+            PatchOperation::Remove(_) | PatchOperation::Test(_) => None,
+        };
+        if let Some((path_len, Some(value))) = placed {
+            let budget = MAX_JSON_PATCH_COPY_BYTES.saturating_sub(copied);
+            let is_copy = matches!(op, PatchOperation::Copy(_));
+            let (depth, bytes) = crate::limits::measure(
+                value,
+                MAX_OBJECT_DEPTH,
+                if is_copy { budget } else { usize::MAX },
+            );
+            if path_len + depth > MAX_OBJECT_DEPTH {
+                crate::limits::drop_flat(out);
+                return Err(unprocessable(format!(
+                    "operation {index} would nest the object deeper than {MAX_OBJECT_DEPTH} levels"
+                )));
+            }
+            if is_copy {
+                copied += bytes;
+                if copied > MAX_JSON_PATCH_COPY_BYTES {
+                    crate::limits::drop_flat(out);
+                    return Err(unprocessable(format!(
+                        "operation {index}: the copy operations of this patch would copy more than {MAX_JSON_PATCH_COPY_BYTES} bytes"
+                    )));
+                }
+            }
+        }
+        // `out` is a copy that is dropped on failure, so the crate's undo log is not needed.
+        if let Err(e) = json_patch::patch_unsafe(&mut out, std::slice::from_ref(op)) {
+            crate::limits::drop_flat(out);
+            return Err(unprocessable(format!(
+                "operation '/{index}' failed at path '{}': {}",
+                e.path, e.kind
+            )));
+        }
+    }
     Ok(out)
 }
 

@@ -74,6 +74,9 @@ fn encode(object: &Value) -> ApiResult<Bytes> {
     let Some(map) = object.as_object() else {
         return Err(ApiError::internal("an object must be a JSON object"));
     };
+    // Nothing is stored that a reader could not decode again (a JSON patch can build deeper
+    // documents than a request body may hold).
+    crate::limits::check_object_depth(object)?;
     let mut meta = map.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
     meta.remove("resourceVersion");
     let failed = |e: serde_json::Error| ApiError::internal(format!("encoding object: {e}"));
@@ -102,7 +105,15 @@ pub fn stamp(kv: &KeyValue) -> ApiResult<Bytes> {
     if let Some(out) = stamp_encoded(&kv.value, kv.mod_revision) {
         return Ok(out);
     }
-    let stored = decode(kv)?;
+    let stored = match decode(kv) {
+        Ok(stored) => stored,
+        Err(e) => {
+            // Listed as stored rather than failing the whole list (or the server's start), so
+            // everything else stays readable and the object can still be deleted.
+            tracing::warn!(key = %kv.key, error = %e.message, "listing an undecodable object as stored");
+            return Ok(kv.value.clone());
+        }
+    };
     serde_json::to_vec(&stored.object)
         .map(Bytes::from)
         .map_err(|e| ApiError::internal(format!("encoding object: {e}")))
@@ -514,12 +525,17 @@ impl Rest {
                 if rt.is_builtin() {
                     items.push(stamp(kv)?);
                 } else {
-                    let mut object = decode(kv)?.object;
-                    object["apiVersion"] = json!(rt.api_version());
-                    items.push(Bytes::from(
-                        serde_json::to_vec(&object)
-                            .map_err(|e| ApiError::internal(e.to_string()))?,
-                    ));
+                    match decode(kv) {
+                        Ok(stored) => {
+                            let mut object = stored.object;
+                            object["apiVersion"] = json!(rt.api_version());
+                            items.push(Bytes::from(
+                                serde_json::to_vec(&object)
+                                    .map_err(|e| ApiError::internal(e.to_string()))?,
+                            ));
+                        }
+                        Err(_) => items.push(stamp(kv)?),
+                    }
                 }
                 if options.limit > 0 && items.len() == options.limit {
                     break;
@@ -905,7 +921,11 @@ impl Rest {
     ) -> ApiResult<Value> {
         let key = rt.key(namespace, name);
         for _attempt in 0..16 {
-            let current = self.get(rt, namespace, name).await?;
+            let current = match self.get(rt, namespace, name).await {
+                Ok(current) => current,
+                Err(e) if e.code == 500 => return self.delete_unreadable(rt, &key, name, e).await,
+                Err(e) => return Err(e),
+            };
             if let Some(uid) = &options.precondition_uid
                 && meta_str(&current.object, "uid") != Some(uid.as_str())
             {
@@ -1040,6 +1060,65 @@ impl Rest {
             "too many concurrent updates; please try again",
         ))
     }
+}
+
+impl Rest {
+    /// Deletes an object whose stored value cannot be decoded (written by an older version
+    /// without today's limits, or damaged): nothing in it can be evaluated, so it goes at
+    /// once, and the operator is told. Any other read error is returned as it was.
+    async fn delete_unreadable(
+        &self,
+        rt: &ResourceType,
+        key: &str,
+        name: &str,
+        error: ApiError,
+    ) -> ApiResult<Value> {
+        let (Some(kv), _) = storage::get(self.store.as_ref(), key).await? else {
+            return Err(ApiError::not_found(&rt.group, &rt.plural, name));
+        };
+        if decode(&kv).is_ok() {
+            return Err(error);
+        }
+        tracing::warn!(key, "deleting a stored object that cannot be decoded");
+        let response = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision {
+                    key: key.to_owned(),
+                    equals: kv.mod_revision,
+                }],
+                success: vec![Op::Delete { key: key.to_owned() }],
+                failure: vec![],
+            })
+            .await?;
+        if !response.succeeded {
+            return Err(ApiError::conflict(
+                &rt.group,
+                &rt.plural,
+                name,
+                "the object has been modified; please try again",
+            ));
+        }
+        Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": name, "group": rt.group, "kind": rt.plural}}))
+    }
+}
+
+/// Name and namespace of a stored object, read without decoding the rest of it (so they are
+/// found even where the whole object is too deep to decode).
+pub fn identity_of(stored: &[u8]) -> Option<(String, Option<String>)> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        name: String,
+        namespace: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Shell {
+        metadata: Meta,
+    }
+    let shell: Shell = serde_json::from_slice(stored).ok()?;
+    Some((shell.metadata.name, shell.metadata.namespace))
 }
 
 /// Whether two objects differ only in `resourceVersion` and `managedFields` (compared in

@@ -358,6 +358,19 @@ enum DebugCommand {
         #[arg(long, default_value_t = 64 * 1024)]
         checkpoint_min_kib: u64,
     },
+    /// Writes one raw value under a key of a stopped server's embedded store, bypassing the
+    /// API: tests use it to plant what an older version could have stored.
+    StorePut {
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The key, e.g. `/registry/configmaps/default/x`.
+        #[arg(long)]
+        key: String,
+        /// File holding the value.
+        #[arg(long)]
+        value_file: PathBuf,
+    },
 }
 
 pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
@@ -408,6 +421,17 @@ pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
             for t in tasks {
                 let _ = t.await;
             }
+            Ok(())
+        }
+        DebugCommand::StorePut { dir, key, value_file } => {
+            let value = std::fs::read(&value_file)?;
+            let store =
+                storage::embedded::EmbeddedStore::open(storage::embedded::Config::with_dir(dir))?;
+            let txn = storage::Txn {
+                success: vec![storage::Op::Put { key, value: bytes::Bytes::from(value) }],
+                ..storage::Txn::default()
+            };
+            storage::Store::txn(&store, txn).await?;
             Ok(())
         }
     }

@@ -708,7 +708,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "requirements",
-                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/FieldSelectorRequirement,"),
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/FieldSelectorRequirement"),
                 repeated: true,
             },
         ],
@@ -720,7 +720,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 2,
                 json: "requirements",
-                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelectorRequirement,"),
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelectorRequirement"),
                 repeated: true,
             },
         ],
@@ -7755,7 +7755,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta,"),
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
                 repeated: false,
             },
             Field {
@@ -7798,7 +7798,7 @@ pub(super) static MESSAGES: &[Message] = &[
             Field {
                 tag: 1,
                 json: "metadata",
-                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta,"),
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
                 repeated: false,
             },
             Field {
@@ -7926,6 +7926,10 @@ pub(super) static MESSAGES: &[Message] = &[
             Field { tag: 2, json: "statusReplicasPath", kind: Kind::String, repeated: false },
             Field { tag: 3, json: "labelSelectorPath", kind: Kind::String, repeated: false },
         ],
+    },
+    Message {
+        name: "apiextensions_apiserver/pkg/apis/apiextensions/v1/CustomResourceSubresourceStatus",
+        fields: &[],
     },
     Message {
         name: "apiextensions_apiserver/pkg/apis/apiextensions/v1/CustomResourceSubresources",
