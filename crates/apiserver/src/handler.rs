@@ -66,7 +66,14 @@ pub struct ApiServer {
     pub node_proxy: Option<crate::proxy::NodeProxy>,
     /// Lets agents holding the join token fetch the CA and their credentials.
     pub node_join: Option<crate::join::NodeJoin>,
+    /// Budgets of requests in flight (429 beyond them).
+    pub inflight: crate::connections::InflightLimits,
 }
+
+/// Marks a request of the process's own components ([`crate::server::InProcess`]), which
+/// the in-flight budgets do not count: they are the server's own control loops.
+#[derive(Debug, Clone, Copy)]
+pub struct InProcessRequest;
 
 /// Pod subresources served by the node agent through the proxy.
 const STREAMING: [&str; 4] = ["log", "exec", "attach", "portforward"];
@@ -349,36 +356,57 @@ impl ApiServer {
                 let verb = verb_of(&method, target, &query);
                 let resource = target.map(|t| t.rt.plural.clone()).unwrap_or_default();
                 let subresource = target.and_then(|t| t.subresource.clone()).unwrap_or_default();
-                let response = match self.authorize(user.as_ref(), verb, target, &path) {
-                    Err(e) => error_response(&e),
-                    Ok(()) => match route {
-                        Route::Resource(target)
-                            if target
-                                .subresource
-                                .as_deref()
-                                .is_some_and(|s| STREAMING.contains(&s)) =>
-                        {
-                            match self.serve_pod_stream(request, target, &query).await {
-                                Ok(r) => r,
-                                Err(e) => error_response(&e),
-                            }
-                        }
-                        Route::Resource(target) => {
-                            match self
-                                .clone()
-                                .serve_resource(request, target, verb, query, user.as_ref())
-                                .await
+                // Long-running requests (watches and streams) have no budget: they would
+                // hold an ordinary request's slot for as long as they run.
+                let long_running = verb == "watch" || STREAMING.contains(&subresource.as_str());
+                let counted = user.is_some()
+                    && target.is_some()
+                    && !long_running
+                    && request.extensions().get::<InProcessRequest>().is_none();
+                let slot = if counted { Some(self.inflight.acquire(verb)) } else { None };
+                let response = if let Some(None) = slot {
+                    let mut e = ApiError::new(
+                        429,
+                        "TooManyRequests",
+                        "Too many requests, please try again later.",
+                    );
+                    e.retry_after = Some(1);
+                    error_response(&e)
+                } else {
+                    match self.authorize(user.as_ref(), verb, target, &path) {
+                        Err(e) => error_response(&e),
+                        Ok(()) => match route {
+                            Route::Resource(target)
+                                if target
+                                    .subresource
+                                    .as_deref()
+                                    .is_some_and(|s| STREAMING.contains(&s)) =>
                             {
-                                Ok(r) => r,
-                                Err(e) => error_response(&e),
+                                match self.serve_pod_stream(request, target, &query).await {
+                                    Ok(r) => r,
+                                    Err(e) => error_response(&e),
+                                }
                             }
-                        }
-                        Route::Other => match self.serve_other(&method, &path, &request).await {
-                            Ok(r) => r,
-                            Err(e) => error_response(&e),
+                            Route::Resource(target) => {
+                                match self
+                                    .clone()
+                                    .serve_resource(request, target, verb, query, user.as_ref())
+                                    .await
+                                {
+                                    Ok(r) => r,
+                                    Err(e) => error_response(&e),
+                                }
+                            }
+                            Route::Other => {
+                                match self.serve_other(&method, &path, &request).await {
+                                    Ok(r) => r,
+                                    Err(e) => error_response(&e),
+                                }
+                            }
                         },
-                    },
+                    }
                 };
+                drop(slot);
                 (response, verb.to_uppercase(), resource, subresource)
             }
         };

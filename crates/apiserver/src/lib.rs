@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cidr;
+pub mod connections;
 pub mod crd;
 pub mod discovery;
 pub mod handler;

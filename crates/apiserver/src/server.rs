@@ -3,18 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{UserInfo, user_from_certificate};
+use crate::connections::{Activity, ConnectionLimits, InFlight, Tracker};
 use crate::handler::{ApiServer, Body, BoxError, boxed_request};
 use crate::pki::Pki;
 use crate::rest::WriteOptions;
@@ -84,28 +86,76 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })
 }
 
-/// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<ApiServer>) {
+/// Accepts connections until the task is dropped, within `limits` (see
+/// [`crate::connections`]).
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    server: Arc<ApiServer>,
+    limits: ConnectionLimits,
+) {
+    let tracker = Arc::new(Tracker::new(limits));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    {
+        let limits = tracker.limits();
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_list_size)
+            // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+    }
+    let builder = Arc::new(builder);
+    let mut refused = 0u64;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Running out of file descriptors is transient; keep serving.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(admitted) = tracker.admit() else {
+            // Every slot holds an authenticated client: refuse at once rather than queue.
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    open = tracker.open(),
+                    "connection limit reached; refusing new connections"
+                );
+            }
+            drop(tcp);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let server = server.clone();
+        let builder = builder.clone();
+        let limits = tracker.limits().clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                    return;
-                }
+            let mut admitted = admitted;
+            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                result = handshake => match result {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "tls handshake timed out");
+                        return;
+                    }
+                },
+                () = admitted.evicted() => return,
             };
             let user = tls
                 .get_ref()
@@ -113,22 +163,120 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, server: Arc<Api
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| user_from_certificate(c));
+            if user.is_some() {
+                admitted.prove();
+            }
+            let activity = Arc::new(Activity::new());
+            let service_activity = activity.clone();
             let service = service_fn(move |request| {
                 let server = server.clone();
                 let user = user.clone();
+                let in_flight = service_activity.begin();
                 async move {
-                    Ok::<_, std::convert::Infallible>(
-                        server.handle(boxed_request(request), user).await,
-                    )
+                    let response = serve_request(server, request, user).await;
+                    Ok::<_, std::convert::Infallible>(ending_with(response, in_flight))
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
-            {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            let outcome = tokio::select! {
+                outcome = connection.as_mut() => outcome,
+                () = activity.idle_for(limits.idle_timeout) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+                () = admitted.evicted() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = outcome {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// Serves one request of a connection. A request body the handler left unread is read
+/// (up to a bound) before the response goes out: over HTTP/2, dropping an unread body resets
+/// the stream, and the client would get the reset instead of an early answer (401, 413).
+async fn serve_request(
+    server: Arc<ApiServer>,
+    request: Request<hyper::body::Incoming>,
+    user: Option<UserInfo>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let slot = Arc::new(std::sync::Mutex::new(Some(body)));
+    let request = Request::from_parts(parts, SharedBody(slot.clone()));
+    let response = server.handle(boxed_request(request), user).await;
+    let unread = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(mut body) = unread
+        && !hyper::body::Body::is_end_stream(&body)
+    {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > 16 * crate::handler::MAX_BODY_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    }
+    response
+}
+
+/// A connection's request body, shared with [`serve_request`] so that what the handler
+/// leaves unread can be read after it. The handler reads it through this; the slot is
+/// emptied once the body has ended.
+struct SharedBody(Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>);
+
+impl hyper::body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(body) = slot.as_mut() else { return std::task::Poll::Ready(None) };
+        let polled = std::pin::Pin::new(&mut *body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) {
+            *slot = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), hyper::body::Body::size_hint)
+    }
+}
+
+/// The response, with the request counted in flight until its body has been sent (a watch
+/// stays in flight for as long as it streams).
+fn ending_with(response: Response<Body>, in_flight: InFlight) -> Response<Body> {
+    response.map(|body| {
+        let mut in_flight = Some(in_flight);
+        body.map_frame(move |frame| {
+            let _ = &mut in_flight;
+            frame
+        })
+        .boxed()
+    })
 }
 
 /// Serves the process's own clients (the in-process scheduler and controllers) by calling
@@ -190,7 +338,8 @@ where
                     return Ok(crate::handler::error_response(&status));
                 }
             };
-            let request = Request::from_parts(parts, http_body_util::Full::new(body));
+            let mut request = Request::from_parts(parts, http_body_util::Full::new(body));
+            request.extensions_mut().insert(crate::handler::InProcessRequest);
             Ok(server.handle(boxed_request(request), Some(user)).await)
         })
     }

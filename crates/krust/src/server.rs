@@ -66,6 +66,13 @@ pub(crate) struct ServerArgs {
     /// Interval of the store's compaction (history older than one interval is discarded).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
+    /// Most non-mutating requests in flight at once (watches, logs and streams are not
+    /// counted); beyond it requests get 429 with Retry-After. 0 = no limit.
+    #[arg(long, default_value_t = 400)]
+    pub(crate) max_requests_inflight: usize,
+    /// Most mutating requests in flight at once; beyond it requests get 429. 0 = no limit.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) max_mutating_requests_inflight: usize,
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
@@ -230,6 +237,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
         node_proxy: Some(node_proxy(&pki)?),
         node_join: Some(apiserver::join::NodeJoin { pki: pki.clone(), secret }),
+        inflight: apiserver::connections::InflightLimits::new(
+            args.max_requests_inflight,
+            args.max_mutating_requests_inflight,
+        ),
     });
     let node_token = server_dir.join("node-token");
     if let Some(join) = &api.node_join {
@@ -271,7 +282,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         node_token.display()
     );
 
-    let serving = tokio::spawn(apiserver::server::serve(listener, acceptor, api.clone()));
+    let serving = tokio::spawn(apiserver::server::serve(
+        listener,
+        acceptor,
+        api.clone(),
+        apiserver::connections::ConnectionLimits::default(),
+    ));
     if !args.disable_scheduler || !args.disable_controller_manager {
         let client = in_process_client(api.clone(), "system:kube-controller-manager")?;
         crate::control::spawn_in_server(

@@ -207,3 +207,247 @@ fn an_unreadable_stored_object_does_not_stop_the_server() {
     let out = server.kubectl(&["get", "cm", "deep"]);
     assert!(stderr(&out).contains("NotFound") || stderr(&out).contains("not found"));
 }
+
+/// A Python helper that holds `count` idle TCP connections to `port` (no TLS, nothing sent)
+/// until killed; returns once they are open.
+fn hold_idle_connections(port: u16, count: usize) -> std::process::Child {
+    use std::io::BufRead;
+    let script = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(count):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    held.append(s)
+print("open", len(held), flush=True)
+time.sleep(600)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, &port.to_string(), &count.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("open"), "{line}");
+    child
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn idle_connections_do_not_lock_out_clients() {
+    let server = KrustServer::start(&[]);
+    // As many idle connections as the machine's descriptor limit allows one process (the
+    // server's own limit is the same 20,000 here): before, they exhausted its descriptors
+    // and every new client timed out.
+    let mut flood = hold_idle_connections(server.port, 19_000);
+    let started = std::time::Instant::now();
+    let out = server.kubectl(&["get", "namespaces", "--request-timeout=10s"]);
+    let took = started.elapsed();
+    let held = open_descriptors(server.pid());
+    let _ = flood.kill();
+    let _ = flood.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!("answered in {took:?} with 19,000 idle connections; server holds {held} descriptors");
+    assert!(held < 5_000, "the server holds {held} descriptors for idle connections");
+}
+
+#[test]
+fn slow_clients_are_disconnected() {
+    // Slowloris: TLS connections that send a request line and then one header byte every
+    // second, never finishing. They are closed by the header timeout (30 s).
+    let server = KrustServer::start(&[]);
+    let script = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
+conns = []
+for _ in range(50):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+    s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n")
+    conns.append(s)
+start = time.time()
+while conns and time.time() - start < 75:
+    alive = []
+    for s in conns:
+        try:
+            s.sendall(b"X")
+            alive.append(s)
+        except OSError:
+            pass
+    conns = alive
+    time.sleep(1)
+print(len(conns), round(time.time() - start))
+"#;
+    let out =
+        Command::new("python3").args(["-c", script, &server.port.to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace();
+    let alive: usize = fields.next().unwrap_or("?").parse().unwrap_or(usize::MAX);
+    assert_eq!(alive, 0, "slow connections still open after 75 s: {text} {}", stderr(&out));
+}
+
+fn curl(args: &[&str]) -> (String, i32) {
+    let out = Command::new("curl").args(args).output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn early_rejections_keep_their_status_over_http2() {
+    let server = KrustServer::start(&[]);
+    let url = format!("https://127.0.0.1:{}/api/v1/namespaces/default/configmaps", server.port);
+    // Without credentials: 401, never a reset stream (it was one in 14 of 20 tries).
+    for _ in 0..20 {
+        let (code, rc) = curl(&[
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
+            &url,
+        ]);
+        assert_eq!((code.as_str(), rc), ("401", 0));
+    }
+    // With the admin's certificate, a body over the limit: 413 over HTTP/2 too.
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let field = |name: &str| {
+        use base64::Engine;
+        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+        let value = line.split_once(':').unwrap().1.trim();
+        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+    };
+    let cert = server.dir.path().join("admin.crt");
+    let key = server.dir.path().join("admin.key");
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    let big = server.dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 4 * 1024 * 1024]).unwrap();
+    for proto in ["--http2", "--http1.1"] {
+        let (code, rc) = curl(&[
+            "-sk",
+            proto,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", big.display()),
+            &url,
+        ]);
+        assert_eq!((code.as_str(), rc), ("413", 0), "{proto}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_inflight_budget_get_429_with_retry_after() {
+    let server = KrustServer::start(&["--max-mutating-requests-inflight=1"]);
+    let client = server.client().await;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), "default");
+    // One create whose body arrives slowly holds the only mutating slot while it is read.
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let field = |name: &str| {
+        use base64::Engine;
+        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+        let value = line.split_once(':').unwrap().1.trim();
+        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+    };
+    let cert = server.dir.path().join("admin.crt");
+    let key = server.dir.path().join("admin.key");
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    let script = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+body = b'{"metadata":{"name":"slow"}}'
+s.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+s.sendall(body[:5])
+print("holding", flush=True)
+sys.stdin.readline()
+s.sendall(body[5:])
+print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
+"#;
+    use std::io::{BufRead, Write};
+    let mut slow = Command::new("python3")
+        .args(["-c", script, &server.port.to_string()])
+        .arg(&cert)
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(slow.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "holding");
+    // A second create gets 429 with Retry-After at once (curl: the kube client would retry
+    // a 429 by itself).
+    let url = format!("https://127.0.0.1:{}/api/v1/namespaces/default/configmaps", server.port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let head = loop {
+        // The slot is taken once the server has read the held request's headers.
+        let (head, rc) = curl(&[
+            "-sk",
+            "-i",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"metadata":{"name":"second"}}"#,
+            &url,
+        ]);
+        assert_eq!(rc, 0);
+        if head.contains(" 429") || std::time::Instant::now() > deadline {
+            break head;
+        }
+        api.delete("second", &Default::default()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(head.starts_with("HTTP/2 429") || head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
+    assert!(head.contains("TooManyRequests"), "{head}");
+    // Reads have their own budget, and watches are not counted at all.
+    let watch = http::Request::get("/api/v1/namespaces/default/configmaps?watch=true")
+        .body(Vec::new())
+        .unwrap();
+    let _watching = client.send(watch.map(kube::client::Body::from)).await.unwrap();
+    api.list(&Default::default()).await.unwrap();
+    // The held request completes normally and gives its slot back.
+    writeln!(slow.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "HTTP/1.1 201 Created");
+    let _ = slow.wait();
+    let cm = serde_json::from_value(json!({"metadata": {"name": "after"}})).unwrap();
+    api.create(&Default::default(), &cm).await.unwrap();
+}
