@@ -705,23 +705,27 @@ impl ApiServer {
                         "POST is not supported on a named object",
                     ));
                 }
-                let body = read_body(request, &content_type).await?;
                 let options = write_options(&query, &user_agent)?;
-                let (object, warnings) = self.rest.create(&rt, ns, body, &options).await?;
+                let (body, duplicates) = read_body_checked(request, &content_type).await?;
+                let mut warnings = duplicate_fields(options.field_validation, &duplicates)?;
+                let (object, more) = self.rest.create(&rt, ns, body, &options).await?;
+                warnings.extend(more);
                 self.after_write(&rt, &object.object, false, options.dry_run).await;
                 Ok(with_warnings(written_response(StatusCode::CREATED, object), &warnings))
             }
             "update" => {
                 let name = target.name.clone().unwrap_or_default();
-                let body = read_body(request, &content_type).await?;
                 let options = write_options(&query, &user_agent)?;
+                let (body, duplicates) = read_body_checked(request, &content_type).await?;
+                let mut warnings = duplicate_fields(options.field_validation, &duplicates)?;
                 if target.subresource.as_deref() == Some("scale") {
                     return self.update_scale(&rt, ns, &name, body, &options).await;
                 }
-                let (object, warnings) = self
+                let (object, more) = self
                     .rest
                     .update(&rt, ns, &name, body, target.subresource.as_deref(), &options)
                     .await?;
+                warnings.extend(more);
                 self.after_write(&rt, &object.object, false, options.dry_run).await;
                 Ok(with_warnings(written_response(StatusCode::OK, object), &warnings))
             }
@@ -759,8 +763,12 @@ impl ApiServer {
                     ));
                 }
                 let bytes = read_bytes(request).await?;
-                let patch: Value = parse_body_bytes(&bytes, patch_type == PatchType::Apply)?;
                 let options = write_options(&query, &user_agent)?;
+                let _permit =
+                    if patch_type == PatchType::Apply { Some(yaml_permit().await) } else { None };
+                let (patch, duplicates) =
+                    parse_body_checked(&bytes, patch_type == PatchType::Apply)?;
+                let duplicate_warnings = duplicate_fields(options.field_validation, &duplicates)?;
                 if target.subresource.as_deref() == Some("scale") {
                     let current = self.rest.get(&rt, ns, &name).await?;
                     let scale = scale_of(&current.object);
@@ -770,7 +778,7 @@ impl ApiServer {
                     };
                     return self.update_scale(&rt, ns, &name, patched, &options).await;
                 }
-                let (object, warnings, created) = self
+                let (object, mut warnings, created) = self
                     .rest
                     .patch(
                         &rt,
@@ -782,6 +790,7 @@ impl ApiServer {
                         &options,
                     )
                     .await?;
+                warnings.splice(0..0, duplicate_warnings);
                 self.after_write(&rt, &object.object, false, options.dry_run).await;
                 let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                 Ok(with_warnings(written_response(code, object), &warnings))
@@ -1158,11 +1167,12 @@ async fn read_bytes(request: Request<RequestBody>) -> ApiResult<Bytes> {
     Ok(buffer.freeze())
 }
 
-fn parse_body_bytes(bytes: &[u8], allow_yaml: bool) -> ApiResult<Value> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) if v.is_object() || v.is_array() => Ok(v),
+/// Decodes a JSON (or, where allowed, YAML) body, with the paths of its duplicate keys.
+fn parse_body_checked(bytes: &[u8], allow_yaml: bool) -> ApiResult<(Value, Vec<String>)> {
+    match crate::json::decode(bytes) {
+        Ok((v, duplicates)) if v.is_object() || v.is_array() => Ok((v, duplicates)),
         Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
-        Err(e) if allow_yaml => parse_yaml(bytes).map_err(|yaml| {
+        Err(e) if allow_yaml => parse_yaml(bytes).map(|v| (v, Vec::new())).map_err(|yaml| {
             ApiError::bad_request(format!(
                 "error decoding request body: not JSON ({e}) nor YAML ({yaml})"
             ))
@@ -1171,14 +1181,55 @@ fn parse_body_bytes(bytes: &[u8], allow_yaml: bool) -> ApiResult<Value> {
     }
 }
 
+/// A turn at decoding YAML: at most two at once. A YAML body costs far more memory to decode
+/// than its size (anchors are replayed), so its budget is per decode, and this keeps many
+/// concurrent ones from multiplying it.
+async fn yaml_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    static YAML_DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    YAML_DECODES.acquire().await.ok()
+}
+
 /// Parses a YAML document into JSON (YAML bodies are a JSON superset upstream accepts).
 fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-    let value: Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    // Aliases are bounded (billion laughs): a 3 MiB body never needs more than this.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_aliases = 10_000;
+    budget.max_nodes = crate::limits::MAX_YAML_ALIAS_EXPANSION;
+    budget.max_recorded_anchor_bytes = 4 * 1024 * 1024;
+    budget.max_total_scalar_bytes = 8 * 1024 * 1024;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let value: Value =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| e.to_string())?;
     if value.is_object() || value.is_array() { Ok(value) } else { Err("not an object".into()) }
 }
 
 async fn read_body(request: Request<RequestBody>, content_type: &str) -> ApiResult<Value> {
+    read_body_checked(request, content_type).await.map(|(v, _)| v)
+}
+
+/// What `fieldValidation` makes of duplicate keys in a body: a 400 under Strict, warnings
+/// under Warn, nothing under Ignore (upstream's strict decoding).
+fn duplicate_fields(validation: FieldValidation, duplicates: &[String]) -> ApiResult<Vec<String>> {
+    if duplicates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let messages: Vec<String> =
+        duplicates.iter().map(|d| format!("duplicate field \"{d}\"")).collect();
+    match validation {
+        FieldValidation::Strict => {
+            Err(ApiError::bad_request(format!("strict decoding error: {}", messages.join(", "))))
+        }
+        FieldValidation::Warn => Ok(messages),
+        FieldValidation::Ignore => Ok(Vec::new()),
+    }
+}
+
+async fn read_body_checked(
+    request: Request<RequestBody>,
+    content_type: &str,
+) -> ApiResult<(Value, Vec<String>)> {
     let media = content_type.split(';').next().unwrap_or("").trim();
     let protobuf = protobuf::is_protobuf(content_type);
     let yaml = media == "application/yaml";
@@ -1188,18 +1239,20 @@ async fn read_body(request: Request<RequestBody>, content_type: &str) -> ApiResu
         )));
     }
     let bytes = read_bytes(request).await?;
-    let value = if protobuf {
-        protobuf::decode_object(&bytes)?
+    let (value, duplicates) = if protobuf {
+        (protobuf::decode_object(&bytes)?, Vec::new())
     } else if yaml {
-        parse_yaml(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?
+        let _permit = yaml_permit().await;
+        let value = parse_yaml(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?;
+        (value, Vec::new())
     } else {
-        parse_body_bytes(&bytes, false)?
+        parse_body_checked(&bytes, false)?
     };
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
-    Ok(value)
+    Ok((value, duplicates))
 }
 
 fn version_info() -> Value {

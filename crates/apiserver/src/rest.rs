@@ -423,6 +423,7 @@ impl Rest {
 
     fn validate(&self, rt: &ResourceType, object: &Value) -> ApiResult<()> {
         let mut causes: Vec<Cause> = Vec::new();
+        crate::quantity::validate(rt, object, &mut causes)?;
         strategy::validate_metadata(rt, object, &mut causes);
         strategy::validate_spec(rt, object, &mut causes);
         if causes.is_empty() {
@@ -744,6 +745,7 @@ impl Rest {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
+            check_identity_kept(rt, &current.object, &next)?;
             self.prepare_type_meta(rt, &mut next)?;
             self.carry_over(rt, &current.object, &mut next, subresource)?;
             strategy::apply_defaults(rt, &mut next);
@@ -1101,6 +1103,46 @@ impl Rest {
         }
         Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
             "details": {"name": name, "group": rt.group, "kind": rt.plural}}))
+    }
+}
+
+/// Refuses a write that changes what identifies the object, as upstream does, instead of
+/// quietly keeping the stored values: a name or namespace that differs from the request's is
+/// 400, a changed `uid` or `creationTimestamp` 422 ("field is immutable").
+fn check_identity_kept(rt: &ResourceType, current: &Value, next: &Value) -> ApiResult<()> {
+    let (name, namespace) =
+        (meta_str(current, "name").unwrap_or(""), meta_str(current, "namespace"));
+    if let Some(new_name) = meta_str(next, "name")
+        && new_name != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({new_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if let Some(new_ns) = meta_str(next, "namespace")
+        && rt.namespaced
+        && Some(new_ns) != namespace
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let mut causes = Vec::new();
+    for field in ["uid", "creationTimestamp"] {
+        if let Some(new) = meta_str(next, field)
+            && Some(new) != meta_str(current, field)
+        {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                &format!("metadata.{field}"),
+                format!("Invalid value: \"{new}\": field is immutable"),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&rt.kind, &rt.group, name, causes))
     }
 }
 

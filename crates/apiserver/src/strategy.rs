@@ -170,6 +170,9 @@ pub fn validate_name(rt: &ResourceType, name: &str) -> Option<Cause> {
 
 const ANNOTATIONS_LIMIT: usize = 256 * 1024;
 
+/// Most bytes a ConfigMap's or Secret's data may hold (upstream's `MaxSecretSize`).
+pub const CONFIG_DATA_LIMIT: usize = 1024 * 1024;
+
 /// Validates labels, annotations and the name of `object`.
 pub fn validate_metadata(rt: &ResourceType, object: &Value, causes: &mut Vec<Cause>) {
     let meta = object.get("metadata");
@@ -240,6 +243,42 @@ pub(crate) fn valid_qualified_name(key: &str) -> bool {
 /// Validates the fields users most often get wrong, per type.
 pub fn validate_spec(rt: &ResourceType, object: &Value, causes: &mut Vec<Cause>) {
     match rt.kind.as_str() {
+        // Upstream's limit on what a ConfigMap or Secret carries (1 MiB): they are mounted
+        // into pods and cached by every node, so the object limit alone is too generous.
+        "ConfigMap" if rt.is_builtin() => {
+            let size = |field: &str| {
+                object.get(field).and_then(Value::as_object).map_or(0, |m| {
+                    m.values().map(|v| v.as_str().map_or(0, str::len)).sum::<usize>()
+                })
+            };
+            // binaryData is base64 in JSON; its decoded size is three quarters of it.
+            let total = size("data") + size("binaryData") / 4 * 3;
+            if total > CONFIG_DATA_LIMIT {
+                causes.push(Cause::new(
+                    "FieldValueTooLong",
+                    "[]",
+                    format!("Too long: may not be more than {CONFIG_DATA_LIMIT} bytes"),
+                ));
+            }
+        }
+        "Secret" if rt.is_builtin() => {
+            let decoded = |field: &str, base64: bool| {
+                object.get(field).and_then(Value::as_object).map_or(0, |m| {
+                    m.values()
+                        .map(|v| {
+                            v.as_str().map_or(0, |s| if base64 { s.len() / 4 * 3 } else { s.len() })
+                        })
+                        .sum::<usize>()
+                })
+            };
+            if decoded("data", true) + decoded("stringData", false) > CONFIG_DATA_LIMIT {
+                causes.push(Cause::new(
+                    "FieldValueTooLong",
+                    "data",
+                    format!("Too long: may not be more than {CONFIG_DATA_LIMIT} bytes"),
+                ));
+            }
+        }
         "Pod" => validate_pod_spec(object.get("spec"), "spec", causes),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             let spec = object.get("spec");
