@@ -194,6 +194,21 @@ async fn bad_input_gets_status_and_changes_nothing() {
                 .into_bytes(),
                 "application/json",
             ),
+            // Over ConfigMap's own 1 MiB limit: validation answers before the store would.
+            422,
+        ),
+        (
+            // An object over the store's 1.5 MiB limit, of a kind without a data limit.
+            request(
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+                format!(
+                    r#"{{"metadata":{{"name":"big"}},"spec":{{"holderIdentity":"{}"}}}}"#,
+                    "x".repeat(1600 * 1024)
+                )
+                .into_bytes(),
+                "application/json",
+            ),
             413,
         ),
         (
