@@ -217,6 +217,8 @@ import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 port, count = int(sys.argv[1]), int(sys.argv[2])
+# As many as this machine lets one process hold (the server's own limit is the same).
+count = min(count, hard - 200)
 held = []
 for _ in range(count):
     s = socket.socket()
