@@ -616,3 +616,46 @@ async fn yaml_alias_bombs_are_refused() {
     // The server still answers.
     client.apiserver_version().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_at_the_quota_makes_room_at_once() {
+    // A 4 MiB store filled with 100 KiB ConfigMaps; the compaction interval is five minutes,
+    // so only the store's own pressure signal can free the deleted history in time.
+    let server = KrustServer::start(&["--datastore-quota-mib=4", "--compaction-interval=5m"]);
+    let client = server.client().await;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, "default");
+    let cm = |name: String| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "data": {"k": "x".repeat(100 * 1024)}}),
+        )
+        .unwrap()
+    };
+    let mut created = Vec::new();
+    let refused = loop {
+        let name = format!("fill-{}", created.len());
+        match api.create(&Default::default(), &cm(name.clone())).await {
+            Ok(_) => created.push(name),
+            Err(kube::Error::Api(status)) => break status,
+            Err(other) => panic!("{other}"),
+        }
+        assert!(created.len() < 100, "a 4 MiB store took 100 objects of 100 KiB");
+    };
+    assert_eq!(refused.code, 507, "{refused:?}");
+    assert!(refused.message.contains("database space exceeded"), "{}", refused.message);
+    for name in &created {
+        api.delete(name, &Default::default()).await.unwrap();
+    }
+    // Room comes back within seconds, not after two compaction intervals.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match api.create(&Default::default(), &cm("after".into())).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(status)) if status.code == 507 => {
+                assert!(std::time::Instant::now() < deadline, "still 507 15 s after the deletes");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}

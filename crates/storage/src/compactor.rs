@@ -30,7 +30,36 @@ pub async fn run(store: SharedStore, interval: Duration, stats: Arc<CompactorSta
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous: Option<Revision> = None;
     loop {
-        ticker.tick().await;
+        let pressed = tokio::select! {
+            _ = ticker.tick() => false,
+            () = store.space_pressure() => true,
+        };
+        if pressed {
+            // Out of space: history goes now, not in an interval, so that what was deleted
+            // frees its room at once (watchers behind the current revision get 410 and
+            // relist, as after any compaction). A short pause lets a burst of deletes land
+            // first and bounds these compactions to about one a second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Ok(current) = store.current_revision().await
+                && current > stats.last_revision.load(Ordering::Relaxed)
+            {
+                match store.compact(current).await {
+                    Ok(()) | Err(Error::Compacted { .. }) => {
+                        stats.compactions.fetch_add(1, Ordering::Relaxed);
+                        stats.last_revision.store(current, Ordering::Relaxed);
+                        tracing::warn!(
+                            revision = current,
+                            "store at its quota: compacted all history to make room"
+                        );
+                    }
+                    Err(e) => {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "compaction under space pressure failed");
+                    }
+                }
+            }
+            continue;
+        }
         let current = match store.current_revision().await {
             Ok(revision) => revision,
             Err(e) => {

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,11 @@ struct Shared {
     /// The latest durable revision; watchers wait on it.
     head: watch::Sender<Revision>,
     quota_bytes: u64,
+    /// Set when a write is refused for the quota; cleared when compaction brings the
+    /// retained bytes back under nine tenths of it.
+    under_pressure: std::sync::atomic::AtomicBool,
+    /// Wakes [`Store::space_pressure`].
+    pressure: tokio::sync::Notify,
 }
 
 enum Request {
@@ -142,8 +148,13 @@ impl EmbeddedStore {
         );
 
         let (head, _) = watch::channel(state.durable);
-        let shared =
-            Arc::new(Shared { state: RwLock::new(state), head, quota_bytes: config.quota_bytes });
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            head,
+            quota_bytes: config.quota_bytes,
+            under_pressure: std::sync::atomic::AtomicBool::new(false),
+            pressure: tokio::sync::Notify::new(),
+        });
         let (requests, receiver) = mpsc::channel(4096);
         let committer = Committer {
             shared: shared.clone(),
@@ -298,6 +309,10 @@ impl Store for EmbeddedStore {
         Box::pin(async move { Ok(self.read_state().durable) })
     }
 
+    fn space_pressure(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shared.pressure.notified())
+    }
+
     fn status(&self) -> BoxFuture<'_, Result<StoreStatus>> {
         Box::pin(async move {
             let state = self.read_state();
@@ -374,6 +389,20 @@ struct Committer {
 }
 
 impl Committer {
+    /// Tells the compactor when space is short and history could give some back: a write
+    /// refused for the quota, or a delete while writes are being refused.
+    fn note_pressure(&self, txn: &Txn, result: &Result<TxnResponse>) {
+        let refused = matches!(result, Err(Error::QuotaExceeded { .. }));
+        if refused {
+            self.shared.under_pressure.store(true, Ordering::Relaxed);
+        }
+        let deleted = result.is_ok()
+            && txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::Delete { .. }));
+        if refused || (deleted && self.shared.under_pressure.load(Ordering::Relaxed)) {
+            self.shared.pressure.notify_one();
+        }
+    }
+
     fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
         let mut buffer = Vec::new();
         let mut last_sync: Option<Instant> = None;
@@ -408,10 +437,14 @@ impl Committer {
                         Request::Txn(txn, reply) => {
                             let result =
                                 state.apply_txn(&txn, self.shared.quota_bytes, &mut buffer);
+                            self.note_pressure(&txn, &result);
                             replies.push(Reply::Txn(reply, result));
                         }
                         Request::Compact(revision, reply) => {
                             let result = state.compact(revision, &mut buffer);
+                            if state.retained_bytes <= self.shared.quota_bytes / 10 * 9 {
+                                self.shared.under_pressure.store(false, Ordering::Relaxed);
+                            }
                             replies.push(Reply::Compact(reply, result));
                         }
                     }

@@ -201,6 +201,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Backend facts for health checks and metrics.
     fn status(&self) -> BoxFuture<'_, Result<StoreStatus>>;
+
+    /// Resolves when the store runs out of space and history could give some back: a write
+    /// was refused for the quota, or something was deleted since. The compactor then compacts
+    /// at once instead of at its next tick. Backends that manage their own space never
+    /// resolve it.
+    fn space_pressure(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Backend facts for health checks and metrics.
