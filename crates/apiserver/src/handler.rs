@@ -1181,6 +1181,18 @@ fn parse_body_checked(bytes: &[u8], allow_yaml: bool) -> ApiResult<(Value, Vec<S
     }
 }
 
+/// Whether a YAML text defines an anchor (`&name` where a node can start). A string that
+/// merely contains such text only gets the smaller node budget.
+fn defines_anchors(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'&'
+            && (i == 0
+                || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'[' | b'{' | b',' | b':' | b'-'))
+            && bytes.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    })
+}
+
 /// A turn at decoding YAML: at most two at once. A YAML body costs far more memory to decode
 /// than its size (anchors are replayed), so its budget is per decode, and this keeps many
 /// concurrent ones from multiplying it.
@@ -1190,14 +1202,23 @@ async fn yaml_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
 }
 
 /// Parses a YAML document into JSON (YAML bodies are a JSON superset upstream accepts).
-fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
+pub(crate) fn parse_yaml(bytes: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
     // Aliases are bounded (billion laughs): a 3 MiB body never needs more than this.
     let mut budget = serde_saphyr::Budget::default();
     budget.max_aliases = 10_000;
-    budget.max_nodes = crate::limits::MAX_YAML_ALIAS_EXPANSION;
+    // Decoding costs memory per node produced, and only aliases make nodes out of nothing
+    // (billion laughs: 16 refused bombs cost the server ~80 MiB at 100,000 nodes). A document
+    // that defines anchors gets a node budget far above any real manifest's; one without
+    // them cannot have more nodes than its 3 MiB of text.
+    budget.max_nodes = if defines_anchors(text) {
+        crate::limits::MAX_YAML_ANCHORED_NODES
+    } else {
+        crate::limits::MAX_YAML_NODES
+    };
     budget.max_recorded_anchor_bytes = 4 * 1024 * 1024;
     budget.max_total_scalar_bytes = 8 * 1024 * 1024;
+    budget.max_events = 2 * crate::limits::MAX_YAML_NODES;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     let value: Value =

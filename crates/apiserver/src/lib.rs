@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod connections;
 pub mod crd;
 pub mod discovery;
+pub mod fuzzing;
 pub mod handler;
 pub mod join;
 pub mod json;

@@ -5,7 +5,8 @@
 //! Budget per request, by construction:
 //! - the body is at most [`crate::handler::MAX_BODY_BYTES`] (3 MiB, upstream's limit) on the
 //!   wire, and a decoded document is at most [`MAX_DECODE_DEPTH`] deep;
-//! - a YAML body may not expand aliases past [`MAX_YAML_ALIAS_EXPANSION`] nodes;
+//! - a YAML body that defines anchors may decode to at most [`MAX_YAML_ANCHORED_NODES`]
+//!   nodes (aliases replay them), and at most two YAML bodies are decoded at once;
 //! - a JSON patch has at most [`MAX_JSON_PATCH_OPERATIONS`] operations, its `copy` operations
 //!   together copy at most [`MAX_JSON_PATCH_COPY_BYTES`], and no operation may build a
 //!   document deeper than [`MAX_OBJECT_DEPTH`];
@@ -36,9 +37,13 @@ pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 /// a small patch can build a large document.
 pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
 
-/// Most nodes a YAML body may produce through aliases beyond what it spells out (billion
-/// laughs): a request body is at most 3 MiB, so a legitimate document never needs more.
-pub const MAX_YAML_ALIAS_EXPANSION: usize = 100_000;
+/// Most nodes a YAML body that defines anchors may decode to (billion laughs: aliases make
+/// nodes out of nothing, and each costs the decoder memory).
+pub const MAX_YAML_ANCHORED_NODES: usize = 10_000;
+
+/// Most nodes a YAML body without anchors may decode to: no more than its 3 MiB of text can
+/// spell out.
+pub const MAX_YAML_NODES: usize = 2_000_000;
 
 /// Depth and encoded size of `value`, walking without recursion; stops early (returning
 /// values past the limits) once `max_depth` or `max_bytes` is exceeded, so measuring an

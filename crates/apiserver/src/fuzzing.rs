@@ -1,0 +1,95 @@
+//! Entry points for the fuzz targets in `fuzz/` (run with `cargo fuzz`, never in CI) and for
+//! the test that replays their committed corpus with the normal suite: every decoder and
+//! every patch type, fed raw bytes, must answer with a value or an error, never panic, and
+//! never produce more than the request budget in [`crate::limits`] allows.
+
+use serde_json::Value;
+
+use crate::limits::{MAX_DECODE_DEPTH, MAX_OBJECT_DEPTH, depth};
+
+/// The JSON body decoder (with duplicate-key detection).
+pub fn json_body(data: &[u8]) {
+    if let Ok((value, _)) = crate::json::decode(data) {
+        assert!(depth(&value) <= MAX_DECODE_DEPTH + 1);
+        crate::limits::drop_flat(value);
+    }
+}
+
+/// The YAML body decoder.
+pub fn yaml_body(data: &[u8]) {
+    if let Ok(value) = crate::handler::parse_yaml(data) {
+        crate::limits::drop_flat(value);
+    }
+}
+
+/// The protobuf body decoder.
+pub fn protobuf_body(data: &[u8]) {
+    let mut body = b"k8s\0".to_vec();
+    body.extend_from_slice(data);
+    let _ = crate::protobuf::decode_object(&body);
+    let _ = crate::protobuf::decode_object(data);
+}
+
+/// Splits the input into a target object and a patch: a JSON array `[target, patch]`.
+fn target_and_patch(data: &[u8]) -> Option<(Value, Value)> {
+    let (value, _) = crate::json::decode(data).ok()?;
+    let Value::Array(mut pair) = value else { return None };
+    if pair.len() != 2 {
+        return None;
+    }
+    let patch = pair.pop()?;
+    let target = pair.pop()?;
+    Some((target, patch))
+}
+
+/// A result may be at most as deep as what went in, or the stored-object limit.
+fn within_budget(target: &Value, patch: &Value, result: &Value) {
+    let allowed = depth(target).max(depth(patch)).max(MAX_OBJECT_DEPTH) + 1;
+    assert!(depth(result) <= allowed, "a patch built a document {} deep", depth(result));
+}
+
+/// RFC 6902 JSON patch.
+pub fn json_patch(data: &[u8]) {
+    let Some((target, patch)) = target_and_patch(data) else { return };
+    if let Ok(result) = crate::patch::json_patch(&target, &patch) {
+        within_budget(&target, &patch, &result);
+        crate::limits::drop_flat(result);
+    }
+}
+
+/// RFC 7386 merge patch.
+pub fn merge_patch(data: &[u8]) {
+    let Some((target, patch)) = target_and_patch(data) else { return };
+    let result = crate::patch::merge_patch(&target, &patch);
+    within_budget(&target, &patch, &result);
+}
+
+/// Strategic merge patch, on a Pod (the kind with the most merge keys).
+pub fn strategic_merge_patch(data: &[u8]) {
+    let Some((target, patch)) = target_and_patch(data) else { return };
+    if let Ok(result) = crate::patch::strategic_merge_patch("Pod", &target, &patch) {
+        within_budget(&target, &patch, &result);
+    }
+}
+
+/// Server-side apply onto a live Deployment-shaped object.
+pub fn apply(data: &[u8]) {
+    let Some((live, config)) = target_and_patch(data) else { return };
+    let writer =
+        crate::managed::Writer { manager: "fuzz", api_version: "apps/v1", subresource: None };
+    if let Ok(result) = crate::managed::apply("Deployment", Some(&live), &config, writer, false) {
+        within_budget(&live, &config, &result);
+    }
+    let _ = crate::managed::apply("Deployment", None, &config, writer, true);
+}
+
+/// Every target, by name, for the corpus replay.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("json_body", json_body),
+    ("yaml_body", yaml_body),
+    ("protobuf_body", protobuf_body),
+    ("json_patch", json_patch),
+    ("merge_patch", merge_patch),
+    ("strategic_merge_patch", strategic_merge_patch),
+    ("apply", apply),
+];
