@@ -83,8 +83,11 @@ pub fn apply(data: &[u8]) {
     let _ = crate::managed::apply("Deployment", None, &config, writer, true);
 }
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("json_body", json_body),
     ("yaml_body", yaml_body),
     ("protobuf_body", protobuf_body),
