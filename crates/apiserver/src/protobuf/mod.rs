@@ -701,6 +701,27 @@ mod tests {
                             Kind::Bool => {
                                 varint_field(field.tag, u64::from(item.as_bool().unwrap()), out)
                             }
+                            Kind::Bytes => bytes_field(
+                                field.tag,
+                                &base64::engine::general_purpose::STANDARD
+                                    .decode(item.as_str().unwrap())
+                                    .unwrap(),
+                                out,
+                            ),
+                            Kind::Double => {
+                                varint(u64::from(field.tag << 3 | 1), out);
+                                out.extend_from_slice(
+                                    &item.as_f64().unwrap().to_bits().to_le_bytes(),
+                                );
+                            }
+                            Kind::MapBytes => {
+                                for (k, v) in item.as_object().unwrap() {
+                                    let raw = base64::engine::general_purpose::STANDARD
+                                        .decode(v.as_str().unwrap())
+                                        .unwrap();
+                                    bytes_field(field.tag, &entry(k, &raw), out);
+                                }
+                            }
                             Kind::Int32 | Kind::Int64 => {
                                 varint_field(field.tag, item.as_i64().unwrap() as u64, out)
                             }
@@ -812,6 +833,65 @@ mod tests {
                             "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}]}}}
             }),
         );
+        let samples = serde_json::json!([
+            ["v1", "Secret", {"metadata": {"name": "s"}, "type": "Opaque", "data": {"a": "AP9i"}, "immutable": false}],
+            ["v1", "ConfigMap", {"metadata": {"name": "c", "finalizers": ["x"]}, "data": {"k": "v"}, "binaryData": {"b": "AQI="}}],
+            ["v1", "Namespace", {"metadata": {"name": "n"}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}],
+            ["v1", "Node", {"metadata": {"name": "n1", "labels": {"zone": "a"}},
+                "spec": {"podCIDR": "10.42.0.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}], "unschedulable": true},
+                "status": {"capacity": {"cpu": "2", "memory": "1Gi"}, "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                    "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-01-02T03:04:05Z", "reason": "r"}],
+                    "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}}],
+            ["v1", "Pod", {"metadata": {"name": "p", "generateName": "p-", "creationTimestamp": "2026-01-02T03:04:05Z"},
+                "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0, "nodeSelector": {"a": "b"},
+                    "initContainers": [{"name": "i", "image": "busybox", "command": ["sh", "-c"], "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}],
+                    "containers": [{"name": "c", "image": "busybox", "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": "TCP"}],
+                        "livenessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 5},
+                        "securityContext": {"runAsUser": 0, "privileged": false},
+                        "volumeMounts": [{"name": "v", "mountPath": "/v", "readOnly": true}]}],
+                    "volumes": [{"name": "v", "configMap": {"name": "c", "defaultMode": 420, "items": [{"key": "k", "path": "p"}]}},
+                        {"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}}],
+                    "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}]}]}}}},
+                "status": {"phase": "Running", "podIP": "10.42.0.5", "podIPs": [{"ip": "10.42.0.5"}],
+                    "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2, "image": "busybox", "imageID": "sha", "started": true,
+                        "state": {"running": {"startedAt": "2026-01-02T03:04:05Z"}}}]}}],
+            ["v1", "Endpoints", {"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "10.0.0.1", "nodeName": "n"}], "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}]}],
+            ["v1", "PersistentVolumeClaim", {"metadata": {"name": "c"}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+                "resources": {"requests": {"storage": "1Gi"}}, "volumeMode": "Filesystem"}}],
+            ["apps/v1", "StatefulSet", {"metadata": {"name": "s"}, "spec": {"serviceName": "s", "replicas": 0, "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "d"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1, "maxUnavailable": "50%"}}}}],
+            ["apps/v1", "DaemonSet", {"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}],
+            ["batch/v1", "Job", {"metadata": {"name": "j"}, "spec": {"completions": 3, "parallelism": 2, "backoffLimit": 0, "completionMode": "Indexed",
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}],
+            ["batch/v1", "CronJob", {"metadata": {"name": "cj"}, "spec": {"schedule": "*/5 * * * *", "suspend": false, "concurrencyPolicy": "Forbid",
+                "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}}}],
+            ["rbac.authorization.k8s.io/v1", "ClusterRole", {"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+                "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"a": "b"}}]}}],
+            ["rbac.authorization.k8s.io/v1", "RoleBinding", {"metadata": {"name": "b"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+                "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "d"}]}],
+            ["networking.k8s.io/v1", "NetworkPolicy", {"metadata": {"name": "n"}, "spec": {"podSelector": {"matchLabels": {"a": "b"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}], "ports": [{"protocol": "TCP", "port": 80}]}]}}],
+            ["networking.k8s.io/v1", "Ingress", {"metadata": {"name": "i"}, "spec": {"ingressClassName": "krust", "tls": [{"hosts": ["a.example"], "secretName": "t"}],
+                "rules": [{"host": "a.example", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "s", "port": {"number": 80}}}}]}}]}}],
+            ["storage.k8s.io/v1", "StorageClass", {"metadata": {"name": "local-path"}, "provisioner": "krust.io/local-path", "reclaimPolicy": "Delete",
+                "volumeBindingMode": "WaitForFirstConsumer", "allowVolumeExpansion": true, "parameters": {"a": "b"}}],
+            ["scheduling.k8s.io/v1", "PriorityClass", {"metadata": {"name": "high"}, "value": 1000, "globalDefault": true, "preemptionPolicy": "Never"}],
+            ["policy/v1", "PodDisruptionBudget", {"metadata": {"name": "p"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}}}],
+            ["autoscaling/v2", "HorizontalPodAutoscaler", {"metadata": {"name": "h"}, "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"},
+                "minReplicas": 1, "maxReplicas": 5, "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}],
+            ["discovery.k8s.io/v1", "EndpointSlice", {"metadata": {"name": "e"}, "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "n"}],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}],
+            ["coordination.k8s.io/v1", "Lease", {"metadata": {"name": "l"}, "spec": {"holderIdentity": "h", "leaseDurationSeconds": 15, "leaseTransitions": 0}}],
+        ]);
+        for sample in samples.as_array().unwrap() {
+            let (v, k) = (sample[0].as_str().unwrap(), sample[1].as_str().unwrap());
+            round_trip(v, k, sample[2].clone());
+        }
         round_trip(
             "v1",
             "Service",
