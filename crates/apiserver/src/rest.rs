@@ -289,6 +289,7 @@ impl Rest {
         object: Value,
         options: &WriteOptions,
     ) -> ApiResult<(Written, Vec<String>)> {
+        require_type_meta(rt, &object)?;
         self.create_object(rt, namespace, object, options, false).await
     }
 
@@ -571,6 +572,7 @@ impl Rest {
         subresource: Option<&str>,
         options: &WriteOptions,
     ) -> ApiResult<(Written, Vec<String>)> {
+        require_type_meta(rt, &object)?;
         self.prepare_type_meta(rt, &mut object)?;
         let body_name = meta_str(&object, "name").unwrap_or("").to_owned();
         if !body_name.is_empty() && body_name != name {
@@ -1104,6 +1106,33 @@ impl Rest {
         Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
             "details": {"name": name, "group": rt.group, "kind": rt.plural}}))
     }
+}
+
+/// A custom resource's body must say what it is: upstream decodes built-in types with the
+/// kind and version the path names as defaults (so they may be left out), but custom
+/// resources as unstructured objects, where a missing `kind` is "Object 'Kind' is missing"
+/// and a missing `apiVersion` does not match the version served (both 400).
+fn require_type_meta(rt: &ResourceType, object: &Value) -> ApiResult<()> {
+    if rt.is_builtin() {
+        return Ok(());
+    }
+    let text = |field: &str| object.get(field).and_then(Value::as_str).unwrap_or("");
+    if text("kind").is_empty() {
+        let mut shown = object.to_string();
+        if shown.len() > 1024 {
+            let cut = (0..=1024).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+            shown.truncate(cut);
+            shown.push_str("...");
+        }
+        return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{shown}'")));
+    }
+    if text("apiVersion").is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data () does not match the expected API version ({})",
+            rt.api_version()
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a write that changes what identifies the object, as upstream does, instead of

@@ -684,3 +684,57 @@ async fn large_yaml_manifests_still_decode() {
         assert_eq!(response.status(), 201);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_without_kind_or_api_version_follow_upstream() {
+    let server = KrustServer::start(&[]);
+    let widgets = crd(
+        "widgets.hardening.example.com",
+        "widgets",
+        "Widget",
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+    );
+    server.ok_stdin(&["create", "-f", "-"], &widgets.to_string());
+    server.wait_for(&["get", "widgets"], std::time::Duration::from_secs(10), |_| true);
+    let client = server.client().await;
+    let post = |path: &str, body: Value| {
+        let request = http::Request::post(path)
+            .header("Content-Type", "application/json")
+            .body(body.to_string().into_bytes())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.send(request.map(kube::client::Body::from)).await.unwrap();
+            let code = response.status().as_u16();
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+            (code, serde_json::from_slice::<Value>(&body.to_bytes()).unwrap_or(Value::Null))
+        }
+    };
+    // Built-in types take kind and version from the path, as upstream's decoder defaults them.
+    let (code, body) = post(
+        "/api/v1/namespaces/default/configmaps",
+        json!({"metadata": {"name": "bare"}, "data": {"a": "b"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["kind"], "ConfigMap");
+    // Custom resources are decoded as what their body says they are.
+    let widgets = "/apis/hardening.example.com/v1/namespaces/default/widgets";
+    let (code, body) =
+        post(widgets, json!({"apiVersion": "hardening.example.com/v1", "metadata": {"name": "w"}}))
+            .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("Object 'Kind' is missing in"), "{body}");
+    let (code, body) = post(widgets, json!({"kind": "Widget", "metadata": {"name": "w"}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("does not match the expected API version"));
+    // A wrong kind or version is refused for every type.
+    let (code, _) = post(
+        "/api/v1/namespaces/default/configmaps",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong"}}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = post(widgets, json!({"apiVersion": "hardening.example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})).await;
+    assert_eq!(code, 201);
+}
