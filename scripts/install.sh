@@ -15,4 +15,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 cargo build --release --locked -p krust
-install -m 0755 "${CARGO_TARGET_DIR:-target}/release/krust" /usr/local/bin/krust
+# Installed without debug info (the build keeps line tables for profiling).
+command -v strip >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null; }
+install -m 0755 -s "${CARGO_TARGET_DIR:-target}/release/krust" /usr/local/bin/krust
+# kubectl and helm, so the README's commands work as written: the versions the tests use.
+if ! command -v kubectl >/dev/null || ! command -v helm >/dev/null; then
+  "$root/scripts/fetch-kubectl-helm.sh" "$root/.tools" v37
+  command -v kubectl >/dev/null || install -m 0755 "$root/.tools/bin/kubectl" /usr/local/bin/kubectl
+  command -v helm >/dev/null || install -m 0755 "$root/.tools/bin/helm" /usr/local/bin/helm
+fi
+echo "installed krust ($(du -h /usr/local/bin/krust | cut -f1)); kubectl and helm are on the PATH"

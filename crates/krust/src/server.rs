@@ -299,7 +299,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut agent_task = None;
     if !args.disable_agent {
-        let config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
+        let mut config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
+        // The server's own node runs the control plane, and says so as k3s's does.
+        config
+            .node_labels
+            .entry("node-role.kubernetes.io/control-plane".to_owned())
+            .or_insert_with(|| "true".to_owned());
         let (cert, key) =
             pki.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
         let url = format!("https://127.0.0.1:{}", local.port());

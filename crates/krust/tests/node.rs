@@ -1135,6 +1135,18 @@ fn agents_join_from_their_own_network_namespaces() {
         ns.ns_ip
     );
     assert_eq!(server.ok(&["get", "node", &node, "-o", "jsonpath={.metadata.labels.zone}"]), "far");
+    // Only the server's own node carries the control-plane role, as with k3s.
+    let roles = server.ok(&[
+        "get",
+        "nodes",
+        "-l",
+        "node-role.kubernetes.io/control-plane=true",
+        "-o",
+        "name",
+    ]);
+    assert!(!roles.contains(&node), "{roles}");
+    let own = server.node.as_deref().unwrap();
+    assert!(roles.contains(own), "{roles}");
     assert_eq!(
         server.ok(&[
             "get",
