@@ -205,7 +205,7 @@ impl GarbageCollector {
                         ));
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "discovery for the garbage collector failed"),
+                Err(e) => tracing::warn!(error = %e, "discovery for the garbage collector failed"),
             }
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
@@ -239,7 +239,7 @@ impl GarbageCollector {
                         }
                         return;
                     }
-                    tracing::debug!(kind = %kind.resource.kind, error = %e, "garbage collector watch failed");
+                    tracing::warn!(kind = %kind.resource.kind, error = %e, "garbage collector watch failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }

@@ -262,7 +262,7 @@ where
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, kind = %K::kind(&Default::default()), "watch failed; retrying");
+                    tracing::warn!(error = %e, kind = %K::kind(&Default::default()), "watch failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }

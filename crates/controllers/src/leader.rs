@@ -115,7 +115,7 @@ where
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::debug!(lease = %config.name, error = %e, "acquiring the lease failed")
+                    tracing::warn!(lease = %config.name, error = %e, "acquiring the lease failed")
                 }
             }
             tokio::time::sleep(config.retry_period).await;
@@ -129,7 +129,7 @@ where
                     Ok(true) => last_renewed = tokio::time::Instant::now(),
                     Ok(false) => return,
                     Err(e) => {
-                        tracing::debug!(lease = %config.name, error = %e, "renewing the lease failed");
+                        tracing::warn!(lease = %config.name, error = %e, "renewing the lease failed");
                         if last_renewed.elapsed() > config.renew_deadline {
                             return;
                         }

@@ -152,7 +152,7 @@ impl NodeLifecycleController {
         let mut passes: u64 = 0;
         loop {
             if let Err(e) = self.monitor_nodes(started).await {
-                tracing::debug!(error = %e, "node monitoring failed");
+                tracing::warn!(error = %e, "node monitoring failed");
             }
             self.evict_tainted().await;
             passes += 1;
@@ -210,7 +210,7 @@ impl NodeLifecycleController {
                         );
                     }
                     Err(e) => {
-                        tracing::debug!(node = %name, error = %e, "marking a node Unknown failed")
+                        tracing::warn!(node = %name, error = %e, "marking a node Unknown failed")
                     }
                 }
                 // The taints follow from the new condition on the next pass.
@@ -221,7 +221,7 @@ impl NodeLifecycleController {
                 match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::debug!(node = %name, error = %e, "updating node taints failed")
+                        tracing::warn!(node = %name, error = %e, "updating node taints failed")
                     }
                 }
             }
@@ -261,7 +261,7 @@ impl NodeLifecycleController {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => {
-                        tracing::debug!(pod = %pod.name_any(), error = %e, "evicting a pod failed")
+                        tracing::warn!(pod = %pod.name_any(), error = %e, "evicting a pod failed")
                     }
                 }
             }

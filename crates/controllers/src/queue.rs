@@ -93,7 +93,7 @@ impl Queue {
 
     /// Queues `key` again after a delay that doubles with each consecutive failure
     /// (5 ms up to a minute).
-    pub fn add_rate_limited(self: &Arc<Self>, key: impl Into<String>) {
+    pub fn add_rate_limited(self: &Arc<Self>, key: impl Into<String>) -> u32 {
         let key = key.into();
         let failures = {
             let mut state = self.state();
@@ -105,6 +105,7 @@ impl Queue {
             .saturating_mul(1u32 << failures.min(14))
             .min(Duration::from_secs(60));
         self.add_after(key, delay);
+        failures
     }
 
     /// Forgets the failures of `key` (after it succeeded).
@@ -191,8 +192,14 @@ where
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(controller = name, %key, error = %e, "sync failed; retrying");
-                        queue.add_rate_limited(key.clone());
+                        // A conflict or a lagging cache fails a sync now and then and the retry
+                        // fixes it; one that keeps failing needs an operator's eyes.
+                        let failures = queue.add_rate_limited(key.clone());
+                        if failures >= 5 && failures.is_power_of_two() || failures == 5 {
+                            tracing::warn!(controller = name, %key, failures, error = %e, "sync keeps failing; retrying with back-off");
+                        } else {
+                            tracing::debug!(controller = name, %key, error = %e, "sync failed; retrying");
+                        }
                     }
                 }
                 queue.done(&key);

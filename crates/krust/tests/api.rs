@@ -602,3 +602,34 @@ async fn namespaces_bootstrap_and_termination() {
         status_code(in_held.create(&PostParams::default(), &cm("after", "1")).await.unwrap_err());
     assert_eq!(code, 404, "creating in a missing namespace");
 }
+
+#[test]
+fn logs_are_plain_text_when_not_written_to_a_terminal() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .args(["server", "--disable-agent", "--bind-address=127.0.0.1"])
+        .arg(format!("--https-listen-port={}", common::free_port()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kubeconfig"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let ready = line.contains("krust API server is ready");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("krust API server is ready")), "{seen:?}");
+    assert!(seen.iter().all(|l| !l.contains('\u{1b}')), "colour codes in {seen:?}");
+}

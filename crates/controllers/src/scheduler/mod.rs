@@ -715,7 +715,7 @@ impl Scheduler {
                     if let Err(e) =
                         victim_api.delete(&victim.pod.name_any(), &DeleteParams::default()).await
                     {
-                        tracing::debug!(victim = %victim.key, error = %e, "deleting a preemption victim failed");
+                        tracing::warn!(victim = %victim.key, error = %e, "deleting a preemption victim failed");
                     }
                 }
             }
