@@ -88,11 +88,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 
 /// Accepts connections until the task is dropped, within `limits` (see
 /// [`crate::connections`]).
+///
+/// When `shutdown` turns true it stops accepting, asks every connection to finish (HTTP/1.1
+/// closes after its current request, HTTP/2 sends GOAWAY) and returns once they have, or
+/// after [`DRAIN_TIMEOUT`] (watches never finish by themselves).
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     server: Arc<ApiServer>,
     limits: ConnectionLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let tracker = Arc::new(Tracker::new(limits));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -113,7 +118,11 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let mut refused = 0u64;
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut shutdown) => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Running out of file descriptors is transient; keep serving.
@@ -140,6 +149,7 @@ pub async fn serve(
         let server = server.clone();
         let builder = builder.clone();
         let limits = tracker.limits().clone();
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let mut admitted = admitted;
             let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
@@ -189,13 +199,31 @@ pub async fn serve(
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
+                () = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
             };
             if let Err(e) = outcome {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while tracker.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(left = tracker.open(), "stopped serving");
 }
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// How long a shutting-down server waits for requests in flight to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one request of a connection. A request body the handler left unread is read
 /// (up to a bound) before the response goes out: over HTTP/2, dropping an unread body resets

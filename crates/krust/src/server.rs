@@ -282,11 +282,13 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         node_token.display()
     );
 
+    let (stop_serving, serving_stopped) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(apiserver::server::serve(
         listener,
         acceptor,
         api.clone(),
         apiserver::connections::ConnectionLimits::default(),
+        serving_stopped,
     ));
     if !args.disable_scheduler || !args.disable_controller_manager {
         let client = in_process_client(api.clone(), "system:kube-controller-manager")?;
@@ -319,12 +321,17 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
     }
+    // Stop accepting and let requests in flight finish (bounded), so no client sees a write
+    // cut off; every acknowledged write is already durable in the store.
+    stop_serving.send_replace(true);
     // Stopping the agent stops containerd but leaves the pods running (fail-static).
     shutdown_tx.send_replace(true);
     if let Some(task) = agent_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
     }
-    serving.abort();
+    let drain = apiserver::server::DRAIN_TIMEOUT + std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(drain, serving).await;
+    tracing::info!("krust server stopped");
     Ok(())
 }
 

@@ -738,3 +738,63 @@ async fn bodies_without_kind_or_api_version_follow_upstream() {
     let (code, _) = post(widgets, json!({"apiVersion": "hardening.example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})).await;
     assert_eq!(code, 201);
 }
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_cleanly() {
+    let mut server = KrustServer::start(&[]);
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let field = |name: &str| {
+        use base64::Engine;
+        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+        let value = line.split_once(':').unwrap().1.trim();
+        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+    };
+    let cert = server.dir.path().join("admin.crt");
+    let key = server.dir.path().join("admin.key");
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    // A create whose body is still arriving when the server is told to stop.
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+body = b'{"metadata":{"name":"in-flight"}}'
+s.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+s.sendall(body[:5])
+print("holding", flush=True)
+sys.stdin.readline()
+s.sendall(body[5:])
+print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
+"#;
+    use std::io::{BufRead, Write};
+    let mut slow = Command::new("python3")
+        .args(["-c", script, &server.port.to_string()])
+        .arg(&cert)
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(slow.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "holding");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let port = server.port;
+    let stopping = std::thread::spawn(move || server.terminate(std::time::Duration::from_secs(30)));
+    // Once it stops accepting, new connections are refused…
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting 10 s after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // …while the request in flight completes…
+    writeln!(slow.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "HTTP/1.1 201 Created");
+    let _ = slow.wait();
+    // …and the server exits 0.
+    let status = stopping.join().unwrap().expect("exited within 30 s");
+    assert!(status.success(), "{status}");
+}

@@ -276,6 +276,24 @@ impl KrustServer {
             .unwrap()
     }
 
+    /// Sends SIGTERM and waits (at most `timeout`) for the server to exit; its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server (SIGKILL) without starting it again.
     pub fn stop(&mut self) {
         self.kill();
