@@ -10,8 +10,8 @@
 //! a certificate gets in at once.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -214,15 +214,17 @@ impl Drop for InFlight {
 }
 
 /// Budgets of requests in flight across the server (upstream's `--max-requests-inflight` and
-/// `--max-mutating-requests-inflight`): long-running requests (watches, logs, exec, attach,
-/// port-forward) are not counted, so they cannot starve ordinary requests, nor ordinary
-/// requests them.
+/// `--max-mutating-requests-inflight`), and a separate one for long-running requests
+/// (watches, logs, exec, attach, port-forward), so that neither kind can starve the other:
+/// a long-running request holds its slot for as long as it streams.
 #[derive(Debug)]
 pub struct InflightLimits {
-    read_only: AtomicUsize,
-    mutating: AtomicUsize,
+    read_only: Arc<AtomicUsize>,
+    mutating: Arc<AtomicUsize>,
+    long_running: Arc<AtomicUsize>,
     max_read_only: usize,
     max_mutating: usize,
+    max_long_running: usize,
 }
 
 impl Default for InflightLimits {
@@ -233,35 +235,52 @@ impl Default for InflightLimits {
 
 /// One counted request (until dropped).
 #[derive(Debug)]
-pub struct Slot<'a>(&'a AtomicUsize);
+pub struct Slot(Arc<AtomicUsize>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// Long-running requests allowed at once by default: far above what clients hold (every
+/// informer of every controller and node is one watch), far below what exhausts memory.
+pub const MAX_LONG_RUNNING: usize = 16_384;
+
 impl InflightLimits {
     /// Budgets of `max_read_only` and `max_mutating` requests (0 = unlimited).
     pub fn new(max_read_only: usize, max_mutating: usize) -> InflightLimits {
+        InflightLimits::with_long_running(max_read_only, max_mutating, MAX_LONG_RUNNING)
+    }
+
+    /// The same, with a budget for long-running requests.
+    pub fn with_long_running(
+        max_read_only: usize,
+        max_mutating: usize,
+        max_long_running: usize,
+    ) -> InflightLimits {
         InflightLimits {
-            read_only: AtomicUsize::new(0),
-            mutating: AtomicUsize::new(0),
+            read_only: Arc::default(),
+            mutating: Arc::default(),
+            long_running: Arc::default(),
             max_read_only,
             max_mutating,
+            max_long_running,
         }
     }
 
-    /// Takes a slot for a request of `verb`, or None when its budget is spent.
-    pub fn acquire(&self, verb: &str) -> Option<Slot<'_>> {
-        let mutating = !matches!(verb, "get" | "list" | "watch");
-        let (counter, max) = if mutating {
-            (&self.mutating, self.max_mutating)
-        } else {
+    /// Takes a slot for a request of `verb` (`long_running` for watches and streams), or
+    /// None when its budget is spent.
+    pub fn acquire(&self, verb: &str, long_running: bool) -> Option<Slot> {
+        let (counter, max) = if long_running {
+            (&self.long_running, self.max_long_running)
+        } else if matches!(verb, "get" | "list" | "watch") {
             (&self.read_only, self.max_read_only)
+        } else {
+            (&self.mutating, self.max_mutating)
         };
         let now = counter.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(counter);
+        let slot = Slot(counter.clone());
         if max > 0 && now >= max {
             return None;
         }
@@ -301,14 +320,19 @@ mod tests {
 
     #[test]
     fn inflight_budgets_are_separate_and_given_back() {
-        let limits = InflightLimits::new(1, 1);
-        let read = limits.acquire("list").unwrap();
-        assert!(limits.acquire("get").is_none());
-        let write = limits.acquire("create").unwrap();
-        assert!(limits.acquire("patch").is_none());
+        let limits = InflightLimits::with_long_running(1, 1, 1);
+        let read = limits.acquire("list", false).unwrap();
+        assert!(limits.acquire("get", false).is_none());
+        let write = limits.acquire("create", false).unwrap();
+        assert!(limits.acquire("patch", false).is_none());
+        let watch = limits.acquire("watch", true).unwrap();
+        assert!(limits.acquire("watch", true).is_none());
+        assert!(limits.acquire("create", true).is_none(), "exec shares the streams' budget");
         drop(read);
-        assert!(limits.acquire("get").is_some());
+        assert!(limits.acquire("get", false).is_some());
         drop(write);
-        assert!(limits.acquire("delete").is_some());
+        assert!(limits.acquire("delete", false).is_some());
+        drop(watch);
+        assert!(limits.acquire("watch", true).is_some());
     }
 }

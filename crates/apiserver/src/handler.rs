@@ -356,14 +356,14 @@ impl ApiServer {
                 let verb = verb_of(&method, target, &query);
                 let resource = target.map(|t| t.rt.plural.clone()).unwrap_or_default();
                 let subresource = target.and_then(|t| t.subresource.clone()).unwrap_or_default();
-                // Long-running requests (watches and streams) have no budget: they would
-                // hold an ordinary request's slot for as long as they run.
+                // Long-running requests (watches and streams) have a budget of their own:
+                // they hold their slot for as long as they stream.
                 let long_running = verb == "watch" || STREAMING.contains(&subresource.as_str());
                 let counted = user.is_some()
                     && target.is_some()
-                    && !long_running
                     && request.extensions().get::<InProcessRequest>().is_none();
-                let slot = if counted { Some(self.inflight.acquire(verb)) } else { None };
+                let slot =
+                    if counted { Some(self.inflight.acquire(verb, long_running)) } else { None };
                 let response = if let Some(None) = slot {
                     let mut e = ApiError::new(
                         429,
@@ -406,7 +406,12 @@ impl ApiServer {
                         },
                     }
                 };
-                drop(slot);
+                // An ordinary request's slot is given back now; a long-running one's when
+                // its response body ends.
+                let response = match slot {
+                    Some(Some(slot)) if long_running => holding(response, slot),
+                    _ => response,
+                };
                 (response, verb.to_uppercase(), resource, subresource)
             }
         };
@@ -998,6 +1003,18 @@ fn list_response(rt: &ResourceType, meta: &Value, items: &[Bytes]) -> Response<B
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The response, keeping `slot` taken until its body has been sent or dropped.
+fn holding(response: Response<Body>, slot: crate::connections::Slot) -> Response<Body> {
+    response.map(|body| {
+        let slot = slot;
+        body.map_frame(move |frame| {
+            let _held = &slot;
+            frame
+        })
+        .boxed()
+    })
 }
 
 fn text_response(text: impl Into<Bytes>) -> Response<Body> {

@@ -73,6 +73,10 @@ pub(crate) struct ServerArgs {
     /// Most mutating requests in flight at once; beyond it requests get 429. 0 = no limit.
     #[arg(long, default_value_t = 200)]
     pub(crate) max_mutating_requests_inflight: usize,
+    /// Most long-running requests (watches, logs, exec, attach, port-forward) at once, a
+    /// budget apart from the two above (krust's own; upstream counts them in APF seats).
+    #[arg(long, default_value_t = apiserver::connections::MAX_LONG_RUNNING)]
+    pub(crate) max_long_running_requests: usize,
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
@@ -237,9 +241,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
         node_proxy: Some(node_proxy(&pki)?),
         node_join: Some(apiserver::join::NodeJoin { pki: pki.clone(), secret }),
-        inflight: apiserver::connections::InflightLimits::new(
+        inflight: apiserver::connections::InflightLimits::with_long_running(
             args.max_requests_inflight,
             args.max_mutating_requests_inflight,
+            args.max_long_running_requests,
         ),
     });
     let node_token = server_dir.join("node-token");

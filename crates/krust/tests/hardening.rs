@@ -440,7 +440,7 @@ print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
     assert!(head.starts_with("HTTP/2 429") || head.starts_with("HTTP/1.1 429"), "{head}");
     assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
     assert!(head.contains("TooManyRequests"), "{head}");
-    // Reads have their own budget, and watches are not counted at all.
+    // Reads have their own budget, and watches another.
     let watch = http::Request::get("/api/v1/namespaces/default/configmaps?watch=true")
         .body(Vec::new())
         .unwrap();
@@ -797,4 +797,66 @@ print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
     // …and the server exits 0.
     let status = stopping.join().unwrap().expect("exited within 30 s");
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_have_a_budget_of_their_own() {
+    let server =
+        KrustServer::start(&["--max-long-running-requests=2", "--max-requests-inflight=1"]);
+    let client = server.client().await;
+    let watch = || {
+        let request = http::Request::get("/api/v1/namespaces/default/configmaps?watch=true")
+            .body(Vec::new())
+            .unwrap();
+        client.send(request.map(kube::client::Body::from))
+    };
+    let first = watch().await.unwrap();
+    let second = watch().await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    // A third is over the budget (curl: the kube client would retry a 429 by itself).
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let field = |name: &str| {
+        use base64::Engine;
+        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+        let value = line.split_once(':').unwrap().1.trim();
+        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+    };
+    let cert = server.dir.path().join("admin.crt");
+    let key = server.dir.path().join("admin.key");
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/api/v1/namespaces/default/configmaps?watch=true",
+        server.port
+    );
+    let third = || {
+        curl(&[
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "1",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &url,
+        ])
+        .0
+    };
+    assert_eq!(third(), "429", "a third watch is over the budget");
+    // Ordinary requests are not held up by the watches (their own budget is 1).
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), "default");
+    api.list(&Default::default()).await.unwrap();
+    // A watch that ends gives its slot back.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while third() != "200" {
+        assert!(std::time::Instant::now() < deadline, "the ended watch's slot never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(second);
 }
