@@ -5,20 +5,20 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
-pub use controllers::events::EventType;
+pub use controller_runtime::events::EventType;
 
 use crate::pods::config::PodKey;
 
 /// Posts events for the agent's node.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    inner: controllers::events::Recorder,
+    inner: controller_runtime::events::Recorder,
 }
 
 impl Recorder {
     /// A recorder reporting as the kubelet of `node`.
     pub fn new(client: kube::Client, node: String) -> Recorder {
-        Recorder { inner: controllers::events::Recorder::for_node(client, "kubelet", &node) }
+        Recorder { inner: controller_runtime::events::Recorder::for_node(client, "kubelet", &node) }
     }
 
     /// Records an event about `pod` (and the container at `field_path`, e.g.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controllers::cached_pod::CachedPod;
+use controller_runtime::cached_pod::CachedPod;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeSystemInfo, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

@@ -7,19 +7,15 @@
 //! controller turns changes into keys on its work queue (`queue.rs`) and syncs one key at a
 //! time, reading the informers' caches and writing through the API.
 
-pub mod cached_pod;
+// The shared client machinery, under the paths the controllers have always used.
+pub use controller_runtime::{cached_pod, events, informer, leader, quantity, queue, selectors};
+
 pub mod deployment;
-pub mod events;
 pub mod gc;
-pub mod informer;
-pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
-pub mod quantity;
-pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
-pub mod selectors;
 pub mod serviceaccount;
 
 use std::sync::{Arc, Mutex};

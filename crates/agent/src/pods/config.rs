@@ -97,7 +97,7 @@ pub fn qos_class(pod: &Pod) -> QosClass {
     }
 }
 
-pub use controllers::quantity::{bytes, millicores, parse_quantity};
+pub use controller_runtime::quantity::{bytes, millicores, parse_quantity};
 
 /// CFS period upstream uses (100 ms).
 pub const CPU_PERIOD_US: i64 = 100_000;
