@@ -409,6 +409,25 @@ impl Rest {
             _ => {}
         }
         match obj.get("kind").and_then(Value::as_str) {
+            // A custom resource is validated as what it is: upstream's 422 on `kind`.
+            Some(k) if !k.is_empty() && k != rt.kind && !rt.is_builtin() => {
+                let name = obj
+                    .get("metadata")
+                    .and_then(|m| m.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                return Err(ApiError::invalid(
+                    &rt.kind,
+                    &rt.group,
+                    &name,
+                    vec![Cause::new(
+                        "FieldValueInvalid",
+                        "kind",
+                        format!("Invalid value: \"{k}\": must be {}", rt.kind),
+                    )],
+                ));
+            }
             Some(k) if !k.is_empty() && k != rt.kind => {
                 return Err(ApiError::bad_request(format!(
                     "the kind in the data ({k}) does not match the expected kind ({})",
@@ -1124,7 +1143,11 @@ fn require_type_meta(rt: &ResourceType, object: &Value) -> ApiResult<()> {
             shown.truncate(cut);
             shown.push_str("...");
         }
-        return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{shown}'")));
+        let summary: String = object.to_string().chars().take(30).collect();
+        return Err(ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): Object 'Kind' is missing in '{shown}' ({summary} ...)",
+            rt.kind
+        )));
     }
     if text("apiVersion").is_empty() {
         return Err(ApiError::bad_request(format!(

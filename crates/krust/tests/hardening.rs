@@ -724,7 +724,8 @@ async fn bodies_without_kind_or_api_version_follow_upstream() {
         post(widgets, json!({"apiVersion": "hardening.example.com/v1", "metadata": {"name": "w"}}))
             .await;
     assert_eq!(code, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().starts_with("Object 'Kind' is missing in"), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("the object provided is unrecognized (must be of type Widget): Object 'Kind' is missing in"), "{body}");
     let (code, body) = post(widgets, json!({"kind": "Widget", "metadata": {"name": "w"}})).await;
     assert_eq!(code, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("does not match the expected API version"));
@@ -735,6 +736,9 @@ async fn bodies_without_kind_or_api_version_follow_upstream() {
     )
     .await;
     assert_eq!(code, 400);
+    let (code, body) = post(widgets, json!({"apiVersion": "hardening.example.com/v1", "kind": "Gadget", "metadata": {"name": "w"}})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "kind");
     let (code, _) = post(widgets, json!({"apiVersion": "hardening.example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})).await;
     assert_eq!(code, 201);
 }
