@@ -296,11 +296,14 @@ impl hyper::body::Body for SharedBody {
 
 /// The response, with the request counted in flight until its body has been sent (a watch
 /// stays in flight for as long as it streams).
-fn ending_with(response: Response<Body>, in_flight: InFlight) -> Response<Body> {
+fn ending_with(mut response: Response<Body>, in_flight: InFlight) -> Response<Body> {
+    // A long-running request's budget slot is held the same way (hyper drops the response's
+    // extensions once the head is sent).
+    let slot = response.extensions_mut().remove::<crate::handler::HeldSlot>();
     response.map(|body| {
-        let mut in_flight = Some(in_flight);
+        let mut held = Some((in_flight, slot));
         body.map_frame(move |frame| {
-            let _ = &mut in_flight;
+            let _ = &mut held;
             frame
         })
         .boxed()
