@@ -121,11 +121,14 @@ async fn reflectors_converge_under_churn_and_compaction() {
     let raw: Vec<_> = (0..2).map(|_| tokio::spawn(raw_watcher(api.clone()))).collect();
 
     let mut writers = Vec::new();
+    // The churn lasts at least a few compaction intervals, however fast the machine writes,
+    // so the watchers see compactions while it runs.
+    let churn_until = Instant::now() + Duration::from_millis(3500);
     for w in 0..WRITERS {
         let api = api.clone();
         writers.push(tokio::spawn(async move {
             let mut seed = 0x9e3779b97f4a7c15u64 ^ (w as u64 + 1);
-            for op in 0..OPS_PER_WRITER {
+            for op in (0..).take_while(|op| *op < OPS_PER_WRITER || Instant::now() < churn_until) {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
