@@ -298,6 +298,73 @@ print(len(conns), round(time.time() - start))
     assert_eq!(alive, 0, "slow connections still open after 75 s: {text} {}", stderr(&out));
 }
 
+/// A create whose body stops after five bytes until [`CreateMidBody::finish`]: a request
+/// held in flight, from a Python TLS client with the admin's certificate.
+struct CreateMidBody {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl CreateMidBody {
+    /// Starts the request; returns once the headers and the first bytes are sent.
+    fn start(server: &KrustServer, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+body = b'{"metadata":{"name":"held"}}'
+s.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+s.sendall(body[:5])
+print("holding", flush=True)
+sys.stdin.readline()
+s.sendall(body[5:])
+print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, &server.port.to_string()])
+            .arg(cert)
+            .arg(key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "holding");
+        CreateMidBody { child, lines }
+    }
+
+    /// Sends the rest of the body; the response's status line.
+    fn finish(&mut self) -> String {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+        let status = self.lines.next().unwrap().unwrap();
+        let _ = self.child.wait();
+        status
+    }
+}
+
+/// The admin's client certificate and key from the server's kubeconfig, as files (for curl
+/// and Python clients).
+fn admin_certificate_files(server: &KrustServer) -> (std::path::PathBuf, std::path::PathBuf) {
+    use base64::Engine;
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let field = |name: &str| {
+        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+        let value = line.split_once(':').unwrap().1.trim();
+        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
+    };
+    let cert = server.dir.path().join("admin.crt");
+    let key = server.dir.path().join("admin.key");
+    std::fs::write(&cert, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    (cert, key)
+}
+
 fn curl(args: &[&str]) -> (String, i32) {
     let out = Command::new("curl").args(args).output().unwrap();
     (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code().unwrap_or(-1))
@@ -327,17 +394,7 @@ fn early_rejections_keep_their_status_over_http2() {
         assert_eq!((code.as_str(), rc), ("401", 0));
     }
     // With the admin's certificate, a body over the limit: 413 over HTTP/2 too.
-    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let field = |name: &str| {
-        use base64::Engine;
-        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
-        let value = line.split_once(':').unwrap().1.trim();
-        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
-    };
-    let cert = server.dir.path().join("admin.crt");
-    let key = server.dir.path().join("admin.key");
-    std::fs::write(&cert, field("client-certificate-data")).unwrap();
-    std::fs::write(&key, field("client-key-data")).unwrap();
+    let (cert, key) = admin_certificate_files(&server);
     let big = server.dir.path().join("big.json");
     std::fs::write(&big, vec![b' '; 4 * 1024 * 1024]).unwrap();
     for proto in ["--http2", "--http1.1"] {
@@ -371,44 +428,8 @@ async fn requests_beyond_the_inflight_budget_get_429_with_retry_after() {
     let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client.clone(), "default");
     // One create whose body arrives slowly holds the only mutating slot while it is read.
-    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let field = |name: &str| {
-        use base64::Engine;
-        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
-        let value = line.split_once(':').unwrap().1.trim();
-        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
-    };
-    let cert = server.dir.path().join("admin.crt");
-    let key = server.dir.path().join("admin.key");
-    std::fs::write(&cert, field("client-certificate-data")).unwrap();
-    std::fs::write(&key, field("client-key-data")).unwrap();
-    let script = r#"
-import socket, ssl, sys, time
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-ctx.set_alpn_protocols(["http/1.1"])
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
-body = b'{"metadata":{"name":"slow"}}'
-s.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
-s.sendall(body[:5])
-print("holding", flush=True)
-sys.stdin.readline()
-s.sendall(body[5:])
-print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
-"#;
-    use std::io::{BufRead, Write};
-    let mut slow = Command::new("python3")
-        .args(["-c", script, &server.port.to_string()])
-        .arg(&cert)
-        .arg(&key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(slow.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "holding");
+    let (cert, key) = admin_certificate_files(&server);
+    let mut slow = CreateMidBody::start(&server, &cert, &key);
     // A second create gets 429 with Retry-After at once (curl: the kube client would retry
     // a 429 by itself).
     let url = format!("https://127.0.0.1:{}/api/v1/namespaces/default/configmaps", server.port);
@@ -447,9 +468,7 @@ print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
     let _watching = client.send(watch.map(kube::client::Body::from)).await.unwrap();
     api.list(&Default::default()).await.unwrap();
     // The held request completes normally and gives its slot back.
-    writeln!(slow.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "HTTP/1.1 201 Created");
-    let _ = slow.wait();
+    assert_eq!(slow.finish(), "HTTP/1.1 201 Created");
     let cm = serde_json::from_value(json!({"metadata": {"name": "after"}})).unwrap();
     api.create(&Default::default(), &cm).await.unwrap();
 }
@@ -746,45 +765,9 @@ async fn bodies_without_kind_or_api_version_follow_upstream() {
 #[test]
 fn sigterm_finishes_requests_in_flight_then_exits_cleanly() {
     let mut server = KrustServer::start(&[]);
-    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let field = |name: &str| {
-        use base64::Engine;
-        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
-        let value = line.split_once(':').unwrap().1.trim();
-        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
-    };
-    let cert = server.dir.path().join("admin.crt");
-    let key = server.dir.path().join("admin.key");
-    std::fs::write(&cert, field("client-certificate-data")).unwrap();
-    std::fs::write(&key, field("client-key-data")).unwrap();
+    let (cert, key) = admin_certificate_files(&server);
     // A create whose body is still arriving when the server is told to stop.
-    let script = r#"
-import socket, ssl, sys
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-ctx.set_alpn_protocols(["http/1.1"])
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
-body = b'{"metadata":{"name":"in-flight"}}'
-s.sendall(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
-s.sendall(body[:5])
-print("holding", flush=True)
-sys.stdin.readline()
-s.sendall(body[5:])
-print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
-"#;
-    use std::io::{BufRead, Write};
-    let mut slow = Command::new("python3")
-        .args(["-c", script, &server.port.to_string()])
-        .arg(&cert)
-        .arg(&key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(slow.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "holding");
+    let mut slow = CreateMidBody::start(&server, &cert, &key);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let port = server.port;
     let stopping = std::thread::spawn(move || server.terminate(std::time::Duration::from_secs(30)));
@@ -795,9 +778,7 @@ print(s.recv(65536).split(b"\r\n")[0].decode(), flush=True)
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // …while the request in flight completes…
-    writeln!(slow.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "HTTP/1.1 201 Created");
-    let _ = slow.wait();
+    assert_eq!(slow.finish(), "HTTP/1.1 201 Created");
     // …and the server exits 0.
     let status = stopping.join().unwrap().expect("exited within 30 s");
     assert!(status.success(), "{status}");
@@ -818,17 +799,7 @@ async fn watches_have_a_budget_of_their_own() {
     let second = watch().await.unwrap();
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
     // A third is over the budget (curl: the kube client would retry a 429 by itself).
-    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let field = |name: &str| {
-        use base64::Engine;
-        let line = kubeconfig.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
-        let value = line.split_once(':').unwrap().1.trim();
-        base64::engine::general_purpose::STANDARD.decode(value).unwrap()
-    };
-    let cert = server.dir.path().join("admin.crt");
-    let key = server.dir.path().join("admin.key");
-    std::fs::write(&cert, field("client-certificate-data")).unwrap();
-    std::fs::write(&key, field("client-key-data")).unwrap();
+    let (cert, key) = admin_certificate_files(&server);
     let url = format!(
         "https://127.0.0.1:{}/api/v1/namespaces/default/configmaps?watch=true",
         server.port
