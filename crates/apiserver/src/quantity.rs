@@ -5,9 +5,6 @@
 //! `Quantity` as its own type), so every field of every kind is covered — container requests
 //! and limits, node capacity, quotas, claims, `sizeLimit` — without a list to keep up to date.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
-
 use serde_json::Value;
 
 use crate::resources::ResourceType;
@@ -62,7 +59,7 @@ pub fn parse(text: &str) -> Option<Sign> {
 
 /// One step of a path to a quantity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     Field(String),
     /// Every value of a map (a ResourceList).
     AnyKey,
@@ -70,29 +67,24 @@ enum Step {
     AnyItem,
 }
 
-/// The paths to one kind's quantities.
-type Paths = Arc<Vec<Vec<Step>>>;
+/// The steps from an object's root to one of its quantities.
+pub(crate) type QuantityPath = Vec<Step>;
 
-/// Paths to the quantities of each built-in kind, computed once from its schema.
-fn paths_of(rt: &ResourceType) -> Paths {
-    static CACHE: OnceLock<Mutex<HashMap<String, Paths>>> = OnceLock::new();
-    let key = format!("{}/{}/{}", rt.group, rt.version, rt.kind);
-    let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(found) = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
-        return found.clone();
-    }
-    let mut found = Vec::new();
-    if let Some(schema_fn) = rt.schema {
-        let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
-        let root = schema_fn(&mut generator).to_value();
-        let definitions = generator.take_definitions(true);
-        let mut path = Vec::new();
-        let mut visiting = Vec::new();
-        walk_schema(&root, &definitions, &mut path, &mut visiting, &mut found);
-    }
-    let found = Arc::new(found);
-    cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, found.clone());
-    found
+/// Paths to the quantities of a built-in kind, read from its schema once per type (custom
+/// types have none: their schemas describe no `Quantity`).
+fn paths_of(rt: &ResourceType) -> &[QuantityPath] {
+    rt.quantities.get_or_init(|| {
+        let mut found = Vec::new();
+        if let Some(schema_fn) = rt.schema {
+            let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+            let root = schema_fn(&mut generator).to_value();
+            let definitions = generator.take_definitions(true);
+            let mut path = Vec::new();
+            let mut visiting = Vec::new();
+            walk_schema(&root, &definitions, &mut path, &mut visiting, &mut found);
+        }
+        found
+    })
 }
 
 fn walk_schema(
@@ -150,8 +142,7 @@ pub fn validate(
     object: &Value,
     causes: &mut Vec<Cause>,
 ) -> Result<(), ApiError> {
-    let paths = paths_of(rt);
-    for path in paths.iter() {
+    for path in paths_of(rt) {
         let mut field = String::new();
         check(object, path, &mut field, causes).map_err(|()| {
             ApiError::bad_request(format!(

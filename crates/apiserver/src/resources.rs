@@ -49,6 +49,9 @@ pub struct ResourceType {
     pub create_only: bool,
     pub(crate) codec: Option<Codec>,
     pub(crate) schema: Option<SchemaFn>,
+    /// Where this type's resource quantities sit, read from its schema on first use (every
+    /// write checks them, so this is computed once per type, not per write).
+    pub(crate) quantities: std::sync::OnceLock<Vec<crate::quantity::QuantityPath>>,
 }
 
 impl ResourceType {
@@ -87,6 +90,7 @@ impl ResourceType {
             create_only: false,
             codec: None,
             schema: None,
+            quantities: std::sync::OnceLock::new(),
         }
     }
     /// `group/version`, or `version` for core.
@@ -178,6 +182,7 @@ where
         create_only: false,
         codec: Some(roundtrip::<T>),
         schema: Some(schema_of::<T>),
+        quantities: std::sync::OnceLock::new(),
     }
 }
 
@@ -203,6 +208,7 @@ where
         create_only: true,
         codec: Some(roundtrip::<T>),
         schema: Some(schema_of::<T>),
+        quantities: std::sync::OnceLock::new(),
     }
 }
 
