@@ -370,11 +370,8 @@ impl ApiServer {
                 let slot =
                     if counted { Some(self.inflight.acquire(verb, long_running)) } else { None };
                 let response = if let Some(None) = slot {
-                    let mut e = ApiError::new(
-                        429,
-                        "TooManyRequests",
-                        "Too many requests, please try again later.",
-                    );
+                    let mut e =
+                        ApiError::too_many_requests("Too many requests, please try again later.");
                     e.retry_after = Some(1);
                     error_response(&e)
                 } else {

@@ -240,9 +240,7 @@ async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value) -> ApiResult<(
     };
     if healthy - 1 < desired_healthy {
         let pdb_name = pdb.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-        let mut error = ApiError::new(
-            429,
-            "TooManyRequests",
+        let mut error = ApiError::too_many_requests(
             "Cannot evict pod as it would violate the pod's disruption budget.",
         );
         error.causes.push(Cause::new(

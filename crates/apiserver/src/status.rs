@@ -128,6 +128,10 @@ impl ApiError {
         error.causes = causes;
         error
     }
+    /// 429 TooManyRequests.
+    pub fn too_many_requests(message: impl Into<String>) -> ApiError {
+        ApiError::new(429, "TooManyRequests", message)
+    }
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message)
