@@ -1059,17 +1059,7 @@ impl Rest {
             if options.dry_run {
                 return Ok(current.object);
             }
-            let response = self
-                .store
-                .txn(Txn {
-                    compares: vec![Compare::ModRevision {
-                        key: key.clone(),
-                        equals: current.mod_revision,
-                    }],
-                    success: vec![Op::Delete { key: key.clone() }],
-                    failure: vec![],
-                })
-                .await?;
+            let response = self.delete_at(&key, current.mod_revision).await?;
             if response.succeeded {
                 let mut gone = current.object;
                 set_resource_version(&mut gone, response.revision);
@@ -1083,9 +1073,17 @@ impl Rest {
             "too many concurrent updates; please try again",
         ))
     }
-}
 
-impl Rest {
+    /// Removes `key` if it is still at `mod_revision` (compare-and-swap).
+    async fn delete_at(&self, key: &str, mod_revision: i64) -> ApiResult<storage::TxnResponse> {
+        let txn = Txn {
+            compares: vec![Compare::ModRevision { key: key.to_owned(), equals: mod_revision }],
+            success: vec![Op::Delete { key: key.to_owned() }],
+            failure: vec![],
+        };
+        Ok(self.store.txn(txn).await?)
+    }
+
     /// Deletes an object whose stored value cannot be decoded (written by an older version
     /// without today's limits, or damaged): nothing in it can be evaluated, so it goes at
     /// once, and the operator is told. Any other read error is returned as it was.
@@ -1103,18 +1101,7 @@ impl Rest {
             return Err(error);
         }
         tracing::warn!(key, "deleting a stored object that cannot be decoded");
-        let response = self
-            .store
-            .txn(Txn {
-                compares: vec![Compare::ModRevision {
-                    key: key.to_owned(),
-                    equals: kv.mod_revision,
-                }],
-                success: vec![Op::Delete { key: key.to_owned() }],
-                failure: vec![],
-            })
-            .await?;
-        if !response.succeeded {
+        if !self.delete_at(key, kv.mod_revision).await?.succeeded {
             return Err(ApiError::conflict(
                 &rt.group,
                 &rt.plural,
@@ -1137,13 +1124,12 @@ fn require_type_meta(rt: &ResourceType, object: &Value) -> ApiResult<()> {
     }
     let text = |field: &str| object.get(field).and_then(Value::as_str).unwrap_or("");
     if text("kind").is_empty() {
-        let mut shown = object.to_string();
-        if shown.len() > 1024 {
-            let cut = (0..=1024).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
-            shown.truncate(cut);
+        let body = object.to_string();
+        let summary: String = body.chars().take(30).collect();
+        let mut shown: String = body.chars().take(1024).collect();
+        if shown.len() < body.len() {
             shown.push_str("...");
         }
-        let summary: String = object.to_string().chars().take(30).collect();
         return Err(ApiError::bad_request(format!(
             "the object provided is unrecognized (must be of type {}): Object 'Kind' is missing in '{shown}' ({summary} ...)",
             rt.kind
@@ -1275,6 +1261,20 @@ mod tests {
 
     fn kv(value: Bytes, mod_revision: i64) -> KeyValue {
         KeyValue { key: "/k".into(), value, create_revision: 1, mod_revision, version: 1 }
+    }
+
+    #[test]
+    fn identity_is_read_from_objects_too_deep_to_decode() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        for stored in [
+            format!(r#"{{"metadata":{{"name":"x","namespace":"d"}},"spec":{deep}}}"#),
+            format!(
+                r#"{{"apiVersion":"v1","data":{deep},"metadata":{{"name":"x","namespace":"d"}}}}"#
+            ),
+        ] {
+            assert!(serde_json::from_str::<Value>(&stored).is_err(), "too deep to decode whole");
+            assert_eq!(identity_of(stored.as_bytes()), Some(("x".into(), Some("d".into()))));
+        }
     }
 
     #[test]
