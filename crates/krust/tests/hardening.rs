@@ -100,29 +100,25 @@ fn documents_too_deep_to_read_back_are_never_stored() {
     let path =
         format!("/spec/versions/0/schema/openAPIV3Schema/properties/x/default{}", "/a".repeat(59));
     let patch = json!([{"op": "replace", "path": path, "value": nested(60)}]);
-    let patch = file(&server, "deep.json", &patch.to_string());
-    let out = server.kubectl(&[
-        "patch",
-        "crd",
-        "gadgets.hardening.example.com",
-        "--type=json",
-        "--patch-file",
-        &patch,
-    ]);
+    let patch_gadgets = |kind: &str, patch: &Value| {
+        let path = file(&server, "patch.json", &patch.to_string());
+        let kind = format!("--type={kind}");
+        server.kubectl(&[
+            "patch",
+            "crd",
+            "gadgets.hardening.example.com",
+            &kind,
+            "--patch-file",
+            &path,
+        ])
+    };
+    let out = patch_gadgets("json", &patch);
     assert!(!out.status.success(), "the deep patch was accepted");
     assert!(stderr(&out).contains("deeper than"), "{}", stderr(&out));
     // The same through a merge patch (which replaces the list whole): the final object is
     // checked, whichever patch built it.
     let merge = json!({"spec": {"versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "properties": {"x": {"type": "object", "default": nested(95)}}}}}]}});
-    let merge = file(&server, "merge.json", &merge.to_string());
-    let out = server.kubectl(&[
-        "patch",
-        "crd",
-        "gadgets.hardening.example.com",
-        "--type=merge",
-        "--patch-file",
-        &merge,
-    ]);
+    let out = patch_gadgets("merge", &merge);
     assert!(!out.status.success(), "the deep merge patch was accepted");
     assert!(stderr(&out).contains("nested too deeply"), "{}", stderr(&out));
     // A custom resource whose spec is 126 levels deep: refused at create (it used to be
