@@ -13,7 +13,13 @@ const VERBS: [&str; 8] =
     ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 fn verbs(rt: &ResourceType) -> &'static [&'static str] {
-    if rt.create_only { &["create"] } else { &VERBS }
+    if rt.create_only {
+        &["create"]
+    } else if rt.strategy.is_computed() {
+        &["get", "list"]
+    } else {
+        &VERBS
+    }
 }
 
 fn subresources(rt: &ResourceType) -> Vec<(&'static str, Value, Vec<&'static str>)> {
@@ -22,18 +28,14 @@ fn subresources(rt: &ResourceType) -> Vec<(&'static str, Value, Vec<&'static str
     if rt.has_status {
         out.push(("status", own.clone(), vec!["get", "patch", "update"]));
     }
-    if rt.kind == "Pod" && rt.is_builtin() {
-        let options = |kind: &str| json!({"group": "", "version": "v1", "kind": kind});
-        out.push(("attach", options("PodAttachOptions"), vec!["create", "get"]));
-        out.push(("binding", options("Binding"), vec!["create"]));
-        out.push((
-            "eviction",
-            json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
-            vec!["create"],
-        ));
-        out.push(("exec", options("PodExecOptions"), vec!["create", "get"]));
-        out.push(("log", own.clone(), vec!["get"]));
-        out.push(("portforward", options("PodPortForwardOptions"), vec!["create", "get"]));
+    for sub in rt.strategy.subresources() {
+        let kind = match sub.kind {
+            Some((group, version, kind)) => {
+                json!({"group": group, "version": version, "kind": kind})
+            }
+            None => own.clone(),
+        };
+        out.push((sub.name, kind, sub.verbs.to_vec()));
     }
     if rt.has_scale {
         out.push((

@@ -253,13 +253,7 @@ fn route(registry: &Registry, path: &str) -> ApiResult<Route> {
     if let Some(sub) = &target.subresource {
         let ok = (sub == "status" && target.rt.has_status)
             || (sub == "scale" && target.rt.has_scale)
-            || (target.rt.kind == "Pod"
-                && target.rt.is_builtin()
-                && STREAMING.contains(&sub.as_str()))
-            || (target.rt.kind == "Pod"
-                && target.rt.is_builtin()
-                && matches!(sub.as_str(), "binding" | "eviction"))
-            || (sub == "finalize" && target.rt.kind == "Namespace");
+            || target.rt.strategy.subresources().iter().any(|s| s.name == sub);
         if !ok {
             return Err(ApiError::no_route());
         }
@@ -598,6 +592,19 @@ impl ApiServer {
         let namespace = target.namespace.clone().unwrap_or_default();
         let name = target.name.clone().ok_or_else(ApiError::no_route)?;
         let pod = self.rest.get(&target.rt, Some(&namespace), &name).await?.object;
+        if sub != "log" {
+            let attributes = crate::admission::Attributes {
+                operation: crate::admission::Operation::Connect,
+                rt: &target.rt,
+                subresource: Some(&sub),
+                namespace: Some(&namespace),
+                name: &name,
+                old: Some(&pod),
+                dry_run: false,
+            };
+            let _holds = self.rest.admission.mutate(&self.rest, &attributes, None).await?;
+            self.rest.admission.validate(&self.rest, &attributes, None).await?;
+        }
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
         if node.is_empty() {
             return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
@@ -645,7 +652,7 @@ impl ApiServer {
             let content_type = header_text(&request, header::CONTENT_TYPE);
             let body = read_body(request, &content_type).await?;
             let user = user.ok_or_else(ApiError::unauthorized)?;
-            let answered = self.review(&target.rt, body, user)?;
+            let answered = self.review(&target.rt, body, user, target.namespace.as_deref())?;
             return Ok(json_response(StatusCode::CREATED, &answered));
         }
         let accept = header_text(&request, header::ACCEPT);
@@ -673,6 +680,9 @@ impl ApiServer {
             };
             return Ok(json_response(StatusCode::CREATED, &answer));
         }
+        if rt.strategy.is_computed() {
+            return self.serve_computed(&rt, verb, target.name.as_deref(), table, include).await;
+        }
         match verb {
             "get" => {
                 let name = target.name.as_deref().unwrap_or("");
@@ -683,7 +693,7 @@ impl ApiServer {
                 if table {
                     let rv = stored.mod_revision.to_string();
                     return Ok(table_response(&table::table(
-                        &rt.kind,
+                        rt.strategy,
                         &[stored.object],
                         include,
                         json!({"resourceVersion": rv}),
@@ -701,7 +711,7 @@ impl ApiServer {
                 }
                 if table {
                     return Ok(table_response(&table::table(
-                        &rt.kind,
+                        rt.strategy,
                         &page.objects()?,
                         include,
                         meta,
@@ -890,89 +900,95 @@ impl ApiServer {
         if dry_run {
             return;
         }
-        match rt.kind.as_str() {
-            "CustomResourceDefinition" if rt.is_builtin() => {
-                if let Err(e) = crate::crd::sync(&self.rest).await {
-                    tracing::warn!(error = %e, "syncing custom resource types failed");
-                }
-                // A deleted (or deleting) definition is no longer served; its objects go too.
-                if deleted && let Err(e) = crate::crd::delete_instances(&self.rest, object).await {
-                    tracing::warn!(error = %e, "deleting custom resources of a deleted CRD failed");
-                }
+        if rt.strategy.defines_types() {
+            if let Err(e) = crate::crd::sync(&self.rest).await {
+                tracing::warn!(error = %e, "syncing custom resource types failed");
             }
-            _ => {}
+            // A deleted (or deleting) definition is no longer served; its objects go too.
+            if deleted && let Err(e) = crate::crd::delete_instances(&self.rest, object).await {
+                tracing::warn!(error = %e, "deleting custom resources of a deleted CRD failed");
+            }
         }
     }
 
-    /// Answers a review (`kubectl auth can-i`, `auth can-i --list`, `auth whoami`) for `user`.
-    fn review(&self, rt: &ResourceType, body: Value, user: &UserInfo) -> ApiResult<Value> {
-        let (mut review, _) = crate::strategy::canonicalize(rt, body, FieldValidation::Ignore)?;
-        let status = match rt.kind.as_str() {
-            "SelfSubjectAccessReview" => {
-                let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
-                let text =
-                    |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
-                let (verb, group, resource, subresource, namespace, name, path) = if spec
-                    .get("nonResourceAttributes")
-                    .is_some()
-                {
-                    (
-                        text("/nonResourceAttributes/verb"),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        text("/nonResourceAttributes/path"),
-                    )
-                } else if spec.get("resourceAttributes").is_some() {
-                    (
-                        text("/resourceAttributes/verb"),
-                        text("/resourceAttributes/group"),
-                        text("/resourceAttributes/resource"),
-                        text("/resourceAttributes/subresource"),
-                        text("/resourceAttributes/namespace"),
-                        text("/resourceAttributes/name"),
-                        String::new(),
-                    )
-                } else {
-                    return Err(ApiError::invalid(
-                        &rt.kind,
-                        &rt.group,
-                        "",
-                        vec![crate::status::Cause::new(
-                            "FieldValueRequired",
-                            "spec.resourceAttributes",
-                            "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
-                        )],
-                    ));
-                };
-                let attributes = Attributes {
-                    verb: &verb,
-                    group: &group,
-                    resource: &resource,
-                    subresource: &subresource,
-                    namespace: &namespace,
-                    name: &name,
-                    path: &path,
-                };
-                match self.authorizer.authorize(user, &attributes) {
-                    Decision::Allow => json!({"allowed": true}),
-                    Decision::Deny(reason) => json!({"allowed": false, "reason": reason}),
-                }
-            }
-            "SelfSubjectRulesReview" => {
-                let namespace =
-                    review.pointer("/spec/namespace").and_then(Value::as_str).unwrap_or("");
-                let rules = self.authorizer.rules(user, namespace);
-                json!({"resourceRules": rules.resource_rules, "nonResourceRules": rules.non_resource_rules, "incomplete": rules.incomplete})
-            }
-            _ => json!({"userInfo": {"username": user.name, "groups": user.groups}}),
+    /// Reads of a type computed from the server's own state (component statuses): get and
+    /// list only, as upstream.
+    async fn serve_computed(
+        &self,
+        rt: &ResourceType,
+        verb: &str,
+        name: Option<&str>,
+        table: bool,
+        include: IncludeObject,
+    ) -> ApiResult<Response<Body>> {
+        let store = match self.rest.store.current_revision().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
         };
+        let mut objects = rt.strategy.computed_objects(&store);
+        match verb {
+            "get" => {
+                let name = name.unwrap_or("");
+                objects
+                    .retain(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(name));
+                let object = objects
+                    .pop()
+                    .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+                if table {
+                    return Ok(table_response(&table::table(
+                        rt.strategy,
+                        &[object],
+                        include,
+                        json!({}),
+                        true,
+                    )));
+                }
+                Ok(json_response(StatusCode::OK, &object))
+            }
+            "list" => {
+                if table {
+                    return Ok(table_response(&table::table(
+                        rt.strategy,
+                        &objects,
+                        include,
+                        json!({}),
+                        true,
+                    )));
+                }
+                let list = json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": {}, "items": objects});
+                Ok(json_response(StatusCode::OK, &list))
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{} only support get and list",
+                rt.plural
+            ))),
+        }
+    }
+
+    /// Answers a review (`kubectl auth can-i`, `auth can-i --list`, `auth whoami`, token and
+    /// access reviews) for `user`.
+    fn review(
+        &self,
+        rt: &ResourceType,
+        body: Value,
+        user: &UserInfo,
+        namespace: Option<&str>,
+    ) -> ApiResult<Value> {
+        let (mut review, _) = crate::strategy::canonicalize(rt, body, FieldValidation::Ignore)?;
+        let context = crate::strategy::ReviewContext {
+            user,
+            authorizer: self.authorizer.as_ref(),
+            namespace,
+        };
+        let status = rt.strategy.review(&review, &context)?;
         if let Some(obj) = review.as_object_mut() {
             obj.insert("apiVersion".into(), json!(rt.api_version()));
             obj.insert("kind".into(), json!(rt.kind));
-            obj.insert("metadata".into(), json!({"creationTimestamp": null}));
+            let mut meta = json!({"creationTimestamp": null});
+            if let Some(ns) = namespace {
+                meta["namespace"] = json!(ns);
+            }
+            obj.insert("metadata".into(), meta);
             obj.insert("status".into(), status);
         }
         Ok(review)
@@ -1062,7 +1078,17 @@ fn table_response(value: &Value) -> Response<Body> {
 }
 
 fn scale_of(object: &Value) -> Value {
-    let selector = table::label_selector_string(object.pointer("/spec/selector"));
+    // A ReplicationController's selector is a plain label map; the apps kinds' are
+    // LabelSelectors.
+    let selector = object.pointer("/spec/selector");
+    let structured = selector
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.contains_key("matchLabels") || m.contains_key("matchExpressions"));
+    let selector = if structured {
+        table::label_selector_string(selector)
+    } else {
+        table::label_map_string(selector)
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1081,7 +1107,10 @@ fn scale_of(object: &Value) -> Value {
 pub(crate) fn list_options(rt: &ResourceType, query: &Query) -> ApiResult<ListOptions> {
     Ok(ListOptions {
         labels: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))?,
-        fields: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), &rt.kind)?,
+        fields: FieldSelector::parse(
+            query.get("fieldSelector").unwrap_or(""),
+            rt.strategy.selectable_fields(),
+        )?,
         limit: match query.get("limit") {
             Some(l) if !l.is_empty() => l
                 .parse::<i64>()

@@ -23,6 +23,7 @@ pub mod pods;
 pub mod protobuf;
 pub mod proxy;
 pub mod quantity;
+pub mod registry;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

@@ -1,24 +1,12 @@
 //! What the API server does for pods beyond generic storage: the `binding` subresource the
-//! scheduler assigns nodes through, the `eviction` subresource drains go through (checking
-//! PodDisruptionBudgets), and the admission upstream's DefaultTolerationSeconds and Priority
-//! plugins apply to every new pod.
+//! scheduler assigns nodes through, and the `eviction` subresource drains go through (checking
+//! PodDisruptionBudgets).
 
 use serde_json::{Value, json};
 
 use crate::rest::{DeleteOptions, ListOptions, Rest, WriteOptions};
 use crate::selectors::LabelSelector;
 use crate::status::{ApiError, ApiResult, Cause};
-
-/// The taints the node lifecycle controller puts on nodes that stop reporting, which every
-/// pod tolerates for five minutes unless it says otherwise (DefaultTolerationSeconds).
-pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
-/// See [`NOT_READY_TAINT`].
-pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
-const DEFAULT_TOLERATION_SECONDS: i64 = 300;
-
-/// The priority classes every cluster has (upstream creates the same two at start-up).
-pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64); 2] =
-    [("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];
 
 fn success(code: u16) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
@@ -252,78 +240,6 @@ async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value) -> ApiResult<(
         ));
         error.retry_after = Some(10);
         return Err(error);
-    }
-    Ok(())
-}
-
-/// Admission of a new pod: the default NoExecute tolerations and the priority its class gives.
-pub(crate) async fn admit(rest: &Rest, pod: &mut Value) -> ApiResult<()> {
-    let spec = pod
-        .get_mut("spec")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| ApiError::bad_request("a pod needs a spec"))?;
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if tolerations.is_null() {
-        *tolerations = json!([]);
-    }
-    if let Some(list) = tolerations.as_array_mut() {
-        for key in [NOT_READY_TAINT, UNREACHABLE_TAINT] {
-            let covered = list.iter().any(|t| {
-                let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
-                let t_key = t.get("key").and_then(Value::as_str).unwrap_or("");
-                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
-                (effect.is_empty() || effect == "NoExecute")
-                    && (t_key == key || (t_key.is_empty() && exists))
-            });
-            if !covered {
-                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute",
-                                 "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
-            }
-        }
-    }
-    let class_name = spec.get("priorityClassName").and_then(Value::as_str).unwrap_or("").to_owned();
-    let Some(classes) = rest.registry.lookup("scheduling.k8s.io", "v1", "priorityclasses") else {
-        return Ok(());
-    };
-    let class = if class_name.is_empty() {
-        // The class marked globalDefault applies to pods that name none.
-        rest.list(&classes, None, &ListOptions::default())
-            .await?
-            .objects()?
-            .into_iter()
-            .find(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
-    } else {
-        match rest.get(&classes, None, &class_name).await {
-            Ok(stored) => Some(stored.object),
-            Err(e) if e.code == 404 => {
-                return Err(ApiError::forbidden(format!(
-                    "no PriorityClass with name {class_name} was found"
-                )));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let (priority, policy) = match &class {
-        Some(c) => (
-            c.get("value").and_then(Value::as_i64).unwrap_or(0),
-            c.get("preemptionPolicy").and_then(Value::as_str).unwrap_or("PreemptLowerPriority"),
-        ),
-        None => (0, "PreemptLowerPriority"),
-    };
-    if let Some(given) = spec.get("priority").and_then(Value::as_i64)
-        && given != priority
-    {
-        return Err(ApiError::forbidden(
-            "the integer value of priority must not be provided in pod spec; priority admission controller computed the value from the given PriorityClass name",
-        ));
-    }
-    spec.insert("priority".into(), json!(priority));
-    spec.insert("preemptionPolicy".into(), json!(policy));
-    if let Some(c) = &class
-        && class_name.is_empty()
-        && let Some(name) = c.pointer("/metadata/name")
-    {
-        spec.insert("priorityClassName".into(), name.clone());
     }
     Ok(())
 }

@@ -57,6 +57,36 @@ pub fn parse(text: &str) -> Option<Sign> {
     Some(if negative && !zero { Sign::Negative } else { Sign::NonNegative })
 }
 
+/// A well-formed quantity's value as a number (cores, bytes), for comparisons such as the QoS
+/// class; `None` when it does not parse.
+pub fn value(text: &str) -> Option<f64> {
+    parse(text)?;
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if suffix.starts_with(['e', 'E']) && suffix.len() > 1 {
+        return text.parse().ok();
+    }
+    let factor = match suffix {
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0f64.powi(3),
+        "Ti" => 1024.0f64.powi(4),
+        "Pi" => 1024.0f64.powi(5),
+        "Ei" => 1024.0f64.powi(6),
+        _ => 1.0,
+    };
+    Some(number.parse::<f64>().ok()? * factor)
+}
+
 /// One step of a path to a quantity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {

@@ -49,6 +49,8 @@ pub struct ResourceType {
     pub create_only: bool,
     pub(crate) codec: Option<Codec>,
     pub(crate) schema: Option<SchemaFn>,
+    /// The type's own rules.
+    pub(crate) strategy: &'static dyn crate::strategy::Strategy,
     /// Where this type's resource quantities sit, read from its schema on first use (every
     /// write checks them, so this is computed once per type, not per write).
     pub(crate) quantities: std::sync::OnceLock<Vec<crate::quantity::QuantityPath>>,
@@ -90,6 +92,7 @@ impl ResourceType {
             create_only: false,
             codec: None,
             schema: None,
+            strategy: &crate::registry::custom::CustomResources,
             quantities: std::sync::OnceLock::new(),
         }
     }
@@ -125,7 +128,7 @@ impl ResourceType {
     }
 }
 
-trait Scope {
+pub(crate) trait Scope {
     const NAMESPACED: bool;
 }
 impl Scope for NamespaceResourceScope {
@@ -148,16 +151,21 @@ fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
     serde_json::to_value(typed)
 }
 
-struct Extra {
-    singular: &'static str,
-    short_names: &'static [&'static str],
-    categories: &'static [&'static str],
-    status: bool,
-    scale: bool,
-    generation: bool,
+/// What a built-in type's line in the registry adds to what `k8s-openapi` knows of it.
+pub(crate) struct Extra {
+    pub(crate) singular: &'static str,
+    pub(crate) short_names: &'static [&'static str],
+    pub(crate) categories: &'static [&'static str],
+    pub(crate) status: bool,
+    pub(crate) scale: bool,
+    pub(crate) generation: bool,
 }
 
-fn builtin<T>(extra: Extra) -> ResourceType
+/// A built-in type served with `strategy`.
+pub(crate) fn builtin<T>(
+    extra: Extra,
+    strategy: &'static dyn crate::strategy::Strategy,
+) -> ResourceType
 where
     T: Resource
         + ListableResource
@@ -182,12 +190,16 @@ where
         create_only: false,
         codec: Some(roundtrip::<T>),
         schema: Some(schema_of::<T>),
+        strategy,
         quantities: std::sync::OnceLock::new(),
     }
 }
 
 /// A create-only review type.
-fn review<T>(singular: &str) -> ResourceType
+pub(crate) fn review<T>(
+    singular: &str,
+    strategy: &'static dyn crate::strategy::Strategy,
+) -> ResourceType
 where
     T: Resource + serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema,
     T::Scope: Scope,
@@ -208,84 +220,9 @@ where
         create_only: true,
         codec: Some(roundtrip::<T>),
         schema: Some(schema_of::<T>),
+        strategy,
         quantities: std::sync::OnceLock::new(),
     }
-}
-
-macro_rules! builtins {
-    ($($ty:ty => $singular:literal [$($short:literal),*] [$($cat:literal),*] $($flag:ident)*;)*) => {
-        vec![$({
-            #[allow(unused_mut)]
-            let mut extra = Extra {
-                singular: $singular,
-                short_names: &[$($short),*],
-                categories: &[$($cat),*],
-                status: false,
-                scale: false,
-                generation: false,
-            };
-            $(builtins!(@flag extra $flag);)*
-            builtin::<$ty>(extra)
-        }),*]
-    };
-    (@flag $e:ident status) => { $e.status = true; };
-    (@flag $e:ident scale) => { $e.scale = true; };
-    (@flag $e:ident generation) => { $e.generation = true; };
-}
-
-/// Every built-in type krust serves, in discovery order.
-fn builtin_types() -> Vec<ResourceType> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        events::v1 as events, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-        scheduling::v1 as scheduling, storage::v1 as storage,
-    };
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
-    let mut types = builtins! {
-        core::Namespace => "namespace" ["ns"] [] status;
-        core::Pod => "pod" ["po"] ["all"] status generation;
-        core::Service => "service" ["svc"] ["all"] status;
-        core::Endpoints => "endpoints" ["ep"] [];
-        core::ConfigMap => "configmap" ["cm"] [];
-        core::Secret => "secret" [] [];
-        core::Node => "node" ["no"] [] status;
-        core::ServiceAccount => "serviceaccount" ["sa"] [];
-        core::Event => "event" ["ev"] [];
-        core::PersistentVolume => "persistentvolume" ["pv"] [] status;
-        core::PersistentVolumeClaim => "persistentvolumeclaim" ["pvc"] [] status;
-        core::LimitRange => "limitrange" ["limits"] [];
-        core::ResourceQuota => "resourcequota" ["quota"] [] status;
-        apps::Deployment => "deployment" ["deploy"] ["all"] status scale generation;
-        apps::ReplicaSet => "replicaset" ["rs"] ["all"] status scale generation;
-        apps::StatefulSet => "statefulset" ["sts"] ["all"] status scale generation;
-        apps::DaemonSet => "daemonset" ["ds"] ["all"] status generation;
-        apps::ControllerRevision => "controllerrevision" [] [];
-        batch::Job => "job" [] ["all"] status generation;
-        batch::CronJob => "cronjob" ["cj"] ["all"] status generation;
-        networking::Ingress => "ingress" ["ing"] [] status generation;
-        networking::IngressClass => "ingressclass" [] [];
-        networking::NetworkPolicy => "networkpolicy" ["netpol"] [] generation;
-        rbac::Role => "role" [] [];
-        rbac::RoleBinding => "rolebinding" [] [];
-        rbac::ClusterRole => "clusterrole" [] [];
-        rbac::ClusterRoleBinding => "clusterrolebinding" [] [];
-        coordination::Lease => "lease" [] [];
-        autoscaling::HorizontalPodAutoscaler => "horizontalpodautoscaler" ["hpa"] ["all"] status generation;
-        storage::StorageClass => "storageclass" ["sc"] [];
-        policy::PodDisruptionBudget => "poddisruptionbudget" ["pdb"] [] status generation;
-        discovery::EndpointSlice => "endpointslice" [] [];
-        events::Event => "event" ["ev"] [];
-        scheduling::PriorityClass => "priorityclass" ["pc"] [];
-        apiextensions::CustomResourceDefinition => "customresourcedefinition" ["crd", "crds"] [] status generation;
-    };
-    use k8s_openapi::api::{
-        authentication::v1 as authentication, authorization::v1 as authorization,
-    };
-    types.push(review::<authorization::SelfSubjectAccessReview>("selfsubjectaccessreview"));
-    types.push(review::<authorization::SelfSubjectRulesReview>("selfsubjectrulesreview"));
-    types.push(review::<authentication::SelfSubjectReview>("selfsubjectreview"));
-    types
 }
 
 /// The resource types currently served, looked up by group/version/plural. Custom resource
@@ -299,7 +236,9 @@ impl Registry {
     /// A registry of the built-in types.
     pub fn new() -> Registry {
         Registry {
-            types: RwLock::new(Arc::new(builtin_types().into_iter().map(Arc::new).collect())),
+            types: RwLock::new(Arc::new(
+                crate::registry::builtin_types().into_iter().map(Arc::new).collect(),
+            )),
         }
     }
 

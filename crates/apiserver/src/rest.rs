@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use storage::{Compare, KeyValue, Op, RangeRequest, SharedStore, Txn};
 
+use crate::admission::{Attributes, Operation};
 use crate::managed;
 use crate::patch::{self, PatchType};
 use crate::resources::{Registry, ResourceType};
@@ -269,18 +270,6 @@ impl Rest {
             .ok_or_else(|| ApiError::internal("namespaces are not served"))
     }
 
-    /// Whether `namespace` exists and is not terminating; the caller is creating in it.
-    pub async fn check_namespace_for_create(&self, namespace: &str) -> ApiResult<()> {
-        let namespaces = self.namespaces()?;
-        let ns = self.get(&namespaces, None, namespace).await?.object;
-        if ns.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::forbidden(format!(
-                "unable to create new content in namespace {namespace} because it is being terminated"
-            )));
-        }
-        Ok(())
-    }
-
     /// Creates `object` in `namespace`.
     pub async fn create(
         &self,
@@ -348,25 +337,28 @@ impl Rest {
         }
         let (mut object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
         if rt.has_status
-            && rt.kind != "Node"
+            && !rt.strategy.keeps_status_on_create()
             && let Some(obj) = object.as_object_mut()
         {
-            // Status is the system's to write, through the status subresource (nodes are the
-            // exception: an agent registers its node with its status, as upstream allows).
+            // Status is the system's to write, through the status subresource.
             obj.remove("status");
         }
-        strategy::apply_defaults(rt, &mut object);
-        self.validate(rt, &object)?;
+        rt.strategy.default(&mut object);
+        rt.strategy.prepare_create(&mut object);
         let name = meta_str(&object, "name").unwrap_or("").to_owned();
-        if rt.kind == "Namespace"
-            && ["default", "kube-system", "kube-public", "kube-node-lease"].contains(&name.as_str())
-        {
-            // Nothing special on create; they are recreated at start-up if missing.
-        }
-        if let (true, Some(ns)) = (rt.namespaced, namespace) {
-            self.check_namespace_for_create(ns).await?;
-        }
-        let _admitted = self.admission.admit_create(self, &rt.kind, &mut object).await?;
+        let attributes = Attributes {
+            operation: Operation::Create,
+            rt,
+            subresource: None,
+            namespace: namespace.filter(|_| rt.namespaced),
+            name: &name,
+            old: None,
+            dry_run: options.dry_run,
+        };
+        // Upstream's order: mutating admission, the type's validation, validating admission.
+        let _holds = self.admission.mutate(self, &attributes, Some(&mut object)).await?;
+        self.validate(rt, &object)?;
+        self.admission.validate(self, &attributes, Some(&object)).await?;
         if !applied {
             let api_version = rt.api_version();
             managed::record_update(&rt.kind, None, &mut object, options.writer(&api_version, None));
@@ -445,7 +437,7 @@ impl Rest {
         let mut causes: Vec<Cause> = Vec::new();
         crate::quantity::validate(rt, object, &mut causes)?;
         strategy::validate_metadata(rt, object, &mut causes);
-        strategy::validate_spec(rt, object, &mut causes);
+        rt.strategy.validate(object, &mut causes);
         if causes.is_empty() {
             Ok(())
         } else {
@@ -769,7 +761,20 @@ impl Rest {
             check_identity_kept(rt, &current.object, &next)?;
             self.prepare_type_meta(rt, &mut next)?;
             self.carry_over(rt, &current.object, &mut next, subresource)?;
-            strategy::apply_defaults(rt, &mut next);
+            if subresource.is_none() {
+                rt.strategy.prepare_update(&mut next, &current.object);
+            }
+            rt.strategy.default(&mut next);
+            let attributes = Attributes {
+                operation: Operation::Update,
+                rt,
+                subresource,
+                namespace: namespace.filter(|_| rt.namespaced),
+                name,
+                old: Some(&current.object),
+                dry_run: options.dry_run,
+            };
+            let _holds = self.admission.mutate(self, &attributes, Some(&mut next)).await?;
             if rt.tracks_generation && strategy::spec_changed(&current.object, &next) {
                 let generation = current
                     .object
@@ -780,6 +785,14 @@ impl Rest {
                 meta_mut(&mut next)?.insert("generation".into(), json!(generation));
             }
             self.validate(rt, &next)?;
+            if subresource.is_none() {
+                let mut causes = Vec::new();
+                rt.strategy.validate_update(&next, &current.object, &mut causes);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(&rt.kind, &rt.group, name, causes));
+                }
+            }
+            self.admission.validate(self, &attributes, Some(&next)).await?;
             if same_but_bookkeeping(&current.object, &next) {
                 // No change: upstream skips the write and returns the current object.
                 return Ok(Written { object: current.object, body: None });
@@ -809,7 +822,7 @@ impl Rest {
                         .is_none_or(|g| g == 0)
                     // A namespace also waits for its spec finalizers (the namespace
                     // controller removes `kubernetes` through `finalize` once it is empty).
-                    && (rt.kind != "Namespace"
+                    && (!rt.strategy.finalized_by_spec()
                         || next
                             .pointer("/spec/finalizers")
                             .and_then(Value::as_array)
@@ -975,6 +988,17 @@ impl Rest {
                     ),
                 ));
             }
+            let attributes = Attributes {
+                operation: Operation::Delete,
+                rt,
+                subresource: None,
+                namespace: namespace.filter(|_| rt.namespaced),
+                name,
+                old: Some(&current.object),
+                dry_run: options.dry_run,
+            };
+            let _holds = self.admission.mutate(self, &attributes, None).await?;
+            self.admission.validate(self, &attributes, None).await?;
             let mut finalizers: Vec<Value> = current
                 .object
                 .pointer("/metadata/finalizers")
@@ -990,17 +1014,17 @@ impl Rest {
                 }
                 _ => {}
             }
-            let namespace_terminating = rt.kind == "Namespace";
-            let pod_grace = if rt.kind == "Pod" {
-                pod_grace_period(&current.object, options.grace_period_seconds)
-            } else {
-                0
-            };
+            let namespace_terminating = rt.strategy.finalized_by_spec();
+            let graceful_type =
+                rt.strategy.grace_period(&current.object, options.grace_period_seconds);
+            let pod_grace = graceful_type.unwrap_or(0);
             let already_deleting =
                 current.object.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
             // A forced delete (grace 0) of a pod already terminating removes it now.
-            let forced_now =
-                already_deleting && rt.kind == "Pod" && pod_grace == 0 && finalizers.is_empty();
+            let forced_now = already_deleting
+                && graceful_type.is_some()
+                && pod_grace == 0
+                && finalizers.is_empty();
             let graceful =
                 !forced_now && (!finalizers.is_empty() || namespace_terminating || pod_grace > 0);
             if graceful {
@@ -1010,7 +1034,8 @@ impl Rest {
                     .and_then(Value::as_i64);
                 // A second delete may only shorten a pod's grace period (a forced delete of a
                 // pod held by finalizers leaves it at 0, so the last finalizer removes it).
-                let shortens = rt.kind == "Pod" && current_grace.is_some_and(|g| pod_grace < g);
+                let shortens =
+                    graceful_type.is_some() && current_grace.is_some_and(|g| pod_grace < g);
                 if already_deleting && !shortens {
                     return Ok(current.object);
                 }
@@ -1220,24 +1245,6 @@ fn same_but_bookkeeping(a: &Value, b: &Value) -> bool {
             "metadata" => same_meta(Some(v), b.get(k)),
             _ => b.get(k) == Some(v),
         })
-}
-
-/// How long a deleted pod may take to stop: none for pods on no node or already finished
-/// (nothing runs them), else the request's grace period or the pod's own (default 30 s).
-fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
-    let on_node =
-        pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let finished = matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    );
-    if !on_node || finished {
-        return 0;
-    }
-    requested
-        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
-        .unwrap_or(30)
-        .max(0)
 }
 
 /// Options of a DELETE, from the body and the query.

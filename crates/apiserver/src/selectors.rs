@@ -153,8 +153,9 @@ pub struct FieldSelector {
 }
 
 impl FieldSelector {
-    /// Parses the selector and checks each field is supported for `kind`.
-    pub fn parse(input: &str, kind: &str) -> Result<FieldSelector, ApiError> {
+    /// Parses the selector and checks each field is `metadata.name`, `metadata.namespace` or
+    /// one of the type's `selectable` fields.
+    pub fn parse(input: &str, selectable: &[&str]) -> Result<FieldSelector, ApiError> {
         let mut terms = Vec::new();
         for part in input.split(',') {
             let part = part.trim();
@@ -171,7 +172,7 @@ impl FieldSelector {
                 return Err(ApiError::bad_request(format!("invalid field selector: '{part}'")));
             };
             let field = field.trim();
-            if !supported_field(kind, field) {
+            if !COMMON_FIELDS.contains(&field) && !selectable.contains(&field) {
                 return Err(ApiError::bad_request(format!("field label not supported: {field}")));
             }
             terms.push((field.to_owned(), equal, value.trim().to_owned()));
@@ -194,47 +195,6 @@ impl FieldSelector {
 }
 
 const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
-
-fn supported_field(kind: &str, field: &str) -> bool {
-    if COMMON_FIELDS.contains(&field) {
-        return true;
-    }
-    let extra: &[&str] = match kind {
-        "Pod" => &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        "Event" => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-            "regarding.kind",
-            "regarding.namespace",
-            "regarding.name",
-            "regarding.uid",
-        ],
-        "Secret" => &["type"],
-        "Node" => &["spec.unschedulable"],
-        "Namespace" => &["status.phase"],
-        "ReplicaSet" | "Job" => &["status.replicas", "status.successful"],
-        _ => &[],
-    };
-    extra.contains(&field)
-}
 
 /// The string form of a selectable field, as upstream renders it (missing = "").
 fn field_value(object: &Value, field: &str) -> String {
@@ -301,16 +261,19 @@ mod tests {
     #[test]
     fn field_selectors_check_support_and_match() {
         let p = pod(json!({}));
+        use crate::strategy::Strategy;
+        let pods = crate::registry::core::pod::Pods.selectable_fields();
         let s = FieldSelector::parse(
             "spec.nodeName=n1,status.phase!=Succeeded,status.phase!=Failed",
-            "Pod",
+            pods,
         )
         .unwrap();
         assert!(s.matches(&p));
-        assert!(!FieldSelector::parse("metadata.name=q", "Pod").unwrap().matches(&p));
-        let err = FieldSelector::parse("spec.foo=1", "Pod").unwrap_err();
+        assert!(!FieldSelector::parse("metadata.name=q", pods).unwrap().matches(&p));
+        let err = FieldSelector::parse("spec.foo=1", pods).unwrap_err();
         assert_eq!(err.code, 400);
         assert!(err.message.contains("field label not supported: spec.foo"));
-        assert!(FieldSelector::parse("spec.nodeName=x", "ConfigMap").is_err());
+        let config_maps = crate::registry::core::configmap::ConfigMaps.selectable_fields();
+        assert!(FieldSelector::parse("spec.nodeName=x", config_maps).is_err());
     }
 }

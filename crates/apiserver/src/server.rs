@@ -407,7 +407,7 @@ pub async fn bootstrap(
     let classes = registry
         .lookup("scheduling.k8s.io", "v1", "priorityclasses")
         .ok_or(ServerError::NotServed("priorityclasses"))?;
-    for (name, value) in crate::pods::SYSTEM_PRIORITY_CLASSES {
+    for (name, value) in crate::admission::SYSTEM_PRIORITY_CLASSES {
         let class = json!({"metadata": {"name": name}, "value": value,
             "description": "Used for system critical pods that must not be moved from their current node.",
             "preemptionPolicy": "PreemptLowerPriority"});

@@ -1,8 +1,9 @@
-//! Per-type rules applied on every write: decoding through the `k8s-openapi` type (with
-//! strict/warn/ignore handling of unknown fields), validation of metadata and required fields,
-//! and upstream's defaulting for what users hit most.
+//! The rules every write goes through, whatever its type: decoding through the `k8s-openapi`
+//! type (with strict/warn/ignore handling of unknown fields), metadata validation, and the
+//! [`Strategy`] trait through which each resource (in `registry/<group>/<resource>.rs`) adds
+//! its own naming rule, defaults, validation, Table columns and selectable fields.
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::resources::ResourceType;
 use crate::status::{ApiError, Cause};
@@ -29,6 +30,114 @@ impl FieldValidation {
                 "fieldValidation must be one of Ignore, Warn, or Strict, got {other:?}"
             ))),
         }
+    }
+}
+
+/// A subresource a type serves beyond `status` and `scale`, for routing and discovery.
+#[derive(Debug, Clone, Copy)]
+pub struct Subresource {
+    /// Its name in the URL.
+    pub name: &'static str,
+    /// The kind it takes or answers, as (group, version, kind); `None` for the type's own.
+    pub kind: Option<(&'static str, &'static str, &'static str)>,
+    /// The verbs discovery lists for it.
+    pub verbs: &'static [&'static str],
+}
+
+/// What the request chain knows of the user asking, for the review types that answer about
+/// them or on their behalf.
+pub struct ReviewContext<'a> {
+    /// The user asking.
+    pub user: &'a crate::auth::UserInfo,
+    /// The authorizer the server runs.
+    pub authorizer: &'a dyn crate::auth::Authorizer,
+    /// The namespace of the URL (for namespaced reviews).
+    pub namespace: Option<&'a str>,
+}
+
+/// One resource's rules, as upstream's registry strategies: everything the generic registry
+/// (`rest.rs`), the Table printer and the field selectors need to know about a type, so that
+/// none of them names a kind. Every method has the behaviour of a plain type as its default.
+pub trait Strategy: Send + Sync + std::fmt::Debug {
+    /// The rule object names follow.
+    fn name_rule(&self) -> NameRule {
+        NameRule::Subdomain
+    }
+
+    /// Whether a create keeps the `status` it is given, for types with a status subresource
+    /// (a node agent registers its Node with its status, as upstream allows).
+    fn keeps_status_on_create(&self) -> bool {
+        false
+    }
+
+    /// Upstream's defaults, applied to every create and update (upstream defaults on decode).
+    fn default(&self, _object: &mut Value) {}
+
+    /// What only a create sets (a CRD's accepted names).
+    fn prepare_create(&self, _object: &mut Value) {}
+
+    /// What an update of the main resource carries over from the stored object before it is
+    /// validated (a Service's allocated addresses left out of a replace).
+    fn prepare_update(&self, _new: &mut Value, _old: &Value) {}
+
+    /// Validation of the object as it would be stored.
+    fn validate(&self, _object: &Value, _causes: &mut Vec<Cause>) {}
+
+    /// Validation of an update of the main resource against the stored object: immutable
+    /// fields, with upstream's messages.
+    fn validate_update(&self, _new: &Value, _old: &Value, _causes: &mut Vec<Cause>) {}
+
+    /// The Table columns `kubectl get` shows.
+    fn columns(&self) -> Vec<crate::table::Column> {
+        vec![crate::table::NAME, crate::table::AGE]
+    }
+
+    /// One object's Table cells, matching [`Strategy::columns`]; `now` in Unix seconds.
+    fn cells(&self, object: &Value, now: i64) -> Vec<Value> {
+        crate::table::name_and_age(object, now)
+    }
+
+    /// The fields a field selector may name beyond `metadata.name` and `metadata.namespace`.
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The subresources served beyond `status` and `scale`.
+    fn subresources(&self) -> &'static [Subresource] {
+        &[]
+    }
+
+    /// The grace period a delete gives the object, when its deletion is graceful (pods,
+    /// which their node agent stops first); `None` deletes at once when nothing holds it.
+    fn grace_period(&self, _object: &Value, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
+    /// Whether a delete only marks the object terminating until its `spec.finalizers` are
+    /// gone as well (namespaces).
+    fn finalized_by_spec(&self) -> bool {
+        false
+    }
+
+    /// Whether writes of this type change which types are served (CRDs).
+    fn defines_types(&self) -> bool {
+        false
+    }
+
+    /// Whether the type is served from the server's own state rather than the store
+    /// (component statuses): read-only, never stored.
+    fn is_computed(&self) -> bool {
+        false
+    }
+
+    /// The objects of a computed type, given whether the store answers.
+    fn computed_objects(&self, _store: &Result<(), String>) -> Vec<Value> {
+        Vec::new()
+    }
+
+    /// The answer of a review type (never stored): the `status` of `review` for the user.
+    fn review(&self, _review: &Value, _context: &ReviewContext<'_>) -> Result<Value, ApiError> {
+        Err(ApiError::method_not_allowed("this resource is not a review"))
     }
 }
 
@@ -117,49 +226,74 @@ fn unknown_fields(input: &Value, output: &Value, path: &mut String, out: &mut Ve
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// A DNS-1123 label: at most 63 lower-case alphanumerics or '-', starting and ending
+/// alphanumeric.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_part(s)
+}
+
+/// One dot-separated part of a DNS-1123 subdomain: a label without the length limit (upstream's
+/// subdomain rule limits only the whole name, to 253).
+fn is_dns_part(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+/// A DNS-1123 subdomain: dot-separated parts, at most 253 characters in all.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_part)
 }
 
 fn is_dns1035_label(s: &str) -> bool {
     is_dns_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
-/// Validates a name for `rt` as upstream does (DNS-1123 subdomain for most types, DNS-1123
-/// label for namespaces, DNS-1035 label for services).
+/// Which rule a type's object names follow (upstream's `ValidateObjectMeta` name functions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// DNS-1123 subdomain, the rule of most types.
+    Subdomain,
+    /// DNS-1123 label (namespaces).
+    Label,
+    /// DNS-1035 label (services).
+    Dns1035Label,
+    /// Anything that is a safe path segment (RBAC names, which hold `:`).
+    PathSegment,
+}
+
+impl NameRule {
+    fn check(self, name: &str) -> Result<(), String> {
+        let (ok, rule) = match self {
+            NameRule::Label => (
+                is_dns_label(name),
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+            ),
+            NameRule::Dns1035Label => (
+                is_dns1035_label(name),
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
+            ),
+            NameRule::PathSegment => (
+                !name.is_empty()
+                    && !name.contains('/')
+                    && !name.contains('%')
+                    && name != "."
+                    && name != "..",
+                "may not contain '/' or '%'",
+            ),
+            NameRule::Subdomain => (
+                is_dns_subdomain(name),
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            ),
+        };
+        if ok { Ok(()) } else { Err(rule.to_owned()) }
+    }
+}
+
+/// Validates a name for `rt` by its strategy's rule.
 pub fn validate_name(rt: &ResourceType, name: &str) -> Option<Cause> {
-    let (ok, rule) = match rt.kind.as_str() {
-        "Namespace" => (
-            is_dns_label(name),
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-        ),
-        "Service" => (
-            is_dns1035_label(name),
-            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
-        ),
-        // RBAC names are path segments, so only the path-unsafe characters are banned.
-        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => (
-            !name.is_empty()
-                && !name.contains('/')
-                && !name.contains('%')
-                && name != "."
-                && name != "..",
-            "may not contain '/' or '%'",
-        ),
-        _ => (
-            is_dns_subdomain(name),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-        ),
-    };
-    (!ok).then(|| {
+    rt.strategy.name_rule().check(name).err().map(|rule| {
         Cause::new(
             "FieldValueInvalid",
             "metadata.name",
@@ -240,331 +374,6 @@ pub(crate) fn valid_qualified_name(key: &str) -> bool {
     name_ok && prefix.is_none_or(is_dns_subdomain)
 }
 
-/// Validates the fields users most often get wrong, per type.
-pub fn validate_spec(rt: &ResourceType, object: &Value, causes: &mut Vec<Cause>) {
-    match rt.kind.as_str() {
-        // Upstream's limit on what a ConfigMap or Secret carries (1 MiB): they are mounted
-        // into pods and cached by every node, so the object limit alone is too generous.
-        "ConfigMap" if rt.is_builtin() => {
-            let size = |field: &str| {
-                object.get(field).and_then(Value::as_object).map_or(0, |m| {
-                    m.values().map(|v| v.as_str().map_or(0, str::len)).sum::<usize>()
-                })
-            };
-            // binaryData is base64 in JSON; its decoded size is three quarters of it.
-            let total = size("data") + size("binaryData") / 4 * 3;
-            if total > CONFIG_DATA_LIMIT {
-                causes.push(Cause::new(
-                    "FieldValueTooLong",
-                    "[]",
-                    format!("Too long: may not be more than {CONFIG_DATA_LIMIT} bytes"),
-                ));
-            }
-        }
-        "Secret" if rt.is_builtin() => {
-            let decoded = |field: &str, base64: bool| {
-                object.get(field).and_then(Value::as_object).map_or(0, |m| {
-                    m.values()
-                        .map(|v| {
-                            v.as_str().map_or(0, |s| if base64 { s.len() / 4 * 3 } else { s.len() })
-                        })
-                        .sum::<usize>()
-                })
-            };
-            if decoded("data", true) + decoded("stringData", false) > CONFIG_DATA_LIMIT {
-                causes.push(Cause::new(
-                    "FieldValueTooLong",
-                    "data",
-                    format!("Too long: may not be more than {CONFIG_DATA_LIMIT} bytes"),
-                ));
-            }
-        }
-        "Pod" => validate_pod_spec(object.get("spec"), "spec", causes),
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
-            let spec = object.get("spec");
-            if spec.and_then(|s| s.get("selector")).is_none() {
-                causes.push(Cause::new("FieldValueRequired", "spec.selector", "Required value"));
-            }
-            if let Some(replicas) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64)
-                && replicas < 0
-            {
-                causes.push(Cause::new(
-                    "FieldValueInvalid",
-                    "spec.replicas",
-                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-                ));
-            }
-            let template = spec.and_then(|s| s.get("template"));
-            validate_pod_spec(template.and_then(|t| t.get("spec")), "spec.template.spec", causes);
-            if let (Some(selector), Some(labels)) = (
-                spec.and_then(|s| s.pointer("/selector/matchLabels")).and_then(Value::as_object),
-                template.and_then(|t| t.pointer("/metadata/labels")),
-            ) {
-                let ok = selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-                if !ok {
-                    causes.push(Cause::new(
-                        "FieldValueInvalid",
-                        "spec.template.metadata.labels",
-                        "Invalid value: `selector` does not match template `labels`",
-                    ));
-                }
-            }
-        }
-        "Service" => {
-            if let Some(ports) = object.pointer("/spec/ports").and_then(Value::as_array) {
-                for (i, port) in ports.iter().enumerate() {
-                    let p = port.get("port").and_then(Value::as_i64).unwrap_or(0);
-                    if !(1..=65535).contains(&p) {
-                        causes.push(Cause::new(
-                            "FieldValueInvalid",
-                            &format!("spec.ports[{i}].port"),
-                            format!("Invalid value: {p}: must be between 1 and 65535, inclusive"),
-                        ));
-                    }
-                }
-            }
-        }
-        "ConfigMap" | "Secret" => {
-            for field in ["data", "binaryData", "stringData"] {
-                if let Some(map) = object.get(field).and_then(Value::as_object) {
-                    for key in map.keys() {
-                        let ok = !key.is_empty()
-                            && key.len() <= 253
-                            && key
-                                .chars()
-                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                            && key != "."
-                            && key != "..";
-                        if !ok {
-                            causes.push(Cause::new("FieldValueInvalid", &format!("{field}[{key}]"), format!("Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.'")));
-                        }
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
-    let Some(spec) = spec else {
-        causes.push(Cause::new("FieldValueRequired", path, "Required value"));
-        return;
-    };
-    let containers = spec.get("containers").and_then(Value::as_array);
-    match containers {
-        None => causes.push(Cause::new(
-            "FieldValueRequired",
-            &format!("{path}.containers"),
-            "Required value",
-        )),
-        Some(list) if list.is_empty() => causes.push(Cause::new(
-            "FieldValueRequired",
-            &format!("{path}.containers"),
-            "Required value",
-        )),
-        Some(list) => {
-            let mut names = std::collections::HashSet::new();
-            for (i, c) in list.iter().enumerate() {
-                let name = c.get("name").and_then(Value::as_str).unwrap_or("");
-                if name.is_empty() {
-                    causes.push(Cause::new(
-                        "FieldValueRequired",
-                        &format!("{path}.containers[{i}].name"),
-                        "Required value",
-                    ));
-                } else if !is_dns_label(name) {
-                    causes.push(Cause::new("FieldValueInvalid", &format!("{path}.containers[{i}].name"), format!("Invalid value: \"{name}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'")));
-                } else if !names.insert(name.to_owned()) {
-                    causes.push(Cause::new(
-                        "FieldValueDuplicate",
-                        &format!("{path}.containers[{i}].name"),
-                        format!("Duplicate value: \"{name}\""),
-                    ));
-                }
-                if c.get("image").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
-                    causes.push(Cause::new(
-                        "FieldValueRequired",
-                        &format!("{path}.containers[{i}].image"),
-                        "Required value",
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str)
-        && !["Always", "OnFailure", "Never"].contains(&policy)
-    {
-        causes.push(Cause::new("FieldValueNotSupported", &format!("{path}.restartPolicy"), format!("Unsupported value: \"{policy}\": supported values: \"Always\", \"OnFailure\", \"Never\"")));
-    }
-}
-
-fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
-    if map.get(key).is_none_or(Value::is_null) {
-        map.insert(key.to_owned(), value);
-    }
-}
-
-fn default_pod_spec(spec: &mut Value) {
-    let Some(spec) = spec.as_object_mut() else { return };
-    set_default(spec, "restartPolicy", json!("Always"));
-    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
-    set_default(spec, "terminationGracePeriodSeconds", json!(30));
-    set_default(spec, "schedulerName", json!("default-scheduler"));
-    set_default(spec, "securityContext", json!({}));
-    for list in ["containers", "initContainers"] {
-        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
-            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_owned();
-                set_default(c, "imagePullPolicy", json!(default_pull_policy(&image)));
-                set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
-                set_default(c, "terminationMessagePolicy", json!("File"));
-                set_default(c, "resources", json!({}));
-                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
-                    for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                        set_default(p, "protocol", json!("TCP"));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `Always` for `:latest` or untagged images, `IfNotPresent` otherwise (upstream's rule).
-pub fn default_pull_policy(image: &str) -> &'static str {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    if image.contains('@') {
-        return "IfNotPresent";
-    }
-    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
-    match last.split_once(':') {
-        Some((_, tag)) if tag != "latest" => "IfNotPresent",
-        _ => "Always",
-    }
-}
-
-/// Applies upstream's defaults to a new or updated object.
-pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
-    match rt.kind.as_str() {
-        "Pod" => {
-            if let Some(spec) = object.get_mut("spec") {
-                default_pod_spec(spec);
-            }
-            let Some(obj) = object.as_object_mut() else { return };
-            let status = obj.entry("status").or_insert_with(|| json!({}));
-            if let Some(status) = status.as_object_mut() {
-                set_default(status, "phase", json!("Pending"));
-                set_default(status, "qosClass", json!("BestEffort"));
-            }
-        }
-        "Deployment" => {
-            let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return };
-            set_default(spec, "replicas", json!(1));
-            set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(spec, "progressDeadlineSeconds", json!(600));
-            // Field by field, as upstream: an empty `strategy: {}` still gets its type.
-            let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
-            if let Some(strategy) = strategy.as_object_mut() {
-                set_default(strategy, "type", json!("RollingUpdate"));
-                if strategy.get("type") == Some(&json!("RollingUpdate")) {
-                    let rolling = strategy.entry("rollingUpdate").or_insert_with(|| json!({}));
-                    if let Some(rolling) = rolling.as_object_mut() {
-                        set_default(rolling, "maxUnavailable", json!("25%"));
-                        set_default(rolling, "maxSurge", json!("25%"));
-                    }
-                }
-            }
-            if let Some(t) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
-                default_pod_spec(t);
-            }
-        }
-        "ReplicaSet" | "StatefulSet" => {
-            let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return };
-            set_default(spec, "replicas", json!(1));
-            if rt.kind == "StatefulSet" {
-                set_default(spec, "podManagementPolicy", json!("OrderedReady"));
-                set_default(spec, "revisionHistoryLimit", json!(10));
-                set_default(
-                    spec,
-                    "updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-                );
-            }
-            if let Some(t) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
-                default_pod_spec(t);
-            }
-        }
-        "DaemonSet" => {
-            let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return };
-            set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-            );
-            if let Some(t) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
-                default_pod_spec(t);
-            }
-        }
-        "Job" => {
-            let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return };
-            set_default(spec, "backoffLimit", json!(6));
-            set_default(spec, "completionMode", json!("NonIndexed"));
-            if spec.get("parallelism").is_none() {
-                spec.insert("parallelism".into(), json!(1));
-            }
-            if let Some(t) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
-                default_pod_spec(t);
-            }
-        }
-        "Service" => {
-            let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return };
-            set_default(spec, "type", json!("ClusterIP"));
-            set_default(spec, "sessionAffinity", json!("None"));
-            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                    set_default(p, "protocol", json!("TCP"));
-                    if p.get("targetPort").is_none()
-                        && let Some(port) = p.get("port").cloned()
-                    {
-                        p.insert("targetPort".into(), port);
-                    }
-                }
-            }
-        }
-        "Namespace" => {
-            let Some(obj) = object.as_object_mut() else { return };
-            let spec = obj.entry("spec").or_insert_with(|| json!({}));
-            if let Some(spec) = spec.as_object_mut() {
-                set_default(spec, "finalizers", json!(["kubernetes"]));
-            }
-            let status = obj.entry("status").or_insert_with(|| json!({}));
-            if let Some(status) = status.as_object_mut() {
-                set_default(status, "phase", json!("Active"));
-            }
-        }
-        "Secret" => {
-            let Some(obj) = object.as_object_mut() else { return };
-            set_default(obj, "type", json!("Opaque"));
-            // stringData is write-only: merge it into data, base64-encoded.
-            if let Some(Value::Object(string_data)) = obj.remove("stringData") {
-                use base64::Engine;
-                let data = obj.entry("data").or_insert_with(|| json!({}));
-                if let Some(data) = data.as_object_mut() {
-                    for (k, v) in string_data {
-                        let text = v.as_str().unwrap_or("").to_owned();
-                        data.insert(
-                            k,
-                            json!(base64::engine::general_purpose::STANDARD.encode(text)),
-                        );
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Whether two objects differ outside `metadata` and `status` (what bumps `generation`).
 pub fn spec_changed(old: &Value, new: &Value) -> bool {
     let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else { return old != new };
@@ -578,6 +387,7 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::resources::Registry;
+    use serde_json::json;
 
     #[test]
     fn status_writes_decode_status_and_still_reject_bad_status() {
@@ -615,6 +425,14 @@ mod tests {
         assert!(validate_name(&cm, &"a".repeat(254)).is_some());
         assert!(validate_name(&svc, "1abc").is_some());
         assert!(validate_name(&ns, "a.b").is_some());
+        // A subdomain's parts have no length limit of their own (upstream accepts a
+        // 72-character ConfigMap name); a label's does.
+        let long = "a".repeat(72);
+        assert!(validate_name(&cm, &long).is_none());
+        assert!(validate_name(&cm, &format!("{long}.b")).is_none());
+        assert!(validate_name(&ns, &long).is_some());
+        assert!(validate_name(&cm, "a..b").is_some());
+        assert!(validate_name(&cm, "a.-b").is_some());
     }
 
     #[test]
@@ -649,14 +467,5 @@ mod tests {
                 "unknown field \"spec.containers[1].ports[0].hostIPx\"",
             ]
         );
-    }
-
-    #[test]
-    fn pull_policy_defaults_by_tag() {
-        assert_eq!(default_pull_policy("nginx"), "Always");
-        assert_eq!(default_pull_policy("nginx:latest"), "Always");
-        assert_eq!(default_pull_policy("nginx:1.27"), "IfNotPresent");
-        assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
-        assert_eq!(default_pull_policy("busybox@sha256:abc"), "IfNotPresent");
     }
 }

@@ -32,7 +32,7 @@ impl ApiServer {
     ) -> ApiResult<Response<Body>> {
         let mut options = list_options(&rt, query)?;
         if let Some(name) = name {
-            let field = FieldSelector::parse(&format!("metadata.name={name}"), &rt.kind)?;
+            let field = FieldSelector::parse(&format!("metadata.name={name}"), &[])?;
             options.fields = field;
         }
         let send_initial = match query.get("sendInitialEvents") {
@@ -86,6 +86,7 @@ impl ApiServer {
         };
         let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
         let kind = rt.kind.clone();
+        let strategy = rt.strategy;
         let api_version = rt.api_version();
         let plain = !table && options.labels.is_empty() && options.fields.is_empty();
         tokio::spawn(async move {
@@ -95,7 +96,7 @@ impl ApiServer {
                     let rv =
                         object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
                     let t = table::table(
-                        &kind,
+                        strategy,
                         &[object],
                         include,
                         json!({"resourceVersion": rv}),

@@ -1,0 +1,180 @@
+//! Admission: the chain every write goes through after authorization and before the registry
+//! stores it — create, update, patch and delete, and connect (`pods/exec`, `attach`,
+//! `portforward`) — in upstream's order: every mutating plugin, then every validating one.
+//! Each plugin is its own unit with upstream's name; the quota, limit, security and webhook
+//! plugins of later issues join the lists in [`Admission::new`].
+
+pub mod default_toleration_seconds;
+pub mod namespace_lifecycle;
+pub mod node_pod_cidr;
+pub mod priority;
+pub mod service_cluster_ip;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::cidr::Ipv4Cidr;
+use crate::resources::ResourceType;
+use crate::rest::Rest;
+use crate::status::ApiResult;
+
+pub use default_toleration_seconds::{NOT_READY_TAINT, UNREACHABLE_TAINT};
+pub use priority::SYSTEM_PRIORITY_CLASSES;
+
+/// What a request does, as admission sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A create (POST, or a server-side apply that creates).
+    Create,
+    /// An update (PUT or any patch).
+    Update,
+    /// A delete.
+    Delete,
+    /// A connect (`pods/exec`, `pods/attach`, `pods/portforward`).
+    Connect,
+}
+
+/// One request, as every plugin sees it.
+pub struct Attributes<'a> {
+    /// The operation.
+    pub operation: Operation,
+    /// The type written.
+    pub rt: &'a ResourceType,
+    /// The subresource, if any.
+    pub subresource: Option<&'a str>,
+    /// The namespace, for namespaced types.
+    pub namespace: Option<&'a str>,
+    /// The object's name.
+    pub name: &'a str,
+    /// The stored object, for updates, deletes and connects.
+    pub old: Option<&'a Value>,
+    /// Whether nothing will be persisted.
+    pub dry_run: bool,
+}
+
+impl Attributes<'_> {
+    /// Whether this request writes the main resource of a built-in `group`/`kind`.
+    pub fn is(&self, group: &str, kind: &str) -> bool {
+        self.rt.is_builtin() && self.rt.group == group && self.rt.kind == kind
+    }
+}
+
+/// What a mutating plugin may hold until the object is stored, so that what it chose (an
+/// address, a network) stays unique.
+pub type Hold = Option<OwnedMutexGuard<()>>;
+
+/// A plugin that may change the object (`object` is `None` for deletes and connects).
+pub trait Mutating: Send + Sync {
+    /// Upstream's name of the plugin.
+    fn name(&self) -> &'static str;
+
+    /// Whether the plugin acts on this request at all; checked first so that a write no
+    /// plugin cares about costs no future.
+    fn applies(&self, attributes: &Attributes<'_>) -> bool;
+
+    /// Admits (and may change) `object`.
+    fn admit<'a>(
+        &'a self,
+        rest: &'a Rest,
+        attributes: &'a Attributes<'a>,
+        object: Option<&'a mut Value>,
+    ) -> BoxFuture<'a, ApiResult<Hold>>;
+}
+
+/// A plugin that only accepts or refuses.
+pub trait Validating: Send + Sync {
+    /// Upstream's name of the plugin.
+    fn name(&self) -> &'static str;
+
+    /// Whether the plugin acts on this request at all.
+    fn applies(&self, attributes: &Attributes<'_>) -> bool;
+
+    /// Accepts or refuses the request with `object` as it would be stored.
+    fn validate<'a>(
+        &'a self,
+        rest: &'a Rest,
+        attributes: &'a Attributes<'a>,
+        object: Option<&'a Value>,
+    ) -> BoxFuture<'a, ApiResult<()>>;
+}
+
+/// The admission chain.
+pub struct Admission {
+    mutating: Vec<Box<dyn Mutating>>,
+    validating: Vec<Box<dyn Validating>>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("mutating", &self.mutating.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field("validating", &self.validating.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The prefix of each node's pod CIDR, as k3s and kube-controller-manager default to.
+const NODE_CIDR_PREFIX: u8 = 24;
+
+impl Admission {
+    /// The chain of a cluster whose Services take addresses from `service_cidr` and whose
+    /// nodes take /24 pod networks from `cluster_cidr`.
+    pub fn new(service_cidr: Ipv4Cidr, cluster_cidr: Option<Ipv4Cidr>) -> Admission {
+        // One lock for everything allocated from a range of the cluster: two creates must not
+        // pick the same address. (Within one API server; several servers sharing etcd need
+        // an allocator object in the store, which comes with the services issue.)
+        let allocation = Arc::new(Mutex::new(()));
+        Admission {
+            mutating: vec![
+                Box::new(service_cluster_ip::ServiceClusterIp::new(
+                    service_cidr,
+                    allocation.clone(),
+                )),
+                Box::new(node_pod_cidr::NodePodCidr::new(cluster_cidr, allocation)),
+                Box::new(default_toleration_seconds::DefaultTolerationSeconds),
+                Box::new(priority::Priority),
+            ],
+            validating: vec![Box::new(namespace_lifecycle::NamespaceLifecycle)],
+        }
+    }
+
+    /// The plugins' names in the order they run: mutating, then validating.
+    pub fn plugin_names(&self) -> Vec<&'static str> {
+        self.mutating
+            .iter()
+            .map(|p| p.name())
+            .chain(self.validating.iter().map(|p| p.name()))
+            .collect()
+    }
+
+    /// Runs the mutating plugins. The holds returned must be kept until the object is stored.
+    pub async fn mutate(
+        &self,
+        rest: &Rest,
+        attributes: &Attributes<'_>,
+        mut object: Option<&mut Value>,
+    ) -> ApiResult<Vec<OwnedMutexGuard<()>>> {
+        let mut holds = Vec::new();
+        for plugin in self.mutating.iter().filter(|p| p.applies(attributes)) {
+            let hold = plugin.admit(rest, attributes, object.as_deref_mut()).await?;
+            holds.extend(hold);
+        }
+        Ok(holds)
+    }
+
+    /// Runs the validating plugins on the object as it would be stored.
+    pub async fn validate(
+        &self,
+        rest: &Rest,
+        attributes: &Attributes<'_>,
+        object: Option<&Value>,
+    ) -> ApiResult<()> {
+        for plugin in self.validating.iter().filter(|p| p.applies(attributes)) {
+            plugin.validate(rest, attributes, object).await?;
+        }
+        Ok(())
+    }
+}

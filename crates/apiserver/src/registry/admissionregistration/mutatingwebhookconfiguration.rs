@@ -1,0 +1,20 @@
+//! MutatingWebhookConfiguration: the webhooks the API server is to call.
+
+use serde_json::Value;
+
+use crate::strategy::Strategy;
+use crate::table::Column;
+
+/// The MutatingWebhookConfiguration strategy.
+#[derive(Debug)]
+pub struct MutatingWebhookConfigurations;
+
+impl Strategy for MutatingWebhookConfigurations {
+    fn columns(&self) -> Vec<Column> {
+        super::webhook_columns()
+    }
+
+    fn cells(&self, obj: &Value, now: i64) -> Vec<Value> {
+        super::webhook_cells(obj, now)
+    }
+}

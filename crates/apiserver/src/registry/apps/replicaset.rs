@@ -1,0 +1,60 @@
+//! ReplicaSet: defaults, validation and columns.
+
+use serde_json::{Value, json};
+
+use crate::registry::apps::{default_template, validate_workload, validate_workload_update};
+use crate::registry::{set_default, spec_mut};
+use crate::status::Cause;
+use crate::strategy::Strategy;
+use crate::table::{AGE, Column, NAME, age_of, col, containers_images, n, s, selector_string};
+
+/// The ReplicaSet strategy.
+#[derive(Debug)]
+pub struct ReplicaSets;
+
+impl Strategy for ReplicaSets {
+    fn default(&self, object: &mut Value) {
+        let Some(spec) = spec_mut(object) else { return };
+        set_default(spec, "replicas", json!(1));
+        default_template(spec);
+    }
+
+    fn validate(&self, object: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(object, causes);
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value, causes: &mut Vec<Cause>) {
+        validate_workload_update(new, old, causes);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            AGE,
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ]
+    }
+
+    fn cells(&self, obj: &Value, now: i64) -> Vec<Value> {
+        let (c, i) = containers_images(obj.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+        vec![
+            json!(s(obj, "/metadata/name")),
+            json!(n(obj, "/spec/replicas")),
+            json!(n(obj, "/status/replicas")),
+            json!(n(obj, "/status/readyReplicas")),
+            json!(age_of(obj, "/metadata/creationTimestamp", now)),
+            json!(c),
+            json!(i),
+            json!(selector_string(obj.pointer("/spec/selector"))),
+        ]
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["status.replicas"]
+    }
+}

@@ -1,0 +1,57 @@
+//! StatefulSet: defaults (ordered pod management, rolling updates), validation and columns.
+
+use serde_json::{Value, json};
+
+use crate::registry::apps::{default_template, validate_workload, validate_workload_update};
+use crate::registry::{set_default, spec_mut};
+use crate::status::Cause;
+use crate::strategy::Strategy;
+use crate::table::{AGE, Column, NAME, age_of, col, containers_images, n, s};
+
+/// The StatefulSet strategy.
+#[derive(Debug)]
+pub struct StatefulSets;
+
+impl Strategy for StatefulSets {
+    fn default(&self, object: &mut Value) {
+        let Some(spec) = spec_mut(object) else { return };
+        set_default(spec, "replicas", json!(1));
+        set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+        set_default(spec, "revisionHistoryLimit", json!(10));
+        set_default(
+            spec,
+            "updateStrategy",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+        );
+        default_template(spec);
+    }
+
+    fn validate(&self, object: &Value, causes: &mut Vec<Cause>) {
+        validate_workload(object, causes);
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value, causes: &mut Vec<Cause>) {
+        validate_workload_update(new, old, causes);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            col("Ready", "string", 0),
+            AGE,
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+        ]
+    }
+
+    fn cells(&self, obj: &Value, now: i64) -> Vec<Value> {
+        let (c, i) = containers_images(obj.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+        vec![
+            json!(s(obj, "/metadata/name")),
+            json!(format!("{}/{}", n(obj, "/status/readyReplicas"), n(obj, "/spec/replicas"))),
+            json!(age_of(obj, "/metadata/creationTimestamp", now)),
+            json!(c),
+            json!(i),
+        ]
+    }
+}
