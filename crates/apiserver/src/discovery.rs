@@ -217,7 +217,7 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
     let types = registry.all();
     let in_gv: Vec<&ResourceType> = types
         .iter()
-        .filter(|t| t.group == group && t.version == version && !t.create_only)
+        .filter(|t| t.group == group && t.version == version)
         .map(|t| t.as_ref())
         .collect();
     if in_gv.is_empty() {
@@ -284,11 +284,17 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
         put_op["requestBody"] = json!({"content": object_content, "required": true});
         let mut post_op = op("post");
         post_op["requestBody"] = json!({"content": object_content, "required": true});
-        paths.insert(
-            format!("{base}/{{name}}"),
-            json!({"get": op("get"), "put": put_op, "patch": patch_op, "delete": op("delete")}),
-        );
-        paths.insert(base, json!({"get": op("list"), "post": post_op}));
+        if rt.create_only {
+            // Reviews and bindings: a POST and nothing else (kubectl validates their bodies
+            // against this schema too).
+            paths.insert(base, json!({"post": post_op}));
+        } else {
+            paths.insert(
+                format!("{base}/{{name}}"),
+                json!({"get": op("get"), "put": put_op, "patch": patch_op, "delete": op("delete")}),
+            );
+            paths.insert(base, json!({"get": op("list"), "post": post_op}));
+        }
         if let Some(schema) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
             schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
             continue;

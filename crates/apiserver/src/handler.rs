@@ -650,7 +650,16 @@ impl ApiServer {
                 )));
             }
             let content_type = header_text(&request, header::CONTENT_TYPE);
+            let user_agent = header_text(&request, header::USER_AGENT);
             let body = read_body(request, &content_type).await?;
+            if let Some(("pods", "binding")) = target.rt.strategy.redirects_to() {
+                // The object the body names gets the create, through its subresource.
+                let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                let ns = target.namespace.as_deref().unwrap_or("");
+                let options = write_options(&query, &user_agent)?;
+                let answer = crate::pods::bind(&self.rest, ns, name, &body, &options).await?;
+                return Ok(json_response(StatusCode::CREATED, &answer));
+            }
             let user = user.ok_or_else(ApiError::unauthorized)?;
             let answered = self.review(&target.rt, body, user, target.namespace.as_deref())?;
             return Ok(json_response(StatusCode::CREATED, &answered));

@@ -51,12 +51,49 @@ pub struct ResourceType {
     pub(crate) schema: Option<SchemaFn>,
     /// The type's own rules.
     pub(crate) strategy: &'static dyn crate::strategy::Strategy,
+    /// For a version served over another version's storage (`autoscaling/v1` over `v2`):
+    /// how a stored object reads in this version, and how one of this version is stored.
+    pub(crate) conversion: Option<Conversion>,
     /// Where this type's resource quantities sit, read from its schema on first use (every
     /// write checks them, so this is computed once per type, not per write).
     pub(crate) quantities: std::sync::OnceLock<Vec<crate::quantity::QuantityPath>>,
 }
 
+/// How one served version maps onto the stored version of its kind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conversion {
+    /// The group whose storage holds the objects (events.k8s.io's events are core's).
+    pub(crate) storage_group: &'static str,
+    /// Stored version → this version.
+    pub(crate) from_storage: fn(Value) -> Value,
+    /// This version → stored version.
+    pub(crate) to_storage: fn(Value) -> Value,
+}
+
 impl ResourceType {
+    /// Whether stored objects are served as they are stored (the fast path of reads): built-in
+    /// types without a conversion. Custom resources are re-stamped with the version asked for.
+    pub(crate) fn reads_raw(&self) -> bool {
+        self.is_builtin() && self.conversion.is_none()
+    }
+
+    /// A stored object as this version serves it.
+    pub(crate) fn served(&self, object: Value) -> Value {
+        let mut object = match self.conversion {
+            Some(c) => (c.from_storage)(object),
+            None => object,
+        };
+        if let Some(map) = object.as_object_mut() {
+            map.insert("apiVersion".into(), Value::String(self.api_version()));
+        }
+        object
+    }
+
+    /// An object of this version as it is stored.
+    pub(crate) fn stored(&self, object: &Value) -> Option<Value> {
+        self.conversion.map(|c| (c.to_storage)(object.clone()))
+    }
+
     /// Whether this is a built-in type (decoded through `k8s-openapi`), not a custom resource.
     pub fn is_builtin(&self) -> bool {
         self.codec.is_some()
@@ -93,6 +130,7 @@ impl ResourceType {
             codec: None,
             schema: None,
             strategy: &crate::registry::custom::CustomResources,
+            conversion: None,
             quantities: std::sync::OnceLock::new(),
         }
     }
@@ -107,7 +145,8 @@ impl ResourceType {
 
     /// The storage key prefix under which every object of this type lives.
     pub(crate) fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() { "core" } else { &self.group };
+        let group = self.conversion.map_or(self.group.as_str(), |c| c.storage_group);
+        let group = if group.is_empty() { "core" } else { group };
         format!("/registry/{group}/{}/", self.plural)
     }
 
@@ -191,6 +230,7 @@ where
         codec: Some(roundtrip::<T>),
         schema: Some(schema_of::<T>),
         strategy,
+        conversion: None,
         quantities: std::sync::OnceLock::new(),
     }
 }
@@ -221,6 +261,7 @@ where
         codec: Some(roundtrip::<T>),
         schema: Some(schema_of::<T>),
         strategy,
+        conversion: None,
         quantities: std::sync::OnceLock::new(),
     }
 }

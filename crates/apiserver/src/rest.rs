@@ -145,8 +145,21 @@ pub struct Written {
 }
 
 impl Written {
-    fn encoded(object: Value, bytes: &[u8], revision: i64) -> Self {
-        Written { object, body: stamp_encoded(bytes, revision) }
+    /// `object` as written in `bytes`; `as_served` says whether the bytes are the object in
+    /// the version served (else, for a converted version, the response encodes it anew).
+    fn new(object: Value, bytes: &[u8], as_served: bool, revision: i64) -> Self {
+        let body = if as_served { stamp_encoded(bytes, revision) } else { None };
+        Written { object, body }
+    }
+}
+
+/// [`encode`] of the stored form of an object of `rt`: converted to the storage version where
+/// `rt` is served over another version's storage. The flag says whether no conversion
+/// happened.
+fn encode_stored(rt: &ResourceType, object: &Value) -> ApiResult<(Bytes, bool)> {
+    match rt.stored(object) {
+        Some(stored) => Ok((encode(&stored)?, false)),
+        None => Ok((encode(object)?, true)),
     }
 }
 
@@ -364,7 +377,7 @@ impl Rest {
             managed::record_update(&rt.kind, None, &mut object, options.writer(&api_version, None));
         }
         let key = rt.key(namespace, &name);
-        let bytes = encode(&object)?;
+        let (bytes, as_served) = encode_stored(rt, &object)?;
         if options.dry_run {
             let (existing, _) = storage::get(self.store.as_ref(), &key).await?;
             if existing.is_some() {
@@ -384,7 +397,7 @@ impl Rest {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
         set_resource_version(&mut object, response.revision);
-        Ok((Written::encoded(object, &bytes, response.revision), warnings))
+        Ok((Written::new(object, &bytes, as_served, response.revision), warnings))
     }
 
     fn prepare_type_meta(&self, rt: &ResourceType, object: &mut Value) -> ApiResult<()> {
@@ -458,10 +471,10 @@ impl Rest {
             Some(kv) => decode(&kv)?,
             None => return Err(ApiError::not_found(&rt.group, &rt.plural, name)),
         };
-        if !rt.is_builtin() {
-            // All versions of a custom resource share storage ("None" conversion): the object
-            // is served in the version asked for.
-            stored.object["apiVersion"] = json!(rt.api_version());
+        if !rt.reads_raw() {
+            // All versions of a kind share storage: the object is served in the version asked
+            // for (custom resources with the "None" conversion, built-ins through theirs).
+            stored.object = rt.served(stored.object);
         }
         Ok(stored)
     }
@@ -529,19 +542,19 @@ impl Rest {
                 last_key = Some(kv.key.clone());
                 if filtering {
                     let stored = decode(kv)?;
-                    if !(options.labels.matches(&stored.object)
-                        && options.fields.matches(&stored.object))
-                    {
+                    // Selectors see the object as this version serves it.
+                    let object =
+                        if rt.reads_raw() { stored.object } else { rt.served(stored.object) };
+                    if !(options.labels.matches(&object) && options.fields.matches(&object)) {
                         continue;
                     }
                 }
-                if rt.is_builtin() {
+                if rt.reads_raw() {
                     items.push(stamp(kv)?);
                 } else {
                     match decode(kv) {
                         Ok(stored) => {
-                            let mut object = stored.object;
-                            object["apiVersion"] = json!(rt.api_version());
+                            let object = rt.served(stored.object);
                             items.push(Bytes::from(
                                 serde_json::to_vec(&object)
                                     .map_err(|e| ApiError::internal(e.to_string()))?,
@@ -827,10 +840,10 @@ impl Rest {
                             .pointer("/spec/finalizers")
                             .and_then(Value::as_array)
                             .is_none_or(Vec::is_empty));
-            let bytes = encode(&next)?;
+            let (bytes, as_served) = encode_stored(rt, &next)?;
             if options.dry_run {
                 set_resource_version(&mut next, current.mod_revision);
-                return Ok(Written::encoded(next, &bytes, current.mod_revision));
+                return Ok(Written::new(next, &bytes, as_served, current.mod_revision));
             }
             let op = if finalized {
                 Op::Delete { key: key.clone() }
@@ -850,7 +863,7 @@ impl Rest {
                 .await?;
             if response.succeeded {
                 set_resource_version(&mut next, response.revision);
-                return Ok(Written::encoded(next, &bytes, response.revision));
+                return Ok(Written::new(next, &bytes, as_served, response.revision));
             }
             if precondition.is_some() {
                 return Err(ApiError::conflict(
@@ -1071,7 +1084,10 @@ impl Rest {
                             key: key.clone(),
                             equals: current.mod_revision,
                         }],
-                        success: vec![Op::Put { key: key.clone(), value: encode(&next)? }],
+                        success: vec![Op::Put {
+                            key: key.clone(),
+                            value: encode_stored(rt, &next)?.0,
+                        }],
                         failure: vec![],
                     })
                     .await?;

@@ -135,6 +135,12 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// For a create-only type that acts on another resource (a Binding): the plural and
+    /// subresource its create is served as, for the object its body names.
+    fn redirects_to(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
+
     /// The answer of a review type (never stored): the `status` of `review` for the user.
     fn review(&self, _review: &Value, _context: &ReviewContext<'_>) -> Result<Value, ApiError> {
         Err(ApiError::method_not_allowed("this resource is not a review"))

@@ -88,7 +88,9 @@ impl ApiServer {
         let kind = rt.kind.clone();
         let strategy = rt.strategy;
         let api_version = rt.api_version();
-        let plain = !table && options.labels.is_empty() && options.fields.is_empty();
+        let plain =
+            !table && options.labels.is_empty() && options.fields.is_empty() && rt.reads_raw();
+        let served = rt.clone();
         tokio::spawn(async move {
             let mut first = true;
             let encode = |event_type: &str, object: Value, first: &mut bool| -> Bytes {
@@ -174,7 +176,7 @@ impl ApiServer {
                                     }
                                 }
                             }
-                            match translate_event(&event, &options) {
+                            match translate_event(&event, &options, &served) {
                                 Ok(Some((event_type, object))) => {
                                     if sender
                                         .send(encode(event_type, object, &mut first))
@@ -239,10 +241,15 @@ fn event_line(event: &storage::Event) -> ApiResult<Bytes> {
 fn translate_event(
     event: &storage::Event,
     options: &ListOptions,
+    rt: &ResourceType,
 ) -> ApiResult<Option<(&'static str, Value)>> {
     let matches = |v: &Value| options.labels.matches(v) && options.fields.matches(v);
+    let read = |kv: &storage::KeyValue| -> ApiResult<Value> {
+        let object = rest::decode(kv)?.object;
+        Ok(if rt.reads_raw() { object } else { rt.served(object) })
+    };
     let old = match &event.prev_kv {
-        Some(prev) => Some(rest::decode(prev)?.object),
+        Some(prev) => Some(read(prev)?),
         None => None,
     };
     let old_matches = old.as_ref().is_some_and(&matches);
@@ -258,7 +265,7 @@ fn translate_event(
             Ok(Some(("DELETED", object)))
         }
         EventKind::Put => {
-            let new = rest::decode(&event.kv)?.object;
+            let new = read(&event.kv)?;
             let new_matches = matches(&new);
             Ok(match (old_matches, new_matches) {
                 (true, true) => Some(("MODIFIED", new)),

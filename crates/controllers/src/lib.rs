@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ReplicationController, ServiceAccount};
 use kube::Api;
 use kube::runtime::watcher;
 
@@ -50,6 +50,7 @@ pub struct Informers {
     nodes: Arc<Informer<Node>>,
     namespaces: Arc<Informer<Namespace>>,
     replica_sets: Arc<Informer<ReplicaSet>>,
+    replication_controllers: Arc<Informer<ReplicationController>>,
     deployments: Arc<Informer<Deployment>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     node_leases: Arc<Informer<Lease>>,
@@ -103,6 +104,7 @@ impl Informers {
             nodes: Informer::new(),
             namespaces: Informer::new(),
             replica_sets: Informer::new(),
+            replication_controllers: Informer::new(),
             deployments: Informer::new(),
             service_accounts: Informer::new(),
             node_leases: Informer::new(),
@@ -119,6 +121,7 @@ impl Informers {
     informer_getter!(nodes, Node, "nodes");
     informer_getter!(namespaces, Namespace, "namespaces");
     informer_getter!(replica_sets, ReplicaSet, "replicasets");
+    informer_getter!(replication_controllers, ReplicationController, "replicationcontrollers");
     informer_getter!(deployments, Deployment, "deployments");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
 
@@ -212,6 +215,13 @@ pub fn controller_manager(
     informer::index_by_controller(&replica_sets);
     let replica_set =
         replicaset::ReplicaSetController::new(client.clone(), pods.clone(), replica_sets.clone());
+    let replication_controllers = informers.replication_controllers();
+    informer::index_by_controller(&replication_controllers);
+    let replication_controller = replicaset::ReplicationControllerController::new(
+        client.clone(),
+        pods.clone(),
+        replication_controllers.clone(),
+    );
     let deployment = deployment::DeploymentController::new(
         client.clone(),
         informers.deployments(),
@@ -226,6 +236,7 @@ pub fn controller_manager(
     let garbage_collector = gc::GarbageCollector::new(client.clone());
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
+    garbage_collector.share(replication_controllers);
     garbage_collector.share(informers.deployments());
     let client_for_events = client.clone();
     let namespace = namespace::NamespaceController::new(client.clone(), informers.namespaces());
@@ -236,11 +247,13 @@ pub fn controller_manager(
             let node_lifecycle = node_lifecycle.clone();
             let events = events::expire(client_for_events.clone(), config.event_ttl);
             let replica_set = replica_set.clone();
+            let replication_controller = replication_controller.clone();
             let deployment = deployment.clone();
             let service_account = service_account.clone();
             async move {
                 tokio::join!(
                     replica_set.run(config.workers),
+                    replication_controller.run(config.workers),
                     deployment.run(config.workers),
                     service_account.run(),
                     garbage_collector.run(config.workers * 4),

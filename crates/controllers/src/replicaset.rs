@@ -1,6 +1,8 @@
 //! The ReplicaSet controller: keeps `spec.replicas` pods matching the selector, adopting
 //! orphans that match and releasing owned pods that no longer do, deleting unscheduled,
 //! unready and newest pods first, and reporting replicas, ready and available counts.
+//! The same controller keeps ReplicationControllers (a plain label map as their selector),
+//! as upstream's does: both kinds are a [`ReplicaOwner`].
 //!
 //! Expectations (upstream's mechanism) keep it from acting twice on one need: after it
 //! creates or deletes pods it waits until the informer has seen those changes (or five
@@ -13,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
@@ -210,37 +214,126 @@ fn deletion_rank(pod: &CachedPod) -> impl Ord {
     (spec_node, phase, ready.is_some(), Reverse(ready), Reverse(restarts), Reverse(created))
 }
 
+/// A kind that owns a number of identical pods: ReplicaSet, ReplicationController.
+pub trait ReplicaOwner:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The controller's name in events.
+    const CONTROLLER: &'static str;
+    /// Its workers' name in logs.
+    const WORKERS: &'static str;
+    /// The pods' selector, as a label selector.
+    fn selector(&self) -> LabelSelector;
+    /// The wanted number of pods.
+    fn replicas(&self) -> i32;
+    /// How long a pod must be ready to count as available.
+    fn min_ready_seconds(&self) -> i32;
+    /// The pod template.
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// The status, in the ReplicaSet's shape (both kinds' status has the same fields).
+    fn replica_status(&self) -> ReplicaSetStatus;
+}
+
+impl ReplicaOwner for ReplicaSet {
+    const CONTROLLER: &'static str = "replicaset-controller";
+    const WORKERS: &'static str = "replicaset";
+
+    fn selector(&self) -> LabelSelector {
+        self.spec.selector.clone()
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.replicas.unwrap_or(1)
+    }
+
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec.min_ready_seconds.unwrap_or(0)
+    }
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.template.as_ref()
+    }
+
+    fn replica_status(&self) -> ReplicaSetStatus {
+        self.status.clone().unwrap_or_default()
+    }
+}
+
+impl ReplicaOwner for ReplicationController {
+    const CONTROLLER: &'static str = "replication-controller";
+    const WORKERS: &'static str = "replicationcontroller";
+
+    fn selector(&self) -> LabelSelector {
+        let labels = self.spec.as_ref().and_then(|s| s.selector.clone());
+        LabelSelector { match_labels: labels, match_expressions: None }
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+    }
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+
+    fn replica_status(&self) -> ReplicaSetStatus {
+        // Same JSON field names; a round trip through JSON maps one onto the other.
+        self.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// The ReplicaSet controller.
-pub struct ReplicaSetController {
+pub type ReplicaSetController = ReplicaController<ReplicaSet>;
+
+/// The ReplicationController controller.
+pub type ReplicationControllerController = ReplicaController<ReplicationController>;
+
+/// The controller of one [`ReplicaOwner`] kind.
+pub struct ReplicaController<K: ReplicaOwner> {
     client: kube::Client,
     pods: Arc<Informer<CachedPod>>,
-    replica_sets: Arc<Informer<ReplicaSet>>,
+    replica_sets: Arc<Informer<K>>,
     queue: Arc<Queue>,
     expectations: Expectations,
     recorder: Recorder,
 }
 
-impl std::fmt::Debug for ReplicaSetController {
+impl<K: ReplicaOwner> std::fmt::Debug for ReplicaController<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicaSetController").finish_non_exhaustive()
+        f.debug_struct(K::CONTROLLER).finish_non_exhaustive()
     }
 }
 
-fn owner_key(pod: &CachedPod) -> Option<String> {
+fn owner_key<K: ReplicaOwner>(pod: &CachedPod) -> Option<String> {
     let owner = informer::controller_of(pod)?;
-    (owner.kind == "ReplicaSet" && owner.api_version.starts_with("apps/"))
+    (owner.kind == K::kind(&()) && owner.api_version == K::api_version(&()))
         .then(|| format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name))
 }
 
-impl ReplicaSetController {
+impl<K: ReplicaOwner> ReplicaController<K> {
     /// Hooks the controller to the informers (before they start).
     pub fn new(
         client: kube::Client,
         pods: Arc<Informer<CachedPod>>,
-        replica_sets: Arc<Informer<ReplicaSet>>,
-    ) -> Arc<ReplicaSetController> {
-        let controller = Arc::new(ReplicaSetController {
-            recorder: Recorder::new(client.clone(), "replicaset-controller"),
+        replica_sets: Arc<Informer<K>>,
+    ) -> Arc<ReplicaController<K>> {
+        let controller = Arc::new(ReplicaController {
+            recorder: Recorder::new(client.clone(), K::CONTROLLER),
             client,
             pods: pods.clone(),
             replica_sets: replica_sets.clone(),
@@ -273,7 +366,7 @@ impl ReplicaSetController {
                 if pod.metadata.deletion_timestamp.is_some() {
                     return;
                 }
-                match owner_key(pod) {
+                match owner_key::<K>(pod) {
                     Some(key) => {
                         self.expectations.created(&key);
                         if self.expectations.satisfied(&key) {
@@ -290,7 +383,7 @@ impl ReplicaSetController {
                 }
             }
             Change::Updated(old, pod) => {
-                let key = owner_key(pod);
+                let key = owner_key::<K>(pod);
                 if pod.metadata.deletion_timestamp.is_some()
                     && old.metadata.deletion_timestamp.is_none()
                     && let Some(k) = &key
@@ -298,7 +391,7 @@ impl ReplicaSetController {
                     // A pod being deleted counts as gone for expectations, as upstream.
                     self.expectations.deleted(k, &key_of(pod.as_ref()));
                 }
-                let old_key = owner_key(old);
+                let old_key = owner_key::<K>(old);
                 if old_key != key
                     && let Some(k) = &old_key
                 {
@@ -322,7 +415,7 @@ impl ReplicaSetController {
                 }
             }
             Change::Deleted(pod) => {
-                if let Some(key) = owner_key(pod) {
+                if let Some(key) = owner_key::<K>(pod) {
                     self.expectations.deleted(&key, &key_of(pod.as_ref()));
                     self.queue.add(key);
                 }
@@ -335,9 +428,10 @@ impl ReplicaSetController {
         let ns = pod.namespace().unwrap_or_default();
         let labels = pod.labels();
         for rs in self.replica_sets.list() {
+            let selector = rs.selector();
             if rs.namespace().as_deref() == Some(ns.as_str())
-                && !crate::selectors::is_empty_selector(&rs.spec.selector)
-                && label_selector_matches(&rs.spec.selector, labels)
+                && !crate::selectors::is_empty_selector(&selector)
+                && label_selector_matches(&selector, labels)
             {
                 self.queue.add(key_of(rs.as_ref()));
             }
@@ -349,7 +443,7 @@ impl ReplicaSetController {
         self.pods.wait_synced().await;
         self.replica_sets.wait_synced().await;
         let this = self.clone();
-        run_workers(self.queue.clone(), workers, "replicaset", move |key| {
+        run_workers(self.queue.clone(), workers, K::WORKERS, move |key| {
             let this = this.clone();
             async move { this.sync(&key).await }
         })
@@ -363,23 +457,21 @@ impl ReplicaSetController {
         };
         let (namespace, name) = split_key(key);
         let namespace = namespace.unwrap_or_default();
-        let spec = rs.spec.clone();
         let uid = rs.uid().unwrap_or_default();
         let satisfied = self.expectations.satisfied(key);
         let pods = self.claim_pods(&rs, namespace).await?;
         let active: Vec<Arc<CachedPod>> = pods.into_iter().filter(|p| is_active(p)).collect();
         let mut failure = None;
-        if satisfied && rs.metadata.deletion_timestamp.is_none() {
-            let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+        if satisfied && rs.meta().deletion_timestamp.is_none() {
+            let want = usize::try_from(rs.replicas()).unwrap_or(0);
             if let Err(e) = self.manage_replicas(&rs, key, namespace, name, &active, want).await {
                 failure = Some(e);
             }
         }
         let now = jiff::Timestamp::now();
-        let min_ready = spec.min_ready_seconds.unwrap_or(0);
-        let template_labels = spec
-            .template
-            .as_ref()
+        let min_ready = rs.min_ready_seconds();
+        let template_labels = rs
+            .template()
             .and_then(|t| t.metadata.as_ref())
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
@@ -389,10 +481,10 @@ impl ReplicaSetController {
             .iter()
             .filter(|p| template_labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
             .count() as i32;
-        let mut conditions: Vec<ReplicaSetCondition> = rs
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
+        let current = rs.replica_status();
+        let mut conditions: Vec<ReplicaSetCondition> = current
+            .conditions
+            .clone()
             .unwrap_or_default()
             .into_iter()
             .filter(|c| c.type_.as_deref() != Some("ReplicaFailure"))
@@ -411,13 +503,12 @@ impl ReplicaSetController {
             fully_labeled_replicas: Some(fully_labeled),
             ready_replicas: Some(ready),
             available_replicas: Some(available),
-            observed_generation: rs.metadata.generation,
+            observed_generation: rs.meta().generation,
             conditions: (!conditions.is_empty()).then_some(conditions),
             terminating_replicas: None,
         };
-        let current = rs.status.clone().unwrap_or_default();
         if !same_status(&current, &status) && rs.uid().as_deref() == Some(uid.as_str()) {
-            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
+            let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
             let patch = serde_json::json!({"status": status});
             match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {}
@@ -439,20 +530,16 @@ impl ReplicaSetController {
 
     /// The pods this ReplicaSet controls, after adopting matching orphans and releasing
     /// owned pods that no longer match.
-    async fn claim_pods(
-        &self,
-        rs: &ReplicaSet,
-        namespace: &str,
-    ) -> Result<Vec<Arc<CachedPod>>, Error> {
+    async fn claim_pods(&self, rs: &K, namespace: &str) -> Result<Vec<Arc<CachedPod>>, Error> {
         let uid = rs.uid().unwrap_or_default();
-        let selector = rs.spec.selector.clone();
+        let selector = rs.selector();
         let empty_selector = crate::selectors::is_empty_selector(&selector);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let mut claimed = Vec::new();
         for pod in self.pods.by_index(BY_CONTROLLER, &uid) {
             if !empty_selector && label_selector_matches(&selector, pod.labels()) {
                 claimed.push(pod);
-            } else if rs.metadata.deletion_timestamp.is_none() {
+            } else if rs.meta().deletion_timestamp.is_none() {
                 // Release: drop our controller reference.
                 let remaining: Vec<OwnerReference> =
                     pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
@@ -467,7 +554,7 @@ impl ReplicaSetController {
                 }
             }
         }
-        if rs.metadata.deletion_timestamp.is_some() || empty_selector {
+        if rs.meta().deletion_timestamp.is_some() || empty_selector {
             return Ok(claimed);
         }
         for pod in self.pods.by_index(ORPHANS_BY_NAMESPACE, namespace) {
@@ -490,7 +577,7 @@ impl ReplicaSetController {
 
     async fn manage_replicas(
         &self,
-        rs: &ReplicaSet,
+        rs: &K,
         key: &str,
         namespace: &str,
         name: &str,
@@ -500,8 +587,8 @@ impl ReplicaSetController {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         if active.len() < want {
             let missing = (want - active.len()).min(BURST);
-            let Some(template) = rs.spec.template.clone() else {
-                return Err(Error::Invalid(format!("ReplicaSet {key} has no template")));
+            let Some(template) = rs.template().cloned() else {
+                return Err(Error::Invalid(format!("{} {key} has no template", K::kind(&()))));
             };
             self.expectations.expect(key, missing as i64, HashSet::new());
             let pod = pod_from_template(&template, namespace, name, controller_ref(rs));

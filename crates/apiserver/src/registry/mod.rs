@@ -120,6 +120,7 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         apps_v1::StatefulSet => "statefulset" ["sts"] ["all"] status scale generation => apps::statefulset::StatefulSets;
         events_v1::Event => "event" ["ev"] [] => events::event::Events;
     };
+    types.insert(0, review::<core_v1::Binding>("binding", &core::binding::Bindings));
     types.push(review::<authentication_v1::TokenReview>(
         "tokenreview",
         &authentication::tokenreview::TokenReviews,
@@ -150,9 +151,13 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         batch_v1::CronJob => "cronjob" ["cj"] ["all"] status generation => batch::cronjob::CronJobs;
         batch_v1::Job => "job" [] ["all"] status generation => batch::job::Jobs;
         certificates_v1::CertificateSigningRequest => "certificatesigningrequest" ["csr"] [] status => certificates::certificatesigningrequest::CertificateSigningRequests;
+        certificates_v1::ClusterTrustBundle => "clustertrustbundle" [] [] => certificates::clustertrustbundle::ClusterTrustBundles;
+        certificates_v1::PodCertificateRequest => "podcertificaterequest" [] [] status => certificates::podcertificaterequest::PodCertificateRequests;
         networking_v1::IngressClass => "ingressclass" [] [] => networking::ingressclass::IngressClasses;
         networking_v1::Ingress => "ingress" ["ing"] [] status generation => networking::ingress::Ingresses;
+        networking_v1::IPAddress => "ipaddress" ["ip"] [] => networking::ipaddress::IPAddresses;
         networking_v1::NetworkPolicy => "networkpolicy" ["netpol"] [] generation => networking::networkpolicy::NetworkPolicies;
+        networking_v1::ServiceCIDR => "servicecidr" [] [] status => networking::servicecidr::ServiceCIDRs;
         policy_v1::PodDisruptionBudget => "poddisruptionbudget" ["pdb"] [] status generation => policy::poddisruptionbudget::PodDisruptionBudgets;
         rbac_v1::ClusterRoleBinding => "clusterrolebinding" [] [] => rbac::clusterrolebinding::ClusterRoleBindings;
         rbac_v1::ClusterRole => "clusterrole" [] [] => rbac::clusterrole::ClusterRoles;
@@ -163,6 +168,9 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         storage_v1::CSIStorageCapacity => "csistoragecapacity" [] [] => storage::csistoragecapacity::CSIStorageCapacities;
         storage_v1::StorageClass => "storageclass" ["sc"] [] => storage::storageclass::StorageClasses;
         storage_v1::VolumeAttachment => "volumeattachment" [] [] status => storage::volumeattachment::VolumeAttachments;
+        storage_v1::VolumeAttributesClass => "volumeattributesclass" ["vac"] [] => storage::volumeattributesclass::VolumeAttributesClasses;
+        admissionregistration_v1::MutatingAdmissionPolicy => "mutatingadmissionpolicy" [] ["api-extensions"] generation => admissionregistration::mutatingadmissionpolicy::MutatingAdmissionPolicies;
+        admissionregistration_v1::MutatingAdmissionPolicyBinding => "mutatingadmissionpolicybinding" [] ["api-extensions"] generation => admissionregistration::mutatingadmissionpolicybinding::MutatingAdmissionPolicyBindings;
         admissionregistration_v1::MutatingWebhookConfiguration => "mutatingwebhookconfiguration" [] ["api-extensions"] => admissionregistration::mutatingwebhookconfiguration::MutatingWebhookConfigurations;
         admissionregistration_v1::ValidatingAdmissionPolicy => "validatingadmissionpolicy" [] ["api-extensions"] status generation => admissionregistration::validatingadmissionpolicy::ValidatingAdmissionPolicies;
         admissionregistration_v1::ValidatingAdmissionPolicyBinding => "validatingadmissionpolicybinding" [] ["api-extensions"] generation => admissionregistration::validatingadmissionpolicybinding::ValidatingAdmissionPolicyBindings;
@@ -179,5 +187,23 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         resource_v1::ResourceClaimTemplate => "resourceclaimtemplate" [] [] generation => resource::resourceclaimtemplate::ResourceClaimTemplates;
         resource_v1::ResourceSlice => "resourceslice" [] [] generation => resource::resourceslice::ResourceSlices;
     });
+    for rt in &mut types {
+        // autoscaling/v1 is served over v2's storage.
+        if rt.group == "autoscaling" && rt.version == "v1" {
+            rt.conversion = Some(crate::resources::Conversion {
+                storage_group: "autoscaling",
+                from_storage: autoscaling::horizontalpodautoscaler::v2_to_v1,
+                to_storage: autoscaling::horizontalpodautoscaler::v1_to_v2,
+            });
+        }
+        // events.k8s.io/v1 serves the core group's events in their newer shape.
+        if rt.group == "events.k8s.io" {
+            rt.conversion = Some(crate::resources::Conversion {
+                storage_group: "",
+                from_storage: events::event::from_core,
+                to_storage: events::event::to_core,
+            });
+        }
+    }
     types
 }

@@ -1,6 +1,8 @@
 //! The `admissionregistration.k8s.io` group: webhook configurations and admission policies,
 //! stored and served; enforcing them comes with the extensibility issue.
 
+pub mod mutatingadmissionpolicy;
+pub mod mutatingadmissionpolicybinding;
 pub mod mutatingwebhookconfiguration;
 pub mod validatingadmissionpolicy;
 pub mod validatingadmissionpolicybinding;

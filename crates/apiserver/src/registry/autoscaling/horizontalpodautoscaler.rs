@@ -74,6 +74,12 @@ fn targets(obj: &Value) -> String {
 }
 
 impl Strategy for HorizontalPodAutoscalers {
+    fn default(&self, object: &mut Value) {
+        if let Some(spec) = crate::registry::spec_mut(object) {
+            crate::registry::set_default(spec, "minReplicas", json!(1));
+        }
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
@@ -104,5 +110,203 @@ impl Strategy for HorizontalPodAutoscalers {
             json!(n(obj, "/status/currentReplicas")),
             json!(age_of(obj, "/metadata/creationTimestamp", now)),
         ]
+    }
+}
+
+/// Where `autoscaling/v1` keeps what only `v2` can say, so that a v1 read-modify-write keeps
+/// it (upstream's round-trip annotations).
+const METRICS_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/metrics";
+const CURRENT_METRICS_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/current-metrics";
+const CONDITIONS_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/conditions";
+const BEHAVIOR_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/behavior";
+
+/// The CPU utilization v1 targets when it names none (upstream's default).
+const DEFAULT_CPU_UTILIZATION: i64 = 80;
+
+fn is_cpu_utilization(metric: &Value) -> bool {
+    s(metric, "/type") == "Resource"
+        && s(metric, "/resource/name") == "cpu"
+        && metric.pointer("/resource/target/averageUtilization").is_some()
+}
+
+fn annotations(object: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    let meta = object.get_mut("metadata")?.as_object_mut()?;
+    let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+    if annotations.is_null() {
+        *annotations = json!({});
+    }
+    annotations.as_object_mut()
+}
+
+fn take_annotation(object: &mut Value, key: &str) -> Option<Value> {
+    let text = annotations(object)?.remove(key)?;
+    serde_json::from_str(text.as_str()?).ok()
+}
+
+fn put_annotation(object: &mut Value, key: &str, value: &Value) {
+    if let Some(map) = annotations(object) {
+        map.insert(key.to_owned(), json!(value.to_string()));
+    }
+}
+
+fn drop_empty_annotations(object: &mut Value) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut)
+        && meta.get("annotations").and_then(Value::as_object).is_some_and(|a| a.is_empty())
+    {
+        meta.remove("annotations");
+    }
+}
+
+/// A stored (`v2`) object as `autoscaling/v1` shows it.
+pub(crate) fn v2_to_v1(mut object: Value) -> Value {
+    let metrics = object.pointer_mut("/spec/metrics").map(Value::take);
+    let behavior = object.pointer_mut("/spec/behavior").map(Value::take);
+    let mut others = Vec::new();
+    let mut target = None;
+    for metric in metrics.as_ref().and_then(Value::as_array).into_iter().flatten() {
+        if target.is_none() && is_cpu_utilization(metric) {
+            target = metric.pointer("/resource/target/averageUtilization").cloned();
+        } else {
+            others.push(metric.clone());
+        }
+    }
+    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("metrics");
+        spec.remove("behavior");
+        if let Some(t) = target {
+            spec.insert("targetCPUUtilizationPercentage".into(), t);
+        }
+    }
+    for key in
+        [METRICS_ANNOTATION, CURRENT_METRICS_ANNOTATION, CONDITIONS_ANNOTATION, BEHAVIOR_ANNOTATION]
+    {
+        if let Some(map) = annotations(&mut object) {
+            map.remove(key);
+        }
+    }
+    if !others.is_empty() {
+        put_annotation(&mut object, METRICS_ANNOTATION, &Value::Array(others));
+    }
+    if let Some(b) = behavior.filter(|b| !b.is_null()) {
+        put_annotation(&mut object, BEHAVIOR_ANNOTATION, &b);
+    }
+    let current = object.pointer_mut("/status/currentMetrics").map(Value::take);
+    let conditions = object.pointer_mut("/status/conditions").map(Value::take);
+    let cpu_now = current
+        .as_ref()
+        .and_then(Value::as_array)
+        .and_then(|list| {
+            list.iter().find(|m| s(m, "/type") == "Resource" && s(m, "/resource/name") == "cpu")
+        })
+        .and_then(|m| m.pointer("/resource/current/averageUtilization"))
+        .cloned();
+    if let Some(status) = object.get_mut("status").and_then(Value::as_object_mut) {
+        status.remove("currentMetrics");
+        status.remove("conditions");
+        if let Some(c) = cpu_now {
+            status.insert("currentCPUUtilizationPercentage".into(), c);
+        }
+    }
+    // The annotation is needed only when v1's one field cannot say it all.
+    let only_cpu = |list: &Vec<Value>| {
+        list.len() == 1
+            && s(&list[0], "/type") == "Resource"
+            && s(&list[0], "/resource/name") == "cpu"
+    };
+    if let Some(c) = current.filter(|c| c.as_array().is_some_and(|a| !a.is_empty() && !only_cpu(a)))
+    {
+        put_annotation(&mut object, CURRENT_METRICS_ANNOTATION, &c);
+    }
+    if let Some(c) = conditions.filter(|c| c.as_array().is_some_and(|a| !a.is_empty())) {
+        put_annotation(&mut object, CONDITIONS_ANNOTATION, &c);
+    }
+    drop_empty_annotations(&mut object);
+    object
+}
+
+/// An `autoscaling/v1` object as it is stored (`v2`).
+pub(crate) fn v1_to_v2(mut object: Value) -> Value {
+    let mut metrics = match take_annotation(&mut object, METRICS_ANNOTATION) {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
+    let behavior = take_annotation(&mut object, BEHAVIOR_ANNOTATION);
+    let target = object.pointer_mut("/spec/targetCPUUtilizationPercentage").map(Value::take);
+    let target = target.and_then(|t| t.as_i64());
+    if target.is_some() || metrics.is_empty() {
+        let utilization = target.unwrap_or(DEFAULT_CPU_UTILIZATION);
+        metrics.push(json!({"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": utilization}}}));
+    }
+    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("targetCPUUtilizationPercentage");
+        spec.insert("metrics".into(), Value::Array(metrics));
+        if let Some(b) = behavior {
+            spec.insert("behavior".into(), b);
+        }
+    }
+    let current = take_annotation(&mut object, CURRENT_METRICS_ANNOTATION);
+    let conditions = take_annotation(&mut object, CONDITIONS_ANNOTATION);
+    if let Some(status) = object.get_mut("status").and_then(Value::as_object_mut) {
+        let cpu = status.remove("currentCPUUtilizationPercentage");
+        match (current, cpu) {
+            (Some(c), _) => {
+                status.insert("currentMetrics".into(), c);
+            }
+            (None, Some(cpu)) => {
+                status.insert(
+                    "currentMetrics".into(),
+                    json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": cpu}}}]),
+                );
+            }
+            (None, None) => {}
+        }
+        if let Some(c) = conditions {
+            status.insert("conditions".into(), c);
+        }
+    }
+    drop_empty_annotations(&mut object);
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_v2_round_trip_through_storage() {
+        let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+                     "minReplicas": 1, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60},
+            "status": {"currentReplicas": 2, "desiredReplicas": 2, "currentCPUUtilizationPercentage": 40}});
+        let stored = v1_to_v2(v1.clone());
+        assert_eq!(stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 60);
+        assert_eq!(
+            stored["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"],
+            40
+        );
+        assert!(stored["metadata"].get("annotations").is_none());
+        assert_eq!(v2_to_v1(stored), v1);
+        // What v1 cannot say survives a v1 read-modify-write in annotations.
+        let v2 = json!({"metadata": {"name": "web"}, "spec": {"maxReplicas": 5, "metrics": [
+            {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}},
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}}});
+        let as_v1 = v2_to_v1(v2.clone());
+        assert_eq!(as_v1["spec"]["targetCPUUtilizationPercentage"], 70);
+        assert!(
+            as_v1["metadata"]["annotations"][METRICS_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .contains("memory")
+        );
+        let back = v1_to_v2(as_v1);
+        assert_eq!(back["spec"]["behavior"], v2["spec"]["behavior"]);
+        assert_eq!(back["spec"]["metrics"].as_array().unwrap().len(), 2);
+        assert_eq!(back["spec"]["metrics"][0]["resource"]["name"], "memory");
+        // A v1 object without a target gets upstream's default of 80%.
+        let bare = v1_to_v2(json!({"metadata": {"name": "x"}, "spec": {"maxReplicas": 2}}));
+        assert_eq!(bare["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
     }
 }

@@ -5,3 +5,4 @@ pub mod csinode;
 pub mod csistoragecapacity;
 pub mod storageclass;
 pub mod volumeattachment;
+pub mod volumeattributesclass;
