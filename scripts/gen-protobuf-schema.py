@@ -14,7 +14,7 @@ pb_root = sorted(glob.glob(f"{home}/*/k8s-pb-0.9.*/src"))[-1]
 oa_root = sorted(glob.glob(f"{home}/*/k8s-openapi-0.29.*/src/v1_37"))[-1]
 
 # Which modules to include (groups krust serves or decodes, plus meta/runtime/util).
-WANTED = re.compile(r"^(api/(core|apps|batch|networking|rbac|coordination|autoscaling|storage|policy|discovery|events|scheduling|authorization|authentication)/v[0-9]+|apimachinery/pkg/(apis/meta/v1|api/resource|runtime|util/intstr)|apiextensions_apiserver/pkg/apis/apiextensions/v1)$")
+WANTED = re.compile(r"^(api/(core|apps|batch|networking|rbac|coordination|autoscaling|storage|policy|discovery|events|scheduling|authorization|authentication|admissionregistration|certificates|flowcontrol|node|resource|storagemigration)/v[0-9]+|apimachinery/pkg/(apis/meta/v1|api/resource|runtime|util/intstr)|apiextensions_apiserver/pkg/apis/apiextensions/v1|kube_aggregator/pkg/apis/apiregistration/v1)$")
 
 def module_of(path, root):
     rel = os.path.relpath(os.path.dirname(path) if path.endswith("mod.rs") else path[:-3], root)
@@ -83,10 +83,41 @@ def message_target(mod, typ):
     # rustfmt leaves a trailing comma inside generics split over lines (`Vec<\n X,\n>`).
     return resolve(mod, inner.rstrip(">").rstrip(",").strip())
 
+def inlines(target, names, depth=0):
+    """Whether every field of message `target` shows in the JSON `names` of a type embedding it,
+    directly or through a struct it embeds in turn (RuleWithOperations embeds Rule)."""
+    fields = raw[target][2]
+    if not fields or depth > 3:
+        return False
+    for attr, rust, typ in fields:
+        if norm(rust) in names:
+            continue
+        if attr.split(",")[0].strip() == "message":
+            child = message_target(raw[target][0], typ)
+            if child in raw and inlines(child, names, depth + 1):
+                continue
+        return False
+    return True
+
+# A struct Go embeds (VolumeSource in Volume, PersistentVolumeSource in PersistentVolumeSpec)
+# has no k8s-openapi type of its own: its JSON names are the embedding type's.
+inline_names = {}
+for key, (mod, name, raw_fields) in raw.items():
+    names = json_names.get((mod, name.lower()))
+    if names is None:
+        continue
+    for attr, rust, typ in raw_fields:
+        if attr.split(",")[0].strip() != "message" or names.get(norm(rust)) is not None:
+            continue
+        target = message_target(mod, typ)
+        if target in raw and json_names.get((raw[target][0], raw[target][1].lower())) is None:
+            if inlines(target, names):
+                inline_names[target] = names
+
 messages = {}
 guessed = []
 for key, (mod, name, raw_fields) in raw.items():
-    names = json_names.get((mod, name.lower()))
+    names = json_names.get((mod, name.lower())) or inline_names.get(key)
     fields = []
     for attr, rust, typ in raw_fields:
         tag = int(re.search(r'tag = "(\d+)"', attr).group(1))
@@ -108,8 +139,7 @@ for key, (mod, name, raw_fields) in raw.items():
                 # Go embeds some structs inline (LocalObjectReference, VolumeSource, ...): the
                 # proto has a nested message, the JSON has its fields in the parent.
                 if js is None and names is not None and target in raw:
-                    inner_names = [norm(r) for _a, r, _t in raw[target][2]]
-                    if inner_names and all(n in names for n in inner_names):
+                    if inlines(target, names):
                         kind = f'Kind::Inline("{target}")'
                         js = ""
             elif scalar.startswith("bytes"):

@@ -14,7 +14,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-cargo build --release --locked -p krust
+# The commit goes into `krust version` / `/version` (gitCommit), as upstream builds do.
+KRUST_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || true) cargo build --release --locked -p krust
 # Installed without debug info (the build keeps line tables for profiling).
 command -v strip >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null; }
 install -m 0755 -s "${CARGO_TARGET_DIR:-target}/release/krust" /usr/local/bin/krust

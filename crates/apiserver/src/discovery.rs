@@ -323,3 +323,26 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
         "components": {"schemas": schemas}
     }))
 }
+
+/// The OpenAPI v2 document as JSON: its info and no paths or definitions (see the route).
+pub fn openapi_v2_json() -> Value {
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION}, "paths": {}, "definitions": {}})
+}
+
+/// The same document in the protobuf form (gnostic's `openapi_v2.Document`: `swagger` is
+/// field 1, `info` field 2 with `title` 1 and `version` 2) that kubectl asks for.
+pub fn openapi_v2_protobuf() -> Vec<u8> {
+    fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
+        out.push(tag << 3 | 2);
+        // Every field here is shorter than 128 bytes: one varint byte.
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(1, b"Kubernetes", &mut info);
+    field(2, crate::KUBERNETES_VERSION.as_bytes(), &mut info);
+    let mut doc = Vec::new();
+    field(1, b"2.0", &mut doc);
+    field(2, &info, &mut doc);
+    doc
+}

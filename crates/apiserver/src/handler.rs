@@ -268,6 +268,11 @@ fn wants_table(accept: &str) -> bool {
     })
 }
 
+/// Whether every media type the client accepts is a Table (nothing else will do).
+fn only_table(accept: &str) -> bool {
+    !accept.trim().is_empty() && accept.split(',').all(wants_table)
+}
+
 fn accepts_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
         let params: Vec<&str> = part.split(';').map(str::trim).collect();
@@ -528,6 +533,24 @@ impl ApiServer {
                     Ok(json_response(StatusCode::OK, &discovery::api_group_list(&self.registry)))
                 }
             }
+            // OpenAPI v2: kubectl before 1.27 fetches it (as protobuf) before every create or
+            // apply. The document lists no definitions, so such clients skip their client-side
+            // validation (the server validates; `fieldValidation`) instead of failing.
+            "/openapi/v2" => {
+                let accept = header_text(request, header::ACCEPT);
+                Ok(if accept.contains("protobuf") {
+                    let mut r = Response::new(full(discovery::openapi_v2_protobuf()));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        // As upstream: the requested media type has an '@', which is no
+                        // valid Content-Type (Go's clients reject it).
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    r
+                } else {
+                    json_response(StatusCode::OK, &discovery::openapi_v2_json())
+                })
+            }
             "/openapi/v3" => Ok(json_response(
                 StatusCode::OK,
                 &discovery::openapi_root(&self.registry, &self.discovery_hash()),
@@ -646,6 +669,13 @@ impl ApiServer {
             if verb != "create" {
                 return Err(ApiError::method_not_allowed(format!(
                     "{} only supports create",
+                    target.rt.plural
+                )));
+            }
+            // A review is no object with metadata: it has no Table form (upstream's 406).
+            if only_table(&header_text(&request, header::ACCEPT)) {
+                return Err(ApiError::not_acceptable(format!(
+                    "the resource {} does not support being converted to a Table",
                     target.rt.plural
                 )));
             }
@@ -1335,7 +1365,12 @@ fn version_info() -> Value {
         "minCompatibilityMajor": "1",
         "minCompatibilityMinor": "36",
         "gitVersion": GIT_VERSION,
-        "gitCommit": env!("CARGO_PKG_VERSION"),
+        // The commit the binary was built from (set by scripts/install.sh); all zeros when
+        // unknown, still the hex clients expect.
+        "gitCommit": match option_env!("KRUST_GIT_COMMIT") {
+            Some(commit) if !commit.is_empty() => commit,
+            _ => "0000000000000000000000000000000000000000",
+        },
         "gitTreeState": "clean",
         "buildDate": "2026-11-27T00:00:00Z",
         "goVersion": "rust",

@@ -15,6 +15,7 @@ pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod scheduler;
 pub mod serviceaccount;
 
@@ -22,7 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, ReplicationController, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, ReplicationController, ResourceQuota, ServiceAccount,
+};
 use kube::Api;
 use kube::runtime::watcher;
 
@@ -51,6 +54,7 @@ pub struct Informers {
     namespaces: Arc<Informer<Namespace>>,
     replica_sets: Arc<Informer<ReplicaSet>>,
     replication_controllers: Arc<Informer<ReplicationController>>,
+    resource_quotas: Arc<Informer<ResourceQuota>>,
     deployments: Arc<Informer<Deployment>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     node_leases: Arc<Informer<Lease>>,
@@ -105,6 +109,7 @@ impl Informers {
             namespaces: Informer::new(),
             replica_sets: Informer::new(),
             replication_controllers: Informer::new(),
+            resource_quotas: Informer::new(),
             deployments: Informer::new(),
             service_accounts: Informer::new(),
             node_leases: Informer::new(),
@@ -122,6 +127,7 @@ impl Informers {
     informer_getter!(namespaces, Namespace, "namespaces");
     informer_getter!(replica_sets, ReplicaSet, "replicasets");
     informer_getter!(replication_controllers, ReplicationController, "replicationcontrollers");
+    informer_getter!(resource_quotas, ResourceQuota, "resourcequotas");
     informer_getter!(deployments, Deployment, "deployments");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
 
@@ -222,6 +228,11 @@ pub fn controller_manager(
         pods.clone(),
         replication_controllers.clone(),
     );
+    let resource_quota = resourcequota::ResourceQuotaController::new(
+        client.clone(),
+        informers.resource_quotas(),
+        &pods,
+    );
     let deployment = deployment::DeploymentController::new(
         client.clone(),
         informers.deployments(),
@@ -248,12 +259,14 @@ pub fn controller_manager(
             let events = events::expire(client_for_events.clone(), config.event_ttl);
             let replica_set = replica_set.clone();
             let replication_controller = replication_controller.clone();
+            let resource_quota = resource_quota.clone();
             let deployment = deployment.clone();
             let service_account = service_account.clone();
             async move {
                 tokio::join!(
                     replica_set.run(config.workers),
                     replication_controller.run(config.workers),
+                    resource_quota.run(),
                     deployment.run(config.workers),
                     service_account.run(),
                     garbage_collector.run(config.workers * 4),

@@ -115,6 +115,9 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
                 "apiextensions.k8s.io" => {
                     format!("apiextensions_apiserver/pkg/apis/apiextensions/{version}")
                 }
+                "apiregistration.k8s.io" => {
+                    format!("kube_aggregator/pkg/apis/apiregistration/{version}")
+                }
                 other => format!("api/{}/{version}", other.split('.').next().unwrap_or(other)),
             }
         };
@@ -516,6 +519,21 @@ fn trim(v: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Messages whose wire form the decoder maps by hand.
+    const SPECIAL_MESSAGES: [&str; 11] = [
+        "apimachinery/pkg/util/intstr/IntOrString",
+        "apimachinery/pkg/api/resource/Quantity",
+        "apimachinery/pkg/apis/meta/v1/Time",
+        "apimachinery/pkg/apis/meta/v1/MicroTime",
+        "apimachinery/pkg/apis/meta/v1/Duration",
+        "apimachinery/pkg/runtime/RawExtension",
+        "apimachinery/pkg/apis/meta/v1/FieldsV1",
+        "apiextensions_apiserver/pkg/apis/apiextensions/v1/Json",
+        "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrBool",
+        "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrArray",
+        "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrStringArray",
+    ];
+
     fn varint(mut v: u64, out: &mut Vec<u8>) {
         loop {
             let byte = (v & 0x7f) as u8;
@@ -766,22 +784,84 @@ mod tests {
     }
 
     #[test]
+    fn every_field_json_name_is_one_kubernetes_uses() {
+        // JSON names must be the API's own (`downwardAPI`), not ones derived from the
+        // protobuf field names (`downwardApi`): a wrong one silently drops the field.
+        let registry = crate::resources::Registry::new();
+        let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+        for rt in registry.all().iter() {
+            if let Some(schema) = rt.schema {
+                schema(&mut generator);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        fn collect(value: &Value, names: &mut std::collections::HashSet<String>) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::Object(props)) = map.get("properties") {
+                        names.extend(props.keys().cloned());
+                    }
+                    map.values().for_each(|v| collect(v, names));
+                }
+                Value::Array(list) => list.iter().for_each(|v| collect(v, names)),
+                _ => {}
+            }
+        }
+        for (_, schema) in generator.take_definitions(true) {
+            collect(&schema, &mut names);
+        }
+        // Only what a served kind reaches: option and discovery messages are not objects.
+        let mut reachable: Vec<&str> = registry
+            .all()
+            .iter()
+            .filter(|rt| rt.is_builtin())
+            .filter_map(|rt| message_for(&rt.api_version(), &rt.kind))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut wrong = Vec::new();
+        while let Some(name) = reachable.pop() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(message) = lookup(name) else { continue };
+            for field in message.fields {
+                if let Kind::Message(t) | Kind::Inline(t) | Kind::MapMessage(t) = field.kind {
+                    reachable.push(t);
+                }
+            }
+        }
+        assert!(seen.len() > 300, "{} messages reached", seen.len());
+        // Decoded by hand (their wire form is not their JSON form), or alpha fields of the
+        // protobuf crate that no 1.37 type has (decoded, then dropped as unknown).
+        let exempt = |message: &str, field: &str| {
+            SPECIAL_MESSAGES.contains(&message)
+                || matches!(
+                    message,
+                    "apimachinery/pkg/apis/meta/v1/Time"
+                        | "apimachinery/pkg/apis/meta/v1/MicroTime"
+                        | "apimachinery/pkg/apis/meta/v1/FieldsV1"
+                )
+                || (message == "api/core/v1/PodSpec" && field == "workloadRef")
+                || message == "api/core/v1/WorkloadReference"
+        };
+        for message in schema::MESSAGES.iter().filter(|m| seen.contains(m.name)) {
+            for field in message.fields {
+                if !field.json.is_empty()
+                    && !names.contains(field.json)
+                    && !exempt(message.name, field.json)
+                {
+                    wrong.push(format!("{}.{}", message.name, field.json));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "JSON names no Kubernetes type uses: {wrong:?}");
+    }
+
+    #[test]
     fn every_message_a_field_names_is_in_the_table() {
         // A name the table does not hold (the generator once left a trailing comma in four)
         // makes every body with that field fail with "unknown message type".
-        let special = [
-            "apimachinery/pkg/util/intstr/IntOrString",
-            "apimachinery/pkg/api/resource/Quantity",
-            "apimachinery/pkg/apis/meta/v1/Time",
-            "apimachinery/pkg/apis/meta/v1/MicroTime",
-            "apimachinery/pkg/apis/meta/v1/Duration",
-            "apimachinery/pkg/runtime/RawExtension",
-            "apimachinery/pkg/apis/meta/v1/FieldsV1",
-            "apiextensions_apiserver/pkg/apis/apiextensions/v1/Json",
-            "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrBool",
-            "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrArray",
-            "apiextensions_apiserver/pkg/apis/apiextensions/v1/JsonSchemaPropsOrStringArray",
-        ];
+        let special = SPECIAL_MESSAGES;
         let mut checked = 0;
         for message in schema::MESSAGES {
             assert!(lookup(message.name).is_some(), "{} is found by its own name", message.name);

@@ -5,6 +5,466 @@ use super::{Field, Kind, Message};
 
 pub(super) static MESSAGES: &[Message] = &[
     Message {
+        name: "api/admissionregistration/v1/AuditAnnotation",
+        fields: &[
+            Field { tag: 1, json: "key", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "valueExpression", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ExpressionWarning",
+        fields: &[
+            Field { tag: 2, json: "fieldRef", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "warning", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/MatchCondition",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "expression", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/MatchResources",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "namespaceSelector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "objectSelector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "resourceRules",
+                kind: Kind::Message("api/admissionregistration/v1/NamedRuleWithOperations"),
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                json: "excludeResourceRules",
+                kind: Kind::Message("api/admissionregistration/v1/NamedRuleWithOperations"),
+                repeated: true,
+            },
+            Field { tag: 7, json: "matchPolicy", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/MutatingWebhook",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "clientConfig",
+                kind: Kind::Message("api/admissionregistration/v1/WebhookClientConfig"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "rules",
+                kind: Kind::Message("api/admissionregistration/v1/RuleWithOperations"),
+                repeated: true,
+            },
+            Field { tag: 4, json: "failurePolicy", kind: Kind::String, repeated: false },
+            Field {
+                tag: 5,
+                json: "namespaceSelector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field { tag: 6, json: "sideEffects", kind: Kind::String, repeated: false },
+            Field { tag: 7, json: "timeoutSeconds", kind: Kind::Int32, repeated: false },
+            Field { tag: 8, json: "admissionReviewVersions", kind: Kind::String, repeated: true },
+            Field { tag: 9, json: "matchPolicy", kind: Kind::String, repeated: false },
+            Field { tag: 10, json: "reinvocationPolicy", kind: Kind::String, repeated: false },
+            Field {
+                tag: 11,
+                json: "objectSelector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field {
+                tag: 12,
+                json: "matchConditions",
+                kind: Kind::Message("api/admissionregistration/v1/MatchCondition"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/MutatingWebhookConfiguration",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "webhooks",
+                kind: Kind::Message("api/admissionregistration/v1/MutatingWebhook"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/MutatingWebhookConfigurationList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/admissionregistration/v1/MutatingWebhookConfiguration"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/NamedRuleWithOperations",
+        fields: &[
+            Field { tag: 1, json: "resourceNames", kind: Kind::String, repeated: true },
+            Field {
+                tag: 2,
+                json: "",
+                kind: Kind::Inline("api/admissionregistration/v1/RuleWithOperations"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ParamKind",
+        fields: &[
+            Field { tag: 1, json: "apiVersion", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "kind", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ParamRef",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "namespace", kind: Kind::String, repeated: false },
+            Field {
+                tag: 3,
+                json: "selector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field { tag: 4, json: "parameterNotFoundAction", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/Rule",
+        fields: &[
+            Field { tag: 1, json: "apiGroups", kind: Kind::String, repeated: true },
+            Field { tag: 2, json: "apiVersions", kind: Kind::String, repeated: true },
+            Field { tag: 3, json: "resources", kind: Kind::String, repeated: true },
+            Field { tag: 4, json: "scope", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/RuleWithOperations",
+        fields: &[
+            Field { tag: 1, json: "operations", kind: Kind::String, repeated: true },
+            Field {
+                tag: 2,
+                json: "",
+                kind: Kind::Inline("api/admissionregistration/v1/Rule"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ServiceReference",
+        fields: &[
+            Field { tag: 1, json: "namespace", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "path", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "port", kind: Kind::Int32, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/TypeChecking",
+        fields: &[Field {
+            tag: 1,
+            json: "expressionWarnings",
+            kind: Kind::Message("api/admissionregistration/v1/ExpressionWarning"),
+            repeated: true,
+        }],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicy",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/admissionregistration/v1/ValidatingAdmissionPolicySpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                kind: Kind::Message("api/admissionregistration/v1/ValidatingAdmissionPolicyStatus"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicyBinding",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message(
+                    "api/admissionregistration/v1/ValidatingAdmissionPolicyBindingSpec",
+                ),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicyBindingList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message(
+                    "api/admissionregistration/v1/ValidatingAdmissionPolicyBinding",
+                ),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicyBindingSpec",
+        fields: &[
+            Field { tag: 1, json: "policyName", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "paramRef",
+                kind: Kind::Message("api/admissionregistration/v1/ParamRef"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "matchResources",
+                kind: Kind::Message("api/admissionregistration/v1/MatchResources"),
+                repeated: false,
+            },
+            Field { tag: 4, json: "validationActions", kind: Kind::String, repeated: true },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicyList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/admissionregistration/v1/ValidatingAdmissionPolicy"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicySpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "paramKind",
+                kind: Kind::Message("api/admissionregistration/v1/ParamKind"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "matchConstraints",
+                kind: Kind::Message("api/admissionregistration/v1/MatchResources"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "validations",
+                kind: Kind::Message("api/admissionregistration/v1/Validation"),
+                repeated: true,
+            },
+            Field { tag: 4, json: "failurePolicy", kind: Kind::String, repeated: false },
+            Field {
+                tag: 5,
+                json: "auditAnnotations",
+                kind: Kind::Message("api/admissionregistration/v1/AuditAnnotation"),
+                repeated: true,
+            },
+            Field {
+                tag: 6,
+                json: "matchConditions",
+                kind: Kind::Message("api/admissionregistration/v1/MatchCondition"),
+                repeated: true,
+            },
+            Field {
+                tag: 7,
+                json: "variables",
+                kind: Kind::Message("api/admissionregistration/v1/Variable"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingAdmissionPolicyStatus",
+        fields: &[
+            Field { tag: 1, json: "observedGeneration", kind: Kind::Int64, repeated: false },
+            Field {
+                tag: 2,
+                json: "typeChecking",
+                kind: Kind::Message("api/admissionregistration/v1/TypeChecking"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "conditions",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Condition"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingWebhook",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "clientConfig",
+                kind: Kind::Message("api/admissionregistration/v1/WebhookClientConfig"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "rules",
+                kind: Kind::Message("api/admissionregistration/v1/RuleWithOperations"),
+                repeated: true,
+            },
+            Field { tag: 4, json: "failurePolicy", kind: Kind::String, repeated: false },
+            Field {
+                tag: 5,
+                json: "namespaceSelector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field { tag: 6, json: "sideEffects", kind: Kind::String, repeated: false },
+            Field { tag: 7, json: "timeoutSeconds", kind: Kind::Int32, repeated: false },
+            Field { tag: 8, json: "admissionReviewVersions", kind: Kind::String, repeated: true },
+            Field { tag: 9, json: "matchPolicy", kind: Kind::String, repeated: false },
+            Field {
+                tag: 10,
+                json: "objectSelector",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/LabelSelector"),
+                repeated: false,
+            },
+            Field {
+                tag: 11,
+                json: "matchConditions",
+                kind: Kind::Message("api/admissionregistration/v1/MatchCondition"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingWebhookConfiguration",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "webhooks",
+                kind: Kind::Message("api/admissionregistration/v1/ValidatingWebhook"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/ValidatingWebhookConfigurationList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/admissionregistration/v1/ValidatingWebhookConfiguration"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/Validation",
+        fields: &[
+            Field { tag: 1, json: "expression", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "message", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "reason", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "messageExpression", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/Variable",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "expression", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/admissionregistration/v1/WebhookClientConfig",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "service",
+                kind: Kind::Message("api/admissionregistration/v1/ServiceReference"),
+                repeated: false,
+            },
+            Field { tag: 2, json: "caBundle", kind: Kind::Bytes, repeated: false },
+            Field { tag: 3, json: "url", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
         name: "api/apps/v1/ControllerRevision",
         fields: &[
             Field {
@@ -2098,6 +2558,101 @@ pub(super) static MESSAGES: &[Message] = &[
             Field { tag: 1, json: "succeeded", kind: Kind::String, repeated: true },
             Field { tag: 2, json: "failed", kind: Kind::String, repeated: true },
         ],
+    },
+    Message {
+        name: "api/certificates/v1/CertificateSigningRequest",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/certificates/v1/CertificateSigningRequestSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                kind: Kind::Message("api/certificates/v1/CertificateSigningRequestStatus"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/certificates/v1/CertificateSigningRequestCondition",
+        fields: &[
+            Field { tag: 1, json: "type", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "reason", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "message", kind: Kind::String, repeated: false },
+            Field {
+                tag: 4,
+                json: "lastUpdateTime",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                json: "lastTransitionTime",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+            Field { tag: 6, json: "status", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/certificates/v1/CertificateSigningRequestList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/certificates/v1/CertificateSigningRequest"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/certificates/v1/CertificateSigningRequestSpec",
+        fields: &[
+            Field { tag: 1, json: "request", kind: Kind::Bytes, repeated: false },
+            Field { tag: 2, json: "username", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "uid", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "groups", kind: Kind::String, repeated: true },
+            Field { tag: 5, json: "usages", kind: Kind::String, repeated: true },
+            Field {
+                tag: 6,
+                json: "extra",
+                kind: Kind::MapMessage("api/certificates/v1/ExtraValue"),
+                repeated: false,
+            },
+            Field { tag: 7, json: "signerName", kind: Kind::String, repeated: false },
+            Field { tag: 8, json: "expirationSeconds", kind: Kind::Int32, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/certificates/v1/CertificateSigningRequestStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "conditions",
+                kind: Kind::Message("api/certificates/v1/CertificateSigningRequestCondition"),
+                repeated: true,
+            },
+            Field { tag: 2, json: "certificate", kind: Kind::Bytes, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/certificates/v1/ExtraValue",
+        fields: &[Field { tag: 1, json: "items", kind: Kind::String, repeated: true }],
     },
     Message {
         name: "api/coordination/v1/Lease",
@@ -4369,7 +4924,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
             Field {
                 tag: 19,
-                json: "scaleIo",
+                json: "scaleIO",
                 kind: Kind::Message("api/core/v1/ScaleIoPersistentVolumeSource"),
                 repeated: false,
             },
@@ -6183,7 +6738,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
             Field {
                 tag: 16,
-                json: "downwardApi",
+                json: "downwardAPI",
                 kind: Kind::Message("api/core/v1/DownwardAPIVolumeSource"),
                 repeated: false,
             },
@@ -6237,7 +6792,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
             Field {
                 tag: 25,
-                json: "scaleIo",
+                json: "scaleIO",
                 kind: Kind::Message("api/core/v1/ScaleIoVolumeSource"),
                 repeated: false,
             },
@@ -6510,6 +7065,304 @@ pub(super) static MESSAGES: &[Message] = &[
                 repeated: false,
             },
         ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/ExemptPriorityLevelConfiguration",
+        fields: &[
+            Field { tag: 1, json: "nominalConcurrencyShares", kind: Kind::Int32, repeated: false },
+            Field { tag: 2, json: "lendablePercent", kind: Kind::Int32, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/FlowDistinguisherMethod",
+        fields: &[Field { tag: 1, json: "type", kind: Kind::String, repeated: false }],
+    },
+    Message {
+        name: "api/flowcontrol/v1/FlowSchema",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/flowcontrol/v1/FlowSchemaSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                kind: Kind::Message("api/flowcontrol/v1/FlowSchemaStatus"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/FlowSchemaCondition",
+        fields: &[
+            Field { tag: 1, json: "type", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "status", kind: Kind::String, repeated: false },
+            Field {
+                tag: 3,
+                json: "lastTransitionTime",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+            Field { tag: 4, json: "reason", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "message", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/FlowSchemaList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/flowcontrol/v1/FlowSchema"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/FlowSchemaSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "priorityLevelConfiguration",
+                kind: Kind::Message("api/flowcontrol/v1/PriorityLevelConfigurationReference"),
+                repeated: false,
+            },
+            Field { tag: 2, json: "matchingPrecedence", kind: Kind::Int32, repeated: false },
+            Field {
+                tag: 3,
+                json: "distinguisherMethod",
+                kind: Kind::Message("api/flowcontrol/v1/FlowDistinguisherMethod"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                json: "rules",
+                kind: Kind::Message("api/flowcontrol/v1/PolicyRulesWithSubjects"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/FlowSchemaStatus",
+        fields: &[Field {
+            tag: 1,
+            json: "conditions",
+            kind: Kind::Message("api/flowcontrol/v1/FlowSchemaCondition"),
+            repeated: true,
+        }],
+    },
+    Message {
+        name: "api/flowcontrol/v1/GroupSubject",
+        fields: &[Field { tag: 1, json: "name", kind: Kind::String, repeated: false }],
+    },
+    Message {
+        name: "api/flowcontrol/v1/LimitResponse",
+        fields: &[
+            Field { tag: 1, json: "type", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "queuing",
+                kind: Kind::Message("api/flowcontrol/v1/QueuingConfiguration"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/LimitedPriorityLevelConfiguration",
+        fields: &[
+            Field { tag: 1, json: "nominalConcurrencyShares", kind: Kind::Int32, repeated: false },
+            Field {
+                tag: 2,
+                json: "limitResponse",
+                kind: Kind::Message("api/flowcontrol/v1/LimitResponse"),
+                repeated: false,
+            },
+            Field { tag: 3, json: "lendablePercent", kind: Kind::Int32, repeated: false },
+            Field { tag: 4, json: "borrowingLimitPercent", kind: Kind::Int32, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/NonResourcePolicyRule",
+        fields: &[
+            Field { tag: 1, json: "verbs", kind: Kind::String, repeated: true },
+            Field { tag: 6, json: "nonResourceURLs", kind: Kind::String, repeated: true },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PolicyRulesWithSubjects",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "subjects",
+                kind: Kind::Message("api/flowcontrol/v1/Subject"),
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                json: "resourceRules",
+                kind: Kind::Message("api/flowcontrol/v1/ResourcePolicyRule"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                json: "nonResourceRules",
+                kind: Kind::Message("api/flowcontrol/v1/NonResourcePolicyRule"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PriorityLevelConfiguration",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/flowcontrol/v1/PriorityLevelConfigurationSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                kind: Kind::Message("api/flowcontrol/v1/PriorityLevelConfigurationStatus"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PriorityLevelConfigurationCondition",
+        fields: &[
+            Field { tag: 1, json: "type", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "status", kind: Kind::String, repeated: false },
+            Field {
+                tag: 3,
+                json: "lastTransitionTime",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+            Field { tag: 4, json: "reason", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "message", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PriorityLevelConfigurationList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/flowcontrol/v1/PriorityLevelConfiguration"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PriorityLevelConfigurationReference",
+        fields: &[Field { tag: 1, json: "name", kind: Kind::String, repeated: false }],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PriorityLevelConfigurationSpec",
+        fields: &[
+            Field { tag: 1, json: "type", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "limited",
+                kind: Kind::Message("api/flowcontrol/v1/LimitedPriorityLevelConfiguration"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "exempt",
+                kind: Kind::Message("api/flowcontrol/v1/ExemptPriorityLevelConfiguration"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/PriorityLevelConfigurationStatus",
+        fields: &[Field {
+            tag: 1,
+            json: "conditions",
+            kind: Kind::Message("api/flowcontrol/v1/PriorityLevelConfigurationCondition"),
+            repeated: true,
+        }],
+    },
+    Message {
+        name: "api/flowcontrol/v1/QueuingConfiguration",
+        fields: &[
+            Field { tag: 1, json: "queues", kind: Kind::Int32, repeated: false },
+            Field { tag: 2, json: "handSize", kind: Kind::Int32, repeated: false },
+            Field { tag: 3, json: "queueLengthLimit", kind: Kind::Int32, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/ResourcePolicyRule",
+        fields: &[
+            Field { tag: 1, json: "verbs", kind: Kind::String, repeated: true },
+            Field { tag: 2, json: "apiGroups", kind: Kind::String, repeated: true },
+            Field { tag: 3, json: "resources", kind: Kind::String, repeated: true },
+            Field { tag: 4, json: "clusterScope", kind: Kind::Bool, repeated: false },
+            Field { tag: 5, json: "namespaces", kind: Kind::String, repeated: true },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/ServiceAccountSubject",
+        fields: &[
+            Field { tag: 1, json: "namespace", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "name", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/Subject",
+        fields: &[
+            Field { tag: 1, json: "kind", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "user",
+                kind: Kind::Message("api/flowcontrol/v1/UserSubject"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "group",
+                kind: Kind::Message("api/flowcontrol/v1/GroupSubject"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                json: "serviceAccount",
+                kind: Kind::Message("api/flowcontrol/v1/ServiceAccountSubject"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/flowcontrol/v1/UserSubject",
+        fields: &[Field { tag: 1, json: "name", kind: Kind::String, repeated: false }],
     },
     Message {
         name: "api/networking/v1/HttpIngressPath",
@@ -6997,6 +7850,68 @@ pub(super) static MESSAGES: &[Message] = &[
         }],
     },
     Message {
+        name: "api/node/v1/Overhead",
+        fields: &[Field {
+            tag: 1,
+            json: "podFixed",
+            kind: Kind::MapMessage("apimachinery/pkg/api/resource/Quantity"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/node/v1/RuntimeClass",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field { tag: 2, json: "handler", kind: Kind::String, repeated: false },
+            Field {
+                tag: 3,
+                json: "overhead",
+                kind: Kind::Message("api/node/v1/Overhead"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                json: "scheduling",
+                kind: Kind::Message("api/node/v1/Scheduling"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/node/v1/RuntimeClassList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/node/v1/RuntimeClass"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/node/v1/Scheduling",
+        fields: &[
+            Field { tag: 1, json: "nodeSelector", kind: Kind::MapString, repeated: false },
+            Field {
+                tag: 2,
+                json: "tolerations",
+                kind: Kind::Message("api/core/v1/Toleration"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
         name: "api/policy/v1/Eviction",
         fields: &[
             Field {
@@ -7292,6 +8207,716 @@ pub(super) static MESSAGES: &[Message] = &[
             Field { tag: 2, json: "apiGroup", kind: Kind::String, repeated: false },
             Field { tag: 3, json: "name", kind: Kind::String, repeated: false },
             Field { tag: 4, json: "namespace", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/AllocatedDeviceStatus",
+        fields: &[
+            Field { tag: 1, json: "driver", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "pool", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "device", kind: Kind::String, repeated: false },
+            Field {
+                tag: 4,
+                json: "conditions",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Condition"),
+                repeated: true,
+            },
+            Field {
+                tag: 5,
+                json: "data",
+                kind: Kind::Message("apimachinery/pkg/runtime/RawExtension"),
+                repeated: false,
+            },
+            Field {
+                tag: 6,
+                json: "networkData",
+                kind: Kind::Message("api/resource/v1/NetworkDeviceData"),
+                repeated: false,
+            },
+            Field { tag: 7, json: "shareID", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/AllocationResult",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "devices",
+                kind: Kind::Message("api/resource/v1/DeviceAllocationResult"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "nodeSelector",
+                kind: Kind::Message("api/core/v1/NodeSelector"),
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                json: "allocationTimestamp",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/CapacityRequestPolicy",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "default",
+                kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "validValues",
+                kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                json: "validRange",
+                kind: Kind::Message("api/resource/v1/CapacityRequestPolicyRange"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/CapacityRequestPolicyRange",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "min",
+                kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "max",
+                kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "step",
+                kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/CapacityRequirements",
+        fields: &[Field {
+            tag: 1,
+            json: "requests",
+            kind: Kind::MapMessage("apimachinery/pkg/api/resource/Quantity"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/resource/v1/CelDeviceSelector",
+        fields: &[Field { tag: 1, json: "expression", kind: Kind::String, repeated: false }],
+    },
+    Message {
+        name: "api/resource/v1/Counter",
+        fields: &[Field {
+            tag: 1,
+            json: "value",
+            kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/resource/v1/CounterSet",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "counters",
+                kind: Kind::MapMessage("api/resource/v1/Counter"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/Device",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "attributes",
+                kind: Kind::MapMessage("api/resource/v1/DeviceAttribute"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "capacity",
+                kind: Kind::MapMessage("api/resource/v1/DeviceCapacity"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                json: "consumesCounters",
+                kind: Kind::Message("api/resource/v1/DeviceCounterConsumption"),
+                repeated: true,
+            },
+            Field { tag: 5, json: "nodeName", kind: Kind::String, repeated: false },
+            Field {
+                tag: 6,
+                json: "nodeSelector",
+                kind: Kind::Message("api/core/v1/NodeSelector"),
+                repeated: false,
+            },
+            Field { tag: 7, json: "allNodes", kind: Kind::Bool, repeated: false },
+            Field {
+                tag: 8,
+                json: "taints",
+                kind: Kind::Message("api/resource/v1/DeviceTaint"),
+                repeated: true,
+            },
+            Field { tag: 9, json: "bindsToNode", kind: Kind::Bool, repeated: false },
+            Field { tag: 10, json: "bindingConditions", kind: Kind::String, repeated: true },
+            Field { tag: 11, json: "bindingFailureConditions", kind: Kind::String, repeated: true },
+            Field { tag: 12, json: "allowMultipleAllocations", kind: Kind::Bool, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceAllocationConfiguration",
+        fields: &[
+            Field { tag: 1, json: "source", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "requests", kind: Kind::String, repeated: true },
+            Field {
+                tag: 3,
+                json: "",
+                kind: Kind::Inline("api/resource/v1/DeviceConfiguration"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceAllocationResult",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "results",
+                kind: Kind::Message("api/resource/v1/DeviceRequestAllocationResult"),
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                json: "config",
+                kind: Kind::Message("api/resource/v1/DeviceAllocationConfiguration"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceAttribute",
+        fields: &[
+            Field { tag: 2, json: "int", kind: Kind::Int64, repeated: false },
+            Field { tag: 3, json: "bool", kind: Kind::Bool, repeated: false },
+            Field { tag: 4, json: "string", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "version", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceCapacity",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "value",
+                kind: Kind::Message("apimachinery/pkg/api/resource/Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "requestPolicy",
+                kind: Kind::Message("api/resource/v1/CapacityRequestPolicy"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceClaim",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "requests",
+                kind: Kind::Message("api/resource/v1/DeviceRequest"),
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                json: "constraints",
+                kind: Kind::Message("api/resource/v1/DeviceConstraint"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                json: "config",
+                kind: Kind::Message("api/resource/v1/DeviceClaimConfiguration"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceClaimConfiguration",
+        fields: &[
+            Field { tag: 1, json: "requests", kind: Kind::String, repeated: true },
+            Field {
+                tag: 2,
+                json: "",
+                kind: Kind::Inline("api/resource/v1/DeviceConfiguration"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceClass",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/resource/v1/DeviceClassSpec"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceClassConfiguration",
+        fields: &[Field {
+            tag: 1,
+            json: "",
+            kind: Kind::Inline("api/resource/v1/DeviceConfiguration"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/resource/v1/DeviceClassList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/resource/v1/DeviceClass"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceClassSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "selectors",
+                kind: Kind::Message("api/resource/v1/DeviceSelector"),
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                json: "config",
+                kind: Kind::Message("api/resource/v1/DeviceClassConfiguration"),
+                repeated: true,
+            },
+            Field { tag: 4, json: "extendedResourceName", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceConfiguration",
+        fields: &[Field {
+            tag: 1,
+            json: "opaque",
+            kind: Kind::Message("api/resource/v1/OpaqueDeviceConfiguration"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/resource/v1/DeviceConstraint",
+        fields: &[
+            Field { tag: 1, json: "requests", kind: Kind::String, repeated: true },
+            Field { tag: 2, json: "matchAttribute", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "distinctAttribute", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceCounterConsumption",
+        fields: &[
+            Field { tag: 1, json: "counterSet", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "counters",
+                kind: Kind::MapMessage("api/resource/v1/Counter"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceRequest",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "exactly",
+                kind: Kind::Message("api/resource/v1/ExactDeviceRequest"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "firstAvailable",
+                kind: Kind::Message("api/resource/v1/DeviceSubRequest"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceRequestAllocationResult",
+        fields: &[
+            Field { tag: 1, json: "request", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "driver", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "pool", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "device", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "adminAccess", kind: Kind::Bool, repeated: false },
+            Field {
+                tag: 6,
+                json: "tolerations",
+                kind: Kind::Message("api/resource/v1/DeviceToleration"),
+                repeated: true,
+            },
+            Field { tag: 7, json: "bindingConditions", kind: Kind::String, repeated: true },
+            Field { tag: 8, json: "bindingFailureConditions", kind: Kind::String, repeated: true },
+            Field { tag: 9, json: "shareID", kind: Kind::String, repeated: false },
+            Field {
+                tag: 10,
+                json: "consumedCapacity",
+                kind: Kind::MapMessage("apimachinery/pkg/api/resource/Quantity"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceSelector",
+        fields: &[Field {
+            tag: 1,
+            json: "cel",
+            kind: Kind::Message("api/resource/v1/CelDeviceSelector"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/resource/v1/DeviceSubRequest",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "deviceClassName", kind: Kind::String, repeated: false },
+            Field {
+                tag: 3,
+                json: "selectors",
+                kind: Kind::Message("api/resource/v1/DeviceSelector"),
+                repeated: true,
+            },
+            Field { tag: 4, json: "allocationMode", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "count", kind: Kind::Int64, repeated: false },
+            Field {
+                tag: 6,
+                json: "tolerations",
+                kind: Kind::Message("api/resource/v1/DeviceToleration"),
+                repeated: true,
+            },
+            Field {
+                tag: 7,
+                json: "capacity",
+                kind: Kind::Message("api/resource/v1/CapacityRequirements"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceTaint",
+        fields: &[
+            Field { tag: 1, json: "key", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "value", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "effect", kind: Kind::String, repeated: false },
+            Field {
+                tag: 4,
+                json: "timeAdded",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/DeviceToleration",
+        fields: &[
+            Field { tag: 1, json: "key", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "operator", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "value", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "effect", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "tolerationSeconds", kind: Kind::Int64, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ExactDeviceRequest",
+        fields: &[
+            Field { tag: 1, json: "deviceClassName", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "selectors",
+                kind: Kind::Message("api/resource/v1/DeviceSelector"),
+                repeated: true,
+            },
+            Field { tag: 3, json: "allocationMode", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "count", kind: Kind::Int64, repeated: false },
+            Field { tag: 5, json: "adminAccess", kind: Kind::Bool, repeated: false },
+            Field {
+                tag: 6,
+                json: "tolerations",
+                kind: Kind::Message("api/resource/v1/DeviceToleration"),
+                repeated: true,
+            },
+            Field {
+                tag: 7,
+                json: "capacity",
+                kind: Kind::Message("api/resource/v1/CapacityRequirements"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/NetworkDeviceData",
+        fields: &[
+            Field { tag: 1, json: "interfaceName", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "ips", kind: Kind::String, repeated: true },
+            Field { tag: 3, json: "hardwareAddress", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/OpaqueDeviceConfiguration",
+        fields: &[
+            Field { tag: 1, json: "driver", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "parameters",
+                kind: Kind::Message("apimachinery/pkg/runtime/RawExtension"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaim",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/resource/v1/ResourceClaimSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                kind: Kind::Message("api/resource/v1/ResourceClaimStatus"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimConsumerReference",
+        fields: &[
+            Field { tag: 1, json: "apiGroup", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "resource", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "uid", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/resource/v1/ResourceClaim"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimSpec",
+        fields: &[Field {
+            tag: 1,
+            json: "devices",
+            kind: Kind::Message("api/resource/v1/DeviceClaim"),
+            repeated: false,
+        }],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimStatus",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "allocation",
+                kind: Kind::Message("api/resource/v1/AllocationResult"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "reservedFor",
+                kind: Kind::Message("api/resource/v1/ResourceClaimConsumerReference"),
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                json: "devices",
+                kind: Kind::Message("api/resource/v1/AllocatedDeviceStatus"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimTemplate",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/resource/v1/ResourceClaimTemplateSpec"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimTemplateList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/resource/v1/ResourceClaimTemplate"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceClaimTemplateSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/resource/v1/ResourceClaimSpec"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourcePool",
+        fields: &[
+            Field { tag: 1, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "generation", kind: Kind::Int64, repeated: false },
+            Field { tag: 3, json: "resourceSliceCount", kind: Kind::Int64, repeated: false },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceSlice",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("api/resource/v1/ResourceSliceSpec"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceSliceList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("api/resource/v1/ResourceSlice"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "api/resource/v1/ResourceSliceSpec",
+        fields: &[
+            Field { tag: 1, json: "driver", kind: Kind::String, repeated: false },
+            Field {
+                tag: 2,
+                json: "pool",
+                kind: Kind::Message("api/resource/v1/ResourcePool"),
+                repeated: false,
+            },
+            Field { tag: 3, json: "nodeName", kind: Kind::String, repeated: false },
+            Field {
+                tag: 4,
+                json: "nodeSelector",
+                kind: Kind::Message("api/core/v1/NodeSelector"),
+                repeated: false,
+            },
+            Field { tag: 5, json: "allNodes", kind: Kind::Bool, repeated: false },
+            Field {
+                tag: 6,
+                json: "devices",
+                kind: Kind::Message("api/resource/v1/Device"),
+                repeated: true,
+            },
+            Field { tag: 7, json: "perDeviceNodeSelection", kind: Kind::Bool, repeated: false },
+            Field {
+                tag: 8,
+                json: "sharedCounters",
+                kind: Kind::Message("api/resource/v1/CounterSet"),
+                repeated: true,
+            },
         ],
     },
     Message {
@@ -8625,6 +10250,7 @@ pub(super) static MESSAGES: &[Message] = &[
             },
         ],
     },
+    Message { name: "apimachinery/pkg/apis/meta/v1/Patch", fields: &[] },
     Message {
         name: "apimachinery/pkg/apis/meta/v1/PatchOptions",
         fields: &[
@@ -8777,6 +10403,95 @@ pub(super) static MESSAGES: &[Message] = &[
             Field { tag: 1, json: "type", kind: Kind::Int64, repeated: false },
             Field { tag: 2, json: "intVal", kind: Kind::Int32, repeated: false },
             Field { tag: 3, json: "strVal", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "kube_aggregator/pkg/apis/apiregistration/v1/APIService",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "spec",
+                kind: Kind::Message("kube_aggregator/pkg/apis/apiregistration/v1/APIServiceSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                json: "status",
+                kind: Kind::Message("kube_aggregator/pkg/apis/apiregistration/v1/APIServiceStatus"),
+                repeated: false,
+            },
+        ],
+    },
+    Message {
+        name: "kube_aggregator/pkg/apis/apiregistration/v1/APIServiceCondition",
+        fields: &[
+            Field { tag: 1, json: "type", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "status", kind: Kind::String, repeated: false },
+            Field {
+                tag: 3,
+                json: "lastTransitionTime",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/Time"),
+                repeated: false,
+            },
+            Field { tag: 4, json: "reason", kind: Kind::String, repeated: false },
+            Field { tag: 5, json: "message", kind: Kind::String, repeated: false },
+        ],
+    },
+    Message {
+        name: "kube_aggregator/pkg/apis/apiregistration/v1/APIServiceList",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "metadata",
+                kind: Kind::Message("apimachinery/pkg/apis/meta/v1/ListMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                json: "items",
+                kind: Kind::Message("kube_aggregator/pkg/apis/apiregistration/v1/APIService"),
+                repeated: true,
+            },
+        ],
+    },
+    Message {
+        name: "kube_aggregator/pkg/apis/apiregistration/v1/APIServiceSpec",
+        fields: &[
+            Field {
+                tag: 1,
+                json: "service",
+                kind: Kind::Message("kube_aggregator/pkg/apis/apiregistration/v1/ServiceReference"),
+                repeated: false,
+            },
+            Field { tag: 2, json: "group", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "version", kind: Kind::String, repeated: false },
+            Field { tag: 4, json: "insecureSkipTLSVerify", kind: Kind::Bool, repeated: false },
+            Field { tag: 5, json: "caBundle", kind: Kind::Bytes, repeated: false },
+            Field { tag: 7, json: "groupPriorityMinimum", kind: Kind::Int32, repeated: false },
+            Field { tag: 8, json: "versionPriority", kind: Kind::Int32, repeated: false },
+        ],
+    },
+    Message {
+        name: "kube_aggregator/pkg/apis/apiregistration/v1/APIServiceStatus",
+        fields: &[Field {
+            tag: 1,
+            json: "conditions",
+            kind: Kind::Message("kube_aggregator/pkg/apis/apiregistration/v1/APIServiceCondition"),
+            repeated: true,
+        }],
+    },
+    Message {
+        name: "kube_aggregator/pkg/apis/apiregistration/v1/ServiceReference",
+        fields: &[
+            Field { tag: 1, json: "namespace", kind: Kind::String, repeated: false },
+            Field { tag: 2, json: "name", kind: Kind::String, repeated: false },
+            Field { tag: 3, json: "port", kind: Kind::Int32, repeated: false },
         ],
     },
 ];

@@ -25,6 +25,7 @@ pub mod rbac;
 pub mod resource;
 pub mod scheduling;
 pub mod storage;
+pub mod storagemigration;
 
 use serde_json::{Map, Value};
 
@@ -89,7 +90,7 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         events::v1 as events_v1, flowcontrol::v1 as flowcontrol_v1,
         networking::v1 as networking_v1, node::v1 as node_v1, policy::v1 as policy_v1,
         rbac::v1 as rbac_v1, resource::v1 as resource_v1, scheduling::v1 as scheduling_v1,
-        storage::v1 as storage_v1,
+        storage::v1 as storage_v1, storagemigration::v1 as storagemigration_v1,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions_v1;
     use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration_v1;
@@ -169,6 +170,7 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         storage_v1::StorageClass => "storageclass" ["sc"] [] => storage::storageclass::StorageClasses;
         storage_v1::VolumeAttachment => "volumeattachment" [] [] status => storage::volumeattachment::VolumeAttachments;
         storage_v1::VolumeAttributesClass => "volumeattributesclass" ["vac"] [] => storage::volumeattributesclass::VolumeAttributesClasses;
+        storagemigration_v1::StorageVersionMigration => "storageversionmigration" [] [] status => storagemigration::storageversionmigration::StorageVersionMigrations;
         admissionregistration_v1::MutatingAdmissionPolicy => "mutatingadmissionpolicy" [] ["api-extensions"] generation => admissionregistration::mutatingadmissionpolicy::MutatingAdmissionPolicies;
         admissionregistration_v1::MutatingAdmissionPolicyBinding => "mutatingadmissionpolicybinding" [] ["api-extensions"] generation => admissionregistration::mutatingadmissionpolicybinding::MutatingAdmissionPolicyBindings;
         admissionregistration_v1::MutatingWebhookConfiguration => "mutatingwebhookconfiguration" [] ["api-extensions"] => admissionregistration::mutatingwebhookconfiguration::MutatingWebhookConfigurations;

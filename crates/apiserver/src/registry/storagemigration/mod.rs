@@ -1,0 +1,3 @@
+//! The `storagemigration.k8s.io` group.
+
+pub mod storageversionmigration;
