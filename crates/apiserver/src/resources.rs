@@ -64,6 +64,8 @@ pub struct ResourceType {
 pub(crate) struct Conversion {
     /// The group whose storage holds the objects (events.k8s.io's events are core's).
     pub(crate) storage_group: &'static str,
+    /// The apiVersion objects are stored in.
+    pub(crate) storage_version: &'static str,
     /// Stored version → this version.
     pub(crate) from_storage: fn(Value) -> Value,
     /// This version → stored version.
@@ -91,7 +93,13 @@ impl ResourceType {
 
     /// An object of this version as it is stored.
     pub(crate) fn stored(&self, object: &Value) -> Option<Value> {
-        self.conversion.map(|c| (c.to_storage)(object.clone()))
+        self.conversion.map(|c| {
+            let mut stored = (c.to_storage)(object.clone());
+            if let Some(map) = stored.as_object_mut() {
+                map.insert("apiVersion".into(), Value::String(c.storage_version.to_owned()));
+            }
+            stored
+        })
     }
 
     /// Whether this is a built-in type (decoded through `k8s-openapi`), not a custom resource.

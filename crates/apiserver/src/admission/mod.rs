@@ -141,6 +141,14 @@ impl Admission {
         }
     }
 
+    /// A chain of the given plugins (tests, and servers that assemble their own).
+    pub fn with_plugins(
+        mutating: Vec<Box<dyn Mutating>>,
+        validating: Vec<Box<dyn Validating>>,
+    ) -> Admission {
+        Admission { mutating, validating }
+    }
+
     /// The plugins' names in the order they run: mutating, then validating.
     pub fn plugin_names(&self) -> Vec<&'static str> {
         self.mutating
@@ -176,5 +184,151 @@ impl Admission {
             plugin.validate(rest, attributes, object).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::resources::Registry;
+    use crate::rest::{DeleteOptions, WriteOptions};
+    use crate::strategy::FieldValidation;
+
+    /// Records every request it sees and refuses ConfigMaps labelled `deny`.
+    struct Recorder(Arc<StdMutex<Vec<String>>>);
+
+    impl Mutating for Recorder {
+        fn name(&self) -> &'static str {
+            "Recorder"
+        }
+
+        fn applies(&self, attributes: &Attributes<'_>) -> bool {
+            attributes.rt.kind == "ConfigMap"
+        }
+
+        fn admit<'a>(
+            &'a self,
+            _rest: &'a Rest,
+            attributes: &'a Attributes<'a>,
+            object: Option<&'a mut Value>,
+        ) -> BoxFuture<'a, ApiResult<Hold>> {
+            Box::pin(async move {
+                let seen = format!(
+                    "mutate {:?} {} old={}",
+                    attributes.operation,
+                    attributes.name,
+                    attributes.old.is_some()
+                );
+                self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seen);
+                if let Some(object) = object {
+                    object["metadata"]["annotations"] = json!({"admitted": "yes"});
+                }
+                Ok(None)
+            })
+        }
+    }
+
+    impl Validating for Recorder {
+        fn name(&self) -> &'static str {
+            "Recorder"
+        }
+
+        fn applies(&self, attributes: &Attributes<'_>) -> bool {
+            attributes.rt.kind == "ConfigMap"
+        }
+
+        fn validate<'a>(
+            &'a self,
+            _rest: &'a Rest,
+            attributes: &'a Attributes<'a>,
+            object: Option<&'a Value>,
+        ) -> BoxFuture<'a, ApiResult<()>> {
+            Box::pin(async move {
+                let seen = format!("validate {:?} {}", attributes.operation, attributes.name);
+                self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seen);
+                if object.and_then(|o| o.pointer("/metadata/labels/deny")).is_some() {
+                    return Err(crate::status::ApiError::forbidden("denied by Recorder"));
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn every_write_goes_through_the_chain_mutating_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = storage::embedded::EmbeddedStore::open(storage::embedded::Config::with_dir(
+            dir.path().join("db"),
+        ))
+        .expect("store");
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let rest = Rest {
+            store: Arc::new(store),
+            registry: Arc::new(Registry::new()),
+            admission: Admission::with_plugins(
+                vec![Box::new(Recorder(seen.clone()))],
+                vec![Box::new(Recorder(seen.clone()))],
+            ),
+        };
+        let namespaces = rest.namespaces().expect("namespaces");
+        let options = WriteOptions {
+            dry_run: false,
+            field_validation: FieldValidation::Strict,
+            field_manager: "test".into(),
+            force: false,
+        };
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        rest.create(&namespaces, None, ns, &options).await.expect("namespace");
+        let cms = rest.registry.lookup("", "v1", "configmaps").expect("configmaps");
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
+        let (created, _) = rest.create(&cms, Some("default"), cm, &options).await.expect("create");
+        assert_eq!(created.object["metadata"]["annotations"]["admitted"], "yes");
+        let patch = json!({"data": {"a": "2"}});
+        rest.patch(
+            &cms,
+            Some("default"),
+            "c",
+            crate::patch::PatchType::Merge,
+            patch,
+            None,
+            &options,
+        )
+        .await
+        .expect("patch");
+        let denied = json!({"metadata": {"labels": {"deny": "1"}}});
+        let err = rest
+            .patch(
+                &cms,
+                Some("default"),
+                "c",
+                crate::patch::PatchType::Merge,
+                denied,
+                None,
+                &options,
+            )
+            .await
+            .expect_err("validating admission refuses");
+        assert_eq!(err.code, 403);
+        rest.delete(&cms, Some("default"), "c", &DeleteOptions::default()).await.expect("delete");
+        let seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        assert_eq!(
+            seen,
+            [
+                "mutate Create c old=false",
+                "validate Create c",
+                "mutate Update c old=true",
+                "validate Update c",
+                "mutate Update c old=true",
+                "validate Update c",
+                "mutate Delete c old=true",
+                "validate Delete c",
+            ]
+        );
+        // The refused patch stored nothing; the delete removed the object.
+        assert!(rest.get(&cms, Some("default"), "c").await.is_err());
     }
 }

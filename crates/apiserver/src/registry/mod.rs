@@ -194,6 +194,7 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         if rt.group == "autoscaling" && rt.version == "v1" {
             rt.conversion = Some(crate::resources::Conversion {
                 storage_group: "autoscaling",
+                storage_version: "autoscaling/v2",
                 from_storage: autoscaling::horizontalpodautoscaler::v2_to_v1,
                 to_storage: autoscaling::horizontalpodautoscaler::v1_to_v2,
             });
@@ -202,6 +203,7 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         if rt.group == "events.k8s.io" {
             rt.conversion = Some(crate::resources::Conversion {
                 storage_group: "",
+                storage_version: "v1",
                 from_storage: events::event::from_core,
                 to_storage: events::event::to_core,
             });
