@@ -279,6 +279,13 @@ impl GarbageCollector {
             if owner_needs_look || item.has_finalizer(FOREGROUND) || item.has_finalizer(ORPHAN) {
                 enqueue.push(uid.clone());
             }
+            // An owner waiting for its dependents looks again when one of them changes (its
+            // reference may have stopped blocking).
+            for o in &item.owners {
+                if graph.items.get(&o.uid).is_some_and(|owner| owner.has_finalizer(FOREGROUND)) {
+                    enqueue.push(o.uid.clone());
+                }
+            }
             // An owner that just started a Foreground deletion: its dependents go first.
             let newly_foreground = item.has_finalizer(FOREGROUND)
                 && !old.as_ref().is_some_and(|o| o.has_finalizer(FOREGROUND));
@@ -388,6 +395,37 @@ impl GarbageCollector {
         }
         let solid = item.owners.len() - dangling.len() - waiting.len();
         if solid == 0 {
+            // A dependent of this object that itself waits for its dependents may close a
+            // circle of owners (A owns B owns C owns A) that would wait forever: as upstream,
+            // this object's references then stop blocking its owners before it goes.
+            if !waiting.is_empty() {
+                let in_circle = {
+                    let graph = self.graph();
+                    graph.dependents.get(uid).into_iter().flatten().any(|d| {
+                        graph.items.get(d).is_some_and(|dep| dep.has_finalizer(FOREGROUND))
+                    })
+                };
+                if in_circle && item.owners.iter().any(|o| o.block_owner_deletion == Some(true)) {
+                    let unblocked: Vec<OwnerReference> = item
+                        .owners
+                        .iter()
+                        .map(|o| OwnerReference { block_owner_deletion: Some(false), ..o.clone() })
+                        .collect();
+                    let patch = serde_json::json!({"metadata": {"ownerReferences": unblocked, "resourceVersion": item.resource_version}});
+                    match api
+                        .patch(&item.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::No),
+                        // Changed meanwhile: look again at what it is now.
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            return Ok(Requeue::After(std::time::Duration::from_millis(200)));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
             // Going down with its owners: in the foreground when one of them waits for it.
             let policy = if waiting.is_empty() {
                 PropagationPolicy::Background

@@ -578,3 +578,27 @@ fn a_replica_set_creates_exactly_its_replicas_while_its_watch_lags() {
     );
     assert_eq!(pods_created(&server) - before, 800, "pods created for 800 replicas");
 }
+
+#[test]
+fn foreground_deletion_of_an_owner_circle_completes() {
+    // Three pods owning each other in a circle, every reference blocking: a foreground
+    // delete of one must take all three (it deadlocked before, as the conformance suite
+    // found), with no node running them.
+    let server = KrustServer::start_control_plane(&[]);
+    let uid_of = |name: &str| server.ok(&["get", "pod", name, "-o", "jsonpath={.metadata.uid}"]);
+    for name in ["pod1", "pod2", "pod3"] {
+        server.ok_stdin(
+            &["create", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: {BUSYBOX}}}]\n"),
+        );
+    }
+    for (pod, owner) in [("pod1", "pod3"), ("pod2", "pod1"), ("pod3", "pod2")] {
+        let patch = format!(
+            r#"{{"metadata":{{"ownerReferences":[{{"apiVersion":"v1","kind":"Pod","name":"{owner}","uid":"{}","controller":true,"blockOwnerDeletion":true}}]}}}}"#,
+            uid_of(owner)
+        );
+        server.ok(&["patch", "pod", pod, "--type=merge", "-p", &patch]);
+    }
+    server.ok(&["delete", "pod", "pod1", "--cascade=foreground", "--wait=false"]);
+    server.wait_for(&["get", "pods", "-o", "name"], Duration::from_secs(60), str::is_empty);
+}
