@@ -59,6 +59,8 @@ pub struct Informers {
     service_accounts: Arc<Informer<ServiceAccount>>,
     node_leases: Arc<Informer<Lease>>,
     wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
+    /// Set to stop every informer's watch (see [`Informers::stop`]).
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Informers {
@@ -85,10 +87,16 @@ macro_rules! informer_getter {
             if !wanted.iter().any(|(n, _)| *n == $label) {
                 let api: Api<$ty> = $api(self.client.clone());
                 let run = informer.clone();
+                let mut stopped = self.stopped.subscribe();
                 wanted.push((
                     $label,
                     Some(Box::new(move || {
-                        tokio::spawn(run.run(api, watcher::Config::default()));
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                () = run.run(api, watcher::Config::default()) => {}
+                                _ = stopped.wait_for(|s| *s) => {}
+                            }
+                        });
                     })),
                 ));
             }
@@ -114,6 +122,7 @@ impl Informers {
             service_accounts: Informer::new(),
             node_leases: Informer::new(),
             wanted: Mutex::new(Vec::new()),
+            stopped: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -140,6 +149,12 @@ impl Informers {
     );
 
     /// Starts the watches of every informer asked for so far.
+    /// Stops every informer's watch (on shutdown; their caches stay as they were).
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// Starts the informers registered so far.
     pub fn start(&self) {
         let mut wanted = self.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (name, start) in wanted.iter_mut() {

@@ -137,18 +137,34 @@ pub(crate) async fn run_manager(args: StandaloneManager) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the in-process scheduler and controller manager (sharing one set of informers).
+/// Starts the in-process scheduler and controller manager (sharing one set of informers);
+/// they stop, informers included, when `shutdown` turns true. The returned task ends then.
 pub(crate) fn spawn_in_server(
     client: kube::Client,
     scheduler: Option<SchedulerConfig>,
     manager: Option<ManagerConfig>,
-) {
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let informers = Informers::new(client);
+    let mut tasks = Vec::new();
     if let Some(config) = scheduler {
-        tokio::spawn(controllers::scheduler(&informers, config));
+        tasks.push(tokio::spawn(crate::until(
+            shutdown.clone(),
+            controllers::scheduler(&informers, config),
+        )));
     }
     if let Some(config) = manager {
-        tokio::spawn(controllers::controller_manager(&informers, config));
+        tasks.push(tokio::spawn(crate::until(
+            shutdown.clone(),
+            controllers::controller_manager(&informers, config),
+        )));
     }
     informers.start();
+    tokio::spawn(async move {
+        for task in tasks {
+            let _ = task.await;
+        }
+        informers.stop();
+        tracing::info!("scheduler and controller manager stopped");
+    })
 }

@@ -80,3 +80,15 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
+
+/// Runs `task` until it ends or `shutdown` turns true, whichever comes first: every
+/// long-running task of the server stops on the shutdown signal.
+pub(crate) async fn until<F: std::future::Future<Output = ()>>(
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    task: F,
+) {
+    tokio::select! {
+        () = task => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+}

@@ -212,11 +212,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)?;
     let store = open_store(&args).await?;
 
+    // Every long-running task stops when this turns true (SIGTERM or Ctrl-C).
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let compactor_stats = Arc::new(storage::compactor::CompactorStats::default());
-    tokio::spawn(storage::compactor::run(
-        store.clone(),
-        args.compaction_interval,
-        compactor_stats.clone(),
+    let compactor = tokio::spawn(crate::until(
+        shutdown_rx.clone(),
+        storage::compactor::run(store.clone(), args.compaction_interval, compactor_stats.clone()),
     ));
 
     let endpoint_ip = if !args.bind_address.is_unspecified() && !args.bind_address.is_loopback() {
@@ -231,7 +232,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         admission: apiserver::admission::Admission::new(service_cidr, Some(cluster_cidr)),
     });
     apiserver::crd::sync(&rest).await?;
-    tokio::spawn(apiserver::crd::follow(rest.clone()));
+    let crd_follower =
+        tokio::spawn(crate::until(shutdown_rx.clone(), apiserver::crd::follow(rest.clone())));
     let api = Arc::new(ApiServer {
         rest: rest.clone(),
         registry,
@@ -295,15 +297,16 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         apiserver::connections::ConnectionLimits::default(),
         serving_stopped,
     ));
+    let mut control_plane = None;
     if !args.disable_scheduler || !args.disable_controller_manager {
         let client = in_process_client(api.clone(), "system:kube-controller-manager")?;
-        crate::control::spawn_in_server(
+        control_plane = Some(crate::control::spawn_in_server(
             client,
             (!args.disable_scheduler).then(|| args.scheduler.config()),
             (!args.disable_controller_manager).then(|| args.manager.config()),
-        );
+            shutdown_rx.clone(),
+        ));
     }
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut agent_task = None;
     if !args.disable_agent {
         let mut config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
@@ -329,11 +332,18 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Stop accepting and let requests in flight finish (bounded), so no client sees a write
     // cut off; every acknowledged write is already durable in the store.
     stop_serving.send_replace(true);
-    // Stopping the agent stops containerd but leaves the pods running (fail-static).
+    // Then the scheduler, controllers, compactor and CRD follower stop, and the agent:
+    // stopping it stops containerd but leaves the pods running (fail-static).
     shutdown_tx.send_replace(true);
     if let Some(task) = agent_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(15), task).await;
     }
+    let short = std::time::Duration::from_secs(5);
+    if let Some(task) = control_plane {
+        let _ = tokio::time::timeout(short, task).await;
+    }
+    let _ = tokio::time::timeout(short, compactor).await;
+    let _ = tokio::time::timeout(short, crd_follower).await;
     let drain = apiserver::server::DRAIN_TIMEOUT + std::time::Duration::from_secs(1);
     let _ = tokio::time::timeout(drain, serving).await;
     tracing::info!("krust server stopped");
