@@ -194,6 +194,8 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     subresource: Option<String>,
+    /// The path after `proxy/` of a proxy subresource.
+    proxy_path: Option<String>,
 }
 
 enum Route {
@@ -216,25 +218,32 @@ fn route(registry: &Registry, path: &str) -> ApiResult<Route> {
             namespace: None,
             name: Some((*ns).to_owned()),
             subresource: None,
+            proxy_path: None,
         },
         ["namespaces", ns, sub @ ("status" | "finalize")] if group.is_empty() => Target {
             rt: lookup("namespaces")?,
             namespace: None,
             name: Some((*ns).to_owned()),
             subresource: Some((*sub).to_owned()),
+            proxy_path: None,
         },
         ["namespaces", ns, plural, tail @ ..] => {
             let rt = lookup(plural)?;
             if !rt.namespaced {
                 return Err(ApiError::no_route());
             }
+            let mut proxy_path = None;
             let (name, sub) = match tail {
                 [] => (None, None),
                 [name] => (Some((*name).to_owned()), None),
                 [name, sub] => (Some((*name).to_owned()), Some((*sub).to_owned())),
+                [name, "proxy", rest @ ..] => {
+                    proxy_path = Some(format!("/{}", rest.join("/")));
+                    (Some((*name).to_owned()), Some("proxy".to_owned()))
+                }
                 _ => return Err(ApiError::no_route()),
             };
-            Target { rt, namespace: Some((*ns).to_owned()), name, subresource: sub }
+            Target { rt, namespace: Some((*ns).to_owned()), name, subresource: sub, proxy_path }
         }
         [plural, tail @ ..] => {
             let rt = lookup(plural)?;
@@ -246,7 +255,7 @@ fn route(registry: &Registry, path: &str) -> ApiResult<Route> {
                 }
                 _ => return Err(ApiError::no_route()),
             };
-            Target { rt, namespace: None, name, subresource: sub }
+            Target { rt, namespace: None, name, subresource: sub, proxy_path: None }
         }
         [] => return Ok(Route::Other),
     };
@@ -377,6 +386,14 @@ impl ApiServer {
                     match self.authorize(user.as_ref(), verb, target, &path) {
                         Err(e) => error_response(&e),
                         Ok(()) => match route {
+                            Route::Resource(target)
+                                if target.subresource.as_deref() == Some("proxy") =>
+                            {
+                                match self.serve_pod_proxy(request, target).await {
+                                    Ok(r) => r,
+                                    Err(e) => error_response(&e),
+                                }
+                            }
                             Route::Resource(target)
                                 if target
                                     .subresource
@@ -602,6 +619,35 @@ impl ApiServer {
         let content_type = header_text(&request, header::CONTENT_TYPE);
         let body = read_body(request, &content_type).await?;
         Ok(json_response(StatusCode::OK, &join.credentials(&body)?))
+    }
+
+    /// `pods/proxy`: the pod named `NAME[:PORT]` (or `http:NAME:PORT`) gets the request.
+    async fn serve_pod_proxy(
+        &self,
+        request: Request<RequestBody>,
+        target: Target,
+    ) -> ApiResult<Response<Body>> {
+        let namespace = target.namespace.clone().unwrap_or_default();
+        let raw = target.name.clone().ok_or_else(ApiError::no_route)?;
+        let parts: Vec<&str> = raw.split(':').collect();
+        let (name, port) = match parts.as_slice() {
+            [name] => (*name, ""),
+            [name, port] => (*name, *port),
+            ["http", name, port] => (*name, *port),
+            [scheme, _, _] => {
+                return Err(ApiError::bad_request(format!(
+                    "proxying over {scheme} is not supported"
+                )));
+            }
+            _ => return Err(ApiError::bad_request(format!("invalid pod proxy name {raw:?}"))),
+        };
+        let pod = self.rest.get(&target.rt, Some(&namespace), name).await?.object;
+        let path = target.proxy_path.clone().unwrap_or_else(|| "/".to_owned());
+        let path_and_query = match request.uri().query() {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path,
+        };
+        crate::proxy::forward_to_pod(&pod, port, request, &path_and_query).await
     }
 
     /// Logs, exec, attach and port-forward: checked here, served by the pod's node agent.

@@ -133,6 +133,78 @@ impl NodeProxy {
     }
 }
 
+/// `pods/proxy`: forwards `request` over plain HTTP to the pod's IP at `port` (a number, a
+/// container port's name, or 80 when none is named, as upstream), as `path_and_query`, and
+/// streams the answer back. The API server reaches pod IPs directly, as upstream's does.
+pub async fn forward_to_pod(
+    pod: &Value,
+    port: &str,
+    request: Request<crate::handler::RequestBody>,
+    path_and_query: &str,
+) -> ApiResult<Response<Body>> {
+    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let ip: IpAddr = pod
+        .pointer("/status/podIP")
+        .and_then(Value::as_str)
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| {
+            ApiError::new(503, "ServiceUnavailable", format!("pod {name} has no IP yet"))
+        })?;
+    let port = if port.is_empty() {
+        80
+    } else if let Ok(number) = port.parse::<u16>() {
+        number
+    } else {
+        // A named port of one of the containers.
+        pod.pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
+            .find(|p| p.get("name").and_then(Value::as_str) == Some(port))
+            .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| ApiError::bad_request(format!("no such port {port:?} on pod {name}")))?
+    };
+    let addr = SocketAddr::new(ip, port);
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}"))
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let (parts, body) = request.into_parts();
+    let mut upstream = Request::builder().method(parts.method).uri(path_and_query);
+    for (header, value) in &parts.headers {
+        // The pod sees no credentials of the client's.
+        if header == hyper::header::AUTHORIZATION || header == hyper::header::HOST {
+            continue;
+        }
+        upstream = upstream.header(header, value);
+    }
+    upstream = upstream.header(hyper::header::HOST, addr.to_string());
+    let upstream = upstream.body(body).map_err(|e| ApiError::internal(e.to_string()))?;
+    let response = sender.send_request(upstream).await.map_err(|e| unreachable(&e))?;
+    let (parts, body) = response.into_parts();
+    let frames = futures::StreamExt::filter_map(BodyStream::new(body), |f| async move {
+        f.ok().and_then(|f| f.into_data().ok()).map(|d| Ok::<_, Infallible>(Frame::data(d)))
+    });
+    let mut ours = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    *ours.status_mut() = parts.status;
+    for (header, value) in &parts.headers {
+        // Hop-by-hop headers describe the pod's connection, not ours.
+        if !matches!(header.as_str(), "connection" | "transfer-encoding" | "keep-alive") {
+            ours.headers_mut().append(header, value.clone());
+        }
+    }
+    Ok(ours)
+}
+
 /// Which container of `pod` a streaming request means: the one named, or the default (the
 /// `kubectl.kubernetes.io/default-container` annotation, or the only container).
 pub fn container_for(pod: &Value, requested: Option<&str>, name: &str) -> ApiResult<String> {

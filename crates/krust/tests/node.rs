@@ -744,7 +744,8 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
     command: [sh, -c, 'trap \"exit 0\" TERM; echo first; echo to-stderr >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done']
   - name: web
     image: {BUSYBOX}
-    command: [sh, -c, 'mkdir -p /www && echo served-locally > /www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www']
+    command: [sh, -c, 'mkdir -p /www && echo served-locally > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www']
+    ports: [{{name: http, containerPort: 8080}}]
   - name: reader
     image: {BUSYBOX}
     stdin: true
@@ -760,6 +761,22 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
         Duration::from_secs(60),
         |s| s == "true true true",
     );
+
+    // pods/proxy: the API server reaches the pod's port, by number or by name.
+    for name in ["talk:8080", "talk:http", "http:talk:8080"] {
+        let page = server.ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/{name}/proxy/index.html"),
+        ]);
+        assert_eq!(page.trim(), "served-locally", "{name}");
+    }
+    let missing = server.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/talk:8080/proxy/nothing",
+    ]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{missing:?}");
 
     // Logs: kubectl defaults to the first container; the API itself wants a container when
     // there are several. Then tail, timestamps, since.

@@ -102,6 +102,11 @@ impl Strategy for Pods {
             },
             Subresource { name: "log", kind: None, verbs: &["get"] },
             Subresource {
+                name: "proxy",
+                kind: Some(("", "v1", "PodProxyOptions")),
+                verbs: &["create", "delete", "get", "patch", "update"],
+            },
+            Subresource {
                 name: "portforward",
                 kind: Some(("", "v1", "PodPortForwardOptions")),
                 verbs: &["create", "get"],
