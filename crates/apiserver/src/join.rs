@@ -5,13 +5,10 @@
 
 use serde_json::{Value, json};
 
-use crate::pki::Pki;
 use crate::status::{ApiError, ApiResult};
+use pki::Pki;
 
-/// The path of the CA bundle.
-pub const CACERTS_PATH: &str = "/cacerts";
-/// The path that issues node credentials.
-pub const CREDENTIALS_PATH: &str = "/v1-krust/node-credentials";
+pub use pki::join::{CACERTS_PATH, CREDENTIALS_PATH, ca_hash, parse_token};
 
 /// What the server needs to let nodes join.
 #[derive(Debug, Clone)]
@@ -22,24 +19,6 @@ pub struct NodeJoin {
     pub secret: String,
 }
 
-/// The hex sha256 of a PEM bundle, as the token's CA hash.
-pub fn ca_hash(ca_pem: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Splits a join token into (CA hash, secret). The full form is `K10<hash>::server:<secret>`
-/// (k3s's); a bare secret has no hash.
-pub fn parse_token(token: &str) -> (Option<String>, String) {
-    if let Some(rest) = token.strip_prefix("K10")
-        && let Some((hash, credentials)) = rest.split_once("::")
-    {
-        let secret = credentials.split_once(':').map_or(credentials, |(_, s)| s);
-        return (Some(hash.to_owned()), secret.to_owned());
-    }
-    (None, token.to_owned())
-}
-
 fn same(a: &str, b: &str) -> bool {
     // Compare in constant time so the secret does not leak through timing.
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -48,7 +27,7 @@ fn same(a: &str, b: &str) -> bool {
 impl NodeJoin {
     /// The full join token to give to agents.
     pub fn token(&self) -> String {
-        format!("K10{}::server:{}", ca_hash(&self.pki.ca_cert_pem), self.secret)
+        pki::join::token(&self.pki.ca_cert_pem, &self.secret)
     }
 
     /// Whether `presented` (a full token or the bare secret) is this cluster's.

@@ -18,7 +18,8 @@ pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod patch;
-pub mod pki;
+/// The cluster PKI, from its own crate (the node agent uses it too).
+pub use pki;
 pub mod pods;
 pub mod protobuf;
 pub mod proxy;

@@ -18,9 +18,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{UserInfo, user_from_certificate};
 use crate::connections::{Activity, ConnectionLimits, InFlight, Tracker};
 use crate::handler::{ApiServer, Body, BoxError, boxed_request};
-use crate::pki::Pki;
 use crate::rest::WriteOptions;
 use crate::strategy::FieldValidation;
+use pki::Pki;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]

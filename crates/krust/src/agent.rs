@@ -243,20 +243,17 @@ pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
     let credentials =
         crate::join::join(&args.server, &args.token, &config.node_name, &addresses).await?;
     let files = agent::tls_files(&config);
-    apiserver::pki::write_private(&files.ca, credentials.ca.as_bytes())?;
-    apiserver::pki::write_private(&files.cert, credentials.serving_cert.as_bytes())?;
-    apiserver::pki::write_private(&files.key, credentials.serving_key.as_bytes())?;
-    let kubeconfig = apiserver::pki::kubeconfig(
+    pki::write_private(&files.ca, credentials.ca.as_bytes())?;
+    pki::write_private(&files.cert, credentials.serving_cert.as_bytes())?;
+    pki::write_private(&files.key, credentials.serving_key.as_bytes())?;
+    let kubeconfig = pki::kubeconfig(
         &credentials.ca,
         &args.server,
         "node",
         &credentials.client_cert,
         &credentials.client_key,
     );
-    apiserver::pki::write_private(
-        &config.data_dir.join("kubelet.kubeconfig"),
-        kubeconfig.as_bytes(),
-    )?;
+    pki::write_private(&config.data_dir.join("kubelet.kubeconfig"), kubeconfig.as_bytes())?;
     let client = client_from_kubeconfig(&kubeconfig).await?;
     tracing::info!(server = %args.server, node = %config.node_name, "joined the cluster");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -80,14 +80,14 @@ pub(crate) async fn join(
     // the hash the token pins.
     let insecure = (*agent::tls::insecure_client()?).clone();
     let (status, ca) =
-        request(server, insecure, "GET", apiserver::join::CACERTS_PATH, None, None).await?;
+        request(server, insecure, "GET", pki::join::CACERTS_PATH, None, None).await?;
     if status != 200 {
         bail!("fetching the cluster CA from {server}: HTTP {status}");
     }
     let ca = String::from_utf8(ca.to_vec()).context("the CA is not text")?;
-    let (hash, _) = apiserver::join::parse_token(token);
+    let (hash, _) = pki::join::parse_token(token);
     match hash {
-        Some(h) if h != apiserver::join::ca_hash(&ca) => {
+        Some(h) if h != pki::join::ca_hash(&ca) => {
             bail!(
                 "the CA served by {server} does not match the join token's CA hash: refusing to join"
             )
@@ -106,15 +106,9 @@ pub(crate) async fn join(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let body = serde_json::json!({ "nodeName": node_name, "addresses": addresses });
-    let (status, answer) = request(
-        server,
-        verified,
-        "POST",
-        apiserver::join::CREDENTIALS_PATH,
-        Some(token),
-        Some(body),
-    )
-    .await?;
+    let (status, answer) =
+        request(server, verified, "POST", pki::join::CREDENTIALS_PATH, Some(token), Some(body))
+            .await?;
     if status == 401 {
         bail!("the server refused the join token");
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use apiserver::cidr::Ipv4Cidr;
 use apiserver::handler::ApiServer;
-use apiserver::pki::{self, Pki};
+use pki::Pki;
 use apiserver::resources::Registry;
 use apiserver::rest::Rest;
 use clap::{Args, Subcommand};

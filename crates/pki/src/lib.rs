@@ -1,5 +1,10 @@
 //! The cluster PKI: a CA, the API serving certificate and the admin client certificate, created
 //! on first start in `<data-dir>/server/tls` and reused afterwards; and the admin kubeconfig.
+//! Its own crate, with the node join protocol ([`join`]), because both sides use them: the API
+//! server issues, the node agent (`krust agent`) joins and writes its credentials, and neither
+//! depends on the other.
+
+pub mod join;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
