@@ -417,6 +417,26 @@ pub async fn bootstrap(
             Err(e) => return Err(e.into()),
         }
     }
+    // API priority and fairness: upstream's bootstrap configuration, created when missing.
+    let flowcontrol = "flowcontrol.apiserver.k8s.io";
+    let levels = registry
+        .lookup(flowcontrol, "v1", "prioritylevelconfigurations")
+        .ok_or(ServerError::NotServed("prioritylevelconfigurations"))?;
+    let schemas = registry
+        .lookup(flowcontrol, "v1", "flowschemas")
+        .ok_or(ServerError::NotServed("flowschemas"))?;
+    use crate::registry::flowcontrol::bootstrap;
+    let objects = bootstrap::priority_levels()
+        .into_iter()
+        .map(|o| (&levels, o))
+        .chain(bootstrap::flow_schemas().into_iter().map(|o| (&schemas, o)));
+    for (rt, object) in objects {
+        match server.rest.create(rt, None, object, &options).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let services =
         registry.lookup("", "v1", "services").ok_or(ServerError::NotServed("services"))?;
     let service = json!({

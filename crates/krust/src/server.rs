@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use apiserver::cidr::Ipv4Cidr;
 use apiserver::handler::ApiServer;
-use pki::Pki;
 use apiserver::resources::Registry;
 use apiserver::rest::Rest;
 use clap::{Args, Subcommand};
+use pki::Pki;
 use storage::SharedStore;
 
 /// Flags of `krust server`.

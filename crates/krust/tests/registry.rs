@@ -55,6 +55,12 @@ fn api_resources_are_upstream_137s() {
     }
     let csr = server.ok(&["get", "--raw", "/apis/certificates.k8s.io/v1"]);
     assert!(csr.contains("\"name\":\"certificatesigningrequests/approval\""), "{csr}");
+    // Upstream's bootstrap flow-control objects exist from the start.
+    let schemas = server.ok(&["get", "flowschemas", "-o", "name"]);
+    assert_eq!(schemas.lines().count(), 13, "{schemas}");
+    let levels = server.ok(&["get", "prioritylevelconfigurations"]);
+    let catch_all = levels.lines().find(|l| l.starts_with("catch-all ")).unwrap_or_default();
+    assert!(catch_all.contains("Limited") && catch_all.contains(" 5 "), "{levels}");
     // Component statuses are computed, not stored, and cannot be written.
     let cs = server.ok(&["get", "componentstatuses"]);
     for name in ["controller-manager", "etcd-0", "scheduler"] {
