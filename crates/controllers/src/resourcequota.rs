@@ -2,7 +2,8 @@
 //! as its namespace holds, for every resource the quota names: object counts (`pods`,
 //! `services`, `count/<resource>.<group>`…), compute requests and limits of the pods that are
 //! not finished, NodePorts and load balancers, and claimed storage (also per storage class).
-//! Admission against the quota comes with the workloads issue; this keeps the status honest.
+//! Admission (`ResourceQuota` in the API server) charges each create to the quota; this
+//! controller gives back what goes away and recounts in full now and then.
 //!
 //! What is counted is worked out by [`usage`], a pure function of what the namespace holds; the
 //! sync only gathers those facts through the API and writes the status.
@@ -24,9 +25,8 @@ use crate::informer::{Change, Informer, key_of, split_key};
 use crate::quantity::parse_quantity;
 use crate::queue::{Queue, Requeue, run_workers};
 
-/// How often a quota is recomputed without a change seen (objects other than pods are not
-/// watched here).
-const RESYNC: Duration = Duration::from_secs(15);
+/// How often a quota is recounted in full (what other kinds give back, and any drift).
+const RESYNC: Duration = Duration::from_secs(30);
 /// Pod changes within this window are counted in one sync.
 const POD_BATCH: Duration = Duration::from_millis(500);
 
@@ -162,15 +162,37 @@ impl ResourceQuotaController {
         });
         let this = Arc::downgrade(&controller);
         quotas.on_change(move |change| {
-            if let (Some(c), Change::Added(q) | Change::Updated(_, q)) = (this.upgrade(), change) {
-                c.queue.add(key_of(q.as_ref()));
+            let Some(c) = this.upgrade() else { return };
+            // A new quota, or new limits. Not a status change: admission charging a create
+            // writes the status, and a recount then would miss the object not yet stored.
+            match change {
+                Change::Added(q) => c.queue.add(key_of(q.as_ref())),
+                Change::Updated(old, q) if old.spec != q.spec => c.queue.add(key_of(q.as_ref())),
+                _ => {}
             }
         });
         let this = Arc::downgrade(&controller);
         pods.on_change(move |change| {
             let Some(c) = this.upgrade() else { return };
+            // Replenishment, as upstream: admission charges a create to the quota itself, so
+            // only pods that go away (deleted, or finished) give back; recounting on every
+            // create would race admission's charge with a list that misses the new pod.
+            let finished = |p: &CachedPod| {
+                matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            };
             let pod = match change {
-                Change::Added(p) | Change::Updated(_, p) | Change::Deleted(p) => p,
+                Change::Deleted(p) => p,
+                Change::Updated(old, p) if finished(p) && !finished(old) => p,
+                Change::Updated(old, p)
+                    if p.metadata.deletion_timestamp.is_some()
+                        && old.metadata.deletion_timestamp.is_none() =>
+                {
+                    p
+                }
+                _ => return,
             };
             let namespace = pod.namespace();
             for quota in c.quotas.list() {

@@ -322,3 +322,60 @@ fn reviews_answer_through_the_authorizer() {
     });
     assert_eq!(status, 406);
 }
+
+#[test]
+fn quotas_are_calculated_and_enforced() {
+    let server = KrustServer::start_control_plane(&[]);
+    server.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: q}\nspec:\n  hard: {pods: \"2\", configmaps: \"5\", count/replicasets.apps: \"3\", requests.cpu: \"1\"}\n",
+    );
+    // The controller fills in the status promptly.
+    server.wait_for(
+        &["get", "quota", "q", "-o", "jsonpath={.status.used.pods} {.status.hard.pods}"],
+        Duration::from_secs(20),
+        |s| s == "0 2",
+    );
+    // An RC wanting three pods gets two, and says why on its status.
+    let rc = RC.replace(
+        "resources: {limits: {cpu: 100m, memory: 64Mi}}",
+        "resources: {requests: {cpu: 100m}}",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &rc);
+    let condition = server.wait_for(
+        &[
+            "get",
+            "rc",
+            "web",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"ReplicaFailure\")].message}",
+        ],
+        Duration::from_secs(30),
+        |s| !s.is_empty(),
+    );
+    assert!(condition.contains("exceeded quota: q"), "{condition}");
+    assert_eq!(server.ok(&["get", "pods", "-o", "name"]).lines().count(), 2);
+    // A third pod directly: upstream's message; and one without a CPU request.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: extra}\nspec:\n  containers: [{name: c, image: busybox:1.36, resources: {requests: {cpu: 10m}}}]\n";
+    let out = server.kubectl_with(common::tool("kubectl"), &["create", "-f", "-"], Some(pod));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"),
+        "{err}"
+    );
+    server.ok(&["scale", "rc", "web", "--replicas=0"]);
+    server.wait_for(
+        &["get", "quota", "q", "-o", "jsonpath={.status.used.pods}"],
+        Duration::from_secs(30),
+        |s| s == "0",
+    );
+    let bare = pod.replace(", resources: {requests: {cpu: 10m}}", "");
+    let out = server.kubectl_with(common::tool("kubectl"), &["create", "-f", "-"], Some(&bare));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must specify requests.cpu"), "{out:?}");
+    server.ok_stdin(&["create", "-f", "-"], pod);
+    server.wait_for(
+        &["get", "quota", "q", "-o", "jsonpath={.status.used.pods} {.status.used.requests\\.cpu}"],
+        Duration::from_secs(30),
+        |s| s == "1 10m",
+    );
+}

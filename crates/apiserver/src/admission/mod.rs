@@ -8,6 +8,7 @@ pub mod default_toleration_seconds;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
 pub mod priority;
+pub mod resource_quota;
 pub mod service_cluster_ip;
 
 use std::sync::Arc;
@@ -137,7 +138,10 @@ impl Admission {
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),
                 Box::new(priority::Priority),
             ],
-            validating: vec![Box::new(namespace_lifecycle::NamespaceLifecycle)],
+            validating: vec![
+                Box::new(namespace_lifecycle::NamespaceLifecycle),
+                Box::new(resource_quota::ResourceQuota),
+            ],
         }
     }
 
