@@ -778,6 +778,23 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
     ]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"), "{missing:?}");
 
+    // The older WebSocket subprotocols (logs and exec), as the conformance suite speaks them.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/websocket_streams.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&server.kubeconfig)
+        .arg("talk")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("websocket streams ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Logs: kubectl defaults to the first container; the API itself wants a container when
     // there are several. Then tail, timestamps, since.
     server.wait_for(&["logs", "talk"], Duration::from_secs(20), |s| s.contains("first"));

@@ -158,7 +158,13 @@ pub async fn exec(
     let options = ExecOptions::from_query(request.uri().query().unwrap_or(""));
     let Some(transport) = negotiate(
         &request,
-        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+        &[
+            "v5.channel.k8s.io",
+            "v4.channel.k8s.io",
+            "v4.base64.channel.k8s.io",
+            "channel.k8s.io",
+            "base64.channel.k8s.io",
+        ],
         &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io"],
     ) else {
         return text(
@@ -223,10 +229,39 @@ pub async fn exec(
         let io = TokioIo::new(upgraded);
         match transport {
             Transport::WebSocket(protocol) => {
-                bridge_websocket(io, upstream, protocol == "v5.channel.k8s.io").await
+                bridge_websocket(io, upstream, Framing::of(&protocol)).await
             }
             Transport::Spdy(_) => bridge_spdy(io, upstream).await,
         }
+    });
+    response
+}
+
+/// Logs over a WebSocket: each chunk of the log one message (binary, or base64 text for
+/// `base64.binary.k8s.io`), then a normal close.
+pub(crate) fn websocket_log(
+    request: Request<Incoming>,
+    protocol: &'static str,
+    mut chunks: mpsc::Receiver<Bytes>,
+) -> Response<Body> {
+    let response = switching(&request, &Transport::WebSocket(protocol.to_owned()));
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(request).await else { return };
+        let (_read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let mut writer = ws::Writer::new(write);
+        while let Some(chunk) = chunks.recv().await {
+            let sent = if protocol.starts_with("base64.") {
+                use base64::Engine;
+                let text = base64::engine::general_purpose::STANDARD.encode(&chunk);
+                writer.text(text.as_bytes()).await
+            } else {
+                writer.binary(&chunk).await
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        let _ = writer.close(1000).await;
     });
     response
 }
@@ -240,7 +275,60 @@ fn final_status(error: Vec<u8>) -> Vec<u8> {
     }
 }
 
-async fn bridge_websocket<IO>(io: IO, up: Upstream, v5: bool)
+/// How a WebSocket subprotocol frames the channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Framing {
+    /// `v5`: a client's close of stdin arrives on channel 255.
+    v5: bool,
+    /// `base64.*`: text messages, the channel as an ASCII digit and the data base64-encoded.
+    base64: bool,
+    /// `v4` and later: the error channel carries a `Status` (success too); before, only an
+    /// error's text.
+    status: bool,
+}
+
+impl Framing {
+    pub(crate) fn of(protocol: &str) -> Framing {
+        Framing {
+            v5: protocol.starts_with("v5."),
+            base64: protocol.contains("base64."),
+            status: protocol.starts_with("v4.") || protocol.starts_with("v5."),
+        }
+    }
+
+    /// One message to the client on `channel`.
+    fn encode(self, channel: u8, data: &[u8]) -> WsOut {
+        use base64::Engine;
+        if self.base64 {
+            let mut text = vec![b'0' + channel];
+            text.extend(base64::engine::general_purpose::STANDARD.encode(data).into_bytes());
+            WsOut::Text(text)
+        } else {
+            let mut framed = Vec::with_capacity(data.len() + 1);
+            framed.push(channel);
+            framed.extend_from_slice(data);
+            WsOut::Data(framed)
+        }
+    }
+
+    /// A client's message as (channel, data).
+    fn decode(self, message: ws::Message) -> Option<(u8, Vec<u8>)> {
+        use base64::Engine;
+        match message {
+            ws::Message::Binary(data) if !data.is_empty() && !self.base64 => {
+                Some((data[0], data[1..].to_vec()))
+            }
+            ws::Message::Text(text) if self.base64 && !text.is_empty() => {
+                let channel = text.as_bytes()[0].checked_sub(b'0')?;
+                let data = base64::engine::general_purpose::STANDARD.decode(&text[1..]).ok()?;
+                Some((channel, data))
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn bridge_websocket<IO>(io: IO, up: Upstream, framing: Framing)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -251,6 +339,7 @@ where
         while let Some(m) = out_rx.recv().await {
             let sent = match m {
                 WsOut::Data(d) => w.binary(&d).await,
+                WsOut::Text(t) => w.text(&t).await,
                 WsOut::Pong(p) => w.pong(&p).await,
             };
             if sent.is_err() {
@@ -265,31 +354,33 @@ where
     let reader = tokio::spawn(async move {
         let mut reader = ws::Reader::new(r);
         while let Ok(Some(message)) = reader.next().await {
-            match message {
-                ws::Message::Binary(data) if !data.is_empty() => match data[0] {
-                    0 => {
-                        if let Some(s) = &stdin
-                            && s.write(&data[1..]).is_err()
-                        {
-                            break;
-                        }
-                    }
-                    4 => {
-                        if let Some(s) = &resize {
-                            let _ = s.write(&data[1..]);
-                        }
-                    }
-                    255 if v5 && data.get(1) == Some(&0) => {
-                        if let Some(s) = &stdin {
-                            s.close();
-                        }
-                    }
-                    _ => {}
-                },
+            let message = match message {
                 ws::Message::Ping(p) => {
                     let _ = reader_out.send(WsOut::Pong(p)).await;
+                    continue;
                 }
                 ws::Message::Close(_) => break,
+                other => other,
+            };
+            let Some((channel, data)) = framing.decode(message) else { continue };
+            match channel {
+                0 => {
+                    if let Some(s) = &stdin
+                        && s.write(&data).is_err()
+                    {
+                        break;
+                    }
+                }
+                4 => {
+                    if let Some(s) = &resize {
+                        let _ = s.write(&data);
+                    }
+                }
+                255 if framing.v5 && data.first() == Some(&0) => {
+                    if let Some(s) = &stdin {
+                        s.close();
+                    }
+                }
                 _ => {}
             }
         }
@@ -303,10 +394,7 @@ where
         tokio::spawn(async move {
             let Some(mut stream) = stream else { return };
             while let Some(chunk) = stream.read().await {
-                let mut framed = Vec::with_capacity(chunk.len() + 1);
-                framed.push(channel);
-                framed.extend_from_slice(&chunk);
-                if out.send(WsOut::Data(framed)).await.is_err() {
+                if out.send(framing.encode(channel, &chunk)).await.is_err() {
                     return;
                 }
             }
@@ -320,9 +408,11 @@ where
     }
     let _ = out_pump.await;
     let _ = err_pump.await;
-    let mut framed = vec![3u8];
-    framed.extend(final_status(status));
-    let _ = out_tx.send(WsOut::Data(framed)).await;
+    // Before v4 the error channel carries only an error's text, nothing on success.
+    let failed = !status.iter().all(u8::is_ascii_whitespace);
+    if framing.status || failed {
+        let _ = out_tx.send(framing.encode(3, &final_status(status))).await;
+    }
     drop(out_tx);
     reader.abort();
     let _ = writer.await;
@@ -331,6 +421,7 @@ where
 
 enum WsOut {
     Data(Vec<u8>),
+    Text(Vec<u8>),
     Pong(Vec<u8>),
 }
 
@@ -577,5 +668,26 @@ mod tests {
         assert!(o.stdin && o.stdout && o.tty);
         assert!(!o.stderr, "a TTY merges stderr into stdout");
         assert_eq!(final_status(Vec::new()), br#"{"metadata":{},"status":"Success"}"#.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod framing_tests {
+    use super::*;
+
+    #[test]
+    fn older_subprotocols_frame_as_upstream() {
+        let v1 = Framing::of("channel.k8s.io");
+        assert!(!v1.v5 && !v1.base64 && !v1.status);
+        let WsOut::Data(d) = v1.encode(1, b"hi") else { panic!("binary") };
+        assert_eq!(d, b"\x01hi");
+        let b64 = Framing::of("base64.channel.k8s.io");
+        let WsOut::Text(t) = b64.encode(2, b"hi") else { panic!("text") };
+        assert_eq!(t, b"2aGk=");
+        assert_eq!(b64.decode(ws::Message::Text("0aGk=".into())), Some((0, b"hi".to_vec())));
+        assert_eq!(b64.decode(ws::Message::Binary(b"\x00hi".to_vec())), None);
+        let v5 = Framing::of("v5.channel.k8s.io");
+        assert!(v5.v5 && v5.status && !v5.base64);
+        assert_eq!(v5.decode(ws::Message::Binary(b"\x00hi".to_vec())), Some((0, b"hi".to_vec())));
     }
 }

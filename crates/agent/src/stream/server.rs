@@ -162,7 +162,7 @@ async fn route(ctx: StreamContext, request: Request<Incoming>) -> Response<Body>
     match segs.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
         ["containerLogs", ns, pod, container] => {
-            container_logs(&ctx, &request, ns, pod, container).await
+            container_logs(&ctx, request, ns, pod, container).await
         }
         ["exec", ns, pod, container] => {
             super::exec::exec(ctx.clone(), request, ns, pod, container, false).await
@@ -186,7 +186,7 @@ pub fn pod_uid(ctx: &StreamContext, namespace: &str, name: &str) -> Option<Strin
 
 async fn container_logs(
     ctx: &StreamContext,
-    request: &Request<Incoming>,
+    request: Request<Incoming>,
     namespace: &str,
     pod: &str,
     container: &str,
@@ -231,6 +231,9 @@ async fn container_logs(
             tracing::debug!(error = %e, "streaming logs failed");
         }
     });
+    if let Some(protocol) = log_websocket(&request) {
+        return super::exec::websocket_log(request, protocol, rx);
+    }
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     }));
@@ -239,6 +242,24 @@ async fn container_logs(
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
     response
+}
+
+/// The WebSocket subprotocol a logs request asks to be upgraded to (`binary.k8s.io`, or
+/// `base64.binary.k8s.io` for text-only clients), if it asks for one.
+fn log_websocket(request: &Request<Incoming>) -> Option<&'static str> {
+    let upgrade = request.headers().get(hyper::header::UPGRADE)?.to_str().ok()?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let offered: Vec<&str> = request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    ["binary.k8s.io", "base64.binary.k8s.io"].into_iter().find(|p| offered.contains(p))
 }
 
 /// Whether the container still runs.

@@ -1,6 +1,7 @@
 //! WebSocket (RFC 6455), server side: the handshake answer and message framing over an
 //! upgraded connection. kubectl speaks `v5.channel.k8s.io` (exec, attach) and
-//! `SPDY/3.1+portforward.k8s.io` (port-forward) over it.
+//! `SPDY/3.1+portforward.k8s.io` (port-forward) over it; older clients `channel.k8s.io`,
+//! `base64.channel.k8s.io` (exec) and `binary.k8s.io`, `base64.binary.k8s.io` (logs).
 
 use base64::Engine;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -151,6 +152,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Sends one binary message.
     pub async fn binary(&mut self, payload: &[u8]) -> std::io::Result<()> {
         self.inner.write_all(&frame(0x2, payload)).await?;
+        self.inner.flush().await
+    }
+
+    /// Sends one text message.
+    pub async fn text(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(&frame(0x1, payload)).await?;
         self.inner.flush().await
     }
 
