@@ -394,8 +394,11 @@ pub fn container_mounts(
     pods_dir: &Path,
     pod: &Pod,
     container: &Container,
+    env: &[(String, String)],
     etc_hosts: Option<&Path>,
 ) -> Result<Vec<cri::Mount>, MountError> {
+    let vars: std::collections::HashMap<&str, &str> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let volumes: BTreeMap<&str, &Volume> = pod
         .spec
@@ -409,7 +412,15 @@ pub fn container_mounts(
             .get(vm.name.as_str())
             .ok_or_else(|| MountError(format!("volume {} not found in the pod", vm.name)))?;
         let mut host = volume_path(pods_dir, &uid, volume);
-        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        // `subPathExpr` is `subPath` with the container's `$(VAR)`s expanded (upstream
+        // refuses a mount with both).
+        let expanded = vm
+            .sub_path_expr
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|expr| super::config::expand_vars(expr, &vars));
+        if let Some(sub) = expanded.as_deref().or(vm.sub_path.as_deref()).filter(|s| !s.is_empty())
+        {
             let rel = sanitize(sub)?;
             host = host.join(rel);
             if !host.exists() {
@@ -485,6 +496,26 @@ mod tests {
 
     fn files(items: &[(&str, &str)]) -> Files {
         items.iter().map(|(k, v)| ((*k).to_owned(), (v.as_bytes().to_vec(), 0o644))).collect()
+    }
+
+    #[test]
+    fn sub_path_expressions_expand_the_containers_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "uid": "u1"},
+            "spec": {"volumes": [{"name": "work", "emptyDir": {}}], "containers": [{"name": "c",
+                "volumeMounts": [{"name": "work", "mountPath": "/logs", "subPathExpr": "$(POD_NAME)/x"},
+                                 {"name": "work", "mountPath": "/all"}]}]}}))
+        .unwrap();
+        let container = pod.spec.as_ref().unwrap().containers[0].clone();
+        let env = vec![("POD_NAME".to_owned(), "p-1".to_owned())];
+        let mounts = container_mounts(dir.path(), &pod, &container, &env, None).unwrap();
+        assert!(mounts[0].host_path.ends_with("/p-1/x"), "{}", mounts[0].host_path);
+        assert!(Path::new(&mounts[0].host_path).is_dir());
+        assert!(Path::new(&mounts[1].host_path).join("p-1").is_dir());
+        // An expansion may not leave the volume.
+        let env = vec![("POD_NAME".to_owned(), "..".to_owned())];
+        assert!(container_mounts(dir.path(), &pod, &container, &env, None).is_err());
     }
 
     #[test]

@@ -533,7 +533,7 @@ impl Worker {
                 return Ok(false);
             }
         };
-        let mut mounts = match volumes::container_mounts(&ctx.pods_dir, pod, c, etc_hosts) {
+        let mut mounts = match volumes::container_mounts(&ctx.pods_dir, pod, c, &env, etc_hosts) {
             Ok(m) => m,
             Err(e) => {
                 self.fail(c, &path, "CreateContainerConfigError", &e.0);
