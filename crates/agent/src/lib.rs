@@ -343,6 +343,7 @@ pub async fn run(
         })
     };
     let ctx = Arc::new(pods::Context {
+        objects: pods::ObjectCache::new(client.clone()),
         directory,
         client: client.clone(),
         cri,

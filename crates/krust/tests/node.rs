@@ -565,10 +565,12 @@ fn config_map_volume_updates_reach_the_running_pod() {
     - {{name: info, mountPath: /info}}
     - {{name: cfg, mountPath: /sub, subPath: extra}}
     - {{name: mem, mountPath: /mem}}
+    readinessProbe: {{exec: {{command: [test, -f, /tmp/ready]}}, periodSeconds: 1, failureThreshold: 1}}
     command:
     - sh
     - -c
     - |
+      (while true; do touch /tmp/ready; sleep 1; rm -f /tmp/ready; sleep 1; done) &
       test \"$(cat /sec/value)\" = s3cret || exit 10
       test \"$(stat -L -c %a /sec/value)\" = 400 || exit 11
       test -d /sub || exit 12
@@ -580,6 +582,12 @@ fn config_map_volume_updates_reach_the_running_pod() {
     );
     apply(&server, &manifest);
     server.wait_phase("default", "watcher", "Running", Duration::from_secs(60));
+    // Readiness flips every second: each flip is a sync of the pod, which must not read the
+    // ConfigMap and Secret again (counted below).
+    let ready = "{.status.conditions[?(@.type==\"Ready\")].status}";
+    server.wait_pod("default", "watcher", ready, Duration::from_secs(30), |s| s == "True");
+    server.wait_pod("default", "watcher", ready, Duration::from_secs(30), |s| s == "False");
+    server.wait_pod("default", "watcher", ready, Duration::from_secs(30), |s| s == "True");
     let changed = Instant::now();
     server.ok_stdin(
         &["apply", "-f", "-"],
@@ -587,6 +595,19 @@ fn config_map_volume_updates_reach_the_running_pod() {
     );
     server.wait_phase("default", "watcher", "Succeeded", Duration::from_secs(90));
     eprintln!("ConfigMap update reached the pod in {:?}", changed.elapsed());
+    // The agent watches what its pods refer to instead of reading it on every sync: the
+    // only GETs of the ConfigMap are kubectl apply's own and at most one first read.
+    let metrics = server.ok(&["get", "--raw", "/metrics"]);
+    let gets: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(
+                "apiserver_request_total{verb=\"GET\",resource=\"configmaps\",subresource=\"\"",
+            )
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(gets <= 2, "{gets} GETs of configmaps:\n{metrics}");
 }
 
 #[test]

@@ -37,14 +37,32 @@ pub struct Downward {
 }
 
 impl Sources {
-    /// Fetches every ConfigMap and Secret the pod's containers refer to (in env, envFrom and
-    /// volumes). Missing objects are remembered as missing.
-    pub async fn fetch(client: &kube::Client, pod: &Pod) -> Result<Sources, kube::Error> {
+    /// Every ConfigMap and Secret the pod's containers refer to (in env, envFrom and
+    /// volumes), from the node's object cache; a GET only for what its watch has not listed
+    /// yet. Missing objects are remembered as missing.
+    pub(crate) async fn fetch(
+        client: &kube::Client,
+        cache: &super::objects::ObjectCache,
+        pod: &Pod,
+    ) -> Result<Sources, kube::Error> {
+        use super::objects::{ObjectKey, Seen};
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let (cms, secrets) = references(pod);
         let mut sources = Sources::default();
         let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
         for name in cms {
+            let key = ObjectKey { secret: false, namespace: namespace.clone(), name: name.clone() };
+            match cache.get(&key) {
+                Seen::Present(data) => {
+                    sources.config_maps.insert(name, Some(data));
+                    continue;
+                }
+                Seen::Missing => {
+                    sources.config_maps.insert(name, None);
+                    continue;
+                }
+                Seen::Unknown => {}
+            }
             let data = cm_api.get_opt(&name).await?.map(|cm| {
                 let mut data: BTreeMap<String, Vec<u8>> = cm
                     .data
@@ -59,6 +77,18 @@ impl Sources {
         }
         let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         for name in secrets {
+            let key = ObjectKey { secret: true, namespace: namespace.clone(), name: name.clone() };
+            match cache.get(&key) {
+                Seen::Present(data) => {
+                    sources.secrets.insert(name, Some(data));
+                    continue;
+                }
+                Seen::Missing => {
+                    sources.secrets.insert(name, None);
+                    continue;
+                }
+                Seen::Unknown => {}
+            }
             let data = secret_api.get_opt(&name).await?.map(|s| {
                 let mut data: BTreeMap<String, Vec<u8>> =
                     s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
@@ -174,7 +204,8 @@ pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
 }
 
 /// Names of the ConfigMaps and Secrets the pod refers to.
-fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
+/// The ConfigMaps and Secrets (names) `pod` refers to, in env, envFrom and volumes.
+pub(crate) fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
     let mut cms = Vec::new();
     let mut secrets = Vec::new();
     let Some(spec) = pod.spec.as_ref() else { return (cms, secrets) };

@@ -6,6 +6,8 @@ pub mod cgroups;
 pub mod config;
 pub mod env;
 pub mod images;
+mod objects;
+pub(crate) use objects::ObjectCache;
 pub mod probe;
 pub mod runtime;
 pub mod status;
@@ -41,6 +43,8 @@ pub(crate) struct Context {
     pub(crate) node_memory: u64,
     pub(crate) node_cpu: f64,
     pub(crate) directory: crate::stream::server::Directory,
+    /// The ConfigMaps and Secrets this node's pods refer to, watched.
+    pub(crate) objects: Arc<objects::ObjectCache>,
 }
 
 struct Handle {
@@ -123,6 +127,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) 
                 // A late event for the same pod starts a fresh worker, which finds nothing
                 // left to do.
                 workers.remove(&uid);
+                ctx.objects.untrack(&uid);
                 if let Ok(mut d) = ctx.directory.write() {
                     d.retain(|_, u| *u != uid);
                 }
@@ -150,7 +155,12 @@ fn dispatch(
         h.pod.send_replace(Some(Arc::new(pod)));
         return;
     }
-    spawn_worker(ctx, workers, done, key, Some(Arc::new(pod)));
+    let pod = Arc::new(pod);
+    spawn_worker(ctx, workers, done, key, Some(pod.clone()));
+    if let Some(h) = workers.get(&uid) {
+        // What a pod refers to cannot change (its spec's references are immutable).
+        ctx.objects.track(&uid, &pod, &h.wake);
+    }
 }
 
 fn spawn_worker(

@@ -176,7 +176,7 @@ impl Worker {
             return Ok(Next::After(RESYNC * 3));
         }
 
-        let sources = Sources::fetch(&ctx.client, pod).await?;
+        let sources = Sources::fetch(&ctx.client, &ctx.objects, pod).await?;
         let mut downward = Downward {
             host_ip: ctx.config.node_ip.to_string(),
             pod_ip: observed
