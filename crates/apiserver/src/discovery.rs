@@ -324,25 +324,131 @@ pub fn openapi_group_version(registry: &Registry, path: &str) -> Option<Value> {
     }))
 }
 
-/// The OpenAPI v2 document as JSON: its info and no paths or definitions (see the route).
-pub fn openapi_v2_json() -> Value {
-    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION}, "paths": {}, "definitions": {}})
+/// The served types OpenAPI v2 lists: every stored type with its object path.
+fn openapi_v2_paths(registry: &Registry) -> Vec<(String, Value)> {
+    registry
+        .all()
+        .iter()
+        .filter(|rt| !rt.create_only)
+        .map(|rt| {
+            let prefix = format!("/{}", gv_path(&rt.group, &rt.version));
+            let path = if rt.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", rt.plural)
+            } else {
+                format!("{prefix}/{}/{{name}}", rt.plural)
+            };
+            (path, json!({"group": rt.group, "version": rt.version, "kind": rt.kind}))
+        })
+        .collect()
 }
 
-/// The same document in the protobuf form (gnostic's `openapi_v2.Document`: `swagger` is
-/// field 1, `info` field 2 with `title` 1 and `version` 2) that kubectl asks for.
-pub fn openapi_v2_protobuf() -> Vec<u8> {
+/// The OpenAPI v2 document as JSON: its info, and for every type the PATCH of its object path
+/// with the `dryRun` parameter and the type's group/version/kind (what kubectl before 1.27
+/// reads to decide whether a type supports server-side dry run); no definitions.
+pub fn openapi_v2_json(registry: &Registry) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (path, gvk) in openapi_v2_paths(registry) {
+        paths.insert(path, json!({"patch": {
+            "parameters": [{"name": "dryRun", "in": "query", "type": "string", "uniqueItems": true}],
+            "x-kubernetes-group-version-kind": gvk,
+        }}));
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION}, "paths": paths, "definitions": {}})
+}
+
+/// The same document in the protobuf form (gnostic's `openapi_v2.Document`) kubectl asks for.
+pub fn openapi_v2_protobuf(registry: &Registry) -> Vec<u8> {
+    fn varint(mut v: usize, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
     fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
         out.push(tag << 3 | 2);
-        // Every field here is shorter than 128 bytes: one varint byte.
-        out.push(bytes.len() as u8);
+        varint(bytes.len(), out);
         out.extend_from_slice(bytes);
     }
-    let mut info = Vec::new();
-    field(1, b"Kubernetes", &mut info);
-    field(2, crate::KUBERNETES_VERSION.as_bytes(), &mut info);
-    let mut doc = Vec::new();
-    field(1, b"2.0", &mut doc);
-    field(2, &info, &mut doc);
-    doc
+    let message = |fields: &[(u8, &[u8])]| {
+        let mut out = Vec::new();
+        for (tag, bytes) in fields {
+            field(*tag, bytes, &mut out);
+        }
+        out
+    };
+    // QueryParameterSubSchema{in: 2, name: 4, type: 6} in NonBodyParameter (3), in
+    // Parameter (2), in ParametersItem (1).
+    let dry_run = message(&[(2, b"query"), (4, b"dryRun"), (6, b"string")]);
+    let parameter = message(&[(1, &message(&[(2, &message(&[(3, &dry_run)]))]))]);
+    let mut paths = Vec::new();
+    for (path, gvk) in openapi_v2_paths(registry) {
+        let yaml = format!(
+            "group: {:?}\nkind: {:?}\nversion: {:?}\n",
+            gvk["group"].as_str().unwrap_or(""),
+            gvk["kind"].as_str().unwrap_or(""),
+            gvk["version"].as_str().unwrap_or("")
+        );
+        // NamedAny{name: 1, value: Any{yaml: 2}} as the operation's vendor extension (13).
+        let extension = message(&[
+            (1, b"x-kubernetes-group-version-kind"),
+            (2, &message(&[(2, yaml.as_bytes())])),
+        ]);
+        let operation = message(&[(8, &parameter), (13, &extension)]);
+        // PathItem{patch: 8} in NamedPathItem{name: 1, value: 2}, in Paths.path (2).
+        let item = message(&[(1, path.as_bytes()), (2, &message(&[(8, &operation)]))]);
+        field(2, &item, &mut paths);
+    }
+    let info = message(&[(1, b"Kubernetes"), (2, crate::KUBERNETES_VERSION.as_bytes())]);
+    message(&[(1, b"2.0"), (2, &info), (8, &paths)])
+}
+
+#[cfg(test)]
+mod openapi_v2_tests {
+    use super::*;
+
+    /// (tag, bytes) of each length-delimited field of a protobuf message.
+    fn fields(mut bytes: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut out = Vec::new();
+        while let Some((&key, rest)) = bytes.split_first() {
+            let (mut len, mut shift, mut i) = (0usize, 0, 0);
+            loop {
+                let b = rest[i];
+                len |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                i += 1;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            out.push((key >> 3, &rest[i..i + len]));
+            bytes = &rest[i + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn every_type_says_it_supports_dry_run_as_kubectl_reads_it() {
+        let registry = Registry::new();
+        let doc = openapi_v2_protobuf(&registry);
+        let top = fields(&doc);
+        assert_eq!(top[0], (1, &b"2.0"[..]));
+        let paths = fields(top.iter().find(|(t, _)| *t == 8).unwrap().1);
+        let config_map = paths
+            .iter()
+            .map(|(_, item)| fields(item))
+            .find(|item| item[0].1 == b"/api/v1/namespaces/{namespace}/configmaps/{name}")
+            .unwrap();
+        let patch = fields(fields(config_map[1].1)[0].1);
+        // Operation.parameters (8): ParametersItem → Parameter → NonBodyParameter → query.
+        let query = fields(fields(fields(patch[0].1)[0].1)[0].1);
+        let query = fields(query[0].1);
+        assert!(query.contains(&(4, &b"dryRun"[..])), "{query:?}");
+        // Operation.vendor_extension (13): the group/version/kind as YAML.
+        let extension = fields(patch[1].1);
+        assert_eq!(extension[0].1, b"x-kubernetes-group-version-kind");
+        let yaml = fields(extension[1].1)[0].1;
+        assert_eq!(yaml, b"group: \"\"\nkind: \"ConfigMap\"\nversion: \"v1\"\n");
+        assert_eq!(openapi_v2_json(&registry)["paths"].as_object().unwrap().len(), paths.len());
+    }
 }

@@ -551,12 +551,13 @@ impl ApiServer {
                 }
             }
             // OpenAPI v2: kubectl before 1.27 fetches it (as protobuf) before every create or
-            // apply. The document lists no definitions, so such clients skip their client-side
-            // validation (the server validates; `fieldValidation`) instead of failing.
+            // apply, and reads from it which types support server-side dry run. It lists no
+            // definitions, so such clients skip their client-side validation (the server
+            // validates; `fieldValidation`) instead of failing.
             "/openapi/v2" => {
                 let accept = header_text(request, header::ACCEPT);
                 Ok(if accept.contains("protobuf") {
-                    let mut r = Response::new(full(discovery::openapi_v2_protobuf()));
+                    let mut r = Response::new(full(discovery::openapi_v2_protobuf(&self.registry)));
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,
                         // As upstream: the requested media type has an '@', which is no
@@ -565,7 +566,7 @@ impl ApiServer {
                     );
                     r
                 } else {
-                    json_response(StatusCode::OK, &discovery::openapi_v2_json())
+                    json_response(StatusCode::OK, &discovery::openapi_v2_json(&self.registry))
                 })
             }
             "/openapi/v3" => Ok(json_response(
