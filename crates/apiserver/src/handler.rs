@@ -2,14 +2,13 @@
 //! place where results and errors become HTTP responses.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use crate::auth::{Attributes, Authorizer, Decision, UserInfo};
@@ -24,15 +23,7 @@ use crate::status::{ApiError, ApiResult};
 use crate::strategy::FieldValidation;
 use crate::table::{self, IncludeObject};
 
-/// Response body type: whole bodies and streams alike.
-pub type Body = BoxBody<Bytes, Infallible>;
-
-/// Request body type: a connection's body, or an in-process client's (see
-/// [`crate::server::InProcess`]), boxed so one handler serves both.
-pub type RequestBody = BoxBody<Bytes, BoxError>;
-
-/// Errors of request bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::body::{Body, BoxError, RequestBody};
 
 /// Boxes any body as a [`RequestBody`] (keeping the request's extensions, so a connection's
 /// upgrade stays reachable).

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod body;
 pub mod cidr;
 pub mod connections;
 pub mod crd;

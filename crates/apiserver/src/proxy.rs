@@ -14,7 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::handler::Body;
+use crate::body::{Body, RequestBody};
 use crate::status::{ApiError, ApiResult};
 
 /// Talks to node agents.
@@ -60,7 +60,7 @@ impl NodeProxy {
     pub async fn forward(
         &self,
         addr: SocketAddr,
-        mut request: Request<crate::handler::RequestBody>,
+        mut request: Request<RequestBody>,
         path_and_query: &str,
     ) -> ApiResult<Response<Body>> {
         let unreachable = |e: &dyn std::fmt::Display| {
@@ -139,7 +139,7 @@ impl NodeProxy {
 pub async fn forward_to_pod(
     pod: &Value,
     port: &str,
-    request: Request<crate::handler::RequestBody>,
+    request: Request<RequestBody>,
     path_and_query: &str,
 ) -> ApiResult<Response<Body>> {
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");

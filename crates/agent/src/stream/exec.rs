@@ -12,7 +12,7 @@ use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::server::{Body, StreamContext, pod_uid, text};
+use super::context::{Body, StreamContext, pod_uid, text};
 use super::spdy::{self, Session, Stream, StreamWriter, header};
 use super::{upstream, ws};
 use crate::pods::runtime::{self, State};

@@ -1,6 +1,7 @@
 //! Streaming to and from containers: logs, exec, attach and port-forward, served on the
 //! agent's HTTPS endpoint for the API server to proxy, over the protocols kubectl speaks.
 
+pub mod context;
 pub mod exec;
 pub mod logs;
 pub mod server;

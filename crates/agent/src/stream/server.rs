@@ -3,43 +3,26 @@
 //! from the cluster CA that names the API server (or a cluster admin) get in; there is no
 //! anonymous access.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
+pub use super::context::{Body, Directory, StreamContext, pod_uid, text};
 use super::logs::{self, LogOptions};
 use crate::AgentError;
 use crate::cri::Cri;
 use crate::pods::runtime::{self, State};
 
-/// Response body type.
-pub type Body = BoxBody<Bytes, Infallible>;
-
 /// The common name of the API server's client certificate for agents.
 pub const API_SERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
-
-/// Pods this agent runs, by (namespace, name) → UID, kept by the pod manager.
-pub type Directory = Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
-
-/// What the endpoint needs.
-#[derive(Clone, Debug)]
-pub struct StreamContext {
-    /// The runtime.
-    pub cri: Cri,
-    /// Pods by name.
-    pub directory: Directory,
-    /// The node's name (for stats).
-    pub node_name: String,
-}
 
 /// TLS material of the endpoint.
 #[derive(Debug, Clone)]
@@ -135,15 +118,6 @@ pub async fn serve(
     }
 }
 
-/// A plain-text response.
-pub fn text(code: StatusCode, message: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(message.to_owned())).boxed());
-    *r.status_mut() = code;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
-    r
-}
-
 fn json(code: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
     *r.status_mut() = code;
@@ -177,11 +151,6 @@ async fn route(ctx: StreamContext, request: Request<Incoming>) -> Response<Body>
         },
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
-}
-
-/// The UID of the pod `namespace/name` on this node.
-pub fn pod_uid(ctx: &StreamContext, namespace: &str, name: &str) -> Option<String> {
-    ctx.directory.read().ok()?.get(&(namespace.to_owned(), name.to_owned())).cloned()
 }
 
 async fn container_logs(

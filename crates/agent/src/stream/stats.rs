@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
-use super::server::StreamContext;
+use super::context::StreamContext;
 use crate::AgentError;
 use crate::pods::config::{
     LABEL_CONTAINER_NAME, LABEL_MANAGED_BY, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
