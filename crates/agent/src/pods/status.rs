@@ -76,7 +76,14 @@ fn terminated(c: &ObservedContainer) -> Value {
 }
 
 /// The status entry of one container.
-fn container_status(inputs: &Inputs<'_>, spec: &Container, init: bool) -> Value {
+/// `initializing`: some init container has not completed yet, so every container that has
+/// not started waits with upstream's `PodInitializing`, not `ContainerCreating`.
+fn container_status(
+    inputs: &Inputs<'_>,
+    spec: &Container,
+    init: bool,
+    initializing: bool,
+) -> Value {
     let latest = inputs.observed.latest(&spec.name);
     let image = spec.image.clone().unwrap_or_default();
     let restart_count = latest.map_or(0, |c| c.attempt);
@@ -98,7 +105,7 @@ fn container_status(inputs: &Inputs<'_>, spec: &Container, init: bool) -> Value 
             latest.filter(|c| c.state == State::Exited).map(terminated).unwrap_or(json!({})),
         ),
         _ => (
-            json!({ "waiting": { "reason": if init { "PodInitializing" } else { "ContainerCreating" } } }),
+            json!({ "waiting": { "reason": if init || initializing { "PodInitializing" } else { "ContainerCreating" } } }),
             json!({}),
         ),
     };
@@ -233,10 +240,24 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
     let phase = phase(pod, inputs.observed);
-    let init_statuses: Vec<Value> =
-        spec.init_containers.iter().flatten().map(|c| container_status(inputs, c, true)).collect();
+    let initializing = spec.init_containers.iter().flatten().any(|c| {
+        let done = inputs
+            .observed
+            .latest(&c.name)
+            .is_some_and(|o| o.state == State::Exited && o.exit_code == 0);
+        // A sidecar (an init container that restarts always) counts once it runs.
+        let sidecar_up = c.restart_policy.as_deref() == Some("Always")
+            && inputs.observed.latest(&c.name).is_some_and(|o| o.state == State::Running);
+        !done && !sidecar_up
+    });
+    let init_statuses: Vec<Value> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| container_status(inputs, c, true, initializing))
+        .collect();
     let statuses: Vec<Value> =
-        spec.containers.iter().map(|c| container_status(inputs, c, false)).collect();
+        spec.containers.iter().map(|c| container_status(inputs, c, false, initializing)).collect();
     let sandbox = inputs.observed.sandbox().filter(|s| s.ready);
     let pod_ip = if spec.host_network == Some(true) {
         inputs.host_ip.to_owned()
@@ -368,6 +389,33 @@ mod tests {
             container("b", State::Exited, 0, 0),
         ]);
         assert_eq!(phase(&pod("Never"), &running), "Running");
+    }
+
+    #[test]
+    fn containers_wait_with_pod_initializing_until_init_containers_complete() {
+        let mut p = pod("Never");
+        p.spec.as_mut().unwrap().init_containers =
+            Some(vec![Container { name: "init1".into(), ..Container::default() }]);
+        let none = HashMap::new();
+        let flags = HashMap::new();
+        let status_with = |o: &Observed| {
+            pod_status(&Inputs {
+                pod: &p,
+                observed: o,
+                waiting: &none,
+                ready: &flags,
+                started: &flags,
+                host_ip: "192.0.2.2",
+                start_time: "2026-01-01T00:00:00Z",
+                now: "2026-01-01T00:00:05Z",
+                qos: "BestEffort",
+            })
+        };
+        let reason = |s: &Value| s["containerStatuses"][0]["state"]["waiting"]["reason"].clone();
+        let failed = observed(vec![container("init1", State::Exited, 1, 0)]);
+        assert_eq!(reason(&status_with(&failed)), "PodInitializing");
+        let done = observed(vec![container("init1", State::Exited, 0, 0)]);
+        assert_eq!(reason(&status_with(&done)), "ContainerCreating");
     }
 
     #[test]
