@@ -87,6 +87,44 @@ fn status_of(rs: &ReplicaSet) -> (i32, i32, i32) {
 }
 
 /// An int-or-percent of `total`, rounded up or down.
+/// Upstream's proportional scaling of several active ReplicaSets (`sizes`: name, replicas,
+/// their `max-replicas` annotation): each grows (or shrinks) toward `replicas × allowed /
+/// annotated`, rounded, within what is left of `delta`; the largest first, and it takes the
+/// rounding leftovers. `allowed` is the new size plus surge; `observed` stands in for a
+/// missing annotation.
+pub(crate) fn proportional_sizes(
+    sizes: &[(String, i32, Option<i32>)],
+    want: i32,
+    allowed: i32,
+    delta: i32,
+    observed: i32,
+) -> Vec<(String, i32)> {
+    let mut sorted = sizes.to_vec();
+    sorted.sort_by_key(|(_, n, _)| std::cmp::Reverse(*n));
+    let mut added = 0;
+    let mut targets = Vec::new();
+    for (name, n, annotated) in &sorted {
+        let mut proportion = 0;
+        if *n > 0 && delta != added {
+            let fraction = if want == 0 {
+                -n
+            } else {
+                let annotated = annotated.unwrap_or(observed).max(1);
+                let size = f64::from(*n) * f64::from(allowed) / f64::from(annotated);
+                size.round() as i32 - n
+            };
+            let left = delta - added;
+            proportion = if delta > 0 { fraction.min(left) } else { fraction.max(left) };
+        }
+        added += proportion;
+        targets.push((name.clone(), n + proportion));
+    }
+    if let Some(first) = targets.first_mut() {
+        first.1 += delta - added;
+    }
+    targets
+}
+
 fn scaled(value: Option<&IntOrString>, total: i32, round_up: bool, default: &str) -> i32 {
     let text;
     let v = match value {
@@ -570,24 +608,17 @@ impl DeploymentController {
         if delta == 0 {
             return Ok(());
         }
-        let mut sizes: Vec<(String, i32)> = all
+        let sizes: Vec<(String, i32, Option<i32>)> = all
             .iter()
             .filter(|rs| replicas(rs) > 0)
-            .map(|rs| (rs.name_any(), replicas(rs)))
+            .map(|rs| {
+                let annotated =
+                    rs.annotations().get(MAX_REPLICAS).and_then(|v| v.parse::<i32>().ok());
+                (rs.name_any(), replicas(rs), annotated)
+            })
             .collect();
-        // Largest first takes the rounding leftovers (newest first among equals when growing).
-        sizes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-        let mut assigned = 0;
-        let mut targets = Vec::new();
-        for (name, n) in &sizes {
-            let share = i32::try_from(i64::from(delta) * i64::from(*n) / i64::from(current.max(1)))
-                .unwrap_or(0);
-            assigned += share;
-            targets.push((name.clone(), n + share));
-        }
-        if let Some(first) = targets.first_mut() {
-            first.1 += delta - assigned;
-        }
+        let observed = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(current);
+        let targets = proportional_sizes(&sizes, want, allowed, delta, observed);
         for (name, to) in targets {
             self.scale_rs(d, &mut all, &name, to.max(0)).await?;
         }
@@ -950,6 +981,22 @@ fn set_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_mid_rollout_is_proportional_as_upstream() {
+        // The conformance spec's numbers: 10 replicas, surge 3, a stuck rollout at 8 + 5,
+        // then scaled to 30: upstream makes it 20 + 13 (floor-and-leftover made it 21 + 12).
+        let sizes = vec![("old".to_owned(), 8, Some(13)), ("new".to_owned(), 5, Some(13))];
+        let up = proportional_sizes(&sizes, 30, 33, 20, 13);
+        assert_eq!(up, [("old".to_owned(), 20), ("new".to_owned(), 13)]);
+        // And back down to 10.
+        let sizes = vec![("old".to_owned(), 20, Some(33)), ("new".to_owned(), 13, Some(33))];
+        let down = proportional_sizes(&sizes, 10, 13, -20, 33);
+        assert_eq!(down, [("old".to_owned(), 8), ("new".to_owned(), 5)]);
+        // To zero: everything goes.
+        let zero = proportional_sizes(&sizes, 0, 0, -33, 33);
+        assert_eq!(zero, [("old".to_owned(), 0), ("new".to_owned(), 0)]);
+    }
 
     #[test]
     fn surge_rounds_up_and_unavailable_down() {
