@@ -199,9 +199,13 @@ const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 /// The string form of a selectable field, as upstream renders it (missing = "").
 fn field_value(object: &Value, field: &str) -> String {
     if field == "source" {
-        return object
-            .pointer("/source/component")
-            .and_then(Value::as_str)
+        // An event's source: the component that reported it, in either version's shape, and
+        // the reporting controller when none is named (upstream's rule).
+        let text = |p: &str| object.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
+        return text("/source/component")
+            .or_else(|| text("/deprecatedSource/component"))
+            .or_else(|| text("/reportingComponent"))
+            .or_else(|| text("/reportingController"))
             .unwrap_or("")
             .to_owned();
     }

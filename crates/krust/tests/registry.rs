@@ -275,6 +275,19 @@ fn one_storage_serves_several_versions() {
         "jsonpath={.message} {.involvedObject.name} {.reportingComponent}",
     ]);
     assert_eq!(core, "hello p test");
+    // Its source, for a field selector, is the reporting controller when it names no other.
+    let by_source =
+        server.ok(&["get", "events.v1.", "--field-selector", "source=test", "-o", "name"]);
+    assert_eq!(by_source.trim(), "event/e1");
+    let by_controller = server.ok(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "--field-selector",
+        "reportingController=test",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(by_controller.trim(), "event.events.k8s.io/e1");
 }
 
 #[test]

@@ -14,6 +14,10 @@ impl Strategy for CertificateSigningRequests {
         &[Subresource { name: "approval", kind: None, verbs: &["get", "patch", "update"] }]
     }
 
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["spec.signerName"]
+    }
+
     fn validate_update(&self, new: &Value, old: &Value, causes: &mut Vec<crate::status::Cause>) {
         crate::registry::immutable(new, old, "/spec", causes);
     }

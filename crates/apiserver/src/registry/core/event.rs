@@ -55,6 +55,7 @@ impl Strategy for Events {
             "reportingComponent",
             "source",
             "type",
+            "reportingController",
             "regarding.kind",
             "regarding.namespace",
             "regarding.name",
