@@ -509,7 +509,11 @@ impl<K: ReplicaOwner> ReplicaController<K> {
         };
         if !same_status(&current, &status) && rs.uid().as_deref() == Some(uid.as_str()) {
             let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-            let patch = serde_json::json!({"status": status});
+            let mut patch = serde_json::json!({"status": status});
+            if status.conditions.is_none() {
+                // A merge patch keeps what it leaves out: a cleared failure must be nulled.
+                patch["status"]["conditions"] = serde_json::Value::Null;
+            }
             match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::No),

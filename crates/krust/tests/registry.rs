@@ -376,6 +376,13 @@ fn quotas_are_calculated_and_enforced() {
         err.contains("exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"),
         "{err}"
     );
+    // Scaled to what fits, the failure condition goes away.
+    server.ok(&["scale", "rc", "web", "--replicas=2"]);
+    server.wait_for(
+        &["get", "rc", "web", "-o", "jsonpath={.status.conditions}"],
+        Duration::from_secs(30),
+        str::is_empty,
+    );
     server.ok(&["scale", "rc", "web", "--replicas=0"]);
     server.wait_for(
         &["get", "quota", "q", "-o", "jsonpath={.status.used.pods}"],
