@@ -134,7 +134,8 @@ impl NodeProxy {
 }
 
 /// `pods/proxy`: forwards `request` over plain HTTP to the pod's IP at `port` (a number, a
-/// container port's name, or 80 when none is named, as upstream), as `path_and_query`, and
+/// container port's name, or when none is named the first port a container declares, else
+/// 80, as upstream), as `path_and_query`, and
 /// streams the answer back. The API server reaches pod IPs directly, as upstream's does.
 pub async fn forward_to_pod(
     pod: &Value,
@@ -150,8 +151,19 @@ pub async fn forward_to_pod(
         .ok_or_else(|| {
             ApiError::new(503, "ServiceUnavailable", format!("pod {name} has no IP yet"))
         })?;
+    let declared = |c: &Value| {
+        c.get("ports")
+            .and_then(Value::as_array)
+            .and_then(|ports| ports.first())
+            .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
+            .and_then(|p| u16::try_from(p).ok())
+    };
     let port = if port.is_empty() {
-        80
+        // Upstream's choice: the first port a container declares, else 80.
+        pod.pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find_map(declared))
+            .unwrap_or(80)
     } else if let Ok(number) = port.parse::<u16>() {
         number
     } else {

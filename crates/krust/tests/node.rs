@@ -784,7 +784,7 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
     );
 
     // pods/proxy: the API server reaches the pod's port, by number or by name.
-    for name in ["talk:8080", "talk:http", "http:talk:8080"] {
+    for name in ["talk", "talk:8080", "talk:http", "http:talk:8080"] {
         let page = server.ok(&[
             "get",
             "--raw",
