@@ -5,6 +5,7 @@
 //! touches storage. The container runtime is containerd, supervised by the agent
 //! (`containerd`), or any CRI runtime given by endpoint.
 
+pub mod clock;
 pub mod containerd;
 pub mod cri;
 pub mod image;
@@ -174,7 +175,7 @@ pub fn parse_taint(s: &str) -> Result<Taint, AgentError> {
 pub async fn start_runtime(
     config: &AgentConfig,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(cri::Cri, String, Option<tokio::task::JoinHandle<()>>), AgentError> {
+) -> Result<(cri::SharedRuntime, String, Option<tokio::task::JoinHandle<()>>), AgentError> {
     let mut supervisor = None;
     if config.container_runtime_endpoint.is_none() {
         let paths = config.containerd_paths();
@@ -193,8 +194,8 @@ pub async fn start_runtime(
         }));
     }
     let ready = async {
-        let cri = cri::Cri::new(config.cri_socket())?;
-        let (name, version) = cri.wait_ready(Duration::from_secs(60)).await?;
+        let cri: cri::SharedRuntime = std::sync::Arc::new(cri::Cri::new(config.cri_socket())?);
+        let (name, version) = cri::wait_ready(cri.as_ref(), Duration::from_secs(60)).await?;
         tracing::info!(runtime = %name, %version, "container runtime is ready");
         if config.container_runtime_endpoint.is_none() {
             import_images(config).await?;
@@ -286,7 +287,7 @@ pub async fn run(
         ready: false,
         message: "container runtime network not ready".into(),
     });
-    let first = runtime_status(&cri, &runtime_version).await;
+    let first = runtime_status(cri.as_ref(), &runtime_version).await;
     runtime_tx.send_replace(first.clone());
     // From here on failures are retried by the heartbeat rather than ending the agent.
     let status = node::node_status(&config, &first, Some(&node));
@@ -316,7 +317,7 @@ pub async fn run(
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     _ = stopped(&mut shutdown) => return,
                 }
-                let info = runtime_status(&cri, &runtime_version).await;
+                let info = runtime_status(cri.as_ref(), &runtime_version).await;
                 runtime_tx.send_if_modified(|old| {
                     let changed = *old != info;
                     *old = info;
@@ -354,6 +355,8 @@ pub async fn run(
         node_memory: node::memory_bytes(),
         node_cpu: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
         config: config.clone(),
+        clock: clock::Clock::default(),
+        pod_cgroups: true,
     });
     tracing::info!(node = %config.node_name, pod_cidr, "node agent is running");
     pods::run(ctx, shutdown).await;
@@ -386,13 +389,12 @@ async fn wait_for_pod_cidr(
     }
 }
 
-async fn runtime_status(cri: &cri::Cri, version: &str) -> node::RuntimeInfo {
-    let result = cri.runtime.clone().status(k8s_cri::v1::StatusRequest { verbose: false }).await;
+async fn runtime_status(cri: &dyn cri::Runtime, version: &str) -> node::RuntimeInfo {
+    let result = cri.status().await;
     let mut info =
         node::RuntimeInfo { version: version.to_owned(), ready: false, message: String::new() };
     match result {
-        Ok(r) => {
-            let conditions = r.into_inner().status.map(|s| s.conditions).unwrap_or_default();
+        Ok(conditions) => {
             let failing: Vec<String> = conditions
                 .iter()
                 .filter(|c| !c.status)

@@ -40,7 +40,7 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
             None
         };
         let client = cri::Cri::new(paths.socket.clone())?;
-        if client.wait_ready(Duration::from_secs(20)).await.is_ok() {
+        if cri::wait_ready(&client, Duration::from_secs(20)).await.is_ok() {
             match remove_all_sandboxes(&client, &mut report).await {
                 Ok(netns) => netns_files = netns,
                 Err(e) => report.errors.push(e.to_string()),
@@ -90,34 +90,20 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
 /// Stops and removes every sandbox, collecting failures in the report; returns the network
 /// namespace files of the sandboxes (to remove by hand if the runtime could not).
 async fn remove_all_sandboxes(
-    client: &cri::Cri,
+    client: &dyn cri::Runtime,
     report: &mut ResetReport,
 ) -> Result<Vec<PathBuf>, AgentError> {
-    let mut runtime = client.runtime.clone();
-    let containers = runtime
-        .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
-        .await?
-        .into_inner()
-        .containers;
+    let containers = client.list_containers(Default::default()).await?;
     for c in containers {
         let _ = crate::pods::runtime::stop_container(client, &c.id, 0).await;
         let _ = crate::pods::runtime::remove_container(client, &c.id).await;
     }
-    let sandboxes = runtime
-        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
-        .await?
-        .into_inner()
-        .items;
+    let sandboxes = client.list_sandboxes(Default::default()).await?;
     let mut netns = Vec::new();
     for s in &sandboxes {
-        let status = runtime
-            .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
-                pod_sandbox_id: s.id.clone(),
-                verbose: true,
-            })
-            .await;
+        let status = client.sandbox_status(s.id.clone(), true).await;
         if let Ok(status) = status
-            && let Some(info) = status.into_inner().info.get("info")
+            && let Some(info) = status.info.get("info")
             && let Ok(info) = serde_json::from_str::<serde_json::Value>(info)
             && let Some(namespaces) =
                 info.pointer("/runtimeSpec/linux/namespaces").and_then(|n| n.as_array())

@@ -7,7 +7,7 @@ use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use kube::Api;
 
-use crate::cri::Cri;
+use crate::cri::Runtime;
 
 /// The pull policy in effect: the container's, or upstream's default (`Always` for `:latest`
 /// or no tag, else `IfNotPresent`).
@@ -102,17 +102,8 @@ fn auth_config(server: &str, entry: &serde_json::Value) -> cri::AuthConfig {
 }
 
 /// The image as the runtime has it, if it has it.
-pub async fn status(cri: &Cri, image: &str) -> Result<Option<cri::Image>, tonic::Status> {
-    let response = cri
-        .images
-        .clone()
-        .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec { image: image.to_owned(), ..Default::default() }),
-            verbose: false,
-        })
-        .await?
-        .into_inner();
-    Ok(response.image)
+pub async fn status(rt: &dyn Runtime, image: &str) -> Result<Option<cri::Image>, tonic::Status> {
+    rt.image_status(image.to_owned()).await
 }
 
 /// The user an image runs as: `Some(uid)` when numeric (from the image config), `None` when
@@ -127,23 +118,14 @@ pub fn image_user(image: &cri::Image) -> Option<i64> {
 
 /// Pulls `image`, trying each credential and then none; returns the image reference.
 pub async fn pull(
-    cri: &Cri,
+    rt: &dyn Runtime,
     image: &str,
     auths: Vec<cri::AuthConfig>,
 ) -> Result<String, tonic::Status> {
     let mut last = None;
     for auth in auths.into_iter().map(Some).chain(std::iter::once(None)) {
-        let result = cri
-            .images
-            .clone()
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: image.to_owned(), ..Default::default() }),
-                auth,
-                sandbox_config: None,
-            })
-            .await;
-        match result {
-            Ok(r) => return Ok(r.into_inner().image_ref),
+        match rt.pull_image(image.to_owned(), auth).await {
+            Ok(reference) => return Ok(reference),
             Err(e) => last = Some(e),
         }
     }

@@ -7,10 +7,13 @@ pub mod config;
 pub mod env;
 pub mod images;
 mod objects;
+mod plan;
 pub(crate) use objects::ObjectCache;
 pub mod probe;
 pub mod runtime;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod volumes;
 mod worker;
 
@@ -26,7 +29,7 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::AgentConfig;
-use crate::cri::Cri;
+use crate::cri::SharedRuntime;
 use crate::events::Recorder;
 use config::PodKey;
 use worker::{Next, Worker};
@@ -34,7 +37,7 @@ use worker::{Next, Worker};
 /// What every pod worker shares.
 pub(crate) struct Context {
     pub(crate) client: kube::Client,
-    pub(crate) cri: Cri,
+    pub(crate) cri: SharedRuntime,
     pub(crate) config: Arc<AgentConfig>,
     pub(crate) recorder: Recorder,
     pub(crate) pods_dir: PathBuf,
@@ -45,6 +48,11 @@ pub(crate) struct Context {
     pub(crate) directory: crate::stream::server::Directory,
     /// The ConfigMaps and Secrets this node's pods refer to, watched.
     pub(crate) objects: Arc<objects::ObjectCache>,
+    /// Wall time (back-offs, start times).
+    pub(crate) clock: crate::clock::Clock,
+    /// Whether pods get their own cgroups (off in unit tests, whose fake runtime runs
+    /// nothing to put in them).
+    pub(crate) pod_cgroups: bool,
 }
 
 struct Handle {
@@ -100,7 +108,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) 
                 }
             }
             _ = relist.tick() => {
-                match runtime::container_states(&ctx.cri, &ctx.config.node_name).await {
+                match runtime::container_states(ctx.cri.as_ref(), &ctx.config.node_name).await {
                     Ok(now) => {
                         let mut changed: HashSet<&str> = HashSet::new();
                         for (id, (uid, state)) in &now {
@@ -211,7 +219,7 @@ async fn housekeeping(
     done: &mpsc::UnboundedSender<String>,
     listed: &HashSet<String>,
 ) {
-    let uids = match runtime::sandbox_uids(&ctx.cri, &ctx.config.node_name).await {
+    let uids = match runtime::sandbox_uids(ctx.cri.as_ref(), &ctx.config.node_name).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %e, "listing sandboxes for housekeeping failed");

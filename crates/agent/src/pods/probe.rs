@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{
     Container, ExecAction, GRPCAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
 };
@@ -14,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::cri::Cri;
+use crate::cri::{Runtime, SharedRuntime};
 
 /// The outcome of one probe run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +45,12 @@ pub struct Target {
 }
 
 /// Runs one probe action.
-pub async fn run(cri: &Cri, probe: &Probe, container: &Container, target: &Target) -> Outcome {
+pub async fn run(
+    cri: &dyn Runtime,
+    probe: &Probe,
+    container: &Container,
+    target: &Target,
+) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(exec) = &probe.exec {
         return run_exec(cri, exec, target, timeout).await;
@@ -63,20 +67,19 @@ pub async fn run(cri: &Cri, probe: &Probe, container: &Container, target: &Targe
     Outcome::Failure("probe has no action".into())
 }
 
-async fn run_exec(cri: &Cri, exec: &ExecAction, target: &Target, timeout: Duration) -> Outcome {
-    let request = cri::ExecSyncRequest {
-        container_id: target.container_id.clone(),
-        cmd: exec.command.clone().unwrap_or_default(),
-        timeout: timeout.as_secs() as i64,
-    };
-    match tokio::time::timeout(
-        timeout + Duration::from_secs(1),
-        cri.runtime.clone().exec_sync(request),
-    )
-    .await
-    {
+async fn run_exec(
+    cri: &dyn Runtime,
+    exec: &ExecAction,
+    target: &Target,
+    timeout: Duration,
+) -> Outcome {
+    let run = cri.exec_sync(
+        target.container_id.clone(),
+        exec.command.clone().unwrap_or_default(),
+        timeout.as_secs() as i64,
+    );
+    match tokio::time::timeout(timeout + Duration::from_secs(1), run).await {
         Ok(Ok(r)) => {
-            let r = r.into_inner();
             if r.exit_code == 0 {
                 Outcome::Success
             } else {
@@ -333,7 +336,7 @@ impl Drop for Probers {
 
 /// Starts the probes of `container` (running as `target.container_id`).
 pub fn start(
-    cri: Cri,
+    cri: SharedRuntime,
     container: &Container,
     target: Target,
     wake: Arc<Notify>,
@@ -372,7 +375,7 @@ pub fn start(
 async fn probe_loop(
     kind: Kind,
     probe: Probe,
-    cri: Cri,
+    cri: SharedRuntime,
     container: Container,
     target: Target,
     state: Arc<Mutex<ProbeState>>,
@@ -400,7 +403,7 @@ async fn probe_loop(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let outcome = run(&cri, &probe, &container, &target).await;
+        let outcome = run(cri.as_ref(), &probe, &container, &target).await;
         match outcome {
             Outcome::Success => {
                 successes += 1;
@@ -471,29 +474,26 @@ async fn probe_loop(
 
 /// Runs a lifecycle hook (postStart or preStop) to completion or `timeout`.
 pub async fn run_hook(
-    cri: &Cri,
+    cri: &dyn Runtime,
     hook: &LifecycleHandler,
     container: &Container,
     target: &Target,
     timeout: Duration,
 ) -> Result<(), String> {
     if let Some(exec) = &hook.exec {
-        let request = cri::ExecSyncRequest {
-            container_id: target.container_id.clone(),
-            cmd: exec.command.clone().unwrap_or_default(),
-            timeout: timeout.as_secs() as i64,
-        };
-        return match cri.runtime.clone().exec_sync(request).await {
-            Ok(r) if r.get_ref().exit_code == 0 => Ok(()),
-            Ok(r) => {
-                let r = r.into_inner();
-                Err(format!(
-                    "command {:?} exited with {}: {}",
-                    exec.command.clone().unwrap_or_default().join(" "),
-                    r.exit_code,
-                    String::from_utf8_lossy(&r.stderr).trim()
-                ))
-            }
+        let run = cri.exec_sync(
+            target.container_id.clone(),
+            exec.command.clone().unwrap_or_default(),
+            timeout.as_secs() as i64,
+        );
+        return match run.await {
+            Ok(r) if r.exit_code == 0 => Ok(()),
+            Ok(r) => Err(format!(
+                "command {:?} exited with {}: {}",
+                exec.command.clone().unwrap_or_default().join(" "),
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr).trim()
+            )),
             Err(e) => Err(e.message().to_owned()),
         };
     }

@@ -7,7 +7,7 @@ use k8s_cri::v1 as cri;
 
 use super::config::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use crate::AgentError;
-use crate::cri::Cri;
+use crate::cri::{Runtime, gone_is_ok};
 
 /// A container's state as the runtime reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,30 +117,16 @@ fn uid_filter(uid: &str) -> HashMap<String, String> {
 }
 
 /// Reads what the runtime holds for the pod with `uid`.
-pub async fn observe(cri: &Cri, uid: &str) -> Result<Observed, AgentError> {
-    let mut runtime = cri.runtime.clone();
-    let sandboxes = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter {
-                label_selector: uid_filter(uid),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .items;
+pub async fn observe(rt: &dyn Runtime, uid: &str) -> Result<Observed, AgentError> {
+    let sandboxes = rt.list_sandboxes(uid_filter(uid)).await?;
     let mut observed = Observed::default();
     for s in sandboxes {
         let ready = s.state == cri::PodSandboxState::SandboxReady as i32;
         let ip = if ready {
-            runtime
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: s.id.clone(),
-                    verbose: false,
-                })
+            rt.sandbox_status(s.id.clone(), false)
                 .await
                 .ok()
-                .and_then(|r| r.into_inner().status)
+                .and_then(|r| r.status)
                 .and_then(|st| st.network)
                 .map(|n| n.ip)
                 .unwrap_or_default()
@@ -156,25 +142,10 @@ pub async fn observe(cri: &Cri, uid: &str) -> Result<Observed, AgentError> {
         });
     }
     observed.sandboxes.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.attempt)));
-    let containers = runtime
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: uid_filter(uid),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers;
+    let containers = rt.list_containers(uid_filter(uid)).await?;
     for c in containers {
-        let status = match runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: c.id.clone(),
-                verbose: false,
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().status,
+        let status = match rt.container_status(c.id.clone()).await {
+            Ok(status) => status,
             // Removed between the list and the status call.
             Err(s) if s.code() == tonic::Code::NotFound => continue,
             Err(s) => return Err(s.into()),
@@ -212,57 +183,29 @@ pub async fn observe(cri: &Cri, uid: &str) -> Result<Observed, AgentError> {
 }
 
 /// Stops a container, giving it `grace_seconds` after SIGTERM before SIGKILL.
-pub async fn stop_container(cri: &Cri, id: &str, grace_seconds: i64) -> Result<(), AgentError> {
-    let result = cri
-        .runtime
-        .clone()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.to_owned(),
-            timeout: grace_seconds,
-        })
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(s.into()),
-    }
+pub async fn stop_container(
+    rt: &dyn Runtime,
+    id: &str,
+    grace_seconds: i64,
+) -> Result<(), AgentError> {
+    Ok(gone_is_ok(rt.stop_container(id.to_owned(), grace_seconds).await)?)
 }
 
 /// Removes a container.
-pub async fn remove_container(cri: &Cri, id: &str) -> Result<(), AgentError> {
-    match cri
-        .runtime
-        .clone()
-        .remove_container(cri::RemoveContainerRequest { container_id: id.to_owned() })
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(s.into()),
-    }
+pub async fn remove_container(rt: &dyn Runtime, id: &str) -> Result<(), AgentError> {
+    Ok(gone_is_ok(rt.remove_container(id.to_owned()).await)?)
 }
 
 /// Stops a sandbox (its network is torn down) and, with `remove`, removes it and its
 /// containers.
-pub async fn stop_sandbox(cri: &Cri, id: &str, remove: bool) -> Result<(), AgentError> {
-    let mut runtime = cri.runtime.clone();
-    match runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_owned() })
-        .await
-    {
-        Ok(_) => {}
+pub async fn stop_sandbox(rt: &dyn Runtime, id: &str, remove: bool) -> Result<(), AgentError> {
+    match rt.stop_sandbox(id.to_owned()).await {
+        Ok(()) => {}
         Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
         Err(s) => return Err(s.into()),
     }
     if remove {
-        match runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_owned() })
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(s.into()),
-        }
+        gone_is_ok(rt.remove_sandbox(id.to_owned()).await)?;
     }
     Ok(())
 }
@@ -273,19 +216,8 @@ fn managed_by(node: &str) -> HashMap<String, String> {
 }
 
 /// Every pod UID the runtime holds sandboxes for, on this node (for housekeeping).
-pub async fn sandbox_uids(cri: &Cri, node: &str) -> Result<Vec<String>, AgentError> {
-    let items = cri
-        .runtime
-        .clone()
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter {
-                label_selector: managed_by(node),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .items;
+pub async fn sandbox_uids(rt: &dyn Runtime, node: &str) -> Result<Vec<String>, AgentError> {
+    let items = rt.list_sandboxes(managed_by(node)).await?;
     let mut uids: Vec<String> =
         items.into_iter().filter_map(|s| s.labels.get(LABEL_POD_UID).cloned()).collect();
     uids.sort();
@@ -296,21 +228,10 @@ pub async fn sandbox_uids(cri: &Cri, node: &str) -> Result<Vec<String>, AgentErr
 /// A fingerprint of every container's state on the node, keyed by container ID, with the
 /// pod UID each belongs to: the relist that tells pod workers something changed.
 pub async fn container_states(
-    cri: &Cri,
+    rt: &dyn Runtime,
     node: &str,
 ) -> Result<HashMap<String, (String, i32)>, AgentError> {
-    let containers = cri
-        .runtime
-        .clone()
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: managed_by(node),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers;
+    let containers = rt.list_containers(managed_by(node)).await?;
     Ok(containers
         .into_iter()
         .map(|c| {

@@ -20,7 +20,7 @@ use super::config::{self, ContainerInputs, PodKey, QosClass};
 use super::env::{self, Downward, Sources};
 use super::runtime::{self, Observed, ObservedContainer, ObservedSandbox, State};
 use super::status::{self, Waiting};
-use super::{Context, images, probe, volumes};
+use super::{Context, images, plan, probe, volumes};
 use crate::AgentError;
 use crate::events::EventType;
 
@@ -52,18 +52,15 @@ struct Backoff {
     last_update_ns: i64,
 }
 
-fn now_ns() -> i64 {
-    jiff::Timestamp::now().as_nanosecond() as i64
-}
-
 impl Backoff {
-    /// Whether an event at `event_ns` is still inside the back-off window; `Some(remaining)`.
-    fn remaining(entry: Option<&Backoff>, event_ns: i64) -> Option<Duration> {
+    /// Whether an event at `event_ns` is still inside the back-off window at `now`;
+    /// `Some(remaining)`.
+    fn remaining(entry: Option<&Backoff>, event_ns: i64, now: i64) -> Option<Duration> {
         let entry = entry?;
         if event_ns - entry.last_update_ns > 2 * BACKOFF_MAX.as_nanos() as i64 {
             return None;
         }
-        let elapsed = Duration::from_nanos((now_ns() - event_ns).max(0) as u64);
+        let elapsed = Duration::from_nanos((now - event_ns).max(0) as u64);
         entry.delay.checked_sub(elapsed).filter(|d| !d.is_zero())
     }
 
@@ -110,10 +107,6 @@ fn field_path(container: &Container, init: bool) -> String {
     }
 }
 
-fn restart_policy(pod: &Pod) -> String {
-    pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".to_owned())
-}
-
 impl Worker {
     pub(crate) fn new(ctx: Arc<Context>, key: PodKey, wake: Arc<tokio::sync::Notify>) -> Worker {
         Worker {
@@ -135,17 +128,12 @@ impl Worker {
     pub(crate) async fn sync(&mut self, pod: Option<&Pod>) -> Result<Next, AgentError> {
         match pod {
             None => {
-                let grace = self.last_grace.unwrap_or(2).min(2);
+                let grace = plan::termination_grace(None, self.last_grace);
                 self.terminate(None, grace).await?;
                 Ok(Next::Done)
             }
             Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
-                let grace = pod
-                    .metadata
-                    .deletion_grace_period_seconds
-                    .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
-                    .unwrap_or(30)
-                    .max(0);
+                let grace = plan::termination_grace(Some(pod), self.last_grace);
                 self.terminate(Some(pod), grace).await?;
                 Ok(Next::Done)
             }
@@ -160,7 +148,7 @@ impl Worker {
     async fn sync_live(&mut self, pod: &Pod) -> Result<Next, AgentError> {
         let ctx = self.ctx.clone();
         let uid = self.key.uid.clone();
-        let mut observed = runtime::observe(&ctx.cri, &uid).await?;
+        let mut observed = runtime::observe(ctx.cri.as_ref(), &uid).await?;
         if self.start_time.is_none() {
             self.start_time = Some(
                 pod.status
@@ -215,7 +203,7 @@ impl Worker {
                 }
                 match self.create_sandbox(pod, &observed).await {
                     Ok(s) => {
-                        observed = runtime::observe(&ctx.cri, &uid).await?;
+                        observed = runtime::observe(ctx.cri.as_ref(), &uid).await?;
                         s
                     }
                     Err(e) => {
@@ -244,7 +232,7 @@ impl Worker {
         let sandbox_config = self.sandbox_config(pod, sandbox.attempt);
 
         if self.handle_probes(pod, &observed, &sandbox).await? {
-            observed = runtime::observe(&ctx.cri, &uid).await?;
+            observed = runtime::observe(ctx.cri.as_ref(), &uid).await?;
         }
         let launch = Launch {
             sandbox: &sandbox,
@@ -274,7 +262,7 @@ impl Worker {
             next = next.min(CONFIG_RETRY);
         }
         if started_any {
-            observed = runtime::observe(&ctx.cri, &uid).await?;
+            observed = runtime::observe(ctx.cri.as_ref(), &uid).await?;
             self.handle_probes(pod, &observed, &sandbox).await?;
         }
         self.remove_dead(&observed).await?;
@@ -286,9 +274,8 @@ impl Worker {
         Ok(Next::After(next))
     }
 
-    /// Runs the init containers in order: starts the first that has not succeeded, unless
-    /// one is running, or one failed and the pod never restarts. Returns whether it started
-    /// one, and how long a back-off still holds.
+    /// Runs the init containers in order (the step `plan::init_step` gives). Returns whether
+    /// it started one, and how long a back-off still holds.
     async fn sync_init_containers(
         &mut self,
         pod: &Pod,
@@ -296,87 +283,92 @@ impl Worker {
         observed: &Observed,
         launch: &Launch<'_>,
     ) -> Result<(bool, Option<Duration>), AgentError> {
-        let never = restart_policy(pod) == "Never";
-        let spec = pod.spec.clone().unwrap_or_default();
-        for init in spec.init_containers.iter().flatten() {
-            let latest = current.latest(&init.name).cloned();
-            let attempt = match &latest {
-                Some(c) if c.state == State::Exited && c.exit_code == 0 => continue,
-                Some(c) if c.state == State::Running => return Ok((false, None)),
-                Some(c) if c.state == State::Exited && never => return Ok((false, None)),
-                Some(c) if c.state == State::Exited => match self.restart_due(init, c, true) {
-                    Some(wait) => return Ok((false, Some(wait))),
-                    None => c.attempt + 1,
-                },
-                Some(c) => {
-                    // Created but never started (the agent stopped in between): replace it.
-                    runtime::remove_container(&self.ctx.cri, &c.id).await?;
-                    c.attempt + 1
-                }
-                None => observed.latest(&init.name).map_or(0, |c| c.attempt + 1),
-            };
-            return Ok((self.start(pod, init, true, attempt, launch).await?, None));
-        }
-        Ok((false, None))
+        let backoffs = self.restart_backoff.clone();
+        let now = self.ctx.clock.now_ns();
+        let backoff = |name: &str, at: i64| Backoff::remaining(backoffs.get(name), at, now);
+        let Some(step) = plan::init_step(pod, current, observed, &backoff, now) else {
+            return Ok((false, None));
+        };
+        self.execute(pod, step, launch).await
     }
 
     /// Starts the containers that never ran and restarts the exited ones the restart policy
-    /// brings back (after their back-off). Returns whether it started any, and how long a
-    /// back-off still holds.
+    /// brings back after their back-off (the steps `plan::container_steps` gives). Returns
+    /// whether it started any, and how long a back-off still holds.
     async fn sync_containers(
         &mut self,
         pod: &Pod,
         observed: &Observed,
         launch: &Launch<'_>,
     ) -> Result<(bool, Option<Duration>), AgentError> {
-        let policy = restart_policy(pod);
-        let spec = pod.spec.clone().unwrap_or_default();
+        let backoffs = self.restart_backoff.clone();
+        let now = self.ctx.clock.now_ns();
+        let backoff = |name: &str, at: i64| Backoff::remaining(backoffs.get(name), at, now);
         let (mut started_any, mut wait) = (false, None::<Duration>);
-        for c in &spec.containers {
-            let attempt = match observed.latest(&c.name).cloned() {
-                None => 0,
-                Some(o) if o.state == State::Running => {
-                    self.waiting.remove(&c.name);
-                    continue;
-                }
-                Some(o) if o.state == State::Exited => {
-                    let restart = match policy.as_str() {
-                        "Never" => false,
-                        "OnFailure" => o.exit_code != 0,
-                        _ => true,
-                    };
-                    if !restart {
-                        self.waiting.remove(&c.name);
-                        continue;
-                    }
-                    match self.restart_due(c, &o, false) {
-                        Some(w) => {
-                            wait = Some(wait.map_or(w, |old| old.min(w)));
-                            continue;
-                        }
-                        None => o.attempt + 1,
-                    }
-                }
-                Some(o) if o.state == State::Created => {
-                    runtime::remove_container(&self.ctx.cri, &o.id).await?;
-                    o.attempt + 1
-                }
-                Some(_) => continue,
-            };
-            started_any |= self.start(pod, c, false, attempt, launch).await?;
+        for step in plan::container_steps(pod, observed, &backoff, now) {
+            let (started, w) = self.execute(pod, step, launch).await?;
+            started_any |= started;
+            if let Some(w) = w {
+                wait = Some(wait.map_or(w, |old| old.min(w)));
+            }
         }
         Ok((started_any, wait))
     }
 
+    /// Carries out one step of the plan: runtime calls, back-off bookkeeping, events and the
+    /// waiting reasons status reports.
+    async fn execute(
+        &mut self,
+        pod: &Pod,
+        step: plan::Step,
+        launch: &Launch<'_>,
+    ) -> Result<(bool, Option<Duration>), AgentError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let find = |name: &str, init: bool| -> Option<Container> {
+            let list: Vec<&Container> = if init {
+                spec.init_containers.iter().flatten().collect()
+            } else {
+                spec.containers.iter().collect()
+            };
+            list.into_iter().find(|c| c.name == name).cloned()
+        };
+        match step {
+            plan::Step::Settled { name } => {
+                self.waiting.remove(&name);
+                Ok((false, None))
+            }
+            plan::Step::BackOff { name, init, left } => {
+                if let Some(c) = find(&name, init) {
+                    self.report_backoff(&c, init);
+                }
+                Ok((false, Some(left + Duration::from_millis(10))))
+            }
+            plan::Step::Replace { name, init, id, attempt } => {
+                runtime::remove_container(self.ctx.cri.as_ref(), &id).await?;
+                let Some(c) = find(&name, init) else { return Ok((false, None)) };
+                Ok((self.start(pod, &c, init, attempt, launch).await?, None))
+            }
+            plan::Step::Start { name, init, attempt, restart_of } => {
+                if let Some(at) = restart_of {
+                    let entry = self.restart_backoff.get(&name).copied();
+                    self.restart_backoff.insert(name.clone(), Backoff::step(entry, at));
+                }
+                let Some(c) = find(&name, init) else { return Ok((false, None)) };
+                Ok((self.start(pod, &c, init, attempt, launch).await?, None))
+            }
+        }
+    }
+
     /// The soonest time a waiting container should be retried.
     fn pending_wait(&self) -> Option<Duration> {
+        let now = self.ctx.clock.now_ns();
         let images = self.pull_backoff.values();
         let restarts = self.restart_backoff.values();
         images
             .chain(restarts)
             .filter_map(|b| {
                 let due = b.last_update_ns + b.delay.as_nanos() as i64;
-                let left = due - now_ns();
+                let left = due - now;
                 (left > 0).then(|| Duration::from_nanos(left as u64))
             })
             .min()
@@ -388,49 +380,31 @@ impl Worker {
         status::is_terminal(status::phase(pod, observed))
     }
 
-    /// `None` when the container may restart now (the back-off is stepped); otherwise how long
-    /// it must still wait, with the container marked `CrashLoopBackOff`.
-    fn restart_due(
-        &mut self,
-        c: &Container,
-        exited: &ObservedContainer,
-        init: bool,
-    ) -> Option<Duration> {
-        let event_ns = if exited.finished_at > 0 { exited.finished_at } else { now_ns() };
-        let entry = self.restart_backoff.get(&c.name).copied();
-        match Backoff::remaining(entry.as_ref(), event_ns) {
-            Some(left) => {
-                let delay = entry.map_or(BACKOFF_INITIAL, |e| e.delay);
-                let message = format!(
-                    "back-off {} restarting failed container={} pod={}",
-                    format_duration(delay),
+    /// Marks a container whose restart waits for its back-off `CrashLoopBackOff`, with an event
+    /// the first time.
+    fn report_backoff(&mut self, c: &Container, init: bool) {
+        let delay = self.restart_backoff.get(&c.name).map_or(BACKOFF_INITIAL, |e| e.delay);
+        let message = format!(
+            "back-off {} restarting failed container={} pod={}",
+            format_duration(delay),
+            c.name,
+            self.key.display()
+        );
+        let first_report = self.waiting.get(&c.name).is_none_or(|w| w.reason != "CrashLoopBackOff");
+        if first_report {
+            self.ctx.recorder.pod(
+                &self.key,
+                &field_path(c, init),
+                EventType::Warning,
+                "BackOff",
+                &format!(
+                    "Back-off restarting failed container {} in pod {}",
                     c.name,
                     self.key.display()
-                );
-                let first_report =
-                    self.waiting.get(&c.name).is_none_or(|w| w.reason != "CrashLoopBackOff");
-                if first_report {
-                    self.ctx.recorder.pod(
-                        &self.key,
-                        &field_path(c, init),
-                        EventType::Warning,
-                        "BackOff",
-                        &format!(
-                            "Back-off restarting failed container {} in pod {}",
-                            c.name,
-                            self.key.display()
-                        ),
-                    );
-                }
-                self.waiting
-                    .insert(c.name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message });
-                Some(left + Duration::from_millis(10))
-            }
-            None => {
-                self.restart_backoff.insert(c.name.clone(), Backoff::step(entry, event_ns));
-                None
-            }
+                ),
+            );
         }
+        self.waiting.insert(c.name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message });
     }
 
     fn sandbox_config(&self, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
@@ -457,10 +431,10 @@ impl Worker {
     ) -> Result<ObservedSandbox, AgentError> {
         let ctx = self.ctx.clone();
         for c in observed.containers.iter().filter(|c| c.state == State::Running) {
-            runtime::stop_container(&ctx.cri, &c.id, 0).await?;
+            runtime::stop_container(ctx.cri.as_ref(), &c.id, 0).await?;
         }
         if let Some(old) = observed.sandbox() {
-            runtime::stop_sandbox(&ctx.cri, &old.id, false).await?;
+            runtime::stop_sandbox(ctx.cri.as_ref(), &old.id, false).await?;
             ctx.recorder.pod(
                 &self.key,
                 "",
@@ -473,38 +447,24 @@ impl Worker {
         let qos = config::qos_class(pod);
         let parent = config::pod_cgroup_parent(&ctx.config.cgroup_root, qos, &self.key.uid);
         let limits = super::cgroups::pod_limits(pod, ctx.config.pod_pids_limit);
-        if let Err(e) = super::cgroups::set_up(&parent, qos, &limits) {
+        if ctx.pod_cgroups
+            && let Err(e) = super::cgroups::set_up(&parent, qos, &limits)
+        {
             tracing::warn!(pod = %self.key.display(), error = %e, "setting up the pod cgroup failed");
         }
         let log_dir = self.log_dir();
         std::fs::create_dir_all(&log_dir).map_err(|e| AgentError::io(&log_dir, e))?;
         let config = self.sandbox_config(pod, attempt);
-        let id = ctx
-            .cri
-            .runtime
-            .clone()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let id = ctx.cri.run_sandbox(config).await?;
         let ip = ctx
             .cri
-            .runtime
-            .clone()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
+            .sandbox_status(id.clone(), false)
             .await?
-            .into_inner()
             .status
             .and_then(|s| s.network)
             .map(|n| n.ip)
             .unwrap_or_default();
-        Ok(ObservedSandbox { id, attempt, ready: true, created_at: now_ns(), ip })
+        Ok(ObservedSandbox { id, attempt, ready: true, created_at: ctx.clock.now_ns(), ip })
     }
 
     /// Pulls (per policy), configures, creates and starts one container. Returns whether it
@@ -560,18 +520,10 @@ impl Worker {
         });
         let inputs = ContainerInputs { env, mounts, image, attempt, node_memory: ctx.node_memory };
         let config = config::container_config(pod, c, &ctx.config.node_name, &inputs);
-        let created = ctx
-            .cri
-            .runtime
-            .clone()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox.id.clone(),
-                config: Some(config),
-                sandbox_config: Some(sandbox_config.clone()),
-            })
-            .await;
+        let created =
+            ctx.cri.create_container(sandbox.id.clone(), config, sandbox_config.clone()).await;
         let id = match created {
-            Ok(r) => r.into_inner().container_id,
+            Ok(id) => id,
             Err(e) => {
                 self.fail(c, &path, "CreateContainerError", e.message());
                 return Ok(false);
@@ -584,13 +536,7 @@ impl Worker {
             "Created",
             &format!("Created container: {}", c.name),
         );
-        if let Err(e) = ctx
-            .cri
-            .runtime
-            .clone()
-            .start_container(cri::StartContainerRequest { container_id: id.clone() })
-            .await
-        {
+        if let Err(e) = ctx.cri.start_container(id.clone()).await {
             self.fail(c, &path, "RunContainerError", e.message());
             return Ok(false);
         }
@@ -606,7 +552,7 @@ impl Worker {
             let target =
                 probe::Target { container_id: id.clone(), pod_ip: self.pod_ip(pod, &sandbox.ip) };
             if let Err(why) =
-                probe::run_hook(&ctx.cri, hook, c, &target, Duration::from_secs(30)).await
+                probe::run_hook(ctx.cri.as_ref(), hook, c, &target, Duration::from_secs(30)).await
             {
                 ctx.recorder.pod(
                     &self.key,
@@ -615,7 +561,7 @@ impl Worker {
                     "FailedPostStartHook",
                     &format!("PostStartHook failed: {why}"),
                 );
-                runtime::stop_container(&ctx.cri, &id, self.grace(pod)).await?;
+                runtime::stop_container(ctx.cri.as_ref(), &id, self.grace(pod)).await?;
             }
         }
         Ok(true)
@@ -646,9 +592,10 @@ impl Worker {
         }
         let uid = match sc.run_as_user.or(pod_sc.run_as_user) {
             Some(uid) => Some(uid),
-            None => {
-                images::status(&self.ctx.cri, image).await?.as_ref().and_then(images::image_user)
-            }
+            None => images::status(self.ctx.cri.as_ref(), image)
+                .await?
+                .as_ref()
+                .and_then(images::image_user),
         };
         Ok(match uid {
             Some(0) => Some("container has runAsNonRoot and image will run as root".to_owned()),
@@ -762,7 +709,7 @@ impl Worker {
                     .and_then(|p| p.termination_grace_period_seconds)
                     .unwrap_or_else(|| self.grace(pod));
                 self.pre_stop(c, &o.id, &self.pod_ip(pod, &sandbox.ip), grace).await;
-                runtime::stop_container(&ctx.cri, &o.id, grace).await?;
+                runtime::stop_container(ctx.cri.as_ref(), &o.id, grace).await?;
                 self.probers.remove(&c.name);
                 keep.remove(&c.name);
                 killed = true;
@@ -778,7 +725,7 @@ impl Worker {
         let target =
             probe::Target { container_id: container_id.to_owned(), pod_ip: pod_ip.to_owned() };
         let timeout = Duration::from_secs(grace.max(1) as u64);
-        let run = probe::run_hook(&self.ctx.cri, hook, c, &target, timeout);
+        let run = probe::run_hook(self.ctx.cri.as_ref(), hook, c, &target, timeout);
         if let Ok(Err(why)) = tokio::time::timeout(timeout, run).await {
             self.ctx.recorder.pod(
                 &self.key,
@@ -817,7 +764,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let image = c.image.clone().unwrap_or_default();
         let policy = images::pull_policy(c);
-        let present = images::status(&ctx.cri, &image).await?.map(|i| i.id);
+        let present = images::status(ctx.cri.as_ref(), &image).await?.map(|i| i.id);
         match (policy.as_str(), present) {
             ("Never", Some(id)) | ("IfNotPresent", Some(id)) => {
                 if !self.waiting.contains_key(&c.name) {
@@ -841,7 +788,7 @@ impl Worker {
         }
         let entry = self.pull_backoff.get(&image).copied();
         if let Some(e) = entry
-            && Backoff::remaining(Some(&e), e.last_update_ns).is_some()
+            && Backoff::remaining(Some(&e), e.last_update_ns, ctx.clock.now_ns()).is_some()
         {
             let message = format!("Back-off pulling image \"{image}\"");
             if self.waiting.get(&c.name).is_none_or(|w| w.reason != "ImagePullBackOff") {
@@ -860,7 +807,7 @@ impl Worker {
         );
         let started = std::time::Instant::now();
         let auths = images::credentials(&ctx.client, pod, &image).await;
-        match images::pull(&ctx.cri, &image, auths).await {
+        match images::pull(ctx.cri.as_ref(), &image, auths).await {
             Ok(reference) => {
                 self.pull_backoff.remove(&image);
                 ctx.recorder.pod(
@@ -876,7 +823,7 @@ impl Worker {
                 Ok(Some(reference))
             }
             Err(e) => {
-                self.pull_backoff.insert(image.clone(), Backoff::step(entry, now_ns()));
+                self.pull_backoff.insert(image.clone(), Backoff::step(entry, ctx.clock.now_ns()));
                 let message = format!("Failed to pull image \"{image}\": {}", e.message());
                 ctx.recorder.pod(&self.key, path, EventType::Warning, "Failed", &message);
                 ctx.recorder.pod(
@@ -901,7 +848,7 @@ impl Worker {
             let n = seen.entry(c.name.as_str()).or_default();
             *n += 1;
             if *n > 2 && c.state == State::Exited {
-                runtime::remove_container(&self.ctx.cri, &c.id).await?;
+                runtime::remove_container(self.ctx.cri.as_ref(), &c.id).await?;
             }
         }
         Ok(())
@@ -909,10 +856,10 @@ impl Worker {
 
     async fn stop_sandboxes(&self, observed: &Observed) -> Result<(), AgentError> {
         for c in observed.containers.iter().filter(|c| c.state == State::Running) {
-            runtime::stop_container(&self.ctx.cri, &c.id, 0).await?;
+            runtime::stop_container(self.ctx.cri.as_ref(), &c.id, 0).await?;
         }
         for s in observed.sandboxes.iter().filter(|s| s.ready) {
-            runtime::stop_sandbox(&self.ctx.cri, &s.id, false).await?;
+            runtime::stop_sandbox(self.ctx.cri.as_ref(), &s.id, false).await?;
         }
         Ok(())
     }
@@ -969,7 +916,7 @@ impl Worker {
     /// sandboxes and volumes, and deletes the pod from the API.
     async fn terminate(&mut self, pod: Option<&Pod>, grace: i64) -> Result<(), AgentError> {
         let ctx = self.ctx.clone();
-        let observed = runtime::observe(&ctx.cri, &self.key.uid).await?;
+        let observed = runtime::observe(ctx.cri.as_ref(), &self.key.uid).await?;
         let running: Vec<&ObservedContainer> =
             observed.containers.iter().filter(|c| c.state == State::Running).collect();
         self.probers.clear();
@@ -984,7 +931,7 @@ impl Worker {
         }
         // What the hooks used comes off the grace period, leaving at least 2 s, as upstream.
         let used = hooks_started.elapsed().as_secs() as i64;
-        let grace = if used > 0 { (grace - used).max(grace.min(2)) } else { grace };
+        let grace = plan::grace_after_hooks(grace, used);
         let mut stops = Vec::new();
         for c in &running {
             if pod.is_some() {
@@ -1004,20 +951,23 @@ impl Worker {
                     &format!("Stopping container {}", c.name),
                 );
             }
-            stops.push(runtime::stop_container(&ctx.cri, &c.id, grace));
+            stops.push(runtime::stop_container(ctx.cri.as_ref(), &c.id, grace));
         }
         for result in futures::future::join_all(stops).await {
             result?;
         }
         if let Some(pod) = pod {
-            let observed = runtime::observe(&ctx.cri, &self.key.uid).await?;
+            let observed = runtime::observe(ctx.cri.as_ref(), &self.key.uid).await?;
             self.report(pod, &observed).await?;
         }
         for s in &observed.sandboxes {
-            runtime::stop_sandbox(&ctx.cri, &s.id, true).await?;
+            runtime::stop_sandbox(ctx.cri.as_ref(), &s.id, true).await?;
         }
         volumes::tear_down(&ctx.pods_dir, &self.key.uid).map_err(|e| AgentError::Runtime(e.0))?;
         for qos in [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort] {
+            if !ctx.pod_cgroups {
+                break;
+            }
             super::cgroups::tear_down(&config::pod_cgroup_parent(
                 &ctx.config.cgroup_root,
                 qos,
@@ -1055,9 +1005,234 @@ fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cri::fake::Recorded;
+    use crate::pods::testing::Harness;
+
+    fn pod(spec: Value) -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default", "uid": "uid-1"},
+            "spec": spec,
+        }))
+        .expect("a valid pod")
+    }
+
+    fn container(name: &str) -> Value {
+        json!({"name": name, "image": "busybox:1", "imagePullPolicy": "IfNotPresent"})
+    }
+
+    fn worker(h: &Harness, pod: &Pod) -> Worker {
+        Worker::new(h.ctx.clone(), PodKey::of(pod), Arc::new(tokio::sync::Notify::new()))
+    }
+
+    fn starts(h: &Harness) -> Vec<String> {
+        h.runtime
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Recorded::Start { name } => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `status` of the last status patch the worker sent.
+    fn last_status(h: &Harness) -> Value {
+        h.requests("PATCH", "/pods/p/status")
+            .last()
+            .map(|c| c.body["status"].clone())
+            .unwrap_or_default()
+    }
+
+    async fn sync(w: &mut Worker, pod: &Pod) -> Duration {
+        match w.sync(Some(pod)).await.expect("sync") {
+            Next::After(d) => d,
+            Next::Done => panic!("the worker ended for a live pod"),
+        }
+    }
+
+    #[tokio::test]
+    async fn init_containers_run_one_at_a_time_in_order_before_the_containers() {
+        let h = Harness::new();
+        h.runtime.exit_on_start("first", &[0]);
+        h.runtime.exit_on_start("second", &[0]);
+        let pod = pod(json!({
+            "initContainers": [container("first"), container("second")],
+            "containers": [container("main")],
+        }));
+        let mut w = worker(&h, &pod);
+        sync(&mut w, &pod).await;
+        // One sync starts one init container, never the next before the last has finished.
+        assert_eq!(starts(&h), ["first"]);
+        assert_eq!(
+            last_status(&h)["initContainerStatuses"][1]["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h), ["first", "second"]);
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h), ["first", "second", "main"]);
+        assert_eq!(h.runtime.running(), ["main"]);
+        // Settled: nothing more is started, and the pod runs.
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 3);
+        assert_eq!(last_status(&h)["phase"], "Running");
+    }
+
+    #[tokio::test]
+    async fn a_failed_init_container_fails_the_pod_under_restart_policy_never() {
+        let h = Harness::new();
+        h.runtime.exit_on_start("setup", &[3]);
+        let pod = pod(json!({
+            "restartPolicy": "Never",
+            "initContainers": [container("setup")],
+            "containers": [container("main")],
+        }));
+        let mut w = worker(&h, &pod);
+        for _ in 0..3 {
+            sync(&mut w, &pod).await;
+        }
+        assert_eq!(starts(&h), ["setup"], "neither retried nor followed by the containers");
+        let status = last_status(&h);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
+    }
+
+    #[tokio::test]
+    async fn crashing_containers_restart_with_a_doubling_back_off() {
+        let h = Harness::new();
+        h.runtime.exit_on_start("app", &[1, 1, 1, 1, 1]);
+        let pod = pod(json!({"containers": [container("app")]}));
+        let mut w = worker(&h, &pod);
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 1);
+        // The first crash restarts at once (and arms the 10 s back-off), as upstream does.
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 2);
+        // The second waits: the worker asks to be woken when the back-off ends.
+        let wait = sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 2);
+        assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(11), "{wait:?}");
+        let waiting = &last_status(&h)["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(waiting["reason"], "CrashLoopBackOff");
+        assert!(waiting["message"].as_str().unwrap_or_default().starts_with("back-off 10s"));
+        assert_eq!(last_status(&h)["containerStatuses"][0]["restartCount"], 1);
+        h.clock.advance(Duration::from_secs(10));
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 3);
+        // Now 20 s: half of it is not enough.
+        h.clock.advance(Duration::from_secs(10));
+        let wait = sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 3);
+        assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(11), "{wait:?}");
+        assert!(
+            last_status(&h)["containerStatuses"][0]["state"]["waiting"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("back-off 20s")
+        );
+        h.clock.advance(Duration::from_secs(10));
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 4);
+        // Every restart is a new attempt of the container.
+        let attempts: Vec<u32> = h
+            .runtime
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Recorded::Create { attempt, .. } => Some(attempt),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attempts, [0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn on_failure_restarts_only_what_failed_and_a_clean_exit_completes_the_pod() {
+        let h = Harness::new();
+        let pod = pod(json!({
+            "restartPolicy": "OnFailure",
+            "containers": [container("worker"), container("helper")],
+        }));
+        let mut w = worker(&h, &pod);
+        sync(&mut w, &pod).await;
+        h.runtime.exit("worker", 2);
+        h.runtime.exit("helper", 0);
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h), ["worker", "helper", "worker"]);
+        assert_eq!(last_status(&h)["phase"], "Running");
+        h.runtime.exit("worker", 0);
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h).len(), 3);
+        assert_eq!(last_status(&h)["phase"], "Succeeded");
+        // A finished pod gives its sandbox back.
+        assert!(h.runtime.calls().contains(&Recorded::StopSandbox));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_pod_runs_its_pre_stop_hook_then_stops_within_its_grace_period() {
+        let h = Harness::new();
+        let mut spec = json!({
+            "terminationGracePeriodSeconds": 45,
+            "containers": [container("web"), container("sidecar")],
+        });
+        spec["containers"][0]["lifecycle"] =
+            json!({"preStop": {"exec": {"command": ["/bin/drain", "--now"]}}});
+        let live = pod(spec);
+        let mut w = worker(&h, &live);
+        sync(&mut w, &live).await;
+        assert_eq!(h.runtime.running().len(), 2);
+        let mut deleted = live.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        deleted.metadata.deletion_grace_period_seconds = Some(30);
+        assert_eq!(w.sync(Some(&deleted)).await.expect("sync"), Next::Done);
+        let calls = h.runtime.calls();
+        let at = |wanted: &Recorded| {
+            calls
+                .iter()
+                .position(|c| c == wanted)
+                .unwrap_or_else(|| panic!("no {wanted:?} in {calls:?}"))
+        };
+        let hook = at(&Recorded::ExecSync {
+            name: "web".into(),
+            cmd: vec!["/bin/drain".into(), "--now".into()],
+        });
+        // The deletion's grace period wins over the spec's; the hook runs before the stop.
+        let stop_web = at(&Recorded::Stop { name: "web".into(), timeout: 30 });
+        let stop_sidecar = at(&Recorded::Stop { name: "sidecar".into(), timeout: 30 });
+        let remove_sandbox = at(&Recorded::RemoveSandbox);
+        assert!(hook < stop_web && stop_web < remove_sandbox && stop_sidecar < remove_sandbox);
+        assert!(h.runtime.running().is_empty());
+        // Only then is the pod removed from the API: at once, and only this incarnation.
+        let deletes = h.requests("DELETE", "/namespaces/default/pods/p");
+        assert_eq!(deletes.len(), 1);
+        assert_eq!(deletes[0].body["gracePeriodSeconds"], 0);
+        assert_eq!(deletes[0].body["preconditions"]["uid"], "uid-1");
+    }
+
+    #[tokio::test]
+    async fn a_pod_gone_from_the_api_is_stopped_quickly_without_hooks() {
+        let h = Harness::new();
+        let mut spec =
+            json!({"terminationGracePeriodSeconds": 600, "containers": [container("web")]});
+        spec["containers"][0]["lifecycle"] =
+            json!({"preStop": {"exec": {"command": ["/bin/drain"]}}});
+        let live = pod(spec);
+        let mut w = worker(&h, &live);
+        sync(&mut w, &live).await;
+        assert_eq!(w.sync(None).await.expect("sync"), Next::Done);
+        let calls = h.runtime.calls();
+        assert!(!calls.iter().any(|c| matches!(c, Recorded::ExecSync { .. })), "{calls:?}");
+        assert!(calls.contains(&Recorded::Stop { name: "web".into(), timeout: 2 }), "{calls:?}");
+        assert!(calls.contains(&Recorded::RemoveSandbox));
+        assert!(h.requests("DELETE", "/pods/p").is_empty(), "nothing to delete in the API");
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets_after_a_quiet_period() {
+        let now_ns = || jiff::Timestamp::now().as_nanosecond() as i64;
         let t0 = now_ns();
         let first = Backoff::step(None, t0);
         assert_eq!(first.delay, BACKOFF_INITIAL);
@@ -1067,9 +1242,9 @@ mod tests {
         }
         assert_eq!(b.delay, BACKOFF_MAX);
         // A crash right now is inside the window; one long after the last step is not.
-        assert!(Backoff::remaining(Some(&first), now_ns()).is_some());
+        assert!(Backoff::remaining(Some(&first), now_ns(), now_ns()).is_some());
         let later = t0 + 2 * BACKOFF_MAX.as_nanos() as i64 + 1;
-        assert!(Backoff::remaining(Some(&first), later).is_none());
+        assert!(Backoff::remaining(Some(&first), later, later).is_none());
         assert_eq!(Backoff::step(Some(b), later).delay, BACKOFF_INITIAL);
         assert_eq!(format_duration(Duration::from_secs(20)), "20s");
         assert_eq!(format_duration(Duration::from_secs(300)), "5m0s");

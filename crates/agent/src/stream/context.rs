@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{Response, StatusCode};
 
-use crate::cri::Cri;
+use crate::cri::SharedRuntime;
 
 /// Response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -22,7 +22,7 @@ pub type Directory = Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
 #[derive(Clone, Debug)]
 pub struct StreamContext {
     /// The runtime.
-    pub cri: Cri,
+    pub cri: SharedRuntime,
     /// Pods by name.
     pub directory: Directory,
     /// The node's name (for stats).

@@ -178,7 +178,7 @@ pub async fn exec(
     let Some(uid) = pod_uid(&ctx, namespace, pod) else {
         return text(StatusCode::NOT_FOUND, &format!("pod {namespace}/{pod} is not on this node"));
     };
-    let container_id = match runtime::observe(&ctx.cri, &uid).await {
+    let container_id = match runtime::observe(ctx.cri.as_ref(), &uid).await {
         Ok(o) => match o.latest(container).filter(|c| c.state == State::Running) {
             Some(c) => c.id.clone(),
             None => {
@@ -190,9 +190,8 @@ pub async fn exec(
         },
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let mut runtime = ctx.cri.runtime.clone();
     let url = if attach {
-        runtime
+        ctx.cri
             .attach(cri::AttachRequest {
                 container_id,
                 stdin: options.stdin,
@@ -201,9 +200,8 @@ pub async fn exec(
                 stderr: options.stderr,
             })
             .await
-            .map(|r| r.into_inner().url)
     } else {
-        runtime
+        ctx.cri
             .exec(cri::ExecRequest {
                 container_id,
                 cmd: options.command.clone(),
@@ -213,7 +211,6 @@ pub async fn exec(
                 stderr: options.stderr,
             })
             .await
-            .map(|r| r.into_inner().url)
     };
     let url = match url {
         Ok(u) => u,
@@ -504,7 +501,7 @@ pub async fn port_forward(
     let Some(uid) = pod_uid(&ctx, namespace, pod) else {
         return text(StatusCode::NOT_FOUND, &format!("pod {namespace}/{pod} is not on this node"));
     };
-    let sandbox = match runtime::observe(&ctx.cri, &uid).await {
+    let sandbox = match runtime::observe(ctx.cri.as_ref(), &uid).await {
         Ok(o) => match o.sandbox().filter(|s| s.ready) {
             Some(s) => s.id.clone(),
             None => return text(StatusCode::BAD_REQUEST, &format!("pod {pod} is not running")),
@@ -575,18 +572,13 @@ pub async fn port_forward(
 
 /// Serves one client SPDY session of port-forward streams: each (error, data) pair with a
 /// `port` header is joined to a pair opened on the runtime's port-forward session.
-async fn forward_session<IO>(io: IO, cri: crate::cri::Cri, sandbox: String)
+async fn forward_session<IO>(io: IO, cri: crate::cri::SharedRuntime, sandbox: String)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (client, mut incoming) = Session::start(io, false);
-    let url = match cri
-        .runtime
-        .clone()
-        .port_forward(cri::PortForwardRequest { pod_sandbox_id: sandbox, port: Vec::new() })
-        .await
-    {
-        Ok(r) => r.into_inner().url,
+    let url = match cri.port_forward(sandbox).await {
+        Ok(url) => url,
         Err(e) => {
             tracing::warn!(error = %e, "CRI port-forward failed");
             client.go_away();

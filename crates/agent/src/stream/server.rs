@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 pub use super::context::{Body, Directory, StreamContext, pod_uid, text};
 use super::logs::{self, LogOptions};
 use crate::AgentError;
-use crate::cri::Cri;
+use crate::cri::Runtime;
 use crate::pods::runtime::{self, State};
 
 /// The common name of the API server's client certificate for agents.
@@ -167,7 +167,7 @@ async fn container_logs(
     let Some(uid) = pod_uid(ctx, namespace, pod) else {
         return text(StatusCode::NOT_FOUND, &format!("pod {namespace}/{pod} is not on this node"));
     };
-    let observed = match runtime::observe(&ctx.cri, &uid).await {
+    let observed = match runtime::observe(ctx.cri.as_ref(), &uid).await {
         Ok(o) => o,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -193,7 +193,7 @@ async fn container_logs(
         let running = move || {
             let cri = cri.clone();
             let id = id.clone();
-            Box::pin(async move { container_running(&cri, &id).await })
+            Box::pin(async move { container_running(cri.as_ref(), &id).await })
                 as futures::future::BoxFuture<'static, bool>
         };
         if let Err(e) = logs::stream(path, options, tx, running).await {
@@ -232,15 +232,10 @@ fn log_websocket(request: &Request<Incoming>) -> Option<&'static str> {
 }
 
 /// Whether the container still runs.
-pub async fn container_running(cri: &Cri, id: &str) -> bool {
-    cri.runtime
-        .clone()
-        .container_status(k8s_cri::v1::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: false,
-        })
+pub async fn container_running(cri: &dyn Runtime, id: &str) -> bool {
+    cri.container_status(id.to_owned())
         .await
         .ok()
-        .and_then(|r| r.into_inner().status)
+        .flatten()
         .is_some_and(|s| s.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
 }

@@ -27,18 +27,8 @@ type PodSums = (String, String, Vec<Value>, u64, u64, u64);
 /// The summary: per container CPU (`usageNanoCores`, `usageCoreNanoSeconds`) and memory
 /// (`workingSetBytes`, `usageBytes`, `rssBytes`), summed per pod, and the node's totals.
 pub async fn summary(ctx: &StreamContext) -> Result<Value, AgentError> {
-    let filter = cri::ContainerStatsFilter {
-        label_selector: HashMap::from([(LABEL_MANAGED_BY.to_owned(), ctx.node_name.clone())]),
-        ..Default::default()
-    };
-    let stats = ctx
-        .cri
-        .runtime
-        .clone()
-        .list_container_stats(cri::ListContainerStatsRequest { filter: Some(filter) })
-        .await?
-        .into_inner()
-        .stats;
+    let labels = HashMap::from([(LABEL_MANAGED_BY.to_owned(), ctx.node_name.clone())]);
+    let stats = ctx.cri.list_container_stats(labels).await?;
     let mut pods: HashMap<String, PodSums> = HashMap::new();
     for s in stats {
         let Some(attributes) = s.attributes else { continue };
