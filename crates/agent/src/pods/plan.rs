@@ -155,6 +155,33 @@ pub(crate) fn container_steps(
     steps
 }
 
+/// Where a pod stands against its `activeDeadlineSeconds`, counted from its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// It has none (or no start time yet).
+    None,
+    /// This much is left.
+    Left(Duration),
+    /// It has passed: the pod is failed with reason `DeadlineExceeded`.
+    Exceeded,
+}
+
+/// The pod's standing against `spec.activeDeadlineSeconds`; `start_time` is RFC 3339.
+pub(crate) fn active_deadline(pod: &Pod, start_time: Option<&str>, now_ns: i64) -> Deadline {
+    let Some(seconds) = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds) else {
+        return Deadline::None;
+    };
+    let Some(start) = start_time.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return Deadline::None;
+    };
+    let end = start.as_nanosecond() as i64 + seconds.max(0).saturating_mul(1_000_000_000);
+    if now_ns >= end {
+        Deadline::Exceeded
+    } else {
+        Deadline::Left(Duration::from_nanos((end - now_ns) as u64))
+    }
+}
+
 /// The grace period (seconds) a pod's containers get when it stops: the deletion's own
 /// (`kubectl delete --grace-period`), else the spec's, else 30. A pod already gone from the
 /// API was force-deleted: at most 2 s, as upstream's kubelet gives it.
@@ -317,6 +344,25 @@ mod tests {
             names(container_steps(&pod("Always"), &fresh, NO_BACKOFF, 10)),
             ["settled a", "start b 0"]
         );
+    }
+
+    #[test]
+    fn the_active_deadline_counts_from_the_start_time() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": []},
+        }))
+        .expect("pod");
+        let start = "2026-01-01T00:00:00Z";
+        let t0: i64 = 1_767_225_600_000_000_000;
+        assert_eq!(active_deadline(&pod, Some(start), t0), Deadline::None);
+        pod.spec.as_mut().expect("spec").active_deadline_seconds = Some(5);
+        assert_eq!(active_deadline(&pod, None, t0), Deadline::None);
+        assert_eq!(
+            active_deadline(&pod, Some(start), t0 + 2_000_000_000),
+            Deadline::Left(Duration::from_secs(3))
+        );
+        assert_eq!(active_deadline(&pod, Some(start), t0 + 5_000_000_000), Deadline::Exceeded);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Inputs<'a> {
     pub now: &'a str,
     /// The QoS class.
     pub qos: &'a str,
+    /// Set when the agent failed the pod itself (`activeDeadlineSeconds` passed): the pod's
+    /// phase is `Failed` with this reason and message, whatever its containers did.
+    pub failed: Option<&'a Waiting>,
 }
 
 fn rfc3339(ns: i64) -> Value {
@@ -239,7 +242,7 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         .and_then(|s| serde_json::to_value(&s.conditions).ok())
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
-    let phase = phase(pod, inputs.observed);
+    let phase = if inputs.failed.is_some() { "Failed" } else { phase(pod, inputs.observed) };
     let initializing = spec.init_containers.iter().flatten().any(|c| {
         let done = inputs
             .observed
@@ -316,6 +319,10 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
     }
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
+    }
+    if let Some(failed) = inputs.failed {
+        status["reason"] = json!(failed.reason);
+        status["message"] = json!(failed.message);
     }
     status
 }
@@ -409,6 +416,7 @@ mod tests {
                 start_time: "2026-01-01T00:00:00Z",
                 now: "2026-01-01T00:00:05Z",
                 qos: "BestEffort",
+                failed: None,
             })
         };
         let reason = |s: &Value| s["containerStatuses"][0]["state"]["waiting"]["reason"].clone();
@@ -441,6 +449,7 @@ mod tests {
             start_time: "2026-01-01T00:00:00Z",
             now: "2026-01-01T00:00:05Z",
             qos: "BestEffort",
+            failed: None,
         });
         assert_eq!(status["phase"], "Running");
         assert_eq!(status["podIP"], "10.42.0.9");

@@ -95,6 +95,8 @@ pub(crate) struct Worker {
     last_status: Option<Value>,
     last_grace: Option<i64>,
     mount_error: Option<String>,
+    /// Set once the agent failed the pod (its active deadline passed).
+    failed: Option<Waiting>,
     probers: HashMap<String, probe::Probers>,
     wake: Arc<tokio::sync::Notify>,
 }
@@ -119,6 +121,7 @@ impl Worker {
             last_status: None,
             last_grace: None,
             mount_error: None,
+            failed: None,
             probers: HashMap::new(),
             wake,
         }
@@ -161,6 +164,11 @@ impl Worker {
         if status::is_terminal(&api_phase) {
             // Finished pods keep their containers (for logs) but not their sandbox.
             self.stop_sandboxes(&observed).await?;
+            return Ok(Next::After(RESYNC * 3));
+        }
+        let deadline = plan::active_deadline(pod, self.start_time.as_deref(), ctx.clock.now_ns());
+        if deadline == plan::Deadline::Exceeded || self.failed.is_some() {
+            self.fail_pod(pod, &observed).await?;
             return Ok(Next::After(RESYNC * 3));
         }
 
@@ -257,6 +265,9 @@ impl Worker {
             self.sync_init_containers(pod, &current, &observed, &launch).await?
         };
         let mut next = wait.into_iter().chain(self.pending_wait()).fold(RESYNC, Duration::min);
+        if let plan::Deadline::Left(left) = deadline {
+            next = next.min(left + Duration::from_millis(10));
+        }
         // A missing ConfigMap, Secret or key may appear at any time: look again soon.
         if self.waiting.values().any(|w| w.reason.starts_with("CreateContainer")) {
             next = next.min(CONFIG_RETRY);
@@ -357,6 +368,26 @@ impl Worker {
                 Ok((self.start(pod, &c, init, attempt, launch).await?, None))
             }
         }
+    }
+
+    /// Fails the pod whose active deadline passed, as upstream's kubelet does: its containers
+    /// are stopped (within the pod's grace period) and its phase becomes `Failed` with reason
+    /// `DeadlineExceeded`.
+    async fn fail_pod(&mut self, pod: &Pod, observed: &Observed) -> Result<(), AgentError> {
+        const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+        if self.failed.is_none() {
+            self.ctx.recorder.pod(&self.key, "", EventType::Normal, "DeadlineExceeded", MESSAGE);
+            self.failed =
+                Some(Waiting { reason: "DeadlineExceeded".into(), message: MESSAGE.into() });
+        }
+        self.probers.clear();
+        let grace = self.grace(pod);
+        for c in observed.containers.iter().filter(|c| c.state == State::Running) {
+            runtime::stop_container(self.ctx.cri.as_ref(), &c.id, grace).await?;
+        }
+        let observed = runtime::observe(self.ctx.cri.as_ref(), &self.key.uid).await?;
+        self.stop_sandboxes(&observed).await?;
+        self.report(pod, &observed).await
     }
 
     /// The soonest time a waiting container should be retried.
@@ -893,6 +924,7 @@ impl Worker {
             start_time: &start_time,
             now: &now,
             qos: qos.as_str(),
+            failed: self.failed.as_ref(),
         });
         if self.last_status.as_ref() == Some(&status) {
             return Ok(());
@@ -1168,6 +1200,33 @@ mod tests {
         assert_eq!(last_status(&h)["phase"], "Succeeded");
         // A finished pod gives its sandbox back.
         assert!(h.runtime.calls().contains(&Recorded::StopSandbox));
+    }
+
+    #[tokio::test]
+    async fn a_pod_past_its_active_deadline_is_stopped_and_failed() {
+        let h = Harness::new();
+        let mut pod = pod(json!({"containers": [container("app")]}));
+        let mut w = worker(&h, &pod);
+        sync(&mut w, &pod).await;
+        // Set on a running pod, as `kubectl patch` does: the wake-up comes at the deadline.
+        pod.spec.as_mut().expect("spec").active_deadline_seconds = Some(5);
+        let wait = sync(&mut w, &pod).await;
+        assert!(wait > Duration::from_secs(4) && wait <= Duration::from_secs(6), "{wait:?}");
+        assert_eq!(h.runtime.running(), ["app"]);
+        h.clock.advance(Duration::from_secs(5));
+        sync(&mut w, &pod).await;
+        assert!(h.runtime.running().is_empty());
+        assert!(h.runtime.calls().contains(&Recorded::Stop { name: "app".into(), timeout: 30 }));
+        let status = last_status(&h);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["reason"], "DeadlineExceeded");
+        assert_eq!(
+            status["message"],
+            "Pod was active on the node longer than the specified deadline"
+        );
+        // Nothing is restarted afterwards, though the policy is Always.
+        sync(&mut w, &pod).await;
+        assert_eq!(starts(&h), ["app"]);
     }
 
     #[tokio::test]
