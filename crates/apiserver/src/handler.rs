@@ -663,8 +663,8 @@ impl ApiServer {
                 old: Some(&pod),
                 dry_run: false,
             };
-            let _holds = self.rest.admission.mutate(&self.rest, &attributes, None).await?;
-            self.rest.admission.validate(&self.rest, &attributes, None).await?;
+            let _holds = self.rest.admission.mutate(self.rest.as_ref(), &attributes, None).await?;
+            self.rest.admission.validate(self.rest.as_ref(), &attributes, None).await?;
         }
         let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
         if node.is_empty() {

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use storage::{Compare, KeyValue, Op, RangeRequest, SharedStore, Txn};
 
-use crate::admission::{Attributes, Operation};
+use crate::admission::{self, Attributes, Operation};
 use crate::managed;
 use crate::patch::{self, PatchType};
 use crate::resources::{Registry, ResourceType};
@@ -1276,6 +1277,52 @@ pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub precondition_rv: Option<String>,
+}
+
+/// Admission plugins read and write through the registry itself, so they see objects as
+/// clients do (defaults applied, converted from storage).
+impl admission::Objects for Rest {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn get<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    ) -> BoxFuture<'a, ApiResult<Value>> {
+        Box::pin(async move { Ok(Rest::get(self, rt, namespace, name).await?.object) })
+    }
+
+    fn list<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        namespace: Option<&'a str>,
+    ) -> BoxFuture<'a, ApiResult<Vec<Value>>> {
+        Box::pin(async move {
+            Rest::list(self, rt, namespace, &ListOptions::default()).await?.objects()
+        })
+    }
+
+    fn update_status<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        manager: &'a str,
+        transform: &'a mut (dyn FnMut(&Value) -> ApiResult<Value> + Send),
+    ) -> BoxFuture<'a, ApiResult<Value>> {
+        Box::pin(async move {
+            let options = WriteOptions {
+                dry_run: false,
+                field_validation: FieldValidation::Ignore,
+                field_manager: manager.to_owned(),
+                force: false,
+            };
+            self.update_with(rt, namespace, name, &options, Some("status"), transform).await
+        })
+    }
 }
 
 #[cfg(test)]

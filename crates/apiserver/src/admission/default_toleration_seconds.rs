@@ -4,8 +4,7 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Attributes, Hold, Mutating, Operation};
-use crate::rest::Rest;
+use super::{Attributes, Hold, Mutating, Objects, Operation};
 use crate::status::ApiResult;
 
 /// The taints the node lifecycle controller puts on nodes that stop reporting.
@@ -30,7 +29,7 @@ impl Mutating for DefaultTolerationSeconds {
 
     fn admit<'a>(
         &'a self,
-        _rest: &'a Rest,
+        _objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a mut Value>,
     ) -> BoxFuture<'a, ApiResult<Hold>> {

@@ -18,9 +18,8 @@ use serde_json::Value;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::cidr::Ipv4Cidr;
-use crate::resources::ResourceType;
-use crate::rest::Rest;
-use crate::status::ApiResult;
+use crate::resources::{Registry, ResourceType};
+use crate::status::{ApiError, ApiResult};
 
 pub use default_toleration_seconds::{NOT_READY_TAINT, UNREACHABLE_TAINT};
 pub use priority::SYSTEM_PRIORITY_CLASSES;
@@ -63,6 +62,48 @@ impl Attributes<'_> {
     }
 }
 
+/// What plugins read and write through: the stored objects of the served types, decoded as
+/// a GET would return them. The generic registry (`rest.rs`) implements it; admission needs
+/// nothing else of it, so the registry depends on admission and not the other way round.
+pub trait Objects: Send + Sync {
+    /// The served types.
+    fn registry(&self) -> &Registry;
+
+    /// One object; 404 when there is none.
+    fn get<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    ) -> BoxFuture<'a, ApiResult<Value>>;
+
+    /// Every object of a type, in `namespace` (all namespaces for `None`).
+    fn list<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        namespace: Option<&'a str>,
+    ) -> BoxFuture<'a, ApiResult<Vec<Value>>>;
+
+    /// Rewrites an object's status with `transform`, applied to the current object and again
+    /// on every conflict, so the change is made on what is stored (a compare-and-swap);
+    /// `manager` is the field manager the write is recorded under.
+    fn update_status<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        manager: &'a str,
+        transform: &'a mut (dyn FnMut(&Value) -> ApiResult<Value> + Send),
+    ) -> BoxFuture<'a, ApiResult<Value>>;
+
+    /// A built-in type that must be served.
+    fn served(&self, group: &str, version: &str, plural: &str) -> ApiResult<Arc<ResourceType>> {
+        self.registry()
+            .lookup(group, version, plural)
+            .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))
+    }
+}
+
 /// What a mutating plugin may hold until the object is stored, so that what it chose (an
 /// address, a network) stays unique.
 pub type Hold = Option<OwnedMutexGuard<()>>;
@@ -79,7 +120,7 @@ pub trait Mutating: Send + Sync {
     /// Admits (and may change) `object`.
     fn admit<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a mut Value>,
     ) -> BoxFuture<'a, ApiResult<Hold>>;
@@ -96,7 +137,7 @@ pub trait Validating: Send + Sync {
     /// Accepts or refuses the request with `object` as it would be stored.
     fn validate<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>>;
@@ -165,13 +206,13 @@ impl Admission {
     /// Runs the mutating plugins. The holds returned must be kept until the object is stored.
     pub async fn mutate(
         &self,
-        rest: &Rest,
+        objects: &dyn Objects,
         attributes: &Attributes<'_>,
         mut object: Option<&mut Value>,
     ) -> ApiResult<Vec<OwnedMutexGuard<()>>> {
         let mut holds = Vec::new();
         for plugin in self.mutating.iter().filter(|p| p.applies(attributes)) {
-            let hold = plugin.admit(rest, attributes, object.as_deref_mut()).await?;
+            let hold = plugin.admit(objects, attributes, object.as_deref_mut()).await?;
             holds.extend(hold);
         }
         Ok(holds)
@@ -180,12 +221,12 @@ impl Admission {
     /// Runs the validating plugins on the object as it would be stored.
     pub async fn validate(
         &self,
-        rest: &Rest,
+        objects: &dyn Objects,
         attributes: &Attributes<'_>,
         object: Option<&Value>,
     ) -> ApiResult<()> {
         for plugin in self.validating.iter().filter(|p| p.applies(attributes)) {
-            plugin.validate(rest, attributes, object).await?;
+            plugin.validate(objects, attributes, object).await?;
         }
         Ok(())
     }
@@ -198,8 +239,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::resources::Registry;
-    use crate::rest::{DeleteOptions, WriteOptions};
+    use crate::rest::{DeleteOptions, Rest, WriteOptions};
     use crate::strategy::FieldValidation;
 
     /// Records every request it sees and refuses ConfigMaps labelled `deny`.
@@ -216,7 +256,7 @@ mod tests {
 
         fn admit<'a>(
             &'a self,
-            _rest: &'a Rest,
+            _objects: &'a dyn Objects,
             attributes: &'a Attributes<'a>,
             object: Option<&'a mut Value>,
         ) -> BoxFuture<'a, ApiResult<Hold>> {
@@ -247,7 +287,7 @@ mod tests {
 
         fn validate<'a>(
             &'a self,
-            _rest: &'a Rest,
+            _objects: &'a dyn Objects,
             attributes: &'a Attributes<'a>,
             object: Option<&'a Value>,
         ) -> BoxFuture<'a, ApiResult<()>> {

@@ -4,8 +4,7 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Attributes, Operation, Validating};
-use crate::rest::Rest;
+use super::{Attributes, Objects, Operation, Validating};
 use crate::status::{ApiError, ApiResult};
 
 /// The NamespaceLifecycle plugin.
@@ -25,7 +24,7 @@ impl Validating for NamespaceLifecycle {
 
     fn validate<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         _object: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>> {
@@ -38,8 +37,8 @@ impl Validating for NamespaceLifecycle {
             if attributes.subresource.is_some() {
                 return Ok(());
             }
-            let namespaces = rest.namespaces()?;
-            let ns = rest.get(&namespaces, None, namespace).await?.object;
+            let namespaces = objects.served("", "v1", "namespaces")?;
+            let ns = objects.get(&namespaces, None, namespace).await?;
             if ns.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
                 return Err(ApiError::forbidden(format!(
                     "unable to create new content in namespace {namespace} because it is being terminated"

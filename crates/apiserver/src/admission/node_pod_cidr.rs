@@ -8,9 +8,8 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{Attributes, Hold, Mutating, NODE_CIDR_PREFIX, Operation};
+use super::{Attributes, Hold, Mutating, NODE_CIDR_PREFIX, Objects, Operation};
 use crate::cidr::Ipv4Cidr;
-use crate::rest::{ListOptions, Rest};
 use crate::status::{ApiError, ApiResult};
 
 /// The plugin, with the cluster network it allocates from.
@@ -36,7 +35,7 @@ impl Mutating for NodePodCidr {
 
     fn admit<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a mut Value>,
     ) -> BoxFuture<'a, ApiResult<Hold>> {
@@ -55,9 +54,8 @@ impl Mutating for NodePodCidr {
                 return Ok(None);
             }
             let guard = self.lock.clone().lock_owned().await;
-            let page = rest.list(attributes.rt, None, &ListOptions::default()).await?;
-            let used: std::collections::HashSet<String> = page
-                .objects()?
+            let nodes = objects.list(attributes.rt, None).await?;
+            let used: std::collections::HashSet<String> = nodes
                 .iter()
                 .filter_map(|n| {
                     n.pointer("/spec/podCIDR").and_then(Value::as_str).map(str::to_owned)

@@ -4,8 +4,7 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Attributes, Hold, Mutating, Operation};
-use crate::rest::{ListOptions, Rest};
+use super::{Attributes, Hold, Mutating, Objects, Operation};
 use crate::status::{ApiError, ApiResult};
 
 /// The priority classes every cluster has (upstream creates the same two at start-up).
@@ -28,7 +27,7 @@ impl Mutating for Priority {
 
     fn admit<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a mut Value>,
     ) -> BoxFuture<'a, ApiResult<Hold>> {
@@ -46,20 +45,21 @@ impl Mutating for Priority {
             };
             let class_name =
                 spec.get("priorityClassName").and_then(Value::as_str).unwrap_or("").to_owned();
-            let Some(classes) = rest.registry.lookup("scheduling.k8s.io", "v1", "priorityclasses")
+            let Some(classes) =
+                objects.registry().lookup("scheduling.k8s.io", "v1", "priorityclasses")
             else {
                 return Ok(None);
             };
             let class = if class_name.is_empty() {
                 // The class marked globalDefault applies to pods that name none.
-                rest.list(&classes, None, &ListOptions::default())
+                objects
+                    .list(&classes, None)
                     .await?
-                    .objects()?
                     .into_iter()
                     .find(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
             } else {
-                match rest.get(&classes, None, &class_name).await {
-                    Ok(stored) => Some(stored.object),
+                match objects.get(&classes, None, &class_name).await {
+                    Ok(class) => Some(class),
                     Err(e) if e.code == 404 => {
                         return Err(ApiError::forbidden(format!(
                             "no PriorityClass with name {class_name} was found"

@@ -9,10 +9,8 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{Attributes, Operation, Validating};
-use crate::rest::{ListOptions, Rest, WriteOptions};
+use super::{Attributes, Objects, Operation, Validating};
 use crate::status::{ApiError, ApiResult};
-use crate::strategy::FieldValidation;
 
 /// The ResourceQuota plugin.
 pub struct ResourceQuota;
@@ -183,7 +181,7 @@ impl Validating for ResourceQuota {
 
     fn validate<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>> {
@@ -191,15 +189,15 @@ impl Validating for ResourceQuota {
             let (Some(object), Some(namespace)) = (object, attributes.namespace) else {
                 return Ok(());
             };
-            let Some(quotas) = rest.registry.lookup("", "v1", "resourcequotas") else {
+            let Some(quotas) = objects.registry().lookup("", "v1", "resourcequotas") else {
                 return Ok(());
             };
-            let listed = rest.list(&quotas, Some(namespace), &ListOptions::default()).await?;
-            if listed.items.is_empty() {
+            let listed = objects.list(&quotas, Some(namespace)).await?;
+            if listed.is_empty() {
                 return Ok(());
             }
             let (cost, missing) = cost(&attributes.rt.group, &attributes.rt.plural, object);
-            for quota in listed.objects()? {
+            for quota in listed {
                 let name = quota
                     .pointer("/metadata/name")
                     .and_then(Value::as_str)
@@ -237,33 +235,27 @@ impl Validating for ResourceQuota {
                 // Checked and charged in one compare-and-swap on the quota: two creates at
                 // once cannot both take its last unit, and the next create sees this one's
                 // charge before the controller recounts.
-                let options = WriteOptions {
-                    dry_run: false,
-                    field_validation: FieldValidation::Ignore,
-                    field_manager: "resourcequota-admission".into(),
-                    force: false,
-                };
-                rest.update_with(
-                    &quotas,
-                    Some(namespace),
-                    &name,
-                    &options,
-                    Some("status"),
-                    |current| {
-                        check(&name, current, &charged)?;
-                        let mut next = current.clone();
-                        if let Some(used) =
-                            next.pointer_mut("/status/used").and_then(Value::as_object_mut)
-                        {
-                            for (r, c) in &charged {
-                                let now = used.get(*r).map_or(0.0, quantity);
-                                used.insert((*r).clone(), json!(shown(now + c)));
+                objects
+                    .update_status(
+                        &quotas,
+                        Some(namespace),
+                        &name,
+                        "resourcequota-admission",
+                        &mut |current| {
+                            check(&name, current, &charged)?;
+                            let mut next = current.clone();
+                            if let Some(used) =
+                                next.pointer_mut("/status/used").and_then(Value::as_object_mut)
+                            {
+                                for (r, c) in &charged {
+                                    let now = used.get(*r).map_or(0.0, quantity);
+                                    used.insert((*r).clone(), json!(shown(now + c)));
+                                }
                             }
-                        }
-                        Ok(next)
-                    },
-                )
-                .await?;
+                            Ok(next)
+                        },
+                    )
+                    .await?;
             }
             Ok(())
         })

@@ -7,9 +7,8 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{Attributes, Hold, Mutating, Operation};
+use super::{Attributes, Hold, Mutating, Objects, Operation};
 use crate::cidr::Ipv4Cidr;
-use crate::rest::{ListOptions, Rest};
 use crate::status::{ApiError, ApiResult};
 
 /// The plugin, with the service network it allocates from.
@@ -23,14 +22,10 @@ impl ServiceClusterIp {
         ServiceClusterIp { service_cidr, lock }
     }
 
-    async fn allocate(&self, rest: &Rest) -> ApiResult<String> {
-        let rt = rest
-            .registry
-            .lookup("", "v1", "services")
-            .ok_or_else(|| ApiError::internal("services are not served"))?;
-        let page = rest.list(&rt, None, &ListOptions::default()).await?;
-        let used: std::collections::HashSet<String> = page
-            .objects()?
+    async fn allocate(&self, objects: &dyn Objects) -> ApiResult<String> {
+        let rt = objects.served("", "v1", "services")?;
+        let services = objects.list(&rt, None).await?;
+        let used: std::collections::HashSet<String> = services
             .iter()
             .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned))
             .collect();
@@ -63,7 +58,7 @@ impl Mutating for ServiceClusterIp {
 
     fn admit<'a>(
         &'a self,
-        rest: &'a Rest,
+        objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a mut Value>,
     ) -> BoxFuture<'a, ApiResult<Hold>> {
@@ -82,7 +77,7 @@ impl Mutating for ServiceClusterIp {
                 return Ok(None);
             }
             let guard = self.lock.clone().lock_owned().await;
-            let ip = self.allocate(rest).await?;
+            let ip = self.allocate(objects).await?;
             let obj = object
                 .as_object_mut()
                 .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
