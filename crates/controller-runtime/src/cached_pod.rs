@@ -91,6 +91,9 @@ pub struct CachedPodStatus {
     pub container_statuses: Option<Vec<CachedContainerStatus>>,
     /// `nominatedNodeName`.
     pub nominated_node_name: Option<String>,
+    /// `podIP` (Endpoints list it).
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
 }
 
 /// The read part of a `ContainerStatus`.

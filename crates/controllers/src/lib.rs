@@ -11,6 +11,7 @@
 pub use controller_runtime::{cached_pod, events, informer, leader, quantity, queue, selectors};
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, ReplicationController, ResourceQuota, ServiceAccount,
+    Namespace, Node, ReplicationController, ResourceQuota, Service, ServiceAccount,
 };
 use kube::Api;
 use kube::runtime::watcher;
@@ -57,6 +58,7 @@ pub struct Informers {
     resource_quotas: Arc<Informer<ResourceQuota>>,
     deployments: Arc<Informer<Deployment>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
+    services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
     wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
     /// Set to stop every informer's watch (see [`Informers::stop`]).
@@ -120,6 +122,7 @@ impl Informers {
             resource_quotas: Informer::new(),
             deployments: Informer::new(),
             service_accounts: Informer::new(),
+            services: Informer::new(),
             node_leases: Informer::new(),
             wanted: Mutex::new(Vec::new()),
             stopped: tokio::sync::watch::channel(false).0,
@@ -139,6 +142,7 @@ impl Informers {
     informer_getter!(resource_quotas, ResourceQuota, "resourcequotas");
     informer_getter!(deployments, Deployment, "deployments");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
+    informer_getter!(services, Service, "services");
 
     informer_getter!(
         node_leases,
@@ -259,6 +263,8 @@ pub fn controller_manager(
         informers.namespaces(),
         informers.service_accounts(),
     );
+    let endpoints =
+        endpoints::EndpointsController::new(client.clone(), informers.services(), pods.clone());
     let garbage_collector = gc::GarbageCollector::new(client.clone());
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
@@ -277,6 +283,7 @@ pub fn controller_manager(
             let resource_quota = resource_quota.clone();
             let deployment = deployment.clone();
             let service_account = service_account.clone();
+            let endpoints = endpoints.clone();
             async move {
                 tokio::join!(
                     replica_set.run(config.workers),
@@ -284,6 +291,7 @@ pub fn controller_manager(
                     resource_quota.run(),
                     deployment.run(config.workers),
                     service_account.run(),
+                    endpoints.run(config.workers),
                     garbage_collector.run(config.workers * 4),
                     namespace.run(config.workers),
                     node_lifecycle.run(),

@@ -602,3 +602,67 @@ fn foreground_deletion_of_an_owner_circle_completes() {
     server.ok(&["delete", "pod", "pod1", "--cascade=foreground", "--wait=false"]);
     server.wait_for(&["get", "pods", "-o", "name"], Duration::from_secs(60), str::is_empty);
 }
+
+#[test]
+fn endpoints_follow_the_pods_a_service_selects() {
+    let server = KrustServer::start_control_plane(&[]);
+    let _nodes = SimNodes::start(&server, "ep", 2, &[]);
+    let manifests = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: c
+        image: {BUSYBOX}
+        ports: [{{name: http, containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, labels: {{tier: front}}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: web, port: 80, targetPort: http}}]
+"#
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &manifests);
+    let addresses = |service: &str| {
+        vec![
+            "get".to_owned(),
+            "endpoints".to_owned(),
+            service.to_owned(),
+            "-o".to_owned(),
+            "jsonpath={range .subsets[*].addresses[*]}{.ip}{\"\\n\"}{end}".to_owned(),
+        ]
+    };
+    let count = |o: &str| o.lines().filter(|l| !l.is_empty()).count();
+    let args = addresses("web");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    server.wait_for(&args, Duration::from_secs(30), |o| count(o) == 3);
+    // The named target port resolves through the pods' container ports; labels follow.
+    let port = server.ok(&[
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].port} {.subsets[0].ports[0].name} {.metadata.labels.tier}",
+    ]);
+    assert_eq!(port.trim(), "8080 web front");
+    server.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    server.wait_for(&args, Duration::from_secs(30), |o| count(o) == 1);
+    // `kubectl expose` makes a Service whose Endpoints appear as well.
+    server.ok(&["expose", "deployment", "web", "--name=web2", "--port=81", "--target-port=8080"]);
+    let args2 = addresses("web2");
+    let args2: Vec<&str> = args2.iter().map(String::as_str).collect();
+    server.wait_for(&args2, Duration::from_secs(30), |o| count(o) == 1);
+    // A deleted Service takes its Endpoints along.
+    server.ok(&["delete", "service", "web"]);
+    server.wait_for(&["get", "endpoints", "-o", "name"], Duration::from_secs(30), |o| {
+        !o.lines().any(|l| l == "endpoints/web")
+    });
+}
