@@ -770,7 +770,8 @@ impl ApiServer {
                 if table {
                     let rv = stored.mod_revision.to_string();
                     return Ok(table_response(&table::table(
-                        rt.strategy,
+                        &rt.strategy.columns(),
+                        &|o, now| rt.strategy.cells(o, now),
                         &[stored.object],
                         include,
                         json!({"resourceVersion": rv}),
@@ -788,7 +789,8 @@ impl ApiServer {
                 }
                 if table {
                     return Ok(table_response(&table::table(
-                        rt.strategy,
+                        &rt.strategy.columns(),
+                        &|o, now| rt.strategy.cells(o, now),
                         &page.objects()?,
                         include,
                         meta,
@@ -1013,7 +1015,8 @@ impl ApiServer {
                     .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
                 if table {
                     return Ok(table_response(&table::table(
-                        rt.strategy,
+                        &rt.strategy.columns(),
+                        &|o, now| rt.strategy.cells(o, now),
                         &[object],
                         include,
                         json!({}),
@@ -1025,7 +1028,8 @@ impl ApiServer {
             "list" => {
                 if table {
                     return Ok(table_response(&table::table(
-                        rt.strategy,
+                        &rt.strategy.columns(),
+                        &|o, now| rt.strategy.cells(o, now),
                         &objects,
                         include,
                         json!({}),

@@ -7,7 +7,6 @@
 
 use serde_json::Value;
 
-use crate::resources::ResourceType;
 use crate::status::{ApiError, Cause};
 
 /// Upstream's message for a quantity it cannot parse.
@@ -100,21 +99,22 @@ pub(crate) enum Step {
 /// The steps from an object's root to one of its quantities.
 pub(crate) type QuantityPath = Vec<Step>;
 
-/// Paths to the quantities of a built-in kind, read from its schema once per type (custom
-/// types have none: their schemas describe no `Quantity`).
-fn paths_of(rt: &ResourceType) -> &[QuantityPath] {
-    rt.quantities.get_or_init(|| {
-        let mut found = Vec::new();
-        if let Some(schema_fn) = rt.schema {
-            let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
-            let root = schema_fn(&mut generator).to_value();
-            let definitions = generator.take_definitions(true);
-            let mut path = Vec::new();
-            let mut visiting = Vec::new();
-            walk_schema(&root, &definitions, &mut path, &mut visiting, &mut found);
-        }
-        found
-    })
+/// Paths to the quantities of a built-in kind, read from its schema (custom types have
+/// none: their schemas describe no `Quantity`). The caller keeps them: reading a schema is
+/// done once per type, not per write.
+pub(crate) fn paths_in_schema(
+    schema: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
+) -> Vec<QuantityPath> {
+    let mut found = Vec::new();
+    if let Some(schema_fn) = schema {
+        let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+        let root = schema_fn(&mut generator).to_value();
+        let definitions = generator.take_definitions(true);
+        let mut path = Vec::new();
+        let mut visiting = Vec::new();
+        walk_schema(&root, &definitions, &mut path, &mut visiting, &mut found);
+    }
+    found
 }
 
 fn walk_schema(
@@ -167,17 +167,18 @@ fn walk_schema(
 
 /// Checks every quantity of `object`: one that does not parse is a 400 (upstream fails to
 /// decode the object), a negative one a cause for the 422 (upstream's validation).
-pub fn validate(
-    rt: &ResourceType,
+pub(crate) fn validate(
+    paths: &[QuantityPath],
+    kind: &str,
+    version: &str,
     object: &Value,
     causes: &mut Vec<Cause>,
 ) -> Result<(), ApiError> {
-    for path in paths_of(rt) {
+    for path in paths {
         let mut field = String::new();
         check(object, path, &mut field, causes).map_err(|()| {
             ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {FORMAT_MESSAGE}",
-                rt.kind, rt.version, rt.kind
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {FORMAT_MESSAGE}"
             ))
         })?;
     }
@@ -267,22 +268,24 @@ mod tests {
                 "volumes": [{"name": "v", "emptyDir": {"sizeLimit": "1Gi"}}], "overhead": {"cpu": "1m"}}})
         };
         let mut causes = Vec::new();
-        validate(&pods, &pod("250m"), &mut causes).unwrap();
+        pods.validate_quantities(&pod("250m"), &mut causes).unwrap();
         assert!(causes.is_empty());
-        let e = validate(&pods, &pod("abc"), &mut causes).unwrap_err();
+        let e = pods.validate_quantities(&pod("abc"), &mut causes).unwrap_err();
         assert_eq!(e.code, 400);
         assert!(e.message.contains(FORMAT_MESSAGE), "{}", e.message);
-        validate(&pods, &pod("-5"), &mut causes).unwrap();
+        pods.validate_quantities(&pod("-5"), &mut causes).unwrap();
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "spec.containers[0].resources.requests[cpu]");
-        let paths = paths_of(&pods);
+        let paths = paths_in_schema(pods.schema);
         assert!(paths.len() >= 8, "{paths:?}");
         // Other kinds' quantities are found the same way.
         let quotas = registry.lookup("", "v1", "resourcequotas").unwrap();
-        let e = validate(&quotas, &json!({"spec": {"hard": {"pods": "1.5.5"}}}), &mut causes);
+        let e =
+            quotas.validate_quantities(&json!({"spec": {"hard": {"pods": "1.5.5"}}}), &mut causes);
         assert_eq!(e.unwrap_err().code, 400);
         let nodes = registry.lookup("", "v1", "nodes").unwrap();
-        let e = validate(&nodes, &json!({"status": {"capacity": {"cpu": "NaN"}}}), &mut causes);
+        let e = nodes
+            .validate_quantities(&json!({"status": {"capacity": {"cpu": "NaN"}}}), &mut causes);
         assert_eq!(e.unwrap_err().code, 400);
     }
 }

@@ -73,6 +73,16 @@ pub(crate) struct Conversion {
 }
 
 impl ResourceType {
+    /// Checks every resource quantity of `object` (see [`crate::quantity::validate`]).
+    pub(crate) fn validate_quantities(
+        &self,
+        object: &Value,
+        causes: &mut Vec<crate::status::Cause>,
+    ) -> Result<(), crate::status::ApiError> {
+        let paths = self.quantities.get_or_init(|| crate::quantity::paths_in_schema(self.schema));
+        crate::quantity::validate(paths, &self.kind, &self.version, object, causes)
+    }
+
     /// Whether stored objects are served as they are stored (the fast path of reads): built-in
     /// types without a conversion. Custom resources are re-stamped with the version asked for.
     pub(crate) fn reads_raw(&self) -> bool {

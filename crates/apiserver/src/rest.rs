@@ -449,7 +449,7 @@ impl Rest {
 
     fn validate(&self, rt: &ResourceType, object: &Value) -> ApiResult<()> {
         let mut causes: Vec<Cause> = Vec::new();
-        crate::quantity::validate(rt, object, &mut causes)?;
+        rt.validate_quantities(object, &mut causes)?;
         strategy::validate_metadata(rt, object, &mut causes);
         rt.strategy.validate(object, &mut causes);
         if causes.is_empty() {

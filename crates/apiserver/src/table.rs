@@ -223,10 +223,12 @@ fn row_object(obj: &Value, include: IncludeObject) -> Option<Value> {
     }
 }
 
-/// Builds a Table for `objects`, with the columns of their type's `strategy`. `with_columns` is false for watch events after the
-/// first, which upstream sends without column definitions.
+/// Builds a Table for `objects` with their type's `columns` (its strategy's), each row's
+/// cells from `cells` (given the object and now, in seconds). `with_columns` is false for
+/// watch events after the first, which upstream sends without column definitions.
 pub fn table(
-    strategy: &dyn crate::strategy::Strategy,
+    columns: &[Column],
+    cells: &dyn Fn(&Value, i64) -> Vec<Value>,
     objects: &[Value],
     include: IncludeObject,
     list_meta: Value,
@@ -234,7 +236,7 @@ pub fn table(
 ) -> Value {
     let now = jiff::Timestamp::now().as_second();
     let column_defs: Vec<Value> = if with_columns {
-        strategy.columns()
+        columns
             .iter()
             .map(|c| json!({"name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority}))
             .collect()
@@ -244,7 +246,7 @@ pub fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|obj| {
-            let mut row = json!({"cells": strategy.cells(obj, now)});
+            let mut row = json!({"cells": cells(obj, now)});
             if let Some(object) = row_object(obj, include) {
                 row["object"] = object;
             }
@@ -287,8 +289,11 @@ mod tests {
     fn pod_rows_have_kubectl_columns() {
         let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "a"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [{"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}}]}});
+        use crate::strategy::Strategy;
+        let pods = &crate::registry::core::pod::Pods;
         let t = table(
-            &crate::registry::core::pod::Pods,
+            &pods.columns(),
+            &|o, now| pods.cells(o, now),
             &[pod],
             IncludeObject::Metadata,
             json!({"resourceVersion": "5"}),

@@ -98,7 +98,8 @@ impl ApiServer {
                     let rv =
                         object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
                     let t = table::table(
-                        strategy,
+                        &strategy.columns(),
+                        &|o, now| strategy.cells(o, now),
                         &[object],
                         include,
                         json!({"resourceVersion": rv}),

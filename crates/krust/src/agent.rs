@@ -56,7 +56,7 @@ impl AgentArgs {
         let node_ip = self
             .node_ip
             .or(default_ip)
-            .or_else(crate::server::default_address)
+            .or_else(crate::host::default_address)
             .context("no node address: pass --node-ip")?;
         let mut config = agent::AgentConfig::new(data_dir.join("agent"), node_name, node_ip);
         (config.node_labels, config.node_taints) =

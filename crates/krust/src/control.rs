@@ -51,16 +51,16 @@ pub(crate) struct ManagerArgs {
     #[arg(long, default_value_t = 5)]
     concurrent_syncs: usize,
     /// How long a node may miss heartbeats before it is NotReady (Unknown) and tainted.
-    #[arg(long, default_value = "50s", value_parser = crate::server::parse_duration)]
+    #[arg(long, default_value = "50s", value_parser = crate::flags::parse_duration)]
     node_monitor_grace_period: Duration,
     /// How often nodes and their taints are checked.
-    #[arg(long, default_value = "5s", value_parser = crate::server::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::flags::parse_duration)]
     node_monitor_period: Duration,
     /// Terminated pods kept before the oldest are deleted.
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
     /// How long events are kept after they were last seen.
-    #[arg(long, default_value = "1h", value_parser = crate::server::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::flags::parse_duration)]
     event_ttl: Duration,
 }
 

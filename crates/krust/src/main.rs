@@ -2,10 +2,9 @@
 
 mod agent;
 mod bench;
-mod bench_api;
-mod bench_pods;
-mod bench_sched;
 mod control;
+mod flags;
+mod host;
 mod join;
 mod server;
 mod sim;

@@ -64,7 +64,7 @@ pub(crate) struct ServerArgs {
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
     /// Interval of the store's compaction (history older than one interval is discarded).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
     compaction_interval: Duration,
     /// Most non-mutating requests in flight at once (watches, logs and streams are not
     /// counted); beyond it requests get 429 with Retry-After. 0 = no limit.
@@ -80,79 +80,6 @@ pub(crate) struct ServerArgs {
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
-}
-
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
-    }
-}
-
-/// The host's own IPv4 addresses (not loopback), read from the kernel's routing tables.
-pub(crate) fn host_addresses() -> Vec<IpAddr> {
-    let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") else { return Vec::new() };
-    let mut out: Vec<IpAddr> = Vec::new();
-    let mut last: Option<Ipv4Addr> = None;
-    for line in trie.lines() {
-        let trimmed = line.trim_start_matches([' ', '|', '-', '+']).trim();
-        if let Ok(ip) = trimmed.parse::<Ipv4Addr>() {
-            last = Some(ip);
-        } else if trimmed.contains("/32 host LOCAL")
-            && let Some(ip) = last
-            && !ip.is_loopback()
-            && !out.contains(&IpAddr::V4(ip))
-        {
-            out.push(IpAddr::V4(ip));
-        }
-    }
-    out
-}
-
-/// The host's address on the interface of its default route (what other hosts reach it on),
-/// else its first address outside krust's own pod bridges.
-pub(crate) fn default_address() -> Option<IpAddr> {
-    let addresses = host_addresses();
-    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    let parse =
-        |hex: &str| u32::from_str_radix(hex, 16).ok().map(|v| Ipv4Addr::from(v.swap_bytes()));
-    // (interface, destination, mask) of every IPv4 route.
-    let table: Vec<(String, Ipv4Addr, Ipv4Addr)> = routes
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((f.first()?.to_string(), parse(f.get(1)?)?, parse(f.get(7)?)?))
-        })
-        .collect();
-    let inside = |ip: &Ipv4Addr, net: &Ipv4Addr, mask: &Ipv4Addr| {
-        u32::from(*ip) & u32::from(*mask) == u32::from(*net) && u32::from(*mask) != 0
-    };
-    let v4 = |a: &IpAddr| match a {
-        IpAddr::V4(v) => Some(*v),
-        IpAddr::V6(_) => None,
-    };
-    if let Some((iface, _, _)) = table.iter().find(|(_, dest, _)| dest.is_unspecified()) {
-        let on_default = addresses
-            .iter()
-            .filter_map(v4)
-            .find(|ip| table.iter().any(|(i, net, mask)| i == iface && inside(ip, net, mask)));
-        if let Some(ip) = on_default {
-            return Some(IpAddr::V4(ip));
-        }
-    }
-    addresses.iter().copied().find(|a| {
-        v4(a).is_none_or(|ip| {
-            !table.iter().any(|(i, net, mask)| {
-                (i.starts_with("kr") || i.starts_with("cni")) && inside(&ip, net, mask)
-            })
-        })
-    })
 }
 
 fn load_or_create_token(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
@@ -199,7 +126,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
     let secret = load_or_create_token(&server_dir, args.token.as_deref())?;
-    let addresses = host_addresses();
+    let addresses = crate::host::host_addresses();
     let mut sans = pki::default_sans(&addresses, Some(IpAddr::V4(first_service_ip)));
     if !args.bind_address.is_unspecified() && !sans.contains(&args.bind_address.to_string()) {
         sans.push(args.bind_address.to_string());
@@ -223,7 +150,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let endpoint_ip = if !args.bind_address.is_unspecified() && !args.bind_address.is_loopback() {
         args.bind_address
     } else {
-        default_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        crate::host::default_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     };
     let registry = Arc::new(Registry::new());
     let rest = Arc::new(Rest {

@@ -51,7 +51,7 @@ pub(crate) struct NodesArgs {
     #[arg(long = "node-taint")]
     taints: Vec<String>,
     /// Lease renewal interval per node.
-    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::flags::parse_duration)]
     lease_interval: Duration,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]

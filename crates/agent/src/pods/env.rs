@@ -47,7 +47,7 @@ impl Sources {
     ) -> Result<Sources, kube::Error> {
         use super::objects::{ObjectKey, Seen};
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let (cms, secrets) = references(pod);
+        let (cms, secrets) = super::objects::references(pod);
         let mut sources = Sources::default();
         let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
         for name in cms {
@@ -201,39 +201,6 @@ pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// Names of the ConfigMaps and Secrets the pod refers to.
-/// The ConfigMaps and Secrets (names) `pod` refers to, in env, envFrom and volumes.
-pub(crate) fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
-    let mut cms = Vec::new();
-    let mut secrets = Vec::new();
-    let Some(spec) = pod.spec.as_ref() else { return (cms, secrets) };
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-        for from in c.env_from.iter().flatten() {
-            cms.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
-            secrets.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
-        }
-        for e in c.env.iter().flatten() {
-            if let Some(vf) = e.value_from.as_ref() {
-                cms.extend(vf.config_map_key_ref.as_ref().map(|r| r.name.clone()));
-                secrets.extend(vf.secret_key_ref.as_ref().map(|r| r.name.clone()));
-            }
-        }
-    }
-    for v in spec.volumes.iter().flatten() {
-        cms.extend(v.config_map.as_ref().map(|c| c.name.clone()));
-        secrets.extend(v.secret.as_ref().and_then(|s| s.secret_name.clone()));
-        for source in v.projected.as_ref().and_then(|p| p.sources.as_ref()).into_iter().flatten() {
-            cms.extend(source.config_map.as_ref().map(|c| c.name.clone()));
-            secrets.extend(source.secret.as_ref().map(|s| s.name.clone()));
-        }
-    }
-    cms.sort();
-    cms.dedup();
-    secrets.sort();
-    secrets.dedup();
-    (cms, secrets)
 }
 
 /// A value as an environment variable (which can only hold text).

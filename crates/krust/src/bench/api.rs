@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 
-use crate::bench::percentile;
+use super::percentile;
 
 /// Flags of `krust bench api`.
 #[derive(Debug, Args)]

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 
-use crate::bench::percentile;
+use super::percentile;
 
 /// Flags of `krust bench pods`.
 #[derive(Debug, Args)]

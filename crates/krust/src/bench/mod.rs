@@ -3,6 +3,10 @@
 //! `krust bench store` compares durable writes, ranges and watch delivery of the embedded store
 //! with the same operations against a real etcd started on loopback ports.
 
+mod api;
+mod pods;
+mod scheduler;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,13 +24,13 @@ pub(crate) struct BenchArgs {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// API server: starts `krust server` and drives it with concurrent kube-rs clients.
-    Api(crate::bench_api::ApiBenchArgs),
+    Api(api::ApiBenchArgs),
     /// Pod start-up through the node agent beside `ctr run` on the same containerd, and the
     /// agent's memory and CPU (needs root, containerd, runc and the CNI plugins).
-    Pods(crate::bench_pods::PodBenchArgs),
+    Pods(pods::PodBenchArgs),
     /// Scheduler and controllers at scale on simulated nodes: throughput through
     /// Deployments, convergence of a large Deployment, memory and LIST latency when full.
-    Scheduler(crate::bench_sched::SchedBenchArgs),
+    Scheduler(scheduler::SchedBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -43,9 +47,9 @@ enum BenchCommand {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
-        BenchCommand::Api(args) => crate::bench_api::run(args).await,
-        BenchCommand::Pods(args) => crate::bench_pods::run(args).await,
-        BenchCommand::Scheduler(args) => crate::bench_sched::run(args).await,
+        BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Pods(args) => pods::run(args).await,
+        BenchCommand::Scheduler(args) => scheduler::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(

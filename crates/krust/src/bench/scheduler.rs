@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 
-use crate::bench::percentile;
-use crate::bench_api::Server;
+use super::api::Server;
+use super::percentile;
 
 /// Flags of `krust bench scheduler`.
 #[derive(Debug, Args)]
@@ -233,13 +233,11 @@ pub(crate) async fn run(args: SchedBenchArgs) -> anyhow::Result<()> {
         Duration::from_secs(1800),
     ));
     let before = request_counts(&client).await?;
-    let cpu_before = (server.cpu_seconds(), crate::bench_api::cpu_seconds(sim.0.id()));
+    let cpu_before = (server.cpu_seconds(), super::api::cpu_seconds(sim.0.id()));
     create_deployments(&client, "throughput", "d", args.pods, args.replicas_per_deployment).await?;
     let (first, last) = waiter.await??;
-    let cpu = (
-        server.cpu_seconds() - cpu_before.0,
-        crate::bench_api::cpu_seconds(sim.0.id()) - cpu_before.1,
-    );
+    let cpu =
+        (server.cpu_seconds() - cpu_before.0, super::api::cpu_seconds(sim.0.id()) - cpu_before.1);
     let after = request_counts(&client).await?;
     let mut writes: Vec<(String, u64)> = after
         .into_iter()
@@ -377,7 +375,7 @@ pub(crate) async fn run(args: SchedBenchArgs) -> anyhow::Result<()> {
     // The store keeps every version since the last compaction; the cluster's steady state is
     // after one (upstream's API server compacts etcd every 5 minutes by default too).
     let interval =
-        crate::server::parse_duration(&args.compaction_interval).map_err(anyhow::Error::msg)?;
+        crate::flags::parse_duration(&args.compaction_interval).map_err(anyhow::Error::msg)?;
     tokio::time::sleep(interval + Duration::from_secs(30)).await;
     println!(
         "server RSS holding {count} pods after a compaction ({} interval): {:.1} MiB",
