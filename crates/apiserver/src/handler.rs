@@ -327,8 +327,23 @@ fn verb_of(method: &Method, target: Option<&Target>, query: &Query) -> &'static 
 }
 
 impl ApiServer {
-    /// Serves one HTTP request from `user` (None = no valid client credentials).
+    /// Serves one HTTP request from `user` (None = no valid client credentials), in a span
+    /// that names the request, so whatever it logs says which request it was.
     pub async fn handle(
+        self: Arc<Self>,
+        request: Request<RequestBody>,
+        user: Option<UserInfo>,
+    ) -> Response<Body> {
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            user = user.as_ref().map_or("", |u| u.name.as_str()),
+        );
+        tracing::Instrument::instrument(self.serve(request, user), span).await
+    }
+
+    async fn serve(
         self: Arc<Self>,
         request: Request<RequestBody>,
         user: Option<UserInfo>,

@@ -182,7 +182,12 @@ fn spawn_worker(
     let wake = Arc::new(Notify::new());
     workers.insert(key.uid.clone(), Handle { pod: tx, wake: wake.clone() });
     let worker = Worker::new(ctx.clone(), key.clone(), wake.clone());
-    tokio::spawn(run_worker(worker, rx, wake, done.clone(), key));
+    // Everything a worker logs names its pod.
+    let span = tracing::info_span!("pod", pod = %key.display());
+    tokio::spawn(tracing::Instrument::instrument(
+        run_worker(worker, rx, wake, done.clone(), key),
+        span,
+    ));
 }
 
 async fn run_worker(
