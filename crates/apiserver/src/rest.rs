@@ -892,6 +892,12 @@ impl Rest {
         next: &mut Value,
         subresource: Option<&str>,
     ) -> ApiResult<()> {
+        if let Some(sub) = subresource
+            && !matches!(sub, "status" | "scale" | "binding")
+            && rt.strategy.prepare_subresource_update(sub, next, current)
+        {
+            return Ok(());
+        }
         if subresource == Some("status") {
             // Only status (and nothing in metadata but managedFields) changes through /status.
             // `next` was made from `current`, so only what differs is copied back: cloning the

@@ -80,6 +80,19 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// validated (a Service's allocated addresses left out of a replace).
     fn prepare_update(&self, _new: &mut Value, _old: &Value) {}
 
+    /// What a write through one of the type's own subresources (not `status`, `scale` or
+    /// `binding`, which the registry handles) may change: the strategy makes `new` the
+    /// object to store from the stored `old` and returns true, or returns false when it
+    /// knows no such subresource.
+    fn prepare_subresource_update(
+        &self,
+        _subresource: &str,
+        _new: &mut Value,
+        _old: &Value,
+    ) -> bool {
+        false
+    }
+
     /// Validation of the object as it would be stored.
     fn validate(&self, _object: &Value, _causes: &mut Vec<Cause>) {}
 

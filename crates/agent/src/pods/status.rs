@@ -280,7 +280,7 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         condition(
             "Initialized",
             initialized,
-            Some(if terminal { "PodCompleted" } else { "ContainersNotInitialized" }),
+            Some("ContainersNotInitialized"),
             &previous,
             inputs.now,
         ),
@@ -294,6 +294,34 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         ),
         condition("PodScheduled", true, None, &previous, inputs.now),
     ];
+    // Upstream's messages name the containers each condition waits for, in spec order.
+    let incomplete: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| {
+            let latest = inputs.observed.latest(&c.name);
+            let done = latest.is_some_and(|o| o.state == State::Exited && o.exit_code == 0);
+            let sidecar_up = c.restart_policy.as_deref() == Some("Always")
+                && latest.is_some_and(|o| o.state == State::Running);
+            !done && !sidecar_up
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    let unready: Vec<&str> =
+        statuses.iter().filter(|s| s["ready"] != true).filter_map(|s| s["name"].as_str()).collect();
+    for c in &mut conditions {
+        let list = match c["type"].as_str() {
+            Some("Initialized") if c["status"] == "False" => {
+                format!("containers with incomplete status: [{}]", incomplete.join(" "))
+            }
+            Some("Ready" | "ContainersReady") if c["status"] == "False" && !terminal => {
+                format!("containers with unready status: [{}]", unready.join(" "))
+            }
+            _ => continue,
+        };
+        c["message"] = json!(list);
+    }
     // Readiness-gate conditions and others set by other components are kept.
     for c in &previous {
         let kind = c["type"].as_str().unwrap_or_default();

@@ -1129,6 +1129,13 @@ mod tests {
         let status = last_status(&h);
         assert_eq!(status["phase"], "Failed");
         assert_eq!(status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
+        let initialized = status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Initialized").cloned())
+            .unwrap_or_default();
+        assert_eq!(initialized["status"], "False");
+        assert_eq!(initialized["reason"], "ContainersNotInitialized");
+        assert_eq!(initialized["message"], "containers with incomplete status: [setup]");
     }
 
     #[tokio::test]

@@ -308,6 +308,25 @@ impl Framing {
         }
     }
 
+    /// What the client gets on the error channel once the command ended, given what the
+    /// runtime's error stream said (a `Status`, or nothing on success): from `v4` on the
+    /// `Status` itself, success included; before, as upstream's kubelet writes it, nothing
+    /// on success and the error's message otherwise.
+    fn error_channel(self, status: Vec<u8>) -> Option<Vec<u8>> {
+        let status = final_status(status);
+        if self.status {
+            return Some(status);
+        }
+        match serde_json::from_slice::<serde_json::Value>(&status) {
+            Ok(v) if v["status"] == "Success" => None,
+            Ok(v) => match v["message"].as_str() {
+                Some(message) => Some(message.as_bytes().to_vec()),
+                None => Some(status),
+            },
+            Err(_) => Some(status),
+        }
+    }
+
     /// A client's message as (channel, data).
     fn decode(self, message: ws::Message) -> Option<(u8, Vec<u8>)> {
         use base64::Engine;
@@ -405,10 +424,8 @@ where
     }
     let _ = out_pump.await;
     let _ = err_pump.await;
-    // Before v4 the error channel carries only an error's text, nothing on success.
-    let failed = !status.iter().all(u8::is_ascii_whitespace);
-    if framing.status || failed {
-        let _ = out_tx.send(framing.encode(3, &final_status(status))).await;
+    if let Some(message) = framing.error_channel(status) {
+        let _ = out_tx.send(framing.encode(3, &message)).await;
     }
     drop(out_tx);
     reader.abort();
@@ -681,5 +698,18 @@ mod framing_tests {
         let v5 = Framing::of("v5.channel.k8s.io");
         assert!(v5.v5 && v5.status && !v5.base64);
         assert_eq!(v5.decode(ws::Message::Binary(b"\x00hi".to_vec())), Some((0, b"hi".to_vec())));
+        // The error channel: a Status from v4 on, success included; before, errors' text only.
+        let success = br#"{"metadata":{},"status":"Success"}"#.to_vec();
+        let failure =
+            br#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code"}"#
+                .to_vec();
+        assert_eq!(v1.error_channel(success.clone()), None);
+        assert_eq!(v1.error_channel(Vec::new()), None);
+        assert_eq!(
+            b64.error_channel(failure.clone()),
+            Some(b"command terminated with non-zero exit code".to_vec())
+        );
+        assert_eq!(v5.error_channel(success.clone()), Some(success));
+        assert_eq!(v5.error_channel(failure.clone()), Some(failure));
     }
 }

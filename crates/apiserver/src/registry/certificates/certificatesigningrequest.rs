@@ -18,6 +18,36 @@ impl Strategy for CertificateSigningRequests {
         &["spec.signerName"]
     }
 
+    /// Through `approval` only the conditions change (and labels and annotations, as
+    /// upstream's approval strategy leaves metadata alone); spec and certificate stay.
+    fn prepare_subresource_update(&self, subresource: &str, new: &mut Value, old: &Value) -> bool {
+        if subresource != "approval" {
+            return false;
+        }
+        let conditions = new.pointer("/status/conditions").cloned();
+        let labels = new.pointer("/metadata/labels").cloned();
+        let annotations = new.pointer("/metadata/annotations").cloned();
+        let mut next = old.clone();
+        let set = |object: &mut Value, section: &str, key: &str, value: Option<Value>| match (
+            object.get_mut(section).and_then(Value::as_object_mut),
+            value,
+        ) {
+            (Some(map), Some(v)) => {
+                map.insert(key.into(), v);
+            }
+            (Some(map), None) => {
+                map.remove(key);
+            }
+            (None, Some(v)) => object[section] = json!({ key: v }),
+            (None, None) => {}
+        };
+        set(&mut next, "status", "conditions", conditions);
+        set(&mut next, "metadata", "labels", labels);
+        set(&mut next, "metadata", "annotations", annotations);
+        *new = next;
+        true
+    }
+
     fn validate_update(&self, new: &Value, old: &Value, causes: &mut Vec<crate::status::Cause>) {
         crate::registry::immutable(new, old, "/spec", causes);
     }
@@ -61,5 +91,25 @@ impl Strategy for CertificateSigningRequests {
             json!(duration),
             json!(condition),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approval_changes_conditions_and_metadata_only() {
+        let old = json!({"metadata": {"name": "c", "uid": "u"}, "spec": {"signerName": "a/b"},
+                         "status": {"certificate": "Y2VydA=="}});
+        let mut new = json!({"metadata": {"name": "c", "uid": "u", "annotations": {"x": "1"}},
+                             "spec": {"signerName": "other/signer"},
+                             "status": {"certificate": "", "conditions": [{"type": "Approved", "status": "True"}]}});
+        assert!(CertificateSigningRequests.prepare_subresource_update("approval", &mut new, &old));
+        assert_eq!(new["spec"]["signerName"], "a/b");
+        assert_eq!(new["status"]["certificate"], "Y2VydA==");
+        assert_eq!(new["status"]["conditions"][0]["type"], "Approved");
+        assert_eq!(new["metadata"]["annotations"]["x"], "1");
+        assert!(!CertificateSigningRequests.prepare_subresource_update("other", &mut new, &old));
     }
 }
