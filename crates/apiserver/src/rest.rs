@@ -893,7 +893,7 @@ impl Rest {
         subresource: Option<&str>,
     ) -> ApiResult<()> {
         if let Some(sub) = subresource
-            && !matches!(sub, "status" | "scale" | "binding")
+            && !matches!(sub, "scale" | "binding")
             && rt.strategy.prepare_subresource_update(sub, next, current)
         {
             return Ok(());

@@ -80,10 +80,10 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// validated (a Service's allocated addresses left out of a replace).
     fn prepare_update(&self, _new: &mut Value, _old: &Value) {}
 
-    /// What a write through one of the type's own subresources (not `status`, `scale` or
-    /// `binding`, which the registry handles) may change: the strategy makes `new` the
-    /// object to store from the stored `old` and returns true, or returns false when it
-    /// knows no such subresource.
+    /// What a write through a subresource may change, for types whose rules differ from the
+    /// registry's (which lets `status` change only status, and handles `scale` and
+    /// `binding`): the strategy makes `new` the object to store from the stored `old` and
+    /// returns true, or returns false to leave it to the registry.
     fn prepare_subresource_update(
         &self,
         _subresource: &str,

@@ -18,13 +18,29 @@ impl Strategy for CertificateSigningRequests {
         &["spec.signerName"]
     }
 
-    /// Through `approval` only the conditions change (and labels and annotations, as
-    /// upstream's approval strategy leaves metadata alone); spec and certificate stay.
+    /// Through `approval` only the conditions change; through `status` the certificate and
+    /// the conditions other than Approved and Denied (which keep what approval set). Both
+    /// take labels and annotations, as upstream's CSR strategies leave metadata alone; the
+    /// spec never changes.
     fn prepare_subresource_update(&self, subresource: &str, new: &mut Value, old: &Value) -> bool {
-        if subresource != "approval" {
-            return false;
-        }
-        let conditions = new.pointer("/status/conditions").cloned();
+        let approval_type = |c: &&Value| matches!(s(c, "/type"), "Approved" | "Denied");
+        let conditions = match subresource {
+            "approval" => new.pointer("/status/conditions").cloned(),
+            "status" => {
+                let kept = old.pointer("/status/conditions").and_then(Value::as_array);
+                let sent = new.pointer("/status/conditions").and_then(Value::as_array);
+                let merged: Vec<Value> = kept
+                    .into_iter()
+                    .flatten()
+                    .filter(approval_type)
+                    .chain(sent.into_iter().flatten().filter(|c| !approval_type(c)))
+                    .cloned()
+                    .collect();
+                (!merged.is_empty()).then(|| Value::Array(merged))
+            }
+            _ => return false,
+        };
+        let certificate = new.pointer("/status/certificate").cloned();
         let labels = new.pointer("/metadata/labels").cloned();
         let annotations = new.pointer("/metadata/annotations").cloned();
         let mut next = old.clone();
@@ -42,6 +58,9 @@ impl Strategy for CertificateSigningRequests {
             (None, None) => {}
         };
         set(&mut next, "status", "conditions", conditions);
+        if subresource == "status" {
+            set(&mut next, "status", "certificate", certificate);
+        }
         set(&mut next, "metadata", "labels", labels);
         set(&mut next, "metadata", "annotations", annotations);
         *new = next;
@@ -111,5 +130,17 @@ mod tests {
         assert_eq!(new["status"]["conditions"][0]["type"], "Approved");
         assert_eq!(new["metadata"]["annotations"]["x"], "1");
         assert!(!CertificateSigningRequests.prepare_subresource_update("other", &mut new, &old));
+        // Through status: the certificate and other conditions, approval kept as it was.
+        let approved = new.clone();
+        let mut sent = json!({"metadata": {"annotations": {"y": "2"}}, "spec": {},
+                              "status": {"certificate": "bmV3", "conditions": [{"type": "StatusUpdate"}]}});
+        assert!(
+            CertificateSigningRequests.prepare_subresource_update("status", &mut sent, &approved)
+        );
+        assert_eq!(sent["status"]["certificate"], "bmV3");
+        assert_eq!(sent["status"]["conditions"][0]["type"], "Approved");
+        assert_eq!(sent["status"]["conditions"][1]["type"], "StatusUpdate");
+        assert_eq!(sent["metadata"]["annotations"]["y"], "2");
+        assert_eq!(sent["spec"]["signerName"], "a/b");
     }
 }
