@@ -36,7 +36,7 @@ impl Strategy for CertificateSigningRequests {
                     .chain(sent.into_iter().flatten().filter(|c| !approval_type(c)))
                     .cloned()
                     .collect();
-                (!merged.is_empty()).then(|| Value::Array(merged))
+                (!merged.is_empty()).then_some(Value::Array(merged))
             }
             _ => return false,
         };
