@@ -403,6 +403,11 @@ impl DeploymentController {
         annotations.insert(MAX_REPLICAS.into(), (want + surge).to_string());
         if let Some(rs) = existing {
             let mut wanted = annotations.clone();
+            // The size annotations of an existing ReplicaSet record the size it was last
+            // scaled for; only scaling sets them (proportional scaling reads the old value),
+            // as upstream's new-ReplicaSet annotations skip them.
+            wanted.remove(DESIRED_REPLICAS);
+            wanted.remove(MAX_REPLICAS);
             let rev = revision(&rs);
             let new_rev = if rev <= max_old { max_old + 1 } else { rev };
             wanted.insert(REVISION.into(), new_rev.to_string());

@@ -666,3 +666,56 @@ spec:
         !o.lines().any(|l| l == "endpoints/web")
     });
 }
+
+/// The conformance spec's scenario: scaled in the middle of a rollout that cannot finish (its
+/// image does not exist), a Deployment grows both ReplicaSets in proportion (20 and 13 of
+/// 33), not the old one alone.
+#[test]
+fn a_deployment_scaled_mid_rollout_grows_its_replica_sets_in_proportion() {
+    let server = KrustServer::start_with_agent(&[]);
+    let manifest = |image: &str, replicas: u32| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: prop}}
+spec:
+  replicas: {replicas}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: 3, maxUnavailable: 2}}
+  selector: {{matchLabels: {{app: prop}}}}
+  template:
+    metadata: {{labels: {{app: prop}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {image}
+        imagePullPolicy: IfNotPresent
+        command: ["sleep", "3600"]
+"#
+        )
+    };
+    server.ok_stdin(&["apply", "-f", "-"], &manifest(BUSYBOX, 10));
+    let (ok, text) = rollout_status(&server, "prop");
+    assert!(ok, "{text}");
+    server.ok_stdin(&["apply", "-f", "-"], &manifest("127.0.0.1:1/absent:404", 10));
+    let sizes = |o: &str| {
+        let mut v: Vec<u32> = o.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        v.sort_unstable();
+        v
+    };
+    let args = [
+        "get",
+        "replicasets",
+        "-l",
+        "app=prop",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.replicas} {end}",
+    ];
+    // The rollout stalls at 8 old (10 - maxUnavailable) and 5 new (10 + maxSurge - 8).
+    server.wait_for(&args, Duration::from_secs(60), |o| sizes(o) == [5, 8]);
+    server.ok(&["scale", "deployment/prop", "--replicas=30"]);
+    let out = server.wait_for(&args, Duration::from_secs(60), |o| sizes(o) == [13, 20]);
+    assert_eq!(sizes(&out), [13, 20]);
+}
