@@ -243,16 +243,22 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
     let phase = if inputs.failed.is_some() { "Failed" } else { phase(pod, inputs.observed) };
-    let initializing = spec.init_containers.iter().flatten().any(|c| {
-        let done = inputs
-            .observed
-            .latest(&c.name)
-            .is_some_and(|o| o.state == State::Exited && o.exit_code == 0);
-        // A sidecar (an init container that restarts always) counts once it runs.
-        let sidecar_up = c.restart_policy.as_deref() == Some("Always")
-            && inputs.observed.latest(&c.name).is_some_and(|o| o.state == State::Running);
-        !done && !sidecar_up
-    });
+    // The init containers not yet done, in spec order (upstream's condition message names
+    // them). A sidecar (an init container that restarts always) counts once it runs.
+    let incomplete: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| {
+            let latest = inputs.observed.latest(&c.name);
+            let done = latest.is_some_and(|o| o.state == State::Exited && o.exit_code == 0);
+            let sidecar_up = c.restart_policy.as_deref() == Some("Always")
+                && latest.is_some_and(|o| o.state == State::Running);
+            !done && !sidecar_up
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    let initializing = !incomplete.is_empty();
     let init_statuses: Vec<Value> = spec
         .init_containers
         .iter()
@@ -295,19 +301,6 @@ pub fn pod_status(inputs: &Inputs<'_>) -> Value {
         condition("PodScheduled", true, None, &previous, inputs.now),
     ];
     // Upstream's messages name the containers each condition waits for, in spec order.
-    let incomplete: Vec<&str> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| {
-            let latest = inputs.observed.latest(&c.name);
-            let done = latest.is_some_and(|o| o.state == State::Exited && o.exit_code == 0);
-            let sidecar_up = c.restart_policy.as_deref() == Some("Always")
-                && latest.is_some_and(|o| o.state == State::Running);
-            !done && !sidecar_up
-        })
-        .map(|c| c.name.as_str())
-        .collect();
     let unready: Vec<&str> =
         statuses.iter().filter(|s| s["ready"] != true).filter_map(|s| s["name"].as_str()).collect();
     for c in &mut conditions {
