@@ -899,9 +899,15 @@ impl Rest {
             return Ok(());
         }
         if subresource == Some("status") {
-            // Only status (and nothing in metadata but managedFields) changes through /status.
+            // Through /status only status changes, and of the metadata the labels and
+            // annotations (upstream's status strategies reset the spec and leave those: the
+            // Ingress and CSR conformance specs patch an annotation through /status).
             // `next` was made from `current`, so only what differs is copied back: cloning the
             // whole object for every status write showed among a busy server's allocations.
+            let sent_meta = next
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+                .map(|m| (m.remove("labels"), m.remove("annotations"), m.remove("managedFields")));
             let (Some(current), Some(out)) = (current.as_object(), next.as_object_mut()) else {
                 return Err(ApiError::bad_request("object expected"));
             };
@@ -909,6 +915,23 @@ impl Rest {
             for (k, v) in current.iter().filter(|(k, _)| k.as_str() != "status") {
                 if out.get(k) != Some(v) {
                     out.insert(k.clone(), v.clone());
+                }
+            }
+            if let (Some((labels, annotations, managed)), Some(meta)) =
+                (sent_meta, out.get_mut("metadata").and_then(Value::as_object_mut))
+            {
+                for (key, value) in [("labels", labels), ("annotations", annotations)] {
+                    match value {
+                        Some(v) => meta.insert(key.into(), v),
+                        None => meta.remove(key),
+                    };
+                }
+                // As for the main resource: managed fields the write brings (an apply) are
+                // kept, none sent keeps the stored ones.
+                if let Some(managed) =
+                    managed.filter(|m| m.as_array().is_some_and(|a| !a.is_empty()))
+                {
+                    meta.insert("managedFields".into(), managed);
                 }
             }
             return Ok(());

@@ -515,6 +515,32 @@ async fn status_subresource_dry_run_and_generate_name() {
         ),
         (serde_json::json!(2), serde_json::json!(1), serde_json::json!(1))
     );
+    // A status patch may also set labels and annotations (the Ingress and CSR conformance
+    // specs rely on it), but not finalizers or the spec.
+    let patched = value_of(
+        &deployments
+            .patch_status(
+                "web",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({
+                    "metadata": {"annotations": {"patchedstatus": "true"}, "finalizers": ["x/y"]},
+                    "spec": {"replicas": 9},
+                    "status": {"replicas": 3}
+                })),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (
+            patched["metadata"]["annotations"]["patchedstatus"].clone(),
+            patched["metadata"].get("finalizers").cloned(),
+            patched["spec"]["replicas"].clone(),
+            patched["status"]["replicas"].clone()
+        ),
+        (serde_json::json!("true"), None, serde_json::json!(1), serde_json::json!(3))
+    );
+    let after = value_of(&deployments.get("web").await.unwrap());
     // Through the main resource the status is ignored, the spec changes and generation moves.
     let mut main = after.clone();
     main["status"]["replicas"] = serde_json::json!(50);
@@ -527,7 +553,7 @@ async fn status_subresource_dry_run_and_generate_name() {
             after["spec"]["replicas"].clone(),
             after["metadata"]["generation"].clone()
         ),
-        (serde_json::json!(2), serde_json::json!(3), serde_json::json!(2))
+        (serde_json::json!(3), serde_json::json!(3), serde_json::json!(2))
     );
 
     // dryRun=All validates and answers but stores nothing.
