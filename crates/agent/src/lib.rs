@@ -51,7 +51,6 @@ impl AgentError {
 }
 
 pub mod cni;
-pub mod events;
 pub mod node;
 pub mod pods;
 pub mod registries;
@@ -348,7 +347,7 @@ pub async fn run(
         directory,
         client: client.clone(),
         cri,
-        recorder: events::Recorder::new(client.clone(), config.node_name.clone()),
+        recorder: pods::events::Recorder::new(client.clone(), config.node_name.clone()),
         pods_dir: config.data_dir.join("pods"),
         logs_dir: config.data_dir.join("logs").join("pods"),
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),

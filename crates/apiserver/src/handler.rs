@@ -1070,7 +1070,7 @@ impl ApiServer {
         user: &UserInfo,
         namespace: Option<&str>,
     ) -> ApiResult<Value> {
-        let (mut review, _) = crate::strategy::canonicalize(rt, body, FieldValidation::Ignore)?;
+        let (mut review, _) = rt.canonicalize(body, FieldValidation::Ignore)?;
         let context = crate::strategy::ReviewContext {
             user,
             authorizer: self.authorizer.as_ref(),

@@ -10,6 +10,7 @@ pub mod body;
 pub mod cidr;
 pub mod connections;
 pub mod crd;
+pub mod decode;
 pub mod discovery;
 pub mod fuzzing;
 pub mod handler;

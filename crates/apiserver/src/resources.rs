@@ -117,41 +117,6 @@ impl ResourceType {
         self.codec.is_some()
     }
 
-    /// A custom resource type defined by a CustomResourceDefinition.
-    #[expect(clippy::too_many_arguments, reason = "the names a CRD declares")]
-    pub(crate) fn custom(
-        group: &str,
-        version: &str,
-        kind: &str,
-        list_kind: &str,
-        plural: &str,
-        singular: &str,
-        namespaced: bool,
-        short_names: Vec<String>,
-        categories: Vec<String>,
-        has_status: bool,
-    ) -> ResourceType {
-        ResourceType {
-            group: group.to_owned(),
-            version: version.to_owned(),
-            kind: kind.to_owned(),
-            list_kind: list_kind.to_owned(),
-            plural: plural.to_owned(),
-            singular: singular.to_owned(),
-            namespaced,
-            short_names,
-            categories,
-            has_status,
-            has_scale: false,
-            tracks_generation: true,
-            create_only: false,
-            codec: None,
-            schema: None,
-            strategy: &crate::registry::custom::CustomResources,
-            conversion: None,
-            quantities: std::sync::OnceLock::new(),
-        }
-    }
     /// `group/version`, or `version` for core.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -292,13 +257,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry of the built-in types.
-    pub fn new() -> Registry {
-        Registry {
-            types: RwLock::new(Arc::new(
-                crate::registry::builtin_types().into_iter().map(Arc::new).collect(),
-            )),
-        }
+    /// A registry of the given types.
+    pub fn with_types(types: Vec<ResourceType>) -> Registry {
+        Registry { types: RwLock::new(Arc::new(types.into_iter().map(Arc::new).collect())) }
     }
 
     /// Every served type, in discovery order.
@@ -360,12 +321,6 @@ impl Registry {
             }
         }
         *guard = Arc::new(next);
-    }
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry::new()
     }
 }
 

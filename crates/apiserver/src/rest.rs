@@ -349,7 +349,7 @@ impl Rest {
                 meta.remove("managedFields");
             }
         }
-        let (mut object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
+        let (mut object, warnings) = rt.canonicalize(object, options.field_validation)?;
         if rt.has_status
             && !rt.strategy.keeps_status_on_create()
             && let Some(obj) = object.as_object_mut()
@@ -450,7 +450,7 @@ impl Rest {
     fn validate(&self, rt: &ResourceType, object: &Value) -> ApiResult<()> {
         let mut causes: Vec<Cause> = Vec::new();
         rt.validate_quantities(object, &mut causes)?;
-        strategy::validate_metadata(rt, object, &mut causes);
+        strategy::validate_metadata(rt.strategy.name_rule(), object, &mut causes);
         rt.strategy.validate(object, &mut causes);
         if causes.is_empty() {
             Ok(())
@@ -614,7 +614,7 @@ impl Rest {
             ));
         }
         let precondition = meta_str(&object, "resourceVersion").map(parse_rv).transpose()?;
-        let (object, warnings) = strategy::canonicalize(rt, object, options.field_validation)?;
+        let (object, warnings) = rt.canonicalize(object, options.field_validation)?;
         self.guaranteed_update(
             rt,
             namespace,
@@ -700,9 +700,9 @@ impl Rest {
                         }
                     };
                     let (canonical, w) = if subresource == Some("status") && rt.has_status {
-                        strategy::canonicalize_status(rt, patched, validation)?
+                        rt.canonicalize_status(patched, validation)?
                     } else {
-                        strategy::canonicalize(rt, patched, validation)?
+                        rt.canonicalize(patched, validation)?
                     };
                     warnings = w;
                     Ok(canonical)

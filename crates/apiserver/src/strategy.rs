@@ -5,7 +5,6 @@
 
 use serde_json::Value;
 
-use crate::resources::ResourceType;
 use crate::status::{ApiError, Cause};
 
 /// How unknown or duplicate fields in a request are treated (`fieldValidation`).
@@ -160,91 +159,6 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Decodes `object` through its built-in type: field types are checked (a wrong type is 400),
-/// unknown fields are reported according to `validation`, and the canonical form is returned.
-/// Custom resources pass through unchanged.
-pub fn canonicalize(
-    rt: &ResourceType,
-    object: Value,
-    validation: FieldValidation,
-) -> Result<(Value, Vec<String>), ApiError> {
-    let Some(codec) = rt.codec else { return Ok((object, Vec::new())) };
-    let original = object.clone();
-    let canonical = codec(object)
-        .map_err(|e| ApiError::bad_request(format!("error decoding {}: {e}", rt.kind)))?;
-    let mut unknown = Vec::new();
-    unknown_fields(&original, &canonical, &mut String::new(), &mut unknown);
-    let warnings: Vec<String> = unknown
-        .iter()
-        .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.')))
-        .collect();
-    match validation {
-        FieldValidation::Strict if !unknown.is_empty() => {
-            let list = warnings.join(", ");
-            Err(ApiError::bad_request(format!("strict decoding error: {list}")))
-        }
-        FieldValidation::Warn => Ok((canonical, warnings)),
-        _ => Ok((canonical, Vec::new())),
-    }
-}
-
-/// [`canonicalize`] for a write to the `status` subresource: the registry keeps only
-/// `status` of it (everything else is carried over from the stored object, already
-/// canonical), so only `status` is decoded, not the whole object once more (every served
-/// type decodes without its spec; the unit test checks pods and CRDs).
-pub fn canonicalize_status(
-    rt: &ResourceType,
-    mut object: Value,
-    validation: FieldValidation,
-) -> Result<(Value, Vec<String>), ApiError> {
-    let Some(map) = object.as_object_mut() else { return canonicalize(rt, object, validation) };
-    let Some(status) = map.remove("status") else { return Ok((object, Vec::new())) };
-    let mut probe = serde_json::Map::new();
-    for key in ["apiVersion", "kind"] {
-        if let Some(v) = map.get(key) {
-            probe.insert(key.into(), v.clone());
-        }
-    }
-    probe.insert("status".into(), status);
-    let (mut canonical, warnings) = canonicalize(rt, Value::Object(probe), validation)?;
-    if let Some(status) = canonical.as_object_mut().and_then(|c| c.remove("status")) {
-        map.insert("status".into(), status);
-    }
-    Ok((object, warnings))
-}
-
-/// Collects the paths of `input` that `output` (its decoded form) lost. The path is one
-/// buffer grown and cut back while walking: most objects have no unknown field, and a
-/// string per visited field was a noticeable share of every write.
-fn unknown_fields(input: &Value, output: &Value, path: &mut String, out: &mut Vec<String>) {
-    use std::fmt::Write;
-    let len = path.len();
-    match (input, output) {
-        (Value::Object(i), Value::Object(o)) => {
-            for (key, value) in i {
-                if value.is_null() {
-                    continue;
-                }
-                path.push('.');
-                path.push_str(key);
-                match o.get(key) {
-                    None => out.push(path.clone()),
-                    Some(next) => unknown_fields(value, next, path, out),
-                }
-                path.truncate(len);
-            }
-        }
-        (Value::Array(i), Value::Array(o)) => {
-            for (idx, (a, b)) in i.iter().zip(o.iter()).enumerate() {
-                let _ = write!(path, "[{idx}]");
-                unknown_fields(a, b, path, out);
-                path.truncate(len);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// A DNS-1123 label: at most 63 lower-case alphanumerics or '-', starting and ending
 /// alphanumeric.
 pub(crate) fn is_dns_label(s: &str) -> bool {
@@ -310,9 +224,9 @@ impl NameRule {
     }
 }
 
-/// Validates a name for `rt` by its strategy's rule.
-pub fn validate_name(rt: &ResourceType, name: &str) -> Option<Cause> {
-    rt.strategy.name_rule().check(name).err().map(|rule| {
+/// Validates a name by its type's rule.
+pub fn validate_name(rule: NameRule, name: &str) -> Option<Cause> {
+    rule.check(name).err().map(|rule| {
         Cause::new(
             "FieldValueInvalid",
             "metadata.name",
@@ -327,7 +241,7 @@ const ANNOTATIONS_LIMIT: usize = 256 * 1024;
 pub const CONFIG_DATA_LIMIT: usize = 1024 * 1024;
 
 /// Validates labels, annotations and the name of `object`.
-pub fn validate_metadata(rt: &ResourceType, object: &Value, causes: &mut Vec<Cause>) {
+pub fn validate_metadata(rule: NameRule, object: &Value, causes: &mut Vec<Cause>) {
     let meta = object.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
     if name.is_empty() {
@@ -336,7 +250,7 @@ pub fn validate_metadata(rt: &ResourceType, object: &Value, causes: &mut Vec<Cau
             "metadata.name",
             "Required value: name or generateName is required",
         ));
-    } else if let Some(cause) = validate_name(rt, name) {
+    } else if let Some(cause) = validate_name(rule, name) {
         causes.push(cause);
     }
     if let Some(labels) = meta.and_then(|m| m.get("labels")).and_then(Value::as_object) {
@@ -405,86 +319,22 @@ pub fn spec_changed(old: &Value, new: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::Registry;
-    use serde_json::json;
-
-    #[test]
-    fn status_writes_decode_status_and_still_reject_bad_status() {
-        let registry = Registry::new();
-        let pods = registry.lookup("", "v1", "pods").unwrap();
-        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "spec": {"containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1"}});
-        let (out, _) = canonicalize_status(&pods, pod.clone(), FieldValidation::Strict).unwrap();
-        assert_eq!(out, canonicalize(&pods, pod, FieldValidation::Strict).unwrap().0);
-        let bad = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "status": {"phase": 7}});
-        assert!(canonicalize_status(&pods, bad, FieldValidation::Strict).is_err());
-        // A type with a required spec (a CRD) still decodes from its status alone.
-        let crds =
-            registry.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions").unwrap();
-        let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "widgets.example.com"},
-            "spec": {"group": "example.com", "scope": "Namespaced",
-                     "names": {"plural": "widgets", "kind": "Widget"},
-                     "versions": [{"name": "v1", "served": true, "storage": true}]},
-            "status": {"acceptedNames": {"plural": "widgets", "kind": "Widget"}, "storedVersions": ["v1"]}});
-        let (out, _) = canonicalize_status(&crds, crd.clone(), FieldValidation::Strict).unwrap();
-        assert_eq!(out["status"]["storedVersions"], serde_json::json!(["v1"]));
-    }
 
     #[test]
     fn names_follow_dns_rules() {
-        let registry = Registry::new();
-        let cm = registry.lookup("", "v1", "configmaps").unwrap();
-        let svc = registry.lookup("", "v1", "services").unwrap();
-        let ns = registry.lookup("", "v1", "namespaces").unwrap();
-        assert!(validate_name(&cm, "a.b-c").is_none());
-        assert!(validate_name(&cm, "Upper").is_some());
-        assert!(validate_name(&cm, &"a".repeat(254)).is_some());
-        assert!(validate_name(&svc, "1abc").is_some());
-        assert!(validate_name(&ns, "a.b").is_some());
+        let (cm, svc, ns) = (NameRule::Subdomain, NameRule::Dns1035Label, NameRule::Label);
+        assert!(validate_name(cm, "a.b-c").is_none());
+        assert!(validate_name(cm, "Upper").is_some());
+        assert!(validate_name(cm, &"a".repeat(254)).is_some());
+        assert!(validate_name(svc, "1abc").is_some());
+        assert!(validate_name(ns, "a.b").is_some());
         // A subdomain's parts have no length limit of their own (upstream accepts a
         // 72-character ConfigMap name); a label's does.
         let long = "a".repeat(72);
-        assert!(validate_name(&cm, &long).is_none());
-        assert!(validate_name(&cm, &format!("{long}.b")).is_none());
-        assert!(validate_name(&ns, &long).is_some());
-        assert!(validate_name(&cm, "a..b").is_some());
-        assert!(validate_name(&cm, "a.-b").is_some());
-    }
-
-    #[test]
-    fn unknown_fields_follow_field_validation() {
-        let registry = Registry::new();
-        let cm = registry.lookup("", "v1", "configmaps").unwrap();
-        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "b"}, "bogus": 1});
-        let err = canonicalize(&cm, obj.clone(), FieldValidation::Strict).unwrap_err();
-        assert_eq!(err.code, 400);
-        assert!(err.message.contains("unknown field \"bogus\""), "{}", err.message);
-        let (out, warnings) = canonicalize(&cm, obj.clone(), FieldValidation::Warn).unwrap();
-        assert_eq!(warnings, ["unknown field \"bogus\""]);
-        assert!(out.get("bogus").is_none());
-        let (_, warnings) = canonicalize(&cm, obj, FieldValidation::Ignore).unwrap();
-        assert!(warnings.is_empty());
-        let wrong_type = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": 5}});
-        assert_eq!(canonicalize(&cm, wrong_type, FieldValidation::Ignore).unwrap_err().code, 400);
-        // Nested unknown fields are named by their full path, list items by index, in
-        // the order they appear, and known siblings after them are not reported.
-        let pods = registry.lookup("", "v1", "pods").unwrap();
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "oops": 1},
-        "spec": {"containers": [
-            {"name": "a", "image": "x"},
-            {"name": "b", "image": "y", "imagex": "z", "ports": [{"containerPort": 80, "hostIPx": "1"}]}
-        ]}});
-        let (_, warnings) = canonicalize(&pods, pod, FieldValidation::Warn).unwrap();
-        assert_eq!(
-            warnings,
-            [
-                "unknown field \"metadata.oops\"",
-                "unknown field \"spec.containers[1].imagex\"",
-                "unknown field \"spec.containers[1].ports[0].hostIPx\"",
-            ]
-        );
+        assert!(validate_name(cm, &long).is_none());
+        assert!(validate_name(cm, &format!("{long}.b")).is_none());
+        assert!(validate_name(ns, &long).is_some());
+        assert!(validate_name(cm, "a..b").is_some());
+        assert!(validate_name(cm, "a.-b").is_some());
     }
 }

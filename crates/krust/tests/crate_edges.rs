@@ -55,3 +55,73 @@ fn crates_depend_only_along_the_allowed_edges() {
     assert!(wrong.is_empty(), "dependencies against the allowed direction: {wrong:?}");
     assert!(edges.contains(&("apiserver".to_owned(), "storage".to_owned())), "{edges:?}");
 }
+
+/// Within each crate, the top-level modules (a file or a folder under `src/`) form no
+/// circle: a type both sides use lives where both can reach it. Test-only files (the fakes,
+/// harnesses) and `#[cfg(test)]` modules are left out, as are comments.
+#[test]
+fn modules_of_a_crate_form_no_circle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut circles = Vec::new();
+    for krate in std::fs::read_dir(crates).unwrap() {
+        let src = krate.unwrap().path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let mut all = Vec::new();
+        files(&src, &mut all);
+        let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for file in all {
+            let relative = file.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let top = relative.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
+            let name = file.file_name().unwrap().to_string_lossy();
+            if matches!(top.as_str(), "lib" | "main")
+                || matches!(name.as_ref(), "fake.rs" | "testing.rs" | "fuzzing.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let text = text.split("#[cfg(test)]").next().unwrap_or("");
+            let deps = edges.entry(top.clone()).or_default();
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for part in line.split("crate::").skip(1) {
+                    let module: String = part
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                        .collect();
+                    if !module.is_empty() && module != top {
+                        deps.insert(module);
+                    }
+                }
+            }
+        }
+        // A module reaching itself through others is a circle.
+        for start in edges.keys() {
+            let mut seen = BTreeSet::new();
+            let mut stack: Vec<&String> = edges[start].iter().collect();
+            while let Some(next) = stack.pop() {
+                if next == start {
+                    circles.push(format!("{}: {start}", src.display()));
+                    break;
+                }
+                if seen.insert(next.clone()) {
+                    stack.extend(edges.get(next).into_iter().flatten());
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "modules in an import circle: {circles:?}");
+}

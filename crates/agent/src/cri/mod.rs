@@ -9,6 +9,7 @@
 
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod log;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

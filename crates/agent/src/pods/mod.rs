@@ -5,6 +5,7 @@
 pub mod cgroups;
 pub mod config;
 pub mod env;
+pub mod events;
 pub mod images;
 mod objects;
 mod plan;
@@ -30,9 +31,13 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::AgentConfig;
 use crate::cri::SharedRuntime;
-use crate::events::Recorder;
+use crate::pods::events::Recorder;
 use config::PodKey;
 use worker::{Next, Worker};
+
+/// Pods this agent runs, by (namespace, name) → UID, kept by the pod manager and read by the
+/// streaming endpoint to find a pod's containers.
+pub type Directory = Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
 
 /// What every pod worker shares.
 pub(crate) struct Context {
@@ -45,7 +50,7 @@ pub(crate) struct Context {
     pub(crate) resolv_conf: String,
     pub(crate) node_memory: u64,
     pub(crate) node_cpu: f64,
-    pub(crate) directory: crate::stream::server::Directory,
+    pub(crate) directory: Directory,
     /// The ConfigMaps and Secrets this node's pods refer to, watched.
     pub(crate) objects: Arc<objects::ObjectCache>,
     /// Wall time (back-offs, start times).

@@ -82,8 +82,8 @@ impl Harness {
         );
         let ctx = Arc::new(Context {
             objects: super::ObjectCache::new(client.clone()),
-            directory: crate::stream::server::Directory::default(),
-            recorder: crate::events::Recorder::new(client.clone(), "node-a".into()),
+            directory: crate::pods::Directory::default(),
+            recorder: crate::pods::events::Recorder::new(client.clone(), "node-a".into()),
             client,
             cri: runtime.clone(),
             pods_dir: dir.path().join("pods"),

@@ -22,7 +22,7 @@ use super::runtime::{self, Observed, ObservedContainer, ObservedSandbox, State};
 use super::status::{self, Waiting};
 use super::{Context, images, plan, probe, volumes};
 use crate::AgentError;
-use crate::events::EventType;
+use crate::pods::events::EventType;
 
 /// How long a settled pod waits before its next sync when nothing happens (volume contents
 /// are refreshed at this pace).
@@ -658,7 +658,7 @@ impl Worker {
                 let log = std::fs::read_to_string(&o.log_path).unwrap_or_default();
                 let lines: Vec<&str> = log
                     .lines()
-                    .filter_map(|l| crate::stream::logs::parse_line(l).map(|p| p.text))
+                    .filter_map(|l| crate::cri::log::parse_line(l).map(|p| p.text))
                     .collect();
                 let tail = lines[lines.len().saturating_sub(80)..].join("\n");
                 message = tail.into_bytes();

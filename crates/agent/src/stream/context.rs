@@ -2,9 +2,7 @@
 //! type and plain answers), apart from `server.rs` so that the handlers (`exec.rs`, `stats.rs`)
 //! need not import the server that routes to them.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -15,8 +13,7 @@ use crate::cri::SharedRuntime;
 /// Response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Pods this agent runs, by (namespace, name) → UID, kept by the pod manager.
-pub type Directory = Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
+pub use crate::pods::Directory;
 
 /// What the endpoint needs.
 #[derive(Clone, Debug)]

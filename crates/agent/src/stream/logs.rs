@@ -8,6 +8,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
+pub use crate::cri::log::{Line, parse_line};
+
 /// `kubectl logs` options (`PodLogOptions`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogOptions {
@@ -57,29 +59,6 @@ impl LogOptions {
         }
         Ok(o)
     }
-}
-
-/// One parsed CRI log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line<'a> {
-    /// RFC 3339 timestamp as written.
-    pub time: &'a str,
-    /// `stdout` or `stderr`.
-    pub stream: &'a str,
-    /// The line ends here (`F`) or continues in the next record (`P`).
-    pub full: bool,
-    /// The text.
-    pub text: &'a str,
-}
-
-/// Parses one CRI log record.
-pub fn parse_line(line: &str) -> Option<Line<'_>> {
-    let mut parts = line.splitn(4, ' ');
-    let time = parts.next()?;
-    let stream = parts.next()?;
-    let tag = parts.next()?;
-    let text = parts.next().unwrap_or("");
-    Some(Line { time, stream, full: !tag.starts_with('P'), text })
 }
 
 fn render(line: &Line<'_>, options: &LogOptions) -> Vec<u8> {

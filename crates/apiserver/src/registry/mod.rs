@@ -211,3 +211,17 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
     }
     types
 }
+
+// Here rather than in `resources.rs`, so the type table depends on no registry entry.
+impl crate::resources::Registry {
+    /// A registry of the built-in types.
+    pub fn new() -> Self {
+        Self::with_types(builtin_types())
+    }
+}
+
+impl Default for crate::resources::Registry {
+    fn default() -> Self {
+        crate::resources::Registry::new()
+    }
+}
