@@ -30,6 +30,18 @@ impl Ipv4Cidr {
     pub fn size(&self) -> u32 {
         1u32 << (32 - u32::from(self.prefix))
     }
+
+    /// Whether `ip` is in the network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -43,6 +55,9 @@ mod tests {
         assert_eq!(cidr.nth(1), Some(Ipv4Addr::new(10, 43, 0, 1)));
         assert_eq!(cidr.size(), 65536);
         assert_eq!(cidr.nth(65536), None);
+        assert!(cidr.contains(Ipv4Addr::new(10, 43, 255, 1)));
+        assert!(!cidr.contains(Ipv4Addr::new(10, 44, 0, 1)));
+        assert_eq!(cidr.to_string(), "10.43.0.0/16");
         assert!(Ipv4Cidr::parse("10.43.0.0").is_none());
         assert!(Ipv4Cidr::parse("10.43.0.0/31").is_none());
     }

@@ -467,5 +467,26 @@ pub async fn bootstrap(
         }
         Err(e) => return Err(e.into()),
     }
+    // Service proxies read EndpointSlices: the API server writes its own, as upstream's
+    // endpoint reconciler does (no controller selects the `kubernetes` Service's pods).
+    let slices = registry
+        .lookup("discovery.k8s.io", "v1", "endpointslices")
+        .ok_or(ServerError::NotServed("endpointslices"))?;
+    let wanted = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [endpoint_ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+    });
+    match server.rest.create(&slices, Some("default"), wanted.clone(), &options).await {
+        Ok(_) => {}
+        Err(e) if e.code == 409 => {
+            server
+                .rest
+                .update(&slices, Some("default"), "kubernetes", wanted, None, &options)
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }

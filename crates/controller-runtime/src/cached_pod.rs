@@ -61,6 +61,10 @@ pub struct CachedPodSpec {
     pub containers: Vec<CachedContainer>,
     /// `initContainers`.
     pub init_containers: Option<Vec<CachedContainer>>,
+    /// `hostname` (a headless Service's per-pod DNS name).
+    pub hostname: Option<String>,
+    /// `subdomain` (the headless Service that gives the pod its DNS name).
+    pub subdomain: Option<String>,
 }
 
 /// The read part of a `Container`.

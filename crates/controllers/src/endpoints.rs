@@ -40,7 +40,7 @@ impl std::fmt::Debug for EndpointsController {
     }
 }
 
-fn selects(service: &Service, pod: &CachedPod) -> bool {
+pub(crate) fn selects(service: &Service, pod: &CachedPod) -> bool {
     let Some(selector) = service.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
         return false;
     };
@@ -173,7 +173,7 @@ impl EndpointsController {
 }
 
 /// Whether the pod's `Ready` condition is true.
-fn ready(pod: &CachedPod) -> bool {
+pub(crate) fn ready(pod: &CachedPod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -182,7 +182,7 @@ fn ready(pod: &CachedPod) -> bool {
 
 /// The port a Service port reaches on `pod`: a number as it is, a name through the pod's
 /// container ports of that protocol; `None` when the pod has no such named port.
-fn target_port(
+pub(crate) fn target_port(
     pod: &CachedPod,
     target: Option<&IntOrString>,
     port: i32,

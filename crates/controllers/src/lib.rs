@@ -12,6 +12,7 @@ pub use controller_runtime::{cached_pod, events, informer, leader, quantity, que
 
 pub mod deployment;
 pub mod endpoints;
+pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -265,6 +266,12 @@ pub fn controller_manager(
     );
     let endpoints =
         endpoints::EndpointsController::new(client.clone(), informers.services(), pods.clone());
+    let endpoint_slices = endpointslice::EndpointSliceController::new(
+        client.clone(),
+        informers.services(),
+        pods.clone(),
+        informers.nodes(),
+    );
     let garbage_collector = gc::GarbageCollector::new(client.clone());
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
@@ -284,6 +291,7 @@ pub fn controller_manager(
             let deployment = deployment.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
+            let endpoint_slices = endpoint_slices.clone();
             async move {
                 tokio::join!(
                     replica_set.run(config.workers),
@@ -292,6 +300,7 @@ pub fn controller_manager(
                     deployment.run(config.workers),
                     service_account.run(),
                     endpoints.run(config.workers),
+                    endpoint_slices.run(config.workers),
                     garbage_collector.run(config.workers * 4),
                     namespace.run(config.workers),
                     node_lifecycle.run(),

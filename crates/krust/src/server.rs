@@ -56,6 +56,9 @@ pub(crate) struct ServerArgs {
     /// Service network (IPv4 CIDR); its first address is the `kubernetes` Service.
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: String,
+    /// Ports NodePort and LoadBalancer Services get their node ports from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
     /// Shared secret nodes join with; generated and kept in the data dir when absent.
     #[arg(long, env = "KRUST_TOKEN")]
     token: Option<String>,
@@ -121,6 +124,13 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
     let cluster_cidr = Ipv4Cidr::parse(&args.cluster_cidr)
         .with_context(|| format!("--cluster-cidr {:?} is not an IPv4 CIDR", args.cluster_cidr))?;
+    let node_ports = apiserver::admission::PortRange::parse(&args.service_node_port_range)
+        .with_context(|| {
+            format!(
+                "--service-node-port-range {:?} is not a port range",
+                args.service_node_port_range
+            )
+        })?;
     let first_service_ip = service_cidr.nth(1).context("service CIDR too small")?;
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
@@ -156,7 +166,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let rest = Arc::new(Rest {
         store: store.clone(),
         registry: registry.clone(),
-        admission: apiserver::admission::Admission::new(service_cidr, Some(cluster_cidr)),
+        admission: apiserver::admission::Admission::new(
+            service_cidr,
+            node_ports,
+            Some(cluster_cidr),
+        ),
     });
     apiserver::crd::sync(&rest).await?;
     let crd_follower =

@@ -604,7 +604,7 @@ fn foreground_deletion_of_an_owner_circle_completes() {
 }
 
 #[test]
-fn endpoints_follow_the_pods_a_service_selects() {
+fn endpoints_and_slices_follow_the_pods_a_service_selects() {
     let server = KrustServer::start_control_plane(&[]);
     let _nodes = SimNodes::start(&server, "ep", 2, &[]);
     let manifests = format!(
@@ -653,8 +653,31 @@ spec:
         "jsonpath={.subsets[0].ports[0].port} {.subsets[0].ports[0].name} {.metadata.labels.tier}",
     ]);
     assert_eq!(port.trim(), "8080 web front");
+    // The EndpointSlices say the same, with conditions, node and owner.
+    let slices = [
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web,endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io",
+        "-o",
+        "jsonpath={range .items[*].endpoints[*]}{.addresses[0]} {.conditions.ready} {.nodeName}{\"\\n\"}{end}",
+    ];
+    let ready_on_a_node = |o: &str| {
+        o.lines().filter(|l| l.split(' ').nth(1) == Some("true") && l.contains(" ep-")).count()
+    };
+    server.wait_for(&slices, Duration::from_secs(30), |o| ready_on_a_node(o) == 3);
+    let slice = server.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={.items[0].ports[0].port} {.items[0].ports[0].name} {.items[0].addressType} {.items[0].metadata.ownerReferences[0].kind} {.items[0].metadata.labels.tier}",
+    ]);
+    assert_eq!(slice.trim(), "8080 web IPv4 Service front");
     server.ok(&["scale", "deployment", "web", "--replicas=1"]);
     server.wait_for(&args, Duration::from_secs(30), |o| count(o) == 1);
+    server.wait_for(&slices, Duration::from_secs(30), |o| o.lines().count() == 1);
     // `kubectl expose` makes a Service whose Endpoints appear as well.
     server.ok(&["expose", "deployment", "web", "--name=web2", "--port=81", "--target-port=8080"]);
     let args2 = addresses("web2");
@@ -665,6 +688,11 @@ spec:
     server.wait_for(&["get", "endpoints", "-o", "name"], Duration::from_secs(30), |o| {
         !o.lines().any(|l| l == "endpoints/web")
     });
+    server.wait_for(
+        &["get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "name"],
+        Duration::from_secs(30),
+        |o| o.trim().is_empty(),
+    );
 }
 
 /// The conformance spec's scenario: scaled in the middle of a rollout that cannot finish (its

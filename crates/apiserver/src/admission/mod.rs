@@ -10,6 +10,7 @@ pub mod node_pod_cidr;
 pub mod priority;
 pub mod resource_quota;
 pub mod service_cluster_ip;
+pub mod service_node_port;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::status::{ApiError, ApiResult};
 
 pub use default_toleration_seconds::{NOT_READY_TAINT, UNREACHABLE_TAINT};
 pub use priority::SYSTEM_PRIORITY_CLASSES;
+pub use service_node_port::PortRange;
 
 /// What a request does, as admission sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,9 +164,13 @@ impl std::fmt::Debug for Admission {
 const NODE_CIDR_PREFIX: u8 = 24;
 
 impl Admission {
-    /// The chain of a cluster whose Services take addresses from `service_cidr` and whose
-    /// nodes take /24 pod networks from `cluster_cidr`.
-    pub fn new(service_cidr: Ipv4Cidr, cluster_cidr: Option<Ipv4Cidr>) -> Admission {
+    /// The chain of a cluster whose Services take addresses from `service_cidr` and node
+    /// ports from `node_ports`, and whose nodes take /24 pod networks from `cluster_cidr`.
+    pub fn new(
+        service_cidr: Ipv4Cidr,
+        node_ports: PortRange,
+        cluster_cidr: Option<Ipv4Cidr>,
+    ) -> Admission {
         // One lock for everything allocated from a range of the cluster: two creates must not
         // pick the same address. (Within one API server; several servers sharing etcd need
         // an allocator object in the store, which comes with the services issue.)
@@ -174,6 +180,11 @@ impl Admission {
                 Box::new(service_cluster_ip::ServiceClusterIp::new(
                     service_cidr,
                     allocation.clone(),
+                )),
+                // A lock of its own: the address's hold is kept until the Service is stored.
+                Box::new(service_node_port::ServiceNodePort::new(
+                    node_ports,
+                    Arc::new(Mutex::new(())),
                 )),
                 Box::new(node_pod_cidr::NodePodCidr::new(cluster_cidr, allocation)),
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),

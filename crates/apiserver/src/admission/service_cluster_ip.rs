@@ -1,6 +1,9 @@
 //! ServiceClusterIPAllocation (krust's name; upstream allocates in the Service registry): a
-//! new Service without a `clusterIP` gets a free address of the service network.
+//! Service without a `clusterIP` gets a free address of the service network, one that asks
+//! for an address gets it when it is in the network and free, and a Service changed from
+//! `ExternalName` to another type gets one then.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -9,7 +12,7 @@ use tokio::sync::Mutex;
 
 use super::{Attributes, Hold, Mutating, Objects, Operation};
 use crate::cidr::Ipv4Cidr;
-use crate::status::{ApiError, ApiResult};
+use crate::status::{ApiError, ApiResult, Cause};
 
 /// The plugin, with the service network it allocates from.
 pub struct ServiceClusterIp {
@@ -17,18 +20,37 @@ pub struct ServiceClusterIp {
     lock: Arc<Mutex<()>>,
 }
 
+/// A Service's `clusterIP`, "" when unset.
+fn cluster_ip(service: &Value) -> &str {
+    service.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("")
+}
+
+fn is_external_name(service: &Value) -> bool {
+    service.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName")
+}
+
+/// The addresses other Services hold.
+pub(super) async fn used_by_others(
+    objects: &dyn Objects,
+    namespace: Option<&str>,
+    name: &str,
+    of: impl Fn(&Value) -> Vec<String>,
+) -> ApiResult<HashSet<String>> {
+    let rt = objects.served("", "v1", "services")?;
+    let services = objects.list(&rt, None).await?;
+    let itself = |s: &Value| {
+        s.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+            && s.pointer("/metadata/namespace").and_then(Value::as_str) == namespace
+    };
+    Ok(services.iter().filter(|s| !itself(s)).flat_map(of).collect())
+}
+
 impl ServiceClusterIp {
     pub(super) fn new(service_cidr: Ipv4Cidr, lock: Arc<Mutex<()>>) -> Self {
         ServiceClusterIp { service_cidr, lock }
     }
 
-    async fn allocate(&self, objects: &dyn Objects) -> ApiResult<String> {
-        let rt = objects.served("", "v1", "services")?;
-        let services = objects.list(&rt, None).await?;
-        let used: std::collections::HashSet<String> = services
-            .iter()
-            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned))
-            .collect();
+    fn allocate(&self, used: &HashSet<String>) -> ApiResult<String> {
         use rand::Rng;
         // Skip the network address, the first address (the `kubernetes` Service) and the
         // broadcast address; start at a random offset so that a freed address is not reused
@@ -45,6 +67,22 @@ impl ServiceClusterIp {
         }
         Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
     }
+
+    /// Why `ip` cannot be given to this Service, as upstream words it.
+    fn refuse(&self, ip: &str, used: &HashSet<String>) -> Option<String> {
+        let in_range = ip
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .is_some_and(|a| self.service_cidr.contains(a) && a != self.service_cidr.network);
+        if !in_range {
+            return Some(format!(
+                "Invalid value: \"{ip}\": provided IP is not in the valid range. The range of valid IPs is {}",
+                self.service_cidr
+            ));
+        }
+        used.contains(ip)
+            .then(|| format!("Invalid value: \"{ip}\": provided IP is already allocated"))
+    }
 }
 
 impl Mutating for ServiceClusterIp {
@@ -53,7 +91,9 @@ impl Mutating for ServiceClusterIp {
     }
 
     fn applies(&self, attributes: &Attributes<'_>) -> bool {
-        attributes.operation == Operation::Create && attributes.is("", "Service")
+        matches!(attributes.operation, Operation::Create | Operation::Update)
+            && attributes.subresource.is_none()
+            && attributes.is("", "Service")
     }
 
     fn admit<'a>(
@@ -64,20 +104,38 @@ impl Mutating for ServiceClusterIp {
     ) -> BoxFuture<'a, ApiResult<Hold>> {
         Box::pin(async move {
             let Some(object) = object else { return Ok(None) };
-            if attributes.operation != Operation::Create || !attributes.is("", "Service") {
+            if is_external_name(object) {
                 return Ok(None);
             }
-            let svc_type =
-                object.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
-            let has_ip = object
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty());
-            if svc_type == "ExternalName" || has_ip {
+            let requested = cluster_ip(object).to_owned();
+            if requested == "None" {
+                return Ok(None);
+            }
+            // An update that keeps the address it has needs nothing (the strategy refuses a
+            // change of an address once set).
+            let kept = attributes.old.filter(|old| !is_external_name(old)).map(cluster_ip);
+            if kept.is_some_and(|k| !k.is_empty() && k == requested) {
                 return Ok(None);
             }
             let guard = self.lock.clone().lock_owned().await;
-            let ip = self.allocate(objects).await?;
+            let used = used_by_others(objects, attributes.namespace, attributes.name, |s| {
+                let ip = cluster_ip(s);
+                if ip.is_empty() || ip == "None" { Vec::new() } else { vec![ip.to_owned()] }
+            })
+            .await?;
+            let ip = if requested.is_empty() {
+                self.allocate(&used)?
+            } else if let Some(message) = self.refuse(&requested, &used) {
+                let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    name,
+                    vec![Cause::new("FieldValueInvalid", "spec.clusterIPs[0]", message)],
+                ));
+            } else {
+                requested
+            };
             let obj = object
                 .as_object_mut()
                 .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;

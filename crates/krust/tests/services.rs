@@ -1,0 +1,184 @@
+//! Services as a Kubernetes user meets them: addresses and node ports allocated from the
+//! configured ranges, asked-for ones honoured or refused as upstream refuses them, and the
+//! fields a change of type adds or drops.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::KrustServer;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+fn service(name: &str, spec: serde_json::Value) -> Service {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+/// The 422's message, and that nothing was stored under the name.
+async fn refused(services: &Api<Service>, svc: Service) -> String {
+    let name = svc.metadata.name.clone().unwrap();
+    match services.create(&PostParams::default(), &svc).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{}", s.message);
+            assert!(services.get_opt(&name).await.unwrap().is_none(), "nothing is stored");
+            s.message
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ips_and_node_ports_come_from_their_ranges() {
+    let server = KrustServer::start_control_plane(&["--service-node-port-range", "30100-30199"]);
+    let client = server.client().await;
+    let services: Api<Service> = Api::namespaced(client, "default");
+    let ports = serde_json::json!([{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]);
+
+    // Every port of a NodePort Service gets a node port from the range.
+    let web = services
+        .create(
+            &PostParams::default(),
+            &service("web", serde_json::json!({"type": "NodePort", "ports": ports})),
+        )
+        .await
+        .unwrap();
+    let spec = web.spec.unwrap();
+    let node_ports: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.node_port.unwrap()).collect();
+    assert!(node_ports.iter().all(|p| (30100..=30199).contains(p)), "{node_ports:?}");
+    assert_ne!(node_ports[0], node_ports[1]);
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+    let web_ip = spec.cluster_ip.unwrap();
+    assert!(web_ip.starts_with("10.43."), "{web_ip}");
+
+    // An address or port asked for is given when free and in range, refused otherwise.
+    let asked = services
+        .create(
+            &PostParams::default(),
+            &service(
+                "asked",
+                serde_json::json!({"type": "NodePort", "clusterIP": "10.43.7.7",
+                "ports": [{"port": 80, "nodePort": 30150}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let spec = asked.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.7.7"));
+    assert_eq!(spec.ports.unwrap()[0].node_port, Some(30150));
+    let message = refused(
+        &services,
+        service("taken-ip", serde_json::json!({"clusterIP": web_ip, "ports": [{"port": 80}]})),
+    )
+    .await;
+    assert_eq!(
+        message,
+        format!(
+            "Service \"taken-ip\" is invalid: spec.clusterIPs[0]: Invalid value: \"{web_ip}\": provided IP is already allocated"
+        )
+    );
+    let message = refused(
+        &services,
+        service("far-ip", serde_json::json!({"clusterIP": "192.168.1.1", "ports": [{"port": 80}]})),
+    )
+    .await;
+    assert!(
+        message.ends_with(
+            "provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16"
+        ),
+        "{message}"
+    );
+    let message = refused(
+        &services,
+        service(
+            "taken-port",
+            serde_json::json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30150}]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        message,
+        "Service \"taken-port\" is invalid: spec.ports[0].nodePort: Invalid value: 30150: provided port is already allocated"
+    );
+    let message = refused(
+        &services,
+        service(
+            "far-port",
+            serde_json::json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}),
+        ),
+    )
+    .await;
+    assert!(
+        message.ends_with(
+            "provided port is not in the valid range. The range of valid ports is 30100-30199"
+        ),
+        "{message}"
+    );
+    let message = refused(
+        &services,
+        service(
+            "twice",
+            serde_json::json!({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}),
+        ),
+    )
+    .await;
+    assert!(message.contains("spec.ports[1]: Duplicate value"), "{message}");
+
+    // A change of type drops the node ports, and back again allocates new ones; the
+    // address stays.
+    let patch = |t: &str| Patch::Merge(serde_json::json!({"spec": {"type": t}}));
+    let clusterip =
+        services.patch("asked", &PatchParams::default(), &patch("ClusterIP")).await.unwrap();
+    let spec = clusterip.spec.unwrap();
+    assert_eq!(spec.ports.unwrap()[0].node_port, None);
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.7.7"));
+    // The freed node port can be asked for again.
+    services
+        .create(
+            &PostParams::default(),
+            &service(
+                "reuse",
+                serde_json::json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30150}]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let back = services.patch("asked", &PatchParams::default(), &patch("NodePort")).await.unwrap();
+    let port = back.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    assert!((30100..=30199).contains(&port) && port != 30150, "{port}");
+    // ExternalName has no address; back to ClusterIP gets one.
+    let external = services
+        .patch(
+            "asked",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"type": "ExternalName", "externalName": "example.com"}})),
+        )
+        .await
+        .unwrap();
+    let spec = external.spec.unwrap();
+    assert_eq!((spec.cluster_ip, spec.ports.unwrap()[0].node_port), (None, None));
+    let again = services
+        .patch(
+            "asked",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"type": "ClusterIP", "externalName": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(again.spec.unwrap().cluster_ip.unwrap().starts_with("10.43."));
+
+    // `kubectl expose --type=NodePort` shows the node port it got.
+    server.ok(&["create", "deployment", "shop", "--image=busybox", "--port=8080"]);
+    server.ok(&[
+        "expose",
+        "deployment",
+        "shop",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let shown = server.ok(&["get", "svc", "shop", "--no-headers"]);
+    let port_column = shown.split_whitespace().nth(4).unwrap();
+    let node_port: u16 =
+        port_column.trim_end_matches("/TCP").split(':').nth(1).unwrap().parse().unwrap();
+    assert!((30100..=30199).contains(&node_port), "{shown}");
+}
