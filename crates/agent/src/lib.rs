@@ -55,6 +55,7 @@ pub mod node;
 pub mod pods;
 pub mod registries;
 pub mod reset;
+pub mod serviceproxy;
 pub mod sim;
 pub mod stream;
 pub mod tls;
@@ -94,6 +95,10 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Most processes per pod, upstream's `--pod-max-pids` (none = unlimited).
     pub pod_pids_limit: Option<i64>,
+    /// The cluster's pod network (traffic from it to a Service is not masqueraded).
+    pub cluster_cidr: String,
+    /// Whether the agent runs the service proxy (off for clusters that bring their own).
+    pub service_proxy: bool,
 }
 
 /// Where the agent keeps the TLS material of its endpoint: the cluster CA (to verify the API
@@ -123,6 +128,8 @@ impl AgentConfig {
             serve_port: 10250,
             max_pods: node::MAX_PODS,
             pod_pids_limit: None,
+            cluster_cidr: "10.42.0.0/16".to_owned(),
+            service_proxy: true,
         }
     }
 
@@ -326,6 +333,9 @@ pub async fn run(
         });
     }
 
+    if config.service_proxy {
+        tokio::spawn(serviceproxy::run(client.clone(), config.clone(), shutdown.clone()));
+    }
     let directory = stream::server::Directory::default();
     let stream_ctx = stream::server::StreamContext {
         cri: cri.clone(),

@@ -35,6 +35,9 @@ pub(crate) struct AgentArgs {
     /// A kubelet tunable, `key=value` (repeatable): `max-pods`, `pod-max-pids`.
     #[arg(long = "kubelet-arg", value_name = "KEY=VALUE")]
     pub(crate) kubelet_args: Vec<String>,
+    /// Leave Services to another proxy: the agent installs no service rules.
+    #[arg(long)]
+    pub(crate) disable_service_proxy: bool,
 }
 
 fn host_name() -> String {
@@ -66,6 +69,7 @@ impl AgentArgs {
         }
         config.private_registry = self.private_registry.clone();
         config.serve_port = self.kubelet_port;
+        config.service_proxy = !self.disable_service_proxy;
         for arg in &self.kubelet_args {
             let (key, value) = arg
                 .trim_start_matches("--")
@@ -231,6 +235,10 @@ pub(crate) struct JoinArgs {
     /// Folder holding this agent's state.
     #[arg(long, default_value = "/var/lib/krust", env = "KRUST_DATA_DIR")]
     data_dir: PathBuf,
+    /// The cluster's pod network, as the server's `--cluster-cidr` (traffic from it to a
+    /// Service keeps its source address).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -238,7 +246,8 @@ pub(crate) struct JoinArgs {
 /// `krust agent`: joins the server and runs the node until SIGINT or SIGTERM (pods keep
 /// running after it stops).
 pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
-    let config = args.agent.config(&args.data_dir, None)?;
+    let mut config = args.agent.config(&args.data_dir, None)?;
+    config.cluster_cidr = args.cluster_cidr.clone();
     let addresses = vec![config.node_ip.to_string()];
     let credentials =
         crate::join::join(&args.server, &args.token, &config.node_name, &addresses).await?;

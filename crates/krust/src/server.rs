@@ -251,6 +251,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut agent_task = None;
     if !args.disable_agent {
         let mut config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
+        config.cluster_cidr = args.cluster_cidr.clone();
         // The server's own node runs the control plane, and says so as k3s's does.
         config
             .node_labels

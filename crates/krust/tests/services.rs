@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::KrustServer;
+use std::time::{Duration, Instant};
+
+use common::{BUSYBOX, KrustServer};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
@@ -181,4 +183,180 @@ async fn cluster_ips_and_node_ports_come_from_their_ranges() {
     let node_port: u16 =
         port_column.trim_end_matches("/TCP").split(':').nth(1).unwrap().parse().unwrap();
     assert!((30100..=30199).contains(&node_port), "{shown}");
+}
+
+/// An HTTP GET of `/` at `address`, with a deadline; the body.
+fn http_get(address: std::net::SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
+/// Real traffic through the node's service rules (nftables, loaded by the agent): a
+/// ClusterIP spreads a pod's requests over every ready backend and no other, the node
+/// itself reaches the ClusterIP and the node port, a pod reaches itself through its own
+/// Service, a Service without endpoints refuses at once, and scaling down takes a backend
+/// out.
+#[test]
+fn cluster_ips_and_node_ports_carry_traffic_to_ready_endpoints() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().unwrap();
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: web
+        image: {BUSYBOX}
+        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www']
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: nothing}}
+spec:
+  selector: {{app: nobody}}
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+"#
+        ),
+    );
+    let ready_endpoints = [
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.targetRef.name}{\"\\n\"}{end}",
+    ];
+    let backends: std::collections::BTreeSet<String> = server
+        .wait_for(&ready_endpoints, Duration::from_secs(90), |o| o.lines().count() == 2)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    server.wait_pod("default", "client", "{.status.phase}", Duration::from_secs(60), |p| {
+        p == "Running"
+    });
+    let ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let nothing = server.ok(&["get", "svc", "nothing", "-o", "jsonpath={.spec.clusterIP}"]);
+
+    // From a pod: 40 requests reach both backends and nothing else. The rules are loaded
+    // a moment after the slices change, so the first request may wait for them.
+    let script =
+        format!("for i in $(seq 40); do timeout 3 wget -qO- http://{ip}/ || echo failed; done");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answers = loop {
+        let out = server.ok(&["exec", "client", "--", "sh", "-c", &script]);
+        let answers: std::collections::BTreeMap<String, usize> =
+            out.lines().fold(Default::default(), |mut m, l| {
+                *m.entry(l.trim().to_owned()).or_default() += 1;
+                m
+            });
+        if answers.keys().cloned().collect::<std::collections::BTreeSet<_>>() == backends
+            || Instant::now() > deadline
+        {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        answers.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        backends,
+        "every ready backend answers, nothing else: {answers:?}"
+    );
+
+    // From the node itself: the ClusterIP and the node port on the node's address.
+    let node_ip = server.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ]);
+    for address in [format!("{ip}:80"), format!("{node_ip}:{node_port}")] {
+        let body = http_get(address.parse().unwrap()).unwrap_or_else(|e| panic!("{address}: {e}"));
+        assert!(backends.contains(&body), "{address} answered {body:?}");
+    }
+
+    // A backend reaches itself through its own Service (hairpin).
+    let backend = backends.iter().next().unwrap();
+    let out = server.ok(&[
+        "exec",
+        backend,
+        "--",
+        "sh",
+        "-c",
+        &format!("for i in $(seq 8); do timeout 3 wget -qO- http://{ip}/ || echo failed; done"),
+    ]);
+    assert!(!out.contains("failed") && out.lines().count() == 8, "{out}");
+
+    // No endpoints: refused at once (wget's 1), not a timeout (143).
+    let refused = server.kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("timeout 3 wget -qO- http://{nothing}/; echo exit=$?"),
+    ]);
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("exit=1"), "{text}");
+
+    // Scaled to one: the other backend leaves the rules.
+    server.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    let left =
+        server.wait_for(&ready_endpoints, Duration::from_secs(60), |o| o.lines().count() == 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = server.ok(&[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "for i in $(seq 12); do timeout 3 wget -qO- http://{ip}/ || echo failed; done"
+            ),
+        ]);
+        if out.lines().all(|l| l.trim() == left) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still reaching others after scale-down: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

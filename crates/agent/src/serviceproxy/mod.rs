@@ -1,0 +1,113 @@
+//! The service proxy (kube-proxy's part): every node programs its kernel so that a Service's
+//! addresses and node ports reach the Service's endpoints. It watches Services and
+//! EndpointSlices through the API like any client, computes what the rules should be
+//! (`plan`), renders them as one nftables table (`nftables`) and loads it when it changed.
+//! Bursts of changes are coalesced into one sync; an unchanged result is not loaded again.
+
+pub mod nftables;
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::sync::Notify;
+
+use crate::AgentConfig;
+
+/// How long a sync waits for more changes to come with the first (a rollout changes many
+/// slices at once).
+const COALESCE: Duration = Duration::from_millis(5);
+
+/// The agent's table: one per agent, so agents sharing a network namespace (tests) do not
+/// replace each other's rules.
+pub fn table_name(config: &AgentConfig) -> String {
+    let id = crate::image::sha256_hex(config.data_dir.display().to_string().as_bytes());
+    format!("krust_{}", &id[..8])
+}
+
+/// Keeps `store` filled from a watch of every `K`, waking `changed` on each event.
+fn watch_into<K>(
+    client: kube::Client,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+) -> impl std::future::Future<Output = ()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: kube::Api<K> = kube::Api::all(client);
+    reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(move |event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "service proxy watch failed; retrying");
+            }
+            changed.notify_one();
+            futures::future::ready(())
+        })
+}
+
+/// Runs the proxy until `shutdown` fires, then leaves the rules in place (pods keep being
+/// reachable while the agent restarts, as with kube-proxy).
+pub async fn run(
+    client: kube::Client,
+    config: Arc<AgentConfig>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let table = table_name(&config);
+    let changed = Arc::new(Notify::new());
+    let (services, services_writer) = reflector::store::<Service>();
+    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let watches = futures::future::join(
+        watch_into(client.clone(), services_writer, changed.clone()),
+        watch_into(client, slices_writer, changed.clone()),
+    );
+    let sync = async {
+        let _ = services.wait_until_ready().await;
+        let _ = slices.wait_until_ready().await;
+        let mut loaded: Option<String> = None;
+        let mut programmed = Vec::new();
+        loop {
+            tokio::time::sleep(COALESCE).await;
+            let ports = plan::service_ports(&services.state(), &slices.state(), &config.node_name);
+            let script = nftables::render(&table, &config.cluster_cidr, &ports);
+            if loaded.as_deref() != Some(script.as_str()) {
+                let started = std::time::Instant::now();
+                match nftables::apply(&script).await {
+                    Ok(()) => {
+                        tracing::debug!(
+                            table,
+                            service_ports = ports.len(),
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "service rules loaded"
+                        );
+                        let (entries, addresses) = nftables::stale_udp(&programmed, &ports);
+                        nftables::flush_udp(&entries, &addresses).await;
+                        loaded = Some(script);
+                        programmed = ports;
+                    }
+                    Err(e) => {
+                        tracing::warn!(table, error = %e, "loading the service rules failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            changed.notified().await;
+        }
+    };
+    tokio::select! {
+        _ = watches => {}
+        () = sync => {}
+        () = crate::stopped(&mut shutdown) => {}
+    }
+}

@@ -1,0 +1,421 @@
+//! The service proxy's kernel rules: one nftables table per agent, replaced as a whole in one
+//! `nft -f` transaction when what it should hold changed, so a reader never sees half a
+//! sync. Service addresses and node ports are keys of verdict maps (one lookup per packet
+//! however many Services there are); each Service port has a chain that spreads new
+//! connections at random over its endpoints' chains, which DNAT.
+//!
+//! Masquerade (source NAT to the node) is marked only for traffic from outside the pod
+//! network and for a pod reaching itself through its Service (hairpin), so pods see each
+//! other's addresses. A Service with no endpoint is rejected (connection refused), not left
+//! to time out. `render` is pure; `apply` and `delete` run `nft`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use super::plan::{Backend, Protocol, ServicePort};
+
+/// The firewall mark bit that asks the postrouting chain to masquerade.
+const MASQUERADE_MARK: &str = "0x4000";
+
+/// A short, stable chain name for `what` (nftables names are bounded; Services are not).
+fn chain(prefix: &str, what: &str) -> String {
+    let hash = crate::image::sha256_hex(what.as_bytes());
+    format!("{prefix}-{}", &hash[..12])
+}
+
+fn backend_key(port: &ServicePort, backend: &Backend) -> String {
+    format!("{}/{}/{}:{}", port.name, port.protocol.nft(), backend.ip, backend.port)
+}
+
+/// Where this node's rules send a Service port's traffic.
+struct Names {
+    service: String,
+    external: String,
+}
+
+fn names(port: &ServicePort) -> Names {
+    let key = format!("{}/{}", port.name, port.protocol.nft());
+    Names { service: chain("svc", &key), external: chain("ext", &key) }
+}
+
+/// The whole table, as `nft -f` reads it: created empty first so the delete cannot fail on
+/// the first sync, deleted, and declared again.
+pub fn render(table: &str, cluster_cidr: &str, ports: &[ServicePort]) -> String {
+    let mut cluster_ips = Vec::new();
+    let mut node_ports = Vec::new();
+    let mut no_endpoint_ips = Vec::new();
+    let mut no_endpoint_node_ports = Vec::new();
+    let mut chains = String::new();
+    let mut sets = String::new();
+    let mut endpoint_chains = BTreeSet::new();
+    for port in ports {
+        let n = names(port);
+        let proto = port.protocol.nft();
+        let has_cluster = !port.cluster_backends.is_empty();
+        // Traffic from outside reaches something when some endpoint can take it; under the
+        // Local policy a node without one drops it rather than refusing (upstream's rule).
+        let external_target =
+            !port.external_backends.is_empty() || (port.external_local && has_cluster);
+        for ip in &port.cluster_ips {
+            let element = format!("{ip} . {proto} . {}", port.port);
+            if has_cluster {
+                cluster_ips.push(format!("{element} : goto {}", n.service));
+            } else {
+                no_endpoint_ips.push(format!("{element} : goto reject-chain"));
+            }
+        }
+        for ip in &port.external_ips {
+            let element = format!("{ip} . {proto} . {}", port.port);
+            if external_target {
+                cluster_ips.push(format!("{element} : goto {}", n.external));
+            } else {
+                no_endpoint_ips.push(format!("{element} : goto reject-chain"));
+            }
+        }
+        if let Some(node_port) = port.node_port {
+            let element = format!("{proto} . {node_port}");
+            if external_target {
+                node_ports.push(format!("{element} : goto {}", n.external));
+            } else {
+                no_endpoint_node_ports.push(format!("{element} : goto reject-chain"));
+            }
+        }
+        let affinity = |backend: &Backend| chain("aff", &backend_key(port, backend));
+        let endpoint = |backend: &Backend| chain("ep", &backend_key(port, backend));
+        let spread = |out: &mut String, backends: &[Backend]| {
+            if port.affinity_seconds.is_some() {
+                for b in backends {
+                    let _ = writeln!(out, "\t\tip saddr @{} goto {}", affinity(b), endpoint(b));
+                }
+            }
+            let arms: Vec<String> = backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : goto {}", endpoint(b)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\t\tnumgen random mod {} vmap {{ {} }}",
+                backends.len(),
+                arms.join(", ")
+            );
+        };
+        if has_cluster {
+            let _ = writeln!(chains, "\tchain {} {{", n.service);
+            let _ = writeln!(chains, "\t\tcomment \"{}\"", port.name);
+            let _ = writeln!(chains, "\t\tip saddr != {cluster_cidr} jump mark-for-masquerade");
+            spread(&mut chains, &port.cluster_backends);
+            let _ = writeln!(chains, "\t}}");
+        }
+        if external_target {
+            let _ = writeln!(chains, "\tchain {} {{", n.external);
+            let _ = writeln!(chains, "\t\tcomment \"{} external\"", port.name);
+            if port.external_local {
+                // Pods and the node itself get the cluster behaviour; clients from outside
+                // keep their address and reach only this node's endpoints.
+                if has_cluster {
+                    let _ = writeln!(chains, "\t\tip saddr {cluster_cidr} goto {}", n.service);
+                    let _ = writeln!(chains, "\t\tfib saddr type local goto {}", n.service);
+                }
+                if port.external_backends.is_empty() {
+                    let _ = writeln!(chains, "\t\tdrop");
+                } else {
+                    spread(&mut chains, &port.external_backends);
+                }
+            } else {
+                let _ = writeln!(chains, "\t\tjump mark-for-masquerade");
+                spread(&mut chains, &port.external_backends);
+            }
+            let _ = writeln!(chains, "\t}}");
+        }
+        for backend in port.cluster_backends.iter().chain(&port.external_backends) {
+            let name = endpoint(backend);
+            if !endpoint_chains.insert(name.clone()) {
+                continue;
+            }
+            let _ = writeln!(chains, "\tchain {name} {{");
+            // A pod reaching itself through its Service: its reply would otherwise skip
+            // the NAT on the way back.
+            let _ = writeln!(chains, "\t\tip saddr {} jump mark-for-masquerade", backend.ip);
+            if let Some(seconds) = port.affinity_seconds {
+                let set = affinity(backend);
+                let _ = writeln!(
+                    sets,
+                    "\tset {set} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout {seconds}s\n\t}}"
+                );
+                let _ = writeln!(chains, "\t\tupdate @{set} {{ ip saddr }}");
+            }
+            let _ = writeln!(
+                chains,
+                "\t\tmeta l4proto {proto} dnat to {}:{}",
+                backend.ip, backend.port
+            );
+            let _ = writeln!(chains, "\t}}");
+        }
+    }
+    let map = |name: &str, key: &str, elements: &[String]| {
+        let mut out = format!("\tmap {name} {{\n\t\ttype {key} : verdict\n");
+        if !elements.is_empty() {
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(",\n\t\t\t"));
+        }
+        out.push_str("\t}\n");
+        out
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{");
+    out.push_str(&map("cluster-ips", "ipv4_addr . inet_proto . inet_service", &cluster_ips));
+    out.push_str(&map("node-ports", "inet_proto . inet_service", &node_ports));
+    out.push_str(&map(
+        "no-endpoint-services",
+        "ipv4_addr . inet_proto . inet_service",
+        &no_endpoint_ips,
+    ));
+    out.push_str(&map(
+        "no-endpoint-node-ports",
+        "inet_proto . inet_service",
+        &no_endpoint_node_ports,
+    ));
+    out.push_str(&sets);
+    let _ = write!(
+        out,
+        "\tchain services {{
+\t\tip daddr . meta l4proto . th dport vmap @cluster-ips
+\t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @node-ports
+\t}}
+\tchain nat-prerouting {{
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tjump services
+\t}}
+\tchain nat-output {{
+\t\ttype nat hook output priority -100; policy accept;
+\t\tjump services
+\t}}
+\tchain nat-postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark & {MASQUERADE_MARK} == 0 return
+\t\tmeta mark set meta mark ^ {MASQUERADE_MARK}
+\t\tmasquerade fully-random
+\t}}
+\tchain mark-for-masquerade {{
+\t\tmeta mark set meta mark | {MASQUERADE_MARK}
+\t}}
+\tchain reject-chain {{
+\t\treject
+\t}}
+\tchain endpoints-check {{
+\t\tip daddr . meta l4proto . th dport vmap @no-endpoint-services
+\t}}
+\tchain node-ports-check {{
+\t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-node-ports
+\t}}
+\tchain filter-forward {{
+\t\ttype filter hook forward priority -110; policy accept;
+\t\tct state new jump endpoints-check
+\t}}
+\tchain filter-input {{
+\t\ttype filter hook input priority -110; policy accept;
+\t\tct state new jump node-ports-check
+\t}}
+\tchain filter-output {{
+\t\ttype filter hook output priority -110; policy accept;
+\t\tct state new jump endpoints-check
+\t\tct state new jump node-ports-check
+\t}}
+"
+    );
+    out.push_str(&chains);
+    out.push_str("}\n");
+    out
+}
+
+/// Loads `script` with `nft -f -` (one transaction).
+pub async fn apply(script: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await.map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Removes the table (reset, or a proxy that is turned off).
+pub async fn delete(table: &str) {
+    let _ = apply(&format!("table ip {table} {{}}\ndelete table ip {table}\n")).await;
+}
+
+/// UDP has no connection to end: conntrack entries keep sending a client's packets to an
+/// endpoint that is gone (or to nothing, for entries made while the Service had none) until
+/// they are flushed. Returns the (service address, port, endpoint) triples to flush and the
+/// service addresses whose entries all go.
+pub fn stale_udp(
+    before: &[ServicePort],
+    after: &[ServicePort],
+) -> (Vec<(Ipv4Addr, u16, Ipv4Addr)>, Vec<Ipv4Addr>) {
+    let mut entries = Vec::new();
+    let mut addresses = Vec::new();
+    for port in after.iter().filter(|p| p.protocol == Protocol::Udp) {
+        let old = before.iter().find(|b| b.name == port.name && b.protocol == port.protocol);
+        let old_backends: BTreeSet<&Backend> =
+            old.map(|o| o.cluster_backends.iter().collect()).unwrap_or_default();
+        let new_backends: BTreeSet<&Backend> = port.cluster_backends.iter().collect();
+        for gone in old_backends.difference(&new_backends) {
+            for ip in &port.cluster_ips {
+                entries.push((*ip, port.port, gone.ip));
+            }
+        }
+        if old_backends.is_empty() && !new_backends.is_empty() {
+            addresses.extend(port.cluster_ips.iter().copied());
+        }
+    }
+    for port in before.iter().filter(|p| p.protocol == Protocol::Udp) {
+        if !after.iter().any(|a| a.name == port.name && a.protocol == port.protocol) {
+            for backend in &port.cluster_backends {
+                for ip in &port.cluster_ips {
+                    entries.push((*ip, port.port, backend.ip));
+                }
+            }
+        }
+    }
+    (entries, addresses)
+}
+
+/// Flushes what [`stale_udp`] found with `conntrack -D` (none found is not an error).
+pub async fn flush_udp(entries: &[(Ipv4Addr, u16, Ipv4Addr)], addresses: &[Ipv4Addr]) {
+    let run = |args: Vec<String>| async move {
+        let _ = tokio::process::Command::new("conntrack")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+    };
+    for (service, port, endpoint) in entries {
+        run(vec![
+            "-D".into(),
+            "-p".into(),
+            "udp".into(),
+            "--orig-dst".into(),
+            service.to_string(),
+            "--orig-port-dst".into(),
+            port.to_string(),
+            "--reply-src".into(),
+            endpoint.to_string(),
+        ])
+        .await;
+    }
+    for address in addresses {
+        run(vec!["-D".into(), "-p".into(), "udp".into(), "--orig-dst".into(), address.to_string()])
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, protocol: Protocol, backends: &[&str]) -> ServicePort {
+        let backends: Vec<Backend> =
+            backends.iter().map(|ip| Backend { ip: ip.parse().expect("ip"), port: 8080 }).collect();
+        ServicePort {
+            name: name.into(),
+            protocol,
+            cluster_ips: vec!["10.43.0.9".parse().expect("ip")],
+            external_ips: Vec::new(),
+            port: 80,
+            node_port: Some(30080),
+            cluster_backends: backends.clone(),
+            external_backends: backends,
+            external_local: false,
+            affinity_seconds: None,
+        }
+    }
+
+    #[test]
+    fn services_with_endpoints_spread_and_without_are_rejected() {
+        let script = render(
+            "krust_t",
+            "10.42.0.0/16",
+            &[
+                port("ns/web:http", Protocol::Tcp, &["10.42.0.2", "10.42.1.2"]),
+                port("ns/empty:80", Protocol::Tcp, &[]),
+            ],
+        );
+        let web = names(&port("ns/web:http", Protocol::Tcp, &[]));
+        assert!(
+            script.contains(&format!("10.43.0.9 . tcp . 80 : goto {}", web.service)),
+            "{script}"
+        );
+        assert!(script.contains(&format!("tcp . 30080 : goto {}", web.external)));
+        assert!(script.contains("numgen random mod 2 vmap"));
+        assert!(script.contains("meta l4proto tcp dnat to 10.42.1.2:8080"));
+        assert!(script.contains("ip saddr 10.42.1.2 jump mark-for-masquerade"), "hairpin");
+        assert!(script.contains("ip saddr != 10.42.0.0/16 jump mark-for-masquerade"));
+        // The empty Service's address is rejected, in the other map.
+        let rejected = script.split("map no-endpoint-services").nth(1).expect("map");
+        assert!(rejected.contains("10.43.0.9 . tcp . 80 : goto reject-chain"));
+        assert!(script.starts_with("table ip krust_t {}\ndelete table ip krust_t\n"));
+    }
+
+    #[test]
+    fn client_ip_affinity_remembers_the_endpoint() {
+        let mut p = port("ns/web:http", Protocol::Tcp, &["10.42.0.2"]);
+        p.affinity_seconds = Some(60);
+        let script = render("krust_t", "10.42.0.0/16", &[p]);
+        assert!(script.contains("timeout 60s"));
+        assert!(script.contains("update @aff-"));
+        assert!(script.contains("ip saddr @aff-"));
+    }
+
+    /// The kernel's own parser accepts every shape the renderer writes (check mode: nothing
+    /// is loaded).
+    #[tokio::test]
+    async fn the_rendered_table_is_valid_nftables() {
+        let mut affinity = port("ns/web:http", Protocol::Tcp, &["10.42.0.2", "10.42.1.2"]);
+        affinity.affinity_seconds = Some(30);
+        affinity.external_ips = vec!["192.0.2.7".parse().expect("ip")];
+        let mut local = port("ns/local:80", Protocol::Udp, &["10.42.0.3"]);
+        local.external_local = true;
+        local.external_backends.clear();
+        let script = render(
+            "krust_check",
+            "10.42.0.0/16",
+            &[affinity, local, port("ns/empty:80", Protocol::Sctp, &[])],
+        );
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use tokio::io::AsyncWriteExt;
+        child.stdin.take().expect("stdin").write_all(script.as_bytes()).await.expect("write");
+        let out = child.wait_with_output().await.expect("nft");
+        assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn removed_udp_endpoints_are_flushed() {
+        let before = [port("ns/dns:53", Protocol::Udp, &["10.42.0.2", "10.42.0.3"])];
+        let after = [port("ns/dns:53", Protocol::Udp, &["10.42.0.3"])];
+        let (entries, addresses) = stale_udp(&before, &after);
+        assert_eq!(
+            entries,
+            [("10.43.0.9".parse().expect("ip"), 80, "10.42.0.2".parse().expect("ip"))]
+        );
+        assert!(addresses.is_empty());
+        let (_, addresses) = stale_udp(&[port("ns/dns:53", Protocol::Udp, &[])], &after);
+        assert_eq!(addresses, ["10.43.0.9".parse::<Ipv4Addr>().expect("ip")]);
+    }
+}
