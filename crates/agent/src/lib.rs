@@ -99,6 +99,10 @@ pub struct AgentConfig {
     pub cluster_cidr: String,
     /// Whether the agent runs the service proxy (off for clusters that bring their own).
     pub service_proxy: bool,
+    /// The cluster DNS server pods are pointed at (none: pods use the host's resolver).
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster domain.
+    pub cluster_domain: String,
 }
 
 /// Where the agent keeps the TLS material of its endpoint: the cluster CA (to verify the API
@@ -130,6 +134,8 @@ impl AgentConfig {
             pod_pids_limit: None,
             cluster_cidr: "10.42.0.0/16".to_owned(),
             service_proxy: true,
+            cluster_dns: None,
+            cluster_domain: "cluster.local".to_owned(),
         }
     }
 
@@ -360,7 +366,11 @@ pub async fn run(
         recorder: pods::events::Recorder::new(client.clone(), config.node_name.clone()),
         pods_dir: config.data_dir.join("pods"),
         logs_dir: config.data_dir.join("logs").join("pods"),
-        resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        dns: pods::config::DnsSettings {
+            host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            cluster_dns: config.cluster_dns.map(|ip| ip.to_string()),
+            cluster_domain: config.cluster_domain.clone(),
+        },
         node_memory: node::memory_bytes(),
         node_cpu: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
         config: config.clone(),

@@ -239,6 +239,13 @@ pub(crate) struct JoinArgs {
     /// Service keeps its source address).
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// The cluster DNS Service's address pods are pointed at, as the server's
+    /// `--cluster-dns` (default: the tenth address of the default service network).
+    #[arg(long, default_value = "10.43.0.10")]
+    cluster_dns: std::net::Ipv4Addr,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -248,6 +255,8 @@ pub(crate) struct JoinArgs {
 pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
     let mut config = args.agent.config(&args.data_dir, None)?;
     config.cluster_cidr = args.cluster_cidr.clone();
+    config.cluster_dns = Some(args.cluster_dns);
+    config.cluster_domain = args.cluster_domain.clone();
     let addresses = vec![config.node_ip.to_string()];
     let credentials =
         crate::join::join(&args.server, &args.token, &config.node_name, &addresses).await?;

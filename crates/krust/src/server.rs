@@ -56,6 +56,22 @@ pub(crate) struct ServerArgs {
     /// Service network (IPv4 CIDR); its first address is the `kubernetes` Service.
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: String,
+    /// The cluster DNS Service's address (default: the tenth address of the service network).
+    #[arg(long)]
+    cluster_dns: Option<Ipv4Addr>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Run no cluster DNS (pods use the host's resolver).
+    #[arg(long)]
+    disable_dns: bool,
+    /// Port the cluster DNS listens on at the server's address (its Service stays on 53).
+    #[arg(long, default_value_t = 53, hide = true)]
+    dns_port: u16,
+    /// A resolver for names outside the cluster, `IP:PORT` (repeatable; default: the
+    /// host's `/etc/resolv.conf`).
+    #[arg(long = "dns-upstream", hide = true)]
+    dns_upstreams: Vec<SocketAddr>,
     /// Ports NodePort and LoadBalancer Services get their node ports from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
@@ -132,6 +148,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             )
         })?;
     let first_service_ip = service_cidr.nth(1).context("service CIDR too small")?;
+    let dns_ip = match args.cluster_dns {
+        Some(ip) => ip,
+        None => service_cidr.nth(10).context("service CIDR too small for a DNS address")?,
+    };
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
@@ -248,10 +268,36 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ));
     }
+    let mut dns_task = None;
+    if !args.disable_dns {
+        let listen = SocketAddr::new(endpoint_ip, args.dns_port);
+        let config = dns::DnsConfig {
+            listen,
+            domain: args.cluster_domain.clone(),
+            upstreams: if args.dns_upstreams.is_empty() {
+                dns::forward::upstreams(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    listen,
+                )
+            } else {
+                args.dns_upstreams.clone()
+            },
+            service_ip: dns_ip,
+        };
+        let client = in_process_client(api.clone(), "system:kube-dns")?;
+        let shutdown = shutdown_rx.clone();
+        dns_task = Some(tokio::spawn(async move {
+            if let Err(e) = dns::run(client, config, shutdown).await {
+                tracing::warn!(error = %e, "cluster DNS is not running");
+            }
+        }));
+    }
     let mut agent_task = None;
     if !args.disable_agent {
         let mut config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
         config.cluster_cidr = args.cluster_cidr.clone();
+        config.cluster_dns = (!args.disable_dns).then_some(dns_ip);
+        config.cluster_domain = args.cluster_domain.clone();
         // The server's own node runs the control plane, and says so as k3s's does.
         config
             .node_labels
@@ -282,6 +328,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let short = std::time::Duration::from_secs(5);
     if let Some(task) = control_plane {
+        let _ = tokio::time::timeout(short, task).await;
+    }
+    if let Some(task) = dns_task {
         let _ = tokio::time::timeout(short, task).await;
     }
     let _ = tokio::time::timeout(short, compactor).await;

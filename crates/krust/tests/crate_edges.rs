@@ -15,6 +15,9 @@ const ALLOWED: &[(&str, &str)] = &[
     // controllers and agent share; they do not depend on each other.
     ("controllers", "controller-runtime"),
     ("agent", "controller-runtime"),
+    // Cluster DNS is a client of the API with informers, like the controllers.
+    ("dns", "controller-runtime"),
+    ("krust", "dns"),
     ("krust", "storage"),
     ("krust", "apiserver"),
     ("krust", "controllers"),

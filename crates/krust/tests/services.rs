@@ -360,3 +360,153 @@ spec:
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// A stand-in for the host's resolver: answers every A question with 192.0.2.99, and
+/// counts the questions it got.
+fn stub_resolver() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The question ends after its name (a zero byte) and type and class.
+            let Some(end) = buf[12..n].iter().position(|b| *b == 0).map(|p| 12 + p + 5) else {
+                continue;
+            };
+            let qtype = u16::from_be_bytes([buf[end - 4], buf[end - 3]]);
+            let mut reply = buf[..end].to_vec();
+            reply[2] = 0x81; // response, recursion desired
+            reply[3] = 0x80; // recursion available, no error
+            reply[6..12].copy_from_slice(&[0, u8::from(qtype == 1), 0, 0, 0, 0]);
+            if qtype == 1 {
+                reply
+                    .extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 99]);
+            }
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    // The DNS server runs in the server process, on the host: loopback reaches the stub.
+    (std::net::SocketAddr::from(([127, 0, 0, 1], port)), asked)
+}
+
+/// Cluster DNS from inside pods: Service names short and across namespaces, a headless
+/// Service's per-pod names, SRV and PTR records, NXDOMAIN for unknown cluster names, and
+/// other names through the upstream resolver (cached).
+#[test]
+fn pods_resolve_cluster_names_and_forward_the_rest() {
+    let (upstream, asked) = stub_resolver();
+    let server = KrustServer::start_with_agent(&[&format!("--dns-upstream={upstream}")]);
+    let node = server.node.clone().unwrap();
+    server.ok(&["create", "namespace", "other"]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: other}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db}}
+spec:
+  clusterIP: None
+  selector: {{app: db}}
+  ports: [{{name: sql, port: 5432}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-0, labels: {{app: db}}}}
+spec:
+  nodeName: {node}
+  hostname: db-0
+  subdomain: db
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+    ports: [{{name: sql, containerPort: 5432}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'trap "exit 0" TERM; sleep 3600 & wait']
+"#
+        ),
+    );
+    for pod in ["db-0", "client"] {
+        server.wait_pod("default", pod, "{.status.phase}", Duration::from_secs(60), |p| {
+            p == "Running"
+        });
+    }
+    let web_ip =
+        server.ok(&["get", "svc", "web", "-n", "other", "-o", "jsonpath={.spec.clusterIP}"]);
+    let db_ip = server.ok(&["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"]);
+    let dns_ip = server.ok(&[
+        "get",
+        "svc",
+        "kube-dns",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let resolv = server.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    let lookup = |args: &[&str]| {
+        let mut all = vec!["exec", "client", "--", "nslookup"];
+        all.extend_from_slice(args);
+        let out = server.kubectl(&all);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    // The headless Service's endpoint appears once the pod is ready; poll for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = lookup(&["db-0.db.default.svc.cluster.local"]);
+        if out.contains(&format!("Address: {db_ip}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "per-pod name never resolved: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = lookup(&["web.other.svc.cluster.local"]);
+    assert!(out.contains(&format!("Address: {web_ip}")), "{out}");
+    // A short name through the search path (busybox applies it to dotless names).
+    let out = lookup(&["db"]);
+    assert!(out.contains(&format!("Address: {db_ip}")), "{out}");
+    let out = lookup(&["-type=srv", "_http._tcp.web.other.svc.cluster.local"]);
+    assert!(out.contains("web.other.svc.cluster.local") && out.contains(" 80 "), "{out}");
+    let out = lookup(&[&web_ip]);
+    assert!(out.contains("web.other.svc.cluster.local"), "PTR: {out}");
+    let out = lookup(&["missing.default.svc.cluster.local"]);
+    assert!(out.contains("NXDOMAIN"), "{out}");
+    let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+    let out = lookup(&["example.org"]);
+    assert!(out.contains("192.0.2.99"), "{out}");
+    let after = asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after > before, "asked upstream");
+    // Cached: the same name again does not reach upstream for the A question.
+    let out = lookup(&["example.org"]);
+    assert!(out.contains("192.0.2.99"), "{out}");
+    assert!(
+        asked.load(std::sync::atomic::Ordering::SeqCst) - after < after - before,
+        "the second lookup was served from the cache"
+    );
+}

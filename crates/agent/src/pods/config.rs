@@ -199,31 +199,76 @@ impl PodKey {
     }
 }
 
-/// DNS settings for a pod: the host's resolver (cluster DNS arrives with the DNS issue, and
-/// upstream falls back to the host's settings when no cluster DNS is configured), or the
-/// pod's own `dnsConfig` with `dnsPolicy: None`.
-pub fn dns_config(pod: &Pod, host_resolv_conf: &str) -> Option<cri::DnsConfig> {
+/// What a node knows to give its pods a resolver: the host's `resolv.conf`, and the cluster
+/// DNS server and domain when the cluster has one (kubelet's `--cluster-dns`,
+/// `--cluster-domain`).
+#[derive(Debug, Clone, Default)]
+pub struct DnsSettings {
+    /// The host's `/etc/resolv.conf` text.
+    pub host_resolv_conf: String,
+    /// The cluster DNS server's address.
+    pub cluster_dns: Option<String>,
+    /// The cluster domain (`cluster.local`).
+    pub cluster_domain: String,
+}
+
+/// The most search domains a resolver reads (glibc's limit, which upstream enforces).
+const MAX_SEARCHES: usize = 32;
+
+/// A pod's resolver by its `dnsPolicy`, as upstream's kubelet builds it: `ClusterFirst`
+/// (the default) points at the cluster DNS with the namespace's search path and `ndots:5`,
+/// plus the host's search domains; a host-network pod gets that only with
+/// `ClusterFirstWithHostNet` (otherwise the host's own file); `Default` copies the host's
+/// resolver; `None` starts empty. The pod's `dnsConfig` is then merged in (servers and
+/// searches appended, options replacing those of the same name). Without a cluster DNS,
+/// `ClusterFirst` falls back to `Default`.
+pub fn dns_config(pod: &Pod, settings: &DnsSettings) -> Option<cri::DnsConfig> {
     let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true)
-        && spec.dns_policy.as_deref() != Some("ClusterFirstWithHostNet")
-    {
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let host_network = spec.host_network == Some(true);
+    if host_network && policy != "ClusterFirstWithHostNet" && policy != "None" {
         return None;
     }
-    let mut dns = cri::DnsConfig::default();
-    if spec.dns_policy.as_deref() != Some("None") {
-        for line in host_resolv_conf.lines() {
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => dns.servers.extend(words.next().map(str::to_owned)),
-                Some("search") => dns.searches.extend(words.map(str::to_owned)),
-                Some("options") => dns.options.extend(words.map(str::to_owned)),
-                _ => {}
-            }
+    let mut host = cri::DnsConfig::default();
+    for line in settings.host_resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => host.servers.extend(words.next().map(str::to_owned)),
+            Some("search") => host.searches.extend(words.map(str::to_owned)),
+            Some("options") => host.options.extend(words.map(str::to_owned)),
+            _ => {}
         }
     }
+    let cluster = matches!(policy, "ClusterFirst" | "ClusterFirstWithHostNet");
+    let mut dns = match (policy, &settings.cluster_dns) {
+        ("None", _) => cri::DnsConfig::default(),
+        (_, Some(server)) if cluster => {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let domain = &settings.cluster_domain;
+            let mut searches =
+                vec![format!("{namespace}.svc.{domain}"), format!("svc.{domain}"), domain.clone()];
+            searches.extend(
+                host.searches.iter().filter(|s| !searches.contains(s)).cloned().collect::<Vec<_>>(),
+            );
+            cri::DnsConfig {
+                servers: vec![server.clone()],
+                searches,
+                options: vec!["ndots:5".into()],
+            }
+        }
+        _ => host,
+    };
     if let Some(own) = spec.dns_config.as_ref() {
-        dns.servers.extend(own.nameservers.iter().flatten().cloned());
-        dns.searches.extend(own.searches.iter().flatten().cloned());
+        for server in own.nameservers.iter().flatten() {
+            if !dns.servers.contains(server) {
+                dns.servers.push(server.clone());
+            }
+        }
+        for search in own.searches.iter().flatten() {
+            if !dns.searches.contains(search) {
+                dns.searches.push(search.clone());
+            }
+        }
         for o in own.options.iter().flatten() {
             let name = o.name.clone().unwrap_or_default();
             dns.options.retain(|existing| existing.split(':').next() != Some(name.as_str()));
@@ -233,6 +278,7 @@ pub fn dns_config(pod: &Pod, host_resolv_conf: &str) -> Option<cri::DnsConfig> {
             });
         }
     }
+    dns.searches.truncate(MAX_SEARCHES);
     Some(dns)
 }
 
@@ -243,7 +289,7 @@ pub fn sandbox_config(
     attempt: u32,
     log_directory: &str,
     cgroup_parent: &str,
-    host_resolv_conf: &str,
+    dns: &DnsSettings,
 ) -> cri::PodSandboxConfig {
     let key = PodKey::of(pod);
     let spec = pod.spec.clone().unwrap_or_default();
@@ -291,7 +337,7 @@ pub fn sandbox_config(
         }),
         hostname,
         log_directory: log_directory.to_owned(),
-        dns_config: dns_config(pod, host_resolv_conf),
+        dns_config: dns_config(pod, dns),
         port_mappings,
         labels,
         annotations,
@@ -563,7 +609,10 @@ mod tests {
             0,
             "/logs",
             "/krust/kubepods/besteffort/podu1",
-            "nameserver 10.0.0.2\nsearch example.com\n",
+            &DnsSettings {
+                host_resolv_conf: "nameserver 10.0.0.2\nsearch example.com\n".into(),
+                ..DnsSettings::default()
+            },
         );
         assert_eq!(cfg.port_mappings.len(), 1);
         assert_eq!(cfg.port_mappings[0].host_port, 8080);
@@ -572,5 +621,69 @@ mod tests {
         let dns = cfg.dns_config.unwrap();
         assert_eq!(dns.servers, ["10.0.0.2"]);
         assert_eq!(dns.searches, ["example.com"]);
+    }
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec}),
+        )
+        .expect("pod")
+    }
+
+    #[test]
+    fn dns_policies_follow_upstream() {
+        let settings = DnsSettings {
+            host_resolv_conf: "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n".into(),
+            cluster_dns: Some("10.43.0.10".into()),
+            cluster_domain: "cluster.local".into(),
+        };
+        let first =
+            dns_config(&pod(serde_json::json!({"containers": []})), &settings).expect("dns");
+        assert_eq!(first.servers, ["10.43.0.10"]);
+        assert_eq!(
+            first.searches,
+            ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"]
+        );
+        assert_eq!(first.options, ["ndots:5"]);
+        let default = dns_config(
+            &pod(serde_json::json!({"dnsPolicy": "Default", "containers": []})),
+            &settings,
+        )
+        .expect("dns");
+        assert_eq!(
+            (default.servers, default.options),
+            (vec!["192.0.2.53".to_owned()], vec!["edns0".to_owned()])
+        );
+        assert!(
+            dns_config(&pod(serde_json::json!({"hostNetwork": true, "containers": []})), &settings)
+                .is_none()
+        );
+        let with_host_net = dns_config(
+            &pod(serde_json::json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet", "containers": []})),
+            &settings,
+        )
+        .expect("dns");
+        assert_eq!(with_host_net.servers, ["10.43.0.10"]);
+        let none = dns_config(
+            &pod(serde_json::json!({"dnsPolicy": "None", "containers": [],
+                "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["a.example"], "options": [{"name": "ndots", "value": "2"}]}})),
+            &settings,
+        )
+        .expect("dns");
+        assert_eq!(
+            (none.servers, none.searches, none.options),
+            (vec!["1.1.1.1".to_owned()], vec!["a.example".to_owned()], vec!["ndots:2".to_owned()])
+        );
+        // Without a cluster DNS, ClusterFirst is the host's resolver.
+        let bare = DnsSettings { cluster_dns: None, ..settings };
+        assert_eq!(
+            dns_config(&pod(serde_json::json!({"containers": []})), &bare).expect("dns").servers,
+            ["192.0.2.53"]
+        );
     }
 }

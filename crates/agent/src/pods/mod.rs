@@ -47,7 +47,7 @@ pub(crate) struct Context {
     pub(crate) recorder: Recorder,
     pub(crate) pods_dir: PathBuf,
     pub(crate) logs_dir: PathBuf,
-    pub(crate) resolv_conf: String,
+    pub(crate) dns: config::DnsSettings,
     pub(crate) node_memory: u64,
     pub(crate) node_cpu: f64,
     pub(crate) directory: Directory,

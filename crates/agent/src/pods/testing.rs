@@ -88,7 +88,10 @@ impl Harness {
             cri: runtime.clone(),
             pods_dir: dir.path().join("pods"),
             logs_dir: dir.path().join("logs"),
-            resolv_conf: "nameserver 192.0.2.53\n".into(),
+            dns: crate::pods::config::DnsSettings {
+                host_resolv_conf: "nameserver 192.0.2.53\n".into(),
+                ..Default::default()
+            },
             node_memory: 8 << 30,
             node_cpu: 2.0,
             config: Arc::new(config),

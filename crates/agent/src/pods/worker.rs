@@ -447,7 +447,7 @@ impl Worker {
             attempt,
             &self.log_dir().display().to_string(),
             &config::pod_cgroup_parent(&ctx.config.cgroup_root, qos, &self.key.uid),
-            &ctx.resolv_conf,
+            &ctx.dns,
         )
     }
 

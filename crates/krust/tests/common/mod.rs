@@ -17,7 +17,10 @@ pub struct KrustServer {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    // The wildcard address: the kernel then picks a port no address holds (a port bound
+    // only on the host's address, as a test server's DNS is, would pass a loopback probe
+    // and then fail another server's wildcard bind).
+    TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The real kubectl installed by scripts/install-test-tools.sh.
@@ -99,6 +102,11 @@ impl KrustServer {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             node,
         };
+        // Servers of tests running side by side share the host's address: each DNS
+        // server listens on a port of its own.
+        if !server.extra.iter().any(|a| a.starts_with("--dns-port") || a == "--disable-dns") {
+            server.extra.push(format!("--dns-port={}", free_port()));
+        }
         server.spawn();
         server
     }
