@@ -20,6 +20,7 @@ pub mod replicaset;
 pub mod resourcequota;
 pub mod scheduler;
 pub mod serviceaccount;
+pub mod servicelb;
 
 use std::sync::{Arc, Mutex};
 
@@ -272,6 +273,11 @@ pub fn controller_manager(
         pods.clone(),
         informers.nodes(),
     );
+    let service_lb = servicelb::ServiceLbController::new(
+        client.clone(),
+        informers.services(),
+        informers.nodes(),
+    );
     let garbage_collector = gc::GarbageCollector::new(client.clone());
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
@@ -292,6 +298,7 @@ pub fn controller_manager(
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
             let endpoint_slices = endpoint_slices.clone();
+            let service_lb = service_lb.clone();
             async move {
                 tokio::join!(
                     replica_set.run(config.workers),
@@ -301,6 +308,7 @@ pub fn controller_manager(
                     service_account.run(),
                     endpoints.run(config.workers),
                     endpoint_slices.run(config.workers),
+                    service_lb.run(config.workers),
                     garbage_collector.run(config.workers * 4),
                     namespace.run(config.workers),
                     node_lifecycle.run(),

@@ -237,6 +237,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: lb}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 18080, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: nothing}}
 spec:
   selector: {{app: nobody}}
@@ -308,8 +316,24 @@ spec:
         "-o",
         "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
     ]);
-    for address in [format!("{ip}:80"), format!("{node_ip}:{node_port}")] {
-        let body = http_get(address.parse().unwrap()).unwrap_or_else(|e| panic!("{address}: {e}"));
+    // ServiceLB: the node's address is the load balancer's, on the Service's port.
+    server.wait_for(
+        &["get", "svc", "lb", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"],
+        Duration::from_secs(30),
+        |o| o == node_ip,
+    );
+    for address in
+        [format!("{ip}:80"), format!("{node_ip}:{node_port}"), format!("{node_ip}:18080")]
+    {
+        // The rules follow the Service's status a moment later.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            match http_get(address.parse().unwrap()) {
+                Ok(body) => break body,
+                Err(e) if Instant::now() > deadline => panic!("{address}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
         assert!(backends.contains(&body), "{address} answered {body:?}");
     }
 
