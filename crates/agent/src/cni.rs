@@ -51,6 +51,8 @@ pub fn write_config(config: &AgentConfig, pod_cidr: &str) -> Result<(), AgentErr
     std::fs::rename(&tmp, &path).map_err(|e| AgentError::io(&path, e))
 }
 
+/// Traffic from this node's pods to anything outside the cluster's pod network leaves with
+/// the node's address; pod-to-pod traffic across nodes keeps its addresses.
 fn masquerade_rule(config: &AgentConfig, pod_cidr: &str) -> Vec<String> {
     [
         "POSTROUTING",
@@ -58,7 +60,7 @@ fn masquerade_rule(config: &AgentConfig, pod_cidr: &str) -> Vec<String> {
         pod_cidr,
         "!",
         "-d",
-        pod_cidr,
+        &config.cluster_cidr,
         "-m",
         "comment",
         "--comment",
@@ -102,15 +104,70 @@ pub async fn masquerade(config: &AgentConfig, pod_cidr: &str) -> Result<(), Agen
     Ok(())
 }
 
-/// Removes the masquerade rule of the pod network in the written conflist (for reset).
+/// Removes this agent's masquerade rules (for reset), found by their comment, whatever
+/// networks they were written for.
 pub async fn remove_masquerade(config: &AgentConfig) {
-    let path = config.containerd_paths().cni_conf_dir.join("10-krust.conflist");
-    let Ok(text) = std::fs::read_to_string(path) else { return };
-    let Ok(conf) = serde_json::from_str::<serde_json::Value>(&text) else { return };
-    let Some(cidr) = conf.pointer("/plugins/0/ipam/ranges/0/0/subnet").and_then(|s| s.as_str())
+    let Ok(out) = tokio::process::Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .await
     else {
         return;
     };
-    let rule = masquerade_rule(config, cidr);
-    while iptables(&["-D"], &rule).await.unwrap_or(false) {}
+    let comment = format!("krust pod network {}", bridge_name(config));
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&comment)) {
+        if let Some(args) = rule_args(line) {
+            let _ = iptables(&["-D"], &args).await;
+        }
+    }
+}
+
+/// The arguments of a rule as `iptables -S` prints it (`-A CHAIN …`, quoted words joined).
+fn rule_args(line: &str) -> Option<Vec<String>> {
+    let rule = line.strip_prefix("-A ")?;
+    let mut args: Vec<String> = Vec::new();
+    let mut quoted: Option<String> = None;
+    for word in rule.split(' ') {
+        match quoted.as_mut() {
+            Some(q) => {
+                q.push(' ');
+                q.push_str(word.trim_end_matches('"'));
+                if word.ends_with('"') {
+                    args.extend(quoted.take());
+                }
+            }
+            None if word.starts_with('"') && !(word.len() > 1 && word.ends_with('"')) => {
+                quoted = Some(word.trim_start_matches('"').to_owned());
+            }
+            None => args.push(word.trim_matches('"').to_owned()),
+        }
+    }
+    Some(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_rules_split_back_into_arguments() {
+        let line = r#"-A POSTROUTING -s 10.42.0.0/24 ! -d 10.42.0.0/16 -m comment --comment "krust pod network kr12345678" -j MASQUERADE"#;
+        assert_eq!(
+            rule_args(line).expect("rule"),
+            [
+                "POSTROUTING",
+                "-s",
+                "10.42.0.0/24",
+                "!",
+                "-d",
+                "10.42.0.0/16",
+                "-m",
+                "comment",
+                "--comment",
+                "krust pod network kr12345678",
+                "-j",
+                "MASQUERADE"
+            ]
+        );
+    }
 }

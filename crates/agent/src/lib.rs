@@ -55,6 +55,7 @@ pub mod node;
 pub mod pods;
 pub mod registries;
 pub mod reset;
+pub mod routes;
 pub mod serviceproxy;
 pub mod sim;
 pub mod stream;
@@ -341,6 +342,10 @@ pub async fn run(
 
     if config.service_proxy {
         tokio::spawn(serviceproxy::run(client.clone(), config.clone(), shutdown.clone()));
+    }
+    if config.container_runtime_endpoint.is_none() {
+        // Our own pod network (the CNI config above) is routed to the other nodes.
+        tokio::spawn(routes::run(client.clone(), config.clone(), shutdown.clone()));
     }
     let directory = stream::server::Directory::default();
     let stream_ctx = stream::server::StreamContext {

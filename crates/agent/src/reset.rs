@@ -75,6 +75,7 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
     }
     crate::cni::remove_masquerade(config).await;
     crate::serviceproxy::nftables::delete(&crate::serviceproxy::table_name(config)).await;
+    crate::routes::remove_all(config).await;
     let bridge = crate::cni::bridge_name(config);
     let _ = tokio::process::Command::new("ip").args(["link", "delete", &bridge]).output().await;
     if let Ok(root) = std::fs::read_to_string(cgroup_root_file(config)) {

@@ -17,6 +17,10 @@ pub struct NodeJoin {
     pub pki: Pki,
     /// The shared secret of the join token.
     pub secret: String,
+    /// What a joining agent needs to know of the cluster's networks: its pod network
+    /// (`clusterCIDR`), DNS address (`clusterDNS`, absent without DNS) and domain
+    /// (`clusterDomain`), handed out with the credentials so agents need no flags for them.
+    pub cluster: Value,
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -66,6 +70,7 @@ impl NodeJoin {
             "clientKey": client_key,
             "servingCert": serving_cert,
             "servingKey": serving_key,
+            "cluster": self.cluster,
         }))
     }
 }
@@ -80,7 +85,7 @@ mod tests {
         assert_eq!(parse_token("plain"), (None, "plain".into()));
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &["127.0.0.1".into()]).unwrap();
-        let join = NodeJoin { pki, secret: "s3cret".into() };
+        let join = NodeJoin { pki, secret: "s3cret".into(), cluster: Value::Null };
         assert!(join.accepts(&join.token()));
         assert!(join.accepts("s3cret"));
         assert!(!join.accepts("K10deadbeef::server:s3cret"));

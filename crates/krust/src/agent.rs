@@ -235,17 +235,6 @@ pub(crate) struct JoinArgs {
     /// Folder holding this agent's state.
     #[arg(long, default_value = "/var/lib/krust", env = "KRUST_DATA_DIR")]
     data_dir: PathBuf,
-    /// The cluster's pod network, as the server's `--cluster-cidr` (traffic from it to a
-    /// Service keeps its source address).
-    #[arg(long, default_value = "10.42.0.0/16")]
-    cluster_cidr: String,
-    /// The cluster DNS Service's address pods are pointed at, as the server's
-    /// `--cluster-dns` (default: the tenth address of the default service network).
-    #[arg(long, default_value = "10.43.0.10")]
-    cluster_dns: std::net::Ipv4Addr,
-    /// The cluster domain.
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -254,12 +243,17 @@ pub(crate) struct JoinArgs {
 /// running after it stops).
 pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
     let mut config = args.agent.config(&args.data_dir, None)?;
-    config.cluster_cidr = args.cluster_cidr.clone();
-    config.cluster_dns = Some(args.cluster_dns);
-    config.cluster_domain = args.cluster_domain.clone();
     let addresses = vec![config.node_ip.to_string()];
     let credentials =
         crate::join::join(&args.server, &args.token, &config.node_name, &addresses).await?;
+    // The server says what its networks are, so an agent needs no flags for them.
+    if let Some(cidr) = &credentials.cluster_cidr {
+        config.cluster_cidr = cidr.clone();
+    }
+    config.cluster_dns = credentials.cluster_dns;
+    if let Some(domain) = &credentials.cluster_domain {
+        config.cluster_domain = domain.clone();
+    }
     let files = agent::tls_files(&config);
     pki::write_private(&files.ca, credentials.ca.as_bytes())?;
     pki::write_private(&files.cert, credentials.serving_cert.as_bytes())?;

@@ -66,6 +66,10 @@ pub(crate) struct Credentials {
     pub(crate) client_key: String,
     pub(crate) serving_cert: String,
     pub(crate) serving_key: String,
+    /// The cluster's pod network, DNS address and domain (absent from older servers).
+    pub(crate) cluster_cidr: Option<String>,
+    pub(crate) cluster_dns: Option<std::net::Ipv4Addr>,
+    pub(crate) cluster_domain: Option<String>,
 }
 
 /// Joins `server` with `token` as `node_name` reachable at `addresses`.
@@ -124,6 +128,9 @@ pub(crate) async fn join(
         client_key: field("clientKey")?,
         serving_cert: field("servingCert")?,
         serving_key: field("servingKey")?,
+        cluster_cidr: v["cluster"]["clusterCIDR"].as_str().map(str::to_owned),
+        cluster_dns: v["cluster"]["clusterDNS"].as_str().and_then(|s| s.parse().ok()),
+        cluster_domain: v["cluster"]["clusterDomain"].as_str().map(str::to_owned),
     })
 }
 

@@ -203,7 +203,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         compactor: compactor_stats,
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
         node_proxy: Some(node_proxy(&pki)?),
-        node_join: Some(apiserver::join::NodeJoin { pki: pki.clone(), secret }),
+        node_join: Some(apiserver::join::NodeJoin {
+            pki: pki.clone(),
+            secret,
+            cluster: serde_json::json!({
+                "clusterCIDR": args.cluster_cidr,
+                "clusterDNS": (!args.disable_dns).then(|| dns_ip.to_string()),
+                "clusterDomain": args.cluster_domain,
+            }),
+        }),
         inflight: apiserver::connections::InflightLimits::with_long_running(
             args.max_requests_inflight,
             args.max_mutating_requests_inflight,

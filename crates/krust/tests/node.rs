@@ -1252,7 +1252,43 @@ fn agents_join_from_their_own_network_namespaces() {
         None,
     );
     assert_eq!(code, 0, "no connection from the pod to {}:{}: {stderr}", ns.host_ip, server.port);
-    server.ok(&["delete", "pod", "far", "--wait=true"]);
+
+    // Pods on the two nodes reach each other by their own addresses (the nodes route each
+    // other's pod networks), with no NAT: the server sees the far pod's address. The same
+    // through a Service whose endpoint is on the other node.
+    let near = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: near\n  labels: {{app: near}}\nspec:\n  nodeName: {own}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'mkdir -p /www && echo near > /www/index.html && exec /bin/busybox httpd -f -v -p 8080 -h /www']\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: near\nspec:\n  selector: {{app: near}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+    );
+    apply(&server, &near);
+    server.wait_phase("default", "near", "Running", Duration::from_secs(60));
+    let near_ip = server.pod_field("default", "near", "{.status.podIP}");
+    let far_ip = server.pod_field("default", "far", "{.status.podIP}");
+    let service_ip = server.ok(&["get", "svc", "near", "-o", "jsonpath={.spec.clusterIP}"]);
+    for target in [format!("{near_ip}:8080"), service_ip.clone()] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = server.kubectl(&[
+                "exec",
+                "far",
+                "--",
+                "sh",
+                "-c",
+                &format!("timeout 3 wget -qO- http://{target}/"),
+            ]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "near" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "far pod cannot reach {target}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let log = server.ok(&["logs", "near"]);
+    assert!(log.contains(&far_ip), "the near pod saw the far pod's own address: {log}");
+    server.ok(&["delete", "pod", "far", "near", "--wait=true"]);
 }
 
 /// A real registry (Debian's docker-registry, distribution 2.8) on loopback with htpasswd
