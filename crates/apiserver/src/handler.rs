@@ -648,13 +648,27 @@ impl ApiServer {
             }
             _ => return Err(ApiError::bad_request(format!("invalid pod proxy name {raw:?}"))),
         };
-        let pod = self.rest.get(&target.rt, Some(&namespace), name).await?.object;
+        let object = self.rest.get(&target.rt, Some(&namespace), name).await?.object;
         let path = target.proxy_path.clone().unwrap_or_else(|| "/".to_owned());
         let path_and_query = match request.uri().query() {
             Some(q) if !q.is_empty() => format!("{path}?{q}"),
             _ => path,
         };
-        crate::proxy::forward_to_pod(&pod, port, request, &path_and_query).await
+        if target.rt.kind == "Service" {
+            // Through one of the Service's endpoints, as upstream's service proxy does.
+            let endpoints = self
+                .registry
+                .lookup("", "v1", "endpoints")
+                .ok_or_else(|| ApiError::internal("endpoints are not served"))?;
+            let listed = match self.rest.get(&endpoints, Some(&namespace), name).await {
+                Ok(e) => e.object,
+                Err(e) if e.code == 404 => Value::Null,
+                Err(e) => return Err(e),
+            };
+            let addr = crate::proxy::service_endpoint(&object, &listed, port)?;
+            return crate::proxy::forward_to(addr, request, &path_and_query).await;
+        }
+        crate::proxy::forward_to_pod(&object, port, request, &path_and_query).await
     }
 
     /// Logs, exec, attach and port-forward: checked here, served by the pod's node agent.

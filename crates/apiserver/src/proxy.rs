@@ -178,7 +178,64 @@ pub async fn forward_to_pod(
             .and_then(|p| u16::try_from(p).ok())
             .ok_or_else(|| ApiError::bad_request(format!("no such port {port:?} on pod {name}")))?
     };
-    let addr = SocketAddr::new(ip, port);
+    forward_to(SocketAddr::new(ip, port), request, path_and_query).await
+}
+
+/// The endpoint a `services/proxy` request reaches: the Service's port named or numbered
+/// `port` (its only port when empty), at a ready address of its Endpoints.
+pub fn service_endpoint(service: &Value, endpoints: &Value, port: &str) -> ApiResult<SocketAddr> {
+    let name = service.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let ports: Vec<&Value> =
+        service.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten().collect();
+    let chosen = if port.is_empty() {
+        ports.first().copied()
+    } else {
+        ports.iter().copied().find(|p| {
+            p.get("name").and_then(Value::as_str) == Some(port)
+                || p.get("port").and_then(Value::as_u64).map(|n| n.to_string()).as_deref()
+                    == Some(port)
+        })
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("no endpoints available for service \"{name}\""),
+        )
+    })?;
+    let port_name = chosen.get("name").and_then(Value::as_str).unwrap_or("");
+    for subset in endpoints.get("subsets").and_then(Value::as_array).into_iter().flatten() {
+        let target = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
+            .and_then(|p| p.get("port").and_then(Value::as_u64))
+            .and_then(|p| u16::try_from(p).ok());
+        let address = subset
+            .get("addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|a| a.get("ip").and_then(Value::as_str))
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        if let (Some(port), Some(ip)) = (target, address) {
+            return Ok(SocketAddr::new(ip, port));
+        }
+    }
+    Err(ApiError::new(
+        503,
+        "ServiceUnavailable",
+        format!("no endpoints available for service \"{name}\""),
+    ))
+}
+
+/// Forwards `request` over HTTP/1.1 to `addr` at `path_and_query`, streaming the answer.
+pub async fn forward_to(
+    addr: SocketAddr,
+    request: Request<RequestBody>,
+    path_and_query: &str,
+) -> ApiResult<Response<Body>> {
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}"))
     };

@@ -337,6 +337,23 @@ spec:
         assert!(backends.contains(&body), "{address} answered {body:?}");
     }
 
+    // The API server's services/proxy reaches an endpoint, by port number or name.
+    for name in ["web", "web:80", "http:web:"] {
+        let page = server.ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/default/services/{name}/proxy/"),
+        ]);
+        assert!(backends.contains(page.trim()), "{name}: {page}");
+    }
+    let none =
+        server.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/nothing/proxy/"]);
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("ServiceUnavailable"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+
     // A backend reaches itself through its own Service (hairpin).
     let backend = backends.iter().next().unwrap();
     let out = server.ok(&[

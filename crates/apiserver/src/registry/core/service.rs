@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::registry::{set_default, spec_mut};
 use crate::status::Cause;
-use crate::strategy::{NameRule, Strategy};
+use crate::strategy::{NameRule, Strategy, Subresource};
 use crate::table::{AGE, Column, NAME, age_of, col, label_map_string, n, or_none, s};
 
 /// The Service strategy.
@@ -16,6 +16,14 @@ pub struct Services;
 impl Strategy for Services {
     fn name_rule(&self) -> NameRule {
         NameRule::Dns1035Label
+    }
+
+    fn subresources(&self) -> &'static [Subresource] {
+        &[Subresource {
+            name: "proxy",
+            kind: Some(("", "v1", "ServiceProxyOptions")),
+            verbs: &["create", "delete", "get", "patch", "update"],
+        }]
     }
 
     fn default(&self, object: &mut Value) {
