@@ -450,6 +450,14 @@ pub async fn bootstrap(
         Err(e) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
+    if endpoint_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        // Pods cannot reach a loopback address, and endpoints may not hold one.
+        tracing::warn!(
+            endpoint_ip,
+            "the API server has no address pods can reach: the kubernetes Service gets no endpoints"
+        );
+        return Ok(());
+    }
     let endpoints =
         registry.lookup("", "v1", "endpoints").ok_or(ServerError::NotServed("endpoints"))?;
     let wanted = json!({

@@ -125,6 +125,49 @@ async fn cluster_ips_and_node_ports_come_from_their_ranges() {
     .await;
     assert!(message.contains("spec.ports[1]: Duplicate value"), "{message}");
 
+    // Hand-written endpoints may not point at special addresses (the node itself through
+    // loopback, link-local): upstream's 422, nothing stored.
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Api<EndpointSlice> = Api::namespaced(server.client().await, "default");
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "manual", "labels": {"kubernetes.io/service-name": "manual"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"]}],
+        "ports": [{"port": 80}]
+    }))
+    .unwrap();
+    match slices.create(&PostParams::default(), &slice).await {
+        Err(kube::Error::Api(s)) => assert_eq!(
+            (s.code, s.message.as_str()),
+            (
+                422,
+                "EndpointSlice.discovery.k8s.io \"manual\" is invalid: endpoints[0].addresses[0]: Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
+            )
+        ),
+        other => panic!("expected 422, got {other:?}"),
+    }
+    assert!(slices.get_opt("manual").await.unwrap().is_none());
+    let endpoints: Api<Endpoints> = Api::namespaced(server.client().await, "default");
+    let manual: Endpoints = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "manual"},
+        "subsets": [{"addresses": [{"ip": "169.254.1.1"}], "ports": [{"port": 80}]}]
+    }))
+    .unwrap();
+    match endpoints.create(&PostParams::default(), &manual).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422);
+            assert!(
+                s.message
+                    .ends_with("may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    assert!(endpoints.get_opt("manual").await.unwrap().is_none());
+
     // A change of type drops the node ports, and back again allocates new ones; the
     // address stays.
     let patch = |t: &str| Patch::Merge(serde_json::json!({"spec": {"type": t}}));

@@ -1,4 +1,6 @@
-//! EndpointSlice: `kubectl get endpointslices` columns.
+//! EndpointSlice: addresses valid for their type and never special ones (loopback,
+//! link-local, unspecified, link-local multicast: a proxy would send Service traffic to the
+//! node itself), and `kubectl get endpointslices` columns.
 
 use serde_json::{Value, json};
 
@@ -10,6 +12,35 @@ use crate::table::{AGE, Column, NAME, age_of, col, n, or_none, s};
 pub struct EndpointSlices;
 
 impl Strategy for EndpointSlices {
+    fn validate(&self, object: &Value, causes: &mut Vec<crate::status::Cause>) {
+        let ipv4 = object.get("addressType").and_then(Value::as_str) == Some("IPv4");
+        for (i, endpoint) in
+            object.get("endpoints").and_then(Value::as_array).into_iter().flatten().enumerate()
+        {
+            for (j, address) in endpoint
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let text = address.as_str().unwrap_or("");
+                let field = format!("endpoints[{i}].addresses[{j}]");
+                if ipv4 && text.parse::<std::net::Ipv4Addr>().is_err() {
+                    causes.push(crate::status::Cause::new(
+                        "FieldValueInvalid",
+                        &field,
+                        format!("Invalid value: \"{text}\": must be a valid IPv4 address"),
+                    ));
+                } else if let Some(cause) =
+                    crate::registry::core::endpoints::special_ip(text, &field)
+                {
+                    causes.push(cause);
+                }
+            }
+        }
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
