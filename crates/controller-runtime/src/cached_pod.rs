@@ -65,6 +65,8 @@ pub struct CachedPodSpec {
     pub hostname: Option<String>,
     /// `subdomain` (the headless Service that gives the pod its DNS name).
     pub subdomain: Option<String>,
+    /// `hostNetwork` (such a pod has the node's address, and no policy of its own).
+    pub host_network: Option<bool>,
 }
 
 /// The read part of a `Container`.

@@ -4,15 +4,18 @@
 //! (`plan`), renders them as one nftables table (`nftables`) and loads it when it changed.
 //! Bursts of changes are coalesced into one sync; an unchanged result is not loaded again.
 
+pub mod networkpolicy;
 pub mod nftables;
 pub mod plan;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use controller_runtime::cached_pod::CachedPod;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::Notify;
 
@@ -67,19 +70,35 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let (services, services_writer) = reflector::store::<Service>();
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-    let watches = futures::future::join(
+    // NetworkPolicy needs every pod's address and labels, and the namespaces' labels.
+    let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
+    let (pods, pods_writer) = reflector::store::<CachedPod>();
+    let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
+    let watches = futures::future::join5(
         watch_into(client.clone(), services_writer, changed.clone()),
-        watch_into(client, slices_writer, changed.clone()),
+        watch_into(client.clone(), slices_writer, changed.clone()),
+        watch_into(client.clone(), policies_writer, changed.clone()),
+        watch_into(client.clone(), pods_writer, changed.clone()),
+        watch_into(client, namespaces_writer, changed.clone()),
     );
     let sync = async {
         let _ = services.wait_until_ready().await;
         let _ = slices.wait_until_ready().await;
+        let _ = policies.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        let _ = namespaces.wait_until_ready().await;
         let mut loaded: Option<String> = None;
         let mut programmed = Vec::new();
         loop {
             tokio::time::sleep(COALESCE).await;
             let ports = plan::service_ports(&services.state(), &slices.state(), &config.node_name);
-            let script = nftables::render(&table, &config.cluster_cidr, &ports);
+            let filters = networkpolicy::pod_filters(
+                &policies.state(),
+                &pods.state(),
+                &namespaces.state(),
+                &config.node_name,
+            );
+            let script = nftables::render(&table, &config.cluster_cidr, &ports, &filters);
             if loaded.as_deref() != Some(script.as_str()) {
                 let started = std::time::Instant::now();
                 match nftables::apply(&script).await {

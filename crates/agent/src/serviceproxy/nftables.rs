@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use super::networkpolicy::{Allow, Peers, PodFilter};
 use super::plan::{Backend, Protocol, ServicePort};
 
 /// The firewall mark bit that asks the postrouting chain to masquerade.
@@ -41,7 +42,12 @@ fn names(port: &ServicePort) -> Names {
 
 /// The whole table, as `nft -f` reads it: created empty first so the delete cannot fail on
 /// the first sync, deleted, and declared again.
-pub fn render(table: &str, cluster_cidr: &str, ports: &[ServicePort]) -> String {
+pub fn render(
+    table: &str,
+    cluster_cidr: &str,
+    ports: &[ServicePort],
+    filters: &[PodFilter],
+) -> String {
     let mut cluster_ips = Vec::new();
     let mut node_ports = Vec::new();
     let mut no_endpoint_ips = Vec::new();
@@ -225,8 +231,99 @@ pub fn render(table: &str, cluster_cidr: &str, ports: &[ServicePort]) -> String 
 "
     );
     out.push_str(&chains);
+    if !filters.is_empty() {
+        out.push_str(&render_policies(filters));
+    }
     out.push_str("}\n");
     out
+}
+
+/// The NetworkPolicy part of the table: a chain per isolated pod and direction, reached
+/// through a verdict map by the pod's address, that returns for allowed traffic and drops
+/// the rest; replies to allowed connections pass before any of it.
+fn render_policies(filters: &[PodFilter]) -> String {
+    let mut out = String::new();
+    let mut ingress = Vec::new();
+    let mut egress = Vec::new();
+    let mut chains = String::new();
+    for filter in filters {
+        for (direction, rules, map, field) in [
+            ("in", &filter.ingress, &mut ingress, "saddr"),
+            ("out", &filter.egress, &mut egress, "daddr"),
+        ] {
+            let Some(rules) = rules else { continue };
+            let name = chain(&format!("np{direction}"), &filter.ip.to_string());
+            map.push(format!("{} : jump {name}", filter.ip));
+            let _ = writeln!(chains, "\tchain {name} {{");
+            for rule in rules {
+                for line in allow_rules(rule, field) {
+                    let _ = writeln!(chains, "\t\t{line}");
+                }
+            }
+            let _ = writeln!(chains, "\t\tdrop\n\t}}");
+        }
+    }
+    for (name, elements) in [("policy-ingress", &ingress), ("policy-egress", &egress)] {
+        let _ = writeln!(out, "\tmap {name} {{\n\t\ttype ipv4_addr : verdict");
+        if !elements.is_empty() {
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        out.push_str("\t}\n");
+    }
+    out.push_str(
+        "\tchain policy-forward {
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tct state established,related accept
+\t\tip saddr vmap @policy-egress
+\t\tip daddr vmap @policy-ingress
+\t}
+",
+    );
+    out.push_str(&chains);
+    out
+}
+
+/// The nftables rules of one allowing rule, matching the peer on `field` (`saddr` for
+/// ingress, `daddr` for egress).
+fn allow_rules(rule: &Allow, field: &str) -> Vec<String> {
+    let ports = if rule.ports.is_empty() {
+        String::new()
+    } else {
+        let items: Vec<String> = rule
+            .ports
+            .iter()
+            .map(|p| {
+                if p.first == p.last {
+                    format!("{} . {}", p.protocol.nft(), p.first)
+                } else {
+                    format!("{} . {}-{}", p.protocol.nft(), p.first, p.last)
+                }
+            })
+            .collect();
+        format!(" meta l4proto . th dport {{ {} }}", items.join(", "))
+    };
+    match &rule.peers {
+        Peers::Any if ports.is_empty() => vec!["return".to_owned()],
+        Peers::Any => vec![format!("{} return", ports.trim_start())],
+        Peers::Some { pods, blocks } => {
+            let mut lines = Vec::new();
+            if !pods.is_empty() {
+                let ips: Vec<String> = pods.iter().map(ToString::to_string).collect();
+                lines.push(format!("ip {field} {{ {} }}{ports} return", ips.join(", ")));
+            }
+            for (cidr, except) in blocks {
+                if except.is_empty() {
+                    lines.push(format!("ip {field} {cidr}{ports} return"));
+                } else {
+                    lines.push(format!(
+                        "ip {field} {cidr} ip {field} != {{ {} }}{ports} return",
+                        except.join(", ")
+                    ));
+                }
+            }
+            lines
+        }
+    }
 }
 
 /// Loads `script` with `nft -f -` (one transaction).
@@ -351,6 +448,7 @@ mod tests {
                 port("ns/web:http", Protocol::Tcp, &["10.42.0.2", "10.42.1.2"]),
                 port("ns/empty:80", Protocol::Tcp, &[]),
             ],
+            &[],
         );
         let web = names(&port("ns/web:http", Protocol::Tcp, &[]));
         assert!(
@@ -372,7 +470,7 @@ mod tests {
     fn client_ip_affinity_remembers_the_endpoint() {
         let mut p = port("ns/web:http", Protocol::Tcp, &["10.42.0.2"]);
         p.affinity_seconds = Some(60);
-        let script = render("krust_t", "10.42.0.0/16", &[p]);
+        let script = render("krust_t", "10.42.0.0/16", &[p], &[]);
         assert!(script.contains("timeout 60s"));
         assert!(script.contains("update @aff-"));
         assert!(script.contains("ip saddr @aff-"));
@@ -388,10 +486,35 @@ mod tests {
         let mut local = port("ns/local:80", Protocol::Udp, &["10.42.0.3"]);
         local.external_local = true;
         local.external_backends.clear();
+        use super::super::networkpolicy::PortRange;
+        let filters = [PodFilter {
+            ip: "10.42.0.2".parse().expect("ip"),
+            ingress: Some(vec![
+                Allow {
+                    peers: Peers::Some {
+                        pods: ["10.42.0.3".parse().expect("ip")].into(),
+                        blocks: vec![
+                            ("192.0.2.0/24".into(), vec!["192.0.2.7/32".into()]),
+                            ("198.51.100.0/24".into(), vec![]),
+                        ],
+                    },
+                    ports: vec![
+                        PortRange { protocol: Protocol::Tcp, first: 80, last: 80 },
+                        PortRange { protocol: Protocol::Udp, first: 8000, last: 8080 },
+                    ],
+                },
+                Allow { peers: Peers::Any, ports: vec![] },
+            ]),
+            egress: Some(vec![Allow {
+                peers: Peers::Any,
+                ports: vec![PortRange { protocol: Protocol::Udp, first: 53, last: 53 }],
+            }]),
+        }];
         let script = render(
             "krust_check",
             "10.42.0.0/16",
             &[affinity, local, port("ns/empty:80", Protocol::Sctp, &[])],
+            &filters,
         );
         let mut child = tokio::process::Command::new("nft")
             .args(["-c", "-f", "-"])
