@@ -87,8 +87,8 @@ pub async fn run(
         let _ = policies.wait_until_ready().await;
         let _ = pods.wait_until_ready().await;
         let _ = namespaces.wait_until_ready().await;
-        let mut loaded: Option<String> = None;
-        let mut programmed = Vec::new();
+        // What the kernel holds: none until the first full load.
+        let mut programmed: Option<(Vec<plan::ServicePort>, Vec<networkpolicy::PodFilter>)> = None;
         loop {
             tokio::time::sleep(COALESCE).await;
             let ports = plan::service_ports(&services.state(), &slices.state(), &config.node_name);
@@ -98,27 +98,49 @@ pub async fn run(
                 &namespaces.state(),
                 &config.node_name,
             );
-            let script = nftables::render(&table, &config.cluster_cidr, &ports, &filters);
-            if loaded.as_deref() != Some(script.as_str()) {
-                let started = std::time::Instant::now();
-                match nftables::apply(&script).await {
-                    Ok(()) => {
-                        tracing::debug!(
-                            table,
-                            service_ports = ports.len(),
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "service rules loaded"
-                        );
-                        let (entries, addresses) = nftables::stale_udp(&programmed, &ports);
-                        nftables::flush_udp(&entries, &addresses).await;
-                        loaded = Some(script);
-                        programmed = ports;
-                    }
-                    Err(e) => {
-                        tracing::warn!(table, error = %e, "loading the service rules failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
+            if programmed.as_ref().is_some_and(|(p, f)| *p == ports && *f == filters) {
+                changed.notified().await;
+                continue;
+            }
+            let started = std::time::Instant::now();
+            // Only what changed, when only Services and endpoints did; otherwise (first
+            // sync, policies, affinity sets, or an incremental load the kernel refused) the
+            // whole table in one transaction.
+            let step = programmed
+                .as_ref()
+                .filter(|(_, f)| *f == filters)
+                .and_then(|(p, _)| nftables::incremental(&table, &config.cluster_cidr, p, &ports));
+            let mut result = match &step {
+                Some(script) => nftables::apply(script).await,
+                None => Err(String::new()),
+            };
+            let full = result.is_err();
+            if full {
+                if let (Some(_), Err(e)) = (&step, &result) {
+                    tracing::warn!(table, error = %e, "an incremental service sync failed; loading the whole table");
+                }
+                let script = nftables::render(&table, &config.cluster_cidr, &ports, &filters);
+                result = nftables::apply(&script).await;
+            }
+            match result {
+                Ok(()) => {
+                    tracing::debug!(
+                        table,
+                        full,
+                        service_ports = ports.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "service rules loaded"
+                    );
+                    let before = programmed.take().map(|(p, _)| p).unwrap_or_default();
+                    let (entries, addresses) = nftables::stale_udp(&before, &ports);
+                    nftables::flush_udp(&entries, &addresses).await;
+                    programmed = Some((ports, filters));
+                }
+                Err(e) => {
+                    tracing::warn!(table, error = %e, "loading the service rules failed; retrying");
+                    programmed = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             }
             changed.notified().await;

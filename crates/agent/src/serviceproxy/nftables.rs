@@ -40,6 +40,233 @@ fn names(port: &ServicePort) -> Names {
     Names { service: chain("svc", &key), external: chain("ext", &key) }
 }
 
+/// What one Service port puts in the table: map elements (`key : verdict`), its chains
+/// (name and rules), the affinity sets it declares (name and body), and the endpoint
+/// addresses for the hairpin set. The whole table is the union over all ports; an
+/// incremental sync is the difference between two ports' pieces.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pieces {
+    cluster_ips: Vec<String>,
+    node_ports: Vec<String>,
+    no_endpoint_ips: Vec<String>,
+    no_endpoint_node_ports: Vec<String>,
+    chains: Vec<(String, Vec<String>)>,
+    sets: Vec<(String, String)>,
+    hairpin: Vec<Ipv4Addr>,
+}
+
+/// The pieces of `port`.
+pub fn pieces(port: &ServicePort, cluster_cidr: &str) -> Pieces {
+    let mut out = Pieces::default();
+    let n = names(port);
+    let proto = port.protocol.nft();
+    let has_cluster = !port.cluster_backends.is_empty();
+    // Traffic from outside reaches something when some endpoint can take it; under the
+    // Local policy a node without one drops it rather than refusing (upstream's rule).
+    let external_target =
+        !port.external_backends.is_empty() || (port.external_local && has_cluster);
+    for ip in &port.cluster_ips {
+        let element = format!("{ip} . {proto} . {}", port.port);
+        if has_cluster {
+            out.cluster_ips.push(format!("{element} : goto {}", n.service));
+        } else {
+            out.no_endpoint_ips.push(format!("{element} : goto reject-chain"));
+        }
+    }
+    for ip in &port.external_ips {
+        let element = format!("{ip} . {proto} . {}", port.port);
+        if external_target {
+            out.cluster_ips.push(format!("{element} : goto {}", n.external));
+        } else {
+            out.no_endpoint_ips.push(format!("{element} : goto reject-chain"));
+        }
+    }
+    if let Some(node_port) = port.node_port {
+        let element = format!("{proto} . {node_port}");
+        if external_target {
+            out.node_ports.push(format!("{element} : goto {}", n.external));
+        } else {
+            out.no_endpoint_node_ports.push(format!("{element} : goto reject-chain"));
+        }
+    }
+    let affinity = |backend: &Backend| chain("aff", &backend_key(port, backend));
+    let endpoint = |backend: &Backend| chain("ep", &backend_key(port, backend));
+    // New connections are spread as kube-proxy's iptables mode does, without a set per
+    // Service (the kernel's anonymous sets made a table of 10,000 Services take half a
+    // minute to load): the i-th of n rules takes its connection with probability 1/(n-i),
+    // the last one takes what is left.
+    let spread = |rules: &mut Vec<String>, backends: &[Backend]| {
+        let n = backends.len();
+        if port.affinity_seconds.is_some() {
+            for b in backends {
+                rules.push(format!("ip saddr @{} goto {}", affinity(b), endpoint(b)));
+            }
+        }
+        for (i, b) in backends.iter().enumerate() {
+            let pick =
+                if i + 1 < n { format!("numgen random mod {} 0 ", n - i) } else { String::new() };
+            if port.affinity_seconds.is_some() {
+                rules.push(format!("{pick}goto {}", endpoint(b)));
+            } else {
+                rules.push(format!("meta l4proto {proto} {pick}dnat to {}:{}", b.ip, b.port));
+            }
+        }
+    };
+    let mut hairpin: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for backend in port.cluster_backends.iter().chain(&port.external_backends) {
+        hairpin.insert(backend.ip);
+    }
+    out.hairpin = hairpin.into_iter().collect();
+    if has_cluster {
+        let mut rules = vec![format!("ip saddr != {cluster_cidr} jump mark-for-masquerade")];
+        spread(&mut rules, &port.cluster_backends);
+        out.chains.push((n.service.clone(), rules));
+    }
+    if external_target {
+        let mut rules = Vec::new();
+        if port.external_local {
+            // Pods and the node itself get the cluster behaviour; clients from outside keep
+            // their address and reach only this node's endpoints.
+            if has_cluster {
+                rules.push(format!("ip saddr {cluster_cidr} goto {}", n.service));
+                rules.push(format!("fib saddr type local goto {}", n.service));
+            }
+            if port.external_backends.is_empty() {
+                rules.push("drop".to_owned());
+            } else {
+                spread(&mut rules, &port.external_backends);
+            }
+        } else {
+            rules.push(format!("ip saddr != {cluster_cidr} jump mark-for-masquerade"));
+            spread(&mut rules, &port.external_backends);
+        }
+        out.chains.push((n.external, rules));
+    }
+    // ClientIP affinity remembers each client's endpoint in a set per endpoint, filled by
+    // the endpoint's own chain.
+    if let Some(seconds) = port.affinity_seconds {
+        let mut seen = BTreeSet::new();
+        for backend in port.cluster_backends.iter().chain(&port.external_backends) {
+            let name = endpoint(backend);
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let set = affinity(backend);
+            out.sets.push((
+                set.clone(),
+                format!("type ipv4_addr; flags dynamic,timeout; timeout {seconds}s;"),
+            ));
+            out.chains.push((
+                name,
+                vec![
+                    format!("update @{set} {{ ip saddr }}"),
+                    format!("meta l4proto {proto} dnat to {}:{}", backend.ip, backend.port),
+                ],
+            ));
+        }
+    }
+    out
+}
+
+/// The key of a map element (`key : verdict`).
+fn element_key(element: &str) -> &str {
+    element.split(" : ").next().unwrap_or(element)
+}
+
+/// The commands that turn the table programmed for `old` into the one for `new`, or `None`
+/// when only a full load will do (NetworkPolicy or affinity changed, which declare sets).
+/// Chains are added and filled before the elements that reach them, and deleted after.
+pub fn incremental(
+    table: &str,
+    cluster_cidr: &str,
+    old: &[ServicePort],
+    new: &[ServicePort],
+) -> Option<String> {
+    use std::collections::BTreeMap;
+    let key = |p: &ServicePort| (p.name.clone(), p.protocol);
+    let before: BTreeMap<_, &ServicePort> = old.iter().map(|p| (key(p), p)).collect();
+    let after: BTreeMap<_, &ServicePort> = new.iter().map(|p| (key(p), p)).collect();
+    let mut script = String::new();
+    let mut deleted_chains = Vec::new();
+    let mut element_deletes: Vec<(String, &'static str)> = Vec::new();
+    let mut element_adds: Vec<(String, &'static str)> = Vec::new();
+    let backends = |ports: &[ServicePort]| -> BTreeSet<Ipv4Addr> {
+        ports
+            .iter()
+            .flat_map(|p| p.cluster_backends.iter().chain(&p.external_backends))
+            .map(|b| b.ip)
+            .collect()
+    };
+    let (hairpin_old, hairpin_new) = (backends(old), backends(new));
+    let keys: BTreeSet<_> = before.keys().chain(after.keys()).cloned().collect();
+    for k in keys {
+        let (was_port, now_port) = (before.get(&k), after.get(&k));
+        // Unchanged ports cost a comparison, not their rules.
+        if was_port == now_port {
+            continue;
+        }
+        let was = was_port.map(|p| pieces(p, cluster_cidr)).unwrap_or_default();
+        let now = now_port.map(|p| pieces(p, cluster_cidr)).unwrap_or_default();
+        let (was, now) = (&was, &now);
+        if was == now {
+            continue;
+        }
+        if was.sets != now.sets {
+            return None;
+        }
+        let old_chains: BTreeMap<&String, &Vec<String>> =
+            was.chains.iter().map(|(n, r)| (n, r)).collect();
+        for (name, rules) in &now.chains {
+            match old_chains.get(name) {
+                Some(old_rules) if *old_rules == rules => continue,
+                Some(_) => {
+                    let _ = writeln!(script, "flush chain ip {table} {name}");
+                }
+                None => {
+                    let _ = writeln!(script, "add chain ip {table} {name}");
+                }
+            }
+            for rule in rules {
+                let _ = writeln!(script, "add rule ip {table} {name} {rule}");
+            }
+        }
+        for (name, _) in &was.chains {
+            if !now.chains.iter().any(|(n, _)| n == name) {
+                deleted_chains.push(name.clone());
+            }
+        }
+        for (map, was_elements, now_elements) in [
+            ("cluster-ips", &was.cluster_ips, &now.cluster_ips),
+            ("node-ports", &was.node_ports, &now.node_ports),
+            ("no-endpoint-services", &was.no_endpoint_ips, &now.no_endpoint_ips),
+            ("no-endpoint-node-ports", &was.no_endpoint_node_ports, &now.no_endpoint_node_ports),
+        ] {
+            for e in was_elements.iter().filter(|e| !now_elements.contains(e)) {
+                element_deletes.push((element_key(e).to_owned(), map));
+            }
+            for e in now_elements.iter().filter(|e| !was_elements.contains(e)) {
+                element_adds.push((e.clone(), map));
+            }
+        }
+    }
+    for (key, map) in &element_deletes {
+        let _ = writeln!(script, "delete element ip {table} {map} {{ {key} }}");
+    }
+    for (element, map) in &element_adds {
+        let _ = writeln!(script, "add element ip {table} {map} {{ {element} }}");
+    }
+    for ip in hairpin_new.difference(&hairpin_old) {
+        let _ = writeln!(script, "add element ip {table} hairpin {{ {ip} . {ip} }}");
+    }
+    for ip in hairpin_old.difference(&hairpin_new) {
+        let _ = writeln!(script, "delete element ip {table} hairpin {{ {ip} . {ip} }}");
+    }
+    for name in deleted_chains {
+        let _ = writeln!(script, "delete chain ip {table} {name}");
+    }
+    Some(script)
+}
+
 /// The whole table, as `nft -f` reads it: created empty first so the delete cannot fail on
 /// the first sync, deleted, and declared again.
 pub fn render(
@@ -54,109 +281,31 @@ pub fn render(
     let mut no_endpoint_node_ports = Vec::new();
     let mut chains = String::new();
     let mut sets = String::new();
-    let mut endpoint_chains = BTreeSet::new();
+    // Every endpoint address: a connection from one of them DNATed back to itself
+    // (hairpin) is masqueraded, or its reply would skip the NAT on the way back.
+    let mut hairpin: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut declared = BTreeSet::new();
     for port in ports {
-        let n = names(port);
-        let proto = port.protocol.nft();
-        let has_cluster = !port.cluster_backends.is_empty();
-        // Traffic from outside reaches something when some endpoint can take it; under the
-        // Local policy a node without one drops it rather than refusing (upstream's rule).
-        let external_target =
-            !port.external_backends.is_empty() || (port.external_local && has_cluster);
-        for ip in &port.cluster_ips {
-            let element = format!("{ip} . {proto} . {}", port.port);
-            if has_cluster {
-                cluster_ips.push(format!("{element} : goto {}", n.service));
-            } else {
-                no_endpoint_ips.push(format!("{element} : goto reject-chain"));
+        let p = pieces(port, cluster_cidr);
+        cluster_ips.extend(p.cluster_ips);
+        node_ports.extend(p.node_ports);
+        no_endpoint_ips.extend(p.no_endpoint_ips);
+        no_endpoint_node_ports.extend(p.no_endpoint_node_ports);
+        hairpin.extend(p.hairpin);
+        for (name, body) in p.sets {
+            if declared.insert(name.clone()) {
+                let _ = writeln!(sets, "\tset {name} {{ {body} }}");
             }
         }
-        for ip in &port.external_ips {
-            let element = format!("{ip} . {proto} . {}", port.port);
-            if external_target {
-                cluster_ips.push(format!("{element} : goto {}", n.external));
-            } else {
-                no_endpoint_ips.push(format!("{element} : goto reject-chain"));
-            }
-        }
-        if let Some(node_port) = port.node_port {
-            let element = format!("{proto} . {node_port}");
-            if external_target {
-                node_ports.push(format!("{element} : goto {}", n.external));
-            } else {
-                no_endpoint_node_ports.push(format!("{element} : goto reject-chain"));
-            }
-        }
-        let affinity = |backend: &Backend| chain("aff", &backend_key(port, backend));
-        let endpoint = |backend: &Backend| chain("ep", &backend_key(port, backend));
-        let spread = |out: &mut String, backends: &[Backend]| {
-            if port.affinity_seconds.is_some() {
-                for b in backends {
-                    let _ = writeln!(out, "\t\tip saddr @{} goto {}", affinity(b), endpoint(b));
-                }
-            }
-            let arms: Vec<String> = backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| format!("{i} : goto {}", endpoint(b)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "\t\tnumgen random mod {} vmap {{ {} }}",
-                backends.len(),
-                arms.join(", ")
-            );
-        };
-        if has_cluster {
-            let _ = writeln!(chains, "\tchain {} {{", n.service);
-            let _ = writeln!(chains, "\t\tcomment \"{}\"", port.name);
-            let _ = writeln!(chains, "\t\tip saddr != {cluster_cidr} jump mark-for-masquerade");
-            spread(&mut chains, &port.cluster_backends);
-            let _ = writeln!(chains, "\t}}");
-        }
-        if external_target {
-            let _ = writeln!(chains, "\tchain {} {{", n.external);
-            let _ = writeln!(chains, "\t\tcomment \"{} external\"", port.name);
-            if port.external_local {
-                // Pods and the node itself get the cluster behaviour; clients from outside
-                // keep their address and reach only this node's endpoints.
-                if has_cluster {
-                    let _ = writeln!(chains, "\t\tip saddr {cluster_cidr} goto {}", n.service);
-                    let _ = writeln!(chains, "\t\tfib saddr type local goto {}", n.service);
-                }
-                if port.external_backends.is_empty() {
-                    let _ = writeln!(chains, "\t\tdrop");
-                } else {
-                    spread(&mut chains, &port.external_backends);
-                }
-            } else {
-                let _ = writeln!(chains, "\t\tjump mark-for-masquerade");
-                spread(&mut chains, &port.external_backends);
-            }
-            let _ = writeln!(chains, "\t}}");
-        }
-        for backend in port.cluster_backends.iter().chain(&port.external_backends) {
-            let name = endpoint(backend);
-            if !endpoint_chains.insert(name.clone()) {
+        for (name, rules) in p.chains {
+            if !declared.insert(name.clone()) {
                 continue;
             }
             let _ = writeln!(chains, "\tchain {name} {{");
-            // A pod reaching itself through its Service: its reply would otherwise skip
-            // the NAT on the way back.
-            let _ = writeln!(chains, "\t\tip saddr {} jump mark-for-masquerade", backend.ip);
-            if let Some(seconds) = port.affinity_seconds {
-                let set = affinity(backend);
-                let _ = writeln!(
-                    sets,
-                    "\tset {set} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout {seconds}s\n\t}}"
-                );
-                let _ = writeln!(chains, "\t\tupdate @{set} {{ ip saddr }}");
+            let _ = writeln!(chains, "\t\tcomment \"{}\"", port.name);
+            for rule in rules {
+                let _ = writeln!(chains, "\t\t{rule}");
             }
-            let _ = writeln!(
-                chains,
-                "\t\tmeta l4proto {proto} dnat to {}:{}",
-                backend.ip, backend.port
-            );
             let _ = writeln!(chains, "\t}}");
         }
     }
@@ -183,6 +332,12 @@ pub fn render(
         &no_endpoint_node_ports,
     ));
     out.push_str(&sets);
+    let _ = writeln!(out, "\tset hairpin {{\n\t\ttype ipv4_addr . ipv4_addr");
+    if !hairpin.is_empty() {
+        let pairs: Vec<String> = hairpin.iter().map(|ip| format!("{ip} . {ip}")).collect();
+        let _ = writeln!(out, "\t\telements = {{ {} }}", pairs.join(", "));
+    }
+    out.push_str("\t}\n");
     let _ = write!(
         out,
         "\tchain services {{
@@ -199,6 +354,7 @@ pub fn render(
 \t}}
 \tchain nat-postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tct status dnat ip saddr . ip daddr @hairpin masquerade fully-random
 \t\tmeta mark & {MASQUERADE_MARK} == 0 return
 \t\tmeta mark set meta mark ^ {MASQUERADE_MARK}
 \t\tmasquerade fully-random
@@ -456,9 +612,10 @@ mod tests {
             "{script}"
         );
         assert!(script.contains(&format!("tcp . 30080 : goto {}", web.external)));
-        assert!(script.contains("numgen random mod 2 vmap"));
+        // Two endpoints: the first takes half the new connections, the second the rest.
+        assert!(script.contains("meta l4proto tcp numgen random mod 2 0 dnat to 10.42.0.2:8080"));
         assert!(script.contains("meta l4proto tcp dnat to 10.42.1.2:8080"));
-        assert!(script.contains("ip saddr 10.42.1.2 jump mark-for-masquerade"), "hairpin");
+        assert!(script.contains("10.42.1.2 . 10.42.1.2"), "hairpin");
         assert!(script.contains("ip saddr != 10.42.0.0/16 jump mark-for-masquerade"));
         // The empty Service's address is rejected, in the other map.
         let rejected = script.split("map no-endpoint-services").nth(1).expect("map");
@@ -526,6 +683,53 @@ mod tests {
         child.stdin.take().expect("stdin").write_all(script.as_bytes()).await.expect("write");
         let out = child.wait_with_output().await.expect("nft");
         assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// An incremental sync touches only the changed Service, and the kernel's parser accepts
+    /// it on top of the full table (check mode: the batch is one transaction).
+    #[tokio::test]
+    async fn incremental_syncs_touch_only_what_changed() {
+        // Each with an address and node port of its own.
+        let distinct = |mut p: ServicePort, i: u8| {
+            p.cluster_ips = vec![Ipv4Addr::new(10, 43, 0, 20 + i)];
+            p.node_port = Some(30100 + u16::from(i));
+            p
+        };
+        let old = vec![
+            distinct(port("ns/a:80", Protocol::Tcp, &["10.42.0.2", "10.42.0.3"]), 0),
+            distinct(port("ns/b:80", Protocol::Tcp, &["10.42.0.4"]), 1),
+            distinct(port("ns/c:80", Protocol::Tcp, &["10.42.0.6"]), 2),
+        ];
+        let mut new = old.clone();
+        new[0].cluster_backends.pop();
+        new[0].external_backends.pop();
+        new[1].cluster_backends.clear();
+        new[1].external_backends.clear();
+        new.remove(2);
+        new.push(distinct(port("ns/d:80", Protocol::Tcp, &["10.42.0.5"]), 3));
+        let step = incremental("krust_check", "10.42.0.0/16", &old, &new).expect("incremental");
+        let a = names(&old[0]);
+        assert!(step.contains(&format!("flush chain ip krust_check {}", a.service)), "{step}");
+        assert!(!step.contains("10.42.0.4 . 10.42.0.4 }\nadd"), "{step}");
+        assert!(step.contains("goto reject-chain"), "b has no endpoints now: {step}");
+        assert!(step.contains("delete element ip krust_check hairpin { 10.42.0.3 . 10.42.0.3 }"));
+        assert!(step.contains(&format!("delete chain ip krust_check {}", names(&old[2]).service)));
+        assert!(
+            !step.contains(&names(&old[2]).service.replace("svc", "ext"))
+                || step.contains("delete chain")
+        );
+        assert_eq!(incremental("krust_check", "10.42.0.0/16", &new, &new).as_deref(), Some(""));
+        let batch = render("krust_check", "10.42.0.0/16", &old, &[]) + &step;
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use tokio::io::AsyncWriteExt;
+        child.stdin.take().expect("stdin").write_all(batch.as_bytes()).await.expect("write");
+        let out = child.wait_with_output().await.expect("nft");
+        assert!(out.status.success(), "{}\n{step}", String::from_utf8_lossy(&out.stderr));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod api;
 mod pods;
 mod scheduler;
+mod services;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,9 @@ enum BenchCommand {
     /// Scheduler and controllers at scale on simulated nodes: throughput through
     /// Deployments, convergence of a large Deployment, memory and LIST latency when full.
     Scheduler(scheduler::SchedBenchArgs),
+    /// Services: the service proxy's rule programming beside kube-proxy's iptables-restore,
+    /// and cluster DNS queries beside the host's resolver (needs root).
+    Services(services::ServicesBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -50,6 +54,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Pods(args) => pods::run(args).await,
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
+        BenchCommand::Services(args) => services::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(
