@@ -920,7 +920,13 @@ impl Rest {
             if let (Some((labels, annotations, managed)), Some(meta)) =
                 (sent_meta, out.get_mut("metadata").and_then(Value::as_object_mut))
             {
-                for (key, value) in [("labels", labels), ("annotations", annotations)] {
+                // Workload types keep all their metadata (upstream's ResetObjectMetaForStatus).
+                let changeable = if rt.strategy.status_keeps_metadata() {
+                    Vec::new()
+                } else {
+                    vec![("labels", labels), ("annotations", annotations)]
+                };
+                for (key, value) in changeable {
                     match value {
                         Some(v) => meta.insert(key.into(), v),
                         None => meta.remove(key),

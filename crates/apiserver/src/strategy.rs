@@ -92,6 +92,13 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether a write through `status` keeps all the metadata (upstream's
+    /// `ResetObjectMetaForStatus`, used by the workload controllers' types: a Deployment's
+    /// status patch may not change its labels); otherwise labels and annotations may change.
+    fn status_keeps_metadata(&self) -> bool {
+        false
+    }
+
     /// Validation of the object as it would be stored.
     fn validate(&self, _object: &Value, _causes: &mut Vec<Cause>) {}
 

@@ -515,8 +515,9 @@ async fn status_subresource_dry_run_and_generate_name() {
         ),
         (serde_json::json!(2), serde_json::json!(1), serde_json::json!(1))
     );
-    // A status patch may also set labels and annotations (the Ingress and CSR conformance
-    // specs rely on it), but not finalizers or the spec.
+    // A Deployment's status patch changes neither its metadata nor its spec (upstream's
+    // workload types reset both); other types' may set labels and annotations (the Ingress
+    // and CSR conformance specs rely on it, checked below with a ConfigMap-like type).
     let patched = value_of(
         &deployments
             .patch_status(
@@ -538,8 +539,33 @@ async fn status_subresource_dry_run_and_generate_name() {
             patched["spec"]["replicas"].clone(),
             patched["status"]["replicas"].clone()
         ),
-        (serde_json::json!("true"), None, serde_json::json!(1), serde_json::json!(3))
+        (serde_json::Value::Null, None, serde_json::json!(1), serde_json::json!(3))
     );
+    {
+        use k8s_openapi::api::networking::v1::Ingress;
+        let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "default");
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ing"},
+            "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}
+        }))
+        .unwrap();
+        ingresses.create(&PostParams::default(), &ingress).await.unwrap();
+        let patched = value_of(
+            &ingresses
+                .patch_status(
+                    "ing",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({
+                        "metadata": {"annotations": {"patchedstatus": "true"}},
+                        "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}
+                    })),
+                )
+                .await
+                .unwrap(),
+        );
+        assert_eq!(patched["metadata"]["annotations"]["patchedstatus"], "true");
+        assert_eq!(patched["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1");
+    }
     let after = value_of(&deployments.get("web").await.unwrap());
     // Through the main resource the status is ignored, the spec changes and generation moves.
     let mut main = after.clone();

@@ -16,6 +16,10 @@ use crate::table::{
 pub struct DaemonSets;
 
 impl Strategy for DaemonSets {
+    fn status_keeps_metadata(&self) -> bool {
+        true
+    }
+
     fn default(&self, object: &mut Value) {
         let Some(spec) = spec_mut(object) else { return };
         set_default(spec, "revisionHistoryLimit", json!(10));

@@ -13,6 +13,10 @@ use crate::table::{AGE, Column, NAME, age_of, col, containers_images, n, s, sele
 pub struct Deployments;
 
 impl Strategy for Deployments {
+    fn status_keeps_metadata(&self) -> bool {
+        true
+    }
+
     fn default(&self, object: &mut Value) {
         let Some(spec) = spec_mut(object) else { return };
         set_default(spec, "replicas", json!(1));

@@ -74,6 +74,10 @@ fn targets(obj: &Value) -> String {
 }
 
 impl Strategy for HorizontalPodAutoscalers {
+    fn status_keeps_metadata(&self) -> bool {
+        true
+    }
+
     fn default(&self, object: &mut Value) {
         if let Some(spec) = crate::registry::spec_mut(object) {
             crate::registry::set_default(spec, "minReplicas", json!(1));

@@ -14,6 +14,10 @@ use crate::table::{
 pub struct CronJobs;
 
 impl Strategy for CronJobs {
+    fn status_keeps_metadata(&self) -> bool {
+        true
+    }
+
     fn default(&self, object: &mut Value) {
         let Some(spec) = spec_mut(object) else { return };
         set_default(spec, "concurrencyPolicy", json!("Allow"));

@@ -14,6 +14,10 @@ use crate::table::{
 pub struct Jobs;
 
 impl Strategy for Jobs {
+    fn status_keeps_metadata(&self) -> bool {
+        true
+    }
+
     fn default(&self, object: &mut Value) {
         let Some(spec) = spec_mut(object) else { return };
         set_default(spec, "backoffLimit", json!(6));

@@ -10,6 +10,10 @@ use crate::table::{AGE, Column, NAME, age_of, col, n, s};
 pub struct PodDisruptionBudgets;
 
 impl Strategy for PodDisruptionBudgets {
+    fn status_keeps_metadata(&self) -> bool {
+        true
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
