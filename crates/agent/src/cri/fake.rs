@@ -271,6 +271,7 @@ impl Runtime for FakeRuntime {
                     state: created,
                     created_at: now,
                     labels: config.labels.clone(),
+                    annotations: config.annotations.clone(),
                     ..Default::default()
                 },
                 status: cri::ContainerStatus {

@@ -20,6 +20,8 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// Marks containers and sandboxes this agent created (so a shared runtime's other tenants are
 /// left alone by housekeeping).
 pub const LABEL_MANAGED_BY: &str = "io.krust.node";
+/// The container annotation holding the image its pod's spec named when it was created.
+pub const ANNOTATION_SPEC_IMAGE: &str = "io.krust.container.image";
 
 /// Paths upstream masks and makes read-only in unprivileged containers.
 const MASKED_PATHS: &[&str] = &[
@@ -424,6 +426,8 @@ pub fn container_config(
             "io.kubernetes.pod.terminationGracePeriod".to_owned(),
             spec.termination_grace_period_seconds.unwrap_or(30).to_string(),
         ),
+        // The image as the spec named it, so a later change of it is seen.
+        (ANNOTATION_SPEC_IMAGE.to_owned(), container.image.clone().unwrap_or_default()),
     ]);
     let env_vars: HashMap<&str, &str> =
         inputs.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -235,6 +235,7 @@ mod tests {
             message: String::new(),
             image: "img".into(),
             image_id: "sha256:1".into(),
+            spec_image: None,
             log_path: String::new(),
         }
     }

@@ -60,6 +60,9 @@ pub struct ObservedContainer {
     pub message: String,
     /// The image as asked for.
     pub image: String,
+    /// The image the pod's spec named when the container was created (none for containers
+    /// of agents that did not record it).
+    pub spec_image: Option<String>,
     /// The image's ID (`sha256:…`).
     pub image_id: String,
     /// Its CRI log file.
@@ -175,6 +178,7 @@ pub async fn observe(rt: &dyn Runtime, uid: &str) -> Result<Observed, AgentError
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| c.image.map(|i| i.image).unwrap_or_default()),
             image_id: status.image_ref,
+            spec_image: c.annotations.get(super::config::ANNOTATION_SPEC_IMAGE).cloned(),
             log_path: status.log_path,
         });
     }

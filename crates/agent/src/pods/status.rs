@@ -376,6 +376,7 @@ mod tests {
             message: String::new(),
             image: "img".into(),
             image_id: "sha256:x".into(),
+            spec_image: None,
             log_path: String::new(),
         }
     }

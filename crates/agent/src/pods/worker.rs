@@ -698,6 +698,24 @@ impl Worker {
             let Some(o) = observed.latest(&c.name).filter(|o| o.state == State::Running) else {
                 continue;
             };
+            // A container whose image the pod's spec changed is restarted with the new one,
+            // as upstream's kubelet does (`kubectl set image` on a pod).
+            if o.spec_image.as_deref().is_some_and(|i| Some(i) != c.image.as_deref()) {
+                let message = format!("Container {} definition changed, will be restarted", c.name);
+                ctx.recorder.pod(
+                    &self.key,
+                    &field_path(c, false),
+                    EventType::Normal,
+                    "Killing",
+                    &message,
+                );
+                let grace = self.grace(pod);
+                self.pre_stop(c, &o.id, &self.pod_ip(pod, &sandbox.ip), grace).await;
+                runtime::stop_container(ctx.cri.as_ref(), &o.id, grace).await?;
+                self.probers.remove(&c.name);
+                killed = true;
+                continue;
+            }
             if c.liveness_probe.is_none()
                 && c.readiness_probe.is_none()
                 && c.startup_probe.is_none()
@@ -1110,6 +1128,35 @@ mod tests {
         sync(&mut w, &pod).await;
         assert_eq!(starts(&h).len(), 3);
         assert_eq!(last_status(&h)["phase"], "Running");
+    }
+
+    #[tokio::test]
+    async fn a_changed_image_restarts_the_container_with_the_new_one() {
+        let h = Harness::new();
+        let pod_a = pod(json!({"containers": [container("main")]}));
+        let mut w = worker(&h, &pod_a);
+        sync(&mut w, &pod_a).await;
+        assert_eq!(starts(&h), ["main"]);
+        // The same spec again: nothing happens.
+        sync(&mut w, &pod_a).await;
+        assert_eq!(starts(&h), ["main"]);
+        let pod_b = pod(json!({"terminationGracePeriodSeconds": 3,
+            "containers": [{"name": "main", "image": "busybox:2", "imagePullPolicy": "IfNotPresent"}]}));
+        sync(&mut w, &pod_b).await;
+        let stops: Vec<(String, i64)> = h
+            .runtime
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Recorded::Stop { name, timeout } => Some((name, timeout)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stops, [("main".to_owned(), 3)], "stopped within the pod's grace period");
+        sync(&mut w, &pod_b).await;
+        assert_eq!(starts(&h), ["main", "main"], "started again, with the new image");
+        sync(&mut w, &pod_b).await;
+        assert_eq!(starts(&h).len(), 2, "and left alone after");
     }
 
     #[tokio::test]
