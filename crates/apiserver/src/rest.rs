@@ -1358,6 +1358,102 @@ impl admission::Objects for Rest {
             self.update_with(rt, namespace, name, &options, Some("status"), transform).await
         })
     }
+
+    fn claim<'a>(
+        &'a self,
+        range: &'a str,
+        item: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, ApiResult<bool>> {
+        Box::pin(async move {
+            let key = allocation_key(range, item);
+            let response = self
+                .store
+                .txn(Txn {
+                    compares: vec![Compare::ModRevision { key: key.clone(), equals: 0 }],
+                    success: vec![Op::Put {
+                        key: key.clone(),
+                        value: Bytes::from(format!(
+                            "{owner}\n{}",
+                            jiff::Timestamp::now().as_second()
+                        )),
+                    }],
+                    failure: vec![Op::Get { key }],
+                })
+                .await?;
+            if response.succeeded {
+                return Ok(true);
+            }
+            Ok(matches!(
+                response.results.first(),
+                Some(storage::OpResult::Get(Some(kv))) if claim_owner(&kv.value) == owner
+            ))
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        range: &'a str,
+        item: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async move {
+            let key = allocation_key(range, item);
+            let current = self
+                .store
+                .range(storage::RangeRequest {
+                    start: key.clone(),
+                    end: format!("{key}\0"),
+                    revision: None,
+                    limit: 1,
+                })
+                .await?;
+            // Only the holder's claim goes, and only as it was read.
+            if let Some(kv) = current.kvs.first().filter(|kv| claim_owner(&kv.value) == owner) {
+                self.store
+                    .txn(Txn {
+                        compares: vec![Compare::ModRevision {
+                            key: key.clone(),
+                            equals: kv.mod_revision,
+                        }],
+                        success: vec![Op::Delete { key }],
+                        failure: vec![],
+                    })
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn claims<'a>(&'a self, range: &'a str) -> BoxFuture<'a, ApiResult<Vec<admission::Claim>>> {
+        Box::pin(async move {
+            let prefix = allocation_key(range, "");
+            let found = self.store.range(storage::RangeRequest::prefix(&prefix)).await?;
+            Ok(found
+                .kvs
+                .into_iter()
+                .map(|kv| {
+                    let text = String::from_utf8_lossy(&kv.value);
+                    let (owner, since) = text.split_once('\n').unwrap_or((&text, "0"));
+                    admission::Claim {
+                        item: kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_owned(),
+                        owner: owner.to_owned(),
+                        since: since.parse().unwrap_or(0),
+                    }
+                })
+                .collect())
+        })
+    }
+}
+
+/// The owner part of a claim's value (`owner\nsince`).
+fn claim_owner(value: &[u8]) -> &str {
+    std::str::from_utf8(value).unwrap_or("").split('\n').next().unwrap_or("")
+}
+
+/// Where allocation claims live: beside the objects, never served as one.
+fn allocation_key(range: &str, item: &str) -> String {
+    format!("/registry/krust.io/allocations/{range}/{item}")
 }
 
 #[cfg(test)]

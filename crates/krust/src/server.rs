@@ -195,6 +195,27 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     apiserver::crd::sync(&rest).await?;
     let crd_follower =
         tokio::spawn(crate::until(shutdown_rx.clone(), apiserver::crd::follow(rest.clone())));
+    // Service address and node port claims whose Service is gone go back to their range.
+    let allocation_repair = {
+        let rest = rest.clone();
+        tokio::spawn(crate::until(shutdown_rx.clone(), async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                match apiserver::admission::allocations::repair(rest.as_ref(), now).await {
+                    Ok(done) if done.released + done.claimed > 0 => {
+                        tracing::debug!(?done, "service allocations repaired")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "repairing service allocations failed")
+                    }
+                }
+            }
+        }))
+    };
     let api = Arc::new(ApiServer {
         rest: rest.clone(),
         registry,
@@ -343,6 +364,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(short, compactor).await;
     let _ = tokio::time::timeout(short, crd_follower).await;
+    let _ = tokio::time::timeout(short, allocation_repair).await;
     let drain = apiserver::server::DRAIN_TIMEOUT + std::time::Duration::from_secs(1);
     let _ = tokio::time::timeout(drain, serving).await;
     tracing::info!("krust server stopped");

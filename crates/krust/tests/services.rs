@@ -702,3 +702,49 @@ spec:
     );
     assert!(server.ok(&["get", "networkpolicy", "-o", "name"]).trim().is_empty());
 }
+
+/// Two API servers on one etcd hand out Service addresses and node ports from the same
+/// ranges: the claims live in the store, so no address or port is given twice even when
+/// both allocate at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_a_store_never_hand_out_the_same_address() {
+    let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
+    let endpoint = format!("--datastore-endpoint={}", etcd.endpoint);
+    // A tiny range, so that a double allocation would be likely.
+    let flags =
+        [endpoint.as_str(), "--service-cidr=10.96.0.0/26", "--service-node-port-range=30000-30063"];
+    let first = KrustServer::start_control_plane(&flags);
+    let second = KrustServer::start_control_plane(&flags);
+    let (a, b) = (first.client().await, second.client().await);
+    let create = |client: kube::Client, name: String| async move {
+        let services: Api<Service> = Api::namespaced(client, "default");
+        services
+            .create(
+                &PostParams::default(),
+                &service(&name, serde_json::json!({"type": "NodePort", "ports": [{"port": 80}]})),
+            )
+            .await
+    };
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        tasks.push(tokio::spawn(create(a.clone(), format!("from-a-{i}"))));
+        tasks.push(tokio::spawn(create(b.clone(), format!("from-b-{i}"))));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let all = Api::<Service>::namespaced(a, "default").list(&Default::default()).await.unwrap();
+    let ips: Vec<String> =
+        all.items.iter().filter_map(|s| s.spec.as_ref()?.cluster_ip.clone()).collect();
+    let ports: Vec<i32> = all
+        .items
+        .iter()
+        .flat_map(|s| s.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default())
+        .filter_map(|p| p.node_port)
+        .collect();
+    let distinct = |v: &[String]| v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert_eq!(ips.len(), 41, "40 Services and `kubernetes`");
+    assert_eq!(distinct(&ips), ips.len(), "an address given twice: {ips:?}");
+    let port_set: std::collections::BTreeSet<_> = ports.iter().collect();
+    assert_eq!(port_set.len(), 40, "a node port given twice: {ports:?}");
+}

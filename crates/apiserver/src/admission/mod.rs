@@ -4,6 +4,7 @@
 //! Each plugin is its own unit with upstream's name; the quota, limit, security and webhook
 //! plugins of later issues join the lists in [`Admission::new`].
 
+pub mod allocations;
 pub mod default_toleration_seconds;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
@@ -98,12 +99,45 @@ pub trait Objects: Send + Sync {
         transform: &'a mut (dyn FnMut(&Value) -> ApiResult<Value> + Send),
     ) -> BoxFuture<'a, ApiResult<Value>>;
 
+    /// Claims `item` of the allocation range `range` (`serviceips`, `servicenodeports`) for
+    /// `owner` in the store, with a compare-and-swap, so API servers sharing a store never
+    /// hand out the same one. True when `owner` now holds it (claimed, or held already),
+    /// false when another owner does.
+    fn claim<'a>(
+        &'a self,
+        range: &'a str,
+        item: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, ApiResult<bool>>;
+
+    /// Releases `item` of `range` when `owner` holds it.
+    fn release<'a>(
+        &'a self,
+        range: &'a str,
+        item: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, ApiResult<()>>;
+
+    /// Every claim of `range`.
+    fn claims<'a>(&'a self, range: &'a str) -> BoxFuture<'a, ApiResult<Vec<Claim>>>;
+
     /// A built-in type that must be served.
     fn served(&self, group: &str, version: &str, plural: &str) -> ApiResult<Arc<ResourceType>> {
         self.registry()
             .lookup(group, version, plural)
             .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))
     }
+}
+
+/// An item of an allocation range held in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The item (an address, a port).
+    pub item: String,
+    /// Who holds it (`namespace/name` of a Service).
+    pub owner: String,
+    /// When it was claimed, Unix seconds.
+    pub since: i64,
 }
 
 /// What a mutating plugin may hold until the object is stored, so that what it chose (an
@@ -192,6 +226,7 @@ impl Admission {
             ],
             validating: vec![
                 Box::new(namespace_lifecycle::NamespaceLifecycle),
+                Box::new(allocations::ServiceAllocationRelease),
                 Box::new(resource_quota::ResourceQuota),
             ],
         }

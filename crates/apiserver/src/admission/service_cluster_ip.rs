@@ -2,6 +2,10 @@
 //! Service without a `clusterIP` gets a free address of the service network, one that asks
 //! for an address gets it when it is in the network and free, and a Service changed from
 //! `ExternalName` to another type gets one then.
+//!
+//! Every address is claimed in the store (`serviceips`) with a compare-and-swap before the
+//! Service is written, so API servers sharing a store never hand out the same one; claims
+//! whose Service is gone or no longer uses them are released by `repair`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +22,15 @@ use crate::status::{ApiError, ApiResult, Cause};
 pub struct ServiceClusterIp {
     service_cidr: Ipv4Cidr,
     lock: Arc<Mutex<()>>,
+}
+
+/// The allocation range of service addresses in the store.
+pub const SERVICE_IPS: &str = "serviceips";
+
+/// `namespace/name`, who holds a claim.
+pub(super) fn owner_of(attributes: &Attributes<'_>, object: &Value) -> String {
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(attributes.name);
+    format!("{}/{name}", attributes.namespace.unwrap_or(""))
 }
 
 /// A Service's `clusterIP`, "" when unset.
@@ -50,7 +63,12 @@ impl ServiceClusterIp {
         ServiceClusterIp { service_cidr, lock }
     }
 
-    fn allocate(&self, used: &HashSet<String>) -> ApiResult<String> {
+    async fn allocate(
+        &self,
+        objects: &dyn Objects,
+        used: &HashSet<String>,
+        owner: &str,
+    ) -> ApiResult<String> {
         use rand::Rng;
         // Skip the network address, the first address (the `kubernetes` Service) and the
         // broadcast address; start at a random offset so that a freed address is not reused
@@ -60,7 +78,8 @@ impl ServiceClusterIp {
         for i in 0..usable {
             if let Some(ip) = self.service_cidr.nth(2 + (first + i) % usable) {
                 let ip = ip.to_string();
-                if !used.contains(&ip) {
+                // Another server may have claimed it since the list: try the next one.
+                if !used.contains(&ip) && objects.claim(SERVICE_IPS, &ip, owner).await? {
                     return Ok(ip);
                 }
             }
@@ -113,19 +132,39 @@ impl Mutating for ServiceClusterIp {
             }
             // An update that keeps the address it has needs nothing (the strategy refuses a
             // change of an address once set).
+            let owner = owner_of(attributes, object);
             let kept = attributes.old.filter(|old| !is_external_name(old)).map(cluster_ip);
             if kept.is_some_and(|k| !k.is_empty() && k == requested) {
+                // Claimed already (or before claims were kept in the store: claimed now).
+                objects.claim(SERVICE_IPS, &requested, &owner).await?;
                 return Ok(None);
             }
             let guard = self.lock.clone().lock_owned().await;
-            let used = used_by_others(objects, attributes.namespace, attributes.name, |s| {
+            let mut used = used_by_others(objects, attributes.namespace, attributes.name, |s| {
                 let ip = cluster_ip(s);
                 if ip.is_empty() || ip == "None" { Vec::new() } else { vec![ip.to_owned()] }
             })
             .await?;
-            let ip = if requested.is_empty() {
-                self.allocate(&used)?
+            used.extend(
+                objects
+                    .claims(SERVICE_IPS)
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.owner != owner)
+                    .map(|c| c.item),
+            );
+            let refusal = if requested.is_empty() {
+                None
             } else if let Some(message) = self.refuse(&requested, &used) {
+                Some(message)
+            } else if objects.claim(SERVICE_IPS, &requested, &owner).await? {
+                None
+            } else {
+                Some(format!("Invalid value: \"{requested}\": provided IP is already allocated"))
+            };
+            let ip = if requested.is_empty() {
+                self.allocate(objects, &used, &owner).await?
+            } else if let Some(message) = refusal {
                 let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
                 return Err(ApiError::invalid(
                     "Service",

@@ -2,7 +2,8 @@
 //! every port of a `NodePort` or `LoadBalancer` Service gets a node port from
 //! `--service-node-port-range` (one it asks for when that is in the range and free, the one
 //! it had on an update), and a `LoadBalancer` Service with `externalTrafficPolicy: Local` a
-//! `healthCheckNodePort`. A type without node ports loses them in the strategy.
+//! `healthCheckNodePort`. A type without node ports loses them in the strategy. Ports are
+//! claimed in the store (`servicenodeports`) like service addresses.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::service_cluster_ip::used_by_others;
+use super::service_cluster_ip::{owner_of, used_by_others};
 use super::{Attributes, Hold, Mutating, Objects, Operation};
 use crate::status::{ApiError, ApiResult, Cause};
 
@@ -46,6 +47,9 @@ impl std::fmt::Display for PortRange {
         write!(f, "{}-{}", self.first, self.last)
     }
 }
+
+/// The allocation range of node ports in the store.
+pub const NODE_PORTS: &str = "servicenodeports";
 
 /// Whether a Service of this shape has node ports.
 pub fn wants_node_ports(service: &Value) -> bool {
@@ -92,13 +96,20 @@ impl ServiceNodePort {
         ServiceNodePort { range, lock }
     }
 
-    fn allocate(&self, used: &mut HashSet<i64>) -> ApiResult<i64> {
+    /// A free port of the range, claimed in the store for `owner`.
+    async fn allocate(
+        &self,
+        objects: &dyn Objects,
+        used: &mut HashSet<i64>,
+        owner: &str,
+    ) -> ApiResult<i64> {
         use rand::Rng;
         let size = i64::from(self.range.last) - i64::from(self.range.first) + 1;
         let offset = rand::rng().random_range(0..size);
         for i in 0..size {
             let port = i64::from(self.range.first) + (offset + i) % size;
-            if used.insert(port) {
+            // Another server may have claimed it since the list: try the next one.
+            if used.insert(port) && objects.claim(NODE_PORTS, &port.to_string(), owner).await? {
                 return Ok(port);
             }
         }
@@ -143,11 +154,20 @@ impl Mutating for ServiceNodePort {
                 return Ok(None);
             }
             let guard = self.lock.clone().lock_owned().await;
+            let owner = owner_of(attributes, object);
             let mut used = used_by_others(objects, attributes.namespace, attributes.name, |s| {
                 node_ports(s).into_iter().map(|p| p.to_string()).collect()
             })
             .await?
             .into_iter()
+            .chain(
+                objects
+                    .claims(NODE_PORTS)
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.owner != owner)
+                    .map(|c| c.item),
+            )
             .filter_map(|p| p.parse::<i64>().ok())
             .collect::<HashSet<i64>>();
             let old_ports: Vec<Value> = attributes
@@ -183,6 +203,12 @@ impl Mutating for ServiceNodePort {
                             &format!("spec.ports[{i}].nodePort"),
                             message,
                         ));
+                    } else if !objects.claim(NODE_PORTS, &n.to_string(), &owner).await? {
+                        causes.push(Cause::new(
+                            "FieldValueInvalid",
+                            &format!("spec.ports[{i}].nodePort"),
+                            format!("Invalid value: {n}: provided port is already allocated"),
+                        ));
                     }
                 }
                 used.extend(asked.iter().map(|(n, _)| *n));
@@ -201,12 +227,18 @@ impl Mutating for ServiceNodePort {
                         .find(same)
                         .and_then(|o| o.get("nodePort").and_then(Value::as_i64))
                         .filter(|n| *n != 0 && !used.contains(n));
+                    let previous = match previous {
+                        Some(n) if objects.claim(NODE_PORTS, &n.to_string(), &owner).await? => {
+                            Some(n)
+                        }
+                        _ => None,
+                    };
                     let n = match previous {
                         Some(n) => {
                             used.insert(n);
                             n
                         }
-                        None => self.allocate(&mut used)?,
+                        None => self.allocate(objects, &mut used, &owner).await?,
                     };
                     if let Some(p) = port.as_object_mut() {
                         p.insert("nodePort".into(), json!(n));
@@ -223,7 +255,9 @@ impl Mutating for ServiceNodePort {
                     .and_then(|o| o.pointer("/spec/healthCheckNodePort"))
                     .and_then(Value::as_i64);
                 match asked {
-                    Some(n) if Some(n) == previous => {}
+                    Some(n) if Some(n) == previous => {
+                        objects.claim(NODE_PORTS, &n.to_string(), &owner).await?;
+                    }
                     Some(n) => {
                         if let Some(message) = self.refuse(n, &used) {
                             causes.push(Cause::new(
@@ -231,12 +265,26 @@ impl Mutating for ServiceNodePort {
                                 "spec.healthCheckNodePort",
                                 message,
                             ));
+                        } else if !objects.claim(NODE_PORTS, &n.to_string(), &owner).await? {
+                            causes.push(Cause::new(
+                                "FieldValueInvalid",
+                                "spec.healthCheckNodePort",
+                                format!("Invalid value: {n}: provided port is already allocated"),
+                            ));
                         }
                     }
                     None => {
-                        let n = match previous.filter(|n| !used.contains(n)) {
+                        let kept = match previous.filter(|n| !used.contains(n)) {
+                            Some(n)
+                                if objects.claim(NODE_PORTS, &n.to_string(), &owner).await? =>
+                            {
+                                Some(n)
+                            }
+                            _ => None,
+                        };
+                        let n = match kept {
                             Some(n) => n,
-                            None => self.allocate(&mut used)?,
+                            None => self.allocate(objects, &mut used, &owner).await?,
                         };
                         if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
                             spec.insert("healthCheckNodePort".into(), json!(n));
