@@ -59,7 +59,6 @@ pub mod routes;
 pub mod serviceproxy;
 pub mod sim;
 pub mod stream;
-pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -637,17 +637,24 @@ impl ApiServer {
         let namespace = target.namespace.clone().unwrap_or_default();
         let raw = target.name.clone().ok_or_else(ApiError::no_route)?;
         let parts: Vec<&str> = raw.split(':').collect();
-        let (name, port) = match parts.as_slice() {
-            [name] => (*name, ""),
-            [name, port] => (*name, *port),
-            ["http", name, port] => (*name, *port),
+        let (scheme, name, port) = match parts.as_slice() {
+            [name] => ("", *name, ""),
+            [name, port] => ("", *name, *port),
+            [scheme @ ("http" | "https"), name, port] => (*scheme, *name, *port),
             [scheme, _, _] => {
                 return Err(ApiError::bad_request(format!(
                     "proxying over {scheme} is not supported"
                 )));
             }
-            _ => return Err(ApiError::bad_request(format!("invalid pod proxy name {raw:?}"))),
+            _ => return Err(ApiError::bad_request(format!("invalid proxy name {raw:?}"))),
         };
+        // The request's path up to `/proxy`: links in an HTML answer are rewritten under it.
+        let prefix = {
+            let path = request.uri().path();
+            let marker = format!("/{raw}/proxy");
+            path.find(&marker).map(|at| path[..at + marker.len()].to_owned()).unwrap_or_default()
+        };
+        let target_options = crate::proxy::Target { tls: scheme == "https", prefix };
         let object = self.rest.get(&target.rt, Some(&namespace), name).await?.object;
         let path = target.proxy_path.clone().unwrap_or_else(|| "/".to_owned());
         let path_and_query = match request.uri().query() {
@@ -666,9 +673,9 @@ impl ApiServer {
                 Err(e) => return Err(e),
             };
             let addr = crate::proxy::service_endpoint(&object, &listed, port)?;
-            return crate::proxy::forward_to(addr, request, &path_and_query).await;
+            return crate::proxy::forward_to(addr, request, &path_and_query, &target_options).await;
         }
-        crate::proxy::forward_to_pod(&object, port, request, &path_and_query).await
+        crate::proxy::forward_to_pod(&object, port, request, &path_and_query, &target_options).await
     }
 
     /// Logs, exec, attach and port-forward: checked here, served by the pod's node agent.

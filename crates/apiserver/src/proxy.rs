@@ -142,6 +142,7 @@ pub async fn forward_to_pod(
     port: &str,
     request: Request<RequestBody>,
     path_and_query: &str,
+    target: &Target,
 ) -> ApiResult<Response<Body>> {
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let ip: IpAddr = pod
@@ -178,7 +179,7 @@ pub async fn forward_to_pod(
             .and_then(|p| u16::try_from(p).ok())
             .ok_or_else(|| ApiError::bad_request(format!("no such port {port:?} on pod {name}")))?
     };
-    forward_to(SocketAddr::new(ip, port), request, path_and_query).await
+    forward_to(SocketAddr::new(ip, port), request, path_and_query, target).await
 }
 
 /// The endpoint a `services/proxy` request reaches: the Service's port named or numbered
@@ -230,44 +231,142 @@ pub fn service_endpoint(service: &Value, endpoints: &Value, port: &str) -> ApiRe
     ))
 }
 
-/// Forwards `request` over HTTP/1.1 to `addr` at `path_and_query`, streaming the answer.
+/// How a proxied request reaches its target, and what the answer's links are made
+/// relative to.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// Over TLS (`https:` in the name), without verifying the certificate, as upstream.
+    pub tls: bool,
+    /// The path prefix up to and including `/proxy`: absolute links in an HTML answer are
+    /// rewritten under it, so a browser following them stays behind the proxy.
+    pub prefix: String,
+}
+
+/// Most bytes of an HTML answer rewritten; a larger one passes as it is.
+const REWRITE_LIMIT: usize = 4 << 20;
+
+/// Prefixes every absolute-path link (`href="/…"`, `src="/…"`, `action="/…"`) of `html`
+/// with `prefix`, as upstream's proxy does for the pages it serves.
+pub fn rewrite_links(html: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(html.len() + 64);
+    let mut rest = html;
+    'scan: while !rest.is_empty() {
+        let mut next: Option<(usize, usize)> = None;
+        for attribute in ["href=", "src=", "action="] {
+            for quote in ['"', '\''] {
+                let pattern = format!("{attribute}{quote}/");
+                if let Some(at) = find_ascii_case_insensitive(rest, &pattern)
+                    && next.is_none_or(|(n, _)| at < n)
+                {
+                    next = Some((at, pattern.len() - 1));
+                }
+            }
+        }
+        let Some((at, len)) = next else {
+            out.push_str(rest);
+            break 'scan;
+        };
+        // Up to and including the quote, then the prefix, then the link itself. A
+        // protocol-relative link (`//host/…`) is not a path and stays.
+        out.push_str(&rest[..at + len]);
+        rest = &rest[at + len..];
+        if !rest.starts_with("//") && !rest.starts_with(prefix) {
+            out.push_str(prefix.trim_end_matches('/'));
+        }
+    }
+    out
+}
+
+fn find_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    (0..=h.len().checked_sub(n.len())?).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+/// Forwards `request` over HTTP/1.1 to `addr` at `path_and_query`, streaming the answer
+/// (an HTML answer is read whole to rewrite its links).
 pub async fn forward_to(
     addr: SocketAddr,
     request: Request<RequestBody>,
     path_and_query: &str,
+    target: &Target,
 ) -> ApiResult<Response<Body>> {
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}"))
     };
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(&e))?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let (parts, body) = request.into_parts();
     let mut upstream = Request::builder().method(parts.method).uri(path_and_query);
     for (header, value) in &parts.headers {
-        // The pod sees no credentials of the client's.
-        if header == hyper::header::AUTHORIZATION || header == hyper::header::HOST {
+        // The pod sees no credentials of the client's; links are rewritten on plain text.
+        if header == hyper::header::AUTHORIZATION
+            || header == hyper::header::HOST
+            || header == hyper::header::ACCEPT_ENCODING
+        {
             continue;
         }
         upstream = upstream.header(header, value);
     }
     upstream = upstream.header(hyper::header::HOST, addr.to_string());
     let upstream = upstream.body(body).map_err(|e| ApiError::internal(e.to_string()))?;
-    let response = sender.send_request(upstream).await.map_err(|e| unreachable(&e))?;
+    let response = if target.tls {
+        let config = pki::tls::insecure_client().map_err(|e| unreachable(&e))?;
+        let server_name = rustls::pki_types::ServerName::from(addr.ip());
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender.send_request(upstream).await.map_err(|e| unreachable(&e))?
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender.send_request(upstream).await.map_err(|e| unreachable(&e))?
+    };
     let (parts, body) = response.into_parts();
-    let frames = futures::StreamExt::filter_map(BodyStream::new(body), |f| async move {
-        f.ok().and_then(|f| f.into_data().ok()).map(|d| Ok::<_, Infallible>(Frame::data(d)))
-    });
-    let mut ours = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    let html = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    let small = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_none_or(|n| n <= REWRITE_LIMIT);
+    let rewrite = html && small && !target.prefix.is_empty();
+    let mut ours = if rewrite {
+        let bytes = http_body_util::Limited::new(body, REWRITE_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        let text = rewrite_links(&String::from_utf8_lossy(&bytes), &target.prefix);
+        Response::new(BodyExt::boxed(
+            http_body_util::Full::new(Bytes::from(text)).map_err(|never| match never {}),
+        ))
+    } else {
+        let frames = futures::StreamExt::filter_map(BodyStream::new(body), |f| async move {
+            f.ok().and_then(|f| f.into_data().ok()).map(|d| Ok::<_, Infallible>(Frame::data(d)))
+        });
+        Response::new(BodyExt::boxed(StreamBody::new(frames)))
+    };
     *ours.status_mut() = parts.status;
     for (header, value) in &parts.headers {
-        // Hop-by-hop headers describe the pod's connection, not ours.
-        if !matches!(header.as_str(), "connection" | "transfer-encoding" | "keep-alive") {
+        // Hop-by-hop headers describe the pod's connection, not ours; a rewritten body has
+        // its own length.
+        let skip = matches!(header.as_str(), "connection" | "transfer-encoding" | "keep-alive")
+            || (rewrite && header == hyper::header::CONTENT_LENGTH);
+        if !skip {
             ours.headers_mut().append(header, value.clone());
         }
     }
@@ -336,6 +435,23 @@ pub fn node_endpoint(node: &Value) -> Option<SocketAddr> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn absolute_links_of_a_proxied_page_stay_behind_the_proxy() {
+        let prefix = "/api/v1/namespaces/ns/pods/http:web:1080/proxy";
+        assert_eq!(
+            rewrite_links(
+                r#"<a href="/rewriteme">test</a><img SRC='/x.png'><a href="rel">r</a>"#,
+                prefix
+            ),
+            format!(
+                r#"<a href="{prefix}/rewriteme">test</a><img SRC='{prefix}/x.png'><a href="rel">r</a>"#
+            )
+        );
+        // Protocol-relative links and links already under the prefix are left alone.
+        let kept = format!(r#"<a href="//cdn.example/x"></a><a href="{prefix}/y"></a>"#);
+        assert_eq!(rewrite_links(&kept, prefix), kept);
+    }
 
     #[test]
     fn containers_default_as_upstream() {

@@ -82,7 +82,7 @@ pub(crate) async fn join(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Any certificate is accepted for this one request: the CA it returns is checked against
     // the hash the token pins.
-    let insecure = (*agent::tls::insecure_client()?).clone();
+    let insecure = (*pki::tls::insecure_client()?).clone();
     let (status, ca) =
         request(server, insecure, "GET", pki::join::CACERTS_PATH, None, None).await?;
     if status != 200 {

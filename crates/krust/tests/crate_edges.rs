@@ -15,6 +15,8 @@ const ALLOWED: &[(&str, &str)] = &[
     // controllers and agent share; they do not depend on each other.
     ("controllers", "controller-runtime"),
     ("agent", "controller-runtime"),
+    // TLS helpers (a client for what upstream does not verify) both sides use.
+    ("agent", "pki"),
     // Cluster DNS is a client of the API with informers, like the controllers.
     ("dns", "controller-runtime"),
     ("krust", "dns"),

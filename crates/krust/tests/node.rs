@@ -765,7 +765,7 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
     command: [sh, -c, 'trap \"exit 0\" TERM; echo first; echo to-stderr >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done']
   - name: web
     image: {BUSYBOX}
-    command: [sh, -c, 'mkdir -p /www && echo served-locally > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www']
+    command: [sh, -c, 'mkdir -p /www && echo served-locally > /www/index.html && printf \"<a href=''/next''>n</a>\" > /www/page.html && exec /bin/busybox httpd -f -p 8080 -h /www']
     ports: [{{name: http, containerPort: 8080}}]
   - name: reader
     image: {BUSYBOX}
@@ -792,6 +792,16 @@ fn logs_exec_attach_cp_and_port_forward_through_the_api_server() {
         ]);
         assert_eq!(page.trim(), "served-locally", "{name}");
     }
+    // Absolute links of an HTML page are rewritten to stay behind the proxy.
+    let page = server.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/http:talk:8080/proxy/page.html",
+    ]);
+    assert_eq!(
+        page.trim(),
+        "<a href='/api/v1/namespaces/default/pods/http:talk:8080/proxy/next'>n</a>"
+    );
     let missing = server.kubectl(&[
         "get",
         "--raw",

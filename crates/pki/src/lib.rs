@@ -5,6 +5,7 @@
 //! depends on the other.
 
 pub mod join;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

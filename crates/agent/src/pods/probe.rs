@@ -167,7 +167,7 @@ pub async fn http_get(
             // Probes do not verify certificates, as upstream's prober does not.
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let config = crate::tls::insecure_client().map_err(std::io::Error::other)?;
+            let config = pki::tls::insecure_client().map_err(std::io::Error::other)?;
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
             status_line(tls, &request).await
         } else {

@@ -1,5 +1,6 @@
-//! A TLS client that accepts any server certificate, for what upstream's kubelet also does
-//! without verification: HTTPS probes and hooks.
+//! A TLS client that accepts any server certificate, for what upstream also does without
+//! verification: the kubelet's HTTPS probes and hooks, the API server's `https:` proxying to
+//! pods and Services, and fetching the CA at join (checked against the token's hash after).
 
 use std::sync::{Arc, OnceLock};
 
