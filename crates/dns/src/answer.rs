@@ -25,6 +25,9 @@ pub enum Outcome {
         response: Message,
         /// The outside name the alias points to.
         target: Name,
+        /// Made by autopath: when upstream does not know the target, the answer is the
+        /// original NXDOMAIN, not a dangling alias.
+        autopath: bool,
     },
 }
 
@@ -71,6 +74,40 @@ fn record(owner: &Name, rec: &Rec, weight: u16) -> Option<Record> {
     Some(Record::from_rdata(owner.clone(), TTL, data))
 }
 
+/// Where autopath finds a name.
+#[derive(Debug, PartialEq, Eq)]
+enum Autopath {
+    /// Under the cluster domain (`<svc>.<ns>` through `svc.<domain>`).
+    Cluster(String),
+    /// Outside the cluster: forwarded.
+    Outside(String),
+}
+
+/// For `<x>.<ns>.svc.<domain>` where `<x>` has a dot (an outside name or `<svc>.<ns>`
+/// with the first search domain appended), where the rest of the search path would find it.
+fn autopath(index: &Index, name: &str, kind: Kind) -> Option<Autopath> {
+    if !matches!(kind, Kind::A | Kind::Aaaa) {
+        return None;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let domain = index.domain();
+    let rest = name.strip_suffix(&format!(".svc.{domain}"))?;
+    let (x, namespace) = rest.rsplit_once('.')?;
+    if namespace.is_empty() || !x.contains('.') || x.ends_with(domain) {
+        return None;
+    }
+    for candidate in [format!("{x}.svc.{domain}"), format!("{x}.{domain}")] {
+        if matches!(index.lookup(&candidate, Kind::A), Lookup::Found(ref r) if !r.is_empty()) {
+            return Some(Autopath::Cluster(candidate));
+        }
+    }
+    // A name that looks like a cluster one but is not there: no outside lookup for it.
+    if x.ends_with(".svc") || x.ends_with(".pod") {
+        return None;
+    }
+    Some(Autopath::Outside(x.to_owned()))
+}
+
 /// Decides what `request` gets.
 pub fn respond(index: &Index, request: &Message) -> Outcome {
     if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
@@ -93,6 +130,39 @@ pub fn respond(index: &Index, request: &Message) -> Outcome {
     match index.lookup(&text, kind) {
         Lookup::NotOurs => Outcome::Forward,
         Lookup::Missing => {
+            // Autopath: a pod's resolver tries an outside name with its search domains
+            // first (`ndots:5`), so `example.com.<ns>.svc.<domain>` is asked before
+            // `example.com`; answering the first with an alias to where the name really is
+            // saves the round trips through the other search domains.
+            if let Some(found) = autopath(index, &text, kind) {
+                let target = match &found {
+                    Autopath::Cluster(name) | Autopath::Outside(name) => name.clone(),
+                };
+                if let Some(target_name) = name(&target) {
+                    response.add_answer(Record::from_rdata(
+                        owner,
+                        TTL,
+                        RData::CNAME(CNAME(target_name.clone())),
+                    ));
+                    match found {
+                        Autopath::Cluster(_) => {
+                            if let Lookup::Found(records) = index.lookup(&target, kind) {
+                                response.add_answers(
+                                    records.iter().filter_map(|r| record(&target_name, r, 100)),
+                                );
+                            }
+                            return Outcome::Answer(response);
+                        }
+                        Autopath::Outside(_) => {
+                            return Outcome::Alias {
+                                response,
+                                target: target_name,
+                                autopath: true,
+                            };
+                        }
+                    }
+                }
+            }
             response.set_response_code(ResponseCode::NXDomain);
             response.add_name_servers(soa(index.domain()));
             Outcome::Answer(response)
@@ -130,7 +200,11 @@ pub fn respond(index: &Index, request: &Message) -> Outcome {
                                 more.iter().filter_map(|r| record(&target_name, r, weight)),
                             ),
                             Lookup::NotOurs => {
-                                return Outcome::Alias { response, target: target_name };
+                                return Outcome::Alias {
+                                    response,
+                                    target: target_name,
+                                    autopath: false,
+                                };
                             }
                             _ => &mut response,
                         };
@@ -216,9 +290,36 @@ mod tests {
     }
 
     #[test]
+    fn autopath_answers_the_first_search_query_with_where_the_name_is() {
+        let index = index();
+        // `web.ns` asked from a pod: its resolver first sends `web.ns.<ns>.svc…`.
+        let Outcome::Answer(m) =
+            respond(&index, &request("web.ns.default.svc.cluster.local", RecordType::A))
+        else {
+            panic!("answered")
+        };
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert_eq!(m.answers().len(), 2, "the alias, then the Service's address");
+        // An outside name goes upstream under an alias.
+        match respond(&index, &request("example.org.default.svc.cluster.local", RecordType::A)) {
+            Outcome::Alias { target, autopath, .. } => {
+                assert_eq!((target.to_ascii().as_str(), autopath), ("example.org.", true));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A plain missing Service is still NXDOMAIN.
+        let Outcome::Answer(m) =
+            respond(&index, &request("nope.default.svc.cluster.local", RecordType::A))
+        else {
+            panic!("answered")
+        };
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+    }
+
+    #[test]
     fn an_external_name_is_an_alias_resolved_upstream() {
         match respond(&index(), &request("out.ns.svc.cluster.local", RecordType::A)) {
-            Outcome::Alias { response, target } => {
+            Outcome::Alias { response, target, .. } => {
                 assert_eq!(target.to_ascii(), "example.com.");
                 assert_eq!(response.answers().len(), 1);
             }

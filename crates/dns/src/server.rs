@@ -39,19 +39,27 @@ pub async fn handle(shared: &Shared, raw: &[u8], limit: usize) -> Option<Vec<u8>
                 None => reply(&request, ResponseCode::ServFail).to_vec().ok()?,
             });
         }
-        Outcome::Alias { mut response, target } => {
+        Outcome::Alias { mut response, target, autopath } => {
             let mut lookup = Message::new();
             lookup.set_id(request.id()).set_recursion_desired(true);
             if let Some(q) = request.queries().first() {
                 lookup.add_query(hickory_proto::op::Query::query(target, q.query_type()));
             }
             let raw_lookup = lookup.to_vec().ok()?;
-            if let Some(answer) = shared.forwarder.forward(&lookup, &raw_lookup).await
-                && let Ok(answer) = Message::from_vec(&answer)
-            {
-                response.add_answers(answer.answers().iter().cloned());
+            let answer = shared.forwarder.forward(&lookup, &raw_lookup).await;
+            match answer.as_deref().map(Message::from_vec) {
+                Some(Ok(answer)) if !autopath || !answer.answers().is_empty() => {
+                    response.add_answers(answer.answers().iter().cloned());
+                    response
+                }
+                // Autopath found nothing outside either: the original NXDOMAIN.
+                _ if autopath => {
+                    let mut missing = reply(&request, ResponseCode::NXDomain);
+                    missing.set_authoritative(true);
+                    missing
+                }
+                _ => response,
             }
-            response
         }
     };
     let bytes = response.to_vec().ok()?;
