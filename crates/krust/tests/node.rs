@@ -1776,3 +1776,169 @@ fn grpc_and_tcp_probes_pass_and_fail() {
     serving.store(true, Ordering::SeqCst);
     server.wait_pod("default", "grpc", &ready("app"), Duration::from_secs(30), |s| s == "true");
 }
+
+/// Starts a `krust agent` named `node` inside `ns`, joined to `server`.
+fn join_agent(server: &KrustServer, ns: &NetNs, node: &str) -> JoinedAgent {
+    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
+    let data = server.dir.path().join(format!("agent-{node}"));
+    std::fs::create_dir_all(data.join("agent/images")).unwrap();
+    common::busybox_archive(BUSYBOX, &data.join("agent/images/busybox.tar"));
+    let child = std::process::Command::new("nsenter")
+        .arg(ns.nsenter_arg())
+        .args([env!("CARGO_BIN_EXE_krust"), "agent"])
+        .arg(format!("--server=https://{}:{}", ns.host_ip, server.port))
+        .arg(format!("--token={}", token.trim()))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(format!("--node-name={node}"))
+        .arg(format!("--node-ip={}", ns.ns_ip))
+        .env("KRUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    JoinedAgent { child, nsenter: ns.nsenter_arg(), data }
+}
+
+/// An HTTP GET of `/` with a deadline; the body.
+fn get_body(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let address: std::net::SocketAddr = address.parse().map_err(std::io::Error::other)?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
+/// Services across three nodes (the server's own and two agents in network namespaces):
+/// a pod on the first node reaches a ClusterIP whose backends run on the other two, every
+/// ready backend answers and the unready one never does; a readiness failure takes a
+/// backend out; node ports answer on every node's address from the host, and
+/// `externalTrafficPolicy: Local` keeps the client's address and the node's own endpoints;
+/// cluster DNS resolves from a pod on another node.
+#[test]
+fn services_spread_over_three_nodes() {
+    let port = common::free_port();
+    let (ns_b, ns_c) = (NetNs::create(port % 4096), NetNs::create((port + 1) % 4096));
+    let server = KrustServer::start_with_agent(&[
+        "--bind-address=0.0.0.0",
+        &format!("--tls-san={}", ns_b.host_ip),
+        &format!("--tls-san={}", ns_c.host_ip),
+    ]);
+    let (b, c) = (format!("b-{port}"), format!("c-{port}"));
+    let _agent_b = join_agent(&server, &ns_b, &b);
+    let _agent_c = join_agent(&server, &ns_c, &c);
+    server.wait_node_ready(&b);
+    server.wait_node_ready(&c);
+    let a = server.node.clone().unwrap();
+    let web = |name: &str, node: &str, ready: bool| {
+        let marker = if ready { "touch /tmp/ready && " } else { "" };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && {marker}exec /bin/busybox httpd -f -v -p 8080 -h /www']\n    readinessProbe:\n      exec: {{command: [cat, /tmp/ready]}}\n      periodSeconds: 1\n---\n"
+        )
+    };
+    let manifest = [
+        web("web-b", &b, true),
+        web("web-c", &c, true),
+        web("web-never", &c, false),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeName: {a}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n---\n"),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: asker}}\nspec:\n  nodeName: {b}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n---\n"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n---\n".to_owned(),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-local}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n".to_owned(),
+    ]
+    .concat();
+    apply(&server, &manifest);
+    for pod in ["web-b", "web-c", "client", "asker"] {
+        server.wait_phase("default", pod, "Running", Duration::from_secs(90));
+    }
+    let ready = [
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.targetRef.name}{\"\\n\"}{end}",
+    ];
+    server.wait_for(&ready, Duration::from_secs(60), |o| o.lines().count() == 2);
+    let ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    // 300 requests from the first node: both ready backends on the other nodes answer,
+    // the unready one never.
+    let count = |from: &str, n: usize| -> std::collections::BTreeMap<String, usize> {
+        let script = format!(
+            "for i in $(seq {n}); do timeout 3 wget -qO- http://{ip}/ || echo failed; done"
+        );
+        let out = server.ok(&["exec", from, "--", "sh", "-c", &script]);
+        out.lines().fold(Default::default(), |mut m, l| {
+            *m.entry(l.trim().to_owned()).or_default() += 1;
+            m
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answers = loop {
+        let answers = count("client", 300);
+        if answers.keys().map(String::as_str).collect::<Vec<_>>() == ["web-b", "web-c"]
+            || Instant::now() > deadline
+        {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        answers.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["web-b", "web-c"],
+        "{answers:?}"
+    );
+    assert_eq!(answers.values().sum::<usize>(), 300);
+    // Readiness failure on c: it leaves within a probe period and a second or so.
+    server.ok(&["exec", "web-c", "--", "rm", "/tmp/ready"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answers = count("client", 20);
+        if answers.keys().map(String::as_str).collect::<Vec<_>>() == ["web-b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web-c still answers: {answers:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Node ports on every node's address, from the host.
+    let node_port = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let node_ip = |n: &str| {
+        server.ok(&[
+            "get",
+            "node",
+            n,
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ])
+    };
+    for n in [&a, &b, &c] {
+        let address = format!("{}:{node_port}", node_ip(n));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match get_body(&address) {
+                Ok(body) if body == "web-b" => break,
+                other => assert!(Instant::now() < deadline, "{address}: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // externalTrafficPolicy: Local on node b: its own endpoint, seeing the host's address.
+    let local_port =
+        server.ok(&["get", "svc", "web-local", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let address = format!("{}:{local_port}", node_ip(&b));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get_body(&address) {
+            Ok(body) if body == "web-b" => break,
+            other => assert!(Instant::now() < deadline, "{address}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = server.ok(&["logs", "web-b"]);
+    assert!(log.contains(&ns_b.host_ip), "the client's own address reached the pod: {log}");
+    // Cluster DNS from a pod on another node.
+    let out = server.ok(&["exec", "asker", "--", "nslookup", "web.default.svc.cluster.local"]);
+    assert!(out.contains(&format!("Address: {ip}")), "{out}");
+    server.ok(&["delete", "pod", "--all", "--wait=true"]);
+}
