@@ -39,11 +39,11 @@ pub(crate) struct PodBenchArgs {
     steady_seconds: u64,
 }
 
-struct Cluster {
+pub(super) struct Cluster {
     server: Child,
     agent: Option<Child>,
     dir: PathBuf,
-    kubeconfig: PathBuf,
+    pub(super) kubeconfig: PathBuf,
 }
 
 impl Drop for Cluster {
@@ -70,11 +70,11 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-const NODE: &str = "bench-node";
-const IMAGE: &str = "krust.local/busybox:1";
+pub(super) const NODE: &str = "bench-node";
+pub(super) const IMAGE: &str = "krust.local/busybox:1";
 
 impl Cluster {
-    fn start() -> anyhow::Result<Cluster> {
+    pub(super) fn start() -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe()?;
         let dir = std::env::temp_dir().join(format!("krust-bench-pods-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("agent/agent/images"))?;
@@ -82,6 +82,8 @@ impl Cluster {
         let kubeconfig = dir.join("kubeconfig.yaml");
         let server = Command::new(&exe)
             .args(["server", "--disable-agent"])
+            // Networks of its own, so a cluster already on this host is left alone.
+            .args(["--cluster-cidr=10.200.0.0/16", "--service-cidr=10.201.0.0/16", "--disable-dns"])
             .arg(format!("--https-listen-port={port}"))
             .arg("--data-dir")
             .arg(dir.join("server"))

@@ -58,6 +58,12 @@ pub(crate) struct ServicesBenchArgs {
     /// Concurrent DNS clients.
     #[arg(long, default_value_t = 16)]
     dns_clients: usize,
+    /// Seconds of HTTP requests per data path target (0 skips the data path).
+    #[arg(long, default_value_t = 5)]
+    datapath_seconds: u64,
+    /// Concurrent HTTP clients of the data path.
+    #[arg(long, default_value_t = 8)]
+    datapath_clients: usize,
     /// The name asked of the host's resolver (one it can answer).
     #[arg(long, default_value = "deb.debian.org")]
     host_name: String,
@@ -375,7 +381,130 @@ async fn dns(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Requests/s and latencies (ms) of `clients` loops, each request a new connection (what
+/// the service rules act on), against `target`.
+async fn http_loop(target: SocketAddr, clients: usize, seconds: u64) -> (f64, Vec<f64>, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0usize;
+            let mut buf = Vec::with_capacity(512);
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let ok = async {
+                    let mut stream = tokio::net::TcpStream::connect(target).await?;
+                    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+                    buf.clear();
+                    stream.read_to_end(&mut buf).await?;
+                    Ok::<_, std::io::Error>(buf.starts_with(b"HTTP/1.") && buf.len() > 12)
+                };
+                match tokio::time::timeout(Duration::from_secs(2), ok).await {
+                    Ok(Ok(true)) => latencies.push(started.elapsed().as_secs_f64() * 1e3),
+                    _ => failures += 1,
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        if let Ok((latencies, failed)) = task.await {
+            all.extend(latencies);
+            failures += failed;
+        }
+    }
+    all.sort_by(f64::total_cmp);
+    (all.len() as f64 / seconds as f64, all, failures)
+}
+
+/// The same HTTP server reached from the node directly at its pod address, through its
+/// ClusterIP and through its node port.
+async fn datapath(args: &ServicesBenchArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use kube::api::{Api, PostParams};
+    let cluster = super::pods::Cluster::start()?;
+    let client =
+        crate::agent::client_from_kubeconfig(&std::fs::read_to_string(&cluster.kubeconfig)?)
+            .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "labels": {"bench": "datapath"}},
+        "spec": {"nodeName": super::pods::NODE, "containers": [{"name": "web", "image": super::pods::IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]}]}
+    }))?;
+    // The node registers once the agent has started; retry the create until then.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for the cluster");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"type": "NodePort", "selector": {"bench": "datapath"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))?;
+    let service = services.create(&PostParams::default(), &service).await?;
+    let spec = service.spec.unwrap_or_default();
+    let cluster_ip: Ipv4Addr = spec.cluster_ip.unwrap_or_default().parse()?;
+    let node_port = spec.ports.unwrap_or_default().first().and_then(|p| p.node_port).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let pod_ip: Ipv4Addr = loop {
+        let p = pods.get("web").await?;
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+        if let Ok(ip) = ip.parse()
+            && get_ok(SocketAddr::new(std::net::IpAddr::V4(ip), 8080)).await
+            && get_ok(SocketAddr::new(std::net::IpAddr::V4(cluster_ip), 80)).await
+        {
+            break ip;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the pod and its Service did not come up");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let node_ip = crate::host::default_address().context("no node address")?;
+    let targets = [
+        ("pod address", SocketAddr::new(std::net::IpAddr::V4(pod_ip), 8080)),
+        ("ClusterIP", SocketAddr::new(std::net::IpAddr::V4(cluster_ip), 80)),
+        ("NodePort", SocketAddr::new(node_ip, u16::try_from(node_port).unwrap_or(0))),
+    ];
+    let mut direct = 0.0;
+    for (name, target) in targets {
+        let (rps, latencies, failures) =
+            http_loop(target, args.datapath_clients, args.datapath_seconds).await;
+        if name == "pod address" {
+            direct = rps;
+        }
+        println!(
+            "data path, {name} {target}: {rps:.0} requests/s (a new connection each), p50 {:.2} ms, p99 {:.2} ms, {failures} failed  ratio to the pod address {:.2}×",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            rps / direct.max(1e-9),
+        );
+    }
+    drop(cluster);
+    Ok(())
+}
+
+async fn get_ok(target: SocketAddr) -> bool {
+    let (rps, _, _) = http_loop(target, 1, 1).await;
+    rps > 0.0
+}
+
 pub(crate) async fn run(args: ServicesBenchArgs) -> anyhow::Result<()> {
     programming(&args).await?;
-    dns(&args).await
+    dns(&args).await?;
+    if args.datapath_seconds > 0 {
+        datapath(&args).await?;
+    }
+    Ok(())
 }
