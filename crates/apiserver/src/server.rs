@@ -458,43 +458,125 @@ pub async fn bootstrap(
         );
         return Ok(());
     }
+    reconcile_endpoints(server, endpoint_ip, port, false).await?;
+    Ok(())
+}
+
+/// How long an API server's endpoint lease lasts without renewal.
+pub const ENDPOINT_LEASE_SECONDS: i64 = 30;
+
+/// The `kubernetes` Service's endpoints list every API server that shares this store
+/// (upstream's lease endpoint reconciler): each server keeps a lease of its address in the
+/// store, renewed more often than it expires, and writes the Endpoints and EndpointSlice
+/// with every address whose lease is live; a server that stops (`gone`) removes its own at
+/// once, one that dies drops out when its lease expires.
+pub async fn reconcile_endpoints(
+    server: &ApiServer,
+    endpoint_ip: &str,
+    port: u16,
+    gone: bool,
+) -> Result<(), ServerError> {
+    use storage::{Op, RangeRequest, Txn};
+    let prefix = "/registry/krust.io/masterleases/";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let own = format!("{prefix}{endpoint_ip}");
+    let store = &server.rest.store;
+    let op = if gone {
+        Op::Delete { key: own }
+    } else {
+        Op::Put {
+            key: own,
+            value: bytes::Bytes::from(format!("{port}\n{}", now + ENDPOINT_LEASE_SECONDS)),
+        }
+    };
+    store
+        .txn(Txn { compares: vec![], success: vec![op], failure: vec![] })
+        .await
+        .map_err(crate::status::ApiError::from)?;
+    let mut live: Vec<(String, i64)> = Vec::new();
+    for kv in
+        store.range(RangeRequest::prefix(prefix)).await.map_err(crate::status::ApiError::from)?.kvs
+    {
+        let text = String::from_utf8_lossy(&kv.value).into_owned();
+        let (lease_port, expires) = text.split_once('\n').unwrap_or(("0", "0"));
+        let ip = kv.key.trim_start_matches(prefix).to_owned();
+        if expires.parse::<i64>().unwrap_or(0) < now {
+            let delete = Op::Delete { key: kv.key.clone() };
+            let _ =
+                store.txn(Txn { compares: vec![], success: vec![delete], failure: vec![] }).await;
+            continue;
+        }
+        live.push((ip, lease_port.parse().unwrap_or(i64::from(port))));
+    }
+    live.sort();
+    let options = WriteOptions {
+        dry_run: false,
+        field_validation: FieldValidation::Ignore,
+        field_manager: "krust".into(),
+        force: false,
+    };
+    let registry = &server.registry;
     let endpoints =
         registry.lookup("", "v1", "endpoints").ok_or(ServerError::NotServed("endpoints"))?;
+    // Every server serves on the same port; the first lease's is the one published.
+    let port = live.first().map_or(i64::from(port), |(_, p)| *p);
+    let addresses: Vec<serde_json::Value> = live.iter().map(|(ip, _)| json!({"ip": ip})).collect();
+    let subsets = if addresses.is_empty() {
+        json!([])
+    } else {
+        json!([{"addresses": addresses, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}])
+    };
     let wanted = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": endpoint_ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+        "subsets": subsets
     });
-    match server.rest.create(&endpoints, Some("default"), wanted.clone(), &options).await {
-        Ok(_) => {}
-        Err(e) if e.code == 409 => {
-            // The address or port may have changed since the last start.
-            server
-                .rest
-                .update(&endpoints, Some("default"), "kubernetes", wanted, None, &options)
-                .await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
+    write_own(server, &endpoints, wanted, &options, |current| current.get("subsets").cloned())
+        .await?;
     // Service proxies read EndpointSlices: the API server writes its own, as upstream's
     // endpoint reconciler does (no controller selects the `kubernetes` Service's pods).
     let slices = registry
         .lookup("discovery.k8s.io", "v1", "endpointslices")
         .ok_or(ServerError::NotServed("endpointslices"))?;
+    let slice_endpoints: Vec<serde_json::Value> = live
+        .iter()
+        .map(|(ip, _)| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
     let wanted = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [endpoint_ip], "conditions": {"ready": true}}],
+        "endpoints": slice_endpoints,
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
     });
-    match server.rest.create(&slices, Some("default"), wanted.clone(), &options).await {
-        Ok(_) => {}
-        Err(e) if e.code == 409 => {
-            server
-                .rest
-                .update(&slices, Some("default"), "kubernetes", wanted, None, &options)
-                .await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
+    write_own(server, &slices, wanted, &options, |current| current.get("endpoints").cloned())
+        .await?;
     Ok(())
+}
+
+/// Creates `wanted` (named `kubernetes` in `default`), or replaces it when what `part`
+/// picks out of the stored one differs.
+async fn write_own(
+    server: &ApiServer,
+    rt: &crate::resources::ResourceType,
+    wanted: serde_json::Value,
+    options: &WriteOptions,
+    part: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
+) -> Result<(), ServerError> {
+    match server.rest.get(rt, Some("default"), "kubernetes").await {
+        Ok(current) if part(&current.object) == part(&wanted) => Ok(()),
+        Ok(_) => {
+            server.rest.update(rt, Some("default"), "kubernetes", wanted, None, options).await?;
+            Ok(())
+        }
+        Err(e) if e.code == 404 => {
+            match server.rest.create(rt, Some("default"), wanted, options).await {
+                Ok(_) => Ok(()),
+                // Another server wrote it meanwhile: the next renewal compares again.
+                Err(e) if e.code == 409 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -250,6 +250,20 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         &first_service_ip.to_string(),
     )
     .await?;
+    // This server's endpoint lease, renewed well within its lifetime, so the `kubernetes`
+    // Service lists every live API server sharing the store.
+    let lease_renewal = (!endpoint_ip.is_loopback()).then(|| {
+        let (api, ip, port) = (api.clone(), endpoint_ip.to_string(), args.https_listen_port);
+        tokio::spawn(crate::until(shutdown_rx.clone(), async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                if let Err(e) = apiserver::server::reconcile_endpoints(&api, &ip, port, false).await
+                {
+                    tracing::warn!(error = %e, "renewing the API server's endpoint lease failed");
+                }
+            }
+        }))
+    });
 
     let addr = SocketAddr::new(args.bind_address, args.https_listen_port);
     let listener = apiserver::server::bind(addr).await?;
@@ -365,6 +379,20 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(short, compactor).await;
     let _ = tokio::time::timeout(short, crd_follower).await;
     let _ = tokio::time::timeout(short, allocation_repair).await;
+    if let Some(task) = lease_renewal {
+        let _ = tokio::time::timeout(short, task).await;
+        // Out of the `kubernetes` Service at once, not when the lease expires.
+        if let Err(e) = apiserver::server::reconcile_endpoints(
+            &api,
+            &endpoint_ip.to_string(),
+            args.https_listen_port,
+            true,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "removing the API server's endpoint lease failed");
+        }
+    }
     let drain = apiserver::server::DRAIN_TIMEOUT + std::time::Duration::from_secs(1);
     let _ = tokio::time::timeout(drain, serving).await;
     tracing::info!("krust server stopped");

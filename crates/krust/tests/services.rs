@@ -748,3 +748,64 @@ async fn servers_sharing_a_store_never_hand_out_the_same_address() {
     let port_set: std::collections::BTreeSet<_> = ports.iter().collect();
     assert_eq!(port_set.len(), 40, "a node port given twice: {ports:?}");
 }
+
+/// An address on an interface of its own, removed on drop.
+struct ExtraAddress {
+    link: String,
+}
+
+impl ExtraAddress {
+    fn add(link: &str, address: &str) -> ExtraAddress {
+        let _ = std::process::Command::new("ip").args(["link", "delete", link]).output();
+        for args in [
+            // A veth pair: this kernel has no dummy links.
+            vec!["link", "add", link, "type", "veth", "peer", "name", &format!("{link}p")],
+            vec!["addr", "add", address, "dev", link],
+            vec!["link", "set", link, "up"],
+        ] {
+            let out = std::process::Command::new("ip").args(&args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        ExtraAddress { link: link.to_owned() }
+    }
+}
+
+impl Drop for ExtraAddress {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.link]).output();
+    }
+}
+
+/// The `kubernetes` Service lists every API server sharing the store (each keeps an
+/// endpoint lease), and one that shuts down leaves it at once.
+#[test]
+fn the_kubernetes_service_lists_every_api_server() {
+    let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
+    let endpoint = format!("--datastore-endpoint={}", etcd.endpoint);
+    let port = common::free_port();
+    let second_ip = format!("198.18.{}.{}", port / 250 % 250, port % 250 + 1);
+    let _address =
+        ExtraAddress::add(&format!("krtapi{}", port % 10000), &format!("{second_ip}/32"));
+    let first = KrustServer::start_control_plane(&[&endpoint]);
+    let mut second = KrustServer::start_control_plane(&[
+        &endpoint,
+        &format!("--bind-address={second_ip}"),
+        &format!("--tls-san={second_ip}"),
+    ]);
+    let addresses =
+        ["get", "endpointslice", "kubernetes", "-o", "jsonpath={.endpoints[*].addresses[0]}"];
+    let both = first.wait_for(&addresses, Duration::from_secs(30), |o| o.split(' ').count() == 2);
+    assert!(both.contains(&second_ip), "{both}");
+    let listed = first.ok(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[*].ip}",
+    ]);
+    assert!(listed.contains(&second_ip), "{listed}");
+    // A graceful stop removes its address without waiting for the lease to expire.
+    second.terminate(Duration::from_secs(20));
+    let left = first.wait_for(&addresses, Duration::from_secs(10), |o| o.split(' ').count() == 1);
+    assert!(!left.contains(&second_ip), "{left}");
+}

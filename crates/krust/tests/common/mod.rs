@@ -252,8 +252,16 @@ impl KrustServer {
             .expect("start krust server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
+        // Where it listens: loopback, unless a specific address was given.
+        let host = self
+            .extra
+            .iter()
+            .find_map(|a| a.strip_prefix("--bind-address="))
+            .filter(|a| *a != "0.0.0.0")
+            .unwrap_or("127.0.0.1")
+            .to_owned();
         while !(self.kubeconfig.exists()
-            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
+            && std::net::TcpStream::connect((host.as_str(), self.port)).is_ok())
         {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("krust server exited: {status}");
