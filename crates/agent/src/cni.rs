@@ -28,6 +28,8 @@ pub fn render(config: &AgentConfig, pod_cidr: &str) -> serde_json::Value {
                 // Hairpin lets a pod reach itself through a Service; promiscMode cannot be
                 // set with it.
                 "hairpinMode": true,
+                // Room for the overlay's headers when pods' packets are tunnelled.
+                "mtu": if config.flannel_backend == crate::routes::Backend::Vxlan { crate::vxlan::MTU } else { 1500 },
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{ "subnet": pod_cidr }]],

@@ -59,6 +59,7 @@ pub mod routes;
 pub mod serviceproxy;
 pub mod sim;
 pub mod stream;
+pub mod vxlan;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -103,6 +104,8 @@ pub struct AgentConfig {
     pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// The cluster domain.
     pub cluster_domain: String,
+    /// How pod networks reach each other across nodes.
+    pub flannel_backend: routes::Backend,
 }
 
 /// Where the agent keeps the TLS material of its endpoint: the cluster CA (to verify the API
@@ -136,6 +139,7 @@ impl AgentConfig {
             service_proxy: true,
             cluster_dns: None,
             cluster_domain: "cluster.local".to_owned(),
+            flannel_backend: routes::Backend::HostGw,
         }
     }
 

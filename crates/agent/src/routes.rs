@@ -16,6 +16,39 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::AgentConfig;
 
+/// How pod networks reach each other across nodes (k3s's `--flannel-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Routes through the other nodes' addresses: nodes share a link.
+    #[default]
+    HostGw,
+    /// A VXLAN overlay: nodes only need to reach each other's addresses.
+    Vxlan,
+    /// Nothing: the cluster brings its own.
+    None,
+}
+
+impl Backend {
+    /// Parses the flag's value.
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s {
+            "host-gw" => Some(Backend::HostGw),
+            "vxlan" => Some(Backend::Vxlan),
+            "none" => Some(Backend::None),
+            _ => None,
+        }
+    }
+
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::HostGw => "host-gw",
+            Backend::Vxlan => "vxlan",
+            Backend::None => "none",
+        }
+    }
+}
+
 /// The routing protocol number krust's routes carry (`ip route … proto 212`).
 pub const ROUTE_PROTOCOL: &str = "212";
 
@@ -95,6 +128,33 @@ fn save(config: &AgentConfig, routes: &BTreeMap<String, IpAddr>) {
     }
 }
 
+/// Sets up this node's VXLAN device and publishes its MAC and address on the Node.
+async fn vxlan_announce(
+    client: &kube::Client,
+    config: &AgentConfig,
+    nodes: &[Arc<Node>],
+) -> Result<(), crate::AgentError> {
+    let own = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(config.node_name.as_str()))
+        .and_then(|n| n.spec.as_ref()?.pod_cidr.clone())
+        .ok_or_else(|| crate::AgentError::Config("this node has no podCIDR yet".into()))?;
+    let mac = crate::vxlan::setup(config, &own).await?;
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        crate::vxlan::BACKEND_DATA: serde_json::json!({"VNI": crate::vxlan::VNI, "VtepMAC": mac}).to_string(),
+        crate::vxlan::PUBLIC_IP: config.node_ip.to_string(),
+        "flannel.alpha.coreos.com/backend-type": "vxlan",
+    }}});
+    kube::Api::<Node>::all(client.clone())
+        .patch(
+            &config.node_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Removes the routes this agent installed (reset).
 pub async fn remove_all(config: &AgentConfig) {
     for (destination, via) in load(config) {
@@ -102,6 +162,7 @@ pub async fn remove_all(config: &AgentConfig) {
         let _ = ip(&["route", "delete", &destination, "via", &via, "proto", ROUTE_PROTOCOL]).await;
     }
     let _ = std::fs::remove_file(state_file(config));
+    crate::vxlan::remove(config).await;
 }
 
 /// Keeps the routes to other nodes' pod networks until `shutdown` fires (they stay after:
@@ -114,6 +175,7 @@ pub async fn run(
     let (nodes, writer) = reflector::store::<Node>();
     let changed = Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
+    let client_for_nodes = client.clone();
     let watch = reflector::reflector(
         writer,
         watcher(kube::Api::<Node>::all(client), watcher::Config::default()),
@@ -123,15 +185,49 @@ pub async fn run(
         notify.notify_one();
         futures::future::ready(())
     });
+    let backend = config.flannel_backend;
     let sync = async {
+        if backend == Backend::None {
+            return std::future::pending().await;
+        }
         let _ = nodes.wait_until_ready().await;
+        let mut peers = BTreeMap::new();
+        if backend == Backend::Vxlan {
+            // Our device first, then our Node says how to reach it.
+            loop {
+                match vxlan_announce(&client_for_nodes, &config, &nodes.state()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "setting up the VXLAN device failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        }
         let mut ours = load(&config);
         let mut networks = local_networks().await;
         let mut recheck = true;
         loop {
-            let want = wanted(&nodes.state(), &config.node_name);
+            let want = match backend {
+                Backend::Vxlan => {
+                    peers = crate::vxlan::peers(&nodes.state(), &config.node_name);
+                    peers.iter().map(|(c, p)| (c.clone(), IpAddr::V4(p.gateway))).collect()
+                }
+                _ => wanted(&nodes.state(), &config.node_name),
+            };
             for (cidr, via) in &want {
                 if !recheck && ours.get(cidr) == Some(via) {
+                    continue;
+                }
+                if let Some(peer) = peers.get(cidr) {
+                    match crate::vxlan::connect(&config, cidr, peer).await {
+                        Ok(()) => {
+                            ours.insert(cidr.clone(), *via);
+                        }
+                        Err(e) => {
+                            tracing::warn!(pod_cidr = %cidr, error = %e, "tunnelling to a node's pod network failed")
+                        }
+                    }
                     continue;
                 }
                 if !on_link(&networks, *via) {

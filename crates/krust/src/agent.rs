@@ -254,6 +254,11 @@ pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
     if let Some(domain) = &credentials.cluster_domain {
         config.cluster_domain = domain.clone();
     }
+    if let Some(backend) =
+        credentials.flannel_backend.as_deref().and_then(agent::routes::Backend::parse)
+    {
+        config.flannel_backend = backend;
+    }
     let files = agent::tls_files(&config);
     pki::write_private(&files.ca, credentials.ca.as_bytes())?;
     pki::write_private(&files.cert, credentials.serving_cert.as_bytes())?;

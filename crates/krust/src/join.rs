@@ -70,6 +70,7 @@ pub(crate) struct Credentials {
     pub(crate) cluster_cidr: Option<String>,
     pub(crate) cluster_dns: Option<std::net::Ipv4Addr>,
     pub(crate) cluster_domain: Option<String>,
+    pub(crate) flannel_backend: Option<String>,
 }
 
 /// Joins `server` with `token` as `node_name` reachable at `addresses`.
@@ -131,6 +132,7 @@ pub(crate) async fn join(
         cluster_cidr: v["cluster"]["clusterCIDR"].as_str().map(str::to_owned),
         cluster_dns: v["cluster"]["clusterDNS"].as_str().and_then(|s| s.parse().ok()),
         cluster_domain: v["cluster"]["clusterDomain"].as_str().map(str::to_owned),
+        flannel_backend: v["cluster"]["flannelBackend"].as_str().map(str::to_owned),
     })
 }
 

@@ -62,6 +62,10 @@ pub(crate) struct ServerArgs {
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// How pod networks reach each other across nodes: `host-gw` (routes; nodes share a
+    /// link), `vxlan` (an overlay), or `none`.
+    #[arg(long, default_value = "host-gw", value_parser = ["host-gw", "vxlan", "none"])]
+    flannel_backend: String,
     /// Run no cluster DNS (pods use the host's resolver).
     #[arg(long)]
     disable_dns: bool,
@@ -231,6 +235,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 "clusterCIDR": args.cluster_cidr,
                 "clusterDNS": (!args.disable_dns).then(|| dns_ip.to_string()),
                 "clusterDomain": args.cluster_domain,
+                "flannelBackend": args.flannel_backend,
             }),
         }),
         inflight: apiserver::connections::InflightLimits::with_long_running(
@@ -341,6 +346,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.cluster_cidr = args.cluster_cidr.clone();
         config.cluster_dns = (!args.disable_dns).then_some(dns_ip);
         config.cluster_domain = args.cluster_domain.clone();
+        config.flannel_backend =
+            agent::routes::Backend::parse(&args.flannel_backend).unwrap_or_default();
         // The server's own node runs the control plane, and says so as k3s's does.
         config
             .node_labels

@@ -1942,3 +1942,68 @@ fn services_spread_over_three_nodes() {
     assert!(out.contains(&format!("Address: {ip}")), "{out}");
     server.ok(&["delete", "pod", "--all", "--wait=true"]);
 }
+
+/// `--flannel-backend=vxlan`: pod networks of nodes reach each other through a VXLAN
+/// overlay (each node's route to another's pod network goes through its VXLAN device),
+/// pods on two agents talk by their own addresses.
+#[test]
+fn pods_on_two_nodes_talk_over_the_vxlan_overlay() {
+    let port = common::free_port();
+    let (ns_b, ns_c) = (NetNs::create(port % 4096), NetNs::create((port + 1) % 4096));
+    let server = KrustServer::start_with_agent(&[
+        "--bind-address=0.0.0.0",
+        "--flannel-backend=vxlan",
+        &format!("--tls-san={}", ns_b.host_ip),
+        &format!("--tls-san={}", ns_c.host_ip),
+    ]);
+    let (b, c) = (format!("vb-{port}"), format!("vc-{port}"));
+    let _agent_b = join_agent(&server, &ns_b, &b);
+    let _agent_c = join_agent(&server, &ns_c, &c);
+    server.wait_node_ready(&b);
+    server.wait_node_ready(&c);
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec /bin/busybox httpd -f -v -p 8080 -h /www']\n---\n"
+        )
+    };
+    apply(&server, &[pod("on-b", &b), pod("on-c", &c)].concat());
+    for name in ["on-b", "on-c"] {
+        server.wait_phase("default", name, "Running", Duration::from_secs(90));
+    }
+    let (ip_b, ip_c) = (
+        server.pod_field("default", "on-b", "{.status.podIP}"),
+        server.pod_field("default", "on-c", "{.status.podIP}"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.kubectl(&[
+            "exec",
+            "on-b",
+            "--",
+            "sh",
+            "-c",
+            &format!("timeout 3 wget -qO- http://{ip_c}:8080/"),
+        ]);
+        if String::from_utf8_lossy(&out.stdout).trim() == "on-c" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "on-b cannot reach on-c: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = server.ok(&["logs", "on-c"]);
+    assert!(log.contains(&ip_b), "no NAT between the nodes: {log}");
+    // Node b routes c's pod network through its VXLAN device.
+    let c_cidr = server.ok(&["get", "node", &c, "-o", "jsonpath={.spec.podCIDR}"]);
+    let route = std::process::Command::new("nsenter")
+        .arg(ns_b.nsenter_arg())
+        .args(["ip", "route", "show", &c_cidr])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains("dev krv") && route.contains("onlink"), "{route}");
+    server.ok(&["delete", "pod", "--all", "--wait=true"]);
+}
