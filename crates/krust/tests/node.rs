@@ -1825,17 +1825,20 @@ fn services_spread_over_three_nodes() {
         "--bind-address=0.0.0.0",
         &format!("--tls-san={}", ns_b.host_ip),
         &format!("--tls-san={}", ns_c.host_ip),
+        // A node that stops heartbeating is noticed in seconds, not the default 50.
+        "--node-monitor-grace-period=15s",
+        "--node-monitor-period=1s",
     ]);
     let (b, c) = (format!("b-{port}"), format!("c-{port}"));
     let _agent_b = join_agent(&server, &ns_b, &b);
-    let _agent_c = join_agent(&server, &ns_c, &c);
+    let mut agent_c = Some(join_agent(&server, &ns_c, &c));
     server.wait_node_ready(&b);
     server.wait_node_ready(&c);
     let a = server.node.clone().unwrap();
     let web = |name: &str, node: &str, ready: bool| {
         let marker = if ready { "touch /tmp/ready && " } else { "" };
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && {marker}exec /bin/busybox httpd -f -v -p 8080 -h /www']\n    readinessProbe:\n      exec: {{command: [cat, /tmp/ready]}}\n      periodSeconds: 1\n---\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && {marker}exec /bin/busybox httpd -f -v -p 8080 -h /www']\n    readinessProbe:\n      exec: {{command: [cat, /tmp/ready]}}\n      periodSeconds: 1\n  tolerations:\n  - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}}\n  - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 1}}\n---\n"
         )
     };
     let manifest = [
@@ -1940,6 +1943,20 @@ fn services_spread_over_three_nodes() {
     // Cluster DNS from a pod on another node.
     let out = server.ok(&["exec", "asker", "--", "nslookup", "web.default.svc.cluster.local"]);
     assert!(out.contains(&format!("Address: {ip}")), "{out}");
+    // Node c taken down (its agent stopped, its pods gone with it): once the node is seen
+    // unreachable and its pods evicted, no traffic goes there.
+    server.ok(&["exec", "web-c", "--", "touch", "/tmp/ready"]);
+    server.wait_for(&ready, Duration::from_secs(20), |o| o.lines().count() == 2);
+    drop(agent_c.take());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answers = count("client", 20);
+        if answers.keys().map(String::as_str).collect::<Vec<_>>() == ["web-b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "traffic still goes to the dead node: {answers:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     server.ok(&["delete", "pod", "--all", "--wait=true"]);
 }
 
