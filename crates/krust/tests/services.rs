@@ -397,6 +397,28 @@ spec:
         String::from_utf8_lossy(&none.stderr)
     );
 
+    // `kubectl port-forward svc/web` reaches a backend through the Service's target port.
+    let local = common::free_port();
+    let mut forward = std::process::Command::new(common::tool("kubectl"))
+        .args(["port-forward", "svc/web", &format!("{local}:80")])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", server.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        match http_get(format!("127.0.0.1:{local}").parse().unwrap()) {
+            Ok(body) if !body.is_empty() => break body,
+            _ => assert!(Instant::now() < deadline, "port-forward svc/web never answered"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(backends.contains(&body), "{body}");
+
     // A backend reaches itself through its own Service (hairpin).
     let backend = backends.iter().next().unwrap();
     let out = server.ok(&[
