@@ -20,6 +20,9 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
 command -v iptables >/dev/null || need_apt+=(iptables)
+# The service proxy programs nftables and flushes UDP conntrack entries.
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v conntrack >/dev/null || need_apt+=(conntrack)
 command -v ip >/dev/null || need_apt+=(iproute2)
 # curl speaks HTTP/2 for the tests of early rejections over h2.
 command -v curl >/dev/null || need_apt+=(curl)

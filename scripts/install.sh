@@ -10,6 +10,9 @@ command -v containerd >/dev/null || need_apt+=(containerd)
 command -v runc >/dev/null || need_apt+=(runc)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 command -v iptables >/dev/null || need_apt+=(iptables)
+# The service proxy programs nftables and flushes UDP conntrack entries.
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v conntrack >/dev/null || need_apt+=(conntrack)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
