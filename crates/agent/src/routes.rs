@@ -220,7 +220,7 @@ pub async fn run(
                     continue;
                 }
                 if let Some(peer) = peers.get(cidr) {
-                    match crate::vxlan::connect(&config, cidr, peer).await {
+                    match crate::vxlan::connect(&config, cidr, peer, ROUTE_PROTOCOL).await {
                         Ok(()) => {
                             ours.insert(cidr.clone(), *via);
                         }

@@ -138,8 +138,13 @@ async fn link_mac(dev: &str) -> Option<String> {
     words.next().map(str::to_owned)
 }
 
-/// Points `cidr` at `peer` through the device.
-pub async fn connect(config: &AgentConfig, cidr: &str, peer: &Peer) -> Result<(), String> {
+/// Points `cidr` at `peer` through the device, the route tagged with `protocol`.
+pub async fn connect(
+    config: &AgentConfig,
+    cidr: &str,
+    peer: &Peer,
+    protocol: &str,
+) -> Result<(), String> {
     let dev = device(config);
     let gateway = peer.gateway.to_string();
     run(
@@ -164,18 +169,7 @@ pub async fn connect(config: &AgentConfig, cidr: &str, peer: &Peer) -> Result<()
     .await?;
     run(
         "ip",
-        &[
-            "route",
-            "replace",
-            cidr,
-            "via",
-            &gateway,
-            "dev",
-            &dev,
-            "onlink",
-            "proto",
-            crate::routes::ROUTE_PROTOCOL,
-        ],
+        &["route", "replace", cidr, "via", &gateway, "dev", &dev, "onlink", "proto", protocol],
     )
     .await
 }
