@@ -74,30 +74,48 @@ pub async fn run(
     let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
     let (pods, pods_writer) = reflector::store::<CachedPod>();
     let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-    let watches = futures::future::join5(
+    let watches = futures::future::join3(
         watch_into(client.clone(), services_writer, changed.clone()),
         watch_into(client.clone(), slices_writer, changed.clone()),
         watch_into(client.clone(), policies_writer, changed.clone()),
-        watch_into(client.clone(), pods_writer, changed.clone()),
-        watch_into(client, namespaces_writer, changed.clone()),
     );
+    // Every pod and namespace is watched only once some NetworkPolicy exists: without one
+    // (most clusters) a node keeps no copy of the cluster's pods.
+    let mut pod_watches: Option<tokio::task::JoinHandle<()>> = None;
+    let mut writers = Some((pods_writer, namespaces_writer));
     let sync = async {
         let _ = services.wait_until_ready().await;
         let _ = slices.wait_until_ready().await;
         let _ = policies.wait_until_ready().await;
-        let _ = pods.wait_until_ready().await;
-        let _ = namespaces.wait_until_ready().await;
         // What the kernel holds: none until the first full load.
         let mut programmed: Option<(Vec<plan::ServicePort>, Vec<networkpolicy::PodFilter>)> = None;
         loop {
             tokio::time::sleep(COALESCE).await;
             let ports = plan::service_ports(&services.state(), &slices.state(), &config.node_name);
-            let filters = networkpolicy::pod_filters(
-                &policies.state(),
-                &pods.state(),
-                &namespaces.state(),
-                &config.node_name,
-            );
+            let policy_list = policies.state();
+            if !policy_list.is_empty()
+                && let Some((pods_writer, namespaces_writer)) = writers.take()
+            {
+                let both = futures::future::join(
+                    watch_into(client.clone(), pods_writer, changed.clone()),
+                    watch_into(client.clone(), namespaces_writer, changed.clone()),
+                );
+                pod_watches = Some(tokio::spawn(async move {
+                    both.await;
+                }));
+                let _ = pods.wait_until_ready().await;
+                let _ = namespaces.wait_until_ready().await;
+            }
+            let filters = if policy_list.is_empty() {
+                Vec::new()
+            } else {
+                networkpolicy::pod_filters(
+                    &policy_list,
+                    &pods.state(),
+                    &namespaces.state(),
+                    &config.node_name,
+                )
+            };
             if programmed.as_ref().is_some_and(|(p, f)| *p == ports && *f == filters) {
                 changed.notified().await;
                 continue;
@@ -150,5 +168,8 @@ pub async fn run(
         _ = watches => {}
         () = sync => {}
         () = crate::stopped(&mut shutdown) => {}
+    }
+    if let Some(task) = pod_watches {
+        task.abort();
     }
 }
