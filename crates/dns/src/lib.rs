@@ -10,7 +10,7 @@ pub mod records;
 pub mod server;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use controller_runtime::informer::{Change, Informer};
@@ -73,10 +73,10 @@ pub async fn run(
         () = publishing => {}
         _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
     }
-    let shared = Arc::new(server::Shared {
-        index: RwLock::new(Arc::new(records::Index::build(&config.domain, &[], &[]))),
-        forwarder: forward::Forwarder::new(config.upstreams.clone()),
-    });
+    let shared = Arc::new(server::Shared::new(
+        records::Index::build(&config.domain, &[], &[]),
+        forward::Forwarder::new(config.upstreams.clone()),
+    ));
     let services: Arc<Informer<Service>> = Informer::new();
     let slices: Arc<Informer<EndpointSlice>> = Informer::new();
     // Managed fields are most of a small object and never read here.

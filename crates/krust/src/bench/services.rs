@@ -347,10 +347,8 @@ async fn dns(args: &ServicesBenchArgs) -> anyhow::Result<()> {
     let before = rss_kib();
     let index = dns::records::Index::build("cluster.local", &services, &[]);
     let after = rss_kib();
-    let shared = Arc::new(dns::server::Shared {
-        index: std::sync::RwLock::new(Arc::new(index)),
-        forwarder: dns::forward::Forwarder::new(Vec::new()),
-    });
+    let shared =
+        Arc::new(dns::server::Shared::new(index, dns::forward::Forwarder::new(Vec::new())));
     let (udp, _tcp) = dns::server::bind("127.0.0.1:0".parse()?).await?;
     let server = udp.local_addr()?;
     let serving = tokio::spawn(dns::server::serve_udp(udp, shared));
