@@ -1799,18 +1799,6 @@ fn join_agent(server: &KrustServer, ns: &NetNs, node: &str) -> JoinedAgent {
     JoinedAgent { child, nsenter: ns.nsenter_arg(), data }
 }
 
-/// An HTTP GET of `/` with a deadline; the body.
-fn get_body(address: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let address: std::net::SocketAddr = address.parse().map_err(std::io::Error::other)?;
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
-}
-
 /// Services across three nodes (the server's own and two agents in network namespaces):
 /// a pod on the first node reaches a ClusterIP whose backends run on the other two, every
 /// ready backend answers and the unready one never does; a readiness failure takes a
@@ -1919,7 +1907,7 @@ fn services_spread_over_three_nodes() {
         let address = format!("{}:{node_port}", node_ip(n));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match get_body(&address) {
+            match common::get_body(&address) {
                 Ok(body) if body == "web-b" => break,
                 other => assert!(Instant::now() < deadline, "{address}: {other:?}"),
             }
@@ -1932,7 +1920,7 @@ fn services_spread_over_three_nodes() {
     let address = format!("{}:{local_port}", node_ip(&b));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match get_body(&address) {
+        match common::get_body(&address) {
             Ok(body) if body == "web-b" => break,
             other => assert!(Instant::now() < deadline, "{address}: {other:?}"),
         }

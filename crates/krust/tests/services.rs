@@ -228,17 +228,6 @@ async fn cluster_ips_and_node_ports_come_from_their_ranges() {
     assert!((30100..=30199).contains(&node_port), "{shown}");
 }
 
-/// An HTTP GET of `/` at `address`, with a deadline; the body.
-fn http_get(address: std::net::SocketAddr) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
-}
-
 /// Real traffic through the node's service rules (nftables, loaded by the agent): a
 /// ClusterIP spreads a pod's requests over every ready backend and no other, the node
 /// itself reaches the ClusterIP and the node port, a pod reaches itself through its own
@@ -371,7 +360,7 @@ spec:
         // The rules follow the Service's status a moment later.
         let deadline = Instant::now() + Duration::from_secs(10);
         let body = loop {
-            match http_get(address.parse().unwrap()) {
+            match common::get_body(&address) {
                 Ok(body) => break body,
                 Err(e) if Instant::now() > deadline => panic!("{address}: {e}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -409,7 +398,7 @@ spec:
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        match http_get(format!("127.0.0.1:{local}").parse().unwrap()) {
+        match common::get_body(&format!("127.0.0.1:{local}")) {
             Ok(body) if !body.is_empty() => break body,
             _ => assert!(Instant::now() < deadline, "port-forward svc/web never answered"),
         }

@@ -16,6 +16,19 @@ pub struct KrustServer {
     pub node: Option<String>,
 }
 
+/// The body of an HTTP GET of `/` at `address` (`ip:port`), with deadlines on connecting
+/// and reading.
+pub fn get_body(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let address: std::net::SocketAddr = address.parse().map_err(std::io::Error::other)?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
 pub fn free_port() -> u16 {
     // The wildcard address: the kernel then picks a port no address holds (a port bound
     // only on the host's address, as a test server's DNS is, would pass a loopback probe
