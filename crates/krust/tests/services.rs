@@ -277,6 +277,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: sticky}}
+spec:
+  selector: {{app: web}}
+  sessionAffinity: ClientIP
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: nothing}}
 spec:
   selector: {{app: nobody}}
@@ -339,6 +347,22 @@ spec:
         backends,
         "every ready backend answers, nothing else: {answers:?}"
     );
+    // ClientIP affinity: one client keeps its backend (two backends at random would agree
+    // 20 times once in half a million runs).
+    let sticky = server.ok(&["get", "svc", "sticky", "-o", "jsonpath={.spec.clusterIP}"]);
+    let script =
+        format!("for i in $(seq 20); do timeout 3 wget -qO- http://{sticky}/ || echo failed; done");
+    // (Its rules may come a moment after the other Service's.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = server.ok(&["exec", "client", "--", "sh", "-c", &script]);
+        if !out.contains("failed") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let seen: std::collections::BTreeSet<&str> = out.lines().map(str::trim).collect();
+    assert!(seen.len() == 1 && backends.contains(*seen.first().unwrap()), "{out}");
 
     // From the node itself: the ClusterIP and the node port on the node's address.
     let node_ip = server.ok(&[

@@ -74,6 +74,10 @@ pub struct ServicePort {
     pub external_local: bool,
     /// `sessionAffinity: ClientIP`'s timeout.
     pub affinity_seconds: Option<u32>,
+    /// Endpoint addresses that may be pods of this node (their slice names this node, or no
+    /// node): only a pod here can reach itself through the Service on this node (hairpin),
+    /// so a node's hairpin set stays the size of its pods, not of the cluster's endpoints.
+    pub hairpin: Vec<Ipv4Addr>,
 }
 
 /// An endpoint as a slice gives it, with what the choice of backends needs.
@@ -83,6 +87,7 @@ struct SliceEndpoint {
     serving: bool,
     terminating: bool,
     local: bool,
+    maybe_here: bool,
 }
 
 /// Upstream's choice: the ready endpoints; when none is ready, the ones still serving while
@@ -203,12 +208,18 @@ pub fn service_ports(
                             serving,
                             terminating: conditions.terminating.unwrap_or(false),
                             local: endpoint.node_name.as_deref() == Some(node_name),
+                            maybe_here: endpoint
+                                .node_name
+                                .as_deref()
+                                .is_none_or(|node| node == node_name),
                         });
                     }
                 }
             }
             let all: Vec<&SliceEndpoint> = endpoints.iter().collect();
             let local: Vec<&SliceEndpoint> = endpoints.iter().filter(|e| e.local).collect();
+            let hairpin: BTreeSet<Ipv4Addr> =
+                endpoints.iter().filter(|e| e.maybe_here).map(|e| e.backend.ip).collect();
             let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
             let shown = if port_name.is_empty() { number.to_string() } else { port_name };
             out.push(ServicePort {
@@ -222,6 +233,7 @@ pub fn service_ports(
                 external_backends: usable(if external_local { &local } else { &all }),
                 external_local,
                 affinity_seconds,
+                hairpin: hairpin.into_iter().collect(),
             });
         }
     }

@@ -136,6 +136,12 @@ fn synthetic(services: usize, endpoints: usize) -> Vec<ServicePort> {
             let backends: Vec<Backend> = (0..endpoints)
                 .map(|e| Backend { ip: address(pod_base, s * endpoints + e), port: 8080 })
                 .collect();
+            // The endpoints in this node's pod range (10.42.0.0/24).
+            let hairpin = backends
+                .iter()
+                .map(|b| b.ip)
+                .filter(|ip| ip.octets()[1] == 42 && ip.octets()[2] == 0)
+                .collect();
             ServicePort {
                 name: format!("bench/svc-{s}:http"),
                 protocol: Protocol::Tcp,
@@ -147,6 +153,7 @@ fn synthetic(services: usize, endpoints: usize) -> Vec<ServicePort> {
                 external_backends: backends,
                 external_local: false,
                 affinity_seconds: None,
+                hairpin,
             }
         })
         .collect()
@@ -432,50 +439,63 @@ async fn datapath(args: &ServicesBenchArgs) -> anyhow::Result<()> {
             .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "labels": {"bench": "datapath"}},
-        "spec": {"nodeName": super::pods::NODE, "containers": [{"name": "web", "image": super::pods::IMAGE,
-            "imagePullPolicy": "Never",
-            "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]}]}
-    }))?;
-    // The node registers once the agent has started; retry the create until then.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match pods.create(&PostParams::default(), &pod).await {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "waiting for the cluster");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+    // One server pod per path, alike: a server's TIME_WAIT sockets from one path would
+    // meet the next path's connections (the NAT keeps the client's port) and refuse some
+    // by PAWS, which measures the order of the runs, not the path.
+    let paths = ["pod", "cluster", "node"];
+    for path in paths {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-{path}"), "labels": {"bench": path}},
+            "spec": {"nodeName": super::pods::NODE, "containers": [{"name": "web", "image": super::pods::IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]}]}
+        }))?;
+        // The node registers once the agent has started; retry the create until then.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "waiting for the cluster");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
     }
-    let service: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web"},
-        "spec": {"type": "NodePort", "selector": {"bench": "datapath"}, "ports": [{"port": 80, "targetPort": 8080}]}
-    }))?;
-    let service = services.create(&PostParams::default(), &service).await?;
-    let spec = service.spec.unwrap_or_default();
-    let cluster_ip: Ipv4Addr = spec.cluster_ip.unwrap_or_default().parse()?;
-    let node_port = spec.ports.unwrap_or_default().first().and_then(|p| p.node_port).unwrap_or(0);
+    let mut created = Vec::new();
+    for (path, kind) in [("cluster", "ClusterIP"), ("node", "NodePort")] {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-{path}")},
+            "spec": {"type": kind, "selector": {"bench": path}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }))?;
+        created.push(
+            services.create(&PostParams::default(), &service).await?.spec.unwrap_or_default(),
+        );
+    }
+    let cluster_ip: Ipv4Addr = created[0].cluster_ip.clone().unwrap_or_default().parse()?;
+    let node_port =
+        created[1].ports.clone().unwrap_or_default().first().and_then(|p| p.node_port).unwrap_or(0);
+    let node_ip = crate::host::default_address().context("no node address")?;
+    let node_target = SocketAddr::new(node_ip, u16::try_from(node_port).unwrap_or(0));
     let deadline = Instant::now() + Duration::from_secs(90);
     let pod_ip: Ipv4Addr = loop {
-        let p = pods.get("web").await?;
+        let p = pods.get("web-pod").await?;
         let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
         if let Ok(ip) = ip.parse()
             && get_ok(SocketAddr::new(std::net::IpAddr::V4(ip), 8080)).await
             && get_ok(SocketAddr::new(std::net::IpAddr::V4(cluster_ip), 80)).await
+            && get_ok(node_target).await
         {
             break ip;
         }
-        anyhow::ensure!(Instant::now() < deadline, "the pod and its Service did not come up");
+        anyhow::ensure!(Instant::now() < deadline, "the pods and their Services did not come up");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let node_ip = crate::host::default_address().context("no node address")?;
     let targets = [
         ("pod address", SocketAddr::new(std::net::IpAddr::V4(pod_ip), 8080)),
         ("ClusterIP", SocketAddr::new(std::net::IpAddr::V4(cluster_ip), 80)),
-        ("NodePort", SocketAddr::new(node_ip, u16::try_from(node_port).unwrap_or(0))),
+        ("NodePort", node_target),
     ];
     let mut direct = 0.0;
     for (name, target) in targets {
