@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -36,6 +38,36 @@ pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
+/// Where the nodes are: each node's zone, and each zone's allocatable CPU (cores), which
+/// topology hints share endpoints by.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    /// Node name to zone (nodes with a zone label).
+    pub zone_of_node: BTreeMap<String, String>,
+    /// Zone to the allocatable CPU of its nodes.
+    pub zone_cpu: BTreeMap<String, f64>,
+}
+
+impl Topology {
+    /// The topology of `nodes`.
+    pub fn of(nodes: &[Arc<Node>]) -> Topology {
+        let mut out = Topology::default();
+        for node in nodes {
+            let Some(zone) = node.labels().get(ZONE_LABEL) else { continue };
+            out.zone_of_node.insert(node.name_any(), zone.clone());
+            let cpu = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get("cpu"))
+                .and_then(crate::quantity::parse_quantity)
+                .unwrap_or(0.0);
+            *out.zone_cpu.entry(zone.clone()).or_default() += cpu;
+        }
+        out
+    }
+}
+
 /// One slice as it should be: its ports and endpoints (sorted, so equal means unchanged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredSlice {
@@ -45,8 +77,8 @@ pub struct DesiredSlice {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// The slices of `service` over `pods` (those it selects); `zones` maps node names to their
-/// zone. Pods without an address or finished are left out; a terminating pod stays with
+/// The slices of `service` over `pods` (those it selects), with the endpoints' zones and,
+/// when the Service asks for them, topology hints from `topology`. Pods without an address or finished are left out; a terminating pod stays with
 /// `ready: false` and `terminating: true` (and `serving` as its readiness), so a proxy can
 /// fall back on it while nothing else serves. A Service whose pods serve nothing still
 /// gets one empty slice with its ports, as upstream, so readers can tell "no endpoints" from
@@ -54,8 +86,10 @@ pub struct DesiredSlice {
 pub fn desired(
     service: &Service,
     pods: &[Arc<CachedPod>],
-    zones: &BTreeMap<String, String>,
+    topology: &Topology,
 ) -> Vec<DesiredSlice> {
+    let zones = &topology.zone_of_node;
+    let hint_mode = crate::topology_hints::mode(service);
     let spec = service.spec.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
     let service_name = service.name_any();
@@ -132,6 +166,25 @@ pub fn desired(
     let mut slices = Vec::new();
     for (ports, mut endpoints) in groups {
         endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+        // Hints go to the ready endpoints of each set of ports (a proxy picks among those).
+        let ready_zones: Vec<Option<String>> = endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .map(|e| e.zone.clone())
+            .collect();
+        if let Some(hints) =
+            crate::topology_hints::allocate(hint_mode, &ready_zones, &topology.zone_cpu)
+        {
+            let ready = endpoints
+                .iter_mut()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
+            for (endpoint, zone) in ready.zip(hints) {
+                endpoint.hints = Some(EndpointHints {
+                    for_zones: Some(vec![ForZone { name: zone }]),
+                    ..EndpointHints::default()
+                });
+            }
+        }
         let ports = port_list(ports);
         for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
             slices.push(DesiredSlice { ports: ports.clone(), endpoints: chunk.to_vec() });
@@ -280,13 +333,8 @@ impl EndpointSliceController {
         };
         let pods: Vec<Arc<CachedPod>> =
             self.pods.list().into_iter().filter(|p| selects(&service, p)).collect();
-        let zones: BTreeMap<String, String> = self
-            .nodes
-            .list()
-            .iter()
-            .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE_LABEL)?.clone())))
-            .collect();
-        let wanted = desired(&service, &pods, &zones);
+        let topology = Topology::of(&self.nodes.list());
+        let wanted = desired(&service, &pods, &topology);
         let labels = slice_labels(&service);
         let current: Vec<DesiredSlice> = existing
             .iter()
@@ -412,6 +460,32 @@ mod tests {
     }
 
     #[test]
+    fn ready_endpoints_get_zone_hints_when_the_service_asks() {
+        let svc = service(json!({"selector": {"app": "web"}, "trafficDistribution": "PreferClose",
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}));
+        let pods = vec![pod("a", "10.42.0.2", true, false), pod("b", "10.42.0.3", false, false)];
+        let topology = Topology {
+            zone_of_node: BTreeMap::from([("node-a".to_owned(), "z1".to_owned())]),
+            zone_cpu: BTreeMap::from([("z1".to_owned(), 2.0)]),
+        };
+        let slices = desired(&svc, &pods, &topology);
+        let hints: Vec<Option<String>> = slices[0]
+            .endpoints
+            .iter()
+            .map(|e| {
+                let zones = e.hints.as_ref().and_then(|h| h.for_zones.clone()).unwrap_or_default();
+                zones.first().map(|z| z.name.clone())
+            })
+            .collect();
+        assert_eq!(hints, [Some("z1".to_owned()), None], "only the ready one");
+        // Without asking, none.
+        let plain = service(json!({"selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}));
+        let slices = desired(&plain, &pods, &topology);
+        assert!(slices[0].endpoints.iter().all(|e| e.hints.is_none()));
+    }
+
+    #[test]
     fn endpoints_carry_ready_serving_and_terminating() {
         let svc = service(json!({"selector": {"app": "web"},
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}));
@@ -420,8 +494,11 @@ mod tests {
             pod("a", "10.42.0.2", false, false),
             pod("c", "10.42.0.4", true, true),
         ];
-        let zones = BTreeMap::from([("node-a".to_owned(), "z1".to_owned())]);
-        let slices = desired(&svc, &pods, &zones);
+        let topology = Topology {
+            zone_of_node: BTreeMap::from([("node-a".to_owned(), "z1".to_owned())]),
+            ..Topology::default()
+        };
+        let slices = desired(&svc, &pods, &topology);
         assert_eq!(slices.len(), 1);
         let s = &slices[0];
         assert_eq!(s.ports[0].port, Some(8080));
@@ -448,9 +525,9 @@ mod tests {
         let pods: Vec<_> = (0..250)
             .map(|i| pod(&format!("p{i}"), &format!("10.42.{}.{}", i / 200, i % 200), true, false))
             .collect();
-        let slices = desired(&svc, &pods, &BTreeMap::new());
+        let slices = desired(&svc, &pods, &Topology::default());
         assert_eq!(slices.iter().map(|s| s.endpoints.len()).collect::<Vec<_>>(), [100, 100, 50]);
-        let empty = desired(&svc, &[], &BTreeMap::new());
+        let empty = desired(&svc, &[], &Topology::default());
         assert_eq!(empty.len(), 1);
         assert!(empty[0].endpoints.is_empty());
         assert_eq!(empty[0].ports[0].port, Some(8080));
@@ -460,7 +537,7 @@ mod tests {
     fn publish_not_ready_makes_every_endpoint_ready() {
         let svc = service(json!({"selector": {"app": "web"}, "publishNotReadyAddresses": true,
             "ports": [{"port": 80}]}));
-        let slices = desired(&svc, &[pod("a", "10.42.0.2", false, false)], &BTreeMap::new());
+        let slices = desired(&svc, &[pod("a", "10.42.0.2", false, false)], &Topology::default());
         assert_eq!(conditions(&slices[0].endpoints[0]), (true, true, false));
     }
 

@@ -21,6 +21,7 @@ pub mod resourcequota;
 pub mod scheduler;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod topology_hints;
 
 use std::sync::{Arc, Mutex};
 

@@ -1823,6 +1823,9 @@ fn services_spread_over_three_nodes() {
     server.wait_node_ready(&b);
     server.wait_node_ready(&c);
     let a = server.node.clone().unwrap();
+    // Zones for topology hints: b in east, c in west, a in none.
+    server.ok(&["label", "node", &b, "topology.kubernetes.io/zone=east"]);
+    server.ok(&["label", "node", &c, "topology.kubernetes.io/zone=west"]);
     let web = |name: &str, node: &str, ready: bool| {
         let marker = if ready { "touch /tmp/ready && " } else { "" };
         format!(
@@ -1836,6 +1839,7 @@ fn services_spread_over_three_nodes() {
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeName: {a}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n---\n"),
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: asker}}\nspec:\n  nodeName: {b}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n---\n"),
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n---\n".to_owned(),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-near, annotations: {service.kubernetes.io/topology-mode: Auto}}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n---\n".to_owned(),
         "apiVersion: v1\nkind: Service\nmetadata: {name: web-local}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n".to_owned(),
     ]
     .concat();
@@ -1881,6 +1885,32 @@ fn services_spread_over_three_nodes() {
         "{answers:?}"
     );
     assert_eq!(answers.values().sum::<usize>(), 300);
+    // Topology hints: the zones have as much CPU each and one ready endpoint each, so each
+    // endpoint is hinted for its own zone; a pod in east reaches only east's endpoint.
+    let near = server.ok(&["get", "svc", "web-near", "-o", "jsonpath={.spec.clusterIP}"]);
+    server.wait_for(
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web-near",
+            "-o",
+            "jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.hints.forZones[0].name} {end}",
+        ],
+        Duration::from_secs(20),
+        |o| o.contains("web-b=east") && o.contains("web-c=west"),
+    );
+    let script =
+        format!("for i in $(seq 20); do timeout 3 wget -qO- http://{near}/ || echo failed; done");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = server.ok(&["exec", "asker", "--", "sh", "-c", &script]);
+        if out.lines().all(|l| l.trim() == "web-b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "east's pod left its zone: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // Readiness failure on c: it leaves within a probe period and a second or so.
     server.ok(&["exec", "web-c", "--", "rm", "/tmp/ready"]);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use controller_runtime::cached_pod::CachedPod;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::Notify;
 
@@ -24,6 +25,9 @@ use crate::AgentConfig;
 /// How long a sync waits for more changes to come with the first (a rollout changes many
 /// slices at once).
 const COALESCE: Duration = Duration::from_millis(5);
+
+/// The node label naming its zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The agent's table: one per agent, so agents sharing a network namespace (tests) do not
 /// replace each other's rules.
@@ -47,16 +51,33 @@ where
         + Sync
         + 'static,
 {
+    watch_some_into(client, watcher::Config::default(), writer, changed)
+}
+
+/// The same for the `K` that `config` selects.
+fn watch_some_into<K>(
+    client: kube::Client,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+) -> impl std::future::Future<Output = ()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let api: kube::Api<K> = kube::Api::all(client);
-    reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |event| {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "service proxy watch failed; retrying");
-            }
-            changed.notify_one();
-            futures::future::ready(())
-        })
+    reflector::reflector(writer, watcher(api, config)).default_backoff().for_each(move |event| {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "service proxy watch failed; retrying");
+        }
+        changed.notify_one();
+        futures::future::ready(())
+    })
 }
 
 /// Runs the proxy until `shutdown` fires, then leaves the rules in place (pods keep being
@@ -74,10 +95,15 @@ pub async fn run(
     let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
     let (pods, pods_writer) = reflector::store::<CachedPod>();
     let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-    let watches = futures::future::join3(
+    // This node alone, for its zone (topology hints).
+    let (nodes, nodes_writer) = reflector::store::<Node>();
+    let this_node =
+        watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
+    let watches = futures::future::join4(
         watch_into(client.clone(), services_writer, changed.clone()),
         watch_into(client.clone(), slices_writer, changed.clone()),
         watch_into(client.clone(), policies_writer, changed.clone()),
+        watch_some_into(client.clone(), this_node, nodes_writer, changed.clone()),
     );
     // Every pod and namespace is watched only once some NetworkPolicy exists: without one
     // (most clusters) a node keeps no copy of the cluster's pods.
@@ -91,7 +117,13 @@ pub async fn run(
         let mut programmed: Option<(Vec<plan::ServicePort>, Vec<networkpolicy::PodFilter>)> = None;
         loop {
             tokio::time::sleep(COALESCE).await;
-            let ports = plan::service_ports(&services.state(), &slices.state(), &config.node_name);
+            let zone = nodes.state().first().and_then(|n| n.labels().get(ZONE_LABEL).cloned());
+            let ports = plan::service_ports(
+                &services.state(),
+                &slices.state(),
+                &config.node_name,
+                zone.as_deref(),
+            );
             let policy_list = policies.state();
             if !policy_list.is_empty()
                 && let Some((pods_writer, namespaces_writer)) = writers.take()

@@ -88,6 +88,8 @@ struct SliceEndpoint {
     terminating: bool,
     local: bool,
     maybe_here: bool,
+    /// The zones its topology hint names (empty: no hint).
+    hinted_zones: Vec<String>,
 }
 
 /// Upstream's choice: the ready endpoints; when none is ready, the ones still serving while
@@ -111,11 +113,31 @@ fn ipv4(s: &str) -> Option<Ipv4Addr> {
     s.parse().ok()
 }
 
-/// The Service ports this node carries, sorted by name.
+/// Upstream's use of topology hints: when this node has a zone and every usable endpoint
+/// carries a hint, the endpoints hinted for this zone, if there are any; otherwise all.
+fn in_zone<'a>(endpoints: &[&'a SliceEndpoint], zone: Option<&str>) -> Vec<&'a SliceEndpoint> {
+    let Some(zone) = zone else { return endpoints.to_vec() };
+    let usable: BTreeSet<Backend> = usable(endpoints).into_iter().collect();
+    let candidates: Vec<&&SliceEndpoint> =
+        endpoints.iter().filter(|e| usable.contains(&e.backend)).collect();
+    if candidates.is_empty() || candidates.iter().any(|e| e.hinted_zones.is_empty()) {
+        return endpoints.to_vec();
+    }
+    let here: Vec<&SliceEndpoint> = candidates
+        .into_iter()
+        .filter(|e| e.hinted_zones.iter().any(|z| z == zone))
+        .copied()
+        .collect();
+    if here.is_empty() { endpoints.to_vec() } else { here }
+}
+
+/// The Service ports this node carries, sorted by name. `zone` is this node's zone, for
+/// topology hints.
 pub fn service_ports(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node_name: &str,
+    zone: Option<&str>,
 ) -> Vec<ServicePort> {
     // Slices by (namespace, service name).
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
@@ -212,11 +234,18 @@ pub fn service_ports(
                                 .node_name
                                 .as_deref()
                                 .is_none_or(|node| node == node_name),
+                            hinted_zones: endpoint
+                                .hints
+                                .as_ref()
+                                .and_then(|h| h.for_zones.as_ref())
+                                .map(|zones| zones.iter().map(|z| z.name.clone()).collect())
+                                .unwrap_or_default(),
                         });
                     }
                 }
             }
-            let all: Vec<&SliceEndpoint> = endpoints.iter().collect();
+            let every: Vec<&SliceEndpoint> = endpoints.iter().collect();
+            let all = in_zone(&every, zone);
             let local: Vec<&SliceEndpoint> = endpoints.iter().filter(|e| e.local).collect();
             let hairpin: BTreeSet<Ipv4Addr> =
                 endpoints.iter().filter(|e| e.maybe_here).map(|e| e.backend.ip).collect();
@@ -288,6 +317,7 @@ mod tests {
                 ep("10.42.1.3", "b", false, true)
             ]))],
             "a",
+            None,
         );
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].name, "ns/web:http");
@@ -299,8 +329,34 @@ mod tests {
                 ep("10.42.1.3", "b", false, true)
             ]))],
             "a",
+            None,
         );
         assert_eq!(ips(&ports[0].cluster_backends), ["10.42.1.3:8080"]);
+    }
+
+    #[test]
+    fn topology_hints_keep_traffic_in_the_zone_when_every_endpoint_has_one() {
+        let svc = service(json!({"clusterIP": "10.43.0.9",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}));
+        let hinted = |ip: &str, zone: &str| {
+            let mut e = ep(ip, "x", true, false);
+            e["hints"] = json!({"forZones": [{"name": zone}]});
+            e
+        };
+        let slices = [slice(json!([hinted("10.42.0.2", "east"), hinted("10.42.1.2", "west")]))];
+        let backends = |zone: Option<&str>| {
+            ips(&service_ports(std::slice::from_ref(&svc), &slices, "a", zone)[0].cluster_backends)
+        };
+        assert_eq!(backends(Some("east")), ["10.42.0.2:8080"]);
+        assert_eq!(backends(Some("west")), ["10.42.1.2:8080"]);
+        // A node without a zone, or in a zone no endpoint is hinted for: all of them.
+        assert_eq!(backends(None).len(), 2);
+        assert_eq!(backends(Some("north")).len(), 2);
+        // One endpoint without a hint: the hints are not used.
+        let slices =
+            [slice(json!([hinted("10.42.0.2", "east"), ep("10.42.1.2", "x", true, false)]))];
+        let ports = service_ports(std::slice::from_ref(&svc), &slices, "a", Some("east"));
+        assert_eq!(ports[0].cluster_backends.len(), 2);
     }
 
     #[test]
@@ -311,7 +367,7 @@ mod tests {
         );
         let slices =
             [slice(json!([ep("10.42.0.2", "a", true, false), ep("10.42.1.2", "b", true, false)]))];
-        let ports = service_ports(&[svc], &slices, "a");
+        let ports = service_ports(&[svc], &slices, "a", None);
         let p = &ports[0];
         assert_eq!(p.node_port, Some(30080));
         assert!(p.external_local);
@@ -319,7 +375,7 @@ mod tests {
         assert_eq!(ips(&p.external_backends), ["10.42.0.2:8080"]);
         let internal = service(json!({"clusterIP": "10.43.0.9", "internalTrafficPolicy": "Local",
             "ports": [{"name": "http", "port": 80}]}));
-        let ports = service_ports(&[internal], &slices, "b");
+        let ports = service_ports(&[internal], &slices, "b", None);
         assert_eq!(ips(&ports[0].cluster_backends), ["10.42.1.2:8080"]);
     }
 
@@ -327,7 +383,7 @@ mod tests {
     fn headless_and_external_name_services_carry_nothing() {
         let headless = service(json!({"clusterIP": "None", "ports": [{"port": 80}]}));
         let external = service(json!({"type": "ExternalName", "externalName": "example.com"}));
-        assert!(service_ports(&[headless, external], &[], "a").is_empty());
+        assert!(service_ports(&[headless, external], &[], "a", None).is_empty());
     }
 
     #[test]
@@ -337,7 +393,7 @@ mod tests {
         svc.status =
             serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}}))
                 .ok();
-        let ports = service_ports(&[Arc::new(svc)], &[], "a");
+        let ports = service_ports(&[Arc::new(svc)], &[], "a", None);
         assert_eq!(ports[0].external_ips.len(), 2);
         assert_eq!(ports[0].affinity_seconds, Some(10800));
         assert!(ports[0].cluster_backends.is_empty());
