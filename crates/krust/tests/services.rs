@@ -125,6 +125,49 @@ async fn cluster_ips_and_node_ports_come_from_their_ranges() {
     .await;
     assert!(message.contains("spec.ports[1]: Duplicate value"), "{message}");
 
+    // The IP families of a cluster that serves IPv4 only: dual-stack or IPv6 asked for is
+    // refused, preferred dual-stack gets IPv4 alone.
+    let port = serde_json::json!([{"port": 80}]);
+    for (spec, expected) in [
+        (
+            serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "ports": port}),
+            "spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
+        ),
+        (
+            serde_json::json!({"ipFamilies": ["IPv4", "IPv6"], "ports": port}),
+            "this cluster is not configured for dual-stack services",
+        ),
+        (
+            serde_json::json!({"ipFamilies": ["IPv6"], "ports": port}),
+            "spec.ipFamilies[0]: Invalid value: \"IPv6\"",
+        ),
+        (
+            serde_json::json!({"ipFamilyPolicy": "Bogus", "ports": port}),
+            "spec.ipFamilyPolicy: Unsupported value: \"Bogus\": supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\"",
+        ),
+        (
+            serde_json::json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv4"], "ports": port}),
+            "spec.ipFamilies[1]: Duplicate value: \"IPv4\"",
+        ),
+    ] {
+        let message = refused(&services, service("families", spec)).await;
+        assert!(message.contains(expected), "{message}");
+    }
+    let preferred = services
+        .create(
+            &PostParams::default(),
+            &service(
+                "preferred",
+                serde_json::json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"], "ports": port}),
+            ),
+        )
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(preferred.ip_families.unwrap(), ["IPv4"]);
+    assert_eq!(preferred.cluster_ips.unwrap().len(), 1);
+
     // Hand-written endpoints may not point at special addresses (the node itself through
     // loopback, link-local): upstream's 422, nothing stored.
     use k8s_openapi::api::core::v1::Endpoints;

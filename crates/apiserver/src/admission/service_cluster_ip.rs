@@ -126,6 +126,17 @@ impl Mutating for ServiceClusterIp {
             if is_external_name(object) {
                 return Ok(None);
             }
+            // Families this cluster does not serve are refused by the Service's validation,
+            // which comes next: claim nothing for them.
+            let spec = object.get("spec");
+            let families_ok = spec
+                .and_then(|s| s.get("ipFamilies"))
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.len() <= 1 && f.iter().all(|f| f.as_str() == Some("IPv4")));
+            let policy = spec.and_then(|s| s.get("ipFamilyPolicy")).and_then(Value::as_str);
+            if !families_ok || !matches!(policy, None | Some("SingleStack" | "PreferDualStack")) {
+                return Ok(None);
+            }
             let requested = cluster_ip(object).to_owned();
             if requested == "None" {
                 return Ok(None);

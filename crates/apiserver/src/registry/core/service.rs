@@ -46,6 +46,9 @@ impl Strategy for Services {
         if service_type == "LoadBalancer" {
             set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
         }
+        if service_type != "ExternalName" {
+            default_ip_families(spec);
+        }
         // A headless Service has no address to allocate; its families are defaulted here.
         if spec.get("clusterIP").and_then(Value::as_str) == Some("None") {
             set_default(spec, "clusterIPs", json!(["None"]));
@@ -213,6 +216,91 @@ fn drop_type_dependent_fields(new: &mut Value, old: &Value) {
 }
 
 /// Upstream's validation of a Service, where it is observable.
+/// Upstream's defaulting of the families on a single-stack cluster: two families or two
+/// addresses without a policy ask for dual-stack (which validation then refuses here);
+/// `PreferDualStack` keeps the first family.
+fn default_ip_families(spec: &mut serde_json::Map<String, Value>) {
+    let count = |field: &str| {
+        spec.get(field).and_then(Value::as_array).map_or(0, |a| {
+            a.iter().filter(|v| v.as_str().is_some_and(|s| !s.is_empty() && s != "None")).count()
+        })
+    };
+    if spec.get("ipFamilyPolicy").is_none_or(Value::is_null)
+        && (count("ipFamilies") == 2 || count("clusterIPs") == 2)
+    {
+        spec.insert("ipFamilyPolicy".into(), json!("RequireDualStack"));
+    }
+    if spec.get("ipFamilyPolicy").and_then(Value::as_str) == Some("PreferDualStack")
+        && let Some(families) = spec.get_mut("ipFamilies").and_then(Value::as_array_mut)
+    {
+        families.truncate(1);
+    }
+}
+
+/// The IP family fields, for a cluster that serves IPv4 only.
+fn validate_ip_families(spec: &Value, causes: &mut Vec<Cause>) {
+    const POLICIES: [&str; 3] = ["PreferDualStack", "RequireDualStack", "SingleStack"];
+    let policy = spec.get("ipFamilyPolicy").and_then(Value::as_str);
+    match policy {
+        Some(p) if !POLICIES.contains(&p) => causes.push(Cause::new(
+            "FieldValueNotSupported",
+            "spec.ipFamilyPolicy",
+            format!(
+                "Unsupported value: \"{p}\": supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\""
+            ),
+        )),
+        Some("RequireDualStack") => causes.push(Cause::new(
+            "FieldValueInvalid",
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
+        )),
+        _ => {}
+    }
+    let families: Vec<&Value> = spec
+        .get("ipFamilies")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    if families.len() > 2 {
+        causes.push(Cause::new(
+            "FieldValueTooMany",
+            "spec.ipFamilies",
+            format!("Too many: {}: must have at most 2 items", families.len()),
+        ));
+    }
+    if families.len() > 1 && policy == Some("SingleStack") {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "spec.ipFamilyPolicy",
+            "Invalid value: \"SingleStack\": must be 'RequireDualStack' or 'PreferDualStack' when multiple 'ipFamilies' are specified",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, family) in families.iter().enumerate() {
+        let family = family.as_str().unwrap_or("");
+        let field = format!("spec.ipFamilies[{i}]");
+        if family != "IPv4" && family != "IPv6" {
+            causes.push(Cause::new(
+                "FieldValueNotSupported",
+                &field,
+                format!("Unsupported value: \"{family}\": supported values: \"IPv4\", \"IPv6\""),
+            ));
+        } else if !seen.insert(family) {
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                &field,
+                format!("Duplicate value: \"{family}\""),
+            ));
+        } else if family == "IPv6" {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                &field,
+                "Invalid value: \"IPv6\": ipfamily IPv6 is not configured on cluster",
+            ));
+        }
+    }
+}
+
 fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
     let spec = object.get("spec").cloned().unwrap_or_default();
     let str_of = |field: &str| spec.get(field).and_then(Value::as_str).unwrap_or("");
@@ -230,6 +318,9 @@ fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
                 supported.join(", ")
             ),
         ));
+    }
+    if service_type != "ExternalName" {
+        validate_ip_families(&spec, causes);
     }
     if ports.is_empty() && !headless && service_type != "ExternalName" {
         causes.push(Cause::new("FieldValueRequired", "spec.ports", "Required value"));
