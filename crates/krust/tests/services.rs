@@ -749,6 +749,26 @@ spec:
     assert!(!reaches("target", &friend), "deny-all isolates the friend as well");
     assert!(!reaches("friend", &ip("stranger")));
 
+    // A connection the policies admitted is not cut by an unrelated change: the friend's
+    // request stays open (its headers unfinished) while a policy for the friend's own
+    // ingress is added
+    // and the table is loaded again, then completes.
+    let slow =
+        format!("(printf 'GET / HTTP/1.0\\r\\n'; sleep 4; printf '\\r\\n') | nc {target} 8080");
+    std::thread::scope(|scope| {
+        let request = scope.spawn(|| server.kubectl(&["exec", "friend", "--", "sh", "-c", &slow]));
+        std::thread::sleep(Duration::from_millis(1500));
+        server.ok_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: stranger-to-friend}\nspec:\n  podSelector: {matchLabels: {role: client}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: none}}}]\n",
+        );
+        let out = request.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("200 OK") && text.trim_end().ends_with("ok"), "{text}");
+    });
+    // (The change did apply: the stranger now gets into the friend.)
+    until("the unrelated policy applies", &|| reaches("stranger", &friend));
+
     // Egress: the friend may only talk to UDP 53 now.
     server.ok_stdin(
         &["apply", "-f", "-"],
