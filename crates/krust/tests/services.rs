@@ -907,3 +907,102 @@ fn the_kubernetes_service_lists_every_api_server() {
     let left = first.wait_for(&addresses, Duration::from_secs(10), |o| o.split(' ').count() == 1);
     assert!(!left.contains(&second_ip), "{left}");
 }
+
+/// A UDP echo server answering `name`, run by the host's Python inside the network
+/// namespace of the process `pid` (busybox has no UDP server); killed when dropped.
+struct UdpServer(std::process::Child);
+
+impl UdpServer {
+    fn start(pid: &str, name: &str) -> UdpServer {
+        let script = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',9000))\nwhile True:\n  d,a=s.recvfrom(512)\n  s.sendto(sys.argv[1].encode(),a)\n";
+        let child = std::process::Command::new("nsenter")
+            .args(["-t", pid, "-n", "python3", "-c", script, name])
+            .spawn()
+            .unwrap();
+        UdpServer(child)
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// UDP has no connection to end: a client that keeps sending from one port keeps its
+/// conntrack entry alive, and with it the endpoint it was first sent to. When that endpoint
+/// leaves the Service, the proxy flushes the entry at once and the client's next datagram
+/// reaches the endpoint that is left.
+#[test]
+fn udp_clients_move_to_a_new_endpoint_at_once() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().unwrap();
+    let port = common::free_port();
+    // Each pod's sleep has an argument of its own, so the test finds its process.
+    let pod = |name: &str, marker: u32| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: udp}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '{marker}']\n---\n"
+        )
+    };
+    let (marker_a, marker_b) = (100_000 + u32::from(port), 200_000 + u32::from(port));
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "{}apiVersion: v1\nkind: Service\nmetadata: {{name: udp}}\nspec:\n  selector: {{app: udp}}\n  ports: [{{port: 9000, protocol: UDP}}]\n",
+            pod("udp-a", marker_a)
+        ),
+    );
+    server.wait_phase("default", "udp-a", "Running", Duration::from_secs(60));
+    let pid_of = |marker: u32| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("^sleep {marker}$")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned()
+    };
+    let _a = UdpServer::start(&pid_of(marker_a), "a");
+    let ip = server.ok(&["get", "svc", "udp", "-o", "jsonpath={.spec.clusterIP}"]);
+    let client = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // One datagram from the client's one port; the answer, if any.
+    let ask = || {
+        let _ = client.send_to(b"?", format!("{ip}:9000"));
+        let mut buf = [0u8; 64];
+        client.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ask().as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "the first endpoint never answered");
+    }
+    // A second endpoint joins; the client's entry still leads to the first.
+    server.ok_stdin(&["apply", "-f", "-"], &pod("udp-b", marker_b));
+    server.wait_phase("default", "udp-b", "Running", Duration::from_secs(60));
+    let _b = UdpServer::start(&pid_of(marker_b), "b");
+    server.wait_for(
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=udp",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].targetRef.name}",
+        ],
+        Duration::from_secs(20),
+        |o| o.contains("udp-b"),
+    );
+    for _ in 0..10 {
+        assert_eq!(ask().as_deref(), Some("a"), "the entry keeps the client on its endpoint");
+    }
+    // The first leaves: the client, still sending every few hundred milliseconds (which
+    // would keep a stale entry alive for ever), reaches the second.
+    server.ok(&["delete", "pod", "udp-a", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if ask().as_deref() == Some("b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the client is stuck on the endpoint that left");
+    }
+    server.ok(&["delete", "pod", "--all", "--wait=true"]);
+}
