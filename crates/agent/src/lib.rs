@@ -100,6 +100,8 @@ pub struct AgentConfig {
     pub cluster_cidr: String,
     /// Whether the agent runs the service proxy (off for clusters that bring their own).
     pub service_proxy: bool,
+    /// How the service proxy programs the kernel.
+    pub proxy_mode: ProxyMode,
     /// The cluster DNS server pods are pointed at (none: pods use the host's resolver).
     pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// The cluster domain.
@@ -120,6 +122,30 @@ pub fn tls_files(config: &AgentConfig) -> stream::server::TlsFiles {
     }
 }
 
+/// How the service proxy programs the kernel (kube-proxy's `--proxy-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// nftables when the kernel has it, iptables otherwise.
+    Auto,
+    /// One nftables table.
+    Nftables,
+    /// iptables chains (the fallback).
+    Iptables,
+}
+
+impl std::str::FromStr for ProxyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ProxyMode, String> {
+        match s {
+            "" => Ok(ProxyMode::Auto),
+            "nftables" => Ok(ProxyMode::Nftables),
+            "iptables" => Ok(ProxyMode::Iptables),
+            other => Err(format!("proxy-mode {other:?} is not supported (nftables, iptables are)")),
+        }
+    }
+}
+
 impl AgentConfig {
     /// A config with defaults for the agent whose data lives in `data_dir`.
     pub fn new(data_dir: PathBuf, node_name: String, node_ip: IpAddr) -> AgentConfig {
@@ -137,6 +163,7 @@ impl AgentConfig {
             pod_pids_limit: None,
             cluster_cidr: "10.42.0.0/16".to_owned(),
             service_proxy: true,
+            proxy_mode: ProxyMode::Auto,
             cluster_dns: None,
             cluster_domain: "cluster.local".to_owned(),
             flannel_backend: routes::Backend::HostGw,

@@ -74,7 +74,12 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
         }
     }
     crate::cni::remove_masquerade(config).await;
-    crate::serviceproxy::nftables::delete(&crate::serviceproxy::table_name(config)).await;
+    let table = crate::serviceproxy::table_name(config);
+    crate::serviceproxy::nftables::delete(&table).await;
+    crate::serviceproxy::iptables::delete(&crate::serviceproxy::iptables::Chains::for_table(
+        &table,
+    ))
+    .await;
     crate::routes::remove_all(config).await;
     let bridge = crate::cni::bridge_name(config);
     let _ = tokio::process::Command::new("ip").args(["link", "delete", &bridge]).output().await;

@@ -38,6 +38,10 @@ pub(crate) struct AgentArgs {
     /// Leave Services to another proxy: the agent installs no service rules.
     #[arg(long)]
     pub(crate) disable_service_proxy: bool,
+    /// A service proxy tunable, `key=value` (repeatable): `proxy-mode` (`nftables`, or
+    /// `iptables` for kernels without nftables; the default picks nftables when it works).
+    #[arg(long = "kube-proxy-arg", value_name = "KEY=VALUE")]
+    pub(crate) kube_proxy_args: Vec<String>,
 }
 
 fn host_name() -> String {
@@ -70,6 +74,20 @@ impl AgentArgs {
         config.private_registry = self.private_registry.clone();
         config.serve_port = self.kubelet_port;
         config.service_proxy = !self.disable_service_proxy;
+        for arg in &self.kube_proxy_args {
+            let (key, value) = arg
+                .trim_start_matches("--")
+                .split_once('=')
+                .with_context(|| format!("--kube-proxy-arg {arg:?} is not key=value"))?;
+            match key {
+                "proxy-mode" => {
+                    config.proxy_mode = value.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                }
+                other => {
+                    anyhow::bail!("--kube-proxy-arg {other:?} is not supported (proxy-mode is)")
+                }
+            }
+        }
         for arg in &self.kubelet_args {
             let (key, value) = arg
                 .trim_start_matches("--")

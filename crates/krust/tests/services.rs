@@ -1006,3 +1006,72 @@ fn udp_clients_move_to_a_new_endpoint_at_once() {
     }
     server.ok(&["delete", "pod", "--all", "--wait=true"]);
 }
+
+/// `--kube-proxy-arg=proxy-mode=iptables`, the fallback for kernels without nftables:
+/// the same Services carry the same traffic through iptables chains, and `krust reset`
+/// removes them.
+#[test]
+fn the_iptables_fallback_carries_traffic() {
+    let mut server = KrustServer::start_with_agent(&["--kube-proxy-arg=proxy-mode=iptables"]);
+    let node = server.node.clone().unwrap();
+    let web = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www']\n---\n"
+        )
+    };
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "{}{}apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: nothing}}\nspec:\n  selector: {{app: nobody}}\n  ports: [{{port: 80}}]\n",
+            web("web-1"),
+            web("web-2")
+        ),
+    );
+    for pod in ["web-1", "web-2"] {
+        server.wait_phase("default", pod, "Running", Duration::from_secs(60));
+    }
+    let ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let nothing = server.ok(&["get", "svc", "nothing", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let node_ip = server.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ]);
+    // From a pod: both backends answer through the ClusterIP, and one reaches itself.
+    let script =
+        format!("for i in $(seq 30); do timeout 3 wget -qO- http://{ip}/ || echo failed; done");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.ok(&["exec", "web-1", "--", "sh", "-c", &script]);
+        let seen: std::collections::BTreeSet<&str> = out.lines().map(str::trim).collect();
+        if seen == ["web-1", "web-2"].into() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // From the host: the node port; the empty Service refuses at once.
+    let body = common::get_body(&format!("{node_ip}:{node_port}")).unwrap();
+    assert!(body == "web-1" || body == "web-2", "{body}");
+    let refused = std::net::TcpStream::connect_timeout(
+        &format!("{nothing}:80").parse().unwrap(),
+        Duration::from_secs(2),
+    );
+    assert_eq!(refused.map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::ConnectionRefused));
+    // The rules are iptables rules, and no nftables table of the proxy's own holds them.
+    let saved = |table: &str| {
+        let out = std::process::Command::new("iptables-save").args(["-t", table]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(saved("nat").contains(&format!("-d {ip}/32 -p tcp -m tcp --dport 80 -j KR")));
+    let tables = std::process::Command::new("nft").args(["list", "ruleset"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains(&format!("{ip} . tcp . 80")));
+    server.ok(&["delete", "pod", "--all", "--wait=true"]);
+    server.stop();
+    server.reset();
+    assert!(!saved("nat").contains(&ip), "reset leaves no chain behind");
+    assert!(!saved("filter").contains(&nothing));
+}

@@ -4,6 +4,7 @@
 //! (`plan`), renders them as one nftables table (`nftables`) and loads it when it changed.
 //! Bursts of changes are coalesced into one sync; an unchanged result is not loaded again.
 
+pub mod iptables;
 pub mod networkpolicy;
 pub mod nftables;
 pub mod plan;
@@ -20,7 +21,7 @@ use kube::ResourceExt;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::Notify;
 
-use crate::AgentConfig;
+use crate::{AgentConfig, ProxyMode};
 
 /// How long a sync waits for more changes to come with the first (a rollout changes many
 /// slices at once).
@@ -88,6 +89,17 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let table = table_name(&config);
+    let mode = match config.proxy_mode {
+        ProxyMode::Auto if !nftables::available().await => {
+            tracing::warn!(
+                "nftables is not available; the service proxy falls back on iptables (NetworkPolicy is not enforced)"
+            );
+            ProxyMode::Iptables
+        }
+        ProxyMode::Auto => ProxyMode::Nftables,
+        other => other,
+    };
+    let chains = iptables::Chains::for_table(&table);
     let changed = Arc::new(Notify::new());
     let (services, services_writer) = reflector::store::<Service>();
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
@@ -115,6 +127,9 @@ pub async fn run(
         let _ = policies.wait_until_ready().await;
         // What the kernel holds: none until the first full load.
         let mut programmed: Option<(Vec<plan::ServicePort>, Vec<networkpolicy::PodFilter>)> = None;
+        // The iptables chains of the last sync (to delete those that go).
+        let mut iptables_chains = std::collections::BTreeSet::new();
+        let mut warned_policies = false;
         loop {
             tokio::time::sleep(COALESCE).await;
             let zone = nodes.state().first().and_then(|n| n.labels().get(ZONE_LABEL).cloned());
@@ -125,6 +140,36 @@ pub async fn run(
                 zone.as_deref(),
             );
             let policy_list = policies.state();
+            if mode == ProxyMode::Iptables {
+                if !policy_list.is_empty() && !warned_policies {
+                    warned_policies = true;
+                    tracing::warn!(
+                        "NetworkPolicy objects exist but the iptables service proxy does not enforce them"
+                    );
+                }
+                if programmed.as_ref().is_some_and(|(p, _)| *p == ports) {
+                    changed.notified().await;
+                    continue;
+                }
+                let (input, declared) =
+                    iptables::render(&chains, &config.cluster_cidr, &ports, &iptables_chains);
+                match iptables::apply(&chains, &input).await {
+                    Ok(()) => {
+                        iptables_chains = declared;
+                        let before = programmed.take().map(|(p, _)| p).unwrap_or_default();
+                        let (entries, addresses) = nftables::stale_udp(&before, &ports);
+                        nftables::flush_udp(&entries, &addresses).await;
+                        programmed = Some((ports, Vec::new()));
+                        changed.notified().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading the service rules (iptables) failed; retrying");
+                        programmed = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            }
             if !policy_list.is_empty()
                 && let Some((pods_writer, namespaces_writer)) = writers.take()
             {

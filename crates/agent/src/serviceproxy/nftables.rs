@@ -606,6 +606,11 @@ async fn nft(args: &[&str], script: &str) -> Result<(), String> {
     }
 }
 
+/// Whether this kernel (and an `nft` binary) can hold nftables tables.
+pub async fn available() -> bool {
+    nft(&["list", "tables"], "").await.is_ok()
+}
+
 /// Removes the table (reset, or a proxy that is turned off).
 pub async fn delete(table: &str) {
     let _ = apply(&format!("table ip {table} {{}}\ndelete table ip {table}\n")).await;
