@@ -320,6 +320,15 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: other-lb}}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: example.com/other
+  selector: {{app: web}}
+  ports: [{{port: 18081, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: sticky}}
 spec:
   selector: {{app: web}}
@@ -421,6 +430,9 @@ spec:
         Duration::from_secs(30),
         |o| o == node_ip,
     );
+    // Another class's load balancer is left to its controller.
+    let other = server.ok(&["get", "svc", "other-lb", "-o", "jsonpath={.status.loadBalancer}"]);
+    assert!(other.is_empty() || other == "{}", "{other}");
     for address in
         [format!("{ip}:80"), format!("{node_ip}:{node_port}"), format!("{node_ip}:18080")]
     {
