@@ -23,6 +23,8 @@ command -v iptables >/dev/null || need_apt+=(iptables)
 # The service proxy programs nftables and flushes UDP conntrack entries.
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
+# Tests ask the API server without credentials.
+command -v curl >/dev/null || need_apt+=(curl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 # curl speaks HTTP/2 for the tests of early rejections over h2.
 command -v curl >/dev/null || need_apt+=(curl)

@@ -59,6 +59,9 @@ pub struct ApiServer {
     pub node_join: Option<crate::join::NodeJoin>,
     /// Budgets of requests in flight (429 beyond them).
     pub inflight: crate::connections::InflightLimits,
+    /// ServiceAccount tokens: issued through TokenRequest, accepted as bearer tokens (none:
+    /// only client certificates authenticate).
+    pub tokens: Option<Arc<crate::tokens::ServiceAccountTokens>>,
 }
 
 /// A long-running request's budget slot, carried in its response's extensions so that the
@@ -334,6 +337,15 @@ impl ApiServer {
         request: Request<RequestBody>,
         user: Option<UserInfo>,
     ) -> Response<Body> {
+        // No client certificate: a bearer token may say who it is.
+        let user = match (user, &self.tokens) {
+            (Some(user), _) => Some(user),
+            (None, Some(tokens)) => match bearer(&request) {
+                Some(token) => tokens.authenticate(&self.rest, token).await,
+                None => None,
+            },
+            (None, None) => None,
+        };
         let span = tracing::info_span!(
             "request",
             method = %request.method(),
@@ -358,6 +370,18 @@ impl ApiServer {
                 Ok(r) => r,
                 Err(e) => error_response(&e),
             };
+        }
+        // The token issuer's OIDC discovery, public as upstream serves it to anyone allowed
+        // `system:public-info-viewer`-like access.
+        if let Some(tokens) = &self.tokens {
+            let document = match path.as_str() {
+                "/.well-known/openid-configuration" => Some(tokens.discovery()),
+                "/openid/v1/jwks" => Some(tokens.jwks()),
+                _ => None,
+            };
+            if let Some(document) = document {
+                return json_response(StatusCode::OK, &document);
+            }
         }
         let query = Query::parse(request.uri().query());
         let (response, verb, resource, subresource) = match route(&self.registry, &path) {
@@ -791,6 +815,21 @@ impl ApiServer {
                 let options = delete_options(&query, &[], &content_type)?;
                 crate::pods::evict(&self.rest, ns, name, &body, options).await?
             };
+            return Ok(json_response(StatusCode::CREATED, &answer));
+        }
+        if let (Some("token"), Some(ns), Some(name)) =
+            (target.subresource.as_deref(), ns, target.name.as_deref())
+        {
+            if verb != "create" {
+                return Err(ApiError::method_not_allowed(
+                    "serviceaccounts/token only supports create",
+                ));
+            }
+            let tokens = self.tokens.as_ref().ok_or_else(|| {
+                ApiError::method_not_allowed("this server issues no ServiceAccount tokens")
+            })?;
+            let body = read_body(request, &content_type).await?;
+            let answer = tokens.request(&self.rest, ns, name, &body).await?;
             return Ok(json_response(StatusCode::CREATED, &answer));
         }
         if rt.strategy.is_computed() {
@@ -1455,6 +1494,13 @@ fn version_info() -> Value {
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
     })
+}
+
+/// The bearer token of `request`'s `Authorization` header, if any.
+fn bearer(request: &Request<RequestBody>) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub mod server;
 pub mod status;
 pub mod strategy;
 pub mod table;
+pub mod tokens;
 pub mod watch;
 
 /// The Kubernetes API version krust serves (for OpenAPI and `/version`).

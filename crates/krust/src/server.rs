@@ -243,6 +243,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.max_mutating_requests_inflight,
             args.max_long_running_requests,
         ),
+        tokens: Some(Arc::new(apiserver::tokens::ServiceAccountTokens::new(
+            pki::jwt::SigningKey::load_or_create(
+                &server_dir.join("tls").join("service-account.key"),
+            )?,
+            &format!("https://kubernetes.default.svc.{}", args.cluster_domain),
+        ))),
     });
     let node_token = server_dir.join("node-token");
     if let Some(join) = &api.node_join {

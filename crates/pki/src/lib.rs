@@ -5,6 +5,7 @@
 //! depends on the other.
 
 pub mod join;
+pub mod jwt;
 pub mod tls;
 
 use std::net::IpAddr;
@@ -36,6 +37,14 @@ pub enum PkiError {
         /// The cause.
         #[source]
         source: rcgen::Error,
+    },
+    /// A signing key could not be made or read.
+    #[error("signing key {path}: {reason}")]
+    SigningKey {
+        /// The key's file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::strategy::Strategy;
+use crate::strategy::{Strategy, Subresource};
 use crate::table::{AGE, Column, NAME, age_of, col, s};
 
 /// The ServiceAccount strategy.
@@ -10,6 +10,14 @@ use crate::table::{AGE, Column, NAME, age_of, col, s};
 pub struct ServiceAccounts;
 
 impl Strategy for ServiceAccounts {
+    fn subresources(&self) -> &'static [Subresource] {
+        &[Subresource {
+            name: "token",
+            kind: Some(("authentication.k8s.io", "v1", "TokenRequest")),
+            verbs: &["create"],
+        }]
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![NAME, col("Secrets", "string", 0), AGE]
     }

@@ -1,0 +1,158 @@
+//! Security as a Kubernetes user meets it: ServiceAccount tokens from `kubectl create
+//! token` (TokenRequest) that authenticate as their ServiceAccount while it, and the pod
+//! they are bound to, exist; the issuer's OIDC discovery; refused requests.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::KrustServer;
+
+/// A kubeconfig like the admin's whose user is `user` (YAML) instead of a client
+/// certificate, written as `name`.
+fn kubeconfig_as(server: &KrustServer, name: &str, user: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let head = admin.split("users:").next().unwrap();
+    let context_user =
+        head.lines().find_map(|l| l.trim().strip_prefix("user: ")).unwrap().to_owned();
+    let path = server.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, format!("{head}users:\n- name: {context_user}\n  user: {user}\n"))
+        .unwrap();
+    path
+}
+
+/// One that authenticates with `token`.
+fn token_kubeconfig(server: &KrustServer, token: &str) -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut hasher);
+    kubeconfig_as(server, &format!("token-{:x}", hasher.finish()), &format!("{{token: {token}}}"))
+}
+
+/// kubectl with the kubeconfig at `config`: (success, stdout, stderr).
+fn kubectl_as(
+    server: &KrustServer,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = std::process::Command::new(common::tool("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", config)
+        .env("HOME", server.dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+#[test]
+fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
+    let server = KrustServer::start_control_plane(&[]);
+    server.ok(&["create", "serviceaccount", "bob"]);
+    // A token authenticates as its ServiceAccount.
+    let token = server.ok(&["create", "token", "bob", "--duration", "20m"]);
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let config = token_kubeconfig(&server, &token);
+    let (ok, out, err) = kubectl_as(&server, &config, &["get", "serviceaccounts", "-o", "name"]);
+    assert!(ok && out.contains("serviceaccount/bob"), "{out} {err}");
+    // Its claims: the subject, the issuer's audience, an expiry 20 minutes out.
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "system:serviceaccount:default:bob");
+    assert_eq!(claims["aud"][0], "https://kubernetes.default.svc.cluster.local");
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 1200);
+    // Another audience's token is not for the API server; an altered one is nothing.
+    let elsewhere = server.ok(&["create", "token", "bob", "--audience", "https://vault.example"]);
+    let (ok, _, err) =
+        kubectl_as(&server, &token_kubeconfig(&server, &elsewhere), &["get", "pods"]);
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let (ok, _, err) = kubectl_as(&server, &token_kubeconfig(&server, &forged), &["get", "pods"]);
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+    // Too short a duration: upstream's 422.
+    let short = server.kubectl(&["create", "token", "bob", "--duration", "5m"]);
+    assert!(
+        String::from_utf8_lossy(&short.stderr)
+            .contains("may not specify a duration less than 10 minutes"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    // A token bound to a pod ends with the pod.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: holder}\nspec:\n  serviceAccountName: bob\n  automountServiceAccountToken: false\n  containers: [{name: c, image: x}]\n",
+    );
+    let bound = server.ok(&[
+        "create",
+        "token",
+        "bob",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "holder",
+    ]);
+    let bound_config = token_kubeconfig(&server, &bound);
+    assert!(kubectl_as(&server, &bound_config, &["get", "pods"]).0);
+    server.ok(&["delete", "pod", "holder", "--grace-period=0", "--force"]);
+    let (ok, _, err) = kubectl_as(&server, &bound_config, &["get", "pods"]);
+    assert!(!ok && err.contains("Unauthorized"), "the pod's token outlived it: {err}");
+    // A pod of another ServiceAccount cannot hold bob's token.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: other}\nspec:\n  automountServiceAccountToken: false\n  containers: [{name: c, image: x}]\n",
+    );
+    let refused = server.kubectl(&[
+        "create",
+        "token",
+        "bob",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "other",
+    ]);
+    assert!(!refused.status.success());
+    // And every token of bob's ends with bob.
+    server.ok(&["delete", "serviceaccount", "bob"]);
+    let (ok, _, err) = kubectl_as(&server, &config, &["get", "pods"]);
+    assert!(!ok && err.contains("Unauthorized"), "the token outlived its ServiceAccount: {err}");
+
+    // The issuer's discovery, readable without credentials.
+    // (kubectl without credentials would prompt for a password: curl asks instead.)
+    let url = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap();
+    let anonymous = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-w", "\n%{http_code}", &format!("{url}{path}")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_owned(), body.to_owned())
+    };
+    let (code, body) = anonymous("/.well-known/openid-configuration");
+    assert_eq!(code, "200", "{body}");
+    let discovery: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(discovery["issuer"], "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(
+        discovery["jwks_uri"],
+        "https://kubernetes.default.svc.cluster.local/openid/v1/jwks"
+    );
+    let (code, body) = anonymous("/openid/v1/jwks");
+    assert!(code == "200" && body.contains("\"kty\":\"EC\""), "{body}");
+    let (code, _) = anonymous("/api/v1/pods");
+    assert_eq!(code, "401");
+}
