@@ -18,6 +18,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod resourcequota;
+pub mod rootcacert;
 pub mod scheduler;
 pub mod serviceaccount;
 pub mod servicelb;
@@ -204,6 +205,9 @@ pub struct ManagerConfig {
     pub node_lifecycle: nodelifecycle::NodeLifecycleConfig,
     /// How long events are kept after they were last seen (upstream: 1 h).
     pub event_ttl: std::time::Duration,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace (none: not
+    /// published).
+    pub root_ca: Option<String>,
 }
 
 impl Default for ManagerConfig {
@@ -212,6 +216,7 @@ impl Default for ManagerConfig {
             workers: 5,
             node_lifecycle: nodelifecycle::NodeLifecycleConfig::default(),
             event_ttl: std::time::Duration::from_secs(3600),
+            root_ca: None,
         }
     }
 }
@@ -279,6 +284,10 @@ pub fn controller_manager(
         informers.services(),
         informers.nodes(),
     );
+    let root_ca = config
+        .root_ca
+        .clone()
+        .map(|ca| rootcacert::RootCaCertPublisher::new(client.clone(), informers.namespaces(), ca));
     let garbage_collector = gc::GarbageCollector::new(client.clone());
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
@@ -300,7 +309,13 @@ pub fn controller_manager(
             let endpoints = endpoints.clone();
             let endpoint_slices = endpoint_slices.clone();
             let service_lb = service_lb.clone();
+            let root_ca = root_ca.clone();
             async move {
+                let root_ca = async move {
+                    if let Some(publisher) = root_ca {
+                        publisher.run().await;
+                    }
+                };
                 tokio::join!(
                     replica_set.run(config.workers),
                     replication_controller.run(config.workers),
@@ -313,6 +328,7 @@ pub fn controller_manager(
                     garbage_collector.run(config.workers * 4),
                     namespace.run(config.workers),
                     node_lifecycle.run(),
+                    root_ca,
                     events,
                 );
             }

@@ -74,6 +74,7 @@ impl ManagerArgs {
                 terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
             },
             event_ttl: self.event_ttl,
+            root_ca: None,
         }
     }
 }
@@ -126,7 +127,19 @@ pub(crate) async fn run_scheduler(args: StandaloneScheduler) -> anyhow::Result<(
 
 pub(crate) async fn run_manager(args: StandaloneManager) -> anyhow::Result<()> {
     let informers = Informers::new(client_from(&args.kubeconfig).await?);
-    let manager = controllers::controller_manager(&informers, args.manager.config());
+    let mut config = args.manager.config();
+    // The CA it trusts the API server with is the one pods get as kube-root-ca.crt.
+    let kubeconfig = std::fs::read_to_string(&args.kubeconfig)?;
+    config.root_ca = kube::config::Kubeconfig::from_yaml(&kubeconfig)?
+        .clusters
+        .into_iter()
+        .find_map(|c| c.cluster?.certificate_authority_data)
+        .and_then(|data| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(data).ok()
+        })
+        .and_then(|pem| String::from_utf8(pem).ok());
+    let manager = controllers::controller_manager(&informers, config);
     informers.start();
     tracing::info!(
         "controller manager running (leader-elected through the kube-controller-manager Lease)"

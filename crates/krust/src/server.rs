@@ -318,7 +318,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         control_plane = Some(crate::control::spawn_in_server(
             client,
             (!args.disable_scheduler).then(|| args.scheduler.config()),
-            (!args.disable_controller_manager).then(|| args.manager.config()),
+            (!args.disable_controller_manager).then(|| {
+                let mut config = args.manager.config();
+                config.root_ca = Some(pki.ca_cert_pem.clone());
+                config
+            }),
             shutdown_rx.clone(),
         ));
     }

@@ -179,8 +179,10 @@ fn kubectl_everyday_commands() {
             ),
         );
     }
+    // (Eight of ours, and the namespace's kube-root-ca.crt.)
     let chunked = server.ok(&["get", "cm", "-n", "demo", "--chunk-size=2", "-o", "name"]);
-    assert_eq!(chunked.lines().count(), 8, "{chunked}");
+    assert_eq!(chunked.lines().count(), 9, "{chunked}");
+    assert!(chunked.contains("configmap/kube-root-ca.crt"), "{chunked}");
 
     // describe and explain work
     let describe = server.ok(&["describe", "deploy", "web", "-n", "demo"]);

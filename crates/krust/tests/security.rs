@@ -156,3 +156,69 @@ fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
     let (code, _) = anonymous("/api/v1/pods");
     assert_eq!(code, "401");
 }
+
+/// Every pod gets upstream's `kube-api-access-*` volume: a token bound to it, the cluster
+/// CA from
+/// `kube-root-ca.crt`, its namespace; unless it opts out; and it must name a ServiceAccount
+/// that exists.
+#[test]
+fn pods_get_a_bound_token_the_ca_and_their_namespace() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().unwrap();
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n{extra}  containers:\n  - name: c\n    image: {}\n    command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n---\n",
+            common::BUSYBOX
+        )
+    };
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &[pod("with", ""), pod("without", "  automountServiceAccountToken: false\n")].concat(),
+    );
+    for name in ["with", "without"] {
+        server.wait_phase("default", name, "Running", std::time::Duration::from_secs(60));
+    }
+    let volume = server.pod_field("default", "with", "{.spec.volumes[0].name}");
+    assert!(volume.starts_with("kube-api-access-"), "{volume}");
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let namespace = server.ok(&["exec", "with", "--", "cat", &format!("{dir}/namespace")]);
+    assert_eq!(namespace, "default");
+    let ca = server.ok(&["exec", "with", "--", "cat", &format!("{dir}/ca.crt")]);
+    let cluster_ca =
+        server.ok(&["get", "configmap", "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"]);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----") && ca.trim() == cluster_ca.trim());
+    // The pod's token authenticates as its ServiceAccount. (Read out and used from the
+    // host: busybox's TLS client offers no suite the server accepts, AEAD only.)
+    let token = server.ok(&["exec", "with", "--", "cat", &format!("{dir}/token")]);
+    let config = token_kubeconfig(&server, &token);
+    let (ok, out, err) = kubectl_as(&server, &config, &["get", "pod", "with", "-o", "name"]);
+    assert!(ok && out == "pod/with", "{out} {err}");
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "with");
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3607);
+    // Opted out: nothing mounted.
+    let listing = server.kubectl(&["exec", "without", "--", "ls", dir]);
+    assert!(!listing.status.success());
+    assert_eq!(server.pod_field("default", "without", "{.spec.volumes}"), "");
+    // A ServiceAccount that does not exist: upstream's 403.
+    let missing = server.kubectl_with(
+        common::tool("kubectl"),
+        &["apply", "-f", "-"],
+        Some(&pod("orphan", "  serviceAccountName: nobody\n")),
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains(
+            "error looking up service account default/nobody: serviceaccount \"nobody\" not found"
+        ),
+        "{err}"
+    );
+    server.ok(&["delete", "pod", "--all", "--wait=true"]);
+}

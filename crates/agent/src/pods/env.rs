@@ -21,6 +21,8 @@ pub struct Sources {
     // must receive them unchanged.
     config_maps: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
     secrets: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
+    /// ServiceAccount tokens by (audience, lifetime asked).
+    tokens: HashMap<(String, i64), String>,
 }
 
 /// What the downward API reads besides the pod object.
@@ -99,7 +101,26 @@ impl Sources {
             });
             sources.secrets.insert(name, data);
         }
+        // The projected volumes' ServiceAccount tokens.
+        let projected = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.projected.as_ref())
+            .flat_map(|p| p.sources.iter().flatten())
+            .filter_map(|source| source.service_account_token.as_ref());
+        for wanted in projected {
+            let audience = wanted.audience.clone().unwrap_or_default();
+            let expiration = wanted.expiration_seconds.unwrap_or(3600);
+            let token = cache.token(pod, &audience, expiration).await?;
+            sources.tokens.insert((audience, expiration), token);
+        }
         Ok(sources)
+    }
+
+    /// The ServiceAccount token for `audience` and `expiration`, if fetched.
+    pub fn token(&self, audience: &str, expiration: i64) -> Option<&str> {
+        self.tokens.get(&(audience.to_owned(), expiration)).map(String::as_str)
     }
 
     /// A ConfigMap's data, `None` when it does not exist.
@@ -134,7 +155,7 @@ impl Sources {
                 })
                 .collect()
         };
-        Sources { config_maps: conv(config_maps), secrets: conv(secrets) }
+        Sources { config_maps: conv(config_maps), secrets: conv(secrets), ..Default::default() }
     }
 }
 

@@ -46,6 +46,17 @@ struct Entry {
 pub(crate) struct ObjectCache {
     client: kube::Client,
     entries: Mutex<HashMap<ObjectKey, Entry>>,
+    /// ServiceAccount tokens of the pods here, by (pod UID, audience, lifetime asked).
+    tokens: Mutex<HashMap<TokenKey, CachedToken>>,
+}
+
+/// Which token: (pod UID, audience, lifetime asked).
+type TokenKey = (String, String, i64);
+
+/// A token and when to ask for a new one.
+struct CachedToken {
+    token: String,
+    refresh_at: std::time::Instant,
 }
 
 impl std::fmt::Debug for ObjectCache {
@@ -103,7 +114,11 @@ pub(crate) fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
 impl ObjectCache {
     /// An empty cache reading through `client`.
     pub(crate) fn new(client: kube::Client) -> Arc<ObjectCache> {
-        Arc::new(ObjectCache { client, entries: Mutex::new(HashMap::new()) })
+        Arc::new(ObjectCache {
+            client,
+            entries: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Entry>> {
@@ -140,6 +155,10 @@ impl ObjectCache {
 
     /// Stops keeping what only the pod `uid` referred to.
     pub(crate) fn untrack(&self, uid: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(pod, _, _), _| pod != uid);
         self.lock().retain(|_, entry| {
             entry.users.remove(uid);
             if entry.users.is_empty() {
@@ -151,6 +170,66 @@ impl ObjectCache {
     }
 
     /// What the watch of `key` last saw (`Unknown` when it is not kept).
+    /// A token of `pod`'s ServiceAccount bound to the pod, for `audience` (empty: the API
+    /// server's) and `expiration` seconds: the one held until 80 % of its life has passed
+    /// (as the kubelet refreshes), then a new one from the API server's TokenRequest.
+    pub(crate) async fn token(
+        &self,
+        pod: &Pod,
+        audience: &str,
+        expiration: i64,
+    ) -> Result<String, kube::Error> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key = (uid.clone(), audience.to_owned(), expiration);
+        let now = std::time::Instant::now();
+        if let Some(cached) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .filter(|c| c.refresh_at > now)
+        {
+            return Ok(cached.token.clone());
+        }
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_owned());
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: (!audience.is_empty()).then(|| vec![audience.to_owned()]),
+                expiration_seconds: Some(expiration),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: Some(uid),
+                }),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let api: kube::Api<ServiceAccount> = kube::Api::namespaced(self.client.clone(), &namespace);
+        let answer: TokenRequest = api
+            .create_subresource("token", &account, &kube::api::PostParams::default(), &request)
+            .await?;
+        let token = answer.status.and_then(|s| s.token).unwrap_or_default();
+        let refresh_in =
+            std::time::Duration::from_secs(u64::try_from(expiration * 4 / 5).unwrap_or(0));
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, CachedToken { token: token.clone(), refresh_at: now + refresh_in });
+        Ok(token)
+    }
+
     pub(crate) fn get(&self, key: &ObjectKey) -> Seen {
         let entries = self.lock();
         let Some(entry) = entries.get(key) else { return Seen::Unknown };

@@ -218,9 +218,11 @@ fn projected_files(
                 downward_items(pod, d.items.iter().flatten(), mode, downward, &mut files)?;
             }
             if let Some(sa) = source.service_account_token.as_ref() {
-                // Tokens are issued by the API server with the security issue; until then the
-                // file exists (so mounts and readers work) and is empty.
-                files.insert(sa.path.clone(), (Vec::new(), mode));
+                let audience = sa.audience.clone().unwrap_or_default();
+                let token = sources
+                    .token(&audience, sa.expiration_seconds.unwrap_or(3600))
+                    .ok_or_else(|| MountError("no service account token was issued".into()))?;
+                files.insert(sa.path.clone(), (token.as_bytes().to_vec(), mode));
             }
             if let Some(ca) = source.cluster_trust_bundle.as_ref() {
                 files.insert(ca.path.clone(), (Vec::new(), mode));

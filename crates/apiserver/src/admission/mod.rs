@@ -10,6 +10,7 @@ pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
 pub mod priority;
 pub mod resource_quota;
+pub mod service_account;
 pub mod service_cluster_ip;
 pub mod service_node_port;
 
@@ -221,6 +222,7 @@ impl Admission {
                     Arc::new(Mutex::new(())),
                 )),
                 Box::new(node_pod_cidr::NodePodCidr::new(cluster_cidr, allocation)),
+                Box::new(service_account::ServiceAccount),
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),
                 Box::new(priority::Priority),
             ],
