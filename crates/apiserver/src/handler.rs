@@ -789,6 +789,12 @@ impl ApiServer {
                 return Ok(json_response(StatusCode::CREATED, &answer));
             }
             let user = user.ok_or_else(ApiError::unauthorized)?;
+            if target.rt.plural == "tokenreviews"
+                && let Some(tokens) = &self.tokens
+            {
+                let answered = self.token_review(tokens, &target.rt, body).await?;
+                return Ok(json_response(StatusCode::CREATED, &answered));
+            }
             let answered = self.review(&target.rt, body, user, target.namespace.as_deref())?;
             return Ok(json_response(StatusCode::CREATED, &answered));
         }
@@ -1123,6 +1129,50 @@ impl ApiServer {
 
     /// Answers a review (`kubectl auth can-i`, `auth can-i --list`, `auth whoami`, token and
     /// access reviews) for `user`.
+    /// A TokenReview, answered by the ServiceAccount token authenticator.
+    async fn token_review(
+        &self,
+        tokens: &crate::tokens::ServiceAccountTokens,
+        rt: &ResourceType,
+        body: Value,
+    ) -> ApiResult<Value> {
+        let (mut review, _) = rt.canonicalize(body, FieldValidation::Ignore)?;
+        let token = review.pointer("/spec/token").and_then(Value::as_str).unwrap_or("");
+        if token.is_empty() {
+            return Err(ApiError::invalid(
+                "TokenReview",
+                "authentication.k8s.io",
+                "",
+                vec![crate::status::Cause::new(
+                    "FieldValueRequired",
+                    "spec.token",
+                    "Required value",
+                )],
+            ));
+        }
+        let asked: Vec<String> = review
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let wanted = if asked.is_empty() { tokens.audiences.clone() } else { asked };
+        let status = match tokens.review(&self.rest, token, &wanted).await {
+            Some((user, audiences)) => json!({
+                "authenticated": true,
+                "user": {"username": user.name, "groups": user.groups},
+                "audiences": audiences,
+            }),
+            None => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
+        };
+        if let Some(obj) = review.as_object_mut() {
+            obj.insert("apiVersion".into(), json!(rt.api_version()));
+            obj.insert("kind".into(), json!(rt.kind));
+            obj.insert("metadata".into(), json!({"creationTimestamp": null}));
+            obj.insert("status".into(), status);
+        }
+        Ok(review)
+    }
+
     fn review(
         &self,
         rt: &ResourceType,

@@ -192,6 +192,17 @@ impl ServiceAccountTokens {
     /// The user a bearer `token` stands for, if it is one of ours, current, for one of our
     /// audiences, and what it is bound to still exists.
     pub async fn authenticate(&self, rest: &Rest, token: &str) -> Option<UserInfo> {
+        self.review(rest, token, &self.audiences).await.map(|(user, _)| user)
+    }
+
+    /// The user `token` stands for when it is meant for one of `wanted` (audiences), and
+    /// which of them it is meant for (TokenReview's answer).
+    pub async fn review(
+        &self,
+        rest: &Rest,
+        token: &str,
+        wanted: &[String],
+    ) -> Option<(UserInfo, Vec<String>)> {
         let claims = self.key.verify(token).ok()?;
         let now = now();
         let number = |field: &str| claims.get(field).and_then(Value::as_i64);
@@ -206,7 +217,9 @@ impl ServiceAccountTokens {
             Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         };
-        if !audiences.iter().any(|a| self.audiences.iter().any(|ours| ours == a)) {
+        let matched: Vec<String> =
+            wanted.iter().filter(|w| audiences.contains(&w.as_str())).cloned().collect();
+        if matched.is_empty() {
             return None;
         }
         let private = claims.get("kubernetes.io")?;
@@ -233,13 +246,14 @@ impl ServiceAccountTokens {
                 return None;
             }
         }
-        Some(UserInfo {
+        let user = UserInfo {
             name: format!("system:serviceaccount:{namespace}:{account}"),
             groups: vec![
                 "system:serviceaccounts".to_owned(),
                 format!("system:serviceaccounts:{namespace}"),
                 "system:authenticated".to_owned(),
             ],
-        })
+        };
+        Some((user, matched))
     }
 }

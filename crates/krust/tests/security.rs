@@ -75,6 +75,21 @@ fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
     let (ok, _, err) =
         kubectl_as(&server, &token_kubeconfig(&server, &elsewhere), &["get", "pods"]);
     assert!(!ok && err.contains("Unauthorized"), "{err}");
+    // TokenReview answers for both, each for its own audience.
+    let review = |token: &str, audiences: &str| {
+        let body = format!(
+            "{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenReview\",\"spec\":{{\"token\":\"{token}\"{audiences}}}}}"
+        );
+        let out = server.ok_stdin(&["create", "-f", "-", "-o", "json"], &body);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"].clone()
+    };
+    let status = review(&token, "");
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(status["user"]["username"], "system:serviceaccount:default:bob");
+    assert_eq!(review(&elsewhere, "")["authenticated"], false);
+    let status = review(&elsewhere, ",\"audiences\":[\"https://vault.example\"]");
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(status["audiences"][0], "https://vault.example");
     let mut forged = token.clone();
     forged.pop();
     forged.push(if token.ends_with('A') { 'B' } else { 'A' });
