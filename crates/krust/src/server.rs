@@ -159,6 +159,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
+    // The server's keys, tokens and store are under it: only the owner may enter.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&server_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", server_dir.display()))?;
+    }
     let secret = load_or_create_token(&server_dir, args.token.as_deref())?;
     let addresses = crate::host::host_addresses();
     let mut sans = pki::default_sans(&addresses, Some(IpAddr::V4(first_service_ip)));

@@ -120,6 +120,12 @@ impl Pki {
     /// re-issued when the wanted SANs are not all in it (a new host address, say).
     pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Keys live here: only the owner may enter.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir))?;
+        }
         let ca_cert_path = dir.join("ca.crt");
         let ca_key_path = dir.join("ca.key");
         let (ca_cert_pem, ca_key) = if ca_cert_path.exists() && ca_key_path.exists() {

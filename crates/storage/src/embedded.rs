@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -114,6 +115,9 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `config.dir`, replaying the snapshot and the log.
     pub fn open(config: Config) -> Result<EmbeddedStore> {
         std::fs::create_dir_all(&config.dir).map_err(|e| Error::io(&config.dir, e))?;
+        // The store holds every Secret: only its owner may enter the directory or read a
+        // file (stores made before this get their modes fixed here).
+        private_dir(&config.dir)?;
         let mut state = State { revision: 1, durable: 1, compacted: 0, ..State::default() };
         let snapshot_path = config.dir.join("snapshot");
         if snapshot_path.exists() {
@@ -133,6 +137,7 @@ impl EmbeddedStore {
         let wal = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&wal_path)
             .map_err(|e| Error::io(&wal_path, e))?;
         // Cut off a torn tail so new records follow the last good one.
@@ -516,6 +521,7 @@ impl Committer {
         let rotated = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&next)
             .and_then(|f| f.sync_all().map(|()| f))
             .map_err(|e| Error::io(&next, e));
@@ -564,13 +570,34 @@ struct SnapshotData {
     keys: BTreeMap<String, Vec<Version>>,
 }
 
+/// Makes `dir` 0700 and every file in it 0600.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the snapshot atomically, then deletes the log segments it covers.
 fn write_snapshot(dir: &Path, data: &SnapshotData, covered_seq: u64) -> Result<usize> {
     let snapshot = encode_snapshot(data);
     let tmp = dir.join(format!("snapshot.tmp.{covered_seq}"));
     let path = dir.join("snapshot");
     {
-        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         file.write_all(&snapshot).map_err(|e| Error::io(&tmp, e))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
     }
@@ -1064,6 +1091,28 @@ mod tests {
             10,
             "compaction survives a restart"
         );
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_may_read_the_store() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        {
+            let store = EmbeddedStore::open(Config::with_dir(&store_dir)).unwrap();
+            store.txn(put("/registry/secrets/a", b"secret")).await.unwrap();
+        }
+        // A file left readable by an older krust is closed again on open.
+        let segment = wal_segments(&store_dir).unwrap().pop().unwrap().1;
+        std::fs::set_permissions(&segment, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = EmbeddedStore::open(Config::with_dir(&store_dir)).unwrap();
+        store.txn(put("/b", b"2")).await.unwrap();
+        assert_eq!(mode(&store_dir), 0o700);
+        for entry in std::fs::read_dir(&store_dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
     }
 
     #[tokio::test]
