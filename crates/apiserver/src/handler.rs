@@ -346,6 +346,18 @@ impl ApiServer {
             },
             (None, None) => None,
         };
+        // Acting as someone else, when the authorizer lets this user.
+        let user = match impersonation(&request) {
+            Ok(None) => user,
+            Ok(Some(asked)) => match user {
+                None => return error_response(&ApiError::unauthorized()),
+                Some(real) => match self.impersonate(&real, asked) {
+                    Ok(acting) => Some(acting),
+                    Err(e) => return error_response(&e),
+                },
+            },
+            Err(e) => return error_response(&e),
+        };
         let span = tracing::info_span!(
             "request",
             method = %request.method(),
@@ -477,6 +489,61 @@ impl ApiServer {
         );
         tracing::debug!(%method, %path, code = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
         response
+    }
+
+    /// The user `real` acts as, after checking it may impersonate each part of `asked`
+    /// (the `impersonate` verb on users or serviceaccounts, groups, uids and userextras).
+    fn impersonate(&self, real: &UserInfo, asked: Impersonation) -> ApiResult<UserInfo> {
+        let check = |group: &str, resource: &str, namespace: &str, name: &str| {
+            let attributes = Attributes {
+                verb: "impersonate",
+                group,
+                resource,
+                subresource: "",
+                namespace,
+                name,
+                path: "",
+            };
+            match self.authorizer.authorize(real, &attributes) {
+                Decision::Allow => Ok(()),
+                Decision::Deny(_) => {
+                    let scope = if namespace.is_empty() {
+                        "at the cluster scope".to_owned()
+                    } else {
+                        format!("in the namespace \"{namespace}\"")
+                    };
+                    Err(ApiError::forbidden(format!(
+                        "{resource} \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"{resource}\" in API group \"{group}\" {scope}",
+                        real.name
+                    )))
+                }
+            }
+        };
+        let mut groups = asked.groups.clone();
+        match asked.user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+            Some((namespace, name)) => {
+                check("", "serviceaccounts", namespace, name)?;
+                // A ServiceAccount's own groups come with it when none are asked for.
+                if groups.is_empty() {
+                    groups.push("system:serviceaccounts".to_owned());
+                    groups.push(format!("system:serviceaccounts:{namespace}"));
+                }
+            }
+            None => check("", "users", "", &asked.user)?,
+        }
+        for group in &asked.groups {
+            check("", "groups", "", group)?;
+        }
+        if let Some(uid) = &asked.uid {
+            check("authentication.k8s.io", "uids", "", uid)?;
+        }
+        for (key, value) in &asked.extra {
+            check("authentication.k8s.io", &format!("userextras/{key}"), "", value)?;
+        }
+        if asked.user != "system:anonymous" && !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".to_owned());
+        }
+        Ok(UserInfo { name: asked.user, groups })
     }
 
     fn authorize(
@@ -1544,6 +1611,53 @@ fn version_info() -> Value {
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
     })
+}
+
+/// What the `Impersonate-*` headers ask to act as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Impersonation {
+    user: String,
+    groups: Vec<String>,
+    uid: Option<String>,
+    extra: Vec<(String, String)>,
+}
+
+/// The impersonation `request` asks for, if any; 400 for groups, a uid or extras without a
+/// user, as upstream.
+fn impersonation(request: &Request<RequestBody>) -> ApiResult<Option<Impersonation>> {
+    let mut asked = Impersonation::default();
+    let mut user = None;
+    let mut any = false;
+    for (name, value) in request.headers() {
+        let name = name.as_str();
+        if !name.starts_with("impersonate-") {
+            continue;
+        }
+        any = true;
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::bad_request(format!("invalid {name} header")))?
+            .to_owned();
+        match name {
+            "impersonate-user" => user = Some(value),
+            "impersonate-group" => asked.groups.push(value),
+            "impersonate-uid" => asked.uid = Some(value),
+            other => {
+                if let Some(key) = other.strip_prefix("impersonate-extra-") {
+                    asked.extra.push((key.to_owned(), value));
+                }
+            }
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    asked.user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(
+            "requested impersonation of groups, a uid or extras without impersonating a user",
+        )
+    })?;
+    Ok(Some(asked))
 }
 
 /// The bearer token of `request`'s `Authorization` header, if any.

@@ -142,6 +142,30 @@ fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
     let (ok, _, err) = kubectl_as(&server, &config, &["get", "pods"]);
     assert!(!ok && err.contains("Unauthorized"), "the token outlived its ServiceAccount: {err}");
 
+    // Impersonation: the admin acts as someone else, with the groups asked for.
+    let whoami = |args: &[&str]| {
+        let out = server.ok(&[&["auth", "whoami", "-o", "json"], args].concat());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"]["userInfo"].clone()
+    };
+    let carol = whoami(&["--as=carol", "--as-group=devs"]);
+    assert_eq!(carol["username"], "carol");
+    assert_eq!(carol["groups"], serde_json::json!(["devs", "system:authenticated"]));
+    let robot = whoami(&["--as=system:serviceaccount:default:robot"]);
+    assert_eq!(
+        robot["groups"],
+        serde_json::json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:default",
+            "system:authenticated"
+        ])
+    );
+    let headless = server.kubectl(&["get", "pods", "--as-group=devs"]);
+    assert!(
+        String::from_utf8_lossy(&headless.stderr).contains("without impersonating a user"),
+        "{}",
+        String::from_utf8_lossy(&headless.stderr)
+    );
+
     // The issuer's discovery, readable without credentials.
     // (kubectl without credentials would prompt for a password: curl asks instead.)
     let url = std::fs::read_to_string(&server.kubeconfig)
