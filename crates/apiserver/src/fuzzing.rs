@@ -87,6 +87,40 @@ pub fn apply(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every target, by name, for the corpus replay.
+/// A fixed P-256 key (PKCS#8, base64) for the token target, so that the committed corpus
+/// can hold tokens it really signed (expired, for other audiences…) that must still be
+/// refused. Used nowhere else.
+const FUZZ_SIGNING_KEY: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgstvum6vdqcYjswgJSe8CvqefJcSqyUbYXg3INxUkGjOhRANCAATFZk+F3ss9tr3hXdgyY3ui6kcJHQsUx0Twy7KNPQJoTzrgS+NFkrgjAXfjFyUTiuQZl6mKyhH8kVhWy0ua73Eu";
+/// The issuer and the moment the token target judges at.
+const FUZZ_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const FUZZ_NOW: i64 = 1_800_000_000;
+
+/// The key [`service_account_token`] verifies with.
+pub fn fuzz_signing_key() -> &'static pki::jwt::SigningKey {
+    static KEY: std::sync::OnceLock<pki::jwt::SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use base64::Engine;
+        let der =
+            base64::engine::general_purpose::STANDARD.decode(FUZZ_SIGNING_KEY).unwrap_or_default();
+        match pki::jwt::SigningKey::from_pkcs8(&der) {
+            Ok(key) => key,
+            Err(e) => panic!("the fuzzing key is broken: {e}"),
+        }
+    })
+}
+
+/// A bearer token, as the ServiceAccount authenticator reads it: verified, then its claims
+/// judged. Nothing in the corpus (tokens signed with the fixed key but expired, for another
+/// audience or issuer, without their account; `alg: none`; HS256; garbage) and nothing a
+/// fuzzer can make without the key may pass.
+pub fn service_account_token(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(claims) = fuzz_signing_key().verify(text.trim()) else { return };
+    let passed =
+        crate::tokens::check_claims(&claims, FUZZ_ISSUER, &[FUZZ_ISSUER.to_owned()], FUZZ_NOW);
+    assert!(passed.is_none(), "a hostile token passed: {claims}");
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("json_body", json_body),
     ("yaml_body", yaml_body),
@@ -95,4 +129,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("merge_patch", merge_patch),
     ("strategic_merge_patch", strategic_merge_patch),
     ("apply", apply),
+    ("service_account_token", service_account_token),
 ];

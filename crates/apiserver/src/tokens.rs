@@ -204,56 +204,130 @@ impl ServiceAccountTokens {
         wanted: &[String],
     ) -> Option<(UserInfo, Vec<String>)> {
         let claims = self.key.verify(token).ok()?;
-        let now = now();
-        let number = |field: &str| claims.get(field).and_then(Value::as_i64);
-        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str())
-            || number("exp").is_none_or(|exp| exp + LEEWAY_SECONDS < now)
-            || number("nbf").is_some_and(|nbf| nbf - LEEWAY_SECONDS > now)
-        {
-            return None;
-        }
-        let audiences: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(one)) => vec![one.as_str()],
-            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        let matched: Vec<String> =
-            wanted.iter().filter(|w| audiences.contains(&w.as_str())).cloned().collect();
-        if matched.is_empty() {
-            return None;
-        }
-        let private = claims.get("kubernetes.io")?;
-        let namespace = str_at(private, "/namespace");
-        let account = str_at(private, "/serviceaccount/name");
-        if namespace.is_empty() || account.is_empty() {
-            return None;
-        }
+        let checked = check_claims(&claims, &self.issuer, wanted, now())?;
         // What the token is bound to must still be there, the same object.
-        let alive = |plural: &'static str, name: String, uid: String| async move {
-            let Some(rt) = rest.registry.lookup("", "v1", plural) else { return false };
-            match rest.get(&rt, Some(namespace), &name).await {
-                Ok(stored) => str_at(&stored.object, "/metadata/uid") == uid,
-                Err(_) => false,
-            }
-        };
-        let uid = |field: &str| str_at(private, &format!("/{field}/uid")).to_owned();
-        let name = |field: &str| str_at(private, &format!("/{field}/name")).to_owned();
-        if !alive("serviceaccounts", account.to_owned(), uid("serviceaccount")).await {
-            return None;
-        }
-        for (field, plural) in [("pod", "pods"), ("secret", "secrets")] {
-            if private.get(field).is_some() && !alive(plural, name(field), uid(field)).await {
+        for (plural, name, uid) in &checked.bound {
+            let rt = rest.registry.lookup("", "v1", plural)?;
+            let stored = rest.get(&rt, Some(&checked.namespace), name).await.ok()?;
+            if str_at(&stored.object, "/metadata/uid") != uid {
                 return None;
             }
         }
         let user = UserInfo {
-            name: format!("system:serviceaccount:{namespace}:{account}"),
+            name: format!("system:serviceaccount:{}:{}", checked.namespace, checked.account),
             groups: vec![
                 "system:serviceaccounts".to_owned(),
-                format!("system:serviceaccounts:{namespace}"),
+                format!("system:serviceaccounts:{}", checked.namespace),
                 "system:authenticated".to_owned(),
             ],
         };
-        Some((user, matched))
+        Some((user, checked.audiences))
+    }
+}
+
+/// What a signed token's claims say, once they passed [`check_claims`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedClaims {
+    /// The ServiceAccount's namespace.
+    pub namespace: String,
+    /// The ServiceAccount's name.
+    pub account: String,
+    /// The objects that must still exist: (plural, name, UID), the ServiceAccount first.
+    pub bound: Vec<(&'static str, String, String)>,
+    /// The wanted audiences the token is meant for.
+    pub audiences: Vec<String>,
+}
+
+/// The pure half of authentication: the claims of a token whose signature checked, judged
+/// at `now` (Unix seconds) for `issuer` and one of `wanted` (audiences). `None` for anything
+/// expired, not yet valid, from another issuer, for other audiences, or without the
+/// ServiceAccount it names.
+pub fn check_claims(
+    claims: &Value,
+    issuer: &str,
+    wanted: &[String],
+    now: i64,
+) -> Option<CheckedClaims> {
+    let number = |field: &str| claims.get(field).and_then(Value::as_i64);
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer)
+        || number("exp").is_none_or(|exp| exp.saturating_add(LEEWAY_SECONDS) < now)
+        || number("nbf").is_some_and(|nbf| nbf.saturating_sub(LEEWAY_SECONDS) > now)
+    {
+        return None;
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let matched: Vec<String> =
+        wanted.iter().filter(|w| audiences.contains(&w.as_str())).cloned().collect();
+    if matched.is_empty() {
+        return None;
+    }
+    let private = claims.get("kubernetes.io")?;
+    let namespace = str_at(private, "/namespace");
+    let account = str_at(private, "/serviceaccount/name");
+    let account_uid = str_at(private, "/serviceaccount/uid");
+    if namespace.is_empty() || account.is_empty() || account_uid.is_empty() {
+        return None;
+    }
+    let mut bound = vec![("serviceaccounts", account.to_owned(), account_uid.to_owned())];
+    for (field, plural) in [("pod", "pods"), ("secret", "secrets")] {
+        if let Some(object) = private.get(field) {
+            let (name, uid) = (str_at(object, "/name"), str_at(object, "/uid"));
+            if name.is_empty() || uid.is_empty() {
+                return None;
+            }
+            bound.push((plural, name.to_owned(), uid.to_owned()));
+        }
+    }
+    Some(CheckedClaims {
+        namespace: namespace.to_owned(),
+        account: account.to_owned(),
+        bound,
+        audiences: matched,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+    fn good() -> Value {
+        json!({"iss": ISSUER, "aud": [ISSUER], "iat": 1000, "nbf": 1000, "exp": 5000,
+               "sub": "system:serviceaccount:ns:bob",
+               "kubernetes.io": {"namespace": "ns", "serviceaccount": {"name": "bob", "uid": "u1"},
+                                 "pod": {"name": "p", "uid": "u2"}}})
+    }
+
+    #[test]
+    fn only_current_tokens_for_our_audience_and_a_named_account_pass() {
+        let wanted = [ISSUER.to_owned()];
+        let checked = check_claims(&good(), ISSUER, &wanted, 2000).unwrap();
+        assert_eq!(checked.bound[1], ("pods", "p".to_owned(), "u2".to_owned()));
+        let refused = |change: &dyn Fn(&mut Value), now: i64| {
+            let mut claims = good();
+            change(&mut claims);
+            check_claims(&claims, ISSUER, &wanted, now).is_none()
+        };
+        assert!(refused(&|_| {}, 5000 + LEEWAY_SECONDS + 1), "expired");
+        assert!(refused(&|_| {}, 1000 - LEEWAY_SECONDS - 1), "not yet valid");
+        assert!(refused(&|c| c["aud"] = json!(["https://vault.example"]), 2000));
+        assert!(refused(&|c| c["aud"] = json!(7), 2000));
+        assert!(refused(&|c| c["iss"] = json!("https://evil.example"), 2000));
+        assert!(refused(&|c| c["exp"] = json!("never"), 2000));
+        assert!(!refused(&|c| c["exp"] = json!(i64::MAX), 2000), "far future is fine");
+        assert!(!refused(&|c| c["nbf"] = json!(i64::MIN), 2000));
+        assert!(refused(&|c| c["kubernetes.io"]["serviceaccount"]["uid"] = json!(""), 2000));
+        assert!(refused(&|c| c["kubernetes.io"]["pod"] = json!({"name": "p"}), 2000));
+        assert!(refused(
+            &|c| {
+                c.as_object_mut().unwrap().remove("kubernetes.io");
+            },
+            2000
+        ));
     }
 }
