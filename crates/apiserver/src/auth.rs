@@ -96,3 +96,95 @@ pub fn is_public_path(path: &str) -> bool {
         || path.starts_with("/readyz/")
         || path.starts_with("/healthz/")
 }
+
+/// Static bearer tokens from `--token-auth-file`, in upstream's CSV format: one
+/// `token,user,uid[,"group1,group2"]` per line (blank lines and `#` comments skipped).
+#[derive(Debug, Clone, Default)]
+pub struct TokenFile {
+    users: std::collections::HashMap<String, UserInfo>,
+}
+
+impl TokenFile {
+    /// Reads the file's text; an error names the line that is wrong.
+    pub fn parse(text: &str) -> Result<TokenFile, String> {
+        let mut users = std::collections::HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = csv_fields(line);
+            let (Some(token), Some(name)) = (fields.first(), fields.get(1)) else {
+                return Err(format!("line {}: want token,user,uid[,groups]", number + 1));
+            };
+            if token.is_empty() || name.is_empty() || fields.len() < 3 {
+                return Err(format!("line {}: want token,user,uid[,groups]", number + 1));
+            }
+            let mut groups: Vec<String> = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            groups.push("system:authenticated".to_owned());
+            users.insert(token.clone(), UserInfo { name: name.clone(), groups });
+        }
+        Ok(TokenFile { users })
+    }
+
+    /// The user `token` is, if it is one of the file's.
+    pub fn user(&self, token: &str) -> Option<UserInfo> {
+        self.users.get(token).cloned()
+    }
+}
+
+/// The fields of one CSV line (double quotes group commas, `""` is a quote).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                if let Some(f) = fields.last_mut() {
+                    f.push('"');
+                }
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => {
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    fields.into_iter().map(|f| f.trim().to_owned()).collect()
+}
+
+#[cfg(test)]
+mod token_file_tests {
+    use super::*;
+
+    #[test]
+    fn lines_give_users_with_their_groups() {
+        let file =
+            TokenFile::parse("# comment\n\ns3cret,carol,1001,\"devs, ops\"\nplain,dave,1002\n")
+                .unwrap();
+        let carol = file.user("s3cret").unwrap();
+        assert_eq!(carol.name, "carol");
+        assert_eq!(carol.groups, ["devs", "ops", "system:authenticated"]);
+        assert_eq!(file.user("plain").unwrap().groups, ["system:authenticated"]);
+        assert!(file.user("wrong").is_none());
+        assert_eq!(
+            TokenFile::parse("onlytoken\n").unwrap_err(),
+            "line 1: want token,user,uid[,groups]"
+        );
+        assert!(TokenFile::parse(",nobody,1\n").is_err());
+    }
+}

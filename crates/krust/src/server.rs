@@ -86,6 +86,9 @@ pub(crate) struct ServerArgs {
     /// agents in other network namespaces reach this server on.
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
+    /// Static bearer tokens, upstream's CSV format: `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
     /// Interval of the store's compaction (history older than one interval is discarded).
     #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
     compaction_interval: Duration,
@@ -249,6 +252,16 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.max_mutating_requests_inflight,
             args.max_long_running_requests,
         ),
+        token_file: match &args.token_auth_file {
+            Some(path) => Some(
+                apiserver::auth::TokenFile::parse(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("reading --token-auth-file {}", path.display()))?,
+                )
+                .map_err(|e| anyhow::anyhow!("--token-auth-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        },
         tokens: Some(Arc::new(apiserver::tokens::ServiceAccountTokens::new(
             pki::jwt::SigningKey::load_or_create(
                 &server_dir.join("tls").join("service-account.key"),
