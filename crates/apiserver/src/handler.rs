@@ -76,6 +76,10 @@ pub struct HeldSlot(pub Arc<crate::connections::Slot>);
 #[derive(Debug, Clone, Copy)]
 pub struct InProcessRequest;
 
+/// The client's address, as the connection's request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Pod subresources served by the node agent through the proxy.
 const STREAMING: [&str; 4] = ["log", "exec", "attach", "portforward"];
 
@@ -714,9 +718,22 @@ impl ApiServer {
         if request.method() != Method::POST {
             return Err(ApiError::method_not_allowed("node credentials are requested with POST"));
         }
+        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let now = std::time::Instant::now();
+        if let Some(wait) = peer.and_then(|p| join.failures.wait(p, now)) {
+            let mut e = ApiError::too_many_requests(
+                "too many failed join attempts from this address, try again later",
+            );
+            e.retry_after = Some(u32::try_from(wait.as_secs()).unwrap_or(u32::MAX).max(1));
+            return Err(e);
+        }
         let auth = header_text(&request, header::AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").unwrap_or("").trim().to_owned();
         if token.is_empty() || !join.accepts(&token) {
+            if let Some(peer) = peer {
+                join.failures.record(peer, now);
+            }
+            tracing::warn!(peer = ?peer, "a node join was refused: wrong token");
             return Err(ApiError::unauthorized());
         }
         let content_type = header_text(&request, header::CONTENT_TYPE);

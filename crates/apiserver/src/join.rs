@@ -21,6 +21,52 @@ pub struct NodeJoin {
     /// (`clusterCIDR`), DNS address (`clusterDNS`, absent without DNS) and domain
     /// (`clusterDomain`), handed out with the credentials so agents need no flags for them.
     pub cluster: Value,
+    /// Failed attempts per source address, so a token cannot be guessed at speed.
+    pub failures: Failures,
+}
+
+/// Attempts with a wrong token allowed per source address in [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: u32 = 10;
+/// The window failed attempts are counted in; a limited address waits for its end.
+pub const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Failed join attempts by source address.
+#[derive(Debug, Clone, Default)]
+pub struct Failures(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    >,
+);
+
+impl Failures {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    > {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long `peer` must wait before it may try again (none: it may try now).
+    pub fn wait(
+        &self,
+        peer: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let mut failures = self.lock();
+        // Old windows go, so the map stays the size of the addresses failing now.
+        failures.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW);
+        let (count, since) = failures.get(&peer)?;
+        (*count >= MAX_FAILURES).then(|| FAILURE_WINDOW.saturating_sub(now.duration_since(*since)))
+    }
+
+    /// Counts a failed attempt from `peer`.
+    pub fn record(&self, peer: std::net::IpAddr, now: std::time::Instant) {
+        let mut failures = self.lock();
+        let entry = failures.entry(peer).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+    }
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -85,7 +131,12 @@ mod tests {
         assert_eq!(parse_token("plain"), (None, "plain".into()));
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &["127.0.0.1".into()]).unwrap();
-        let join = NodeJoin { pki, secret: "s3cret".into(), cluster: Value::Null };
+        let join = NodeJoin {
+            pki,
+            secret: "s3cret".into(),
+            cluster: Value::Null,
+            failures: Failures::default(),
+        };
         assert!(join.accepts(&join.token()));
         assert!(join.accepts("s3cret"));
         assert!(!join.accepts("K10deadbeef::server:s3cret"));
@@ -94,5 +145,19 @@ mod tests {
             join.credentials(&json!({"nodeName": "n2", "addresses": ["10.0.0.7"]})).unwrap();
         assert!(creds["clientCert"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
         assert!(join.credentials(&json!({"nodeName": "Bad Name"})).is_err());
+    }
+
+    #[test]
+    fn an_address_that_fails_too_often_waits_out_the_window() {
+        let failures = Failures::default();
+        let (peer, other) = ("192.0.2.7".parse().unwrap(), "192.0.2.8".parse().unwrap());
+        let start = std::time::Instant::now();
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(failures.wait(peer, start), None);
+            failures.record(peer, start);
+        }
+        assert!(failures.wait(peer, start).is_some_and(|w| w == FAILURE_WINDOW));
+        assert_eq!(failures.wait(other, start), None, "others are not held up");
+        assert_eq!(failures.wait(peer, start + FAILURE_WINDOW), None, "the window ends");
     }
 }

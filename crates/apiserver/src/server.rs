@@ -178,7 +178,8 @@ pub async fn serve(
             }
             let activity = Arc::new(Activity::new());
             let service_activity = activity.clone();
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(crate::handler::PeerAddr(peer));
                 let server = server.clone();
                 let user = user.clone();
                 let in_flight = service_activity.begin();

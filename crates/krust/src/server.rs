@@ -246,6 +246,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 "clusterDomain": args.cluster_domain,
                 "flannelBackend": args.flannel_backend,
             }),
+            failures: Default::default(),
         }),
         inflight: apiserver::connections::InflightLimits::with_long_running(
             args.max_requests_inflight,

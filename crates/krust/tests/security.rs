@@ -364,3 +364,37 @@ fn static_token_file_users_authenticate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 2: want token,user,uid[,groups]"), "{err}");
 }
+
+/// The join endpoint: wrong tokens from one address are refused, then the address is held
+/// off with 429 and `Retry-After` (even with the right token) for the rest of the window.
+#[test]
+fn the_join_endpoint_holds_off_an_address_that_guesses() {
+    let server = KrustServer::start_control_plane(&[]);
+    let url = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap();
+    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
+    // (status, headers) of one credentials request with `token`.
+    let join = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-D", "-", "-o", "/dev/null", "-X", "POST"])
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .args(["-H", "Content-Type: application/json"])
+            .args(["--data", "{\"nodeName\":\"guesser\",\"addresses\":[]}"])
+            .arg(format!("{url}/v1-krust/node-credentials"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(join(&token).starts_with("HTTP/1.1 200") || join(&token).starts_with("HTTP/2 200"));
+    for _ in 0..10 {
+        let answer = join("wrong");
+        assert!(answer.contains(" 401"), "{answer}");
+    }
+    let held = join("wrong");
+    assert!(held.contains(" 429") && held.to_lowercase().contains("retry-after:"), "{held}");
+    let held = join(&token);
+    assert!(held.contains(" 429"), "the right token waits too: {held}");
+}
