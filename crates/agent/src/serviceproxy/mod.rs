@@ -52,33 +52,52 @@ where
         + Sync
         + 'static,
 {
-    watch_some_into(client, watcher::Config::default(), writer, changed)
+    let api: kube::Api<K> = kube::Api::all(client);
+    reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(move |event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "service proxy watch failed; retrying");
+            }
+            changed.notify_one();
+            futures::future::ready(())
+        })
 }
 
-/// The same for the `K` that `config` selects.
-fn watch_some_into<K>(
+/// Keeps `zone` at this node's zone label, waking `changed` only when it changes (not on
+/// every status update of the node).
+async fn follow_zone(
     client: kube::Client,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
+    node_name: String,
+    zone: Arc<std::sync::Mutex<Option<String>>>,
     changed: Arc<Notify>,
-) -> impl std::future::Future<Output = ()>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: kube::Api<K> = kube::Api::all(client);
-    reflector::reflector(writer, watcher(api, config)).default_backoff().for_each(move |event| {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "service proxy watch failed; retrying");
-        }
-        changed.notify_one();
-        futures::future::ready(())
-    })
+) {
+    let api: kube::Api<Node> = kube::Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    watcher(api, config)
+        .default_backoff()
+        .for_each(move |event| {
+            let seen = match event {
+                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                    Some(node.labels().get(ZONE_LABEL).cloned())
+                }
+                Ok(watcher::Event::Delete(_)) => Some(None),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "service proxy watch of its node failed; retrying");
+                    None
+                }
+            };
+            if let Some(seen) = seen {
+                let mut current = zone.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *current != seen {
+                    *current = seen;
+                    changed.notify_one();
+                }
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 /// Runs the proxy until `shutdown` fires, then leaves the rules in place (pods keep being
@@ -107,15 +126,13 @@ pub async fn run(
     let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
     let (pods, pods_writer) = reflector::store::<CachedPod>();
     let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-    // This node alone, for its zone (topology hints).
-    let (nodes, nodes_writer) = reflector::store::<Node>();
-    let this_node =
-        watcher::Config::default().fields(&format!("metadata.name={}", config.node_name));
+    // This node's zone, for topology hints.
+    let zone = Arc::new(std::sync::Mutex::new(None));
     let watches = futures::future::join4(
         watch_into(client.clone(), services_writer, changed.clone()),
         watch_into(client.clone(), slices_writer, changed.clone()),
         watch_into(client.clone(), policies_writer, changed.clone()),
-        watch_some_into(client.clone(), this_node, nodes_writer, changed.clone()),
+        follow_zone(client.clone(), config.node_name.clone(), zone.clone(), changed.clone()),
     );
     // Every pod and namespace is watched only once some NetworkPolicy exists: without one
     // (most clusters) a node keeps no copy of the cluster's pods.
@@ -132,7 +149,7 @@ pub async fn run(
         let mut warned_policies = false;
         loop {
             tokio::time::sleep(COALESCE).await;
-            let zone = nodes.state().first().and_then(|n| n.labels().get(ZONE_LABEL).cloned());
+            let zone = zone.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             let ports = plan::service_ports(
                 &services.state(),
                 &slices.state(),
