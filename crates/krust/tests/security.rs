@@ -29,6 +29,25 @@ fn token_kubeconfig(server: &KrustServer, token: &str) -> std::path::PathBuf {
     kubeconfig_as(server, &format!("token-{:x}", hasher.finish()), &format!("{{token: {token}}}"))
 }
 
+/// The API server's URL, from the admin kubeconfig.
+fn server_url(server: &KrustServer) -> String {
+    std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap()
+}
+
+/// The claims of a JWT, unverified.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+    )
+    .unwrap()
+}
+
 /// kubectl with the kubeconfig at `config`: (success, stdout, stderr).
 fn kubectl_as(
     server: &KrustServer,
@@ -59,13 +78,7 @@ fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
     let (ok, out, err) = kubectl_as(&server, &config, &["get", "serviceaccounts", "-o", "name"]);
     assert!(ok && out.contains("serviceaccount/bob"), "{out} {err}");
     // Its claims: the subject, the issuer's audience, an expiry 20 minutes out.
-    use base64::Engine;
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = claims_of(&token);
     assert_eq!(claims["sub"], "system:serviceaccount:default:bob");
     assert_eq!(claims["aud"][0], "https://kubernetes.default.svc.cluster.local");
     let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
@@ -168,11 +181,7 @@ fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
 
     // The issuer's discovery, readable without credentials.
     // (kubectl without credentials would prompt for a password: curl asks instead.)
-    let url = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-        .unwrap();
+    let url = server_url(&server);
     let anonymous = |path: &str| {
         let out = std::process::Command::new("curl")
             .args(["-sk", "-w", "\n%{http_code}", &format!("{url}{path}")])
@@ -232,13 +241,7 @@ fn pods_get_a_bound_token_the_ca_and_their_namespace() {
     let config = token_kubeconfig(&server, &token);
     let (ok, out, err) = kubectl_as(&server, &config, &["get", "pod", "with", "-o", "name"]);
     assert!(ok && out == "pod/with", "{out} {err}");
-    use base64::Engine;
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = claims_of(&token);
     assert_eq!(claims["sub"], "system:serviceaccount:default:default");
     assert_eq!(claims["kubernetes.io"]["pod"]["name"], "with");
     assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3607);
@@ -267,11 +270,7 @@ fn pods_get_a_bound_token_the_ca_and_their_namespace() {
 #[test]
 fn tls_is_1_2_or_newer_with_aead_suites_only() {
     let server = KrustServer::start_with_agent(&[]);
-    let url = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: https://").map(str::to_owned))
-        .unwrap();
+    let url = server_url(&server).trim_start_matches("https://").to_owned();
     let node = server.node.clone().unwrap();
     let agent_port = server.ok(&[
         "get",
@@ -370,11 +369,7 @@ fn static_token_file_users_authenticate() {
 #[test]
 fn the_join_endpoint_holds_off_an_address_that_guesses() {
     let server = KrustServer::start_control_plane(&[]);
-    let url = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-        .unwrap();
+    let url = server_url(&server);
     let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
     // (status, headers) of one credentials request with `token`.
     let join = |token: &str| {
