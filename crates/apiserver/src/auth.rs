@@ -49,7 +49,7 @@ pub struct Rules {
     pub incomplete: bool,
 }
 
-/// Decides whether a user may perform a request. RBAC implements this in its own issue.
+/// Decides whether a user may perform a request (RBAC, the Node authorizer, or both).
 pub trait Authorizer: Send + Sync {
     /// The decision for `user` doing `attributes`.
     fn authorize(&self, user: &UserInfo, attributes: &Attributes<'_>) -> Decision;
@@ -58,7 +58,17 @@ pub trait Authorizer: Send + Sync {
     fn rules(&self, user: &UserInfo, namespace: &str) -> Rules;
 }
 
-/// Allows every authenticated user everything (the default until RBAC lands).
+impl<T: Authorizer + ?Sized> Authorizer for std::sync::Arc<T> {
+    fn authorize(&self, user: &UserInfo, attributes: &Attributes<'_>) -> Decision {
+        (**self).authorize(user, attributes)
+    }
+
+    fn rules(&self, user: &UserInfo, namespace: &str) -> Rules {
+        (**self).rules(user, namespace)
+    }
+}
+
+/// Allows every authenticated user everything (`--authorization-mode=AlwaysAllow`).
 #[derive(Debug, Default)]
 pub struct AllowAuthenticated;
 

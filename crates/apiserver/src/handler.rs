@@ -434,7 +434,7 @@ impl ApiServer {
                     e.retry_after = Some(1);
                     error_response(&e)
                 } else {
-                    match self.authorize(user.as_ref(), verb, target, &path) {
+                    match self.authorize(user.as_ref(), verb, target, &path, &query) {
                         Err(e) => error_response(&e),
                         Ok(()) => match route {
                             Route::Resource(target)
@@ -561,26 +561,33 @@ impl ApiServer {
         verb: &str,
         target: Option<&Target>,
         path: &str,
+        query: &Query,
     ) -> ApiResult<()> {
         if crate::auth::is_public_path(path) {
             return Ok(());
         }
         let user = user.ok_or_else(ApiError::unauthorized)?;
+        // A list or watch of one object by `metadata.name` is authorized as that object, as
+        // upstream's request info does (it is how a node watches one Secret it may read).
+        let selected = match (verb, query.get("fieldSelector")) {
+            ("list" | "watch", Some(selector)) => selector
+                .strip_prefix("metadata.name==")
+                .or_else(|| selector.strip_prefix("metadata.name="))
+                .filter(|name| !name.contains(',')),
+            _ => None,
+        };
         let attributes = Attributes {
             verb,
             group: target.map_or("", |t| t.rt.group.as_str()),
             resource: target.map_or("", |t| t.rt.plural.as_str()),
             subresource: target.and_then(|t| t.subresource.as_deref()).unwrap_or(""),
             namespace: target.and_then(|t| t.namespace.as_deref()).unwrap_or(""),
-            name: target.and_then(|t| t.name.as_deref()).unwrap_or(""),
+            name: target.and_then(|t| t.name.as_deref()).or(selected).unwrap_or(""),
             path,
         };
         match self.authorizer.authorize(user, &attributes) {
             Decision::Allow => Ok(()),
-            Decision::Deny(reason) => Err(ApiError::forbidden(format!(
-                "User \"{}\" cannot {verb} resource \"{}\": {reason}",
-                user.name, attributes.resource
-            ))),
+            Decision::Deny(reason) => Err(forbidden(user, &attributes, &reason)),
         }
     }
 
@@ -811,6 +818,7 @@ impl ApiServer {
                 name: &name,
                 old: Some(&pod),
                 dry_run: false,
+                user: None,
             };
             let _holds = self.rest.admission.mutate(self.rest.as_ref(), &attributes, None).await?;
             self.rest.admission.validate(self.rest.as_ref(), &attributes, None).await?;
@@ -873,7 +881,7 @@ impl ApiServer {
                 // The object the body names gets the create, through its subresource.
                 let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
                 let ns = target.namespace.as_deref().unwrap_or("");
-                let options = write_options(&query, &user_agent)?;
+                let options = write_options(&query, &user_agent, user)?;
                 let answer = crate::pods::bind(&self.rest, ns, name, &body, &options).await?;
                 return Ok(json_response(StatusCode::CREATED, &answer));
             }
@@ -904,10 +912,10 @@ impl ApiServer {
             }
             let body = read_body(request, &content_type).await?;
             let answer = if sub == "binding" {
-                let options = write_options(&query, &user_agent)?;
+                let options = write_options(&query, &user_agent, user)?;
                 crate::pods::bind(&self.rest, ns, name, &body, &options).await?
             } else {
-                let options = delete_options(&query, &[], &content_type)?;
+                let options = delete_options(&query, &[], &content_type, user)?;
                 crate::pods::evict(&self.rest, ns, name, &body, options).await?
             };
             return Ok(json_response(StatusCode::CREATED, &answer));
@@ -924,6 +932,18 @@ impl ApiServer {
                 ApiError::method_not_allowed("this server issues no ServiceAccount tokens")
             })?;
             let body = read_body(request, &content_type).await?;
+            // Admission sees the request (NodeRestriction: a node asks only for its pods).
+            let attributes = crate::admission::Attributes {
+                operation: crate::admission::Operation::Create,
+                rt: &rt,
+                subresource: Some("token"),
+                namespace: Some(ns),
+                name,
+                old: None,
+                dry_run: false,
+                user,
+            };
+            self.rest.admission.validate(self.rest.as_ref(), &attributes, Some(&body)).await?;
             let answer = tokens.request(&self.rest, ns, name, &body).await?;
             return Ok(json_response(StatusCode::CREATED, &answer));
         }
@@ -976,7 +996,7 @@ impl ApiServer {
                         "POST is not supported on a named object",
                     ));
                 }
-                let options = write_options(&query, &user_agent)?;
+                let options = write_options(&query, &user_agent, user)?;
                 let (body, duplicates) = read_body_checked(request, &content_type).await?;
                 let mut warnings = duplicate_fields(options.field_validation, &duplicates)?;
                 let (object, more) = self.rest.create(&rt, ns, body, &options).await?;
@@ -986,7 +1006,7 @@ impl ApiServer {
             }
             "update" => {
                 let name = target.name.clone().unwrap_or_default();
-                let options = write_options(&query, &user_agent)?;
+                let options = write_options(&query, &user_agent, user)?;
                 let (body, duplicates) = read_body_checked(request, &content_type).await?;
                 let mut warnings = duplicate_fields(options.field_validation, &duplicates)?;
                 if target.subresource.as_deref() == Some("scale") {
@@ -1034,7 +1054,7 @@ impl ApiServer {
                     ));
                 }
                 let bytes = read_bytes(request).await?;
-                let options = write_options(&query, &user_agent)?;
+                let options = write_options(&query, &user_agent, user)?;
                 let _permit =
                     if patch_type == PatchType::Apply { Some(yaml_permit().await) } else { None };
                 let (patch, duplicates) =
@@ -1069,14 +1089,14 @@ impl ApiServer {
             "delete" => {
                 let name = target.name.clone().unwrap_or_default();
                 let bytes = read_bytes(request).await?;
-                let options = delete_options(&query, &bytes, &content_type)?;
+                let options = delete_options(&query, &bytes, &content_type, user)?;
                 let object = self.rest.delete(&rt, ns, &name, &options).await?;
                 self.after_write(&rt, &object, true, options.dry_run).await;
                 Ok(json_response(StatusCode::OK, &object))
             }
             "deletecollection" => {
                 let bytes = read_bytes(request).await?;
-                let options = delete_options(&query, &bytes, &content_type)?;
+                let options = delete_options(&query, &bytes, &content_type, user)?;
                 let list = list_options(&rt, &query)?;
                 let page = self
                     .rest
@@ -1429,17 +1449,28 @@ pub(crate) fn list_options(rt: &ResourceType, query: &Query) -> ApiResult<ListOp
     })
 }
 
-fn write_options(query: &Query, user_agent: &str) -> ApiResult<WriteOptions> {
+fn write_options(
+    query: &Query,
+    user_agent: &str,
+    user: Option<&UserInfo>,
+) -> ApiResult<WriteOptions> {
     Ok(WriteOptions {
         dry_run: dry_run(query)?,
         field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
         field_manager: field_manager(query, user_agent),
         force: query.flag("force"),
+        user: user.cloned(),
     })
 }
 
-fn delete_options(query: &Query, body: &[u8], content_type: &str) -> ApiResult<DeleteOptions> {
+fn delete_options(
+    query: &Query,
+    body: &[u8],
+    content_type: &str,
+    user: Option<&UserInfo>,
+) -> ApiResult<DeleteOptions> {
     let mut options = DeleteOptions {
+        user: user.cloned(),
         propagation_policy: query.get("propagationPolicy").map(str::to_owned),
         grace_period_seconds: query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
         dry_run: dry_run(query)?,
@@ -1690,6 +1721,48 @@ fn impersonation(request: &Request<RequestBody>) -> ApiResult<Option<Impersonati
         )
     })?;
     Ok(Some(asked))
+}
+
+/// A denied request's 403, worded as upstream's: what was refused, to whom, where.
+fn forbidden(user: &UserInfo, attributes: &Attributes<'_>, reason: &str) -> ApiError {
+    let who = &user.name;
+    let verb = attributes.verb;
+    let mut message = if attributes.resource.is_empty() {
+        format!("forbidden: User \"{who}\" cannot {verb} path \"{}\"", attributes.path)
+    } else {
+        let mut resource = attributes.resource.to_owned();
+        if !attributes.subresource.is_empty() {
+            resource = format!("{resource}/{}", attributes.subresource);
+        }
+        let qualified = if attributes.group.is_empty() {
+            attributes.resource.to_owned()
+        } else {
+            format!("{}.{}", attributes.resource, attributes.group)
+        };
+        let object = if attributes.name.is_empty() {
+            qualified
+        } else {
+            format!("{qualified} \"{}\"", attributes.name)
+        };
+        let scope = if attributes.namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace \"{}\"", attributes.namespace)
+        };
+        format!(
+            "{object} is forbidden: User \"{who}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+            attributes.group
+        )
+    };
+    if !reason.is_empty() {
+        message = format!("{message}: {reason}");
+    }
+    let error = ApiError::forbidden(message);
+    if attributes.resource.is_empty() {
+        error
+    } else {
+        error.with_details(attributes.group, attributes.resource, attributes.name)
+    }
 }
 
 /// The bearer token of `request`'s `Authorization` header, if any.

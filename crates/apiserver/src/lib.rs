@@ -19,13 +19,16 @@ pub mod json;
 pub mod limits;
 pub mod managed;
 pub mod metrics;
+pub mod node_authorizer;
 pub mod patch;
 /// The cluster PKI, from its own crate (the node agent uses it too).
 pub use pki;
 pub mod pods;
+pub mod policy_reconcile;
 pub mod protobuf;
 pub mod proxy;
 pub mod quantity;
+pub mod rbac;
 pub mod registry;
 pub mod resources;
 pub mod rest;

@@ -31,6 +31,8 @@ pub struct WriteOptions {
     pub field_manager: String,
     /// `force=true` on a server-side apply: take over conflicting fields.
     pub force: bool,
+    /// Who writes (None: the server itself), for the admission plugins that ask.
+    pub user: Option<crate::auth::UserInfo>,
 }
 
 impl WriteOptions {
@@ -368,6 +370,7 @@ impl Rest {
             name: &name,
             old: None,
             dry_run: options.dry_run,
+            user: options.user.as_ref(),
         };
         // Upstream's order: mutating admission, the type's validation, validating admission.
         let _holds = self.admission.mutate(self, &attributes, Some(&mut object)).await?;
@@ -787,6 +790,7 @@ impl Rest {
                 name,
                 old: Some(&current.object),
                 dry_run: options.dry_run,
+                user: options.user.as_ref(),
             };
             let _holds = self.admission.mutate(self, &attributes, Some(&mut next)).await?;
             if rt.tracks_generation && strategy::spec_changed(&current.object, &next) {
@@ -1045,6 +1049,7 @@ impl Rest {
                 name,
                 old: Some(&current.object),
                 dry_run: options.dry_run,
+                user: options.user.as_ref(),
             };
             let _holds = self.admission.mutate(self, &attributes, None).await?;
             self.admission.validate(self, &attributes, None).await?;
@@ -1312,6 +1317,8 @@ pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub precondition_rv: Option<String>,
+    /// Who deletes (None: the server itself), for the admission plugins that ask.
+    pub user: Option<crate::auth::UserInfo>,
 }
 
 /// Admission plugins read and write through the registry itself, so they see objects as
@@ -1354,6 +1361,7 @@ impl admission::Objects for Rest {
                 field_validation: FieldValidation::Ignore,
                 field_manager: manager.to_owned(),
                 force: false,
+                user: None,
             };
             self.update_with(rt, namespace, name, &options, Some("status"), transform).await
         })

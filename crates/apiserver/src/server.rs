@@ -390,6 +390,7 @@ pub async fn bootstrap(
         field_validation: FieldValidation::Ignore,
         field_manager: "krust".into(),
         force: false,
+        user: None,
     };
     let registry = &server.registry;
     let namespaces =
@@ -517,6 +518,7 @@ pub async fn reconcile_endpoints(
         field_validation: FieldValidation::Ignore,
         field_manager: "krust".into(),
         force: false,
+        user: None,
     };
     let registry = &server.registry;
     let endpoints =

@@ -10,6 +10,7 @@
 // The shared client machinery, under the paths the controllers have always used.
 pub use controller_runtime::{cached_pod, events, informer, leader, quantity, queue, selectors};
 
+pub mod clusterroleaggregation;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
@@ -31,6 +32,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Namespace, Node, ReplicationController, ResourceQuota, Service, ServiceAccount,
 };
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use kube::runtime::watcher;
 
@@ -64,6 +66,7 @@ pub struct Informers {
     service_accounts: Arc<Informer<ServiceAccount>>,
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
+    cluster_roles: Arc<Informer<ClusterRole>>,
     wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
     /// Set to stop every informer's watch (see [`Informers::stop`]).
     stopped: tokio::sync::watch::Sender<bool>,
@@ -128,6 +131,7 @@ impl Informers {
             service_accounts: Informer::new(),
             services: Informer::new(),
             node_leases: Informer::new(),
+            cluster_roles: Informer::new(),
             wanted: Mutex::new(Vec::new()),
             stopped: tokio::sync::watch::channel(false).0,
         })
@@ -147,6 +151,7 @@ impl Informers {
     informer_getter!(deployments, Deployment, "deployments");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
+    informer_getter!(cluster_roles, ClusterRole, "clusterroles");
 
     informer_getter!(
         node_leases,
@@ -178,9 +183,9 @@ impl Informers {
 /// with the informers when called; start them ([`Informers::start`]) before awaiting it.
 pub fn scheduler(
     informers: &Informers,
+    client: kube::Client,
     config: SchedulerConfig,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let client = informers.client();
     let pods = informers.pods();
     let nodes = informers.nodes();
     let namespaces = informers.namespaces();
@@ -208,6 +213,21 @@ pub struct ManagerConfig {
     /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace (none: not
     /// published).
     pub root_ca: Option<String>,
+    /// Each controller's own credentials (upstream's `--use-service-account-credentials`);
+    /// none: every controller acts through the informers' client.
+    pub credentials: Option<Credentials>,
+}
+
+/// Gives each controller a client acting as its own ServiceAccount in `kube-system`, named
+/// as upstream's controllers' are (`replicaset-controller`, …), so each holds only its
+/// controller role.
+#[derive(Clone)]
+pub struct Credentials(pub std::sync::Arc<dyn Fn(&str) -> kube::Client + Send + Sync>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials")
+    }
 }
 
 impl Default for ManagerConfig {
@@ -217,6 +237,7 @@ impl Default for ManagerConfig {
             node_lifecycle: nodelifecycle::NodeLifecycleConfig::default(),
             event_ttl: std::time::Duration::from_secs(3600),
             root_ca: None,
+            credentials: None,
         }
     }
 }
@@ -227,6 +248,11 @@ pub fn controller_manager(
     config: ManagerConfig,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let client = informers.client();
+    // The client of the controller whose ServiceAccount is `name`.
+    let as_sa = |name: &str| match &config.credentials {
+        Some(credentials) => (credentials.0)(name),
+        None => client.clone(),
+    };
     let pods = informers.pods();
     informer::index_by_controller(&pods);
     pods.add_index(informer::BY_NODE, |p| {
@@ -238,7 +264,7 @@ pub fn controller_manager(
             .collect()
     });
     let node_lifecycle = nodelifecycle::NodeLifecycleController::new(
-        client.clone(),
+        as_sa("node-controller"),
         informers.nodes(),
         informers.node_leases(),
         pods.clone(),
@@ -246,55 +272,72 @@ pub fn controller_manager(
     );
     let replica_sets = informers.replica_sets();
     informer::index_by_controller(&replica_sets);
-    let replica_set =
-        replicaset::ReplicaSetController::new(client.clone(), pods.clone(), replica_sets.clone());
+    let replica_set = replicaset::ReplicaSetController::new(
+        as_sa("replicaset-controller"),
+        pods.clone(),
+        replica_sets.clone(),
+    );
     let replication_controllers = informers.replication_controllers();
     informer::index_by_controller(&replication_controllers);
     let replication_controller = replicaset::ReplicationControllerController::new(
-        client.clone(),
+        as_sa("replication-controller"),
         pods.clone(),
         replication_controllers.clone(),
     );
     let resource_quota = resourcequota::ResourceQuotaController::new(
-        client.clone(),
+        as_sa("resourcequota-controller"),
         informers.resource_quotas(),
         &pods,
     );
     let deployment = deployment::DeploymentController::new(
-        client.clone(),
+        as_sa("deployment-controller"),
         informers.deployments(),
         replica_sets.clone(),
         pods.clone(),
     );
     let service_account = serviceaccount::ServiceAccountController::new(
-        client.clone(),
+        as_sa("service-account-controller"),
         informers.namespaces(),
         informers.service_accounts(),
     );
-    let endpoints =
-        endpoints::EndpointsController::new(client.clone(), informers.services(), pods.clone());
+    let endpoints = endpoints::EndpointsController::new(
+        as_sa("endpoint-controller"),
+        informers.services(),
+        pods.clone(),
+    );
     let endpoint_slices = endpointslice::EndpointSliceController::new(
-        client.clone(),
+        as_sa("endpointslice-controller"),
         informers.services(),
         pods.clone(),
         informers.nodes(),
     );
     let service_lb = servicelb::ServiceLbController::new(
-        client.clone(),
+        as_sa("service-controller"),
         informers.services(),
         informers.nodes(),
     );
-    let root_ca = config
-        .root_ca
-        .clone()
-        .map(|ca| rootcacert::RootCaCertPublisher::new(client.clone(), informers.namespaces(), ca));
-    let garbage_collector = gc::GarbageCollector::new(client.clone());
+    let root_ca = config.root_ca.clone().map(|ca| {
+        rootcacert::RootCaCertPublisher::new(
+            as_sa("root-ca-cert-publisher"),
+            client.clone(),
+            informers.namespaces(),
+            ca,
+        )
+    });
+    let garbage_collector = gc::GarbageCollector::new(as_sa("generic-garbage-collector"));
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
     garbage_collector.share(replication_controllers);
     garbage_collector.share(informers.deployments());
-    let client_for_events = client.clone();
-    let namespace = namespace::NamespaceController::new(client.clone(), informers.namespaces());
+    // Upstream's events expire with their etcd lease; here a controller deletes them, with
+    // the collector's rights (it may delete anything).
+    let client_for_events = as_sa("generic-garbage-collector");
+    let aggregation = clusterroleaggregation::ClusterRoleAggregationController::new(
+        as_sa("clusterrole-aggregation-controller"),
+        informers.cluster_roles(),
+    );
+    let namespace =
+        namespace::NamespaceController::new(as_sa("namespace-controller"), informers.namespaces());
     async move {
         leader::run_as_leader(client, leader::LeaderConfig::new("kube-controller-manager"), || {
             let garbage_collector = garbage_collector.clone();
@@ -310,6 +353,7 @@ pub fn controller_manager(
             let endpoint_slices = endpoint_slices.clone();
             let service_lb = service_lb.clone();
             let root_ca = root_ca.clone();
+            let aggregation = aggregation.clone();
             async move {
                 let root_ca = async move {
                     if let Some(publisher) = root_ca {
@@ -330,6 +374,7 @@ pub fn controller_manager(
                     node_lifecycle.run(),
                     root_ca,
                     events,
+                    aggregation.run(),
                 );
             }
         })

@@ -25,6 +25,9 @@ const DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the k
 /// The publisher; keys are namespace names.
 pub struct RootCaCertPublisher {
     client: kube::Client,
+    /// Watches the published ConfigMaps in every namespace (upstream reads them through the
+    /// controller manager's shared informers; the publisher's own role only writes them).
+    reader: kube::Client,
     namespaces: Arc<Informer<Namespace>>,
     ca: String,
     queue: Arc<Queue>,
@@ -39,14 +42,17 @@ impl std::fmt::Debug for RootCaCertPublisher {
 }
 
 impl RootCaCertPublisher {
-    /// Hooks the publisher to the namespaces (before they start); `ca` is the PEM bundle.
+    /// Hooks the publisher to the namespaces (before they start); `ca` is the PEM bundle;
+    /// it writes through `client` and watches through `reader`.
     pub fn new(
         client: kube::Client,
+        reader: kube::Client,
         namespaces: Arc<Informer<Namespace>>,
         ca: String,
     ) -> Arc<RootCaCertPublisher> {
         let publisher = Arc::new(RootCaCertPublisher {
             client,
+            reader,
             namespaces: namespaces.clone(),
             ca,
             queue: Queue::new(),
@@ -66,7 +72,7 @@ impl RootCaCertPublisher {
     /// edited one is put back.
     pub async fn run(self: Arc<Self>) {
         self.namespaces.wait_synced().await;
-        let api: Api<ConfigMap> = Api::all(self.client.clone());
+        let api: Api<ConfigMap> = Api::all(self.reader.clone());
         let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
         let queue = self.queue.clone();
         let (store, writer) = reflector::store();

@@ -75,6 +75,7 @@ impl ManagerArgs {
             },
             event_ttl: self.event_ttl,
             root_ca: None,
+            credentials: None,
         }
     }
 }
@@ -115,8 +116,9 @@ async fn until_signal() -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run_scheduler(args: StandaloneScheduler) -> anyhow::Result<()> {
-    let informers = Informers::new(client_from(&args.kubeconfig).await?);
-    let scheduler = controllers::scheduler(&informers, args.scheduler.config());
+    let client = client_from(&args.kubeconfig).await?;
+    let informers = Informers::new(client.clone());
+    let scheduler = controllers::scheduler(&informers, client, args.scheduler.config());
     informers.start();
     tracing::info!("scheduler running (leader-elected through the kube-scheduler Lease)");
     tokio::select! {
@@ -150,23 +152,33 @@ pub(crate) async fn run_manager(args: StandaloneManager) -> anyhow::Result<()> {
     }
 }
 
+/// The in-process control plane's identities: who reads for the shared informers (upstream's
+/// controller manager, which may list and watch everything), who schedules, and each
+/// controller's own ServiceAccount.
+pub(crate) struct Identities {
+    pub(crate) informers: kube::Client,
+    pub(crate) scheduler: kube::Client,
+    pub(crate) controllers: controllers::Credentials,
+}
+
 /// Starts the in-process scheduler and controller manager (sharing one set of informers);
 /// they stop, informers included, when `shutdown` turns true. The returned task ends then.
 pub(crate) fn spawn_in_server(
-    client: kube::Client,
+    identities: Identities,
     scheduler: Option<SchedulerConfig>,
     manager: Option<ManagerConfig>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let informers = Informers::new(client);
+    let informers = Informers::new(identities.informers);
     let mut tasks = Vec::new();
     if let Some(config) = scheduler {
         tasks.push(tokio::spawn(crate::until(
             shutdown.clone(),
-            controllers::scheduler(&informers, config),
+            controllers::scheduler(&informers, identities.scheduler, config),
         )));
     }
-    if let Some(config) = manager {
+    if let Some(mut config) = manager {
+        config.credentials = Some(identities.controllers);
         tasks.push(tokio::spawn(crate::until(
             shutdown.clone(),
             controllers::controller_manager(&informers, config),

@@ -89,6 +89,12 @@ pub(crate) struct ServerArgs {
     /// Static bearer tokens, upstream's CSV format: `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// An API server tunable, `key=value` (repeatable): `authorization-mode` (`Node,RBAC`,
+    /// the default, or `AlwaysAllow` to let every authenticated client do everything).
+    #[arg(long = "kube-apiserver-arg", value_name = "KEY=VALUE", value_parser = parse_apiserver_arg)]
+    kube_apiserver_args: Vec<ApiServerArg>,
+    #[arg(skip)]
+    authorization_mode: AuthorizationMode,
     /// Interval of the store's compaction (history older than one interval is discarded).
     #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
     compaction_interval: Duration,
@@ -106,6 +112,39 @@ pub(crate) struct ServerArgs {
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
+}
+
+/// How requests are authorized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum AuthorizationMode {
+    /// RBAC (and, for node agents, the Node authorizer).
+    #[default]
+    Rbac,
+    /// Every authenticated client may do everything.
+    AlwaysAllow,
+}
+
+/// One `--kube-apiserver-arg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ApiServerArg {
+    AuthorizationMode(AuthorizationMode),
+}
+
+fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
+    let (key, value) =
+        arg.trim_start_matches("--").split_once('=').ok_or("want KEY=VALUE".to_owned())?;
+    match key {
+        "authorization-mode" => match value {
+            "Node,RBAC" | "RBAC,Node" | "RBAC" => {
+                Ok(ApiServerArg::AuthorizationMode(AuthorizationMode::Rbac))
+            }
+            "AlwaysAllow" => Ok(ApiServerArg::AuthorizationMode(AuthorizationMode::AlwaysAllow)),
+            other => Err(format!(
+                "authorization-mode {other:?} is not supported (Node,RBAC or AlwaysAllow are)"
+            )),
+        },
+        other => Err(format!("{other:?} is not supported (authorization-mode is)")),
+    }
 }
 
 fn load_or_create_token(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
@@ -142,7 +181,12 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<SharedStore> {
 }
 
 /// Runs the control plane until SIGINT or SIGTERM.
-pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
+    for arg in &args.kube_apiserver_args {
+        match arg {
+            ApiServerArg::AuthorizationMode(mode) => args.authorization_mode = *mode,
+        }
+    }
     let service_cidr = Ipv4Cidr::parse(&args.service_cidr)
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
     let cluster_cidr = Ipv4Cidr::parse(&args.cluster_cidr)
@@ -196,6 +240,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         crate::host::default_address().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     };
     let registry = Arc::new(Registry::new());
+    let rbac = Arc::new(apiserver::rbac::Rbac::new());
+    let node_authorizer = Arc::new(apiserver::node_authorizer::NodeAuthorizer::new(rbac.clone()));
     let rest = Arc::new(Rest {
         store: store.clone(),
         registry: registry.clone(),
@@ -203,6 +249,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             service_cidr,
             node_ports,
             Some(cluster_cidr),
+            (args.authorization_mode != AuthorizationMode::AlwaysAllow).then(|| rbac.clone()),
         ),
     });
     apiserver::crd::sync(&rest).await?;
@@ -232,7 +279,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api = Arc::new(ApiServer {
         rest: rest.clone(),
         registry,
-        authorizer: Box::new(apiserver::auth::AllowAuthenticated),
+        authorizer: match args.authorization_mode {
+            AuthorizationMode::AlwaysAllow => Box::new(apiserver::auth::AllowAuthenticated),
+            AuthorizationMode::Rbac => Box::new(node_authorizer.clone()),
+        },
         metrics: Default::default(),
         compactor: compactor_stats,
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
@@ -281,6 +331,22 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         &first_service_ip.to_string(),
     )
     .await?;
+    // Upstream's bootstrap policy, then the authorizer's view of every role and binding,
+    // before the first request is served.
+    let reconciled = apiserver::policy_reconcile::reconcile(&rest)
+        .await
+        .map_err(|e| anyhow::anyhow!("reconciling the RBAC bootstrap policy: {}", e.message))?;
+    tracing::info!(?reconciled, "RBAC bootstrap policy reconciled");
+    let rbac_revision = rbac.load(&store).await.context("loading RBAC objects")?;
+    let rbac_follower = tokio::spawn(crate::until(
+        shutdown_rx.clone(),
+        rbac.clone().follow(store.clone(), rbac_revision),
+    ));
+    let graph_revision = node_authorizer.load(&store).await.context("loading the node graph")?;
+    let graph_follower = tokio::spawn(crate::until(
+        shutdown_rx.clone(),
+        node_authorizer.clone().follow(store.clone(), graph_revision),
+    ));
     // This server's endpoint lease, renewed well within its lifetime, so the `kubernetes`
     // Service lists every live API server sharing the store.
     let lease_renewal = (!endpoint_ip.is_loopback()).then(|| {
@@ -334,9 +400,20 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     ));
     let mut control_plane = None;
     if !args.disable_scheduler || !args.disable_controller_manager {
-        let client = in_process_client(api.clone(), "system:kube-controller-manager")?;
+        let identities = crate::control::Identities {
+            informers: in_process_client(api.clone(), "system:kube-controller-manager", &[]),
+            scheduler: in_process_client(api.clone(), "system:kube-scheduler", &[]),
+            controllers: controllers::Credentials(Arc::new({
+                let api = api.clone();
+                move |name: &str| {
+                    let user = format!("system:serviceaccount:kube-system:{name}");
+                    let groups = ["system:serviceaccounts", "system:serviceaccounts:kube-system"];
+                    in_process_client(api.clone(), &user, &groups)
+                }
+            })),
+        };
         control_plane = Some(crate::control::spawn_in_server(
-            client,
+            identities,
             (!args.disable_scheduler).then(|| args.scheduler.config()),
             (!args.disable_controller_manager).then(|| {
                 let mut config = args.manager.config();
@@ -362,7 +439,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             },
             service_ip: dns_ip,
         };
-        let client = in_process_client(api.clone(), "system:kube-dns")?;
+        let client = in_process_client(
+            api.clone(),
+            apiserver::rbac::components::DNS_USER,
+            &["system:serviceaccounts", "system:serviceaccounts:kube-system"],
+        );
         let shutdown = shutdown_rx.clone();
         dns_task = Some(tokio::spawn(async move {
             if let Err(e) = dns::run(client, config, shutdown).await {
@@ -371,6 +452,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }));
     }
     let mut agent_task = None;
+    let mut control_plane_label = None;
     if !args.disable_agent {
         let mut config = args.agent.config(&args.data_dir, Some(endpoint_ip))?;
         config.cluster_cidr = args.cluster_cidr.clone();
@@ -378,11 +460,16 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         config.cluster_domain = args.cluster_domain.clone();
         config.flannel_backend =
             agent::routes::Backend::parse(&args.flannel_backend).unwrap_or_default();
-        // The server's own node runs the control plane, and says so as k3s's does.
-        config
-            .node_labels
-            .entry("node-role.kubernetes.io/control-plane".to_owned())
-            .or_insert_with(|| "true".to_owned());
+        // The server's own node runs the control plane, and says so as k3s's does. The
+        // server sets the label itself: NodeRestriction keeps `node-role.kubernetes.io/`
+        // labels from the node's own credentials.
+        control_plane_label = Some(tokio::spawn(crate::until(
+            shutdown_rx.clone(),
+            label_control_plane(
+                in_process_client(api.clone(), "system:krust-server", &["system:masters"]),
+                config.node_name.clone(),
+            ),
+        )));
         let (cert, key) =
             pki.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
         let url = format!("https://127.0.0.1:{}", local.port());
@@ -415,6 +502,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(short, compactor).await;
     let _ = tokio::time::timeout(short, crd_follower).await;
+    let _ = tokio::time::timeout(short, rbac_follower).await;
+    let _ = tokio::time::timeout(short, graph_follower).await;
+    if let Some(task) = control_plane_label {
+        task.abort();
+    }
     let _ = tokio::time::timeout(short, allocation_repair).await;
     if let Some(task) = lease_renewal {
         let _ = tokio::time::timeout(short, task).await;
@@ -434,6 +526,25 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(drain, serving).await;
     tracing::info!("krust server stopped");
     Ok(())
+}
+
+/// Labels the server's own node `node-role.kubernetes.io/control-plane=true` once its agent
+/// has registered it.
+async fn label_control_plane(client: kube::Client, node: String) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "node-role.kubernetes.io/control-plane": "true"}}});
+    loop {
+        match nodes
+            .patch(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => tracing::warn!(error = %e, node, "labelling the control-plane node failed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// The API server's client for node agents: trusts the cluster CA and presents a
@@ -575,10 +686,11 @@ fn bytes_of(key: &str) -> bytes::Bytes {
 fn in_process_client(
     api: Arc<apiserver::handler::ApiServer>,
     user: &str,
-) -> anyhow::Result<kube::Client> {
-    let base: http::Uri = "http://in-process".parse()?;
+    groups: &[&str],
+) -> kube::Client {
+    let base = http::Uri::from_static("http://in-process");
     let service = tower::ServiceBuilder::new()
         .layer(kube::client::middleware::BaseUriLayer::new(base))
-        .service(apiserver::server::InProcess::new(api, user, &[]));
-    Ok(kube::Client::new(service, "default"))
+        .service(apiserver::server::InProcess::new(api, user, groups));
+    kube::Client::new(service, "default")
 }

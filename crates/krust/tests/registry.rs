@@ -293,11 +293,20 @@ fn one_storage_serves_several_versions() {
 #[test]
 fn reviews_answer_through_the_authorizer() {
     let server = KrustServer::start_control_plane(&[]);
-    let sar = server.ok_stdin(
-        &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
-        "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec: {user: bob, resourceAttributes: {verb: get, resource: pods, namespace: default}}\n",
-    );
-    assert_eq!(sar, "true");
+    let sar = || {
+        server.ok_stdin(
+            &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+            "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec: {user: bob, resourceAttributes: {verb: get, resource: pods, namespace: default}}\n",
+        )
+    };
+    // bob may do nothing until a binding says so.
+    assert_eq!(sar(), "false");
+    server.ok(&["create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sar() != "true" {
+        assert!(std::time::Instant::now() < deadline, "the binding never took effect");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let lsar = server.ok_stdin(
         &["create", "-n", "default", "-f", "-", "-o", "jsonpath={.metadata.namespace} {.status.allowed}"],
         "apiVersion: authorization.k8s.io/v1\nkind: LocalSubjectAccessReview\nmetadata: {namespace: default}\nspec: {user: bob, resourceAttributes: {verb: get, resource: pods}}\n",

@@ -71,6 +71,19 @@ fn kubectl_as(
 fn service_account_tokens_work_while_what_they_are_bound_to_exists() {
     let server = KrustServer::start_control_plane(&[]);
     server.ok(&["create", "serviceaccount", "bob"]);
+    // What bob may do, RBAC says: viewing the namespace.
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "bob-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:bob",
+    ]);
+    server.wait_for(
+        &["auth", "can-i", "get", "serviceaccounts", "--as=system:serviceaccount:default:bob"],
+        std::time::Duration::from_secs(10),
+        |a| a == "yes",
+    );
     // A token authenticates as its ServiceAccount.
     let token = server.ok(&["create", "token", "bob", "--duration", "20m"]);
     assert_eq!(token.split('.').count(), 3, "{token}");
@@ -235,10 +248,25 @@ fn pods_get_a_bound_token_the_ca_and_their_namespace() {
     let cluster_ca =
         server.ok(&["get", "configmap", "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"]);
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----") && ca.trim() == cluster_ca.trim());
-    // The pod's token authenticates as its ServiceAccount. (Read out and used from the
-    // host: busybox's TLS client offers no suite the server accepts, AEAD only.)
+    // The pod's token authenticates as its ServiceAccount, which may view the namespace.
+    // (Read out and used from the host: busybox's TLS client offers no suite the server
+    // accepts, AEAD only.)
     let token = server.ok(&["exec", "with", "--", "cat", &format!("{dir}/token")]);
     let config = token_kubeconfig(&server, &token);
+    let (ok, _, err) = kubectl_as(&server, &config, &["get", "pod", "with", "-o", "name"]);
+    assert!(!ok && err.contains("forbidden"), "the pod's account reads pods unbound: {err}");
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "default-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ]);
+    server.wait_for(
+        &["auth", "can-i", "get", "pods", "--as=system:serviceaccount:default:default"],
+        std::time::Duration::from_secs(10),
+        |a| a == "yes",
+    );
     let (ok, out, err) = kubectl_as(&server, &config, &["get", "pod", "with", "-o", "name"]);
     assert!(ok && out == "pod/with", "{out} {err}");
     let claims = claims_of(&token);

@@ -8,7 +8,9 @@ pub mod allocations;
 pub mod default_toleration_seconds;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
+pub mod node_restriction;
 pub mod priority;
+pub mod rbac_escalation;
 pub mod resource_quota;
 pub mod service_account;
 pub mod service_cluster_ip;
@@ -57,6 +59,8 @@ pub struct Attributes<'a> {
     pub old: Option<&'a Value>,
     /// Whether nothing will be persisted.
     pub dry_run: bool,
+    /// Who asks (None: the server itself).
+    pub user: Option<&'a crate::auth::UserInfo>,
 }
 
 impl Attributes<'_> {
@@ -200,16 +204,28 @@ const NODE_CIDR_PREFIX: u8 = 24;
 
 impl Admission {
     /// The chain of a cluster whose Services take addresses from `service_cidr` and node
-    /// ports from `node_ports`, and whose nodes take /24 pod networks from `cluster_cidr`.
+    /// ports from `node_ports`, and whose nodes take /24 pod networks from `cluster_cidr`;
+    /// with `rbac`, nobody writes roles or bindings granting more than they hold, and node
+    /// agents write only their own node and pods (NodeRestriction).
     pub fn new(
         service_cidr: Ipv4Cidr,
         node_ports: PortRange,
         cluster_cidr: Option<Ipv4Cidr>,
+        rbac: Option<Arc<crate::rbac::Rbac>>,
     ) -> Admission {
         // One lock for everything allocated from a range of the cluster: two creates must not
         // pick the same address. (Within one API server; several servers sharing etcd need
         // an allocator object in the store, which comes with the services issue.)
         let allocation = Arc::new(Mutex::new(()));
+        let mut validating: Vec<Box<dyn Validating>> = vec![
+            Box::new(namespace_lifecycle::NamespaceLifecycle),
+            Box::new(allocations::ServiceAllocationRelease),
+        ];
+        if let Some(rbac) = rbac {
+            validating.push(Box::new(node_restriction::NodeRestriction));
+            validating.push(Box::new(rbac_escalation::RbacEscalation(rbac)));
+        }
+        validating.push(Box::new(resource_quota::ResourceQuota));
         Admission {
             mutating: vec![
                 Box::new(service_cluster_ip::ServiceClusterIp::new(
@@ -226,11 +242,7 @@ impl Admission {
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),
                 Box::new(priority::Priority),
             ],
-            validating: vec![
-                Box::new(namespace_lifecycle::NamespaceLifecycle),
-                Box::new(allocations::ServiceAllocationRelease),
-                Box::new(resource_quota::ResourceQuota),
-            ],
+            validating,
         }
     }
 
@@ -372,6 +384,7 @@ mod tests {
             field_validation: FieldValidation::Strict,
             field_manager: "test".into(),
             force: false,
+            user: None,
         };
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
         rest.create(&namespaces, None, ns, &options).await.expect("namespace");
