@@ -504,8 +504,27 @@ fn split_key<'a>(key: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     key.strip_prefix(prefix)?.split_once('/')
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn apply_pod(graph: &mut Graph, key: &str, value: Option<&[u8]>) {
     let Some((namespace, name)) = split_key(key, PODS) else { return };
+    if let Some(bytes) = value {
+        // Every pod write passes here (status updates above all), so decoding is saved
+        // where it cannot change the graph: what a bound pod refers to is immutable (only
+        // ephemeral containers can be added), and an unbound pod grants no node anything.
+        // (In stored JSON a key is `"nodeName":"`; inside a string value it would be
+        // escaped.)
+        let known_bound = graph.pods.get(key).is_some_and(|p| !p.node.is_empty());
+        if known_bound && !contains(bytes, b"\"ephemeralContainers\"") {
+            return;
+        }
+        if !contains(bytes, b"\"nodeName\":\"") {
+            graph.set_pod(key, None);
+            return;
+        }
+    }
     let refs = value.and_then(|v| PodRefs::from_json(v, namespace, name));
     graph.set_pod(key, refs);
 }
@@ -640,8 +659,10 @@ mod tests {
     }
 
     #[test]
-    fn a_moved_or_deleted_pod_takes_its_objects_with_it() {
+    fn a_recreated_or_deleted_pod_takes_its_objects_with_it() {
         let authorizer = authorizer();
+        // Deleted, and created again on node b under the same name.
+        apply_pod(&mut authorizer.graph_mut(), &format!("{PODS}ns/web"), None);
         let moved = serde_json::to_vec(&json!({"spec": {"nodeName": "b",
             "volumes": [{"name": "s", "secret": {"secretName": "db"}}]}}))
         .unwrap_or_default();
@@ -657,6 +678,28 @@ mod tests {
             Decision::Deny(_)
         ));
         assert!(authorizer.graph().by_node.is_empty());
+    }
+
+    #[test]
+    fn a_pod_counts_from_its_binding_on() {
+        let authorizer = NodeAuthorizer::new(Arc::new(Rbac::new()));
+        let key = format!("{PODS}ns/late");
+        let pod = |node: &str| {
+            let mut spec = json!({"volumes": [{"name": "s", "secret": {"secretName": "db"}}]});
+            if !node.is_empty() {
+                spec["nodeName"] = json!(node);
+            }
+            serde_json::to_vec(&json!({"spec": spec})).unwrap_or_default()
+        };
+        apply_pod(&mut authorizer.graph_mut(), &key, Some(&pod("")));
+        assert!(!authorizer.graph().related("a", Kind::Secret, "ns", "db"));
+        apply_pod(&mut authorizer.graph_mut(), &key, Some(&pod("a")));
+        assert!(authorizer.graph().related("a", Kind::Secret, "ns", "db"));
+        // A status update of the bound pod changes nothing; its deletion does.
+        apply_pod(&mut authorizer.graph_mut(), &key, Some(&pod("a")));
+        assert!(authorizer.graph().related("a", Kind::Secret, "ns", "db"));
+        apply_pod(&mut authorizer.graph_mut(), &key, None);
+        assert!(!authorizer.graph().related("a", Kind::Secret, "ns", "db"));
     }
 
     #[test]

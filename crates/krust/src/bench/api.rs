@@ -33,6 +33,10 @@ pub(crate) struct ApiBenchArgs {
     /// Concurrent clients for the bulk phases.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Roles and RoleBindings present (each) while the security phase times creates by a
+    /// user RBAC allows, beside a server with `authorization-mode=AlwaysAllow`; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    security_roles: usize,
 }
 
 /// A `krust server` child process on loopback with its own data dir, removed on drop.
@@ -169,6 +173,9 @@ where
 }
 
 pub(crate) async fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
+    if args.security_roles > 0 {
+        security(args.security_roles, args.concurrency).await?;
+    }
     let server = Server::start()?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("idle server RSS: {:.1} MiB", server.rss_mib());
@@ -326,6 +333,194 @@ pub(crate) async fn run(args: ApiBenchArgs) -> anyhow::Result<()> {
             server.rss_mib()
         );
     }
+    Ok(())
+}
+
+/// A client of `server` authenticating as `user` with a certificate from its CA (a user
+/// RBAC decides for, unlike the admin, whom `system:masters` lets through).
+async fn client_as(server: &Server, user: &str) -> anyhow::Result<kube::Client> {
+    let tls = server.dir.join("data/server/tls");
+    // The SANs the server was given, so loading the PKI re-issues nothing.
+    let sans: Vec<String> =
+        std::fs::read_to_string(tls.join("serving.sans"))?.lines().map(str::to_owned).collect();
+    let pki = pki::Pki::load_or_create(&tls, &sans)?;
+    let (cert, key) = pki.issue_client(user, &[])?;
+    let admin = std::fs::read_to_string(&server.kubeconfig)?;
+    let url = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .context("no server URL in the kubeconfig")?;
+    let text = pki::kubeconfig(&pki.ca_cert_pem, url, user, &cert, &key);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `roles` Roles and RoleBindings in namespace `sec` (each granting some user reads), plus
+/// the one that lets `writer` create ConfigMaps there.
+async fn populate_roles(server: &Server, roles: usize, c: usize) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let client = server.client().await?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "sec"}}))?,
+        )
+        .await?;
+    let role_api: Api<Role> = Api::namespaced(client.clone(), "sec");
+    let binding_api: Api<RoleBinding> = Api::namespaced(client.clone(), "sec");
+    let role = |name: &str, verbs: &[&str]| -> anyhow::Result<Role> {
+        Ok(serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}]}))?)
+    };
+    let binding = |name: &str, role: &str, user: &str| -> anyhow::Result<RoleBinding> {
+        Ok(serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))?)
+    };
+    let (roles_api, bindings_api) = (role_api.clone(), binding_api.clone());
+    closed_loop(roles, c, move |i| {
+        let (roles_api, bindings_api) = (roles_api.clone(), bindings_api.clone());
+        let made = role(&format!("reader-{i}"), &["get", "list"]).and_then(|r| {
+            Ok((r, binding(&format!("reader-{i}"), &format!("reader-{i}"), &format!("user-{i}"))?))
+        });
+        async move {
+            let (r, b) = made?;
+            roles_api.create(&PostParams::default(), &r).await?;
+            bindings_api.create(&PostParams::default(), &b).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    role_api.create(&PostParams::default(), &role("writer", &["create"])?).await?;
+    binding_api.create(&PostParams::default(), &binding("writer", "writer", "writer")?).await?;
+    Ok(())
+}
+
+/// The security phase: creates by a user RBAC allows, with `roles` Roles and RoleBindings
+/// present, on a server with RBAC and on one with AlwaysAllow, in the same run.
+async fn security(roles: usize, c: usize) -> anyhow::Result<()> {
+    let quiet = ["--disable-scheduler", "--disable-controller-manager", "--disable-dns"];
+    let rbac = Server::start_with("api-rbac", &quiet)?;
+    let allow = Server::start_with(
+        "api-allow",
+        &[&quiet[..], &["--kube-apiserver-arg", "authorization-mode=AlwaysAllow"]].concat(),
+    )?;
+    for server in [&rbac, &allow] {
+        populate_roles(server, roles, c).await?;
+    }
+    let writers = [client_as(&rbac, "writer").await?, client_as(&allow, "writer").await?];
+    // Until the binding is in the authorizer's index.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe: Api<ConfigMap> = Api::namespaced(writers[0].clone(), "sec");
+    let cm = |name: String| -> anyhow::Result<ConfigMap> {
+        Ok(serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name}, "data": {"k": "v"}}),
+        )?)
+    };
+    while probe.create(&PostParams::default(), &cm("probe".into())?).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the writer's binding never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Throughput with `c` clients, and latency with one (where a difference is the work a
+    // request costs, not time queued behind others); rounds alternate between the servers
+    // so that neither has the machine to itself.
+    let mut results: [(Vec<Duration>, Duration); 2] = Default::default();
+    let mut serial: [Vec<Duration>; 2] = Default::default();
+    for round in 0..2 {
+        for (i, writer) in writers.iter().enumerate() {
+            let api: Api<ConfigMap> = Api::namespaced(writer.clone(), "sec");
+            let one = api.clone();
+            let (lat, _) = closed_loop(1000, 1, move |n| {
+                let api = one.clone();
+                let object = cm(format!("s{round}-{n}"));
+                async move {
+                    api.create(&PostParams::default(), &object?).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            serial[i].extend(lat);
+            let (lat, took) = closed_loop(3000, c, move |n| {
+                let api = api.clone();
+                let object = cm(format!("w{round}-{n}"));
+                async move {
+                    api.create(&PostParams::default(), &object?).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            results[i].0.extend(lat);
+            results[i].1 += took;
+        }
+    }
+    let [(mut on, on_took), (mut off, off_took)] = results;
+    on.sort();
+    off.sort();
+    let [mut one_on, mut one_off] = serial;
+    one_on.sort();
+    one_off.sort();
+    let rate = |lat: &[Duration], took: Duration| lat.len() as f64 / took.as_secs_f64();
+    let (rate_on, rate_off) = (rate(&on, on_took), rate(&off, off_took));
+    println!(
+        "create configmap as an RBAC-bound user, {roles} Roles + {roles} RoleBindings present:"
+    );
+    println!(
+        "  RBAC + admission       {rate_on:>8.0}/s  p50={:>6.2} ms  p99={:>6.2} ms",
+        percentile(&on, 0.5),
+        percentile(&on, 0.99)
+    );
+    println!(
+        "  AlwaysAllow            {rate_off:>8.0}/s  p50={:>6.2} ms  p99={:>6.2} ms",
+        percentile(&off, 0.5),
+        percentile(&off, 0.99)
+    );
+    println!("  throughput ratio {:.2}x (RBAC / AlwaysAllow, {c} clients)", rate_on / rate_off);
+    println!(
+        "  one client: RBAC p50={:.2} ms p99={:.2} ms; AlwaysAllow p50={:.2} ms p99={:.2} ms; added p99 {:+.2} ms",
+        percentile(&one_on, 0.5),
+        percentile(&one_on, 0.99),
+        percentile(&one_off, 0.5),
+        percentile(&one_off, 0.99),
+        percentile(&one_on, 0.99) - percentile(&one_off, 0.99)
+    );
+    // The decision alone: RBAC's authorizer over the same objects.
+    let index = apiserver::rbac::Rbac::new();
+    let prefix = apiserver::rbac::STORE_PREFIX;
+    for i in 0..roles {
+        index.apply(&format!("{prefix}roles/sec/reader-{i}"), Some(&serde_json::json!({"rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]})));
+        index.apply(&format!("{prefix}rolebindings/sec/reader-{i}"), Some(&serde_json::json!({"roleRef": {"kind": "Role", "name": format!("reader-{i}")}, "subjects": [{"kind": "User", "name": format!("user-{i}")}]})));
+    }
+    index.apply(&format!("{prefix}roles/sec/writer"), Some(&serde_json::json!({"rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]})));
+    index.apply(&format!("{prefix}rolebindings/sec/writer"), Some(&serde_json::json!({"roleRef": {"kind": "Role", "name": "writer"}, "subjects": [{"kind": "User", "name": "writer"}]})));
+    let writer = apiserver::auth::UserInfo {
+        name: "writer".into(),
+        groups: vec!["system:authenticated".into()],
+    };
+    let attributes = apiserver::auth::Attributes {
+        verb: "create",
+        group: "",
+        resource: "configmaps",
+        subresource: "",
+        namespace: "sec",
+        name: "",
+        path: "",
+    };
+    use apiserver::auth::Authorizer;
+    let mut decisions = Vec::with_capacity(100_000);
+    for _ in 0..100_000 {
+        let t = Instant::now();
+        let decision = index.authorize(&writer, &attributes);
+        decisions.push(t.elapsed());
+        anyhow::ensure!(decision == apiserver::auth::Decision::Allow, "RBAC refused the writer");
+    }
+    decisions.sort();
+    println!(
+        "  RBAC decision alone: p50={:.1} µs  p99={:.1} µs",
+        percentile(&decisions, 0.5) * 1000.0,
+        percentile(&decisions, 0.99) * 1000.0
+    );
     Ok(())
 }
 
