@@ -387,7 +387,7 @@ impl ApiServer {
         if let Some(join) = &self.node_join
             && (path == crate::join::CACERTS_PATH || path == crate::join::CREDENTIALS_PATH)
         {
-            return match Self::serve_join(join, request).await {
+            return match self.serve_join(join, request, user.as_ref()).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e),
             };
@@ -716,8 +716,10 @@ impl ApiServer {
 
     /// The join endpoints (no client certificate needed: the token is the credential).
     async fn serve_join(
+        &self,
         join: &crate::join::NodeJoin,
         request: Request<RequestBody>,
+        user: Option<&UserInfo>,
     ) -> ApiResult<Response<Body>> {
         if request.uri().path() == crate::join::CACERTS_PATH {
             return Ok(text_response(join.pki.ca_cert_pem.clone()));
@@ -745,7 +747,39 @@ impl ApiServer {
         }
         let content_type = header_text(&request, header::CONTENT_TYPE);
         let body = read_body(request, &content_type).await?;
-        Ok(json_response(StatusCode::OK, &join.credentials(&body)?))
+        let name = body["nodeName"].as_str().unwrap_or("").trim();
+        // A name a live node holds is that node's: only its own credentials may renew it.
+        let own = user.and_then(crate::node_authorizer::node_of) == Some(name);
+        if !own && self.node_is_live(name).await? {
+            tracing::warn!(node = name, ?peer, "a node join was refused: the name is in use");
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!(
+                    "node \"{name}\" is held by a live node: join with another name, or with that node's own credentials"
+                ),
+            ));
+        }
+        Ok(json_response(StatusCode::OK, &join.credentials(&body, peer)?))
+    }
+
+    /// Whether a node of that name renewed its Lease within the lease's duration.
+    async fn node_is_live(&self, name: &str) -> ApiResult<bool> {
+        let Some(leases) = self.registry.lookup("coordination.k8s.io", "v1", "leases") else {
+            return Ok(false);
+        };
+        let lease = match self.rest.get(&leases, Some("kube-node-lease"), name).await {
+            Ok(stored) => stored.object,
+            Err(e) if e.code == 404 => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let renewed = lease
+            .pointer("/spec/renewTime")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let duration =
+            lease.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64).unwrap_or(40);
+        Ok(renewed.is_some_and(|t| jiff::Timestamp::now().duration_since(t).as_secs() < duration))
     }
 
     /// `pods/proxy`: the pod named `NAME[:PORT]` (or `http:NAME:PORT`) gets the request.

@@ -87,8 +87,9 @@ impl NodeJoin {
             && same(&secret, &self.secret)
     }
 
-    /// Issues a node's credentials for the request `body` (`{"nodeName", "addresses"}`).
-    pub fn credentials(&self, body: &Value) -> ApiResult<Value> {
+    /// Issues a node's credentials for the request `body` (`{"nodeName", "addresses"}`)
+    /// made from `peer`.
+    pub fn credentials(&self, body: &Value, peer: Option<std::net::IpAddr>) -> ApiResult<Value> {
         let name = body["nodeName"].as_str().unwrap_or("").trim();
         let valid_name = !name.is_empty()
             && name.len() <= 253
@@ -98,12 +99,17 @@ impl NodeJoin {
         if !valid_name {
             return Err(ApiError::bad_request(format!("invalid node name {name:?}")));
         }
-        let mut sans: Vec<String> = vec![name.to_owned(), "localhost".into(), "127.0.0.1".into()];
-        for a in body["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            if a.parse::<std::net::IpAddr>().is_ok() && !sans.iter().any(|s| s == a) {
-                sans.push(a.to_owned());
-            }
-        }
+        let server_sans: Vec<String> = std::fs::read_to_string(self.pki.dir.join("serving.sans"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let requested: Vec<&str> =
+            body["addresses"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let sans = serving_sans(name, &requested, &server_sans, peer).map_err(|reason| {
+            tracing::warn!(node = name, ?peer, reason, "a node join was refused");
+            ApiError::forbidden(reason)
+        })?;
         let internal = |e: crate::pki::PkiError| ApiError::internal(e.to_string());
         let (client_cert, client_key) = self
             .pki
@@ -119,6 +125,39 @@ impl NodeJoin {
             "cluster": self.cluster,
         }))
     }
+}
+
+/// The names a joining node's serving certificate may carry: its own name and the IP
+/// addresses it asks for — never a loopback address, nor a name or address of the API
+/// server (a certificate for those would let the node pose as the server to other nodes
+/// and clients), unless the node joins from the server's own host, where it shares them.
+pub fn serving_sans(
+    name: &str,
+    requested: &[&str],
+    server_sans: &[String],
+    peer: Option<std::net::IpAddr>,
+) -> Result<Vec<String>, String> {
+    let server_ips: Vec<std::net::IpAddr> =
+        server_sans.iter().filter_map(|s| s.parse().ok()).collect();
+    let same_host = peer.is_some_and(|p| p.is_loopback() || server_ips.contains(&p));
+    if !same_host && server_sans.iter().any(|s| s == name) {
+        return Err(format!("node name {name:?} is one of the API server's names"));
+    }
+    let mut sans = vec![name.to_owned()];
+    for address in requested {
+        let ip: std::net::IpAddr =
+            address.parse().map_err(|_| format!("{address:?} is not an IP address"))?;
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Err(format!("a node's serving certificate cannot hold {ip}"));
+        }
+        if server_ips.contains(&ip) && !same_host {
+            return Err(format!("{ip} is an address of the API server"));
+        }
+        if !sans.iter().any(|s| s == address) {
+            sans.push(ip.to_string());
+        }
+    }
+    Ok(sans)
 }
 
 #[cfg(test)]
@@ -141,10 +180,35 @@ mod tests {
         assert!(join.accepts("s3cret"));
         assert!(!join.accepts("K10deadbeef::server:s3cret"));
         assert!(!join.accepts("wrong"));
+        let peer = Some("10.0.0.7".parse().unwrap());
         let creds =
-            join.credentials(&json!({"nodeName": "n2", "addresses": ["10.0.0.7"]})).unwrap();
+            join.credentials(&json!({"nodeName": "n2", "addresses": ["10.0.0.7"]}), peer).unwrap();
         assert!(creds["clientCert"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
-        assert!(join.credentials(&json!({"nodeName": "Bad Name"})).is_err());
+        assert!(join.credentials(&json!({"nodeName": "Bad Name"}), peer).is_err());
+        let e = join.credentials(&json!({"nodeName": "n2", "addresses": ["127.0.0.1"]}), peer);
+        assert_eq!(e.unwrap_err().code, 403);
+    }
+
+    #[test]
+    fn serving_certificates_hold_only_the_nodes_own_names() {
+        let server: Vec<String> =
+            ["localhost", "kubernetes", "127.0.0.1", "10.43.0.1", "192.0.2.2", "vm"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        let elsewhere = Some("198.51.100.9".parse().unwrap());
+        assert_eq!(
+            serving_sans("n1", &["198.51.100.9"], &server, elsewhere).unwrap(),
+            ["n1", "198.51.100.9"]
+        );
+        assert!(serving_sans("n1", &["192.0.2.2"], &server, elsewhere).is_err());
+        assert!(serving_sans("n1", &["10.43.0.1"], &server, elsewhere).is_err());
+        assert!(serving_sans("n1", &["127.0.0.1"], &server, elsewhere).is_err());
+        assert!(serving_sans("kubernetes", &[], &server, elsewhere).is_err());
+        assert!(serving_sans("n1", &["not-an-ip"], &server, elsewhere).is_err());
+        // An agent on the server's own host shares its addresses.
+        let local = Some("127.0.0.1".parse().unwrap());
+        assert!(serving_sans("n1", &["192.0.2.2"], &server, local).is_ok());
     }
 
     #[test]

@@ -412,6 +412,20 @@ fn the_join_endpoint_holds_off_an_address_that_guesses() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(join(&token).starts_with("HTTP/1.1 200") || join(&token).starts_with("HTTP/2 200"));
+    // A name a live node holds (its Lease renewed just now) is not given to another.
+    let renewed = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])
+        .output()
+        .unwrap();
+    let renewed = String::from_utf8_lossy(&renewed.stdout).trim().to_owned();
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: guesser, namespace: kube-node-lease}}\nspec: {{holderIdentity: guesser, leaseDurationSeconds: 40, renewTime: \"{renewed}\"}}\n"
+        ),
+    );
+    let taken = join(&token);
+    assert!(taken.contains(" 409"), "a live node's name was given out: {taken}");
     for _ in 0..10 {
         let answer = join("wrong");
         assert!(answer.contains(" 401"), "{answer}");
