@@ -121,6 +121,66 @@ pub fn service_account_token(data: &[u8]) {
     assert!(passed.is_none(), "a hostile token passed: {claims}");
 }
 
+/// A label selector as `?labelSelector=` carries it: parsed, then matched against objects
+/// whose labels come from the same input, so the matcher sees keys the parser accepted.
+pub fn label_selector(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(selector) = crate::selectors::LabelSelector::parse(text) else { return };
+    let mut labels = serde_json::Map::new();
+    for part in text.split([',', '(', ')', ' ']) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        labels.insert(k.trim_matches(['!', '=']).to_owned(), Value::from(v.trim_matches('=')));
+    }
+    for object in
+        [serde_json::json!({"metadata": {"labels": labels}}), serde_json::json!({}), Value::Null]
+    {
+        let _ = selector.matches(&object);
+    }
+}
+
+/// A field selector as `?fieldSelector=` carries it, for pods (the most selectable type).
+pub fn field_selector(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let selectable = ["spec.nodeName", "status.phase", "spec.restartPolicy"];
+    let Ok(selector) = crate::selectors::FieldSelector::parse(text, &selectable) else { return };
+    let pod = serde_json::json!({"metadata": {"name": text, "namespace": "default"},
+        "spec": {"nodeName": text}, "status": {"phase": "Running"}});
+    let _ = selector.matches(&pod);
+    let _ = selector.matches(&Value::Null);
+}
+
+/// RBAC rule matching and escalation coverage, fed
+/// `{"owner": [rules], "requested": rule, "attributes": {verb, group, resource, …}}`: no
+/// panic, a rule covers itself, and coverage is sound — whatever a covered rule allows,
+/// some rule of the owner allows too (else the escalation check would let a user grant
+/// more than they hold).
+pub fn rbac_rule(data: &[u8]) {
+    use crate::rbac::rule::{Rule, covers};
+    let Ok(input) = serde_json::from_slice::<Value>(data) else { return };
+    let owner: Vec<Rule> = input
+        .get("owner")
+        .and_then(Value::as_array)
+        .map(|rules| rules.iter().map(Rule::from_json).collect())
+        .unwrap_or_default();
+    let requested = Rule::from_json(input.get("requested").unwrap_or(&Value::Null));
+    let text = |field: &str| {
+        input.pointer(&format!("/attributes/{field}")).and_then(Value::as_str).unwrap_or("")
+    };
+    let attributes = crate::auth::Attributes {
+        verb: text("verb"),
+        group: text("group"),
+        resource: text("resource"),
+        subresource: text("subresource"),
+        namespace: text("namespace"),
+        name: text("name"),
+        path: text("path"),
+    };
+    assert!(covers(std::slice::from_ref(&requested), &requested), "a rule does not cover itself");
+    if covers(&owner, &requested) && requested.allows(&attributes) {
+        assert!(owner.iter().any(|rule| rule.allows(&attributes)), "covered but not held: {input}");
+    }
+}
+
 pub const TARGETS: &[(&str, Target)] = &[
     ("json_body", json_body),
     ("yaml_body", yaml_body),
@@ -130,4 +190,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("strategic_merge_patch", strategic_merge_patch),
     ("apply", apply),
     ("service_account_token", service_account_token),
+    ("label_selector", label_selector),
+    ("field_selector", field_selector),
+    ("rbac_rule", rbac_rule),
 ];
