@@ -99,12 +99,22 @@ pub fn user_from_certificate(der: &[u8]) -> Option<UserInfo> {
     Some(UserInfo { name, groups })
 }
 
-/// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
+/// Paths a request without credentials may be authorized for at all (as `system:anonymous`,
+/// by what RBAC binds to `system:unauthenticated`: upstream's `system:public-info-viewer`
+/// grants health and version); any other answers 401 without asking.
 pub fn is_public_path(path: &str) -> bool {
     matches!(path, "/version" | "/version/" | "/healthz" | "/livez" | "/readyz")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
         || path.starts_with("/healthz/")
+}
+
+/// The user a request without credentials is.
+pub fn anonymous() -> UserInfo {
+    UserInfo {
+        name: "system:anonymous".to_owned(),
+        groups: vec!["system:unauthenticated".to_owned()],
+    }
 }
 
 /// Static bearer tokens from `--token-auth-file`, in upstream's CSV format: one

@@ -563,10 +563,31 @@ impl ApiServer {
         path: &str,
         query: &Query,
     ) -> ApiResult<()> {
-        if crate::auth::is_public_path(path) {
-            return Ok(());
-        }
-        let user = user.ok_or_else(ApiError::unauthorized)?;
+        // Without credentials a request is `system:anonymous`, whom RBAC allows only what
+        // is bound to `system:unauthenticated` (upstream's `system:public-info-viewer`:
+        // health and version); everything else answers 401, so clients offer credentials.
+        let user = match user {
+            Some(user) => user,
+            None => {
+                if target.is_some() || !crate::auth::is_public_path(path) {
+                    return Err(ApiError::unauthorized());
+                }
+                let anonymous = crate::auth::anonymous();
+                let attributes = Attributes {
+                    verb,
+                    group: "",
+                    resource: "",
+                    subresource: "",
+                    namespace: "",
+                    name: "",
+                    path,
+                };
+                return match self.authorizer.authorize(&anonymous, &attributes) {
+                    Decision::Allow => Ok(()),
+                    Decision::Deny(_) => Err(ApiError::unauthorized()),
+                };
+            }
+        };
         // A list or watch of one object by `metadata.name` is authorized as that object, as
         // upstream's request info does (it is how a node watches one Secret it may read).
         let selected = match (verb, query.get("fieldSelector")) {

@@ -376,6 +376,30 @@ fn the_bootstrap_policy_is_upstreams_and_comes_back() {
     let discovery =
         server.ok(&["get", "clusterrole", "system:discovery", "-o", "jsonpath={.rules}"]);
     assert!(!discovery.contains("/healthz"), "protected role was reconciled: {discovery}");
+    // Without credentials: health and version, as long as RBAC's public-info-viewer binding
+    // says so; everything else 401.
+    let url = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap();
+    let anonymous = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("{url}{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(anonymous("/version"), "200");
+    assert_eq!(anonymous("/readyz"), "200");
+    assert_eq!(anonymous("/apis"), "401");
+    assert_eq!(anonymous("/api/v1/namespaces/default/pods"), "401");
+    server.ok(&["delete", "clusterrolebinding", "system:public-info-viewer"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while anonymous("/version") != "401" {
+        assert!(std::time::Instant::now() < deadline, "anonymous still reads /version unbound");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Everyone authenticated still discovers the API; nobody without credentials does.
     let out = server.kubectl(&[
         "get",
