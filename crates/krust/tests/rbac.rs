@@ -454,6 +454,9 @@ fn a_node_reaches_only_its_own_pods_objects_and_writes_only_itself() {
     );
     assert!(!ok && err.contains("is not allowed to modify the following labels"), "{err}");
     let (ok, _, err) =
+        kubectl_as(&server, &node_config, &["taint", "node", &node, "lifted=yes:NoSchedule"]);
+    assert!(!ok && err.contains("is not allowed to modify taints"), "{err}");
+    let (ok, _, err) =
         kubectl_as(&server, &node_config, &["delete", "pod", "user", "--wait=false"]);
     assert!(ok, "a node may delete its own pod: {err}");
     // The server marked its own node as the control plane, with its own credentials.

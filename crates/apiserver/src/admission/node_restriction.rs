@@ -77,6 +77,16 @@ fn check_node(node: &str, attributes: &Attributes<'_>, object: Option<&Value>) -
     if attributes.subresource.is_some() || attributes.operation == Operation::Delete {
         return Ok(());
     }
+    // Taints of an existing node are its operators' (a node lifting its own NoSchedule
+    // would draw pods the operators kept away).
+    if attributes.operation == Operation::Update
+        && object.and_then(|o| o.pointer("/spec/taints"))
+            != attributes.old.and_then(|o| o.pointer("/spec/taints"))
+    {
+        return Err(ApiError::forbidden(format!(
+            "node \"{node}\" is not allowed to modify taints"
+        )));
+    }
     // Labels the node adds or changes; ones it keeps as they were are not its doing.
     let old = labels(attributes.old);
     let new = labels(object);
