@@ -66,9 +66,7 @@ fn map_into(stored: &mut Value, expected: &Value, field: &str) {
 
 /// Compares a stored object with the policy's.
 pub fn change(stored: &Value, expected: &Value) -> Option<Change> {
-    if stored.pointer(&format!("/metadata/annotations/{}", AUTOUPDATE.replace('/', "~1")))
-        == Some(&json!("false"))
-    {
+    if is_protected(stored) {
         return None;
     }
     if expected.get("roleRef").is_some() && stored.get("roleRef") != expected.get("roleRef") {
@@ -129,24 +127,26 @@ pub async fn reconcile(rest: &Rest) -> ApiResult<Reconciled> {
                 Err(e) if e.code == 404 => None,
                 Err(e) => return Err(e),
             };
-            match stored.as_ref().map(|s| (s, change(s, &expected))) {
-                None => {
-                    rest.create(&rt, namespace, expected.clone(), &options).await?;
-                    done.created += 1;
-                }
-                Some((_, None)) => {}
-                Some((_, Some(Change::Update(merged)))) => {
+            let Some(stored) = stored else {
+                rest.create(&rt, namespace, expected.clone(), &options).await?;
+                done.created += 1;
+                continue;
+            };
+            if is_protected(&stored) {
+                done.protected += 1;
+                continue;
+            }
+            match change(&stored, &expected) {
+                None => {}
+                Some(Change::Update(merged)) => {
                     rest.update(&rt, namespace, name, merged, None, &options).await?;
                     done.updated += 1;
                 }
-                Some((_, Some(Change::Replace))) => {
+                Some(Change::Replace) => {
                     rest.delete(&rt, namespace, name, &DeleteOptions::default()).await?;
                     rest.create(&rt, namespace, expected.clone(), &options).await?;
                     done.updated += 1;
                 }
-            }
-            if stored.is_some_and(|s| change(&s, &expected).is_none() && is_protected(&s)) {
-                done.protected += 1;
             }
         }
     }

@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::KrustServer;
+use common::{KrustServer, kubectl_as};
 
 const FIXTURE: &str = include_str!("data/rbac-fixture.yaml");
 const CAN_I: &str = include_str!("data/can-i.tsv");
@@ -57,39 +57,18 @@ fn certificate_kubeconfig(server: &KrustServer, user: &str, groups: &[&str]) -> 
         "-out",
         "cert.pem",
     ]);
-    let admin = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let head = admin.split("users:").next().unwrap();
-    let context_user =
-        head.lines().find_map(|l| l.trim().strip_prefix("user: ")).unwrap().to_owned();
     use base64::Engine;
     let b64 = |p: &str| {
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(p)).unwrap())
     };
-    let path = dir.join("kubeconfig.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "{head}users:\n- name: {context_user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+    common::kubeconfig_as(
+        server,
+        &format!("cert-{user}"),
+        &format!(
+            "\n    client-certificate-data: {}\n    client-key-data: {}",
             b64("cert.pem"),
             b64("key.pem")
         ),
-    )
-    .unwrap();
-    path
-}
-
-/// kubectl with the kubeconfig at `config`: (success, stdout, stderr).
-fn kubectl_as(server: &KrustServer, config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::tool("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", config)
-        .env("HOME", server.dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
     )
 }
 
@@ -183,16 +162,7 @@ fn the_missions_pod_reader_example_holds_for_alice_and_the_monitoring_account() 
 
     // The monitoring ServiceAccount's token: pods in development, nothing in its own namespace.
     let token = server.ok(&["create", "token", "monitoring", "-n", "monitoring"]);
-    let admin = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let head = admin.split("users:").next().unwrap();
-    let context_user =
-        head.lines().find_map(|l| l.trim().strip_prefix("user: ")).unwrap().to_owned();
-    let sa = server.dir.path().join("monitoring.yaml");
-    std::fs::write(
-        &sa,
-        format!("{head}users:\n- name: {context_user}\n  user: {{token: {token}}}\n"),
-    )
-    .unwrap();
+    let sa = common::token_kubeconfig(&server, &token);
     let (ok, out, err) = kubectl_as(&server, &sa, &["get", "pods", "-n", "development"]);
     assert!(ok && out.contains("greeter"), "{out} {err}");
     let (ok, _, err) = kubectl_as(&server, &sa, &["get", "pods", "-n", "monitoring"]);
@@ -378,11 +348,7 @@ fn the_bootstrap_policy_is_upstreams_and_comes_back() {
     assert!(!discovery.contains("/healthz"), "protected role was reconciled: {discovery}");
     // Without credentials: health and version, as long as RBAC's public-info-viewer binding
     // says so; everything else 401.
-    let url = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-        .unwrap();
+    let url = common::server_url(&server);
     let anonymous = |path: &str| {
         let out = Command::new("curl")
             .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("{url}{path}")])

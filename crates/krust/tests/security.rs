@@ -6,37 +6,7 @@
 
 mod common;
 
-use common::KrustServer;
-
-/// A kubeconfig like the admin's whose user is `user` (YAML) instead of a client
-/// certificate, written as `name`.
-fn kubeconfig_as(server: &KrustServer, name: &str, user: &str) -> std::path::PathBuf {
-    let admin = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let head = admin.split("users:").next().unwrap();
-    let context_user =
-        head.lines().find_map(|l| l.trim().strip_prefix("user: ")).unwrap().to_owned();
-    let path = server.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&path, format!("{head}users:\n- name: {context_user}\n  user: {user}\n"))
-        .unwrap();
-    path
-}
-
-/// One that authenticates with `token`.
-fn token_kubeconfig(server: &KrustServer, token: &str) -> std::path::PathBuf {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    token.hash(&mut hasher);
-    kubeconfig_as(server, &format!("token-{:x}", hasher.finish()), &format!("{{token: {token}}}"))
-}
-
-/// The API server's URL, from the admin kubeconfig.
-fn server_url(server: &KrustServer) -> String {
-    std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-        .unwrap()
-}
+use common::{KrustServer, kubectl_as, server_url, token_kubeconfig};
 
 /// The claims of a JWT, unverified.
 fn claims_of(token: &str) -> serde_json::Value {
@@ -46,25 +16,6 @@ fn claims_of(token: &str) -> serde_json::Value {
         &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
     )
     .unwrap()
-}
-
-/// kubectl with the kubeconfig at `config`: (success, stdout, stderr).
-fn kubectl_as(
-    server: &KrustServer,
-    config: &std::path::Path,
-    args: &[&str],
-) -> (bool, String, String) {
-    let out = std::process::Command::new(common::tool("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", config)
-        .env("HOME", server.dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    )
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! NodeRestriction, as upstream's: what a node agent (`system:node:<name>`) may write. It
 //! may create, change and delete only its own Node (and set none of the labels reserved to
-//! the cluster's operators), write the status of, delete and evict only pods bound to it,
+//! the cluster's operators), write the status of and delete (so evict, which deletes
+//! through the registry) only pods bound to it,
 //! create only mirror pods, and ask only for tokens bound to its own pods. The Node
 //! authorizer decides what it may reach; this decides what it may do to it.
 
@@ -105,12 +106,7 @@ fn check_node(node: &str, attributes: &Attributes<'_>, object: Option<&Value>) -
     )))
 }
 
-async fn check_pod(
-    node: &str,
-    objects: &dyn Objects,
-    attributes: &Attributes<'_>,
-    object: Option<&Value>,
-) -> ApiResult<()> {
+fn check_pod(node: &str, attributes: &Attributes<'_>, object: Option<&Value>) -> ApiResult<()> {
     match (attributes.operation, attributes.subresource) {
         (Operation::Create, None) => {
             let annotations = object.and_then(|o| o.pointer("/metadata/annotations"));
@@ -122,16 +118,6 @@ async fn check_pod(
             if text(object, "/spec/nodeName") != node {
                 return Err(ApiError::forbidden(format!(
                     "node \"{node}\" can only create pods with spec.nodeName set to itself"
-                )));
-            }
-            Ok(())
-        }
-        (Operation::Create, Some("eviction")) => {
-            let pods = objects.served("", "v1", "pods")?;
-            let pod = objects.get(&pods, attributes.namespace, attributes.name).await?;
-            if text(Some(&pod), "/spec/nodeName") != node {
-                return Err(ApiError::forbidden(format!(
-                    "node \"{node}\" can only evict pods with spec.nodeName set to itself"
                 )));
             }
             Ok(())
@@ -211,7 +197,7 @@ impl Validating for NodeRestriction {
             let Some(node) = attributes.user.and_then(node_of) else { return Ok(()) };
             match attributes.rt.kind.as_str() {
                 "Node" => check_node(node, attributes, object),
-                "Pod" => check_pod(node, objects, attributes, object).await,
+                "Pod" => check_pod(node, attributes, object),
                 "ServiceAccount" if attributes.subresource == Some("token") => {
                     check_token(node, objects, attributes, object).await
                 }

@@ -145,8 +145,8 @@ pub fn check(
                 return Ok(());
             }
             let Some(rules) = rbac.role_rules(cluster_role, namespace, role) else {
-                let what = if cluster_role { "clusterroles" } else { "roles" };
-                return Err(forbidden(kind, name, format!("{what}.{GROUP} \"{role}\" not found")));
+                let reason = format!("{role_plural}.{GROUP} \"{role}\" not found");
+                return Err(forbidden(kind, name, reason));
             };
             let missing = missing(rbac, user, namespace, &rules);
             if missing.is_empty() { Ok(()) } else { Err(not_held(kind, name, user, &missing)) }

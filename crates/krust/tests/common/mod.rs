@@ -444,3 +444,52 @@ impl Drop for SimNodes {
         self.stop();
     }
 }
+
+/// A kubeconfig like the admin's whose user is `user` (YAML) instead of a client
+/// certificate, written as `name`.
+pub fn kubeconfig_as(server: &KrustServer, name: &str, user: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let head = admin.split("users:").next().unwrap();
+    let context_user =
+        head.lines().find_map(|l| l.trim().strip_prefix("user: ")).unwrap().to_owned();
+    let path = server.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, format!("{head}users:\n- name: {context_user}\n  user: {user}\n"))
+        .unwrap();
+    path
+}
+
+/// One that authenticates with `token`.
+pub fn token_kubeconfig(server: &KrustServer, token: &str) -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut hasher);
+    kubeconfig_as(server, &format!("token-{:x}", hasher.finish()), &format!("{{token: {token}}}"))
+}
+
+/// The API server's URL, from the admin kubeconfig.
+pub fn server_url(server: &KrustServer) -> String {
+    std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap()
+}
+
+/// kubectl with the kubeconfig at `config`: (success, stdout, stderr).
+pub fn kubectl_as(
+    server: &KrustServer,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = std::process::Command::new(tool("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", config)
+        .env("HOME", server.dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
