@@ -24,8 +24,39 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A port for a test server to listen on.
+///
+/// Not one the kernel hands out (`bind(:0)`): those come from the ephemeral range, which
+/// every outgoing connection of the tests running beside this one also draws from, so
+/// between the probe and the server's own bind a client socket could take it ("Address
+/// already in use"). Ports below `ip_local_port_range` are never given to outgoing
+/// connections; a random one there that binds now collides only with another test's
+/// equally random pick.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(12_000));
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        // The wildcard address too: a port bound only on the host's address (as a test
+        // server's DNS is) would pass a loopback probe and fail a wildcard bind.
+        if TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port below the ephemeral range",
+    ))
 }
 
 impl EtcdServer {

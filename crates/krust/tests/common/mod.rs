@@ -1,7 +1,6 @@
 //! Test harness: a real `krust server` process on a free port with its own data dir.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,11 +28,9 @@ pub fn get_body(address: &str) -> std::io::Result<String> {
     Ok(response.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
 }
 
+/// A port for a test server to listen on (see `storage::testing::free_port`).
 pub fn free_port() -> u16 {
-    // The wildcard address: the kernel then picks a port no address holds (a port bound
-    // only on the host's address, as a test server's DNS is, would pass a loopback probe
-    // and then fail another server's wildcard bind).
-    TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+    storage::testing::free_port().expect("a free port")
 }
 
 /// The real kubectl installed by scripts/install-test-tools.sh.
