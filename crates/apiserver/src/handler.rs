@@ -35,6 +35,9 @@ where
     request.map(|b| b.map_err(Into::into).boxed())
 }
 
+/// Where `krust secrets-encrypt` reaches the server (k3s's supervisor path is `/v1-k3s/encrypt/`).
+pub const ENCRYPTION_PATH: &str = "/v1-krust/encrypt/";
+
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -64,6 +67,8 @@ pub struct ApiServer {
     pub tokens: Option<Arc<crate::tokens::ServiceAccountTokens>>,
     /// Static bearer tokens (`--token-auth-file`).
     pub token_file: Option<crate::auth::TokenFile>,
+    /// Encryption at rest, commanded through `/v1-krust/encrypt/` (`krust secrets-encrypt`).
+    pub encryption: Option<Arc<crate::encryption::Encryption>>,
 }
 
 /// A long-running request's budget slot, carried in its response's extensions so that the
@@ -612,12 +617,68 @@ impl ApiServer {
         }
     }
 
+    /// `krust secrets-encrypt`: `GET status`, `POST prepare|rotate|reencrypt|rotate-keys`
+    /// (`?force=true` skips the stage check). Authorized as a non-resource URL, so only
+    /// those RBAC lets `get`/`create` it (cluster-admin) reach it.
+    async fn serve_encryption(
+        &self,
+        method: &Method,
+        command: &str,
+        request: &Request<RequestBody>,
+    ) -> ApiResult<Response<Body>> {
+        use crate::encryption::EncryptionError;
+        let Some(encryption) = &self.encryption else {
+            return Err(ApiError::no_route());
+        };
+        let force = Query::parse(request.uri().query()).flag("force");
+        let fail = |e: EncryptionError| match e {
+            EncryptionError::Refused(m) => ApiError::bad_request(m),
+            EncryptionError::Config(e) => ApiError::bad_request(e.to_string()),
+            e => ApiError::internal(e.to_string()),
+        };
+        let post = || {
+            if method == Method::POST {
+                Ok(())
+            } else {
+                Err(ApiError::method_not_allowed(format!(
+                    "{command} is a POST (this was {method})"
+                )))
+            }
+        };
+        let body = match command {
+            "status" => serde_json::json!({"status": encryption.status()}),
+            "prepare" => {
+                post()?;
+                serde_json::json!({"status": encryption.prepare(force).await.map_err(fail)?})
+            }
+            "rotate" => {
+                post()?;
+                serde_json::json!({"status": encryption.rotate(force).await.map_err(fail)?})
+            }
+            "reencrypt" => {
+                post()?;
+                let (status, done) = encryption.reencrypt_stage(force).await.map_err(fail)?;
+                serde_json::json!({"status": status, "reencrypted": done})
+            }
+            "rotate-keys" => {
+                post()?;
+                let (status, done) = encryption.rotate_keys().await.map_err(fail)?;
+                serde_json::json!({"status": status, "reencrypted": done})
+            }
+            _ => return Err(ApiError::no_route()),
+        };
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
     async fn serve_other(
         &self,
         method: &Method,
         path: &str,
         request: &Request<RequestBody>,
     ) -> ApiResult<Response<Body>> {
+        if let Some(command) = path.strip_prefix(ENCRYPTION_PATH) {
+            return self.serve_encryption(method, command, request).await;
+        }
         if method != Method::GET && method != Method::HEAD {
             return Err(ApiError::method_not_allowed(format!(
                 "the server does not allow this method on the requested resource ({method})"

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod crd;
 pub mod decode;
 pub mod discovery;
+pub mod encryption;
 pub mod fuzzing;
 pub mod handler;
 pub mod join;

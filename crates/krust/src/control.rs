@@ -100,7 +100,7 @@ pub(crate) struct StandaloneManager {
     manager: ManagerArgs,
 }
 
-async fn client_from(path: &PathBuf) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client_from(path: &PathBuf) -> anyhow::Result<kube::Client> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
     crate::agent::client_from_kubeconfig(&text).await

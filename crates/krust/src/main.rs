@@ -6,6 +6,7 @@ mod control;
 mod flags;
 mod host;
 mod join;
+mod secrets_encrypt;
 mod server;
 mod sim;
 
@@ -44,6 +45,8 @@ enum Command {
     Scheduler(control::StandaloneScheduler),
     /// Run only the controller manager, against a server: `krust controller-manager --kubeconfig FILE`.
     ControllerManager(control::StandaloneManager),
+    /// Encryption of Secrets at rest: `status`, `prepare`, `rotate`, `reencrypt`, `rotate-keys`.
+    SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
     /// Simulated nodes for scale tests: `krust sim nodes --count N --kubeconfig FILE`.
     Sim(sim::SimArgs),
     /// Measure krust against its peers (see `krust bench --help`).
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Command::Image(args) => agent::image(args).await,
             Command::Scheduler(args) => control::run_scheduler(args).await,
             Command::ControllerManager(args) => control::run_manager(args).await,
+            Command::SecretsEncrypt(args) => secrets_encrypt::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug(args) => server::debug(args).await,

@@ -90,11 +90,15 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
     /// An API server tunable, `key=value` (repeatable): `authorization-mode` (`Node,RBAC`,
-    /// the default, or `AlwaysAllow` to let every authenticated client do everything).
+    /// the default, or `AlwaysAllow` to let every authenticated client do everything);
+    /// `encryption-provider-config` (an `EncryptionConfiguration` file of your own, instead
+    /// of the one krust generates in `<data-dir>/server/cred/`).
     #[arg(long = "kube-apiserver-arg", value_name = "KEY=VALUE", value_parser = parse_apiserver_arg)]
     kube_apiserver_args: Vec<ApiServerArg>,
     #[arg(skip)]
     authorization_mode: AuthorizationMode,
+    #[arg(skip)]
+    encryption_provider_config: Option<PathBuf>,
     /// Interval of the store's compaction (history older than one interval is discarded).
     #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
     compaction_interval: Duration,
@@ -128,6 +132,7 @@ enum AuthorizationMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ApiServerArg {
     AuthorizationMode(AuthorizationMode),
+    EncryptionProviderConfig(PathBuf),
 }
 
 fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
@@ -143,7 +148,10 @@ fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
                 "authorization-mode {other:?} is not supported (Node,RBAC or AlwaysAllow are)"
             )),
         },
-        other => Err(format!("{other:?} is not supported (authorization-mode is)")),
+        "encryption-provider-config" => Ok(ApiServerArg::EncryptionProviderConfig(value.into())),
+        other => Err(format!(
+            "{other:?} is not supported (authorization-mode and encryption-provider-config are)"
+        )),
     }
 }
 
@@ -185,6 +193,9 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
     for arg in &args.kube_apiserver_args {
         match arg {
             ApiServerArg::AuthorizationMode(mode) => args.authorization_mode = *mode,
+            ApiServerArg::EncryptionProviderConfig(path) => {
+                args.encryption_provider_config = Some(path.clone())
+            }
         }
     }
     let service_cidr = Ipv4Cidr::parse(&args.service_cidr)
@@ -224,14 +235,23 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)?;
-    let store = open_store(&args).await?;
+    // Secrets (or what the configuration names) are encrypted on their way into the store:
+    // everything but the compactor goes through `store`, never `raw_store`.
+    let raw_store = open_store(&args).await?;
+    let encryption = apiserver::encryption::Encryption::load(
+        raw_store.clone(),
+        args.encryption_provider_config.as_deref(),
+        &server_dir.join("cred").join("encryption-config.json"),
+    )
+    .context("encryption at rest")?;
+    let store = encryption.store();
 
     // Every long-running task stops when this turns true (SIGTERM or Ctrl-C).
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let compactor_stats = Arc::new(storage::compactor::CompactorStats::default());
     let compactor = tokio::spawn(crate::until(
         shutdown_rx.clone(),
-        storage::compactor::run(store.clone(), args.compaction_interval, compactor_stats.clone()),
+        storage::compactor::run(raw_store, args.compaction_interval, compactor_stats.clone()),
     ));
 
     let endpoint_ip = if !args.bind_address.is_unspecified() && !args.bind_address.is_loopback() {
@@ -319,6 +339,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             )?,
             &format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         ))),
+        encryption: Some(encryption),
     });
     let node_token = server_dir.join("node-token");
     if let Some(join) = &api.node_join {
@@ -580,6 +601,8 @@ pub(crate) struct DebugArgs {
     command: DebugCommand,
 }
 
+// The variants are the commands tests type (`store-writer`, `store-put`, `store-get`).
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 enum DebugCommand {
     /// Writes keys to an embedded store as fast as it can, printing `ack <key>` after each
@@ -610,6 +633,16 @@ enum DebugCommand {
         /// File holding the value.
         #[arg(long)]
         value_file: PathBuf,
+    },
+    /// Prints the raw stored value under a key of a stopped server's embedded store, as the
+    /// disk holds it (tests check what encryption at rest leaves there).
+    StoreGet {
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The key.
+        #[arg(long)]
+        key: String,
     },
 }
 
@@ -672,6 +705,15 @@ pub(crate) async fn debug(args: DebugArgs) -> anyhow::Result<()> {
                 ..storage::Txn::default()
             };
             storage::Store::txn(&store, txn).await?;
+            Ok(())
+        }
+        DebugCommand::StoreGet { dir, key } => {
+            use std::io::Write;
+            let store =
+                storage::embedded::EmbeddedStore::open(storage::embedded::Config::with_dir(dir))?;
+            let (kv, _) = storage::get(&store, &key).await?;
+            let kv = kv.with_context(|| format!("{key} is not stored"))?;
+            std::io::stdout().write_all(&kv.value)?;
             Ok(())
         }
     }

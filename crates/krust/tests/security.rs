@@ -386,3 +386,210 @@ fn the_join_endpoint_holds_off_an_address_that_guesses() {
     let held = join(&token);
     assert!(held.contains(" 429"), "the right token waits too: {held}");
 }
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// `krust secrets-encrypt ARGS` against `server`: (success, stdout + stderr).
+fn secrets_encrypt(server: &KrustServer, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .arg("secrets-encrypt")
+        .args(args)
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+const MARK: &str = "hunter2-plaintext-mark";
+
+fn create_marked_secret(server: &KrustServer, name: &str) {
+    server.ok(&["create", "secret", "generic", name, &format!("--from-literal=password={MARK}")]);
+    assert_eq!(server.ok(&["get", "secret", name, "-o", "jsonpath={.data.password}"]), b64(MARK));
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The plaintext (as sent, and base64 as stored in `data`) appears in no file of `dir`.
+fn assert_no_plaintext(dir: &std::path::Path) {
+    for needle in [MARK.to_owned(), b64(MARK)] {
+        let found = files_containing(dir, needle.as_bytes());
+        assert!(found.is_empty(), "{needle} in {found:?}");
+    }
+}
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_keys_rotate_without_a_restart() {
+    let mut server = KrustServer::start(&[]);
+    let db = server.dir.path().join("data/server/db");
+    create_marked_secret(&server, "db-password");
+    assert_no_plaintext(&db);
+    // A ConfigMap is not encrypted: the same grep finds it, so the grep itself works.
+    server.ok(&["create", "configmap", "visible", "--from-literal=k=configmap-plaintext-mark"]);
+    assert!(
+        !files_containing(&db, b"configmap-plaintext-mark").is_empty(),
+        "the grep finds nothing at all"
+    );
+    server.ok(&["delete", "configmap", "visible"]);
+
+    let (ok, status) = secrets_encrypt(&server, &["status"]);
+    assert!(ok, "{status}");
+    assert!(status.contains("Encryption Status: Enabled"), "{status}");
+    assert!(status.contains("Current Rotation Stage: start"), "{status}");
+    assert!(status.contains("XSalsa20-Poly1305"), "{status}");
+    let config = server.dir.path().join("data/server/cred/encryption-config.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read_to_string(&config).unwrap();
+
+    // Stages in k3s's order.
+    let (ok, out) = secrets_encrypt(&server, &["rotate"]);
+    assert!(!ok && out.contains("rotate is not allowed at stage start"), "{out}");
+    for (stage, expect) in
+        [("prepare", "Stage: prepare"), ("rotate", "Stage: rotate"), ("reencrypt", "1 rewritten")]
+    {
+        let (ok, out) = secrets_encrypt(&server, &[stage]);
+        assert!(ok && out.contains(expect), "{stage}: {out}");
+        assert_eq!(
+            server.ok(&["get", "secret", "db-password", "-o", "jsonpath={.data.password}"]),
+            b64(MARK)
+        );
+    }
+    let after = std::fs::read_to_string(&config).unwrap();
+    assert_ne!(before, after, "the key was not replaced");
+    let (ok, out) = secrets_encrypt(&server, &["rotate-keys"]);
+    assert!(ok && out.contains("Stage: reencrypt_finished"), "{out}");
+    create_marked_secret(&server, "api-key");
+    assert_no_plaintext(&db);
+
+    // The rotated configuration outlives a restart, and the disk holds ciphertext.
+    server.restart();
+    assert_eq!(
+        server.ok(&["get", "secret", "db-password", "-o", "jsonpath={.data.password}"]),
+        b64(MARK)
+    );
+    server.stop();
+    let raw = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .args(["debug", "store-get", "--dir"])
+        .arg(&db)
+        .args(["--key", "/registry/core/secrets/default/db-password"])
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    assert!(
+        raw.stdout.starts_with(b"k8s:enc:secretbox:v1:key-"),
+        "{:?}",
+        String::from_utf8_lossy(&raw.stdout)
+    );
+    assert_no_plaintext(&db);
+}
+
+#[test]
+fn secrets_in_etcd_are_ciphertext_too() {
+    let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
+    let server = KrustServer::start(&["--datastore-endpoint", &etcd.endpoint]);
+    create_marked_secret(&server, "db-password");
+    let (ok, out) = secrets_encrypt(&server, &["rotate-keys"]);
+    assert!(ok, "{out}");
+    create_marked_secret(&server, "api-key");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let values = runtime.block_on(async {
+        let store = storage::etcd::EtcdStore::connect(&etcd.endpoint).await.unwrap();
+        let response = storage::Store::range(
+            &store,
+            storage::RangeRequest::prefix("/registry/core/secrets/default/"),
+        )
+        .await
+        .unwrap();
+        response.kvs
+    });
+    assert_eq!(values.len(), 2, "{values:?}");
+    for kv in values {
+        assert!(kv.value.starts_with(b"k8s:enc:secretbox:v1:"), "{kv:?}");
+        for needle in [MARK.to_owned(), b64(MARK)] {
+            assert!(!kv.value.windows(needle.len()).any(|w| w == needle.as_bytes()), "{kv:?}");
+        }
+    }
+}
+
+#[test]
+fn an_encryption_configuration_of_your_own_is_used_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("encryption.yaml");
+    let write = |key: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets, configmaps]\n    providers:\n      - aesgcm:\n          keys:\n            - name: mine\n              secret: {}\n      - identity: {{}}\n",
+                b64(key)
+            ),
+        )
+        .unwrap()
+    };
+    // A key of the wrong length stops the server, naming the place.
+    write("sixteen-byte-key-but-not-32-");
+    let arg = format!("encryption-provider-config={}", config.display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .args(["server", "--disable-agent", "--bind-address=127.0.0.1"])
+        .arg(format!("--https-listen-port={}", common::free_port()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kc.yaml"))
+        .args(["--kube-apiserver-arg", &arg])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with a bad key");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr
+            .contains("resources[0].providers[0].aesgcm.keys[0].secret: a aesgcm key is 16 or 32"),
+        "{stderr}"
+    );
+
+    write("0123456789abcdef0123456789abcdef");
+    let server = KrustServer::start(&["--kube-apiserver-arg", &arg]);
+    create_marked_secret(&server, "db-password");
+    // This configuration names ConfigMaps too.
+    server.ok(&["create", "configmap", "also", &format!("--from-literal=k={MARK}")]);
+    let db = server.dir.path().join("data/server/db");
+    assert_no_plaintext(&db);
+    let (ok, status) = secrets_encrypt(&server, &["status"]);
+    assert!(ok && status.contains("AES-GCM") && status.contains("mine"), "{status}");
+    // Its keys are the operator's to rotate; reencrypt still works.
+    let (ok, out) = secrets_encrypt(&server, &["rotate-keys"]);
+    assert!(!ok && out.contains("rotate its keys by editing it"), "{out}");
+    let (ok, out) = secrets_encrypt(&server, &["reencrypt"]);
+    assert!(ok && out.contains("0 rewritten"), "{out}");
+    assert!(!server.dir.path().join("data/server/cred/encryption-config.json").exists());
+}
