@@ -145,6 +145,8 @@ pub struct Written {
     pub object: Value,
     /// `object` as JSON, when already at hand.
     pub body: Option<Bytes>,
+    /// What admission warns the client about (kubectl prints them).
+    pub warnings: Vec<String>,
 }
 
 impl Written {
@@ -152,7 +154,7 @@ impl Written {
     /// the version served (else, for a converted version, the response encodes it anew).
     fn new(object: Value, bytes: &[u8], as_served: bool, revision: i64) -> Self {
         let body = if as_served { stamp_encoded(bytes, revision) } else { None };
-        Written { object, body }
+        Written { object, body, warnings: Vec::new() }
     }
 }
 
@@ -375,7 +377,8 @@ impl Rest {
         // Upstream's order: mutating admission, the type's validation, validating admission.
         let _holds = self.admission.mutate(self, &attributes, Some(&mut object)).await?;
         self.validate(rt, &object)?;
-        self.admission.validate(self, &attributes, Some(&object)).await?;
+        let mut warnings = warnings;
+        warnings.extend(self.admission.validate(self, &attributes, Some(&object)).await?);
         if !applied {
             let api_version = rt.api_version();
             managed::record_update(&rt.kind, None, &mut object, options.writer(&api_version, None));
@@ -387,7 +390,7 @@ impl Rest {
             if existing.is_some() {
                 return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
             }
-            return Ok((Written { object, body: None }, warnings));
+            return Ok((Written { object, body: None, warnings: Vec::new() }, warnings));
         }
         let response = self
             .store
@@ -629,7 +632,11 @@ impl Rest {
             |_current| Ok(object.clone()),
         )
         .await
-        .map(|v| (v, warnings))
+        .map(|mut v| {
+            let mut warnings = warnings;
+            warnings.append(&mut v.warnings);
+            (v, warnings)
+        })
     }
 
     /// Applies a patch.
@@ -682,7 +689,7 @@ impl Rest {
         let validation = options.field_validation;
         let api_version = rt.api_version();
         let writer = options.writer(&api_version, subresource);
-        let object = self
+        let mut object = self
             .guaranteed_update(
                 rt,
                 namespace,
@@ -712,6 +719,7 @@ impl Rest {
                 },
             )
             .await?;
+        warnings.append(&mut object.warnings);
         Ok((object, warnings, false))
     }
 
@@ -810,10 +818,10 @@ impl Rest {
                     return Err(ApiError::invalid(&rt.kind, &rt.group, name, causes));
                 }
             }
-            self.admission.validate(self, &attributes, Some(&next)).await?;
+            let warnings = self.admission.validate(self, &attributes, Some(&next)).await?;
             if same_but_bookkeeping(&current.object, &next) {
                 // No change: upstream skips the write and returns the current object.
-                return Ok(Written { object: current.object, body: None });
+                return Ok(Written { object: current.object, body: None, warnings });
             }
             // A binding is not a write of the pod's fields by a manager: upstream assigns the
             // node in storage, below the field manager, so no `kube-scheduler` entry appears.
@@ -848,7 +856,9 @@ impl Rest {
             let (bytes, as_served) = encode_stored(rt, &next)?;
             if options.dry_run {
                 set_resource_version(&mut next, current.mod_revision);
-                return Ok(Written::new(next, &bytes, as_served, current.mod_revision));
+                let mut written = Written::new(next, &bytes, as_served, current.mod_revision);
+                written.warnings = warnings;
+                return Ok(written);
             }
             let op = if finalized {
                 Op::Delete { key: key.clone() }
@@ -868,7 +878,9 @@ impl Rest {
                 .await?;
             if response.succeeded {
                 set_resource_version(&mut next, response.revision);
-                return Ok(Written::new(next, &bytes, as_served, response.revision));
+                let mut written = Written::new(next, &bytes, as_served, response.revision);
+                written.warnings = warnings;
+                return Ok(written);
             }
             if precondition.is_some() {
                 return Err(ApiError::conflict(

@@ -89,6 +89,12 @@ pub(crate) struct ServerArgs {
     /// Static bearer tokens, upstream's CSV format: `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Pod Security levels of namespaces without `pod-security.kubernetes.io/` labels:
+    /// `MODE=LEVEL[:VERSION]`, comma-separated, over krust's default
+    /// (`enforce=baseline,audit=restricted,warn=restricted`; `kube-system` is exempt).
+    /// `enforce=privileged` admits everything, as upstream's default does.
+    #[arg(long, default_value = "", value_parser = parse_pod_security_default)]
+    pod_security_default: apiserver::admission::pod_security::PodSecurityConfig,
     /// An API server tunable, `key=value` (repeatable): `authorization-mode` (`Node,RBAC`,
     /// the default, or `AlwaysAllow` to let every authenticated client do everything);
     /// `encryption-provider-config` (an `EncryptionConfiguration` file of your own, instead
@@ -153,6 +159,12 @@ fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
             "{other:?} is not supported (authorization-mode and encryption-provider-config are)"
         )),
     }
+}
+
+fn parse_pod_security_default(
+    text: &str,
+) -> Result<apiserver::admission::pod_security::PodSecurityConfig, String> {
+    apiserver::admission::pod_security::PodSecurityConfig::default().with_defaults(text)
 }
 
 fn load_or_create_token(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
@@ -270,6 +282,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             node_ports,
             Some(cluster_cidr),
             (args.authorization_mode != AuthorizationMode::AlwaysAllow).then(|| rbac.clone()),
+            Some(args.pod_security_default.clone()),
         ),
     });
     apiserver::crd::sync(&rest).await?;

@@ -699,7 +699,9 @@ fn probes_gate_readiness_restart_unhealthy_containers_and_hooks_run() {
     );
     assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
 
-    // preStop runs before the container is stopped: it leaves a mark in a hostPath volume.
+    // preStop runs before the container is stopped: it leaves a mark in a hostPath volume
+    // (which only a privileged namespace admits).
+    server.ok(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=privileged"]);
     let marks = server.dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let hooked = pod(
@@ -1736,9 +1738,10 @@ fn grpc_and_tcp_probes_pass_and_fail() {
     let server = KrustServer::start_with_agent(&[]);
     let serving = std::sync::Arc::new(AtomicBool::new(true));
     let port = grpc_health_server(serving.clone());
-    // A host-network pod's address is the node's, so its gRPC readiness probe reaches the
-    // health server this test runs on the host. A second container's tcpSocket readiness
+    // A host-network pod (which only a privileged namespace admits) has the node's address,
+    // so its gRPC readiness probe reaches the health server this test runs on the host. A second container's tcpSocket readiness
     // probe aims at a port nothing listens on.
+    server.ok(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=privileged"]);
     let manifest = pod(
         &server,
         "grpc",

@@ -593,3 +593,128 @@ fn an_encryption_configuration_of_your_own_is_used_and_checked() {
     assert!(ok && out.contains("0 rewritten"), "{out}");
     assert!(!server.dir.path().join("data/server/cred/encryption-config.json").exists());
 }
+
+/// A pod manifest with `spec` (YAML lines indented by two) in namespace `ns`.
+fn pod_yaml(ns: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+}
+
+#[test]
+fn pod_security_enforces_baseline_warns_restricted_and_follows_namespace_labels() {
+    let server = KrustServer::start(&[]);
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let plain = "  containers: [{name: app, image: busybox}]\n";
+    let host = "  hostNetwork: true\n  volumes: [{name: root, hostPath: {path: /}}]\n  containers: [{name: app, image: busybox, securityContext: {privileged: true}}]\n";
+    let hardened = "  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}\n  containers: [{name: app, image: busybox, securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n";
+
+    // The default: baseline enforced, restricted warned.
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&pod_yaml("default", "plain", plain)),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"app\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"app\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or container \"app\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container \"app\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&pod_yaml("default", "host", host)),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pods \"host\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true), hostPath volumes (volume \"root\"), privileged (container \"app\" must not set securityContext.privileged=true)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&pod_yaml("default", "hardened", hardened)),
+    );
+    assert!(out.status.success() && !stderr(&out).contains("Warning"), "{}", stderr(&out));
+    // kube-system is exempt.
+    server.ok_stdin(&["create", "-f", "-"], &pod_yaml("kube-system", "host", host));
+
+    // A namespace's labels choose its levels; a bad label is refused.
+    server.ok(&["create", "namespace", "strict"]);
+    let out = server.kubectl(&[
+        "label",
+        "namespace",
+        "strict",
+        "pod-security.kubernetes.io/enforce=strict",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("Invalid value: \"strict\": must be one of privileged, baseline, restricted"),
+        "{}",
+        stderr(&out)
+    );
+    server.ok_stdin(&["create", "-f", "-"], &pod_yaml("strict", "plain", plain));
+    let out = server.kubectl(&[
+        "label",
+        "namespace",
+        "strict",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Warning: existing pods in namespace \"strict\" violate the new PodSecurity enforce level \"restricted:latest\"")
+            && stderr(&out).contains("Warning: plain: allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&pod_yaml("strict", "plain2", plain)),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("violates PodSecurity \"restricted:latest\""),
+        "{}",
+        stderr(&out)
+    );
+    server.ok_stdin(&["create", "-f", "-"], &pod_yaml("strict", "hardened", hardened));
+    // A Deployment is warned about, not refused: its pods are what enforcement stops.
+    let out = server.kubectl(&["create", "deployment", "web", "-n", "strict", "--image=busybox"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Warning: would violate PodSecurity \"restricted:latest\""),
+        "{}",
+        stderr(&out)
+    );
+    // A privileged namespace admits the host pod.
+    server.ok(&["create", "namespace", "ops"]);
+    server.ok(&[
+        "label",
+        "namespace",
+        "ops",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "pod-security.kubernetes.io/warn=privileged",
+    ]);
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&pod_yaml("ops", "host", host)),
+    );
+    assert!(out.status.success() && !stderr(&out).contains("Warning"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_cluster_pod_security_default_is_a_flag() {
+    let server = KrustServer::start(&["--pod-security-default", "enforce=restricted"]);
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&pod_yaml("default", "plain", "  containers: [{name: app, image: busybox}]\n")),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("violates PodSecurity \"restricted:latest\"")
+    );
+}

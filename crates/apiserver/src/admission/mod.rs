@@ -9,6 +9,7 @@ pub mod default_toleration_seconds;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
 pub mod node_restriction;
+pub mod pod_security;
 pub mod priority;
 pub mod rbac_escalation;
 pub mod resource_quota;
@@ -182,6 +183,21 @@ pub trait Validating: Send + Sync {
         attributes: &'a Attributes<'a>,
         object: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>>;
+
+    /// As `validate`, and what the client should be warned about when the request is
+    /// admitted (HTTP `Warning` headers, which kubectl prints). Plugins that warn implement
+    /// this instead.
+    fn validate_with_warnings<'a>(
+        &'a self,
+        objects: &'a dyn Objects,
+        attributes: &'a Attributes<'a>,
+        object: Option<&'a Value>,
+    ) -> BoxFuture<'a, ApiResult<Vec<String>>> {
+        Box::pin(async move {
+            self.validate(objects, attributes, object).await?;
+            Ok(Vec::new())
+        })
+    }
 }
 
 /// The admission chain.
@@ -212,6 +228,7 @@ impl Admission {
         node_ports: PortRange,
         cluster_cidr: Option<Ipv4Cidr>,
         rbac: Option<Arc<crate::rbac::Rbac>>,
+        pod_security: Option<pod_security::PodSecurityConfig>,
     ) -> Admission {
         // One lock for everything allocated from a range of the cluster: two creates must not
         // pick the same address. (Within one API server; several servers sharing etcd need
@@ -224,6 +241,9 @@ impl Admission {
         if let Some(rbac) = rbac {
             validating.push(Box::new(node_restriction::NodeRestriction));
             validating.push(Box::new(rbac_escalation::RbacEscalation(rbac)));
+        }
+        if let Some(config) = pod_security {
+            validating.push(Box::new(pod_security::PodSecurity { config }));
         }
         validating.push(Box::new(resource_quota::ResourceQuota));
         Admission {
@@ -278,17 +298,19 @@ impl Admission {
         Ok(holds)
     }
 
-    /// Runs the validating plugins on the object as it would be stored.
+    /// Runs the validating plugins on the object as it would be stored; the warnings for
+    /// the client when every plugin admits it.
     pub async fn validate(
         &self,
         objects: &dyn Objects,
         attributes: &Attributes<'_>,
         object: Option<&Value>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<Vec<String>> {
+        let mut warnings = Vec::new();
         for plugin in self.validating.iter().filter(|p| p.applies(attributes)) {
-            plugin.validate(objects, attributes, object).await?;
+            warnings.extend(plugin.validate_with_warnings(objects, attributes, object).await?);
         }
-        Ok(())
+        Ok(warnings)
     }
 }
 
