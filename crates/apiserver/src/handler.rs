@@ -353,6 +353,9 @@ impl ApiServer {
             (Some(user), _) => Some(user),
             (None, Some(token)) => match self.token_file.as_ref().and_then(|f| f.user(token)) {
                 Some(user) => Some(user),
+                None if crate::bootstrap_token::parse(token).is_some() => {
+                    self.bootstrap_user(token, crate::bootstrap_token::Usage::Authentication).await
+                }
                 None => match &self.tokens {
                     Some(tokens) => tokens.authenticate(&self.rest, token).await,
                     None => None,
@@ -797,6 +800,33 @@ impl ApiServer {
     }
 
     /// The join endpoints (no client certificate needed: the token is the credential).
+    /// The user a bootstrap token authenticates as for `usage`, read from its Secret.
+    async fn bootstrap_user(
+        &self,
+        token: &str,
+        usage: crate::bootstrap_token::Usage,
+    ) -> Option<UserInfo> {
+        let (id, _) = crate::bootstrap_token::parse(token)?;
+        let secrets = self.registry.lookup("", "v1", "secrets")?;
+        let stored = self
+            .rest
+            .get(
+                &secrets,
+                Some(crate::bootstrap_token::NAMESPACE),
+                &crate::bootstrap_token::secret_name(id),
+            )
+            .await
+            .ok()?;
+        let now = jiff::Timestamp::now().as_second();
+        match crate::bootstrap_token::check(&stored.object, token, usage, now) {
+            Ok(user) => Some(user),
+            Err(reason) => {
+                tracing::debug!(reason, "a bootstrap token was refused");
+                None
+            }
+        }
+    }
+
     async fn serve_join(
         &self,
         join: &crate::join::NodeJoin,
@@ -820,7 +850,18 @@ impl ApiServer {
         }
         let auth = header_text(&request, header::AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").unwrap_or("").trim().to_owned();
-        if token.is_empty() || !join.accepts(&token) {
+        let accepted = !token.is_empty()
+            && (join.accepts(&token) || {
+                // A bootstrap token (`krust token create`), bare or as `K10<CA hash>::<token>`.
+                let (hash, secret) = pki::join::parse_token(&token);
+                hash.is_none_or(|h| h == pki::join::ca_hash(&join.pki.ca_cert_pem))
+                    && crate::bootstrap_token::parse(&secret).is_some()
+                    && self
+                        .bootstrap_user(&secret, crate::bootstrap_token::Usage::Authentication)
+                        .await
+                        .is_some()
+            });
+        if !accepted {
             if let Some(peer) = peer {
                 join.failures.record(peer, now);
             }
@@ -1381,7 +1422,11 @@ impl ApiServer {
             .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default();
         let wanted = if asked.is_empty() { tokens.audiences.clone() } else { asked };
-        let from_file = self.token_file.as_ref().and_then(|f| f.user(token));
+        let mut from_file = self.token_file.as_ref().and_then(|f| f.user(token));
+        if from_file.is_none() && crate::bootstrap_token::parse(token).is_some() {
+            from_file =
+                self.bootstrap_user(token, crate::bootstrap_token::Usage::Authentication).await;
+        }
         let found = match from_file {
             // A static token is for the API server's audiences.
             Some(user) => {

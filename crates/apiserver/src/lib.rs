@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod auth;
 pub mod body;
+pub mod bootstrap_token;
 pub mod cidr;
 pub mod connections;
 pub mod crd;

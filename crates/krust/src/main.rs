@@ -9,6 +9,7 @@ mod join;
 mod secrets_encrypt;
 mod server;
 mod sim;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,8 @@ enum Command {
     ControllerManager(control::StandaloneManager),
     /// Encryption of Secrets at rest: `status`, `prepare`, `rotate`, `reencrypt`, `rotate-keys`.
     SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
+    /// Bootstrap tokens agents join with: `create [--ttl 24h]`, `list`, `delete ID`, `generate`.
+    Token(token::TokenArgs),
     /// Simulated nodes for scale tests: `krust sim nodes --count N --kubeconfig FILE`.
     Sim(sim::SimArgs),
     /// Measure krust against its peers (see `krust bench --help`).
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Command::Scheduler(args) => control::run_scheduler(args).await,
             Command::ControllerManager(args) => control::run_manager(args).await,
             Command::SecretsEncrypt(args) => secrets_encrypt::run(args).await,
+            Command::Token(args) => token::run(args).await,
             Command::Sim(args) => sim::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug(args) => server::debug(args).await,

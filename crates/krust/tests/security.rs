@@ -718,3 +718,107 @@ fn the_cluster_pod_security_default_is_a_flag() {
         String::from_utf8_lossy(&out.stderr).contains("violates PodSecurity \"restricted:latest\"")
     );
 }
+
+/// `krust token ARGS` against `server`: (success, stdout + stderr).
+fn krust_token(server: &KrustServer, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .arg("token")
+        .args(args)
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn bootstrap_tokens_join_and_authenticate_until_deleted_or_expired() {
+    let server = KrustServer::start(&[]);
+    let url = server_url(&server);
+    // The HTTP status of a node-credentials request with `token`.
+    let join = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", "Content-Type: application/json"])
+            .args(["--data", "{\"nodeName\":\"bootstrapped\",\"addresses\":[]}"])
+            .arg(format!("{url}/v1-krust/node-credentials"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let whoami = |token: &str| {
+        kubectl_as(
+            &server,
+            &token_kubeconfig(&server, token),
+            &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        )
+    };
+
+    let (ok, created) = krust_token(
+        &server,
+        &[
+            "create",
+            "--ttl",
+            "1h",
+            "--description",
+            "for rack 7",
+            "--groups",
+            "system:bootstrappers:rack7",
+        ],
+    );
+    assert!(ok, "{created}");
+    let full = created.trim().to_owned();
+    assert!(full.starts_with("K10") && full.contains("::"), "{full}");
+    let bare = full.split("::").nth(1).unwrap().to_owned();
+    let id = bare.split('.').next().unwrap().to_owned();
+    let (ok, list) = krust_token(&server, &["list"]);
+    assert!(
+        ok && list.contains(&format!("{id}.<hidden>"))
+            && list.contains("for rack 7")
+            && list.contains("authentication,signing"),
+        "{list}"
+    );
+    assert!(!list.contains(&bare), "list shows the secret: {list}");
+
+    // The Secret is upstream's: kubectl sees its type.
+    let kind = server.ok(&[
+        "get",
+        "secret",
+        "-n",
+        "kube-system",
+        &format!("bootstrap-token-{id}"),
+        "-o",
+        "jsonpath={.type}",
+    ]);
+    assert_eq!(kind, "bootstrap.kubernetes.io/token");
+    let (ok, stdout, stderr) = whoami(&bare);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("system:bootstrap:{id}"));
+    assert_eq!(join(&full), "200");
+    assert_eq!(join(&bare), "200");
+    // Another cluster's CA hash in front of it is refused.
+    assert_eq!(join(&format!("K10{}::{bare}", "0".repeat(64))), "401");
+
+    let (ok, out) = krust_token(&server, &["delete", &id]);
+    assert!(ok, "{out}");
+    assert!(!whoami(&bare).0, "a deleted token still authenticates");
+    assert_eq!(join(&full), "401");
+
+    // An expired token stops working by itself.
+    let (ok, created) = krust_token(&server, &["create", "--ttl", "2s"]);
+    assert!(ok, "{created}");
+    let bare = created.trim().split("::").nth(1).unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while whoami(&bare).0 {
+        assert!(std::time::Instant::now() < deadline, "the token did not expire");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(join(&bare), "401");
+    let (ok, out) = krust_token(&server, &["create", "abc.def"]);
+    assert!(!ok && out.contains("is not a bootstrap token"), "{out}");
+    let (ok, out) = krust_token(&server, &["create", "--groups", "system:masters"]);
+    assert!(!ok && out.contains("must start with system:bootstrappers:"), "{out}");
+}

@@ -109,7 +109,7 @@ pub fn check(level: Level, metadata: &Value, spec: &Value) -> Vec<Violation> {
     }
     let pod = Pod { metadata, spec };
     let restricted = level == Level::Restricted;
-    let checks: [(bool, fn(&Pod<'_>) -> Option<Violation>); 17] = [
+    let checks: [(bool, Check); 17] = [
         (restricted, allow_privilege_escalation),
         (true, app_armor_profile),
         (!restricted, capabilities_baseline),
@@ -135,6 +135,9 @@ pub fn check(level: Level, metadata: &Value, spec: &Value) -> Vec<Violation> {
 pub fn describe(violations: &[Violation]) -> String {
     violations.iter().map(Violation::to_string).collect::<Vec<_>>().join(", ")
 }
+
+/// One control: why a pod fails it, if it does.
+type Check = fn(&Pod<'_>) -> Option<Violation>;
 
 struct Pod<'a> {
     metadata: &'a Value,
