@@ -69,6 +69,8 @@ pub struct ApiServer {
     pub token_file: Option<crate::auth::TokenFile>,
     /// Encryption at rest, commanded through `/v1-krust/encrypt/` (`krust secrets-encrypt`).
     pub encryption: Option<Arc<crate::encryption::Encryption>>,
+    /// The audit log (`audit-log-path`), if any.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 /// A long-running request's budget slot, carried in its response's extensions so that the
@@ -436,6 +438,35 @@ impl ApiServer {
                     && request.extensions().get::<InProcessRequest>().is_none();
                 let slot =
                     if counted { Some(self.inflight.acquire(verb, long_running)) } else { None };
+                let mut audit = self.audit_begin(&request, user.as_ref(), verb, target, &path);
+                let with_body =
+                    method == Method::POST || method == Method::PUT || method == Method::PATCH;
+                let request = match audit.as_mut() {
+                    Some(pending) if pending.wants_request_body() && with_body && !long_running => {
+                        // The body is read here for the log and handed on whole.
+                        let (parts, body) = request.into_parts();
+                        let bytes = match read_bytes(Request::new(body)).await {
+                            Ok(bytes) => bytes,
+                            Err(e) => return error_response(&e),
+                        };
+                        let content_type = parts
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        let object = if protobuf::is_protobuf(content_type) {
+                            protobuf::decode_object(&bytes).ok()
+                        } else {
+                            serde_json::from_slice(&bytes).ok()
+                        };
+                        if let Some(object) = object {
+                            pending.set_request_object(object);
+                        }
+                        let body = Full::new(bytes).map_err(|never| match never {}).boxed();
+                        Request::from_parts(parts, body)
+                    }
+                    _ => request,
+                };
                 let response = if let Some(None) = slot {
                     let mut e =
                         ApiError::too_many_requests("Too many requests, please try again later.");
@@ -483,9 +514,12 @@ impl ApiServer {
                         },
                     }
                 };
+                let mut response = response;
+                if let Some(pending) = audit {
+                    response = audit_finish(pending, response, long_running).await;
+                }
                 // An ordinary request's slot is given back now; a long-running one's when
                 // its response body ends.
-                let mut response = response;
                 if let Some(Some(slot)) = slot
                     && long_running
                 {
@@ -506,6 +540,39 @@ impl ApiServer {
         );
         tracing::debug!(%method, %path, code = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
         response
+    }
+
+    /// Starts auditing a request the audit policy selects (authenticated ones only: a
+    /// request without credentials never reaches a resource).
+    fn audit_begin(
+        &self,
+        request: &Request<RequestBody>,
+        user: Option<&UserInfo>,
+        verb: &str,
+        target: Option<&Target>,
+        path: &str,
+    ) -> Option<crate::audit::Pending> {
+        let (log, user) = (self.audit.as_ref()?, user?);
+        let uri = request.uri().path_and_query().map_or(path, |p| p.as_str());
+        log.begin(crate::audit::RequestInfo {
+            user: &user.name,
+            groups: &user.groups,
+            verb,
+            uri,
+            path,
+            group: target.map_or("", |t| t.rt.group.as_str()),
+            version: target.map_or("", |t| t.rt.version.as_str()),
+            resource: target.map_or("", |t| t.rt.plural.as_str()),
+            subresource: target.and_then(|t| t.subresource.as_deref()).unwrap_or(""),
+            namespace: target.and_then(|t| t.namespace.as_deref()).unwrap_or(""),
+            name: target.and_then(|t| t.name.as_deref()).unwrap_or(""),
+            source_ip: request.extensions().get::<PeerAddr>().map(|p| p.0.ip().to_string()),
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        })
     }
 
     /// The user `real` acts as, after checking it may impersonate each part of `asked`
@@ -1927,6 +1994,27 @@ fn forbidden(user: &UserInfo, attributes: &Attributes<'_>, reason: &str) -> ApiE
 }
 
 /// The bearer token of `request`'s `Authorization` header, if any.
+/// Writes a request's last audit event, with the response's object when the level wants
+/// it (never for a stream, whose body is still to come).
+async fn audit_finish(
+    pending: crate::audit::Pending,
+    response: Response<Body>,
+    streaming: bool,
+) -> Response<Body> {
+    let code = response.status().as_u16();
+    if streaming || !pending.wants_response_body() {
+        pending.finish(code, streaming, None);
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    pending.finish(code, false, Some(&bytes));
+    Response::from_parts(parts, full(bytes))
+}
+
 fn bearer(request: &Request<RequestBody>) -> Option<&str> {
     let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

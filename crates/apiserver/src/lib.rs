@@ -5,6 +5,7 @@
 //! This is the only crate that touches `storage`; every other component is an API client.
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod bootstrap_token;

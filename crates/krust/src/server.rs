@@ -105,6 +105,10 @@ pub(crate) struct ServerArgs {
     authorization_mode: AuthorizationMode,
     #[arg(skip)]
     encryption_provider_config: Option<PathBuf>,
+    #[arg(skip)]
+    audit_policy_file: Option<PathBuf>,
+    #[arg(skip)]
+    audit_log: Option<apiserver::audit::LogConfig>,
     /// Interval of the store's compaction (history older than one interval is discarded).
     #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
     compaction_interval: Duration,
@@ -139,6 +143,11 @@ enum AuthorizationMode {
 enum ApiServerArg {
     AuthorizationMode(AuthorizationMode),
     EncryptionProviderConfig(PathBuf),
+    AuditPolicyFile(PathBuf),
+    AuditLogPath(PathBuf),
+    AuditLogMaxSize(u64),
+    AuditLogMaxAge(u64),
+    AuditLogMaxBackup(usize),
 }
 
 fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
@@ -155,8 +164,20 @@ fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
             )),
         },
         "encryption-provider-config" => Ok(ApiServerArg::EncryptionProviderConfig(value.into())),
+        "audit-policy-file" => Ok(ApiServerArg::AuditPolicyFile(value.into())),
+        "audit-log-path" => Ok(ApiServerArg::AuditLogPath(value.into())),
+        "audit-log-maxsize" | "audit-log-maxage" | "audit-log-maxbackup" => {
+            let n: u64 =
+                value.parse().map_err(|_| format!("{key} wants a number, not {value:?}"))?;
+            Ok(match key {
+                "audit-log-maxsize" => ApiServerArg::AuditLogMaxSize(n),
+                "audit-log-maxage" => ApiServerArg::AuditLogMaxAge(n),
+                _ => ApiServerArg::AuditLogMaxBackup(usize::try_from(n).unwrap_or(usize::MAX)),
+            })
+        }
         other => Err(format!(
-            "{other:?} is not supported (authorization-mode and encryption-provider-config are)"
+            "{other:?} is not supported (authorization-mode, encryption-provider-config, \
+             audit-policy-file and audit-log-{{path,maxsize,maxage,maxbackup}} are)"
         )),
     }
 }
@@ -202,13 +223,28 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<SharedStore> {
 
 /// Runs the control plane until SIGINT or SIGTERM.
 pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
+    // Upstream's defaults: 100 MiB files, backups kept without a limit.
+    let mut audit_log = apiserver::audit::LogConfig {
+        path: PathBuf::new(),
+        max_size_mib: 100,
+        max_age_days: 0,
+        max_backups: 0,
+    };
     for arg in &args.kube_apiserver_args {
         match arg {
             ApiServerArg::AuthorizationMode(mode) => args.authorization_mode = *mode,
             ApiServerArg::EncryptionProviderConfig(path) => {
                 args.encryption_provider_config = Some(path.clone())
             }
+            ApiServerArg::AuditPolicyFile(path) => args.audit_policy_file = Some(path.clone()),
+            ApiServerArg::AuditLogPath(path) => audit_log.path = path.clone(),
+            ApiServerArg::AuditLogMaxSize(n) => audit_log.max_size_mib = *n,
+            ApiServerArg::AuditLogMaxAge(n) => audit_log.max_age_days = *n,
+            ApiServerArg::AuditLogMaxBackup(n) => audit_log.max_backups = *n,
         }
+    }
+    if !audit_log.path.as_os_str().is_empty() {
+        args.audit_log = Some(audit_log);
     }
     let service_cidr = Ipv4Cidr::parse(&args.service_cidr)
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
@@ -353,6 +389,26 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             &format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         ))),
         encryption: Some(encryption),
+        audit: match &args.audit_log {
+            None => None,
+            Some(config) => {
+                let policy = match &args.audit_policy_file {
+                    Some(path) => apiserver::audit::Policy::parse(
+                        &std::fs::read_to_string(path).with_context(|| {
+                            format!("reading audit-policy-file {}", path.display())
+                        })?,
+                    )
+                    .map_err(|e| anyhow::anyhow!("audit-policy-file {}: {e}", path.display()))?,
+                    // A log without a policy records every request's metadata.
+                    None => apiserver::audit::Policy::metadata_for_all(),
+                };
+                Some(
+                    apiserver::audit::AuditLog::start(policy, config.clone()).with_context(
+                        || format!("opening the audit log {}", config.path.display()),
+                    )?,
+                )
+            }
+        },
     });
     let node_token = server_dir.join("node-token");
     if let Some(join) = &api.node_join {

@@ -822,3 +822,69 @@ fn bootstrap_tokens_join_and_authenticate_until_deleted_or_expired() {
     let (ok, out) = krust_token(&server, &["create", "--groups", "system:masters"]);
     assert!(!ok && out.contains("must start with system:bootstrappers:"), "{out}");
 }
+
+#[test]
+fn the_audit_log_records_what_its_policy_asks_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: None\n    nonResourceURLs: ['/api*', '/version', '/openapi*']\n  - level: RequestResponse\n    resources: [{group: '', resources: [configmaps, secrets]}]\n    verbs: [create, get]\n  - level: Metadata\n    resources: [{group: '', resources: [namespaces]}]\n  - level: None\n",
+    )
+    .unwrap();
+    let log = dir.path().join("audit/audit.log");
+    let server = KrustServer::start(&[
+        "--kube-apiserver-arg",
+        &format!("audit-policy-file={}", policy.display()),
+        "--kube-apiserver-arg",
+        &format!("audit-log-path={}", log.display()),
+    ]);
+    server.ok(&["create", "configmap", "settings", "--from-literal=mode=fast"]);
+    server.ok(&["get", "configmap", "settings"]);
+    server.ok(&["create", "secret", "generic", "db", &format!("--from-literal=password={MARK}")]);
+    server.ok(&["get", "secret", "db", "-o", "yaml"]);
+    server.ok(&["get", "namespace", "default"]);
+    let alice = common::kubeconfig_as(&server, "alice", "{token: none}");
+    let _ = kubectl_as(&server, &alice, &["get", "configmap", "settings"]);
+    // Events reach the file within moments (a writer thread flushes as they come).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let events: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let events: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if events.len() >= 5 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let find = |verb: &str, resource: &str| {
+        events
+            .iter()
+            .find(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+            .unwrap_or_else(|| panic!("no {verb} {resource} in {events:#?}"))
+    };
+    let created = find("create", "configmaps");
+    assert_eq!(created["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(created["kind"], "Event");
+    assert_eq!(created["level"], "RequestResponse");
+    assert_eq!(created["stage"], "ResponseComplete");
+    assert_eq!(created["responseStatus"]["code"], 201);
+    assert_eq!(created["objectRef"]["namespace"], "default");
+    assert_eq!(created["requestObject"]["data"]["mode"], "fast");
+    assert_eq!(created["responseObject"]["metadata"]["name"], "settings");
+    assert!(created["user"]["groups"].as_array().unwrap().iter().any(|g| g == "system:masters"));
+    assert!(created["auditID"].as_str().is_some_and(|id| id.len() == 36));
+    let read = find("get", "configmaps");
+    assert_eq!(read["objectRef"]["name"], "settings");
+    assert_eq!(find("get", "namespaces")["level"], "Metadata");
+    assert!(find("get", "namespaces").get("responseObject").is_none());
+    // Secrets: metadata only, whatever the policy says.
+    assert_eq!(find("create", "secrets")["level"], "Metadata");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(MARK) && !text.contains(&b64(MARK)), "a secret value was logged");
+    // Nothing the policy leaves out, and no RequestReceived stage.
+    assert!(events.iter().all(|e| e["stage"] != "RequestReceived"));
+    assert!(events.iter().all(|e| e["objectRef"]["resource"] != "pods"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+}
