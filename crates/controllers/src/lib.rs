@@ -10,6 +10,7 @@
 // The shared client machinery, under the paths the controllers have always used.
 pub use controller_runtime::{cached_pod, events, informer, leader, quantity, queue, selectors};
 
+pub mod certificates;
 pub mod clusterroleaggregation;
 pub mod deployment;
 pub mod endpoints;
@@ -28,6 +29,7 @@ pub mod topology_hints;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Namespace, Node, ReplicationController, ResourceQuota, Service, ServiceAccount,
@@ -67,6 +69,7 @@ pub struct Informers {
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
     cluster_roles: Arc<Informer<ClusterRole>>,
+    certificate_signing_requests: Arc<Informer<CertificateSigningRequest>>,
     wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
     /// Set to stop every informer's watch (see [`Informers::stop`]).
     stopped: tokio::sync::watch::Sender<bool>,
@@ -132,6 +135,7 @@ impl Informers {
             services: Informer::new(),
             node_leases: Informer::new(),
             cluster_roles: Informer::new(),
+            certificate_signing_requests: Informer::new(),
             wanted: Mutex::new(Vec::new()),
             stopped: tokio::sync::watch::channel(false).0,
         })
@@ -152,6 +156,11 @@ impl Informers {
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
     informer_getter!(cluster_roles, ClusterRole, "clusterroles");
+    informer_getter!(
+        certificate_signing_requests,
+        CertificateSigningRequest,
+        "certificatesigningrequests"
+    );
 
     informer_getter!(
         node_leases,
@@ -213,6 +222,9 @@ pub struct ManagerConfig {
     /// The cluster CA (PEM) published as `kube-root-ca.crt` in every namespace (none: not
     /// published).
     pub root_ca: Option<String>,
+    /// The cluster CA, whose key signs approved CertificateSigningRequests (none: requests
+    /// are approved but not signed).
+    pub signing_ca: Option<Arc<pki::Pki>>,
     /// Each controller's own credentials (upstream's `--use-service-account-credentials`);
     /// none: every controller acts through the informers' client.
     pub credentials: Option<Credentials>,
@@ -237,6 +249,7 @@ impl Default for ManagerConfig {
             node_lifecycle: nodelifecycle::NodeLifecycleConfig::default(),
             event_ttl: std::time::Duration::from_secs(3600),
             root_ca: None,
+            signing_ca: None,
             credentials: None,
         }
     }
@@ -338,6 +351,11 @@ pub fn controller_manager(
     );
     let namespace =
         namespace::NamespaceController::new(as_sa("namespace-controller"), informers.namespaces());
+    let certificates = certificates::CertificateController::new(
+        as_sa("certificate-controller"),
+        informers.certificate_signing_requests(),
+        config.signing_ca.clone(),
+    );
     async move {
         leader::run_as_leader(client, leader::LeaderConfig::new("kube-controller-manager"), || {
             let garbage_collector = garbage_collector.clone();
@@ -354,6 +372,7 @@ pub fn controller_manager(
             let service_lb = service_lb.clone();
             let root_ca = root_ca.clone();
             let aggregation = aggregation.clone();
+            let certificates = certificates.clone();
             async move {
                 let root_ca = async move {
                     if let Some(publisher) = root_ca {
@@ -375,6 +394,7 @@ pub fn controller_manager(
                     root_ca,
                     events,
                     aggregation.run(),
+                    certificates.run(),
                 );
             }
         })

@@ -75,6 +75,7 @@ impl ManagerArgs {
             },
             event_ttl: self.event_ttl,
             root_ca: None,
+            signing_ca: None,
             credentials: None,
         }
     }

@@ -508,6 +508,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             (!args.disable_controller_manager).then(|| {
                 let mut config = args.manager.config();
                 config.root_ca = Some(pki.ca_cert_pem.clone());
+                config.signing_ca = Some(Arc::new(pki.clone()));
                 config
             }),
             shutdown_rx.clone(),

@@ -14,6 +14,9 @@ const ALLOWED: &[(&str, &str)] = &[
     // The client machinery (informers, queue, recorder, quantities, the cached pod) that
     // controllers and agent share; they do not depend on each other.
     ("controllers", "controller-runtime"),
+    // The certificate controller signs with the cluster CA, as upstream's controller
+    // manager holds the signing key.
+    ("controllers", "pki"),
     ("agent", "controller-runtime"),
     // TLS helpers (a client for what upstream does not verify) both sides use.
     ("agent", "pki"),

@@ -888,3 +888,172 @@ fn the_audit_log_records_what_its_policy_asks_and_never_a_secret() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+/// A key and a PEM certificate request for `subject` (`/CN=…/O=…`) with `sans` (an openssl
+/// `subjectAltName` value, or empty), made with the real openssl in `dir`.
+fn openssl_request(
+    dir: &std::path::Path,
+    name: &str,
+    subject: &str,
+    sans: &str,
+) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let ok = std::process::Command::new("openssl")
+        .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut req = std::process::Command::new("openssl");
+    req.args(["req", "-new", "-key"]).arg(&key).args(["-subj", subject, "-out"]).arg(&csr);
+    if !sans.is_empty() {
+        req.args(["-addext", &format!("subjectAltName={sans}")]);
+    }
+    assert!(req.status().unwrap().success());
+    (key, std::fs::read_to_string(&csr).unwrap())
+}
+
+fn csr_manifest(name: &str, pem: &str, signer: &str, usages: &[&str]) -> String {
+    serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {"request": b64(pem), "signerName": signer, "usages": usages, "expirationSeconds": 3600}
+    })
+    .to_string()
+}
+
+/// Polls until `jsonpath` of CSR `name` is not empty; returns it.
+fn wait_csr(server: &KrustServer, name: &str, jsonpath: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let value = server.ok(&["get", "csr", name, "-o", &format!("jsonpath={jsonpath}")]);
+        if !value.is_empty() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "csr {name}: {jsonpath} stayed empty");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn certificate_requests_are_approved_signed_and_the_certificates_work() {
+    let server = KrustServer::start_control_plane(&[]);
+    let dir = server.dir.path().to_owned();
+    // A user's client certificate: requested, approved by an admin, signed, used.
+    let (key, pem) = openssl_request(&dir, "carol", "/CN=carol/O=devs", "");
+    server.ok_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest("carol", &pem, "kubernetes.io/kube-apiserver-client", &["client auth"]),
+    );
+    assert_eq!(
+        server.ok(&["get", "csr", "carol", "-o", "jsonpath={.spec.username}"]),
+        "system:admin"
+    );
+    assert!(server.ok(&["get", "csr", "carol"]).contains("Pending"));
+    // Approving needs `approve` on the signer: alice may update approvals but not that.
+    server.ok(&[
+        "create",
+        "clusterrole",
+        "csr-approver",
+        "--verb=get,list,update",
+        "--resource=certificatesigningrequests,certificatesigningrequests/approval",
+    ]);
+    server.ok(&[
+        "create",
+        "clusterrolebinding",
+        "alice-csr",
+        "--clusterrole=csr-approver",
+        "--user=alice",
+    ]);
+    let out = server.kubectl(&["certificate", "approve", "carol", "--as", "alice"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""), "{stderr}");
+    server.ok(&["certificate", "approve", "carol"]);
+    let issued = wait_csr(&server, "carol", "{.status.certificate}");
+    use base64::Engine;
+    let cert = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(issued).unwrap())
+        .unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    let user = format!(
+        "{{client-certificate-data: {}, client-key-data: {}}}",
+        b64(&cert),
+        b64(&std::fs::read_to_string(&key).unwrap())
+    );
+    let carol = common::kubeconfig_as(&server, "carol", &user);
+    let (ok, who, err) = kubectl_as(
+        &server,
+        &carol,
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}"],
+    );
+    assert!(ok, "{err}");
+    assert!(who.starts_with("carol ") && who.contains("devs"), "{who}");
+
+    // system:masters is never handed out this way.
+    let (_, masters) = openssl_request(&dir, "root", "/CN=root/O=system:masters", "");
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["create", "-f", "-"],
+        Some(&csr_manifest(
+            "root",
+            &masters,
+            "kubernetes.io/kube-apiserver-client",
+            &["client auth"],
+        )),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"
+    ));
+
+    // A node's renewal of its own client certificate is approved and signed by itself.
+    let (_, node) = openssl_request(&dir, "n1", "/CN=system:node:n1/O=system:nodes", "");
+    server.ok_stdin(
+        &["create", "-f", "-", "--as", "system:node:n1", "--as-group", "system:nodes"],
+        &csr_manifest(
+            "node-n1",
+            &node,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &["digital signature", "client auth"],
+        ),
+    );
+    wait_csr(&server, "node-n1", "{.status.certificate}");
+    assert_eq!(
+        server.ok(&["get", "csr", "node-n1", "-o", "jsonpath={.status.conditions[0].reason}"]),
+        "AutoApproved"
+    );
+    // Asked by another node for that node's name: not approved by itself.
+    let (_, other) = openssl_request(&dir, "n2", "/CN=system:node:n2/O=system:nodes", "");
+    server.ok_stdin(
+        &["create", "-f", "-", "--as", "system:node:n3", "--as-group", "system:nodes"],
+        &csr_manifest(
+            "node-n2",
+            &other,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &["digital signature", "client auth"],
+        ),
+    );
+
+    // A serving request without names breaks its signer's rules: approved, then Failed.
+    let (_, serving) = openssl_request(&dir, "s1", "/CN=system:node:n1/O=system:nodes", "");
+    server.ok_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest(
+            "serving",
+            &serving,
+            "kubernetes.io/kubelet-serving",
+            &["digital signature", "server auth"],
+        ),
+    );
+    server.ok(&["certificate", "approve", "serving"]);
+    let failed = wait_csr(&server, "serving", "{.status.conditions[?(@.type==\"Failed\")].reason}");
+    assert_eq!(failed, "SignerValidationFailure");
+    assert!(server.ok(&["get", "csr", "serving"]).contains("Approved,Failed"));
+    assert_eq!(
+        server.ok(&["get", "csr", "node-n2", "-o", "jsonpath={.status.conditions}"]),
+        "",
+        "n3's request for n2 was approved"
+    );
+}

@@ -4,6 +4,7 @@
 //! server issues, the node agent (`krust agent`) joins and writes its credentials, and neither
 //! depends on the other.
 
+pub mod csr;
 pub mod join;
 pub mod jwt;
 pub mod tls;

@@ -5,6 +5,7 @@
 //! plugins of later issues join the lists in [`Admission::new`].
 
 pub mod allocations;
+pub mod certificates;
 pub mod default_toleration_seconds;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
@@ -238,8 +239,10 @@ impl Admission {
             Box::new(namespace_lifecycle::NamespaceLifecycle),
             Box::new(allocations::ServiceAllocationRelease),
         ];
+        validating.push(Box::new(certificates::CertificateSubjectRestriction));
         if let Some(rbac) = rbac {
             validating.push(Box::new(node_restriction::NodeRestriction));
+            validating.push(Box::new(certificates::CertificateSignerRights(rbac.clone())));
             validating.push(Box::new(rbac_escalation::RbacEscalation(rbac)));
         }
         if let Some(config) = pod_security {
@@ -259,6 +262,7 @@ impl Admission {
                 )),
                 Box::new(node_pod_cidr::NodePodCidr::new(cluster_cidr, allocation)),
                 Box::new(service_account::ServiceAccount),
+                Box::new(certificates::CertificateRequester),
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),
                 Box::new(priority::Priority),
             ],

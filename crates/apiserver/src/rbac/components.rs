@@ -97,6 +97,13 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         // kube-proxy as its own user with this role).
         binding("krust:node-proxier", "system:node-proxier", nodes()),
         binding("krust:network-policy", "krust:network-policy", nodes()),
+        // A node may have its own client certificate renewed: its request is auto-approved
+        // (kubeadm binds the same role to the same group).
+        binding(
+            "krust:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            nodes(),
+        ),
     ];
     bindings.extend(patches);
     bindings
