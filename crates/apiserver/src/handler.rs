@@ -71,6 +71,8 @@ pub struct ApiServer {
     pub encryption: Option<Arc<crate::encryption::Encryption>>,
     /// The audit log (`audit-log-path`), if any.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// OpenID Connect ID tokens (`oidc-issuer-url`), if configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 /// A long-running request's budget slot, carried in its response's extensions so that the
@@ -357,6 +359,12 @@ impl ApiServer {
                 Some(user) => Some(user),
                 None if crate::bootstrap_token::parse(token).is_some() => {
                     self.bootstrap_user(token, crate::bootstrap_token::Usage::Authentication).await
+                }
+                None if self.oidc.as_ref().is_some_and(|o| o.claims_to_be_ours(token)) => {
+                    match &self.oidc {
+                        Some(oidc) => oidc.authenticate(token).await,
+                        None => None,
+                    }
                 }
                 None => match &self.tokens {
                     Some(tokens) => tokens.authenticate(&self.rest, token).await,
@@ -1493,6 +1501,11 @@ impl ApiServer {
         if from_file.is_none() && crate::bootstrap_token::parse(token).is_some() {
             from_file =
                 self.bootstrap_user(token, crate::bootstrap_token::Usage::Authentication).await;
+        }
+        if from_file.is_none()
+            && let Some(oidc) = self.oidc.as_ref().filter(|o| o.claims_to_be_ours(token))
+        {
+            from_file = oidc.authenticate(token).await;
         }
         let found = match from_file {
             // A static token is for the API server's audiences.

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod node_authorizer;
+pub mod oidc;
 pub mod patch;
 /// The cluster PKI, from its own crate (the node agent uses it too).
 pub use pki;

@@ -148,6 +148,7 @@ enum ApiServerArg {
     AuditLogMaxSize(u64),
     AuditLogMaxAge(u64),
     AuditLogMaxBackup(usize),
+    Oidc(String, String),
 }
 
 fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
@@ -175,11 +176,53 @@ fn parse_apiserver_arg(arg: &str) -> Result<ApiServerArg, String> {
                 _ => ApiServerArg::AuditLogMaxBackup(usize::try_from(n).unwrap_or(usize::MAX)),
             })
         }
+        "oidc-issuer-url"
+        | "oidc-client-id"
+        | "oidc-username-claim"
+        | "oidc-username-prefix"
+        | "oidc-groups-claim"
+        | "oidc-groups-prefix"
+        | "oidc-ca-file"
+        | "oidc-signing-algs"
+        | "oidc-required-claim" => Ok(ApiServerArg::Oidc(key.to_owned(), value.to_owned())),
         other => Err(format!(
             "{other:?} is not supported (authorization-mode, encryption-provider-config, \
-             audit-policy-file and audit-log-{{path,maxsize,maxage,maxbackup}} are)"
+             audit-policy-file, audit-log-{{path,maxsize,maxage,maxbackup}} and oidc-* are)"
         )),
     }
+}
+
+/// The OIDC authenticator's settings from the `oidc-*` arguments (none without an issuer).
+fn oidc_config(args: &[(String, String)]) -> anyhow::Result<Option<apiserver::oidc::OidcConfig>> {
+    let Some((_, issuer)) = args.iter().rev().find(|(k, _)| k == "oidc-issuer-url") else {
+        if let Some((key, _)) = args.first() {
+            anyhow::bail!("{key} needs oidc-issuer-url");
+        }
+        return Ok(None);
+    };
+    let mut config = apiserver::oidc::OidcConfig::new(issuer);
+    for (key, value) in args {
+        match key.as_str() {
+            "oidc-client-id" => config.client_id = value.clone(),
+            "oidc-username-claim" => config.username_claim = value.clone(),
+            "oidc-username-prefix" => config.username_prefix = Some(value.clone()),
+            "oidc-groups-claim" => config.groups_claim = Some(value.clone()),
+            "oidc-groups-prefix" => config.groups_prefix = value.clone(),
+            "oidc-ca-file" => config.ca_file = Some(value.into()),
+            "oidc-signing-algs" => {
+                config.signing_algs = value.split(',').map(|a| a.trim().to_owned()).collect()
+            }
+            "oidc-required-claim" => {
+                let (claim, want) = value
+                    .split_once('=')
+                    .with_context(|| format!("oidc-required-claim {value:?}: want CLAIM=VALUE"))?;
+                config.required_claims.push((claim.to_owned(), want.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(config))
 }
 
 fn parse_pod_security_default(
@@ -224,6 +267,7 @@ async fn open_store(args: &ServerArgs) -> anyhow::Result<SharedStore> {
 /// Runs the control plane until SIGINT or SIGTERM.
 pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
     // Upstream's defaults: 100 MiB files, backups kept without a limit.
+    let mut oidc: Vec<(String, String)> = Vec::new();
     let mut audit_log = apiserver::audit::LogConfig {
         path: PathBuf::new(),
         max_size_mib: 100,
@@ -241,11 +285,13 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             ApiServerArg::AuditLogMaxSize(n) => audit_log.max_size_mib = *n,
             ApiServerArg::AuditLogMaxAge(n) => audit_log.max_age_days = *n,
             ApiServerArg::AuditLogMaxBackup(n) => audit_log.max_backups = *n,
+            ApiServerArg::Oidc(key, value) => oidc.push((key.clone(), value.clone())),
         }
     }
     if !audit_log.path.as_os_str().is_empty() {
         args.audit_log = Some(audit_log);
     }
+    let oidc = oidc_config(&oidc)?;
     let service_cidr = Ipv4Cidr::parse(&args.service_cidr)
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR", args.service_cidr))?;
     let cluster_cidr = Ipv4Cidr::parse(&args.cluster_cidr)
@@ -389,6 +435,12 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             &format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         ))),
         encryption: Some(encryption),
+        oidc: match oidc {
+            Some(config) => {
+                Some(apiserver::oidc::Oidc::new(config).map_err(|e| anyhow::anyhow!(e))?)
+            }
+            None => None,
+        },
         audit: match &args.audit_log {
             None => None,
             Some(config) => {

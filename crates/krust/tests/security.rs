@@ -1057,3 +1057,255 @@ fn certificate_requests_are_approved_signed_and_the_certificates_work() {
         "n3's request for n2 was approved"
     );
 }
+
+/// Runs `openssl ARGS`, asserting success; returns stdout.
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An RSA signing key made with openssl: (key file, its JWK with `kid`).
+fn rsa_jwk(dir: &std::path::Path, kid: &str) -> (std::path::PathBuf, serde_json::Value) {
+    let key = dir.join(format!("{kid}.key"));
+    openssl(&["genrsa", "-out", key.to_str().unwrap(), "2048"], None);
+    let modulus = String::from_utf8(openssl(
+        &["rsa", "-in", key.to_str().unwrap(), "-noout", "-modulus"],
+        None,
+    ))
+    .unwrap();
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let jwk = serde_json::json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "n": b64url(&n), "e": "AQAB"});
+    (key, jwk)
+}
+
+/// An RS256 JWT of `claims` signed by `key` (openssl), naming `kid`.
+fn rs256(key: &std::path::Path, kid: &str, claims: &serde_json::Value) -> String {
+    let header = b64url(
+        serde_json::json!({"alg": "RS256", "kid": kid, "typ": "JWT"}).to_string().as_bytes(),
+    );
+    let payload = b64url(claims.to_string().as_bytes());
+    let signed = format!("{header}.{payload}");
+    let signature =
+        openssl(&["dgst", "-sha256", "-sign", key.to_str().unwrap()], Some(signed.as_bytes()));
+    format!("{signed}.{}", b64url(&signature))
+}
+
+#[test]
+fn oidc_id_tokens_from_the_issuer_authenticate_with_their_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The fake issuer: discovery and keys over HTTPS (Python's server; a CA and a serving
+    // certificate made with openssl).
+    let (ca_key, ca_cert) = (d.join("ca.key"), d.join("ca.crt"));
+    let (tls_key, tls_cert, tls_csr, ext) =
+        (d.join("tls.key"), d.join("tls.crt"), d.join("tls.csr"), d.join("ext"));
+    let path = |p: &std::path::PathBuf| p.to_str().unwrap().to_owned();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            &path(&ca_key),
+            "-out",
+            &path(&ca_cert),
+            "-subj",
+            "/CN=issuer-ca",
+        ],
+        None,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &path(&tls_key),
+            "-out",
+            &path(&tls_csr),
+            "-subj",
+            "/CN=issuer",
+        ],
+        None,
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path(&tls_csr),
+            "-CA",
+            &path(&ca_cert),
+            "-CAkey",
+            &path(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &path(&tls_cert),
+            "-extfile",
+            &path(&ext),
+        ],
+        None,
+    );
+    let port = common::free_port();
+    let issuer = format!("https://127.0.0.1:{port}");
+    let root = d.join("www");
+    std::fs::create_dir_all(root.join(".well-known")).unwrap();
+    std::fs::write(
+        root.join(".well-known/openid-configuration"),
+        serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}).to_string(),
+    )
+    .unwrap();
+    let (key1, jwk1) = rsa_jwk(d, "k1");
+    let (key2, jwk2) = rsa_jwk(d, "k2");
+    std::fs::write(root.join("jwks"), serde_json::json!({"keys": [jwk1.clone()]}).to_string())
+        .unwrap();
+    let script = r#"
+import http.server, os, ssl, sys
+port, root, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+os.chdir(root)
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def guess_type(self, path): return "application/json"
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+    let mut fake = std::process::Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .args([&root, &tls_cert, &tls_key])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fake.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let _fake = Kill(fake);
+    assert_eq!(ready.trim(), "ready");
+
+    let server = KrustServer::start(&[
+        "--kube-apiserver-arg",
+        &format!("oidc-issuer-url={issuer}"),
+        "--kube-apiserver-arg",
+        "oidc-client-id=krust",
+        "--kube-apiserver-arg",
+        "oidc-username-claim=email",
+        "--kube-apiserver-arg",
+        "oidc-groups-claim=groups",
+        "--kube-apiserver-arg",
+        "oidc-groups-prefix=oidc:",
+        "--kube-apiserver-arg",
+        &format!("oidc-ca-file={}", ca_cert.display()),
+    ]);
+    server.ok(&["create", "clusterrole", "pod-reader", "--verb=get,list", "--resource=pods"]);
+    server.ok(&[
+        "create",
+        "clusterrolebinding",
+        "oidc-devs",
+        "--clusterrole=pod-reader",
+        "--group=oidc:dev",
+    ]);
+    let now = jiff::Timestamp::now().as_second();
+    let claims = |email: &str, aud: &str, exp: i64| {
+        serde_json::json!({"iss": issuer, "aud": aud, "sub": "1234", "email": email, "email_verified": true,
+                           "groups": ["dev"], "iat": now, "exp": exp})
+    };
+    let as_token =
+        |token: &str, args: &[&str]| kubectl_as(&server, &token_kubeconfig(&server, token), args);
+    let jane = rs256(&key1, "k1", &claims("jane@example.com", "krust", now + 600));
+    let (ok, who, err) = as_token(
+        &jane,
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.groups}"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(who, "jane@example.com [\"oidc:dev\",\"system:authenticated\"]");
+    // What her group's binding grants, and nothing more.
+    assert!(as_token(&jane, &["get", "pods"]).0);
+    let (ok, _, err) = as_token(&jane, &["create", "configmap", "x"]);
+    assert!(
+        !ok && err.contains("User \"jane@example.com\" cannot create resource \"configmaps\""),
+        "{err}"
+    );
+
+    // Refused: expired, for another client, signed by a key the issuer does not publish,
+    // unsigned, altered.
+    for (what, token) in [
+        ("expired", rs256(&key1, "k1", &claims("jane@example.com", "krust", now - 10))),
+        ("other client", rs256(&key1, "k1", &claims("jane@example.com", "other", now + 600))),
+        ("unpublished key", rs256(&key2, "k1", &claims("jane@example.com", "krust", now + 600))),
+        (
+            "alg none",
+            format!("{}.{}.", b64url(br#"{"alg":"none"}"#), jane.split('.').nth(1).unwrap()),
+        ),
+        ("altered", {
+            let parts: Vec<&str> = jane.split('.').collect();
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64url(claims("root@example.com", "krust", now + 600).to_string().as_bytes()),
+                parts[2]
+            )
+        }),
+    ] {
+        let (ok, _, err) = as_token(&token, &["auth", "whoami"]);
+        assert!(!ok && err.contains("Unauthorized"), "{what}: {err}");
+    }
+
+    // The issuer rotates its key: a token of the new key works once the keys are fetched
+    // again (the cache refetches on an unknown key, at most every ten seconds).
+    std::fs::write(root.join("jwks"), serde_json::json!({"keys": [jwk1, jwk2]}).to_string())
+        .unwrap();
+    let rotated = rs256(&key2, "k2", &claims("joe@example.com", "krust", now + 600));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !as_token(&rotated, &["auth", "whoami"]).0 {
+        assert!(std::time::Instant::now() < deadline, "the new key was never fetched");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

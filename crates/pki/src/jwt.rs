@@ -140,6 +140,104 @@ impl SigningKey {
     }
 }
 
+/// The parts of a token: (header, claims, the signed text, the signature), undecoded
+/// claims left to the caller. Nothing in them is trusted yet.
+fn split(token: &str) -> Result<(serde_json::Value, &str, &str, Vec<u8>), JwtError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JwtError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed);
+    };
+    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::Malformed);
+    let header: serde_json::Value =
+        serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
+    let signed = &token[..token.len() - signature.len() - 1];
+    Ok((header, claims, signed, decode(signature)?))
+}
+
+/// The claims of `token` without checking its signature: only to route a token to the
+/// authenticator that can check it (its issuer), never to trust them.
+pub fn unverified_claims(token: &str) -> Option<serde_json::Value> {
+    let (_, claims, _, _) = split(token).ok()?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+    claims.is_object().then_some(claims)
+}
+
+/// The claims of `token` if a key of the JSON Web Key Set `jwks` signed it with one of
+/// `algorithms` (`RS256`, `ES256`): the header's `kid` picks the key when it names one.
+/// Refused: `alg: none`, HMAC, an algorithm not allowed or not the key's, a wrong signature.
+pub fn verify_with_jwks(
+    token: &str,
+    jwks: &serde_json::Value,
+    algorithms: &[String],
+) -> Result<serde_json::Value, JwtError> {
+    let (header, claims, signed, signature) = split(token)?;
+    let alg = header.get("alg").and_then(|v| v.as_str()).unwrap_or("");
+    if !algorithms.iter().any(|a| a == alg) || !matches!(alg, "RS256" | "ES256") {
+        return Err(JwtError::WrongKey);
+    }
+    let kid = header.get("kid").and_then(|v| v.as_str());
+    let keys = jwks.get("keys").and_then(|k| k.as_array()).ok_or(JwtError::WrongKey)?;
+    let candidates: Vec<&serde_json::Value> = keys
+        .iter()
+        .filter(|k| kid.is_none_or(|kid| k.get("kid").and_then(|v| v.as_str()) == Some(kid)))
+        .filter(|k| k.get("alg").and_then(|v| v.as_str()).is_none_or(|a| a == alg))
+        .filter(|k| k.get("use").and_then(|v| v.as_str()).is_none_or(|u| u == "sig"))
+        .collect();
+    if candidates.is_empty() {
+        return Err(JwtError::WrongKey);
+    }
+    let field = |key: &serde_json::Value, name: &str| {
+        key.get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+            .ok_or(JwtError::WrongKey)
+    };
+    let mut verified = false;
+    for key in candidates {
+        let ok = match (alg, key.get("kty").and_then(|v| v.as_str())) {
+            ("RS256", Some("RSA")) => {
+                let (n, e) = (field(key, "n")?, field(key, "e")?);
+                ring::signature::RsaPublicKeyComponents { n: &n, e: &e }
+                    .verify(
+                        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                        signed.as_bytes(),
+                        &signature,
+                    )
+                    .is_ok()
+            }
+            ("ES256", Some("EC")) if key.get("crv").and_then(|v| v.as_str()) == Some("P-256") => {
+                let mut point = vec![4u8];
+                point.extend(field(key, "x")?);
+                point.extend(field(key, "y")?);
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
+                    .verify(signed.as_bytes(), &signature)
+                    .is_ok()
+            }
+            _ => false,
+        };
+        if ok {
+            verified = true;
+            break;
+        }
+    }
+    if !verified {
+        return Err(JwtError::BadSignature);
+    }
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).map_err(|_| JwtError::Malformed)?)
+            .map_err(|_| JwtError::Malformed)?;
+    if !claims.is_object() {
+        return Err(JwtError::Malformed);
+    }
+    Ok(claims)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +272,13 @@ mod tests {
         assert_eq!(key.verify("a.b"), Err(JwtError::Malformed));
         assert_eq!(key.verify(&"x".repeat(20_000)), Err(JwtError::Malformed));
         let jwks = key.jwks();
+        // The same token checks against the key set (ES256), and nothing else does.
+        let es256 = vec!["ES256".to_owned()];
+        assert_eq!(verify_with_jwks(&token, &jwks, &es256).unwrap()["sub"], "x");
+        assert_eq!(verify_with_jwks(&token, &jwks, &["RS256".to_owned()]), Err(JwtError::WrongKey));
+        assert_eq!(verify_with_jwks(&forged, &jwks, &es256), Err(JwtError::BadSignature));
+        assert_eq!(verify_with_jwks(&token, &other.jwks(), &es256), Err(JwtError::WrongKey));
+        assert_eq!(unverified_claims(&forged).unwrap()["sub"], "admin");
         assert_eq!(jwks["keys"][0]["kid"], key.kid());
         assert_eq!(
             URL_SAFE_NO_PAD.decode(jwks["keys"][0]["x"].as_str().unwrap()).unwrap().len(),
