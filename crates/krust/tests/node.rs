@@ -2045,3 +2045,96 @@ fn pods_on_two_nodes_talk_over_the_vxlan_overlay() {
     assert!(route.contains("dev krv") && route.contains("onlink"), "{route}");
     server.ok(&["delete", "pod", "--all", "--wait=true"]);
 }
+
+/// The official Python client inside a pod, with the pod's own ServiceAccount token
+/// (`load_incluster_config`), does what its Role grants and nothing more. The pod runs the
+/// host's Python (its prefix and system libraries mounted read-only at the same paths), since
+/// no image with Python can be pulled here.
+#[test]
+fn a_pods_python_client_does_what_its_role_grants_and_nothing_more() {
+    let server = KrustServer::start_with_agent(&["--bind-address=0.0.0.0"]);
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys, kubernetes; print(sys.executable); print(sys.prefix)"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python client must be installed (the README's test command does)"
+    );
+    let found = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = found.lines();
+    let (python, prefix) = (lines.next().unwrap().to_owned(), lines.next().unwrap().to_owned());
+    server.ok(&["create", "namespace", "team"]);
+    // hostPath volumes need a privileged namespace.
+    server.ok(&["label", "namespace", "team", "pod-security.kubernetes.io/enforce=privileged"]);
+    server.ok(&["create", "serviceaccount", "reader", "-n", "team"]);
+    server.ok(&[
+        "create",
+        "role",
+        "pod-reader",
+        "-n",
+        "team",
+        "--verb=get,list,watch",
+        "--resource=pods",
+    ]);
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        "team",
+        "--role=pod-reader",
+        "--serviceaccount=team:reader",
+    ]);
+    let script = r#"
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+config.load_incluster_config()
+v1 = client.CoreV1Api()
+print("own pods:", len(v1.list_namespaced_pod("team").items))
+for what, call in [("secrets", lambda: v1.list_namespaced_secret("team")),
+                   ("other pods", lambda: v1.list_namespaced_pod("default")),
+                   ("create", lambda: v1.create_namespaced_config_map("team", {"metadata": {"name": "x"}}))]:
+    try:
+        call()
+        print(what, "allowed")
+    except ApiException as e:
+        print(what, "denied", e.status)
+"#;
+    let mut mounts = vec![(prefix.clone(), "python".to_owned())];
+    for dir in ["/usr", "/lib", "/lib64"] {
+        if std::path::Path::new(dir).exists() {
+            mounts.push((dir.to_owned(), dir.trim_start_matches('/').to_owned()));
+        }
+    }
+    let volumes: Vec<String> = mounts
+        .iter()
+        .map(|(path, name)| format!("{{name: {name}, hostPath: {{path: {path}}}}}"))
+        .collect();
+    let volume_mounts: Vec<String> = mounts
+        .iter()
+        .map(|(path, name)| format!("{{name: {name}, mountPath: {path}, readOnly: true}}"))
+        .collect();
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: team}}\nspec:\n  nodeName: {node}\n  serviceAccountName: reader\n  restartPolicy: Never\n  volumes: [{volumes}]\n  containers:\n  - name: python\n    image: {BUSYBOX}\n    command: [{python}, -c, {script}]\n    volumeMounts: [{volume_mounts}]\n",
+        node = server.node.clone().unwrap(),
+        volumes = volumes.join(", "),
+        volume_mounts = volume_mounts.join(", "),
+        script = serde_json::to_string(script).unwrap(),
+    );
+    apply(&server, &manifest);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let phase = server.pod_field("team", "client", "{.status.phase}");
+        if phase == "Succeeded" || phase == "Failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the client pod did not finish: {phase}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let logs = server.ok(&["logs", "client", "-n", "team"]);
+    assert!(logs.contains("own pods: 1"), "{logs}");
+    assert!(logs.contains("secrets denied 403"), "{logs}");
+    assert!(logs.contains("other pods denied 403"), "{logs}");
+    assert!(logs.contains("create denied 403"), "{logs}");
+}
