@@ -5,6 +5,7 @@
 //! touches storage. The container runtime is containerd, supervised by the agent
 //! (`containerd`), or any CRI runtime given by endpoint.
 
+pub mod certificate;
 pub mod clock;
 pub mod containerd;
 pub mod cri;

@@ -99,6 +99,12 @@ pub fn user_from_certificate(der: &[u8]) -> Option<UserInfo> {
     Some(UserInfo { name, groups })
 }
 
+/// When a client certificate stops being valid (Unix seconds).
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Paths a request without credentials may be authorized for at all (as `system:anonymous`,
 /// by what RBAC binds to `system:unauthenticated`: upstream's `system:public-info-viewer`
 /// grants health and version); any other answers 401 without asking.

@@ -23,6 +23,8 @@ pub struct NodeJoin {
     pub cluster: Value,
     /// Failed attempts per source address, so a token cannot be guessed at speed.
     pub failures: Failures,
+    /// How long a node's client certificate is valid (it renews it at 80% of that).
+    pub node_certificate_validity: std::time::Duration,
 }
 
 /// Attempts with a wrong token allowed per source address in [`FAILURE_WINDOW`].
@@ -113,7 +115,11 @@ impl NodeJoin {
         let internal = |e: crate::pki::PkiError| ApiError::internal(e.to_string());
         let (client_cert, client_key) = self
             .pki
-            .issue_client(&format!("system:node:{name}"), &["system:nodes"])
+            .issue_client_for(
+                &format!("system:node:{name}"),
+                &["system:nodes"],
+                self.node_certificate_validity,
+            )
             .map_err(internal)?;
         let (serving_cert, serving_key) = self.pki.issue_serving(name, &sans).map_err(internal)?;
         Ok(json!({
@@ -175,6 +181,7 @@ mod tests {
             secret: "s3cret".into(),
             cluster: Value::Null,
             failures: Failures::default(),
+            node_certificate_validity: std::time::Duration::from_secs(3600),
         };
         assert!(join.accepts(&join.token()));
         assert!(join.accepts("s3cret"));

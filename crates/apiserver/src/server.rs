@@ -167,12 +167,11 @@ pub async fn serve(
                 },
                 () = admitted.evicted() => return,
             };
-            let user = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| user_from_certificate(c));
+            let peer_certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let user = peer_certificate.and_then(|c| user_from_certificate(c));
+            // Checked at every request, as upstream's x509 authenticator does: a connection
+            // kept open past its certificate's end stops authenticating with it.
+            let not_after = peer_certificate.and_then(|c| crate::auth::certificate_not_after(c));
             if user.is_some() {
                 admitted.prove();
             }
@@ -181,7 +180,8 @@ pub async fn serve(
             let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(crate::handler::PeerAddr(peer));
                 let server = server.clone();
-                let user = user.clone();
+                let expired = not_after.is_some_and(|end| jiff::Timestamp::now().as_second() > end);
+                let user = if expired { None } else { user.clone() };
                 let in_flight = service_activity.begin();
                 async move {
                     let response = serve_request(server, request, user).await;

@@ -119,6 +119,18 @@ pub(crate) async fn client_from_kubeconfig(text: &str) -> anyhow::Result<kube::C
     Ok(kube::Client::try_from(config)?)
 }
 
+/// The node's client (from the kubeconfig the join wrote), whose certificate is renewed
+/// before it expires by a task that stops with `shutdown`.
+pub(crate) async fn rotating_client(
+    kubeconfig: &str,
+    renewal: agent::certificate::Renewal,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<kube::Client> {
+    let (client, identity) = agent::certificate::client(kubeconfig).await?;
+    tokio::spawn(agent::certificate::rotate(client.clone(), identity, renewal, shutdown));
+    Ok(client)
+}
+
 /// Starts an agent in this process; it stops (leaving pods running) when `shutdown` fires.
 pub(crate) fn spawn(
     config: agent::AgentConfig,
@@ -288,10 +300,17 @@ pub(crate) async fn run_joined(args: JoinArgs) -> anyhow::Result<()> {
         &credentials.client_cert,
         &credentials.client_key,
     );
-    pki::write_private(&config.data_dir.join("kubelet.kubeconfig"), kubeconfig.as_bytes())?;
-    let client = client_from_kubeconfig(&kubeconfig).await?;
+    let path = config.data_dir.join("kubelet.kubeconfig");
+    pki::write_private(&path, kubeconfig.as_bytes())?;
     tracing::info!(server = %args.server, node = %config.node_name, "joined the cluster");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let renewal = agent::certificate::Renewal {
+        node_name: config.node_name.clone(),
+        kubeconfig: path,
+        server_url: args.server.clone(),
+        ca_pem: credentials.ca.clone(),
+    };
+    let client = rotating_client(&kubeconfig, renewal, stop_rx.clone()).await?;
     let task = spawn(config, client, stop_rx);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -123,6 +123,10 @@ pub(crate) struct ServerArgs {
     /// budget apart from the two above (krust's own; upstream counts them in APF seats).
     #[arg(long, default_value_t = apiserver::connections::MAX_LONG_RUNNING)]
     pub(crate) max_long_running_requests: usize,
+    /// How long a node's client certificate is valid; agents renew theirs at 80% of it
+    /// (hidden: tests shorten it to see a renewal).
+    #[arg(long, default_value = "8760h", value_parser = crate::flags::parse_duration, hide = true)]
+    node_certificate_validity: Duration,
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
@@ -412,6 +416,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
                 "flannelBackend": args.flannel_backend,
             }),
             failures: Default::default(),
+            node_certificate_validity: args.node_certificate_validity,
         }),
         inflight: apiserver::connections::InflightLimits::with_long_running(
             args.max_requests_inflight,
@@ -613,13 +618,24 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
                 config.node_name.clone(),
             ),
         )));
-        let (cert, key) =
-            pki.issue_client(&format!("system:node:{}", config.node_name), &["system:nodes"])?;
+        let (cert, key) = pki.issue_client_for(
+            &format!("system:node:{}", config.node_name),
+            &["system:nodes"],
+            args.node_certificate_validity,
+        )?;
         let url = format!("https://127.0.0.1:{}", local.port());
         let kubeconfig = pki::kubeconfig(&pki.ca_cert_pem, &url, "node", &cert, &key);
-        pki::write_private(&config.data_dir.join("kubelet.kubeconfig"), kubeconfig.as_bytes())?;
+        let path = config.data_dir.join("kubelet.kubeconfig");
+        pki::write_private(&path, kubeconfig.as_bytes())?;
         write_agent_tls(&pki, &config)?;
-        let client = crate::agent::client_from_kubeconfig(&kubeconfig).await?;
+        let renewal = agent::certificate::Renewal {
+            node_name: config.node_name.clone(),
+            kubeconfig: path,
+            server_url: url,
+            ca_pem: pki.ca_cert_pem.clone(),
+        };
+        let client =
+            crate::agent::rotating_client(&kubeconfig, renewal, shutdown_rx.clone()).await?;
         agent_task = Some(crate::agent::spawn(config, client, shutdown_rx));
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -2138,3 +2138,80 @@ for what, call in [("secrets", lambda: v1.list_namespaced_secret("team")),
     assert!(logs.contains("other pods denied 403"), "{logs}");
     assert!(logs.contains("create denied 403"), "{logs}");
 }
+
+/// The client certificate inside a kubeconfig file, PEM.
+fn kubeconfig_certificate(path: &std::path::Path) -> String {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).unwrap();
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with("client-certificate-data:")).unwrap();
+    let data = line.split_once(':').unwrap().1.trim();
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data).unwrap()).unwrap()
+}
+
+/// When a PEM certificate ends, Unix seconds (openssl reads it).
+fn not_after(pem: &str) -> i64 {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let date = out.trim().trim_start_matches("notAfter=").replace(' ', "T");
+    date.parse::<jiff::Timestamp>().unwrap().as_second()
+}
+
+#[test]
+fn the_agent_renews_its_client_certificate_before_it_expires() {
+    // Node certificates of 30 s: the agent renews at 24 s through the Certificates API.
+    let server = KrustServer::start_with_agent(&["--node-certificate-validity=30s"]);
+    let node = server.node.clone().unwrap();
+    let kubeconfig = server.dir.path().join("data/agent/kubelet.kubeconfig");
+    let first = kubeconfig_certificate(&kubeconfig);
+    let first_end = not_after(&first);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let renewed = loop {
+        let now = kubeconfig_certificate(&kubeconfig);
+        if now != first {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the client certificate was not renewed");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(not_after(&renewed) > first_end + 3600, "the new certificate is not longer-lived");
+    // Through a request of its own, approved by the controller manager and signed.
+    let requests = server.ok(&[
+        "get",
+        "csr",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.username} {.status.conditions[0].reason}{\"\\n\"}{end}",
+    ]);
+    assert!(requests.contains(&format!("system:node:{node} AutoApproved")), "{requests}");
+    // Past the first certificate's end (which the server no longer accepts, even on an open
+    // connection), the node keeps its heartbeat: its client presents the new certificate.
+    while jiff::Timestamp::now().as_second() <= first_end + 1 {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let renewed_at = |s: &KrustServer| {
+        s.ok(&["get", "lease", &node, "-n", "kube-node-lease", "-o", "jsonpath={.spec.renewTime}"])
+    };
+    let before = renewed_at(&server);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while renewed_at(&server) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the node stopped renewing its lease after its first certificate ended"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // And the renewed kubeconfig is a working identity for the node.
+    let out = std::process::Command::new(common::tool("kubectl"))
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("system:node:{node}"));
+}

@@ -210,6 +210,23 @@ impl Pki {
         sign(&self.issuer()?, common_name, organizations, None)
     }
 
+    /// As [`Pki::issue_client`], valid for `validity` from now (a node's certificate, which
+    /// it renews at 80% of its life through the Certificates API).
+    pub fn issue_client_for(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        validity: std::time::Duration,
+    ) -> Result<(String, String), PkiError> {
+        let (request, key) = csr::new_request(common_name, organizations)?;
+        let cert = self.sign_request(
+            &request,
+            &["digital signature".to_owned(), "client auth".to_owned()],
+            validity.as_secs(),
+        )?;
+        Ok((cert, key))
+    }
+
     /// Issues a serving certificate for `sans` (a node agent's HTTPS endpoint), returning
     /// (certificate, key) PEM.
     pub fn issue_serving(
