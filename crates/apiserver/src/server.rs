@@ -59,6 +59,48 @@ fn key(pem: &str) -> Result<PrivateKeyDer<'static>, ServerError> {
 
 /// Builds the TLS acceptor: the serving certificate, client certificates optional but verified.
 pub fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {
+    Ok(tls_acceptor_renewable(pki)?.0)
+}
+
+/// The certificate the API server presents, swapped when renewed (new handshakes get the
+/// new one; open connections keep theirs).
+#[derive(Debug)]
+pub struct ServingCertificate(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ServingCertificate {
+    fn certified(cert_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, ServerError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(key(key_pem)?)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        Ok(rustls::sign::CertifiedKey::new(certs(cert_pem)?, signing))
+    }
+
+    /// Presents `cert_pem`/`key_pem` from the next handshake on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), ServerError> {
+        let certified = Arc::new(ServingCertificate::certified(cert_pem, key_pem)?);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = certified;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// The acceptor, and the serving certificate it presents, which can be renewed live.
+pub fn tls_acceptor_renewable(
+    pki: &Pki,
+) -> Result<(TlsAcceptor, Arc<ServingCertificate>), ServerError> {
+    let serving = Arc::new(ServingCertificate(std::sync::RwLock::new(Arc::new(
+        ServingCertificate::certified(&pki.serving_cert_pem, &pki.serving_key_pem)?,
+    ))));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs(&pki.ca_cert_pem)? {
@@ -75,10 +117,9 @@ pub fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, ServerError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(&pki.serving_cert_pem)?, key(&pki.serving_key_pem)?)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .with_cert_resolver(serving.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), serving))
 }
 
 /// Binds the listener.

@@ -127,6 +127,10 @@ pub(crate) struct ServerArgs {
     /// (hidden: tests shorten it to see a renewal).
     #[arg(long, default_value = "8760h", value_parser = crate::flags::parse_duration, hide = true)]
     node_certificate_validity: Duration,
+    /// How long the API server's serving and admin certificates are valid; they are issued
+    /// again, without a restart, at 80% of it (hidden: tests shorten it to see a renewal).
+    #[arg(long, default_value = "8760h", value_parser = crate::flags::parse_duration, hide = true)]
+    serving_certificate_validity: Duration,
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
@@ -332,7 +336,8 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             sans.push(san.clone());
         }
     }
-    let pki = Pki::load_or_create(&server_dir.join("tls"), &sans)?;
+    let pki =
+        Pki::load_or_create_for(&server_dir.join("tls"), &sans, args.serving_certificate_validity)?;
     // Secrets (or what the configuration names) are encrypted on their way into the store:
     // everything but the compactor goes through `store`, never `raw_store`.
     let raw_store = open_store(&args).await?;
@@ -511,7 +516,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
 
     let addr = SocketAddr::new(args.bind_address, args.https_listen_port);
     let listener = apiserver::server::bind(addr).await?;
-    let acceptor = apiserver::server::tls_acceptor(&pki)?;
+    let (acceptor, serving_certificate) = apiserver::server::tls_acceptor_renewable(&pki)?;
     let local = listener.local_addr()?;
     let host = if args.bind_address.is_unspecified() || args.bind_address.is_loopback() {
         "127.0.0.1".to_owned()
@@ -528,6 +533,45 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
         disable_agent = args.disable_agent,
         "krust API server is ready"
     );
+    // The serving and admin certificates are issued again at 80% of their life: the
+    // listener presents the new one from the next handshake, the admin kubeconfig is
+    // rewritten.
+    let certificate_renewal = {
+        let (mut pki, sans, validity) =
+            (pki.clone(), sans.clone(), args.serving_certificate_validity);
+        let (kubeconfig_path, url) =
+            (args.write_kubeconfig.clone(), format!("https://{host}:{}", local.port()));
+        let every = (validity / 20).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::spawn(crate::until(shutdown_rx.clone(), async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match pki.renew_due(&sans, validity) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let swapped = serving_certificate
+                            .replace(&pki.serving_cert_pem, &pki.serving_key_pem)
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| {
+                                pki::write_private(
+                                    &kubeconfig_path,
+                                    pki.admin_kubeconfig(&url).as_bytes(),
+                                )
+                                .map_err(|e| e.to_string())
+                            });
+                        match swapped {
+                            Ok(()) => tracing::info!("serving and admin certificates renewed"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "installing renewed certificates failed")
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the server's certificates failed")
+                    }
+                }
+            }
+        }))
+    };
     println!("krust is running: API server on https://{host}:{}", local.port());
     println!("kubeconfig written to {}", args.write_kubeconfig.display());
     println!("try: KUBECONFIG={} kubectl get namespaces", args.write_kubeconfig.display());
@@ -667,6 +711,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
         task.abort();
     }
     let _ = tokio::time::timeout(short, allocation_repair).await;
+    let _ = tokio::time::timeout(short, certificate_renewal).await;
     if let Some(task) = lease_renewal {
         let _ = tokio::time::timeout(short, task).await;
         // Out of the `kubernetes` Service at once, not when the lease expires.

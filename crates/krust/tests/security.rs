@@ -1309,3 +1309,55 @@ server.serve_forever()
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// `openssl x509 -noout ARGS` of the certificate the server at `port` presents now.
+fn served_certificate(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let mut x509 = vec!["x509", "-noout"];
+    x509.extend_from_slice(args);
+    String::from_utf8(openssl(&x509, Some(&out.stdout))).unwrap().trim().to_owned()
+}
+
+/// Unix seconds of `openssl x509 -enddate -dateopt iso_8601` output.
+fn end_of(enddate: &str) -> i64 {
+    enddate
+        .trim()
+        .trim_start_matches("notAfter=")
+        .replace(' ', "T")
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_second()
+}
+
+#[test]
+fn the_servers_own_certificates_are_renewed_without_a_restart() {
+    // 20 s certificates: renewed at 16 s, live.
+    let server = KrustServer::start(&["--serving-certificate-validity=20s"]);
+    let pid = server.pid();
+    let first_serial = served_certificate(server.port, &["-serial"]);
+    let first_end = end_of(&served_certificate(server.port, &["-enddate", "-dateopt", "iso_8601"]));
+    let first_kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while served_certificate(server.port, &["-serial"]) == first_serial
+        || std::fs::read_to_string(&server.kubeconfig).unwrap() == first_kubeconfig
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the serving or admin certificate was not renewed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    // Past the first certificates' end, kubectl (a new connection each time, checking the
+    // server's certificate and presenting the admin one from the kubeconfig) still works,
+    // and it is the same server process.
+    while jiff::Timestamp::now().as_second() <= first_end + 1 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    server.ok(&["get", "namespaces"]);
+    assert_eq!(server.pid(), pid);
+}

@@ -146,6 +146,13 @@ impl Pki {
     }
 }
 
+/// (not before, not after) of a PEM certificate, Unix seconds.
+pub fn validity(cert_pem: &str) -> Option<(i64, i64)> {
+    let der = rustls_pemfile_first(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+}
+
 /// The DER of the first PEM block.
 fn rustls_pemfile_first(pem: &str) -> Option<Vec<u8>> {
     use base64::Engine;

@@ -120,6 +120,16 @@ impl Pki {
     /// Loads the PKI from `dir`, creating whatever is missing. The serving certificate is
     /// re-issued when the wanted SANs are not all in it (a new host address, say).
     pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+        Pki::load_or_create_for(dir, sans, ONE_YEAR)
+    }
+
+    /// As [`Pki::load_or_create`], with serving and admin certificates valid for `validity`;
+    /// one past 80% of its life is issued again (see [`Pki::due`]).
+    pub fn load_or_create_for(
+        dir: &Path,
+        sans: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         // Keys live here: only the owner may enter.
         {
@@ -157,8 +167,9 @@ impl Pki {
         let wanted = sans.join("\n");
         let current = std::fs::read_to_string(&sans_path).unwrap_or_default();
         let covered = sans.iter().all(|s| current.lines().any(|l| l == s));
-        if !(covered && serving_cert_path.exists() && serving_key_path.exists()) {
-            let (serving, key) = sign(&issuer, "kube-apiserver", &[], Some(sans))?;
+        let serving_due = std::fs::read_to_string(&serving_cert_path).map_or(true, |pem| due(&pem));
+        if !(covered && !serving_due && serving_key_path.exists()) {
+            let (serving, key) = sign_for(&issuer, "kube-apiserver", &[], Some(sans), lifetime)?;
             write_private(&serving_key_path, key.as_bytes())?;
             write_private(&serving_cert_path, serving.as_bytes())?;
             write_private(&sans_path, wanted.as_bytes())?;
@@ -166,8 +177,10 @@ impl Pki {
 
         let admin_cert_path = dir.join("client-admin.crt");
         let admin_key_path = dir.join("client-admin.key");
-        if !(admin_cert_path.exists() && admin_key_path.exists()) {
-            let (admin, key) = sign(&issuer, "system:admin", &["system:masters"], None)?;
+        let admin_due = std::fs::read_to_string(&admin_cert_path).map_or(true, |pem| due(&pem));
+        if admin_due || !admin_key_path.exists() {
+            let (admin, key) =
+                sign_for(&issuer, "system:admin", &["system:masters"], None, lifetime)?;
             write_private(&admin_key_path, key.as_bytes())?;
             write_private(&admin_cert_path, admin.as_bytes())?;
         }
@@ -180,6 +193,34 @@ impl Pki {
             admin_key_pem: read(&admin_key_path)?,
             dir: dir.to_owned(),
         })
+    }
+
+    /// Issues the serving certificate for `sans` and the admin certificate again when they
+    /// are past 80% of their life, writing their files; true when either was. The caller
+    /// swaps the serving certificate into its listener and rewrites the admin kubeconfig.
+    pub fn renew_due(
+        &mut self,
+        sans: &[String],
+        validity: std::time::Duration,
+    ) -> Result<bool, PkiError> {
+        let issuer = self.issuer()?;
+        let mut renewed = false;
+        if due(&self.serving_cert_pem) {
+            let (cert, key) = sign_for(&issuer, "kube-apiserver", &[], Some(sans), validity)?;
+            write_private(&self.dir.join("serving.key"), key.as_bytes())?;
+            write_private(&self.dir.join("serving.crt"), cert.as_bytes())?;
+            (self.serving_cert_pem, self.serving_key_pem) = (cert, key);
+            renewed = true;
+        }
+        if due(&self.admin_cert_pem) {
+            let (cert, key) =
+                sign_for(&issuer, "system:admin", &["system:masters"], None, validity)?;
+            write_private(&self.dir.join("client-admin.key"), key.as_bytes())?;
+            write_private(&self.dir.join("client-admin.crt"), cert.as_bytes())?;
+            (self.admin_cert_pem, self.admin_key_pem) = (cert, key);
+            renewed = true;
+        }
+        Ok(renewed)
     }
 
     /// The admin kubeconfig for a server reachable at `server_url`.
@@ -238,13 +279,22 @@ impl Pki {
     }
 }
 
-/// Issues a one-year certificate signed by `issuer`: a serving certificate for `sans` when
-/// given, else a client certificate. Returns (certificate, key) PEM.
-fn sign<S: rcgen::SigningKey>(
+/// How long the server's own certificates live unless told otherwise.
+pub const ONE_YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Whether a certificate is past 80% of its life (or unreadable): when its holder renews it.
+pub fn due(cert_pem: &str) -> bool {
+    let Some((from, to)) = csr::validity(cert_pem) else { return true };
+    unix_now() as i64 >= from + (to - from) * 8 / 10
+}
+
+/// As [`sign`], valid for `validity` from now (back-dated a little for skewed clocks).
+fn sign_for<S: rcgen::SigningKey>(
     issuer: &Issuer<'_, S>,
     common_name: &str,
     organizations: &[&str],
     sans: Option<&[String]>,
+    validity: std::time::Duration,
 ) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate().map_err(cert("key"))?;
     let mut params = CertificateParams::default();
@@ -263,9 +313,23 @@ fn sign<S: rcgen::SigningKey>(
         None => params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    validity(&mut params, 1);
+    let seconds = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 4);
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::seconds((seconds / 10).min(86_400));
+    params.not_after = now + time::Duration::seconds(seconds.min(100 * 365 * 86_400));
     let issued = params.signed_by(&key, issuer).map_err(cert("issued"))?;
     Ok((issued.pem(), key.serialize_pem()))
+}
+
+/// Issues a one-year certificate signed by `issuer`: a serving certificate for `sans` when
+/// given, else a client certificate. Returns (certificate, key) PEM.
+fn sign<S: rcgen::SigningKey>(
+    issuer: &Issuer<'_, S>,
+    common_name: &str,
+    organizations: &[&str],
+    sans: Option<&[String]>,
+) -> Result<(String, String), PkiError> {
+    sign_for(issuer, common_name, organizations, sans, ONE_YEAR)
 }
 
 /// A kubeconfig with one cluster, user and context, credentials inline.
