@@ -327,20 +327,89 @@ async fn renew(
     let common_name = format!("system:node:{}", renewal.node_name);
     let (request_pem, key_pem) = pki::csr::new_request(&common_name, &["system:nodes"])
         .map_err(|e| CertificateError::Certificate(e.to_string()))?;
+    let usages = ["digital signature", "client auth"];
+    let cert_pem =
+        signed(client, request_pem, "kubernetes.io/kube-apiserver-client-kubelet", &usages).await?;
+    identity.replace(&cert_pem, &key_pem)?;
+    let kubeconfig =
+        pki::kubeconfig(&renewal.ca_pem, &renewal.server_url, "node", &cert_pem, &key_pem);
+    pki::write_private(&renewal.kubeconfig, kubeconfig.as_bytes())
+        .map_err(|e| CertificateError::Certificate(e.to_string()))
+}
+
+/// Renews the agent endpoint's serving certificate (the files `files` names) at 80% of its
+/// life, for the node's name and `addresses`, until `shutdown`: a CertificateSigningRequest
+/// for `kubernetes.io/kubelet-serving`, which the controller manager approves when the names
+/// are the node's own (checked against its Node object) and signs. The endpoint reads the
+/// new files at its next handshake.
+pub async fn rotate_serving(
+    client: kube::Client,
+    files: crate::stream::server::TlsFiles,
+    node_name: String,
+    addresses: Vec<String>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let now = jiff::Timestamp::now().as_second();
+        let current = std::fs::read_to_string(&files.cert).unwrap_or_default();
+        let wait = match validity(&current) {
+            Some((from, to)) => u64::try_from(renewal_time(from, to) - now).unwrap_or(0),
+            None => 0,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let mut sans = vec![node_name.clone()];
+        sans.extend(addresses.iter().cloned());
+        let common_name = format!("system:node:{node_name}");
+        let outcome = async {
+            let (request, key_pem) =
+                pki::csr::new_request_for(&common_name, &["system:nodes"], &sans)
+                    .map_err(|e| CertificateError::Certificate(e.to_string()))?;
+            let usages = ["digital signature", "server auth"];
+            let cert_pem =
+                signed(&client, request, "kubernetes.io/kubelet-serving", &usages).await?;
+            // The key first: the endpoint reloads when the certificate changes.
+            pki::write_private(&files.key, key_pem.as_bytes())
+                .and_then(|()| pki::write_private(&files.cert, cert_pem.as_bytes()))
+                .map_err(|e| CertificateError::Certificate(e.to_string()))
+        }
+        .await;
+        match outcome {
+            Ok(()) => tracing::info!(node = %node_name, "serving certificate renewed"),
+            Err(e) => {
+                tracing::warn!(node = %node_name, error = %e, "renewing the serving certificate failed; retrying in 30 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Sends a CertificateSigningRequest for `request_pem` and waits (up to five minutes) for its
+/// certificate.
+async fn signed(
+    client: &kube::Client,
+    request_pem: String,
+    signer: &str,
+    usages: &[&str],
+) -> Result<String, CertificateError> {
     let requests: Api<CertificateSigningRequest> = Api::all(client.clone());
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta { generate_name: Some("csr-".to_owned()), ..Default::default() },
         spec: CertificateSigningRequestSpec {
             request: k8s_openapi::ByteString(request_pem.into_bytes()),
-            signer_name: "kubernetes.io/kube-apiserver-client-kubelet".to_owned(),
-            usages: Some(vec!["digital signature".to_owned(), "client auth".to_owned()]),
+            signer_name: signer.to_owned(),
+            usages: Some(usages.iter().map(|u| (*u).to_owned()).collect()),
             ..Default::default()
         },
         status: None,
     };
     let created = requests.create(&PostParams::default(), &csr).await?;
     let name = created.metadata.name.unwrap_or_default();
-    // The controller manager approves and signs within moments; give it five minutes.
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let current = requests.get(&name).await?;
@@ -358,14 +427,8 @@ async fn renew(
             )));
         }
         if let Some(certificate) = status.certificate.filter(|c| !c.0.is_empty()) {
-            let cert_pem = String::from_utf8(certificate.0)
-                .map_err(|e| CertificateError::Certificate(e.to_string()))?;
-            identity.replace(&cert_pem, &key_pem)?;
-            let kubeconfig =
-                pki::kubeconfig(&renewal.ca_pem, &renewal.server_url, "node", &cert_pem, &key_pem);
-            pki::write_private(&renewal.kubeconfig, kubeconfig.as_bytes())
-                .map_err(|e| CertificateError::Certificate(e.to_string()))?;
-            return Ok(());
+            return String::from_utf8(certificate.0)
+                .map_err(|e| CertificateError::Certificate(e.to_string()));
         }
     }
     Err(CertificateError::Certificate(format!("request {name} was not signed in five minutes")))

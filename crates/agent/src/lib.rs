@@ -386,6 +386,13 @@ pub async fn run(
     };
     let addr =
         std::net::SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), config.serve_port);
+    let serving_renewal = tokio::spawn(certificate::rotate_serving(
+        client.clone(),
+        tls_files(&config),
+        config.node_name.clone(),
+        vec![config.node_ip.to_string()],
+        shutdown.clone(),
+    ));
     let endpoint = {
         let files = tls_files(&config);
         tokio::spawn(async move {
@@ -416,6 +423,7 @@ pub async fn run(
     tracing::info!(node = %config.node_name, pod_cidr, "node agent is running");
     pods::run(ctx, shutdown).await;
     endpoint.abort();
+    serving_renewal.abort();
     if let Some(s) = supervisor {
         let _ = s.await;
     }

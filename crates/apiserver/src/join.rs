@@ -121,7 +121,10 @@ impl NodeJoin {
                 self.node_certificate_validity,
             )
             .map_err(internal)?;
-        let (serving_cert, serving_key) = self.pki.issue_serving(name, &sans).map_err(internal)?;
+        let (serving_cert, serving_key) = self
+            .pki
+            .issue_serving_for(name, &sans, self.node_certificate_validity)
+            .map_err(internal)?;
         Ok(json!({
             "ca": self.pki.ca_cert_pem,
             "clientCert": client_cert,

@@ -99,6 +99,37 @@ pub fn is_node_client_request(
     signer == KUBELET_CLIENT && check(signer, request, usages).is_ok()
 }
 
+/// Whether a node's serving certificate request names only that node: its requester is the
+/// node (`system:node:<name>` in `system:nodes`, the request's own subject) and every SAN is
+/// the node's name or one of the addresses its Node object reports.
+pub fn is_own_serving_request(
+    request: &pki::csr::CsrInfo,
+    usages: &[String],
+    username: &str,
+    groups: &[String],
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+) -> bool {
+    let Some(node) = node else { return false };
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    if check(KUBELET_SERVING, request, usages).is_err()
+        || username != request.common_name
+        || request.common_name != format!("system:node:{name}")
+        || !groups.iter().any(|g| g == "system:nodes")
+    {
+        return false;
+    }
+    let addresses: Vec<&str> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|a| a.address.as_str())
+        .collect();
+    request.dns_names.iter().all(|d| d == name || addresses.contains(&d.as_str()))
+        && request.ip_addresses.iter().all(|ip| addresses.contains(&ip.to_string().as_str()))
+}
+
 /// How long a signed certificate lives: what was asked (at least ten minutes), at most a year.
 pub fn duration_seconds(expiration_seconds: Option<i32>) -> u64 {
     expiration_seconds
@@ -129,6 +160,7 @@ fn condition(kind: &str, reason: &str, message: &str) -> CertificateSigningReque
 pub struct CertificateController {
     client: kube::Client,
     requests: Arc<Informer<CertificateSigningRequest>>,
+    nodes: Arc<Informer<k8s_openapi::api::core::v1::Node>>,
     ca: Option<Arc<pki::Pki>>,
     queue: Arc<Queue>,
 }
@@ -144,11 +176,13 @@ impl CertificateController {
     pub fn new(
         client: kube::Client,
         requests: Arc<Informer<CertificateSigningRequest>>,
+        nodes: Arc<Informer<k8s_openapi::api::core::v1::Node>>,
         ca: Option<Arc<pki::Pki>>,
     ) -> Arc<CertificateController> {
         let controller = Arc::new(CertificateController {
             client,
             requests: requests.clone(),
+            nodes,
             ca,
             queue: Queue::new(),
         });
@@ -193,6 +227,17 @@ impl CertificateController {
                 && is_node_client_request(signer, request, &usages)
             {
                 self.maybe_approve(&csr, request).await?;
+            }
+            if let Ok(request) = &request
+                && signer == KUBELET_SERVING
+            {
+                let username = csr.spec.username.clone().unwrap_or_default();
+                let groups = csr.spec.groups.clone().unwrap_or_default();
+                let node_name = request.common_name.strip_prefix("system:node:").unwrap_or("");
+                let node = self.nodes.get(node_name);
+                if is_own_serving_request(request, &usages, &username, &groups, node.as_deref()) {
+                    self.approve(&csr, "Auto approving a node's serving certificate for its own names and addresses.").await?;
+                }
             }
             return Ok(Requeue::No);
         }
@@ -266,6 +311,11 @@ impl CertificateController {
         } else {
             "Auto approving kubelet client certificate after SubjectAccessReview."
         };
+        self.approve(csr, message).await
+    }
+
+    /// Adds the `Approved` condition (reason `AutoApproved`) through `approval`.
+    async fn approve(&self, csr: &CertificateSigningRequest, message: &str) -> Result<(), Error> {
         let mut next = csr.clone();
         next.status
             .get_or_insert_with(Default::default)
@@ -329,6 +379,31 @@ mod tests {
         assert!(check("example.com/mine", &alice, &usages(&["client auth"])).is_err());
         assert!(is_node_client_request(KUBELET_CLIENT, &node("system:node:n1", &[]), &client));
         assert!(!is_node_client_request(CLIENT, &node("system:node:n1", &[]), &client));
+    }
+
+    #[test]
+    fn a_serving_request_is_approved_only_for_the_nodes_own_names() {
+        let object: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.7"}]}
+        }))
+        .expect("node");
+        let usages = usages(&["digital signature", "server auth"]);
+        let mut request = node("system:node:n1", &["n1"]);
+        request.ip_addresses = vec!["10.0.0.7".parse().expect("ip")];
+        let groups = vec!["system:nodes".to_owned()];
+        let own = |r: &pki::csr::CsrInfo, user: &str| {
+            is_own_serving_request(r, &usages, user, &groups, Some(&object))
+        };
+        assert!(own(&request, "system:node:n1"));
+        assert!(!own(&request, "system:node:n2"), "another node asked");
+        let mut wider = request.clone();
+        wider.dns_names.push("kubernetes.default.svc".to_owned());
+        assert!(!own(&wider, "system:node:n1"), "a name the node does not have");
+        let mut other_ip = request.clone();
+        other_ip.ip_addresses = vec!["10.0.0.8".parse().expect("ip")];
+        assert!(!own(&other_ip, "system:node:n1"));
+        assert!(!is_own_serving_request(&request, &usages, "system:node:n1", &groups, None));
     }
 
     #[test]

@@ -354,6 +354,7 @@ pub fn controller_manager(
     let certificates = certificates::CertificateController::new(
         as_sa("certificate-controller"),
         informers.certificate_signing_requests(),
+        informers.nodes(),
         config.signing_ca.clone(),
     );
     async move {

@@ -671,7 +671,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
         let kubeconfig = pki::kubeconfig(&pki.ca_cert_pem, &url, "node", &cert, &key);
         let path = config.data_dir.join("kubelet.kubeconfig");
         pki::write_private(&path, kubeconfig.as_bytes())?;
-        write_agent_tls(&pki, &config)?;
+        write_agent_tls(&pki, &config, args.node_certificate_validity)?;
         let renewal = agent::certificate::Renewal {
             node_name: config.node_name.clone(),
             kubeconfig: path,
@@ -762,7 +762,11 @@ fn node_proxy(pki: &Pki) -> anyhow::Result<apiserver::proxy::NodeProxy> {
 
 /// The in-process agent's endpoint certificate (for its node address and name) and the CA
 /// that verifies the API server.
-pub(crate) fn write_agent_tls(pki: &Pki, config: &agent::AgentConfig) -> anyhow::Result<()> {
+pub(crate) fn write_agent_tls(
+    pki: &Pki,
+    config: &agent::AgentConfig,
+    validity: Duration,
+) -> anyhow::Result<()> {
     let files = agent::tls_files(config);
     let sans = vec![
         config.node_ip.to_string(),
@@ -770,7 +774,7 @@ pub(crate) fn write_agent_tls(pki: &Pki, config: &agent::AgentConfig) -> anyhow:
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
     ];
-    let (cert, key) = pki.issue_serving(&config.node_name, &sans)?;
+    let (cert, key) = pki.issue_serving_for(&config.node_name, &sans, validity)?;
     pki::write_private(&files.ca, pki.ca_cert_pem.as_bytes())?;
     pki::write_private(&files.cert, cert.as_bytes())?;
     pki::write_private(&files.key, key.as_bytes())?;

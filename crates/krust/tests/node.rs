@@ -2165,12 +2165,20 @@ fn not_after(pem: &str) -> i64 {
 }
 
 #[test]
-fn the_agent_renews_its_client_certificate_before_it_expires() {
+fn the_agent_renews_its_client_and_serving_certificates_before_they_expire() {
     // Node certificates of 30 s: the agent renews at 24 s through the Certificates API.
     let server = KrustServer::start_with_agent(&["--node-certificate-validity=30s"]);
     let node = server.node.clone().unwrap();
     let kubeconfig = server.dir.path().join("data/agent/kubelet.kubeconfig");
     let first = kubeconfig_certificate(&kubeconfig);
+    let talker = pod(
+        &server,
+        "talker",
+        &format!(
+            "  containers:\n  - name: app\n    image: {BUSYBOX}\n    command: [sh, -c, 'echo still here; trap \"exit 0\" TERM; while true; do sleep 1; done']\n"
+        ),
+    );
+    apply(&server, &talker);
     let first_end = not_after(&first);
     let deadline = Instant::now() + Duration::from_secs(90);
     let renewed = loop {
@@ -2207,6 +2215,22 @@ fn the_agent_renews_its_client_certificate_before_it_expires() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Its endpoint's serving certificate was renewed the same way (a kubelet-serving request
+    // for its own names, approved against its Node object) and is served now.
+    let serving = server.dir.path().join("data/agent/tls/serving.crt");
+    let served = std::fs::read_to_string(&serving).unwrap();
+    assert!(not_after(&served) > first_end + 3600, "the serving certificate was not renewed");
+    assert!(
+        requests.contains(&format!("system:node:{node} AutoApproved"))
+            && server
+                .ok(&["get", "csr", "-o", "jsonpath={.items[*].spec.signerName}"])
+                .contains("kubernetes.io/kubelet-serving"),
+        "{requests}"
+    );
+    // Logs come through the API server's TLS connection to the endpoint, which checks the
+    // endpoint's (renewed) certificate: the first one has ended by now.
+    let logs = server.ok(&["logs", "talker"]);
+    assert!(logs.contains("still here"), "{logs}");
     // And the renewed kubeconfig is a working identity for the node.
     let out = std::process::Command::new(common::tool("kubectl"))
         .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])

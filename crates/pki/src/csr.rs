@@ -65,8 +65,17 @@ pub fn new_request(
     common_name: &str,
     organizations: &[&str],
 ) -> Result<(String, String), PkiError> {
+    new_request_for(common_name, organizations, &[])
+}
+
+/// As [`new_request`], asking for `sans` (DNS names or IP addresses) too.
+pub fn new_request_for(
+    common_name: &str,
+    organizations: &[&str],
+    sans: &[String],
+) -> Result<(String, String), PkiError> {
     let key = rcgen::KeyPair::generate().map_err(cert("key"))?;
-    let mut params = rcgen::CertificateParams::default();
+    let mut params = rcgen::CertificateParams::new(sans.to_vec()).map_err(cert("request"))?;
     params.distinguished_name = crate::name(common_name, organizations);
     let request = params.serialize_request(&key).map_err(cert("request"))?;
     Ok((request.pem().map_err(cert("request"))?, key.serialize_pem()))

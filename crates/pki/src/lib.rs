@@ -251,6 +251,18 @@ impl Pki {
         sign(&self.issuer()?, common_name, organizations, None)
     }
 
+    /// Issues a serving certificate for `sans` (a node agent's HTTPS endpoint), valid for
+    /// `validity` from now (the agent renews it at 80% of its life through the Certificates
+    /// API), returning (certificate, key) PEM.
+    pub fn issue_serving_for(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        validity: std::time::Duration,
+    ) -> Result<(String, String), PkiError> {
+        sign_for(&self.issuer()?, common_name, &[], Some(sans), validity)
+    }
+
     /// As [`Pki::issue_client`], valid for `validity` from now (a node's certificate, which
     /// it renews at 80% of its life through the Certificates API).
     pub fn issue_client_for(
@@ -266,16 +278,6 @@ impl Pki {
             validity.as_secs(),
         )?;
         Ok((cert, key))
-    }
-
-    /// Issues a serving certificate for `sans` (a node agent's HTTPS endpoint), returning
-    /// (certificate, key) PEM.
-    pub fn issue_serving(
-        &self,
-        common_name: &str,
-        sans: &[String],
-    ) -> Result<(String, String), PkiError> {
-        sign(&self.issuer()?, common_name, &[], Some(sans))
     }
 }
 

@@ -49,20 +49,70 @@ fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, AgentError> {
     )
     .build()
     .map_err(|e| tls(e.to_string()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut read(&files.cert)?.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls(e.to_string()))?;
-    let key = rustls_pemfile::private_key(&mut read(&files.key)?.as_slice())
-        .map_err(|e| tls(e.to_string()))?
-        .ok_or_else(|| tls("no private key".into()))?;
+    let serving = ServingFiles::new(files)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(e.to_string()))?;
+        .with_cert_resolver(Arc::new(serving));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The serving certificate, read again from its files when they change (the agent renews
+/// it through the Certificates API and writes the key, then the certificate), so a renewal
+/// needs no restart. One `stat` per handshake.
+#[derive(Debug)]
+struct ServingFiles {
+    files: TlsFiles,
+    current: std::sync::Mutex<(Option<std::time::SystemTime>, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl ServingFiles {
+    fn new(files: &TlsFiles) -> Result<ServingFiles, AgentError> {
+        let modified = std::fs::metadata(&files.cert).and_then(|m| m.modified()).ok();
+        let key = Self::load(files)?;
+        Ok(ServingFiles {
+            files: files.clone(),
+            current: std::sync::Mutex::new((modified, Arc::new(key))),
+        })
+    }
+
+    fn load(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, AgentError> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| AgentError::io(p, e));
+        let tls = |e: String| AgentError::Config(format!("agent TLS: {e}"));
+        let certs: Vec<_> = rustls_pemfile::certs(&mut read(&files.cert)?.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(e.to_string()))?;
+        let key = rustls_pemfile::private_key(&mut read(&files.key)?.as_slice())
+            .map_err(|e| tls(e.to_string()))?
+            .ok_or_else(|| tls("no private key".into()))?;
+        let signing = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| tls(e.to_string()))?;
+        let certified = rustls::sign::CertifiedKey::new(certs, signing);
+        // A certificate and key of different pairs (read between two writes) are refused.
+        certified.keys_match().map_err(|e| tls(e.to_string()))?;
+        Ok(certified)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingFiles {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let modified = std::fs::metadata(&self.files.cert).and_then(|m| m.modified()).ok();
+        if modified != current.0 {
+            match Self::load(&self.files) {
+                Ok(key) => *current = (modified, Arc::new(key)),
+                Err(e) => tracing::debug!(error = %e, "keeping the serving certificate in use"),
+            }
+        }
+        Some(current.1.clone())
+    }
 }
 
 /// Whether the client certificate names someone allowed in.

@@ -72,6 +72,16 @@ pub fn cluster_roles() -> Vec<Value> {
                 {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
             ]),
         ),
+        // krust's certificate controller also approves a node's serving certificate for the
+        // node's own names and addresses (as k3s hands agents theirs), checked against its
+        // Node object; upstream leaves those to an external approver.
+        cluster_role(
+            "krust:controller:certificate-controller",
+            json!([
+                {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
+                 "resourceNames": ["kubernetes.io/kubelet-serving"], "verbs": ["approve"]},
+            ]),
+        ),
     ];
     roles.extend(patches);
     roles
@@ -99,6 +109,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("krust:network-policy", "krust:network-policy", nodes()),
         // A node may have its own client certificate renewed: its request is auto-approved
         // (kubeadm binds the same role to the same group).
+        binding(
+            "krust:controller:certificate-controller",
+            "krust:controller:certificate-controller",
+            json!({"kind": "ServiceAccount", "name": "certificate-controller", "namespace": "kube-system"}),
+        ),
         binding(
             "krust:node-autoapprove-certificate-rotation",
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
