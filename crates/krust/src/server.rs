@@ -347,10 +347,14 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
         &server_dir.join("cred").join("encryption-config.json"),
     )
     .context("encryption at rest")?;
+    encryption.share(&secret).await.context("encryption at rest")?;
     let store = encryption.store();
 
     // Every long-running task stops when this turns true (SIGTERM or Ctrl-C).
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Rotations other servers sharing the store make reach this one.
+    let encryption_follower =
+        tokio::spawn(crate::until(shutdown_rx.clone(), encryption.clone().follow()));
     let compactor_stats = Arc::new(storage::compactor::CompactorStats::default());
     let compactor = tokio::spawn(crate::until(
         shutdown_rx.clone(),
@@ -712,6 +716,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(short, allocation_repair).await;
     let _ = tokio::time::timeout(short, certificate_renewal).await;
+    let _ = tokio::time::timeout(short, encryption_follower).await;
     if let Some(task) = lease_renewal {
         let _ = tokio::time::timeout(short, task).await;
         // Out of the `kubernetes` Service at once, not when the lease expires.

@@ -1361,3 +1361,67 @@ fn the_servers_own_certificates_are_renewed_without_a_restart() {
     server.ok(&["get", "namespaces"]);
     assert_eq!(server.pid(), pid);
 }
+
+/// Servers sharing one etcd (HA) with the cluster's token share the encryption configuration:
+/// a Secret written through one reads through the other, also after a key rotation; a server
+/// with another token is refused at start.
+#[test]
+fn servers_sharing_a_store_read_each_others_secrets() {
+    let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
+    let endpoint = format!("--datastore-endpoint={}", etcd.endpoint);
+    let first = KrustServer::start(&[&endpoint, "--token=shared-cluster-token"]);
+    let second = KrustServer::start(&[&endpoint, "--token=shared-cluster-token"]);
+    create_marked_secret(&first, "db-password");
+    assert_eq!(
+        second.ok(&["get", "secret", "db-password", "-o", "jsonpath={.data.password}"]),
+        b64(MARK)
+    );
+    let (ok, out) = secrets_encrypt(&first, &["rotate-keys"]);
+    assert!(ok && out.contains("Stage: reencrypt_finished"), "{out}");
+    let written =
+        first.ok(&["get", "secret", "db-password", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    assert!(!written.is_empty());
+    // The second server takes the rotated configuration within seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, status) = secrets_encrypt(&second, &["status"]);
+        if status.contains("reencrypt_finished") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation did not reach the second server: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    create_marked_secret(&second, "api-key");
+    assert_eq!(
+        first.ok(&["get", "secret", "api-key", "-o", "jsonpath={.data.password}"]),
+        b64(MARK)
+    );
+    assert_eq!(
+        second.ok(&["get", "secret", "db-password", "-o", "jsonpath={.data.password}"]),
+        b64(MARK)
+    );
+
+    // Another cluster's token cannot join this store.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+        .args(["server", "--disable-agent", "--bind-address=127.0.0.1", &endpoint, "--token=other"])
+        .arg(format!("--https-listen-port={}", common::free_port()))
+        .arg(format!("--dns-port={}", common::free_port()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kc.yaml"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("start every server sharing a store with the same --token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

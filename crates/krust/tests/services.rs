@@ -821,8 +821,13 @@ async fn servers_sharing_a_store_never_hand_out_the_same_address() {
     let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
     let endpoint = format!("--datastore-endpoint={}", etcd.endpoint);
     // A tiny range, so that a double allocation would be likely.
-    let flags =
-        [endpoint.as_str(), "--service-cidr=10.96.0.0/26", "--service-node-port-range=30000-30063"];
+    // Servers of one cluster share its token (it seals what they share through the store).
+    let flags = [
+        endpoint.as_str(),
+        "--token=ha-cluster-token",
+        "--service-cidr=10.96.0.0/26",
+        "--service-node-port-range=30000-30063",
+    ];
     let first = KrustServer::start_control_plane(&flags);
     let second = KrustServer::start_control_plane(&flags);
     let (a, b) = (first.client().await, second.client().await);
@@ -896,9 +901,10 @@ fn the_kubernetes_service_lists_every_api_server() {
     let second_ip = format!("198.18.{}.{}", port / 250 % 250, port % 250 + 1);
     let _address =
         ExtraAddress::add(&format!("krtapi{}", port % 10000), &format!("{second_ip}/32"));
-    let first = KrustServer::start_control_plane(&[&endpoint]);
+    let first = KrustServer::start_control_plane(&[&endpoint, "--token=ha-cluster-token"]);
     let mut second = KrustServer::start_control_plane(&[
         &endpoint,
+        "--token=ha-cluster-token",
         &format!("--bind-address={second_ip}"),
         &format!("--tls-san={second_ip}"),
     ]);

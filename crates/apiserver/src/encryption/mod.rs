@@ -81,6 +81,25 @@ pub struct Encryption {
     managed: bool,
     /// One command at a time.
     commands: tokio::sync::Mutex<()>,
+    /// Seals the configuration shared through the store (see [`Encryption::share`]).
+    shared: std::sync::OnceLock<Provider>,
+    /// The shared configuration's revision last adopted or published.
+    shared_revision: std::sync::atomic::AtomicI64,
+}
+
+/// How often a server reads the shared configuration for its peers' rotations.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Where servers sharing one store keep krust's generated configuration, sealed with a key
+/// derived from the cluster token (k3s keeps its bootstrap data alike).
+pub const SHARED_KEY: &str = "/registry/krust.io/bootstrap/encryption-configuration";
+
+fn sealer(cluster_secret: &str) -> Result<Provider, EncryptionError> {
+    let mut input = b"krust encryption configuration\0".to_vec();
+    input.extend_from_slice(cluster_secret.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    Provider::new(provider::ProviderKind::Secretbox, "bootstrap", digest.as_ref())
+        .map_err(|e| EncryptionError::Refused(e.to_string()))
 }
 
 /// What `status` reports.
@@ -182,6 +201,8 @@ impl Encryption {
             state_path,
             managed,
             commands: tokio::sync::Mutex::new(()),
+            shared: std::sync::OnceLock::new(),
+            shared_revision: std::sync::atomic::AtomicI64::new(0),
         }))
     }
 
@@ -207,6 +228,115 @@ impl Encryption {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Current { config, compiled, state });
         Ok(())
+    }
+
+    /// For servers sharing one store (HA): the first to start publishes its generated
+    /// configuration, sealed with a key derived from `cluster_secret` (the `--token` every
+    /// server of the cluster is given); the others adopt it, so each reads what any wrote.
+    /// A configuration sealed under another token stops the server with a clear error.
+    pub async fn share(&self, cluster_secret: &str) -> Result<(), EncryptionError> {
+        if !self.managed {
+            return Ok(());
+        }
+        let sealer = self
+            .shared
+            .get_or_init(|| sealer(cluster_secret).unwrap_or_else(|_| Provider::identity()));
+        for _ in 0..2 {
+            if self.adopt().await? {
+                return Ok(());
+            }
+            let blob = self.sealed(sealer)?;
+            let published = self
+                .raw
+                .txn(Txn {
+                    compares: vec![Compare::ModRevision { key: SHARED_KEY.to_owned(), equals: 0 }],
+                    success: vec![Op::Put { key: SHARED_KEY.to_owned(), value: blob }],
+                    failure: vec![],
+                })
+                .await?;
+            if published.succeeded {
+                self.shared_revision
+                    .store(published.revision, std::sync::atomic::Ordering::Release);
+                return Ok(());
+            }
+            // Another server published first: adopt theirs.
+        }
+        Err(EncryptionError::Refused(
+            "the shared encryption configuration kept changing".to_owned(),
+        ))
+    }
+
+    fn sealed(&self, sealer: &Provider) -> Result<Bytes, EncryptionError> {
+        let current = self.current();
+        let plain = serde_json::json!({
+            "config": current.config.render(),
+            "state": current.state,
+        })
+        .to_string();
+        sealer
+            .encrypt(plain.as_bytes(), SHARED_KEY.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| EncryptionError::Refused(e.to_string()))
+    }
+
+    /// Takes the shared configuration when there is one newer than the last seen; whether
+    /// there is one at all.
+    async fn adopt(&self) -> Result<bool, EncryptionError> {
+        let Some(sealer) = self.shared.get() else { return Ok(false) };
+        let (Some(kv), _) = storage::get(self.raw.as_ref(), SHARED_KEY).await? else {
+            return Ok(false);
+        };
+        if kv.mod_revision == self.shared_revision.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(true);
+        }
+        let plain = sealer.decrypt(&kv.value, SHARED_KEY.as_bytes()).map_err(|_| {
+            EncryptionError::Refused(
+                "the store holds an encryption configuration sealed with another cluster token: \
+                 start every server sharing a store with the same --token (the one its first \
+                 server started with)"
+                    .to_owned(),
+            )
+        })?;
+        let shared: serde_json::Value = serde_json::from_slice(&plain)
+            .map_err(|e| EncryptionError::Refused(format!("the shared configuration: {e}")))?;
+        let config = EncryptionConfiguration::parse(shared["config"].as_str().unwrap_or(""))?;
+        let state: RotationState =
+            serde_json::from_value(shared["state"].clone()).unwrap_or_default();
+        let current = self.current();
+        if current.config != config || current.state != state {
+            tracing::info!("adopting the encryption configuration shared through the store");
+            self.install(config, state)?;
+        }
+        self.shared_revision.store(kv.mod_revision, std::sync::atomic::Ordering::Release);
+        Ok(true)
+    }
+
+    /// Publishes this server's configuration to the servers sharing the store (after a
+    /// rotation step).
+    async fn publish(&self) -> Result<(), EncryptionError> {
+        let Some(sealer) = self.shared.get() else { return Ok(()) };
+        let blob = self.sealed(sealer)?;
+        let response = self
+            .raw
+            .txn(Txn {
+                compares: vec![],
+                success: vec![Op::Put { key: SHARED_KEY.to_owned(), value: blob }],
+                failure: vec![],
+            })
+            .await?;
+        self.shared_revision.store(response.revision, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Adopts what other servers sharing the store publish (their rotations), every few
+    /// seconds, until the task is dropped.
+    pub async fn follow(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+            if let Err(e) = self.adopt().await {
+                tracing::warn!(error = %e, "reading the shared encryption configuration failed");
+            }
+        }
     }
 
     /// The configuration in force.
@@ -275,6 +405,7 @@ impl Encryption {
         let name = key.name.clone();
         config.prepare(key);
         self.install(config, RotationState { stage: Stage::Prepare, pending_key: Some(name) })?;
+        self.publish().await?;
         Ok(self.status())
     }
 
@@ -291,6 +422,7 @@ impl Encryption {
         // Already promoted when a crash came between the two files: nothing to do then.
         config.promote(&name);
         self.install(config, RotationState { stage: Stage::Rotate, pending_key: Some(name) })?;
+        self.publish().await?;
         Ok(self.status())
     }
 
@@ -318,6 +450,13 @@ impl Encryption {
         config.prepare(key);
         config.promote(&name);
         self.install(config, RotationState { stage: Stage::Rotate, pending_key: Some(name) })?;
+        self.publish().await?;
+        if self.shared.get().is_some() {
+            // Servers sharing the store take the new writing key within a follow interval;
+            // only then is rewriting everything (and dropping the old key) safe from a peer
+            // still writing with it.
+            tokio::time::sleep(FOLLOW_INTERVAL * 2 + std::time::Duration::from_secs(1)).await;
+        }
         let done = self.finish().await?;
         Ok((self.status(), done))
     }
@@ -334,6 +473,7 @@ impl Encryption {
                 config,
                 RotationState { stage: Stage::ReencryptFinished, pending_key: None },
             )?;
+            self.publish().await?;
         }
         Ok(done)
     }
