@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod bootstrap_token;
 pub mod cidr;
+pub mod cluster_bootstrap;
 pub mod connections;
 pub mod crd;
 pub mod decode;

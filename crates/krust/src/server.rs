@@ -336,11 +336,33 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             sans.push(san.clone());
         }
     }
-    let pki =
-        Pki::load_or_create_for(&server_dir.join("tls"), &sans, args.serving_certificate_validity)?;
+    // Servers sharing a store share the cluster CA and the ServiceAccount key through it:
+    // adopted before the PKI is loaded, published by the first server.
+    let raw_store = open_store(&args).await?;
+    let tls_dir = server_dir.join("tls");
+    let shared_files: Vec<apiserver::cluster_bootstrap::File> = vec![
+        ("ca.crt", tls_dir.join("ca.crt")),
+        ("ca.key", tls_dir.join("ca.key")),
+        ("service-account.key", tls_dir.join("service-account.key")),
+    ];
+    let adopted = apiserver::cluster_bootstrap::adopt(raw_store.as_ref(), &secret, &shared_files)
+        .await
+        .context("cluster bootstrap data")?;
+    let mut pki = Pki::load_or_create_for(&tls_dir, &sans, args.serving_certificate_validity)?;
+    pki::jwt::SigningKey::load_or_create(&tls_dir.join("service-account.key"))?;
+    if !adopted
+        && !apiserver::cluster_bootstrap::publish(raw_store.as_ref(), &secret, &shared_files)
+            .await
+            .context("cluster bootstrap data")?
+    {
+        // Another server published first, meanwhile: take its CA and keys.
+        apiserver::cluster_bootstrap::adopt(raw_store.as_ref(), &secret, &shared_files)
+            .await
+            .context("cluster bootstrap data")?;
+        pki = Pki::load_or_create_for(&tls_dir, &sans, args.serving_certificate_validity)?;
+    }
     // Secrets (or what the configuration names) are encrypted on their way into the store:
     // everything but the compactor goes through `store`, never `raw_store`.
-    let raw_store = open_store(&args).await?;
     let encryption = apiserver::encryption::Encryption::load(
         raw_store.clone(),
         args.encryption_provider_config.as_deref(),

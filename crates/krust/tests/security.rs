@@ -1362,9 +1362,10 @@ fn the_servers_own_certificates_are_renewed_without_a_restart() {
     assert_eq!(server.pid(), pid);
 }
 
-/// Servers sharing one etcd (HA) with the cluster's token share the encryption configuration:
-/// a Secret written through one reads through the other, also after a key rotation; a server
-/// with another token is refused at start.
+/// Servers sharing one etcd (HA) with the cluster's token share its CA, ServiceAccount key and
+/// encryption configuration: certificates and tokens of one work with the other, a Secret
+/// written through one reads through the other, also after a key rotation; a server with
+/// another token is refused at start.
 #[test]
 fn servers_sharing_a_store_read_each_others_secrets() {
     let etcd = storage::testing::EtcdServer::start().expect("etcd-server must be installed");
@@ -1376,6 +1377,35 @@ fn servers_sharing_a_store_read_each_others_secrets() {
         second.ok(&["get", "secret", "db-password", "-o", "jsonpath={.data.password}"]),
         b64(MARK)
     );
+    // One CA and one ServiceAccount key for the cluster: the first server's kubeconfig and
+    // a token it issued work against the second.
+    let ca = |s: &KrustServer| {
+        let text = std::fs::read_to_string(&s.kubeconfig).unwrap();
+        text.lines().find(|l| l.contains("certificate-authority-data")).unwrap().to_owned()
+    };
+    assert_eq!(ca(&first), ca(&second), "the servers have different CAs");
+    let crossed = first.dir.path().join("crossed.yaml");
+    std::fs::write(
+        &crossed,
+        std::fs::read_to_string(&first.kubeconfig)
+            .unwrap()
+            .replace(&first.port.to_string(), &second.port.to_string()),
+    )
+    .unwrap();
+    let (ok, who, err) = kubectl_as(
+        &second,
+        &crossed,
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+    );
+    assert!(ok && who == "system:admin", "{err}");
+    first.ok(&["create", "serviceaccount", "robot"]);
+    let token = first.ok(&["create", "token", "robot"]);
+    let (ok, who, err) = kubectl_as(
+        &second,
+        &token_kubeconfig(&second, token.trim()),
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+    );
+    assert!(ok && who == "system:serviceaccount:default:robot", "{err}");
     let (ok, out) = secrets_encrypt(&first, &["rotate-keys"]);
     assert!(ok && out.contains("Stage: reencrypt_finished"), "{out}");
     let written =

@@ -167,7 +167,13 @@ impl Pki {
         let wanted = sans.join("\n");
         let current = std::fs::read_to_string(&sans_path).unwrap_or_default();
         let covered = sans.iter().all(|s| current.lines().any(|l| l == s));
-        let serving_due = std::fs::read_to_string(&serving_cert_path).map_or(true, |pem| due(&pem));
+        // Certificates issued by another CA (one adopted from the servers sharing the store)
+        // are issued again.
+        let issuer_path = dir.join("issuer.sha256");
+        let ca_changed = std::fs::read_to_string(&issuer_path)
+            .map_or(true, |h| h.trim() != join::ca_hash(&ca_cert_pem));
+        let serving_due =
+            ca_changed || std::fs::read_to_string(&serving_cert_path).map_or(true, |pem| due(&pem));
         if !(covered && !serving_due && serving_key_path.exists()) {
             let (serving, key) = sign_for(&issuer, "kube-apiserver", &[], Some(sans), lifetime)?;
             write_private(&serving_key_path, key.as_bytes())?;
@@ -177,12 +183,16 @@ impl Pki {
 
         let admin_cert_path = dir.join("client-admin.crt");
         let admin_key_path = dir.join("client-admin.key");
-        let admin_due = std::fs::read_to_string(&admin_cert_path).map_or(true, |pem| due(&pem));
+        let admin_due =
+            ca_changed || std::fs::read_to_string(&admin_cert_path).map_or(true, |pem| due(&pem));
         if admin_due || !admin_key_path.exists() {
             let (admin, key) =
                 sign_for(&issuer, "system:admin", &["system:masters"], None, lifetime)?;
             write_private(&admin_key_path, key.as_bytes())?;
             write_private(&admin_cert_path, admin.as_bytes())?;
+        }
+        if ca_changed {
+            write_private(&issuer_path, join::ca_hash(&ca_cert_pem).as_bytes())?;
         }
         let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
         Ok(Pki {

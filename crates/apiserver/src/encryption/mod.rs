@@ -94,7 +94,9 @@ const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 /// derived from the cluster token (k3s keeps its bootstrap data alike).
 pub const SHARED_KEY: &str = "/registry/krust.io/bootstrap/encryption-configuration";
 
-fn sealer(cluster_secret: &str) -> Result<Provider, EncryptionError> {
+/// The `secretbox` key that seals what servers share through the store, derived from the
+/// cluster token.
+pub(crate) fn sealer(cluster_secret: &str) -> Result<Provider, EncryptionError> {
     let mut input = b"krust encryption configuration\0".to_vec();
     input.extend_from_slice(cluster_secret.as_bytes());
     let digest = ring::digest::digest(&ring::digest::SHA256, &input);
