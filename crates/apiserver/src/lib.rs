@@ -16,6 +16,7 @@ pub mod crd;
 pub mod decode;
 pub mod discovery;
 pub mod encryption;
+pub mod follow;
 pub mod fuzzing;
 pub mod handler;
 pub mod join;

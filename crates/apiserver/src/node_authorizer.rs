@@ -11,11 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use futures::StreamExt;
 use serde::Deserialize;
-use storage::{EventKind, RangeRequest, Revision, SharedStore, WatchMessage};
+use storage::{EventKind, RangeRequest, Revision, SharedStore};
 
 use crate::auth::{Attributes, Authorizer, Decision, Rules, UserInfo};
 use crate::rbac::Rbac;
@@ -451,52 +449,34 @@ impl NodeAuthorizer {
     }
 
     /// Keeps the graph current from `revision` on; reloads when a watch cannot continue.
-    pub async fn follow(self: Arc<Self>, store: SharedStore, mut revision: Revision) {
-        loop {
-            let watches = futures::future::try_join(
-                store.watch(PODS, revision + 1),
-                store.watch(CLAIMS, revision + 1),
-            )
-            .await;
-            match watches {
-                Ok((pods, claims)) => {
-                    let mut both = futures::stream::select(pods, claims);
-                    while let Some(message) = both.next().await {
-                        match message {
-                            Ok(WatchMessage::Events(events)) => {
-                                let mut graph = self.graph_mut();
-                                for event in &events {
-                                    let value = match event.kind {
-                                        EventKind::Put => Some(&event.kv.value[..]),
-                                        EventKind::Delete => None,
-                                    };
-                                    if event.kv.key.starts_with(PODS) {
-                                        apply_pod(&mut graph, &event.kv.key, value);
-                                    } else {
-                                        apply_claim(&mut graph, &event.kv.key, value);
-                                    }
-                                }
-                            }
-                            Ok(WatchMessage::Progress(_)) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "node authorizer watch ended; reloading");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching pods for the node authorizer failed")
+    pub async fn follow(self: Arc<Self>, store: SharedStore, revision: Revision) {
+        let apply = |events: &[storage::Event]| {
+            let mut graph = self.graph_mut();
+            for event in events {
+                let value = match event.kind {
+                    EventKind::Put => Some(&event.kv.value[..]),
+                    EventKind::Delete => None,
+                };
+                if event.kv.key.starts_with(PODS) {
+                    apply_pod(&mut graph, &event.kv.key, value);
+                } else {
+                    apply_claim(&mut graph, &event.kv.key, value);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match self.load(&store).await {
-                Ok(r) => revision = r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reloading the node authorizer's graph failed")
-                }
-            }
-        }
+        };
+        let reload = || {
+            let (this, store) = (self.clone(), store.clone());
+            async move { this.load(&store).await }
+        };
+        crate::follow::follow(
+            store.clone(),
+            &[PODS, CLAIMS],
+            "node authorizer",
+            revision,
+            apply,
+            reload,
+        )
+        .await;
     }
 }
 

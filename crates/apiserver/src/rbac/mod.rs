@@ -13,11 +13,9 @@ pub mod rule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::Value;
-use storage::{EventKind, RangeRequest, Revision, SharedStore, WatchMessage};
+use storage::{EventKind, RangeRequest, Revision, SharedStore};
 
 use crate::auth::{Attributes, Authorizer, Decision, Rules, UserInfo};
 use rule::Rule;
@@ -294,41 +292,23 @@ impl Rbac {
 
     /// Keeps the index current from `revision` on, until the task is dropped; reloads
     /// everything when the watch cannot continue (a compaction, a store restart).
-    pub async fn follow(self: Arc<Self>, store: SharedStore, mut revision: Revision) {
-        loop {
-            match store.watch(STORE_PREFIX, revision + 1).await {
-                Ok(mut stream) => {
-                    while let Some(message) = stream.next().await {
-                        match message {
-                            Ok(WatchMessage::Events(events)) => {
-                                let mut index = self.write();
-                                for event in &events {
-                                    revision = revision.max(event.kv.mod_revision);
-                                    let object = match event.kind {
-                                        EventKind::Put => {
-                                            serde_json::from_slice::<Value>(&event.kv.value).ok()
-                                        }
-                                        EventKind::Delete => None,
-                                    };
-                                    index.apply(&event.kv.key, object.as_ref());
-                                }
-                            }
-                            Ok(WatchMessage::Progress(r)) => revision = revision.max(r),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "RBAC watch ended; reloading");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watching RBAC objects failed"),
+    pub async fn follow(self: Arc<Self>, store: SharedStore, revision: Revision) {
+        let apply = |events: &[storage::Event]| {
+            let mut index = self.write();
+            for event in events {
+                let object = match event.kind {
+                    EventKind::Put => serde_json::from_slice::<Value>(&event.kv.value).ok(),
+                    EventKind::Delete => None,
+                };
+                index.apply(&event.kv.key, object.as_ref());
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match self.load(&store).await {
-                Ok(r) => revision = r,
-                Err(e) => tracing::warn!(error = %e, "reloading RBAC objects failed"),
-            }
-        }
+        };
+        let reload = || {
+            let (this, store) = (self.clone(), store.clone());
+            async move { this.load(&store).await }
+        };
+        crate::follow::follow(store.clone(), &[STORE_PREFIX], "RBAC", revision, apply, reload)
+            .await;
     }
 }
 
