@@ -112,12 +112,21 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
 /// The response to a write: the bytes the store was given when the write encoded them
 /// (serializing the object again would cost as much as encoding it did).
 fn written_response(code: StatusCode, written: crate::rest::Written) -> Response<Body> {
-    let Some(body) = written.body else { return json_response(code, &written.object) };
-    let mut response = Response::new(full(body));
-    *response.status_mut() = code;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response = match written.body {
+        None => json_response(code, &written.object),
+        Some(body) => {
+            let mut response = Response::new(full(body));
+            *response.status_mut() = code;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    // What admission noted for the audit log travels with the response to it.
+    if !written.audit.is_empty() {
+        response.extensions_mut().insert(crate::audit::Annotations(written.audit));
+    }
     response
 }
 
@@ -2011,12 +2020,14 @@ fn forbidden(user: &UserInfo, attributes: &Attributes<'_>, reason: &str) -> ApiE
 /// it (never for a stream, whose body is still to come).
 async fn audit_finish(
     pending: crate::audit::Pending,
-    response: Response<Body>,
+    mut response: Response<Body>,
     streaming: bool,
 ) -> Response<Body> {
     let code = response.status().as_u16();
+    let annotations =
+        response.extensions_mut().remove::<crate::audit::Annotations>().unwrap_or_default();
     if streaming || !pending.wants_response_body() {
-        pending.finish(code, streaming, None);
+        pending.finish(code, streaming, None, annotations);
         return response;
     }
     let (parts, body) = response.into_parts();
@@ -2024,7 +2035,7 @@ async fn audit_finish(
         Ok(collected) => collected.to_bytes(),
         Err(never) => match never {},
     };
-    pending.finish(code, false, Some(&bytes));
+    pending.finish(code, false, Some(&bytes), annotations);
     Response::from_parts(parts, full(bytes))
 }
 

@@ -147,6 +147,8 @@ pub struct Written {
     pub body: Option<Bytes>,
     /// What admission warns the client about (kubectl prints them).
     pub warnings: Vec<String>,
+    /// What admission notes for the audit log.
+    pub audit: Vec<(String, String)>,
 }
 
 impl Written {
@@ -154,7 +156,7 @@ impl Written {
     /// the version served (else, for a converted version, the response encodes it anew).
     fn new(object: Value, bytes: &[u8], as_served: bool, revision: i64) -> Self {
         let body = if as_served { stamp_encoded(bytes, revision) } else { None };
-        Written { object, body, warnings: Vec::new() }
+        Written { object, body, warnings: Vec::new(), audit: Vec::new() }
     }
 }
 
@@ -378,7 +380,8 @@ impl Rest {
         let _holds = self.admission.mutate(self, &attributes, Some(&mut object)).await?;
         self.validate(rt, &object)?;
         let mut warnings = warnings;
-        warnings.extend(self.admission.validate(self, &attributes, Some(&object)).await?);
+        let notices = self.admission.validate(self, &attributes, Some(&object)).await?;
+        warnings.extend(notices.warnings);
         if !applied {
             let api_version = rt.api_version();
             managed::record_update(&rt.kind, None, &mut object, options.writer(&api_version, None));
@@ -390,7 +393,9 @@ impl Rest {
             if existing.is_some() {
                 return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
             }
-            return Ok((Written { object, body: None, warnings: Vec::new() }, warnings));
+            let written =
+                Written { object, body: None, warnings: Vec::new(), audit: notices.audit };
+            return Ok((written, warnings));
         }
         let response = self
             .store
@@ -404,7 +409,9 @@ impl Rest {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
         set_resource_version(&mut object, response.revision);
-        Ok((Written::new(object, &bytes, as_served, response.revision), warnings))
+        let mut written = Written::new(object, &bytes, as_served, response.revision);
+        written.audit = notices.audit;
+        Ok((written, warnings))
     }
 
     fn prepare_type_meta(&self, rt: &ResourceType, object: &mut Value) -> ApiResult<()> {
@@ -818,10 +825,15 @@ impl Rest {
                     return Err(ApiError::invalid(&rt.kind, &rt.group, name, causes));
                 }
             }
-            let warnings = self.admission.validate(self, &attributes, Some(&next)).await?;
+            let notices = self.admission.validate(self, &attributes, Some(&next)).await?;
             if same_but_bookkeeping(&current.object, &next) {
                 // No change: upstream skips the write and returns the current object.
-                return Ok(Written { object: current.object, body: None, warnings });
+                return Ok(Written {
+                    object: current.object,
+                    body: None,
+                    warnings: notices.warnings,
+                    audit: notices.audit,
+                });
             }
             // A binding is not a write of the pod's fields by a manager: upstream assigns the
             // node in storage, below the field manager, so no `kube-scheduler` entry appears.
@@ -857,7 +869,7 @@ impl Rest {
             if options.dry_run {
                 set_resource_version(&mut next, current.mod_revision);
                 let mut written = Written::new(next, &bytes, as_served, current.mod_revision);
-                written.warnings = warnings;
+                (written.warnings, written.audit) = (notices.warnings, notices.audit);
                 return Ok(written);
             }
             let op = if finalized {
@@ -879,7 +891,7 @@ impl Rest {
             if response.succeeded {
                 set_resource_version(&mut next, response.revision);
                 let mut written = Written::new(next, &bytes, as_served, response.revision);
-                written.warnings = warnings;
+                (written.warnings, written.audit) = (notices.warnings, notices.audit);
                 return Ok(written);
             }
             if precondition.is_some() {

@@ -829,7 +829,7 @@ fn the_audit_log_records_what_its_policy_asks_and_never_a_secret() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
         &policy,
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: None\n    nonResourceURLs: ['/api*', '/version', '/openapi*']\n  - level: RequestResponse\n    resources: [{group: '', resources: [configmaps, secrets]}]\n    verbs: [create, get]\n  - level: Metadata\n    resources: [{group: '', resources: [namespaces]}]\n  - level: None\n",
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: None\n    nonResourceURLs: ['/api*', '/version', '/openapi*']\n  - level: RequestResponse\n    resources: [{group: '', resources: [configmaps, secrets]}]\n    verbs: [create, get]\n  - level: Metadata\n    resources: [{group: '', resources: [namespaces, pods]}]\n  - level: None\n",
     )
     .unwrap();
     let log = dir.path().join("audit/audit.log");
@@ -844,6 +844,8 @@ fn the_audit_log_records_what_its_policy_asks_and_never_a_secret() {
     server.ok(&["create", "secret", "generic", "db", &format!("--from-literal=password={MARK}")]);
     server.ok(&["get", "secret", "db", "-o", "yaml"]);
     server.ok(&["get", "namespace", "default"]);
+    server.ok(&["run", "plain", "--image=busybox"]);
+    server.ok(&["create", "deployment", "web", "--image=busybox"]);
     let alice = common::kubeconfig_as(&server, "alice", "{token: none}");
     let _ = kubectl_as(&server, &alice, &["get", "configmap", "settings"]);
     // Events reach the file within moments (a writer thread flushes as they come).
@@ -852,7 +854,7 @@ fn the_audit_log_records_what_its_policy_asks_and_never_a_secret() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let events: Vec<serde_json::Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if events.len() >= 5 || std::time::Instant::now() > deadline {
+        if events.len() >= 6 || std::time::Instant::now() > deadline {
             break events;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -884,7 +886,18 @@ fn the_audit_log_records_what_its_policy_asks_and_never_a_secret() {
     assert!(!text.contains(MARK) && !text.contains(&b64(MARK)), "a secret value was logged");
     // Nothing the policy leaves out, and no RequestReceived stage.
     assert!(events.iter().all(|e| e["stage"] != "RequestReceived"));
-    assert!(events.iter().all(|e| e["objectRef"]["resource"] != "pods"));
+    assert!(events.iter().all(|e| e["objectRef"]["resource"] != "deployments"));
+    // Pod Security's audit level (restricted, by default) annotates the pod's event.
+    let pod = find("create", "pods");
+    assert_eq!(pod["annotations"]["pod-security.kubernetes.io/enforce-policy"], "baseline:latest");
+    let violations =
+        pod["annotations"]["pod-security.kubernetes.io/audit-violations"].as_str().unwrap_or("");
+    assert!(
+        violations.starts_with(
+            "would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"
+        ),
+        "{pod:#}"
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
 }

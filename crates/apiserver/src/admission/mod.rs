@@ -185,19 +185,35 @@ pub trait Validating: Send + Sync {
         object: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>>;
 
-    /// As `validate`, and what the client should be warned about when the request is
-    /// admitted (HTTP `Warning` headers, which kubectl prints). Plugins that warn implement
-    /// this instead.
-    fn validate_with_warnings<'a>(
+    /// As `validate`, and what to tell when the request is admitted: warnings for the
+    /// client (HTTP `Warning` headers, which kubectl prints) and annotations for the audit
+    /// log. Plugins that tell anything implement this instead.
+    fn validate_with_notices<'a>(
         &'a self,
         objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a Value>,
-    ) -> BoxFuture<'a, ApiResult<Vec<String>>> {
+    ) -> BoxFuture<'a, ApiResult<Notices>> {
         Box::pin(async move {
             self.validate(objects, attributes, object).await?;
-            Ok(Vec::new())
+            Ok(Notices::default())
         })
+    }
+}
+
+/// What admission tells about an admitted request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notices {
+    /// For the client (HTTP `Warning` headers).
+    pub warnings: Vec<String>,
+    /// For the audit log (the event's `annotations`).
+    pub audit: Vec<(String, String)>,
+}
+
+impl Notices {
+    fn extend(&mut self, more: Notices) {
+        self.warnings.extend(more.warnings);
+        self.audit.extend(more.audit);
     }
 }
 
@@ -302,19 +318,19 @@ impl Admission {
         Ok(holds)
     }
 
-    /// Runs the validating plugins on the object as it would be stored; the warnings for
-    /// the client when every plugin admits it.
+    /// Runs the validating plugins on the object as it would be stored; what they tell when
+    /// every plugin admits it.
     pub async fn validate(
         &self,
         objects: &dyn Objects,
         attributes: &Attributes<'_>,
         object: Option<&Value>,
-    ) -> ApiResult<Vec<String>> {
-        let mut warnings = Vec::new();
+    ) -> ApiResult<Notices> {
+        let mut notices = Notices::default();
         for plugin in self.validating.iter().filter(|p| p.applies(attributes)) {
-            warnings.extend(plugin.validate_with_warnings(objects, attributes, object).await?);
+            notices.extend(plugin.validate_with_notices(objects, attributes, object).await?);
         }
-        Ok(warnings)
+        Ok(notices)
     }
 }
 

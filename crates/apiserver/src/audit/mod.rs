@@ -133,11 +133,16 @@ impl AuditLog {
             event,
         };
         if !pending.omit.contains(&Stage::RequestReceived) {
-            pending.log.send(&pending.event(Stage::RequestReceived, None));
+            pending.log.send(&pending.event(Stage::RequestReceived, None, &Annotations::default()));
         }
         Some(pending)
     }
 }
+
+/// Annotations admission adds to a request's audit event (Pod Security's, say); carried
+/// from the registry to the log in the response's extensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations(pub Vec<(String, String)>);
 
 /// A request as the audit log records it.
 #[derive(Debug, Clone, Default)]
@@ -202,21 +207,32 @@ impl Pending {
         }
     }
 
-    fn event(&self, stage: Stage, code: Option<u16>) -> Value {
+    fn event(&self, stage: Stage, code: Option<u16>, annotations: &Annotations) -> Value {
         let mut event = self.event.clone();
         event.insert("stage".into(), json!(stage.name()));
         event.insert("stageTimestamp".into(), json!(now()));
         if let Some(code) = code {
             event.insert("responseStatus".into(), json!({"metadata": {}, "code": code}));
             let decision = if code == 403 { "forbid" } else { "allow" };
-            event.insert("annotations".into(), json!({"authorization.k8s.io/decision": decision}));
+            let mut all = Map::new();
+            all.insert("authorization.k8s.io/decision".into(), json!(decision));
+            for (key, value) in &annotations.0 {
+                all.insert(key.clone(), json!(value));
+            }
+            event.insert("annotations".into(), Value::Object(all));
         }
         Value::Object(event)
     }
 
     /// Writes the last event of the request: `ResponseStarted` for a stream (its end is not
     /// waited for), else `ResponseComplete`, with the response's object when wanted.
-    pub fn finish(mut self, code: u16, streaming: bool, response_body: Option<&[u8]>) {
+    pub fn finish(
+        mut self,
+        code: u16,
+        streaming: bool,
+        response_body: Option<&[u8]>,
+        annotations: Annotations,
+    ) {
         let stage = if streaming { Stage::ResponseStarted } else { Stage::ResponseComplete };
         if self.omit.contains(&stage) {
             return;
@@ -226,7 +242,7 @@ impl Pending {
         {
             self.event.insert("responseObject".into(), object);
         }
-        self.log.send(&self.event(stage, Some(code)));
+        self.log.send(&self.event(stage, Some(code), &annotations));
     }
 }
 

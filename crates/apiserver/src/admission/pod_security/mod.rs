@@ -12,7 +12,7 @@ pub mod checks;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Attributes, Objects, Operation, Validating};
+use super::{Attributes, Notices, Objects, Operation, Validating};
 use crate::status::{ApiError, ApiResult, Cause};
 pub use checks::Level;
 
@@ -153,6 +153,25 @@ pub struct PodSecurity {
     pub config: PodSecurityConfig,
 }
 
+/// What the warn level (when `warn`) and the audit level tell of an admitted pod spec: a
+/// warning for the client, an `audit-violations` annotation for the audit log.
+fn told(policy: &Policy, metadata: &Value, spec: &Value, warn: bool) -> Notices {
+    let mut notices = Notices::default();
+    let would = |level: &LevelVersion| {
+        let violations = checks::check(level.level, metadata, spec);
+        (!violations.is_empty()).then(|| {
+            format!("would violate PodSecurity \"{level}\": {}", checks::describe(&violations))
+        })
+    };
+    if warn && let Some(warning) = would(&policy.warn) {
+        notices.warnings.push(warning);
+    }
+    if let Some(violation) = would(&policy.audit) {
+        notices.audit.push((format!("{LABEL_PREFIX}audit-violations"), violation));
+    }
+    notices
+}
+
 /// Where a workload kind keeps its pod template.
 fn template_of<'a>(group: &str, kind: &str, object: &'a Value) -> Option<&'a Value> {
     let path = match (group, kind) {
@@ -234,8 +253,8 @@ impl PodSecurity {
         objects: &dyn Objects,
         attributes: &Attributes<'_>,
         pod: &Value,
-    ) -> ApiResult<Vec<String>> {
-        let Some(namespace) = attributes.namespace else { return Ok(Vec::new()) };
+    ) -> ApiResult<Notices> {
+        let Some(namespace) = attributes.namespace else { return Ok(Notices::default()) };
         let policy = self.namespace_policy(objects, namespace).await?;
         let metadata = pod.get("metadata").unwrap_or(&Value::Null);
         let spec = pod.get("spec").unwrap_or(&Value::Null);
@@ -248,19 +267,10 @@ impl PodSecurity {
                 checks::describe(&enforced)
             )));
         }
-        if policy.warn == policy.enforce {
-            return Ok(Vec::new());
-        }
-        let warned = checks::check(policy.warn.level, metadata, spec);
-        Ok(if warned.is_empty() {
-            Vec::new()
-        } else {
-            vec![format!(
-                "would violate PodSecurity \"{}\": {}",
-                policy.warn,
-                checks::describe(&warned)
-            )]
-        })
+        let mut notices = Notices::default();
+        notices.audit.push((format!("{LABEL_PREFIX}enforce-policy"), policy.enforce.to_string()));
+        notices.extend(told(&policy, metadata, spec, policy.warn != policy.enforce));
+        Ok(notices)
     }
 
     async fn workload(
@@ -268,22 +278,13 @@ impl PodSecurity {
         objects: &dyn Objects,
         attributes: &Attributes<'_>,
         template: &Value,
-    ) -> ApiResult<Vec<String>> {
-        let Some(namespace) = attributes.namespace else { return Ok(Vec::new()) };
+    ) -> ApiResult<Notices> {
+        let Some(namespace) = attributes.namespace else { return Ok(Notices::default()) };
         let policy = self.namespace_policy(objects, namespace).await?;
         let metadata = template.get("metadata").unwrap_or(&Value::Null);
         let spec = template.get("spec").unwrap_or(&Value::Null);
-        // Enforcement waits for the pods; the warn level is told now.
-        let warned = checks::check(policy.warn.level, metadata, spec);
-        Ok(if warned.is_empty() {
-            Vec::new()
-        } else {
-            vec![format!(
-                "would violate PodSecurity \"{}\": {}",
-                policy.warn,
-                checks::describe(&warned)
-            )]
-        })
+        // Enforcement waits for the pods; the warn and audit levels are told now.
+        Ok(told(&policy, metadata, spec, true))
     }
 
     async fn namespace(
@@ -377,39 +378,42 @@ impl Validating for PodSecurity {
         object: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>> {
         Box::pin(async move {
-            self.validate_with_warnings(objects, attributes, object).await.map(|_| ())
+            self.validate_with_notices(objects, attributes, object).await.map(|_| ())
         })
     }
 
-    fn validate_with_warnings<'a>(
+    fn validate_with_notices<'a>(
         &'a self,
         objects: &'a dyn Objects,
         attributes: &'a Attributes<'a>,
         object: Option<&'a Value>,
-    ) -> BoxFuture<'a, ApiResult<Vec<String>>> {
+    ) -> BoxFuture<'a, ApiResult<Notices>> {
         Box::pin(async move {
-            let Some(object) = object else { return Ok(Vec::new()) };
+            let Some(object) = object else { return Ok(Notices::default()) };
             let (group, kind) = (attributes.rt.group.as_str(), attributes.rt.kind.as_str());
             if (group, kind) == ("", "Namespace") {
-                return self.namespace(objects, attributes, object).await;
+                let warnings = self.namespace(objects, attributes, object).await?;
+                return Ok(Notices { warnings, audit: Vec::new() });
             }
             if self.exempt(attributes) {
-                return Ok(Vec::new());
+                return Ok(Notices::default());
             }
             if (group, kind) == ("", "Pod") {
                 if let Some(old) = attributes.old
                     && attributes.subresource.is_none()
                     && !significant_pod_update(old, object)
                 {
-                    return Ok(Vec::new());
+                    return Ok(Notices::default());
                 }
                 return self.pod(objects, attributes, object).await;
             }
-            let Some(template) = template_of(group, kind, object) else { return Ok(Vec::new()) };
+            let Some(template) = template_of(group, kind, object) else {
+                return Ok(Notices::default());
+            };
             if let Some(old) = attributes.old
                 && template_of(group, kind, old) == Some(template)
             {
-                return Ok(Vec::new());
+                return Ok(Notices::default());
             }
             self.workload(objects, attributes, template).await
         })
