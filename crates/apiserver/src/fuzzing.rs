@@ -113,9 +113,26 @@ pub fn fuzz_signing_key() -> &'static pki::jwt::SigningKey {
 /// judged. Nothing in the corpus (tokens signed with the fixed key but expired, for another
 /// audience or issuer, without their account; `alg: none`; HS256; garbage) and nothing a
 /// fuzzer can make without the key may pass.
+///
+/// The same input goes through the OIDC path (the key's JWKS, RS256 and ES256 allowed, then
+/// the OIDC claim rules for the same issuer), which must refuse it too; bootstrap tokens'
+/// parser sees it as well.
 pub fn service_account_token(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(claims) = fuzz_signing_key().verify(text.trim()) else { return };
+    let token = text.trim();
+    let _ = crate::bootstrap_token::parse(token);
+    let _ = pki::jwt::unverified_claims(token);
+    let algorithms = ["RS256".to_owned(), "ES256".to_owned()];
+    if let Ok(claims) = pki::jwt::verify_with_jwks(token, &fuzz_signing_key().jwks(), &algorithms) {
+        let mut oidc = crate::oidc::OidcConfig::new(FUZZ_ISSUER);
+        oidc.client_id = FUZZ_ISSUER.to_owned();
+        let user = crate::oidc::user_of(&oidc, &claims, FUZZ_NOW);
+        // Signed by the issuer's key, a token may pass OIDC's rules, but never as nobody.
+        if let Ok(user) = user {
+            assert!(!user.name.is_empty(), "an OIDC token passed without a user: {claims}");
+        }
+    }
+    let Ok(claims) = fuzz_signing_key().verify(token) else { return };
     let passed =
         crate::tokens::check_claims(&claims, FUZZ_ISSUER, &[FUZZ_ISSUER.to_owned()], FUZZ_NOW);
     assert!(passed.is_none(), "a hostile token passed: {claims}");
