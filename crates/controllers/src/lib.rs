@@ -24,6 +24,7 @@ pub mod rootcacert;
 pub mod scheduler;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod tokencleaner;
 pub mod topology_hints;
 
 use std::sync::{Arc, Mutex};
@@ -345,6 +346,7 @@ pub fn controller_manager(
     // Upstream's events expire with their etcd lease; here a controller deletes them, with
     // the collector's rights (it may delete anything).
     let client_for_events = as_sa("generic-garbage-collector");
+    let client_for_tokens = as_sa("token-cleaner");
     let aggregation = clusterroleaggregation::ClusterRoleAggregationController::new(
         as_sa("clusterrole-aggregation-controller"),
         informers.cluster_roles(),
@@ -363,6 +365,7 @@ pub fn controller_manager(
             let namespace = namespace.clone();
             let node_lifecycle = node_lifecycle.clone();
             let events = events::expire(client_for_events.clone(), config.event_ttl);
+            let token_cleaner = tokencleaner::run(client_for_tokens.clone());
             let replica_set = replica_set.clone();
             let replication_controller = replication_controller.clone();
             let resource_quota = resource_quota.clone();
@@ -396,6 +399,7 @@ pub fn controller_manager(
                     events,
                     aggregation.run(),
                     certificates.run(),
+                    token_cleaner,
                 );
             }
         })

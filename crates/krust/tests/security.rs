@@ -1468,3 +1468,22 @@ fn servers_sharing_a_store_read_each_others_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn expired_bootstrap_tokens_are_deleted() {
+    let server = KrustServer::start_control_plane(&[]);
+    let (ok, created) = krust_token(&server, &["create", "--ttl", "2s"]);
+    assert!(ok, "{created}");
+    let (_, kept) = krust_token(&server, &["create", "--ttl", "1h"]);
+    let id =
+        |full: &str| full.trim().split("::").nth(1).unwrap().split('.').next().unwrap().to_owned();
+    let (short, long) = (id(&created), id(&kept));
+    let secrets = || server.ok(&["get", "secrets", "-n", "kube-system", "-o", "name"]);
+    assert!(secrets().contains(&format!("bootstrap-token-{short}")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while secrets().contains(&format!("bootstrap-token-{short}")) {
+        assert!(std::time::Instant::now() < deadline, "the expired token's Secret was not deleted");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(secrets().contains(&format!("bootstrap-token-{long}")), "a live token was deleted");
+}
