@@ -273,12 +273,6 @@ pub fn renewal_time(not_before: i64, not_after: i64) -> i64 {
     not_before + (not_after - not_before) * 8 / 10
 }
 
-fn validity(cert_pem: &str) -> Option<(i64, i64)> {
-    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes()).next()?.ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
-}
-
 /// Where and as whom the node renews.
 #[derive(Debug, Clone)]
 pub struct Renewal {
@@ -298,7 +292,7 @@ pub async fn rotate(
 ) {
     loop {
         let now = jiff::Timestamp::now().as_second();
-        let wait = match validity(&identity.cert_pem()) {
+        let wait = match pki::csr::validity(&identity.cert_pem()) {
             Some((from, to)) => u64::try_from(renewal_time(from, to) - now).unwrap_or(0),
             None => 0,
         };
@@ -352,7 +346,7 @@ pub async fn rotate_serving(
     loop {
         let now = jiff::Timestamp::now().as_second();
         let current = std::fs::read_to_string(&files.cert).unwrap_or_default();
-        let wait = match validity(&current) {
+        let wait = match pki::csr::validity(&current) {
             Some((from, to)) => u64::try_from(renewal_time(from, to) - now).unwrap_or(0),
             None => 0,
         };

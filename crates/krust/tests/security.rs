@@ -403,8 +403,13 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
 
 /// `krust secrets-encrypt ARGS` against `server`: (success, stdout + stderr).
 fn secrets_encrypt(server: &KrustServer, args: &[&str]) -> (bool, String) {
+    krust_cli(server, "secrets-encrypt", args)
+}
+
+/// `krust COMMAND ARGS` with `server`'s admin kubeconfig: (success, stdout + stderr).
+fn krust_cli(server: &KrustServer, command: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
-        .arg("secrets-encrypt")
+        .arg(command)
         .args(args)
         .env("KUBECONFIG", &server.kubeconfig)
         .env("RUST_BACKTRACE", "0")
@@ -721,16 +726,7 @@ fn the_cluster_pod_security_default_is_a_flag() {
 
 /// `krust token ARGS` against `server`: (success, stdout + stderr).
 fn krust_token(server: &KrustServer, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
-        .arg("token")
-        .args(args)
-        .env("KUBECONFIG", &server.kubeconfig)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    krust_cli(server, "token", args)
 }
 
 #[test]

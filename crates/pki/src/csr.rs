@@ -144,14 +144,12 @@ impl Pki {
     }
 
     fn ca_not_after(&self) -> Result<time::OffsetDateTime, PkiError> {
-        let der = rustls_pemfile_first(&self.ca_cert_pem).ok_or_else(|| PkiError::SigningKey {
-            path: self.dir.join("ca.crt"),
-            reason: "unreadable CA certificate".to_owned(),
-        })?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
-            PkiError::SigningKey { path: self.dir.join("ca.crt"), reason: e.to_string() }
-        })?;
-        Ok(parsed.validity().not_after.to_datetime())
+        validity(&self.ca_cert_pem)
+            .and_then(|(_, end)| time::OffsetDateTime::from_unix_timestamp(end).ok())
+            .ok_or_else(|| PkiError::SigningKey {
+                path: self.dir.join("ca.crt"),
+                reason: "unreadable CA certificate".to_owned(),
+            })
     }
 }
 

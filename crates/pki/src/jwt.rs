@@ -99,27 +99,16 @@ impl SigningKey {
 
     /// The claims of `token` if this key signed it.
     pub fn verify(&self, token: &str) -> Result<serde_json::Value, JwtError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(JwtError::Malformed);
-        }
-        let mut parts = token.split('.');
-        let (Some(header), Some(claims), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JwtError::Malformed);
-        };
-        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::Malformed);
-        let header: serde_json::Value =
-            serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
+        let (header, claims, signed, signature) = split(token)?;
         if header.get("alg").and_then(|v| v.as_str()) != Some("ES256")
             || header.get("kid").and_then(|v| v.as_str()) != Some(self.kid.as_str())
         {
             return Err(JwtError::WrongKey);
         }
-        let signed = &token[..token.len() - signature.len() - 1];
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.pair.public_key().as_ref())
-            .verify(signed.as_bytes(), &decode(signature)?)
+            .verify(signed.as_bytes(), &signature)
             .map_err(|_| JwtError::BadSignature)?;
+        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::Malformed);
         let claims: serde_json::Value =
             serde_json::from_slice(&decode(claims)?).map_err(|_| JwtError::Malformed)?;
         if !claims.is_object() {

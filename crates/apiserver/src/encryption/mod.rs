@@ -240,9 +240,13 @@ impl Encryption {
         if !self.managed {
             return Ok(());
         }
-        let sealer = self
-            .shared
-            .get_or_init(|| sealer(cluster_secret).unwrap_or_else(|_| Provider::identity()));
+        // No fallback: the shared configuration holds keys and is only ever stored sealed.
+        if self.shared.get().is_none() {
+            let _ = self.shared.set(sealer(cluster_secret)?);
+        }
+        let Some(sealer) = self.shared.get() else {
+            return Err(EncryptionError::Refused("no key to seal the shared configuration".into()));
+        };
         for _ in 0..2 {
             if self.adopt().await? {
                 return Ok(());

@@ -160,6 +160,21 @@ impl<'a> Pod<'a> {
     fn pod_context(&self, field: &str) -> Option<&'a Value> {
         self.spec.get("securityContext")?.get(field).filter(|v| !v.is_null())
     }
+
+    /// Who sets something forbidden, as upstream lists them: `pod` when `pod_bad`, then the
+    /// containers `bad` picks (`pod and containers "a", "b"` once joined with " and ").
+    fn setters(&self, pod_bad: bool, bad: impl Fn(&Value) -> bool) -> Vec<String> {
+        let mut setters = Vec::new();
+        if pod_bad {
+            setters.push("pod".to_owned());
+        }
+        let containers: Vec<&str> =
+            self.containers().filter(|(_, c)| bad(c)).map(|(name, _)| name).collect();
+        if !containers.is_empty() {
+            setters.push(containers_phrase(&containers));
+        }
+        setters
+    }
 }
 
 fn context<'a>(container: &'a Value, field: &str) -> Option<&'a Value> {
@@ -502,18 +517,9 @@ fn run_as_non_root(pod: &Pod<'_>) -> Option<Violation> {
 }
 
 fn run_as_user(pod: &Pod<'_>) -> Option<Violation> {
-    let mut setters = Vec::new();
-    if pod.pod_context("runAsUser").and_then(Value::as_i64) == Some(0) {
-        setters.push("pod".to_owned());
-    }
-    let bad: Vec<&str> = pod
-        .containers()
-        .filter(|(_, c)| context(c, "runAsUser").and_then(Value::as_i64) == Some(0))
-        .map(|(name, _)| name)
-        .collect();
-    if !bad.is_empty() {
-        setters.push(containers_phrase(&bad));
-    }
+    let root = |v: Option<&Value>| v.and_then(Value::as_i64) == Some(0);
+    let setters =
+        pod.setters(root(pod.pod_context("runAsUser")), |c| root(context(c, "runAsUser")));
     if setters.is_empty() {
         return None;
     }
@@ -580,18 +586,10 @@ fn seccomp_type(v: Option<&Value>) -> Option<&str> {
 }
 
 fn seccomp_profile_baseline(pod: &Pod<'_>) -> Option<Violation> {
-    let mut setters = Vec::new();
-    if seccomp_type(pod.pod_context("seccompProfile")) == Some("Unconfined") {
-        setters.push("pod".to_owned());
-    }
-    let bad: Vec<&str> = pod
-        .containers()
-        .filter(|(_, c)| seccomp_type(context(c, "seccompProfile")) == Some("Unconfined"))
-        .map(|(name, _)| name)
-        .collect();
-    if !bad.is_empty() {
-        setters.push(containers_phrase(&bad));
-    }
+    let unconfined = |v: Option<&Value>| seccomp_type(v) == Some("Unconfined");
+    let setters = pod.setters(unconfined(pod.pod_context("seccompProfile")), |c| {
+        unconfined(context(c, "seccompProfile"))
+    });
     if setters.is_empty() {
         return None;
     }
@@ -677,18 +675,9 @@ fn windows_host_process(pod: &Pod<'_>) -> Option<Violation> {
     let host_process = |v: Option<&Value>| {
         v.and_then(|w| w.get("hostProcess")).and_then(Value::as_bool) == Some(true)
     };
-    let mut setters = Vec::new();
-    if host_process(pod.pod_context("windowsOptions")) {
-        setters.push("pod".to_owned());
-    }
-    let bad: Vec<&str> = pod
-        .containers()
-        .filter(|(_, c)| host_process(context(c, "windowsOptions")))
-        .map(|(name, _)| name)
-        .collect();
-    if !bad.is_empty() {
-        setters.push(containers_phrase(&bad));
-    }
+    let setters = pod.setters(host_process(pod.pod_context("windowsOptions")), |c| {
+        host_process(context(c, "windowsOptions"))
+    });
     if setters.is_empty() {
         return None;
     }
