@@ -322,8 +322,8 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
 
 /// The status of a pod whose containers all run and are ready.
 fn running_status(pod: &CachedPod, host_ip: &str, pod_ip: &str) -> serde_json::Value {
-    let now =
-        jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .unwrap_or_else(|_| jiff::Timestamp::now());
     let uid = pod.uid().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let condition = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});

@@ -16,6 +16,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
+pub mod history;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -24,12 +25,15 @@ pub mod rootcacert;
 pub mod scheduler;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod statefulset;
 pub mod tokencleaner;
 pub mod topology_hints;
 
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -66,6 +70,9 @@ pub struct Informers {
     replication_controllers: Arc<Informer<ReplicationController>>,
     resource_quotas: Arc<Informer<ResourceQuota>>,
     deployments: Arc<Informer<Deployment>>,
+    stateful_sets: Arc<Informer<StatefulSet>>,
+    daemon_sets: Arc<Informer<DaemonSet>>,
+    controller_revisions: Arc<Informer<ControllerRevision>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
@@ -132,6 +139,9 @@ impl Informers {
             replication_controllers: Informer::new(),
             resource_quotas: Informer::new(),
             deployments: Informer::new(),
+            stateful_sets: Informer::new(),
+            daemon_sets: Informer::new(),
+            controller_revisions: Informer::new(),
             service_accounts: Informer::new(),
             services: Informer::new(),
             node_leases: Informer::new(),
@@ -154,6 +164,9 @@ impl Informers {
     informer_getter!(replication_controllers, ReplicationController, "replicationcontrollers");
     informer_getter!(resource_quotas, ResourceQuota, "resourcequotas");
     informer_getter!(deployments, Deployment, "deployments");
+    informer_getter!(stateful_sets, StatefulSet, "statefulsets");
+    informer_getter!(daemon_sets, DaemonSet, "daemonsets");
+    informer_getter!(controller_revisions, ControllerRevision, "controllerrevisions");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
     informer_getter!(cluster_roles, ClusterRole, "clusterroles");
@@ -309,6 +322,14 @@ pub fn controller_manager(
         replica_sets.clone(),
         pods.clone(),
     );
+    let controller_revisions = informers.controller_revisions();
+    informer::index_by_controller(&controller_revisions);
+    let stateful_set = statefulset::StatefulSetController::new(
+        as_sa("statefulset-controller"),
+        pods.clone(),
+        informers.stateful_sets(),
+        controller_revisions.clone(),
+    );
     let service_account = serviceaccount::ServiceAccountController::new(
         as_sa("service-account-controller"),
         informers.namespaces(),
@@ -343,6 +364,8 @@ pub fn controller_manager(
     garbage_collector.share(replica_sets.clone());
     garbage_collector.share(replication_controllers);
     garbage_collector.share(informers.deployments());
+    garbage_collector.share(informers.stateful_sets());
+    garbage_collector.share(controller_revisions.clone());
     // Upstream's events expire with their etcd lease; here a controller deletes them, with
     // the collector's rights (it may delete anything).
     let client_for_events = as_sa("generic-garbage-collector");
@@ -370,6 +393,7 @@ pub fn controller_manager(
             let replication_controller = replication_controller.clone();
             let resource_quota = resource_quota.clone();
             let deployment = deployment.clone();
+            let stateful_set = stateful_set.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
             let endpoint_slices = endpoint_slices.clone();
@@ -388,6 +412,7 @@ pub fn controller_manager(
                     replication_controller.run(config.workers),
                     resource_quota.run(),
                     deployment.run(config.workers),
+                    stateful_set.run(config.workers),
                     service_account.run(),
                     endpoints.run(config.workers),
                     endpoint_slices.run(config.workers),

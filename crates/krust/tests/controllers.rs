@@ -747,3 +747,210 @@ spec:
     let out = server.wait_for(&args, Duration::from_secs(60), |o| sizes(o) == [13, 20]);
     assert_eq!(sizes(&out), [13, 20]);
 }
+
+fn stateful_set(name: &str, replicas: u32, env: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  clusterIP: None
+  selector: {{app: {name}}}
+  ports: [{{port: 80, name: web}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {name}
+spec:
+  serviceName: {name}
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {BUSYBOX}
+        imagePullPolicy: IfNotPresent
+        command: ["sleep", "3600"]
+        env: [{{name: VERSION, value: "{env}"}}]
+"#
+    )
+}
+
+/// `name=value` lines of a jsonpath over the pods of `app`.
+fn pods_by(server: &KrustServer, app: &str, field: &str) -> Vec<(String, String)> {
+    let out = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        &format!("jsonpath={{range .items[*]}}{{.metadata.name}}={field}{{\"\\n\"}}{{end}}"),
+    ]);
+    let mut pairs: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn a_stateful_set_comes_up_in_order_keeps_identities_and_rolls_with_a_partition() {
+    let server = KrustServer::start_with_agent(&[]);
+    server.ok_stdin(&["apply", "-f", "-"], &stateful_set("web", 3, "v1"));
+    let out = server.ok(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    assert!(out.contains("roll out complete"), "{out}");
+
+    // OrderedReady: each member was created only once the one before it was Ready.
+    let created = pods_by(&server, "web", "{.metadata.creationTimestamp}");
+    let ready =
+        pods_by(&server, "web", "{.status.conditions[?(@.type==\"Ready\")].lastTransitionTime}");
+    assert_eq!(
+        created.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["web-0", "web-1", "web-2"]
+    );
+    for i in 1..3 {
+        assert!(
+            created[i].1 >= ready[i - 1].1,
+            "web-{i} created {} before web-{} was ready at {}",
+            created[i].1,
+            i - 1,
+            ready[i - 1].1
+        );
+    }
+    // Stable network identity: hostname and the governing Service as subdomain.
+    assert_eq!(server.ok(&["exec", "web-1", "--", "hostname"]).trim(), "web-1");
+    assert_eq!(server.pod_field("default", "web-1", "{.spec.subdomain}"), "web");
+
+    // A deleted member comes back under the same name.
+    let uid = server.pod_field("default", "web-1", "{.metadata.uid}");
+    server.ok(&["delete", "pod", "web-1", "--wait=false"]);
+    server.wait_for(
+        &["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid} {.status.phase}"],
+        Duration::from_secs(90),
+        |out| !out.starts_with(&uid) && out.ends_with("Running"),
+    );
+
+    // A canary: with partition 2 only web-2 takes the new template.
+    server.ok(&[
+        "patch",
+        "statefulset/web",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
+    ]);
+    server.ok(&["set", "env", "statefulset/web", "VERSION=v2"]);
+    let update = |server: &KrustServer| {
+        server.ok(&["get", "sts", "web", "-o", "jsonpath={.status.updateRevision}"])
+    };
+    server.wait_for(
+        &["get", "sts", "web", "-o", "jsonpath={.status.updatedReplicas}/{.status.readyReplicas}"],
+        Duration::from_secs(90),
+        |out| out == "1/3",
+    );
+    let revisions = pods_by(&server, "web", "{.metadata.labels.controller-revision-hash}");
+    let new = update(&server);
+    assert_eq!(
+        revisions.iter().filter(|(_, r)| *r == new).map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["web-2"],
+        "{revisions:?}"
+    );
+
+    // Partition 0: the rest follow, from the top down; the rollout completes.
+    server.ok(&[
+        "patch",
+        "statefulset/web",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    let out = server.ok(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    assert!(out.contains("roll out complete"), "{out}");
+    let env = pods_by(&server, "web", "{.spec.containers[0].env[0].value}");
+    assert!(env.iter().all(|(_, v)| v == "v2"), "{env:?}");
+    let history = server.ok(&["rollout", "history", "statefulset/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Undo goes back to the first template.
+    server.ok(&["rollout", "undo", "statefulset/web"]);
+    server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.containers[0].env[0].value}{.status.phase} {end}",
+        ],
+        Duration::from_secs(120),
+        |out| {
+            out.split_whitespace().filter(|p| *p == "v1Running").count() == 3 && !out.contains("v2")
+        },
+    );
+    let out = server.ok(&["rollout", "status", "statefulset/web", "--timeout=120s"]);
+    assert!(out.contains("roll out complete"), "{out}");
+
+    // Scale down removes the highest ordinals.
+    server.ok(&["scale", "statefulset/web", "--replicas=1"]);
+    server.wait_for(
+        &["get", "pods", "-l", "app=web", "-o", "name"],
+        Duration::from_secs(60),
+        |out| out.trim() == "pod/web-0",
+    );
+}
+
+#[test]
+fn stateful_set_claims_are_made_per_ordinal_and_follow_the_retention_policy() {
+    let server = KrustServer::start_control_plane(&[]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  serviceName: db
+  replicas: 2
+  podManagementPolicy: Parallel
+  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Retain}
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers: [{name: c, image: busybox, volumeMounts: [{name: data, mountPath: /data}]}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 64Mi}}
+"#,
+    );
+    server.wait_for(
+        &["get", "pvc", "-l", "app=db", "-o", "jsonpath={range .items[*]}{.metadata.name} {end}"],
+        Duration::from_secs(30),
+        |out| out.trim() == "data-db-0 data-db-1",
+    );
+    server.wait_for(
+        &[
+            "get",
+            "pod",
+            "db-1",
+            "-o",
+            "jsonpath={.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}",
+        ],
+        Duration::from_secs(30),
+        |out| out == "data-db-1",
+    );
+    // whenDeleted: Delete — the claims go with the set.
+    server.ok(&["delete", "statefulset", "db"]);
+    server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(30), |out| {
+        out.trim().is_empty()
+    });
+}

@@ -51,9 +51,9 @@ fn rfc3339(ns: i64) -> Value {
         return Value::Null;
     }
     jiff::Timestamp::from_nanosecond(i128::from(ns))
-        .map(|t| {
-            json!(t.round(jiff::Unit::Second).map_or_else(|_| t.to_string(), |t| t.to_string()))
-        })
+        // Truncated to the second, as upstream's timestamps are serialised: rounding up
+        // could date a transition after an object the API server created later.
+        .map(|t| json!(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()))
         .unwrap_or(Value::Null)
 }
 

@@ -918,8 +918,8 @@ impl Worker {
         let mut observed = observed.clone();
         self.read_termination_messages(pod, &mut observed);
         let observed = &observed;
-        let now = jiff::Timestamp::now()
-            .round(jiff::Unit::Second)
+        // Truncated to the second, as upstream serialises times (see `status::rfc3339`).
+        let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
             .unwrap_or_else(|_| jiff::Timestamp::now())
             .to_string();
         let start_time = self.start_time.clone().unwrap_or_else(|| now.clone());

@@ -27,6 +27,11 @@ impl Strategy for StatefulSets {
             "updateStrategy",
             json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
         );
+        set_default(
+            spec,
+            "persistentVolumeClaimRetentionPolicy",
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        );
         default_template(spec);
     }
 
