@@ -12,6 +12,7 @@ pub use controller_runtime::{cached_pod, events, informer, leader, quantity, que
 
 pub mod certificates;
 pub mod clusterroleaggregation;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
@@ -330,6 +331,13 @@ pub fn controller_manager(
         informers.stateful_sets(),
         controller_revisions.clone(),
     );
+    let daemon_set = daemonset::DaemonSetController::new(
+        as_sa("daemon-set-controller"),
+        pods.clone(),
+        informers.nodes(),
+        informers.daemon_sets(),
+        controller_revisions.clone(),
+    );
     let service_account = serviceaccount::ServiceAccountController::new(
         as_sa("service-account-controller"),
         informers.namespaces(),
@@ -365,6 +373,7 @@ pub fn controller_manager(
     garbage_collector.share(replication_controllers);
     garbage_collector.share(informers.deployments());
     garbage_collector.share(informers.stateful_sets());
+    garbage_collector.share(informers.daemon_sets());
     garbage_collector.share(controller_revisions.clone());
     // Upstream's events expire with their etcd lease; here a controller deletes them, with
     // the collector's rights (it may delete anything).
@@ -394,6 +403,7 @@ pub fn controller_manager(
             let resource_quota = resource_quota.clone();
             let deployment = deployment.clone();
             let stateful_set = stateful_set.clone();
+            let daemon_set = daemon_set.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
             let endpoint_slices = endpoint_slices.clone();
@@ -413,6 +423,7 @@ pub fn controller_manager(
                     resource_quota.run(),
                     deployment.run(config.workers),
                     stateful_set.run(config.workers),
+                    daemon_set.run(config.workers),
                     service_account.run(),
                     endpoints.run(config.workers),
                     endpoint_slices.run(config.workers),

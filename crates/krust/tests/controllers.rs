@@ -954,3 +954,155 @@ spec:
         out.trim().is_empty()
     });
 }
+
+fn daemon_set(name: &str, env: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: {name}
+spec:
+  selector:
+    matchLabels: {{app: {name}}}
+  updateStrategy:
+    rollingUpdate: {{maxUnavailable: 2}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {BUSYBOX}
+        imagePullPolicy: IfNotPresent
+        command: ["sleep", "3600"]
+        env: [{{name: VERSION, value: "{env}"}}]
+"#
+    )
+}
+
+/// `node=phase` of the DaemonSet's pods not being deleted, sorted by node.
+fn daemon_pods(server: &KrustServer, app: &str) -> Vec<String> {
+    let out = server.ok(&[
+        "get", "pods", "-l", &format!("app={app}"), "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName}={.status.phase}={.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    let mut pods: Vec<String> = out
+        .lines()
+        .filter(|l| l.ends_with('='))
+        .map(|l| l.trim_end_matches('=').to_owned())
+        .collect();
+    pods.sort();
+    pods
+}
+
+#[test]
+fn a_daemon_set_follows_nodes_taints_and_rolls_out_and_back() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().expect("a node");
+    server.ok_stdin(&["apply", "-f", "-"], &daemon_set("agent", "v1"));
+    let out = server.ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(daemon_pods(&server, "agent"), [format!("{node}=Running")]);
+
+    // New nodes get their pod; a node tainted NoExecute loses it; a deleted node's goes.
+    let _sim = SimNodes::start(&server, "ds", 3, &[]);
+    let all_running = |n: usize| move |out: &str| out == format!("{n}/{n}/{n}");
+    let counts = [
+        "get",
+        "ds",
+        "agent",
+        "-o",
+        "jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}",
+    ];
+    server.wait_for(&counts, Duration::from_secs(60), all_running(4));
+    server.ok(&["taint", "node", "ds-0", "dedicated=db:NoExecute"]);
+    server.wait_for(&counts, Duration::from_secs(60), all_running(3));
+    assert!(!daemon_pods(&server, "agent").iter().any(|p| p.starts_with("ds-0=")));
+    server.ok(&["delete", "node", "ds-1"]);
+    server.wait_for(&counts, Duration::from_secs(60), all_running(2));
+    server.wait_for(
+        &["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.nodeName}"],
+        Duration::from_secs(60),
+        |out| !out.contains("ds-1") && !out.contains("ds-0"),
+    );
+
+    // A failed daemon pod is replaced.
+    let victim = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "--field-selector",
+        "spec.nodeName=ds-2",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    server.ok(&[
+        "patch",
+        "pod",
+        &victim,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Failed"}}"#,
+    ]);
+    server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "--field-selector",
+            "spec.nodeName=ds-2",
+            "-o",
+            "jsonpath={.items[*].metadata.name}={.items[*].status.phase}",
+        ],
+        Duration::from_secs(60),
+        |out| !out.contains(victim.trim()) && out.ends_with("=Running"),
+    );
+
+    // A template change rolls out to every node, and undo rolls it back.
+    server.ok(&["set", "env", "daemonset/agent", "VERSION=v2"]);
+    let out = server.ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let env = || {
+        server.ok(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={range .items[*]}{.spec.containers[0].env[0].value}{.metadata.deletionTimestamp} {end}"])
+    };
+    server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.containers[0].env[0].value} {end}",
+        ],
+        Duration::from_secs(60),
+        |out| out.split_whitespace().collect::<Vec<_>>() == ["v2", "v2"],
+    );
+    let history = server.ok(&["rollout", "history", "daemonset/agent"]);
+    assert!(
+        history
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .count()
+            == 2,
+        "{history}"
+    );
+    server.ok(&["rollout", "undo", "daemonset/agent"]);
+    server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.containers[0].env[0].value} {end}",
+        ],
+        Duration::from_secs(90),
+        |out| out.split_whitespace().collect::<Vec<_>>() == ["v1", "v1"],
+    );
+    let out = server.ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}; {}", env());
+}

@@ -23,11 +23,20 @@ impl Strategy for DaemonSets {
     fn default(&self, object: &mut Value) {
         let Some(spec) = spec_mut(object) else { return };
         set_default(spec, "revisionHistoryLimit", json!(10));
-        set_default(
-            spec,
-            "updateStrategy",
-            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-        );
+        // Field by field, as upstream's defaulting: a strategy given in part is completed.
+        set_default(spec, "updateStrategy", json!({}));
+        if let Some(strategy) = spec.get_mut("updateStrategy").and_then(Value::as_object_mut) {
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                set_default(strategy, "rollingUpdate", json!({}));
+                if let Some(rolling) =
+                    strategy.get_mut("rollingUpdate").and_then(Value::as_object_mut)
+                {
+                    set_default(rolling, "maxUnavailable", json!(1));
+                    set_default(rolling, "maxSurge", json!(0));
+                }
+            }
+        }
         default_template(spec);
     }
 

@@ -22,11 +22,19 @@ impl Strategy for StatefulSets {
         set_default(spec, "replicas", json!(1));
         set_default(spec, "podManagementPolicy", json!("OrderedReady"));
         set_default(spec, "revisionHistoryLimit", json!(10));
-        set_default(
-            spec,
-            "updateStrategy",
-            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-        );
+        // Field by field, as upstream's defaulting: a strategy given in part is completed.
+        set_default(spec, "updateStrategy", json!({}));
+        if let Some(strategy) = spec.get_mut("updateStrategy").and_then(Value::as_object_mut) {
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                set_default(strategy, "rollingUpdate", json!({}));
+                if let Some(rolling) =
+                    strategy.get_mut("rollingUpdate").and_then(Value::as_object_mut)
+                {
+                    set_default(rolling, "partition", json!(0));
+                }
+            }
+        }
         set_default(
             spec,
             "persistentVolumeClaimRetentionPolicy",
