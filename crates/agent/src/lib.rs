@@ -419,6 +419,7 @@ pub async fn run(
         config: config.clone(),
         clock: clock::Clock::default(),
         pod_cgroups: true,
+        host_ports: Default::default(),
     });
     tracing::info!(node = %config.node_name, pod_cidr, "node agent is running");
     pods::run(ctx, shutdown).await;

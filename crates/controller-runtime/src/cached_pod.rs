@@ -112,6 +112,25 @@ pub struct CachedContainerStatus {
     pub ready: bool,
     /// `restartCount`.
     pub restart_count: i32,
+    /// `state`, only as far as a terminated container's exit code (a Job's pod failure
+    /// policy matches on it).
+    pub state: Option<CachedContainerState>,
+}
+
+/// The read part of a `ContainerState`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CachedContainerState {
+    /// `terminated`.
+    pub terminated: Option<CachedContainerStateTerminated>,
+}
+
+/// The read part of a `ContainerStateTerminated`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CachedContainerStateTerminated {
+    /// `exitCode`.
+    pub exit_code: i32,
 }
 
 /// The metadata fields a cached pod keeps; the rest (managedFields above all, a large
@@ -126,6 +145,8 @@ struct CachedMetadata {
     resource_version: Option<String>,
     generation: Option<i64>,
     labels: Option<BTreeMap<String, String>>,
+    #[serde(deserialize_with = "kept_annotations")]
+    annotations: Option<BTreeMap<String, String>>,
     owner_references: Option<Vec<OwnerReference>>,
     finalizers: Option<Vec<String>>,
     creation_timestamp: Option<Time>,
@@ -143,6 +164,7 @@ fn metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Err
         resource_version: m.resource_version,
         generation: m.generation,
         labels: m.labels,
+        annotations: m.annotations,
         owner_references: m.owner_references,
         finalizers: m.finalizers,
         creation_timestamp: m.creation_timestamp,
@@ -150,6 +172,43 @@ fn metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Err
         deletion_grace_period_seconds: m.deletion_grace_period_seconds,
         ..ObjectMeta::default()
     })
+}
+
+/// The annotation prefix a cached pod keeps: the Job controller's (a pod's completion
+/// index and its index's failure count). Every other annotation is skipped unallocated.
+pub const KEPT_ANNOTATION_PREFIX: &str = "batch.kubernetes.io/";
+
+fn kept_annotations<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Kept;
+    impl<'de> serde::de::Visitor<'de> for Kept {
+        type Value = Option<BTreeMap<String, String>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of annotations")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut kept = BTreeMap::new();
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key.starts_with(KEPT_ANNOTATION_PREFIX) {
+                    kept.insert(key.into_owned(), map.next_value::<String>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok((!kept.is_empty()).then_some(kept))
+        }
+    }
+    d.deserialize_any(Kept)
 }
 
 impl kube::Resource for CachedPod {
@@ -191,10 +250,14 @@ impl From<&Pod> for CachedPod {
 /// Trims what no reader of the cache uses and what changes on every status write.
 pub fn slim(pod: &mut CachedPod) {
     if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
-        conditions.retain(|c| c.type_ == "Ready");
+        // Ready for every controller; DisruptionTarget (with its reason) for a Job's pod
+        // failure policy.
+        conditions.retain(|c| c.type_ == "Ready" || c.type_ == "DisruptionTarget");
         for c in conditions.iter_mut() {
             c.message = None;
-            c.reason = None;
+            if c.type_ == "Ready" {
+                c.reason = None;
+            }
             c.last_probe_time = None;
         }
     }
@@ -239,5 +302,20 @@ mod tests {
         assert_eq!(kube::ResourceExt::name_any(&cached), "p");
         assert_eq!(cached.metadata.labels.as_ref().map(BTreeMap::len), Some(1));
         assert!(cached.metadata.annotations.is_none() && cached.metadata.managed_fields.is_none());
+        let indexed: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {"a": "b", "batch.kubernetes.io/job-completion-index": "3"}},
+            "status": {"containerStatuses": [{"name": "c", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                                              "state": {"terminated": {"exitCode": 42}}}]}
+        }))
+        .expect("pod");
+        let cached = CachedPod::from(&indexed);
+        let annotations = cached.metadata.annotations.expect("the Job's annotations");
+        assert_eq!(annotations.len(), 1);
+        let status = cached.status.expect("status");
+        let terminated = status
+            .container_statuses
+            .as_ref()
+            .and_then(|c| c[0].state.as_ref()?.terminated.as_ref());
+        assert_eq!(terminated.map(|t| t.exit_code), Some(42));
     }
 }

@@ -529,6 +529,8 @@ impl DaemonSetController {
         };
         let namespace = set.namespace().unwrap_or_default();
         let name = set.name_any();
+        // Read before the pods: a creation seen after the list was taken must not count.
+        let satisfied = self.expectations.satisfied(key);
         let pods = self.claim_pods(&set, &namespace).await?;
         let (revision, hash) = self.revision(&set, &namespace, &pods).await?;
         let tolerations = daemon_tolerations(&set.spec.template);
@@ -560,7 +562,7 @@ impl DaemonSetController {
         let spec = SetSpec::of(&set, desired);
         let now = jiff::Timestamp::now();
         let mut failure = None;
-        if self.expectations.satisfied(key) && set.metadata.deletion_timestamp.is_none() {
+        if satisfied && set.metadata.deletion_timestamp.is_none() {
             let plan = plan(&spec, &hash, &views, now);
             if let Err(e) = self.execute(&set, key, &revision, &hash, &plan).await {
                 failure = Some(e);

@@ -17,10 +17,26 @@ use serde_json::{Value, json};
 /// The label upstream puts on a revision with its hash.
 pub const REVISION_HASH_LABEL: &str = "controller.kubernetes.io/hash";
 
-/// The revision data of a template: the patch that restores it.
+/// The revision data of a template: the patch that restores it, in the shape upstream's
+/// Go types give it (which emit a null `creationTimestamp` and empty container `resources`),
+/// so that clients comparing a revision with the patch they compute from the owner (the
+/// upstream e2e suite does, byte for byte) find it equal.
 pub fn data_of(template: &PodTemplateSpec) -> Value {
     let mut template = serde_json::to_value(template).unwrap_or_else(|_| json!({}));
     if let Some(t) = template.as_object_mut() {
+        let meta = t.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.entry("creationTimestamp").or_insert(Value::Null);
+        }
+        if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
+            for list in ["initContainers", "containers", "ephemeralContainers"] {
+                for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Some(c) = c.as_object_mut() {
+                        c.entry("resources").or_insert_with(|| json!({}));
+                    }
+                }
+            }
+        }
         t.insert("$patch".into(), json!("replace"));
     }
     json!({"spec": {"template": template}})
@@ -122,7 +138,10 @@ mod tests {
         assert_eq!(data.pointer("/spec/template/$patch"), Some(&json!("replace")));
         let owner = OwnerReference::default();
         let r = new_revision("web", "ns", owner, BTreeMap::new(), data.clone(), 1, None);
-        assert_eq!(template_of(&r), Some(template("a")));
+        let back = template_of(&r).expect("a template");
+        assert_eq!(data_of(&back), data);
+        assert_eq!(data.pointer("/spec/template/metadata/creationTimestamp"), Some(&Value::Null));
+        assert_eq!(data.pointer("/spec/template/spec/containers/0/resources"), Some(&json!({})));
         assert!(r.metadata.name.as_deref().is_some_and(|n| n.starts_with("web-")));
         assert_eq!(hash_of(&data, None), hash_of(&data_of(&template("a")), None));
         assert_ne!(hash_of(&data, None), hash_of(&data_of(&template("b")), None));

@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
 pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -74,6 +76,7 @@ pub struct Informers {
     stateful_sets: Arc<Informer<StatefulSet>>,
     daemon_sets: Arc<Informer<DaemonSet>>,
     controller_revisions: Arc<Informer<ControllerRevision>>,
+    jobs: Arc<Informer<Job>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
@@ -143,6 +146,7 @@ impl Informers {
             stateful_sets: Informer::new(),
             daemon_sets: Informer::new(),
             controller_revisions: Informer::new(),
+            jobs: Informer::new(),
             service_accounts: Informer::new(),
             services: Informer::new(),
             node_leases: Informer::new(),
@@ -168,6 +172,7 @@ impl Informers {
     informer_getter!(stateful_sets, StatefulSet, "statefulsets");
     informer_getter!(daemon_sets, DaemonSet, "daemonsets");
     informer_getter!(controller_revisions, ControllerRevision, "controllerrevisions");
+    informer_getter!(jobs, Job, "jobs");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
     informer_getter!(cluster_roles, ClusterRole, "clusterroles");
@@ -338,6 +343,11 @@ pub fn controller_manager(
         informers.daemon_sets(),
         controller_revisions.clone(),
     );
+    let jobs = informers.jobs();
+    informer::index_by_controller(&jobs);
+    let job = job::JobController::new(as_sa("job-controller"), pods.clone(), jobs.clone());
+    let ttl_after_finished =
+        job::TtlAfterFinishedController::new(as_sa("ttl-after-finished-controller"), jobs.clone());
     let service_account = serviceaccount::ServiceAccountController::new(
         as_sa("service-account-controller"),
         informers.namespaces(),
@@ -374,6 +384,7 @@ pub fn controller_manager(
     garbage_collector.share(informers.deployments());
     garbage_collector.share(informers.stateful_sets());
     garbage_collector.share(informers.daemon_sets());
+    garbage_collector.share(jobs.clone());
     garbage_collector.share(controller_revisions.clone());
     // Upstream's events expire with their etcd lease; here a controller deletes them, with
     // the collector's rights (it may delete anything).
@@ -404,6 +415,8 @@ pub fn controller_manager(
             let deployment = deployment.clone();
             let stateful_set = stateful_set.clone();
             let daemon_set = daemon_set.clone();
+            let job = job.clone();
+            let ttl_after_finished = ttl_after_finished.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
             let endpoint_slices = endpoint_slices.clone();
@@ -424,6 +437,8 @@ pub fn controller_manager(
                     deployment.run(config.workers),
                     stateful_set.run(config.workers),
                     daemon_set.run(config.workers),
+                    job.run(config.workers),
+                    ttl_after_finished.run(),
                     service_account.run(),
                     endpoints.run(config.workers),
                     endpoint_slices.run(config.workers),

@@ -190,11 +190,12 @@ pub fn plan(
         }
     }
     condemned.sort_by_key(|(ordinal, _)| *ordinal);
-    // The first unhealthy member: the lowest ordinal in range, else the highest condemned.
+    // The first unhealthy member, lowest ordinal first (in range, then condemned): the one
+    // member an ordered scale-down may delete while unhealthy.
     let first_unhealthy: Option<&str> = slots
         .iter()
         .flatten()
-        .chain(condemned.iter().rev().map(|(_, p)| p))
+        .chain(condemned.iter().map(|(_, p)| p))
         .find(|p| !healthy(p))
         .and_then(|p| p.metadata.name.as_deref());
     let rolling = !spec.on_delete;
@@ -960,6 +961,14 @@ mod tests {
             member("web-2", "r1", "Running", true),
         ];
         assert!(plan("web", &s, &pods, "r1", "r1", now()).actions.is_empty());
+        // Scaled to 0 with every member unhealthy: ordered scale-down halts (only the lowest
+        // unhealthy member could go, and it is not the highest).
+        let unhealthy = [
+            member("web-0", "r1", "Running", false),
+            member("web-1", "r1", "Running", false),
+            member("web-2", "r1", "Running", false),
+        ];
+        assert!(plan("web", &spec(0), &unhealthy, "r1", "r1", now()).actions.is_empty());
         let parallel = SetSpec { parallel: true, ..s };
         assert_eq!(
             plan("web", &parallel, &pods, "r1", "r1", now()).actions,

@@ -1106,3 +1106,182 @@ fn a_daemon_set_follows_nodes_taints_and_rolls_out_and_back() {
     let out = server.ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
     assert!(out.contains("successfully rolled out"), "{out}; {}", env());
 }
+
+fn job(name: &str, spec: &str, command: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+spec:
+{spec}
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {BUSYBOX}
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "{command}"]
+"#
+    )
+}
+
+/// A standalone `krust controller-manager` against the server (killed when dropped).
+struct Manager(std::process::Child);
+
+impl Manager {
+    fn start(server: &KrustServer) -> Manager {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_krust"))
+            .args(["controller-manager", "--kubeconfig"])
+            .arg(&server.kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start krust controller-manager");
+        Manager(child)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_indexed_job_completes_every_index_once_across_a_controller_manager_kill() {
+    let server = KrustServer::start_with_agent(&["--disable-controller-manager"]);
+    let mut manager = Manager::start(&server);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &job(
+            "idx",
+            "  completions: 10\n  parallelism: 3\n  completionMode: Indexed",
+            "sleep 1; echo $JOB_COMPLETION_INDEX; test $(hostname) = idx-$JOB_COMPLETION_INDEX",
+        ),
+    );
+    let succeeded = ["get", "job", "idx", "-o", "jsonpath={.status.succeeded}"];
+    server.wait_for(&succeeded, Duration::from_secs(90), |out| {
+        out.parse::<u32>().is_ok_and(|n| n >= 2)
+    });
+    // Killed outright mid-run (pods finishing meanwhile), then a new one takes over.
+    manager.0.kill().expect("kill the controller manager");
+    let _ = manager.0.wait();
+    // A pod finishes while nobody counts it: the new manager must count it, once.
+    server.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "batch.kubernetes.io/job-name=idx",
+            "-o",
+            "jsonpath={range .items[*]}{.status.phase}={.metadata.finalizers} {end}",
+        ],
+        Duration::from_secs(60),
+        |out| out.contains("Succeeded=[\"batch.kubernetes.io/job-tracking\"]"),
+    );
+    let _manager = Manager::start(&server);
+    server.ok(&["wait", "--for=condition=complete", "job/idx", "--timeout=180s"]);
+    let status = server.ok(&[
+        "get",
+        "job",
+        "idx",
+        "-o",
+        "jsonpath={.status.succeeded}/{.status.failed}/{.status.completedIndexes}",
+    ]);
+    assert_eq!(
+        status,
+        "10/0/0-9",
+        "{}",
+        server.ok(&[
+            "get",
+            "events",
+            "--sort-by=.lastTimestamp",
+            "-o",
+            "custom-columns=OBJ:.involvedObject.name,REASON:.reason,MSG:.message"
+        ])
+    );
+    // Every index ran and succeeded exactly once, and no pod still waits to be counted.
+    let pods = server.ok(&["get", "pods", "-l", "batch.kubernetes.io/job-name=idx", "-o", "jsonpath={range .items[*]}{.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index}={.status.phase}={.metadata.finalizers} {end}"]);
+    let mut indexes: Vec<u32> = pods
+        .split_whitespace()
+        .filter(|p| p.ends_with("=Succeeded=") || p.ends_with("=Succeeded=[]"))
+        .filter_map(|p| p.split('=').next()?.parse().ok())
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..10).collect::<Vec<_>>(), "{pods}");
+}
+
+#[test]
+fn jobs_fail_by_back_off_limit_and_pod_failure_policy_suspend_and_expire() {
+    let server = KrustServer::start_with_agent(&[]);
+    // A pod failure policy: exit code 42 fails the Job at once.
+    let spec = "  backoffLimit: 6\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {operator: In, values: [42]}";
+    server.ok_stdin(&["apply", "-f", "-"], &job("policy", spec, "exit 42"));
+    server.ok(&["wait", "--for=condition=failed", "job/policy", "--timeout=60s"]);
+    let reason = server.ok(&[
+        "get",
+        "job",
+        "policy",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+    ]);
+    assert_eq!(reason, "PodFailurePolicy");
+    // Back-off limit 0: the first failure fails the Job.
+    server.ok_stdin(&["apply", "-f", "-"], &job("limited", "  backoffLimit: 0", "exit 1"));
+    server.ok(&["wait", "--for=condition=failed", "job/limited", "--timeout=60s"]);
+    let failed = server.ok(&[
+        "get",
+        "job",
+        "limited",
+        "-o",
+        "jsonpath={.status.failed} {.status.conditions[?(@.type==\"Failed\")].reason}",
+    ]);
+    assert_eq!(failed, "1 BackoffLimitExceeded");
+
+    // Suspended: no pod runs until resumed; then it completes and, with a TTL, is deleted.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &job("later", "  suspend: true\n  ttlSecondsAfterFinished: 1", "true"),
+    );
+    server.wait_for(
+        &[
+            "get",
+            "job",
+            "later",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Suspended\")].status}",
+        ],
+        Duration::from_secs(30),
+        |out| out == "True",
+    );
+    assert!(
+        server
+            .ok(&["get", "pods", "-l", "batch.kubernetes.io/job-name=later", "-o", "name"])
+            .is_empty()
+    );
+    server.ok(&["patch", "job", "later", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    server.wait_for(&["get", "jobs", "-o", "name"], Duration::from_secs(60), |out| {
+        !out.contains("job.batch/later")
+    });
+
+    // Bad input: upstream's messages, nothing stored.
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["apply", "-f", "-"],
+        Some(&job("bad", "  completionMode: Indexed\n  parallelism: 2", "true")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.completions: Required value: when completion mode is Indexed"),
+        "{err}"
+    );
+    let always = job("always", "", "true").replace("restartPolicy: Never", "restartPolicy: Always");
+    let out = server.kubectl_with(common::tool("kubectl"), &["apply", "-f", "-"], Some(&always));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"spec.template.spec.restartPolicy: Unsupported value: "Always": supported values: "OnFailure", "Never""#), "{err}");
+    assert!(!server.ok(&["get", "jobs", "-o", "name"]).contains("bad"));
+}

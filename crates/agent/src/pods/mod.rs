@@ -2,6 +2,7 @@
 //! pod UID, a once-a-second relist of container states that wakes the workers whose
 //! containers changed (upstream's PLEG), and housekeeping of sandboxes whose pods are gone.
 
+mod admission;
 pub mod cgroups;
 pub mod config;
 pub mod env;
@@ -58,6 +59,9 @@ pub(crate) struct Context {
     /// Whether pods get their own cgroups (off in unit tests, whose fake runtime runs
     /// nothing to put in them).
     pub(crate) pod_cgroups: bool,
+    /// The host ports of the pods admitted on this node, by pod UID (the kubelet's
+    /// `NodePorts` admission: a pod whose host port is taken is failed, not started).
+    pub(crate) host_ports: admission::HostPorts,
 }
 
 struct Handle {

@@ -97,6 +97,7 @@ impl Harness {
             config: Arc::new(config),
             clock: clock.clone(),
             pod_cgroups: false,
+            host_ports: Default::default(),
         });
         Harness { ctx, runtime, clock, api, _dir: dir }
     }

@@ -20,7 +20,7 @@ use super::config::{self, ContainerInputs, PodKey, QosClass};
 use super::env::{self, Downward, Sources};
 use super::runtime::{self, Observed, ObservedContainer, ObservedSandbox, State};
 use super::status::{self, Waiting};
-use super::{Context, images, plan, probe, volumes};
+use super::{Context, admission, images, plan, probe, volumes};
 use crate::AgentError;
 use crate::pods::events::EventType;
 
@@ -95,8 +95,11 @@ pub(crate) struct Worker {
     last_status: Option<Value>,
     last_grace: Option<i64>,
     mount_error: Option<String>,
-    /// Set once the agent failed the pod (its active deadline passed).
+    /// Set once the agent failed the pod (its active deadline passed, or admission refused
+    /// it).
     failed: Option<Waiting>,
+    /// The node admitted the pod (its host ports are held for it).
+    admitted: bool,
     probers: HashMap<String, probe::Probers>,
     wake: Arc<tokio::sync::Notify>,
 }
@@ -122,6 +125,7 @@ impl Worker {
             last_grace: None,
             mount_error: None,
             failed: None,
+            admitted: false,
             probers: HashMap::new(),
             wake,
         }
@@ -133,11 +137,13 @@ impl Worker {
             None => {
                 let grace = plan::termination_grace(None, self.last_grace);
                 self.terminate(None, grace).await?;
+                self.ctx.host_ports.release(&self.key.uid);
                 Ok(Next::Done)
             }
             Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
                 let grace = plan::termination_grace(Some(pod), self.last_grace);
                 self.terminate(Some(pod), grace).await?;
+                self.ctx.host_ports.release(&self.key.uid);
                 Ok(Next::Done)
             }
             Some(pod) => {
@@ -164,7 +170,27 @@ impl Worker {
         if status::is_terminal(&api_phase) {
             // Finished pods keep their containers (for logs) but not their sandbox.
             self.stop_sandboxes(&observed).await?;
+            ctx.host_ports.release(&uid);
             return Ok(Next::After(RESYNC * 3));
+        }
+        if !self.admitted && self.failed.is_none() {
+            // A pod already started (adopted after a restart) keeps what it holds.
+            let started = observed.sandbox().is_some() || api_phase == "Running";
+            if ctx.host_ports.admit(&uid, admission::host_ports_of(pod), started) {
+                self.admitted = true;
+            } else {
+                ctx.recorder.pod(
+                    &self.key,
+                    "",
+                    EventType::Warning,
+                    admission::NODE_PORTS_REASON,
+                    admission::NODE_PORTS_MESSAGE,
+                );
+                self.failed = Some(Waiting {
+                    reason: admission::NODE_PORTS_REASON.into(),
+                    message: admission::NODE_PORTS_MESSAGE.into(),
+                });
+            }
         }
         let deadline = plan::active_deadline(pod, self.start_time.as_deref(), ctx.clock.now_ns());
         if deadline == plan::Deadline::Exceeded || self.failed.is_some() {
