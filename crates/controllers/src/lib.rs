@@ -12,6 +12,7 @@ pub use controller_runtime::{cached_pod, events, informer, leader, quantity, que
 
 pub mod certificates;
 pub mod clusterroleaggregation;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -36,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -77,6 +78,7 @@ pub struct Informers {
     daemon_sets: Arc<Informer<DaemonSet>>,
     controller_revisions: Arc<Informer<ControllerRevision>>,
     jobs: Arc<Informer<Job>>,
+    cron_jobs: Arc<Informer<CronJob>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
@@ -147,6 +149,7 @@ impl Informers {
             daemon_sets: Informer::new(),
             controller_revisions: Informer::new(),
             jobs: Informer::new(),
+            cron_jobs: Informer::new(),
             service_accounts: Informer::new(),
             services: Informer::new(),
             node_leases: Informer::new(),
@@ -173,6 +176,7 @@ impl Informers {
     informer_getter!(daemon_sets, DaemonSet, "daemonsets");
     informer_getter!(controller_revisions, ControllerRevision, "controllerrevisions");
     informer_getter!(jobs, Job, "jobs");
+    informer_getter!(cron_jobs, CronJob, "cronjobs");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
     informer_getter!(cluster_roles, ClusterRole, "clusterroles");
@@ -348,6 +352,11 @@ pub fn controller_manager(
     let job = job::JobController::new(as_sa("job-controller"), pods.clone(), jobs.clone());
     let ttl_after_finished =
         job::TtlAfterFinishedController::new(as_sa("ttl-after-finished-controller"), jobs.clone());
+    let cron_job = cronjob::CronJobController::new(
+        as_sa("cronjob-controller"),
+        informers.cron_jobs(),
+        jobs.clone(),
+    );
     let service_account = serviceaccount::ServiceAccountController::new(
         as_sa("service-account-controller"),
         informers.namespaces(),
@@ -385,6 +394,7 @@ pub fn controller_manager(
     garbage_collector.share(informers.stateful_sets());
     garbage_collector.share(informers.daemon_sets());
     garbage_collector.share(jobs.clone());
+    garbage_collector.share(informers.cron_jobs());
     garbage_collector.share(controller_revisions.clone());
     // Upstream's events expire with their etcd lease; here a controller deletes them, with
     // the collector's rights (it may delete anything).
@@ -416,6 +426,7 @@ pub fn controller_manager(
             let stateful_set = stateful_set.clone();
             let daemon_set = daemon_set.clone();
             let job = job.clone();
+            let cron_job = cron_job.clone();
             let ttl_after_finished = ttl_after_finished.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
@@ -438,6 +449,7 @@ pub fn controller_manager(
                     stateful_set.run(config.workers),
                     daemon_set.run(config.workers),
                     job.run(config.workers),
+                    cron_job.run(config.workers),
                     ttl_after_finished.run(),
                     service_account.run(),
                     endpoints.run(config.workers),

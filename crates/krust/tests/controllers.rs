@@ -1285,3 +1285,90 @@ fn jobs_fail_by_back_off_limit_and_pod_failure_policy_suspend_and_expire() {
     assert!(err.contains(r#"spec.template.spec.restartPolicy: Unsupported value: "Always": supported values: "OnFailure", "Never""#), "{err}");
     assert!(!server.ok(&["get", "jobs", "-o", "name"]).contains("bad"));
 }
+
+fn cron_job(name: &str, spec: &str, command: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {name}
+spec:
+{spec}
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: c
+            image: {BUSYBOX}
+            imagePullPolicy: IfNotPresent
+            command: ["sh", "-c", "{command}"]
+"#
+    )
+}
+
+#[test]
+fn cron_jobs_run_on_schedule_forbid_overlaps_keep_history_and_refuse_bad_schedules() {
+    let server = KrustServer::start_with_agent(&[]);
+    // Forbid: a Job outliving its interval keeps the next ones from starting.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &cron_job("slow", "  schedule: \"@every 2s\"\n  concurrencyPolicy: Forbid", "sleep 7"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(16);
+    let mut most_active = 0;
+    while Instant::now() < deadline {
+        let active = server.ok(&["get", "jobs", "-l", "", "-o", "jsonpath={range .items[?(@.metadata.ownerReferences[0].name==\"slow\")]}{.metadata.name}={.status.active} {end}"]);
+        let running = active.split_whitespace().filter(|j| j.ends_with("=1")).count();
+        most_active = most_active.max(running);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(most_active, 1, "Forbid let jobs overlap (or none ran)");
+    let jobs = server.ok(&["get", "jobs", "-o", "name"]);
+    assert!(jobs.lines().filter(|l| l.contains("slow-")).count() <= 3, "{jobs}");
+    server.ok(&["delete", "cronjob", "slow"]);
+
+    // History: with a limit of 1, at most one succeeded Job is kept.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &cron_job("quick", "  schedule: \"@every 2s\"\n  successfulJobsHistoryLimit: 1", "true"),
+    );
+    server.wait_for(
+        &["get", "cronjob", "quick", "-o", "jsonpath={.status.lastSuccessfulTime}"],
+        Duration::from_secs(60),
+        |out| !out.is_empty(),
+    );
+    server.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=quick,reason=SuccessfulDelete",
+            "-o",
+            "name",
+        ],
+        Duration::from_secs(60),
+        |out| !out.is_empty(),
+    );
+    let succeeded = server.ok(&["get", "jobs", "-o", "jsonpath={range .items[?(@.status.succeeded==1)]}{.metadata.ownerReferences[0].name} {end}"]);
+    assert!(succeeded.split_whitespace().filter(|o| *o == "quick").count() <= 2, "{succeeded}");
+    server.ok(&["patch", "cronjob", "quick", "-p", r#"{"spec":{"suspend":true}}"#]);
+
+    // A Job made by hand from the CronJob's template.
+    server.ok(&["create", "job", "--from=cronjob/quick", "by-hand"]);
+    server.ok(&["wait", "--for=condition=complete", "job/by-hand", "--timeout=60s"]);
+
+    // Bad input: upstream's messages, nothing stored.
+    let bad = cron_job("bad", "  schedule: \"61 * * * *\"", "true");
+    let out = server.kubectl_with(common::tool("kubectl"), &["apply", "-f", "-"], Some(&bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.schedule: Invalid value: \"61 * * * *\""), "{err}");
+    let zone = cron_job("zone", "  schedule: \"@hourly\"\n  timeZone: Mars/Olympus_Mons", "true");
+    let out = server.kubectl_with(common::tool("kubectl"), &["apply", "-f", "-"], Some(&zone));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.timeZone: Invalid value: \"Mars/Olympus_Mons\": unknown time zone Mars/Olympus_Mons"), "{err}");
+    let all = server.ok(&["get", "cronjobs", "-o", "name"]);
+    assert!(!all.contains("bad") && !all.contains("zone"), "{all}");
+}

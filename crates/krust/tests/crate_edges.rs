@@ -11,6 +11,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("apiserver", "storage"),
     // PKI and the join protocol: the API server issues, the agent side of the binary joins.
     ("apiserver", "pki"),
+    ("apiserver", "cron"),
+    ("controllers", "cron"),
     // The client machinery (informers, queue, recorder, quantities, the cached pod) that
     // controllers and agent share; they do not depend on each other.
     ("controllers", "controller-runtime"),
