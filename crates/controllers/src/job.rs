@@ -44,6 +44,8 @@ pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-cou
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// The longest back-off.
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
+/// Queue keys of pods (not Jobs) whose tracking finalizer must go: `pod:<ns>/<name>`.
+const ORPHAN_PREFIX: &str = "pod:";
 /// At most this many pods are created in one sync.
 const BURST: usize = 500;
 
@@ -547,10 +549,17 @@ impl JobController {
             let Some(c) = this.upgrade() else { return };
             let (Change::Added(j) | Change::Updated(_, j) | Change::Deleted(j)) = change;
             let key = key_of(j.as_ref());
-            if let Change::Deleted(_) = change {
+            if let Change::Deleted(job) = change {
                 c.expectations.forget(&key);
                 c.lock_failures().remove(&key);
                 c.lock_written().remove(&key);
+                // Its pods' tracking finalizers go with it, or they would never be deleted.
+                for pod in c.pods.by_index(BY_CONTROLLER, job.metadata.uid.as_deref().unwrap_or(""))
+                {
+                    if has_finalizer(&pod) {
+                        c.queue.add(format!("{ORPHAN_PREFIX}{}", key_of(pod.as_ref())));
+                    }
+                }
             }
             c.queue.add(key);
         });
@@ -559,6 +568,9 @@ impl JobController {
             let Some(c) = this.upgrade() else { return };
             match change {
                 Change::Added(pod) => {
+                    if has_finalizer(pod) && c.job_gone(pod) {
+                        c.queue.add(format!("{ORPHAN_PREFIX}{}", key_of(pod.as_ref())));
+                    }
                     if let Some(key) = job_key_of(pod) {
                         c.expectations.created(&key);
                         c.queue.add_batched(key, Duration::from_millis(20));
@@ -567,6 +579,9 @@ impl JobController {
                     }
                 }
                 Change::Updated(old, pod) => {
+                    if has_finalizer(pod) && c.job_gone(pod) {
+                        c.queue.add(format!("{ORPHAN_PREFIX}{}", key_of(pod.as_ref())));
+                    }
                     if let Some(key) = job_key_of(old)
                         && job_key_of(pod).as_ref() != Some(&key)
                     {
@@ -596,6 +611,27 @@ impl JobController {
 
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Instant)>> {
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the Job a pod names as its controller is gone (by name and UID).
+    fn job_gone(&self, pod: &CachedPod) -> bool {
+        let Some(owner) = informer::controller_of(pod).filter(|o| o.kind == "Job") else {
+            return false;
+        };
+        let key = format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name);
+        self.jobs.get(&key).is_none_or(|j| j.metadata.uid.as_deref() != Some(owner.uid.as_str()))
+    }
+
+    /// A pod whose Job is gone loses its tracking finalizer, so that it can be deleted.
+    async fn release_orphan(&self, key: &str) -> Result<Requeue, Error> {
+        let Some(pod) = self.pods.get(key) else { return Ok(Requeue::No) };
+        if !has_finalizer(&pod) || !self.job_gone(&pod) {
+            return Ok(Requeue::No);
+        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        self.remove_finalizer(&api, &pod).await?;
+        Ok(Requeue::No)
     }
 
     fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -630,6 +666,9 @@ impl JobController {
     }
 
     async fn sync(&self, key: &str) -> Result<Requeue, Error> {
+        if let Some(pod) = key.strip_prefix(ORPHAN_PREFIX) {
+            return self.release_orphan(pod).await;
+        }
         let Some(job) = self.jobs.get(key) else { return Ok(Requeue::No) };
         let cached_rv =
             job.metadata.resource_version.as_deref().and_then(|rv| rv.parse::<u64>().ok());

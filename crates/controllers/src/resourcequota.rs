@@ -135,6 +135,61 @@ fn pod_resources(pod: &Pod) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
     (requests, limits)
 }
 
+/// Whether a quota's scopes (`spec.scopes`, `spec.scopeSelector`) select `pod` (as the
+/// admission plugin decides it; a quota without scopes selects every pod).
+pub fn in_scope(quota: &ResourceQuota, pod: &Pod) -> bool {
+    let spec = quota.spec.as_ref();
+    let mut wanted: Vec<(&str, &str, Vec<String>)> = spec
+        .and_then(|s| s.scopes.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|s| (s.as_str(), "Exists", Vec::new()))
+        .collect();
+    for e in spec
+        .and_then(|s| s.scope_selector.as_ref())
+        .and_then(|s| s.match_expressions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        wanted.push((
+            e.scope_name.as_str(),
+            e.operator.as_str(),
+            e.values.clone().unwrap_or_default(),
+        ));
+    }
+    let pod_spec = pod.spec.as_ref();
+    let terminating = pod_spec.and_then(|s| s.active_deadline_seconds).is_some_and(|d| d >= 0);
+    let best_effort = pod_spec.is_none_or(|s| {
+        s.containers.iter().chain(s.init_containers.iter().flatten()).all(|c| {
+            let r = c.resources.as_ref();
+            [r.and_then(|r| r.requests.as_ref()), r.and_then(|r| r.limits.as_ref())]
+                .into_iter()
+                .flatten()
+                .all(|m| !m.contains_key("cpu") && !m.contains_key("memory"))
+        })
+    });
+    let class = pod_spec.and_then(|s| s.priority_class_name.as_deref()).filter(|p| !p.is_empty());
+    wanted.iter().all(|(scope, operator, values)| {
+        let holds = match *scope {
+            "Terminating" => terminating,
+            "NotTerminating" => !terminating,
+            "BestEffort" => best_effort,
+            "NotBestEffort" => !best_effort,
+            "PriorityClass" => {
+                return match *operator {
+                    "In" => class.is_some_and(|p| values.iter().any(|v| v == p)),
+                    "NotIn" => class.is_none_or(|p| !values.iter().any(|v| v == p)),
+                    "Exists" => class.is_some(),
+                    "DoesNotExist" => class.is_none(),
+                    _ => false,
+                };
+            }
+            _ => false,
+        };
+        if *operator == "DoesNotExist" { !holds } else { holds }
+    })
+}
+
 /// The ResourceQuota controller; keys are `namespace/name` of quotas.
 pub struct ResourceQuotaController {
     client: kube::Client,
@@ -221,7 +276,7 @@ impl ResourceQuotaController {
         let namespace = namespace.unwrap_or_default();
         let hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
         let resources: Vec<String> = hard.keys().cloned().collect();
-        let facts = self.facts(namespace, &resources).await?;
+        let facts = self.facts(namespace, &resources, &quota).await?;
         let used = usage(&resources, &facts);
         let status = quota.status.clone().unwrap_or_default();
         if status.hard.as_ref() != Some(&hard) || status.used.as_ref() != Some(&used) {
@@ -237,7 +292,12 @@ impl ResourceQuotaController {
     }
 
     /// Reads what the quota's resources need from the namespace (and nothing else).
-    async fn facts(&self, namespace: &str, resources: &[String]) -> Result<NamespaceFacts, Error> {
+    async fn facts(
+        &self,
+        namespace: &str,
+        resources: &[String],
+        quota: &ResourceQuota,
+    ) -> Result<NamespaceFacts, Error> {
         let wants = |pred: &dyn Fn(&str) -> bool| resources.iter().any(|r| pred(r));
         let params = ListParams::default();
         let mut facts = NamespaceFacts::default();
@@ -254,6 +314,9 @@ impl ResourceQuotaController {
                 if matches!(phase, Some("Succeeded" | "Failed"))
                     || pod.metadata.deletion_timestamp.is_some()
                 {
+                    continue;
+                }
+                if !in_scope(quota, &pod) {
                     continue;
                 }
                 facts.pods.push(pod_resources(&pod));

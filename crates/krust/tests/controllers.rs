@@ -1268,6 +1268,23 @@ fn jobs_fail_by_back_off_limit_and_pod_failure_policy_suspend_and_expire() {
         !out.contains("job.batch/later")
     });
 
+    // Deleting a running Job deletes its pods (their tracking finalizers released).
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &job("forever", "  parallelism: 2\n  completions: 4", "sleep 3600"),
+    );
+    server.wait_for(
+        &["get", "job", "forever", "-o", "jsonpath={.status.active}"],
+        Duration::from_secs(60),
+        |out| out == "2",
+    );
+    server.ok(&["delete", "job", "forever", "--wait=false"]);
+    server.wait_for(
+        &["get", "pods", "-l", "batch.kubernetes.io/job-name=forever", "-o", "name"],
+        Duration::from_secs(60),
+        str::is_empty,
+    );
+
     // Bad input: upstream's messages, nothing stored.
     let out = server.kubectl_with(
         common::tool("kubectl"),

@@ -81,7 +81,39 @@ pub fn cost(group: &str, plural: &str, object: &Value) -> (BTreeMap<String, f64>
                     missing.push(name.to_owned());
                 }
             }
-            for (short, long) in [("cpu", "requests.cpu"), ("memory", "requests.memory")] {
+            // Extended resources (`example.com/dongle`) are quota'd by their requests only.
+            let mut extended: BTreeMap<String, f64> = BTreeMap::new();
+            for c in containers("containers") {
+                for (resource, q) in c
+                    .pointer("/resources/requests")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    if !matches!(resource.as_str(), "cpu" | "memory" | "ephemeral-storage") {
+                        *extended.entry(format!("requests.{resource}")).or_default() += quantity(q);
+                    }
+                }
+            }
+            for c in containers("initContainers") {
+                for (resource, q) in c
+                    .pointer("/resources/requests")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    if !matches!(resource.as_str(), "cpu" | "memory" | "ephemeral-storage") {
+                        let e = extended.entry(format!("requests.{resource}")).or_default();
+                        *e = e.max(quantity(q));
+                    }
+                }
+            }
+            cost.extend(extended);
+            for (short, long) in [
+                ("cpu", "requests.cpu"),
+                ("memory", "requests.memory"),
+                ("ephemeral-storage", "requests.ephemeral-storage"),
+            ] {
                 let v = cost.get(long).copied().unwrap_or(0.0);
                 cost.insert(short.to_owned(), v);
                 if missing.iter().any(|m| m == long) {
@@ -111,6 +143,81 @@ pub fn cost(group: &str, plural: &str, object: &Value) -> (BTreeMap<String, f64>
         _ => {}
     }
     (cost, missing)
+}
+
+/// Whether a quota's scopes (`spec.scopes` and `spec.scopeSelector`) select `object`: a
+/// quota without scopes counts everything; a scoped one counts only pods that match each
+/// scope, as upstream's pod evaluator.
+pub fn in_scope(quota: &Value, plural: &str, object: &Value) -> bool {
+    let mut wanted: Vec<(String, String, Vec<String>)> = quota
+        .pointer("/spec/scopes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|s| (s.to_owned(), "Exists".to_owned(), Vec::new()))
+        .collect();
+    for e in quota
+        .pointer("/spec/scopeSelector/matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = e.get("scopeName").and_then(Value::as_str).unwrap_or("").to_owned();
+        let operator = e.get("operator").and_then(Value::as_str).unwrap_or("").to_owned();
+        let values = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
+        wanted.push((name, operator, values));
+    }
+    if wanted.is_empty() {
+        return true;
+    }
+    if plural != "pods" {
+        return false;
+    }
+    let spec = object.get("spec");
+    let terminating = spec
+        .and_then(|s| s.get("activeDeadlineSeconds"))
+        .and_then(Value::as_i64)
+        .is_some_and(|d| d >= 0);
+    let best_effort = ["containers", "initContainers"].iter().all(|list| {
+        spec.and_then(|s| s.get(*list)).and_then(Value::as_array).into_iter().flatten().all(|c| {
+            ["requests", "limits"].iter().all(|kind| {
+                c.pointer(&format!("/resources/{kind}"))
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| !m.contains_key("cpu") && !m.contains_key("memory"))
+            })
+        })
+    });
+    let priority_class = spec
+        .and_then(|s| s.get("priorityClassName"))
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty());
+    wanted.iter().all(|(scope, operator, values)| {
+        let holds = match scope.as_str() {
+            "Terminating" => terminating,
+            "NotTerminating" => !terminating,
+            "BestEffort" => best_effort,
+            "NotBestEffort" => !best_effort,
+            "PriorityClass" => {
+                return match operator.as_str() {
+                    "In" => priority_class.is_some_and(|p| values.iter().any(|v| v == p)),
+                    "NotIn" => priority_class.is_none_or(|p| !values.iter().any(|v| v == p)),
+                    "Exists" => priority_class.is_some(),
+                    "DoesNotExist" => priority_class.is_none(),
+                    _ => false,
+                };
+            }
+            _ => false,
+        };
+        if operator == "DoesNotExist" { !holds } else { holds }
+    })
 }
 
 /// A number as a quota shows it.
@@ -203,6 +310,9 @@ impl Validating for ResourceQuota {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
+                if !in_scope(&quota, &attributes.rt.plural, object) {
+                    continue;
+                }
                 let hard = quota
                     .pointer("/spec/hard")
                     .and_then(Value::as_object)
@@ -265,6 +375,32 @@ impl Validating for ResourceQuota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_quotas_select_pods_by_deadline_qos_and_priority_class() {
+        let best_effort = json!({"spec": {"containers": [{"name": "c"}]}});
+        let burstable = json!({"spec": {"activeDeadlineSeconds": 60, "priorityClassName": "high",
+            "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}});
+        let quota = |spec: Value| json!({"spec": spec});
+        let be = quota(json!({"scopes": ["BestEffort"]}));
+        assert!(in_scope(&be, "pods", &best_effort) && !in_scope(&be, "pods", &burstable));
+        let term = quota(json!({"scopes": ["Terminating", "NotBestEffort"]}));
+        assert!(in_scope(&term, "pods", &burstable) && !in_scope(&term, "pods", &best_effort));
+        let high = quota(
+            json!({"scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}),
+        );
+        assert!(in_scope(&high, "pods", &burstable) && !in_scope(&high, "pods", &best_effort));
+        // A scoped quota counts pods only; an unscoped one, everything.
+        assert!(!in_scope(&be, "services", &json!({})));
+        assert!(in_scope(&quota(json!({})), "services", &json!({})));
+        let (cost, _) = cost(
+            "",
+            "pods",
+            &json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"example.com/dongle": "2", "ephemeral-storage": "1Gi"}}}]}}),
+        );
+        assert_eq!(cost["requests.example.com/dongle"], 2.0);
+        assert_eq!(cost["ephemeral-storage"], 1073741824.0);
+    }
 
     #[test]
     fn objects_cost_what_upstream_charges() {
