@@ -58,6 +58,16 @@ pub fn parse(text: &str) -> Option<Sign> {
 
 /// A well-formed quantity's value as a number (cores, bytes), for comparisons such as the QoS
 /// class; `None` when it does not parse.
+/// A sum of quantities as the API shows it: whole numbers plainly, fractions in
+/// thousandths (CPU).
+pub fn format_value(value: f64) -> String {
+    if (value - value.round()).abs() < 1e-9 {
+        format!("{}", value.round() as i64)
+    } else {
+        format!("{}m", (value * 1000.0).ceil() as i64)
+    }
+}
+
 pub fn value(text: &str) -> Option<f64> {
     parse(text)?;
     let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());

@@ -1389,3 +1389,79 @@ fn cron_jobs_run_on_schedule_forbid_overlaps_keep_history_and_refuse_bad_schedul
     let all = server.ok(&["get", "cronjobs", "-o", "name"]);
     assert!(!all.contains("bad") && !all.contains("zone"), "{all}");
 }
+
+#[test]
+fn limit_ranges_default_and_bound_pods_and_scoped_quotas_count_their_pods() {
+    let server = KrustServer::start_control_plane(&[]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"apiVersion: v1
+kind: LimitRange
+metadata: {name: limits}
+spec:
+  limits:
+  - type: Container
+    min: {cpu: 50m}
+    max: {cpu: 500m, memory: 512Mi}
+    defaultRequest: {cpu: 100m}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: best-effort}
+spec:
+  hard: {pods: "5"}
+  scopes: [BestEffort]
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: not-best-effort}
+spec:
+  hard: {pods: "5"}
+  scopes: [NotBestEffort]
+"#,
+    );
+    // Upstream's defaults of the LimitRange itself: the default limit is the max.
+    let defaults = server.ok(&[
+        "get",
+        "limitrange",
+        "limits",
+        "-o",
+        "jsonpath={.spec.limits[0].default.cpu}/{.spec.limits[0].defaultRequest.memory}",
+    ]);
+    assert_eq!(defaults, "500m/512Mi");
+    server.wait_for(
+        &["get", "resourcequota", "best-effort", "-o", "jsonpath={.status.used.pods}"],
+        Duration::from_secs(30),
+        |out| out == "0",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &pod_yaml("plain", ""));
+    let resources = server.ok(&["get", "pod", "plain", "-o", "jsonpath={.spec.containers[0].resources.requests.cpu}/{.spec.containers[0].resources.limits.cpu}/{.spec.containers[0].resources.limits.memory}"]);
+    assert_eq!(resources, "100m/500m/512Mi");
+    let note = server.ok(&[
+        "get",
+        "pod",
+        "plain",
+        "-o",
+        "jsonpath={.metadata.annotations.kubernetes\\.io/limit-ranger}",
+    ]);
+    assert!(
+        note.starts_with("LimitRanger plugin set: cpu, memory request for container c"),
+        "{note}"
+    );
+    // Beyond the max: refused, with upstream's words.
+    let big = pod_yaml("big", "    resources: {limits: {cpu: '2'}}\n");
+    let out = server.kubectl_with(common::tool("kubectl"), &["apply", "-f", "-"], Some(&big));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("maximum cpu usage per Container is 500m, but limit is 2"), "{err}");
+    // The defaulted pod is not best effort: only the NotBestEffort quota counts it.
+    server.wait_for(
+        &[
+            "get",
+            "resourcequota",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.used.pods} {end}",
+        ],
+        Duration::from_secs(30),
+        |out| out.split_whitespace().collect::<Vec<_>>() == ["best-effort=0", "not-best-effort=1"],
+    );
+}

@@ -7,6 +7,7 @@
 pub mod allocations;
 pub mod certificates;
 pub mod default_toleration_seconds;
+pub mod limit_ranger;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
 pub mod node_restriction;
@@ -264,6 +265,7 @@ impl Admission {
         if let Some(config) = pod_security {
             validating.push(Box::new(pod_security::PodSecurity { config }));
         }
+        validating.push(Box::new(limit_ranger::LimitRanger));
         validating.push(Box::new(resource_quota::ResourceQuota));
         Admission {
             mutating: vec![
@@ -281,6 +283,7 @@ impl Admission {
                 Box::new(certificates::CertificateRequester),
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),
                 Box::new(priority::Priority),
+                Box::new(limit_ranger::LimitRanger),
             ],
             validating,
         }

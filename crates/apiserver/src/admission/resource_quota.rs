@@ -220,14 +220,7 @@ pub fn in_scope(quota: &Value, plural: &str, object: &Value) -> bool {
     })
 }
 
-/// A number as a quota shows it.
-fn shown(value: f64) -> String {
-    if (value - value.round()).abs() < 1e-9 {
-        format!("{}", value.round() as i64)
-    } else {
-        format!("{}m", (value * 1000.0).ceil() as i64)
-    }
-}
+use crate::quantity::format_value as shown;
 
 /// One resource over its limit.
 struct Over<'r> {
