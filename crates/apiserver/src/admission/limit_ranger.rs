@@ -179,7 +179,7 @@ fn check(
     }
 }
 
-fn map_at<'v>(v: &'v Value, pointer: &str) -> Map<String, Value> {
+fn map_at(v: &Value, pointer: &str) -> Map<String, Value> {
     v.pointer(pointer).and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
