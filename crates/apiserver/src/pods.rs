@@ -238,7 +238,8 @@ async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value) -> ApiResult<(
                 "The disruption budget {pdb_name} needs {desired_healthy} healthy pods and has {healthy} currently"
             ),
         ));
-        error.retry_after = Some(10);
+        // No Retry-After, as upstream: clients (kubectl drain) retry on their own schedule
+        // and within their own timeout, which a server-set delay would override.
         return Err(error);
     }
     Ok(())

@@ -15,6 +15,7 @@ pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
@@ -43,6 +44,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Namespace, Node, ReplicationController, ResourceQuota, Service, ServiceAccount,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use kube::runtime::watcher;
@@ -79,6 +81,7 @@ pub struct Informers {
     controller_revisions: Arc<Informer<ControllerRevision>>,
     jobs: Arc<Informer<Job>>,
     cron_jobs: Arc<Informer<CronJob>>,
+    pod_disruption_budgets: Arc<Informer<PodDisruptionBudget>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
@@ -150,6 +153,7 @@ impl Informers {
             controller_revisions: Informer::new(),
             jobs: Informer::new(),
             cron_jobs: Informer::new(),
+            pod_disruption_budgets: Informer::new(),
             service_accounts: Informer::new(),
             services: Informer::new(),
             node_leases: Informer::new(),
@@ -177,6 +181,7 @@ impl Informers {
     informer_getter!(controller_revisions, ControllerRevision, "controllerrevisions");
     informer_getter!(jobs, Job, "jobs");
     informer_getter!(cron_jobs, CronJob, "cronjobs");
+    informer_getter!(pod_disruption_budgets, PodDisruptionBudget, "poddisruptionbudgets");
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
     informer_getter!(cluster_roles, ClusterRole, "clusterroles");
@@ -357,6 +362,17 @@ pub fn controller_manager(
         informers.cron_jobs(),
         jobs.clone(),
     );
+    let disruption = disruption::DisruptionController::new(
+        as_sa("disruption-controller"),
+        disruption::Sources {
+            budgets: informers.pod_disruption_budgets(),
+            pods: pods.clone(),
+            replica_sets: replica_sets.clone(),
+            deployments: informers.deployments(),
+            stateful_sets: informers.stateful_sets(),
+            replication_controllers: replication_controllers.clone(),
+        },
+    );
     let service_account = serviceaccount::ServiceAccountController::new(
         as_sa("service-account-controller"),
         informers.namespaces(),
@@ -427,6 +443,7 @@ pub fn controller_manager(
             let daemon_set = daemon_set.clone();
             let job = job.clone();
             let cron_job = cron_job.clone();
+            let disruption = disruption.clone();
             let ttl_after_finished = ttl_after_finished.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
@@ -450,6 +467,7 @@ pub fn controller_manager(
                     daemon_set.run(config.workers),
                     job.run(config.workers),
                     cron_job.run(config.workers),
+                    disruption.run(config.workers),
                     ttl_after_finished.run(),
                     service_account.run(),
                     endpoints.run(config.workers),

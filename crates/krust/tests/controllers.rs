@@ -1465,3 +1465,50 @@ spec:
         |out| out.split_whitespace().collect::<Vec<_>>() == ["best-effort=0", "not-best-effort=1"],
     );
 }
+
+#[test]
+fn disruption_budgets_report_status_and_hold_a_drain() {
+    let server = KrustServer::start_control_plane(&[]);
+    let _sim = SimNodes::start(&server, "pdb", 2, &[]);
+    server.ok(&["cordon", "pdb-1"]);
+    server.ok_stdin(&["apply", "-f", "-"], &deployment("guarded", 2, "v1", "1"));
+    server.wait_for(
+        &["get", "deployment", "guarded", "-o", "jsonpath={.status.readyReplicas}"],
+        Duration::from_secs(60),
+        |out| out == "2",
+    );
+    server.ok(&["uncordon", "pdb-1"]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: guard}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: guarded}}\n",
+    );
+    let status = [
+        "get",
+        "pdb",
+        "guard",
+        "-o",
+        "jsonpath={.status.expectedPods}/{.status.currentHealthy}/{.status.desiredHealthy}/{.status.disruptionsAllowed}/{.status.conditions[0].reason}",
+    ];
+    server.wait_for(&status, Duration::from_secs(30), |out| out == "2/2/2/0/InsufficientPods");
+    // No disruption allowed: the drain cannot evict.
+    let out = server.kubectl(&["drain", "pdb-0", "--ignore-daemonsets", "--timeout=5s"]);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("disruption budget"), "{text}");
+    // One allowed: the drain evicts a pod at a time, as replacements become ready elsewhere.
+    server.ok(&[
+        "patch",
+        "pdb",
+        "guard",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":null,"maxUnavailable":1}}"#,
+    ]);
+    server.wait_for(&status, Duration::from_secs(30), |out| out == "2/2/1/1/SufficientPods");
+    server.ok(&["drain", "pdb-0", "--ignore-daemonsets", "--timeout=90s"]);
+    server.wait_for(
+        &["get", "pods", "-l", "app=guarded", "-o", "jsonpath={.items[*].spec.nodeName}"],
+        Duration::from_secs(60),
+        |out| out.split_whitespace().collect::<Vec<_>>() == ["pdb-1", "pdb-1"],
+    );
+}

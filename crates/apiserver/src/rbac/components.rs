@@ -33,12 +33,13 @@ fn nodes() -> Value {
 
 /// What krust's controllers do by patch where upstream's replace the object: the `patch`
 /// verb on exactly those, beside each controller's upstream role (which stays upstream's).
-const CONTROLLER_PATCHES: [(&str, &str, &[&str]); 9] = [
+const CONTROLLER_PATCHES: [(&str, &str, &[&str]); 10] = [
     ("deployment-controller", "apps", &["deployments", "deployments/status"]),
     ("statefulset-controller", "apps", &["statefulsets/status", "controllerrevisions"]),
     ("daemon-set-controller", "apps", &["daemonsets/status"]),
     ("job-controller", "batch", &["jobs/status"]),
     ("cronjob-controller", "batch", &["cronjobs/status"]),
+    ("disruption-controller", "policy", &["poddisruptionbudgets/status"]),
     ("replicaset-controller", "apps", &["replicasets/status"]),
     ("replication-controller", "", &["replicationcontrollers/status"]),
     ("namespace-controller", "", &["namespaces/status"]),
