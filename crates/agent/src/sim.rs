@@ -299,7 +299,12 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
                     .await
                     .map(|_| ()),
                 Some(ip) => {
-                    let status = running_status(&pod, &addresses(index).0, &ip);
+                    let mut status = running_status(&pod, &addresses(index).0, &ip);
+                    if let Some(code) =
+                        pod.labels().get(EXIT_CODE_LABEL).and_then(|c| c.parse::<i32>().ok())
+                    {
+                        finish(&mut status, code);
+                    }
                     api.patch_status(
                         &pod.name_any(),
                         &PatchParams::default(),
@@ -317,6 +322,29 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
                 }
             }
         });
+    }
+}
+
+/// A pod with this label runs to completion at once on a simulated node: its containers
+/// exit with the label's value (0: the pod Succeeded, else it Failed). Jobs at scale are
+/// measured this way (`krust bench workloads`).
+pub const EXIT_CODE_LABEL: &str = "sim.krust.io/exit-code";
+
+/// Turns a running status into a finished one, every container exited with `code`.
+fn finish(status: &mut serde_json::Value, code: i32) {
+    let Some(s) = status.get_mut("status").and_then(|s| s.as_object_mut()) else { return };
+    s.insert("phase".into(), json!(if code == 0 { "Succeeded" } else { "Failed" }));
+    let now = s.get("startTime").cloned().unwrap_or(serde_json::Value::Null);
+    for c in s.get_mut("containerStatuses").and_then(|c| c.as_array_mut()).into_iter().flatten() {
+        c["ready"] = json!(false);
+        c["started"] = json!(false);
+        c["state"] = json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "startedAt": now, "finishedAt": now}});
+    }
+    for cond in s.get_mut("conditions").and_then(|c| c.as_array_mut()).into_iter().flatten() {
+        if cond["type"] == "Ready" || cond["type"] == "ContainersReady" {
+            cond["status"] = json!("False");
+            cond["reason"] = json!("PodCompleted");
+        }
     }
 }
 

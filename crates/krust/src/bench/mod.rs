@@ -7,6 +7,7 @@ mod api;
 mod pods;
 mod scheduler;
 mod services;
+mod workloads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,9 @@ enum BenchCommand {
     /// Services: the service proxy's rule programming beside kube-proxy's iptables-restore,
     /// and cluster DNS queries beside the host's resolver (needs root).
     Services(services::ServicesBenchArgs),
+    /// Workload controllers at scale on simulated nodes: a DaemonSet created and rolled
+    /// beside a Deployment of as many replicas, Jobs run to completion, CronJobs due at once.
+    Workloads(workloads::WorkloadsBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -55,6 +59,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Pods(args) => pods::run(args).await,
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
         BenchCommand::Services(args) => services::run(args).await,
+        BenchCommand::Workloads(args) => workloads::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(

@@ -1,0 +1,266 @@
+//! `krust bench workloads`: the workload controllers at scale on simulated nodes (a
+//! `krust sim nodes` child) against a real `krust server` child with its in-process
+//! scheduler and controllers: a DaemonSet created and rolled across every node beside a
+//! Deployment of as many replicas (the same pods-per-second path, measured in the same
+//! run), Jobs of one pod each run to completion (the simulated kubelet finishes pods
+//! labelled `sim.krust.io/exit-code`), and CronJobs all due in the same minute.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+
+use super::api::Server;
+
+/// Flags of `krust bench workloads`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkloadsBenchArgs {
+    /// Simulated nodes (the DaemonSet's pods, and where Jobs run).
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Jobs of one pod each.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// CronJobs due in the same minute.
+    #[arg(long, default_value_t = 1000)]
+    cron_jobs: usize,
+    /// The DaemonSet's rolling update budget.
+    #[arg(long, default_value = "10%")]
+    max_unavailable: String,
+}
+
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn template(app: &str, extra_labels: serde_json::Value) -> serde_json::Value {
+    let mut labels = serde_json::json!({"app": app});
+    if let (Some(l), Some(extra)) = (labels.as_object_mut(), extra_labels.as_object()) {
+        l.extend(extra.clone());
+    }
+    serde_json::json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "registry.local/agent:1.0",
+                                 "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}
+    })
+}
+
+/// Polls `done` every 200 ms until it holds or `timeout` passes; the time it took.
+async fn until<F, Fut>(timeout: Duration, what: &str, mut done: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if done().await? {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(start.elapsed() < timeout, "{what}: not done within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
+    let server = Server::start_with("workloads", &[])?;
+    let client = server.client().await?;
+    let _sim = Sim(Command::new(std::env::current_exe()?)
+        .args(["sim", "nodes", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .args(["--count", &args.nodes.to_string(), "--parallel", "128"])
+        .env("KRUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let registered =
+        until(Duration::from_secs(600), "node registration", || {
+            let nodes = nodes.clone();
+            async move {
+                Ok(nodes.list_metadata(&ListParams::default()).await?.items.len() >= args.nodes)
+            }
+        })
+        .await?;
+    println!("{} simulated nodes registered in {:.1} s", args.nodes, registered.as_secs_f64());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))?,
+        )
+        .await?;
+    let n = args.nodes as i32;
+
+    // A Deployment of one replica per node: the reference rate on the same path.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "bench");
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "reference"},
+        "spec": {"replicas": n, "selector": {"matchLabels": {"app": "reference"}}, "template": template("reference", serde_json::json!({}))}
+    }))?;
+    deployments.create(&PostParams::default(), &d).await?;
+    let took = until(Duration::from_secs(1800), "the Deployment", || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("reference").await?;
+            Ok(d.status.and_then(|s| s.available_replicas).unwrap_or(0) >= n)
+        }
+    })
+    .await?;
+    let deployment_rate = f64::from(n) / took.as_secs_f64();
+    println!(
+        "Deployment of {n} replicas available in {:.2} s: {deployment_rate:.0} pods/s",
+        took.as_secs_f64()
+    );
+    deployments.delete_collection(&Default::default(), &ListParams::default()).await?;
+
+    // The DaemonSet: created on every node, then rolled.
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), "bench");
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": template("agent", serde_json::json!({})),
+                 "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": args.max_unavailable}}}
+    }))?;
+    daemon_sets.create(&PostParams::default(), &ds).await?;
+    let ready = |updated: bool| {
+        let daemon_sets = daemon_sets.clone();
+        move || {
+            let daemon_sets = daemon_sets.clone();
+            async move {
+                let ds = daemon_sets.get("agent").await?;
+                let s = ds.status.unwrap_or_default();
+                let fresh = ds.metadata.generation == s.observed_generation;
+                Ok(fresh
+                    && s.desired_number_scheduled == n
+                    && s.number_available.unwrap_or(0) == n
+                    && (!updated || s.updated_number_scheduled.unwrap_or(0) == n))
+            }
+        }
+    };
+    let took = until(Duration::from_secs(1800), "the DaemonSet", ready(false)).await?;
+    let created_rate = f64::from(n) / took.as_secs_f64();
+    println!(
+        "DaemonSet on {n} nodes available in {:.2} s: {created_rate:.0} pods/s ({:.2}× the Deployment's rate)",
+        took.as_secs_f64(),
+        created_rate / deployment_rate
+    );
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"bench/rolled": "1"}}}}});
+    daemon_sets.patch("agent", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let took = until(Duration::from_secs(3600), "the DaemonSet's roll", ready(true)).await?;
+    println!(
+        "DaemonSet rolled across {n} nodes (maxUnavailable {}) in {:.2} s: {:.0} pods replaced/s",
+        args.max_unavailable,
+        took.as_secs_f64(),
+        f64::from(n) / took.as_secs_f64()
+    );
+    daemon_sets.delete("agent", &Default::default()).await?;
+
+    // Jobs of one pod each, run to completion.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "bench");
+    let start = Instant::now();
+    let job_template = template("job", serde_json::json!({(agent::sim::EXIT_CODE_LABEL): "0"}));
+    let mut creating = futures::stream::iter(0..args.jobs)
+        .map(|i| {
+            let jobs = jobs.clone();
+            let mut t = job_template.clone();
+            t["spec"]["restartPolicy"] = serde_json::json!("Never");
+            async move {
+                let job: Job = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("job-{i}")}, "spec": {"template": t}}))?;
+                jobs.create(&PostParams::default(), &job).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32);
+    while let Some(r) = creating.next().await {
+        r?;
+    }
+    let created = start.elapsed();
+    let total = args.jobs;
+    until(Duration::from_secs(3600), "the Jobs", || {
+        let jobs = jobs.clone();
+        async move {
+            let list = jobs.list(&ListParams::default()).await?;
+            let complete = list.items.iter().filter(|j| complete(j)).count();
+            Ok(complete >= total)
+        }
+    })
+    .await?;
+    let took = start.elapsed();
+    println!(
+        "{total} Jobs of one pod created in {:.2} s and all Complete after {:.2} s: {:.0} jobs/s",
+        created.as_secs_f64(),
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    jobs.delete_collection(&Default::default(), &ListParams::default()).await?;
+
+    // CronJobs due in the same minute: created just after a minute starts, they first run at
+    // the next; measured from that minute until every one has its Job.
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), "bench");
+    let now = jiff::Timestamp::now();
+    let into_minute = now.as_second().rem_euclid(60);
+    if into_minute > 40 {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(62 - into_minute).unwrap_or(0))).await;
+    }
+    let mut creating = futures::stream::iter(0..args.cron_jobs)
+        .map(|i| {
+            let cron_jobs = cron_jobs.clone();
+            let mut t = job_template.clone();
+            t["spec"]["restartPolicy"] = serde_json::json!("Never");
+            async move {
+                let cj: CronJob = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("cron-{i}")},
+                    "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": t}}}
+                }))?;
+                cron_jobs.create(&PostParams::default(), &cj).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32);
+    while let Some(r) = creating.next().await {
+        r?;
+    }
+    let minute = (jiff::Timestamp::now().as_second() / 60 + 1) * 60;
+    let due = jiff::Timestamp::from_second(minute)?;
+    let wait = due - jiff::Timestamp::now();
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or(Duration::ZERO)).await;
+    let expected = args.cron_jobs;
+    let took = until(Duration::from_secs(120), "the CronJobs' Jobs", || {
+        let jobs = jobs.clone();
+        async move {
+            let list = jobs.list_metadata(&ListParams::default()).await?;
+            let started = list
+                .items
+                .iter()
+                .filter(|j| {
+                    j.metadata.name.as_deref().is_some_and(|n| {
+                        n.starts_with("cron-") && n.ends_with(&format!("-{}", minute / 60))
+                    })
+                })
+                .count();
+            Ok(started >= expected)
+        }
+    })
+    .await?;
+    println!(
+        "{expected} CronJobs due at the same minute: all their Jobs created {:.2} s after it",
+        took.as_secs_f64()
+    );
+    println!("server RSS: {:.1} MiB", server.rss_mib());
+    Ok(())
+}
+
+/// Whether a Job has its Complete condition.
+fn complete(job: &Job) -> bool {
+    job.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().flatten().any(|c| c.type_ == "Complete" && c.status == "True")
+    })
+}
