@@ -465,7 +465,9 @@ pub fn controller_manager(
                     deployment.run(config.workers),
                     stateful_set.run(config.workers),
                     daemon_set.run(config.workers),
-                    job.run(config.workers),
+                    // A Job sync waits on several writes in a row (its tracking protocol):
+                    // more of them in flight keep many small Jobs moving.
+                    job.run(config.workers * 4),
                     cron_job.run(config.workers),
                     disruption.run(config.workers),
                     ttl_after_finished.run(),

@@ -573,6 +573,35 @@ impl Scheduler {
         {
             return Ok(node.name.clone());
         }
+        // A pod pinned by name (a DaemonSet's) is checked against its nodes only; the rest
+        // count as not matching its node affinity.
+        if let Some(names) = framework::named_nodes(&pod.pod) {
+            let mut feasible: Vec<&NodeInfo> = Vec::new();
+            let mut examined = 0;
+            for node in names.iter().filter_map(|n| state.nodes.get(n)) {
+                examined += 1;
+                match framework::filter(pod, node, cluster.as_ref())
+                    .or_else(|| state.held_for_others(pod, node))
+                {
+                    None => feasible.push(node),
+                    Some(unfit) => *reasons.entry(unfit).or_insert(0) += 1,
+                }
+            }
+            if total > examined {
+                *reasons.entry(Unfit::NodeAffinity).or_insert(0) += total - examined;
+            }
+            if feasible.is_empty() {
+                return Err(reasons);
+            }
+            let node_count = total.max(1) as f64;
+            let spread = |image: &str| {
+                state.image_nodes.get(image).copied().unwrap_or(0) as f64 / node_count
+            };
+            let scores =
+                framework::score(pod, &feasible, cluster.as_ref(), self.config.strategy, &spread);
+            let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+            return Ok(feasible[best].name.clone());
+        }
         let want = self.nodes_to_find(total);
         let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(want.min(total));
         let start = state.next_start % total;
