@@ -508,9 +508,6 @@ impl NodeInfo {
     }
 }
 
-/// Why a node was ruled out, in upstream's words (counted per reason in the
-/// FailedScheduling message).
-
 /// The only nodes a pod may go to when its required node affinity names them (every term
 /// has a `metadata.name In [...]` field requirement, as a DaemonSet's pods do): upstream's
 /// NodeAffinity PreFilter result, which spares examining every other node.
@@ -537,6 +534,8 @@ pub fn named_nodes(pod: &CachedPod) -> Option<Vec<&str>> {
     (!terms.is_empty()).then_some(names)
 }
 
+/// Why a node was ruled out, in upstream's words (counted per reason in the
+/// FailedScheduling message).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Unfit {
     /// `spec.unschedulable` (cordoned).
