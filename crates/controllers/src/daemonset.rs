@@ -33,6 +33,9 @@ use crate::queue::{Queue, Requeue, run_workers};
 use crate::replicaset::{Expectations, controller_ref, is_available, is_ready};
 use crate::selectors::{label_selector_matches, node_selector_term_matches, untolerated};
 
+/// At most this many pods are created in one sync (upstream's burstReplicas is 250).
+const BURST: usize = 500;
+
 /// The pod label holding the template hash a daemon pod was made from.
 pub const HASH_LABEL: &str = "controller-revision-hash";
 /// The deprecated pod label holding the set's generation at the pod's creation.
@@ -76,8 +79,11 @@ pub fn eligible(
     tolerations: &[Toleration],
     node: &Node,
 ) -> (bool, bool) {
+    static NO_LABELS: std::collections::BTreeMap<String, String> =
+        std::collections::BTreeMap::new();
     let name = node.metadata.name.as_deref().unwrap_or("");
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    // Borrowed: this runs for every node on every sync.
+    let labels = node.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
     let spec = template.spec.as_ref();
     if let Some(wanted) = spec.and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
         && wanted != name
@@ -600,9 +606,14 @@ impl DaemonSetController {
     ) -> Result<(), Error> {
         let namespace = set.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        // At most BURST creations a sync, in slow-start batches (1, 2, 4…) as the ReplicaSet
+        // controller does: a systematic failure costs one request, and the scheduler and the
+        // nodes start on the first pods while the rest are made. The next sync (once these
+        // are seen) makes the others.
+        let create = &plan.create[..plan.create.len().min(BURST)];
         self.expectations.expect(
             key,
-            plan.create.len() as i64,
+            create.len() as i64,
             plan.delete
                 .iter()
                 .map(|(name, _)| format!("{namespace}/{name}"))
@@ -610,31 +621,42 @@ impl DaemonSetController {
         );
         let template = history::template_of(revision).unwrap_or_else(|| set.spec.template.clone());
         let mut first_error = None;
-        let creates = futures::future::join_all(plan.create.iter().map(|node| {
-            let pod = pod_for(set, &template, hash, node);
-            let api = api.clone();
-            async move { (node, api.create(&PostParams::default(), &pod).await) }
-        }))
-        .await;
-        for (node, result) in creates {
-            match result {
-                Ok(pod) => self.recorder.record(
-                    object_ref(set),
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    format!("Created pod: {}", pod.name_any()),
-                ),
-                Err(e) => {
-                    self.expectations.created(key);
-                    self.recorder.record(
+        let mut made = 0;
+        let mut batch = 1;
+        while made < create.len() && first_error.is_none() {
+            let chunk = &create[made..(made + batch).min(create.len())];
+            made += chunk.len();
+            batch *= 2;
+            let creates = futures::future::join_all(chunk.iter().map(|node| {
+                let pod = pod_for(set, &template, hash, node);
+                let api = api.clone();
+                async move { (node, api.create(&PostParams::default(), &pod).await) }
+            }))
+            .await;
+            for (node, result) in creates {
+                match result {
+                    Ok(pod) => self.recorder.record(
                         object_ref(set),
-                        EventType::Warning,
-                        "FailedCreate",
-                        format!("Error creating pod for node {node}: {e}"),
-                    );
-                    first_error.get_or_insert(e);
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", pod.name_any()),
+                    ),
+                    Err(e) => {
+                        self.expectations.created(key);
+                        self.recorder.record(
+                            object_ref(set),
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!("Error creating pod for node {node}: {e}"),
+                        );
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
+        }
+        // Creations never attempted are not expected either.
+        for _ in made..create.len() {
+            self.expectations.created(key);
         }
         for (name, uid) in &plan.delete {
             let params = DeleteParams {
