@@ -98,10 +98,7 @@ pub fn eligible(
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
         .is_none_or(|required| {
-            required
-                .node_selector_terms
-                .iter()
-                .any(|t| node_selector_term_matches(t, name, &labels))
+            required.node_selector_terms.iter().any(|t| node_selector_term_matches(t, name, labels))
         });
     if !selected || !affine {
         return (false, false);
