@@ -171,19 +171,18 @@ pub async fn evict(
     }
     let rt = pods_type(rest)?;
     let pod = rest.get(&rt, Some(namespace), name).await?.object;
-    // A pod that is finished, already going, or not ready costs no budget (upstream's
-    // default unhealthyPodEvictionPolicy for unready pods is the same in effect).
+    // A pod that is finished or already going costs no budget; an unready one is weighed by
+    // the budget's unhealthyPodEvictionPolicy.
     let free = is_terminal(&pod)
-        || pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
-        || !is_ready(&pod);
+        || pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
     if !free {
-        check_budgets(rest, namespace, &pod).await?;
+        check_budgets(rest, namespace, &pod, is_ready(&pod)).await?;
     }
     rest.delete(&rt, Some(namespace), name, &delete).await?;
     Ok(success(201))
 }
 
-async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value) -> ApiResult<()> {
+async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value, ready: bool) -> ApiResult<()> {
     let Some(pdbs) = rest.registry.lookup("policy", "v1", "poddisruptionbudgets") else {
         return Ok(());
     };
@@ -226,7 +225,16 @@ async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value) -> ApiResult<(
     } else {
         0
     };
-    if healthy - 1 < desired_healthy {
+    // An unready pod takes nothing from the healthy count: `AlwaysAllow` lets it go at
+    // once, the default `IfHealthyBudget` only while the budget holds.
+    let allowed = if ready {
+        healthy - 1 >= desired_healthy
+    } else {
+        pdb.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str)
+            == Some("AlwaysAllow")
+            || healthy >= desired_healthy
+    };
+    if !allowed {
         let pdb_name = pdb.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         let mut error = ApiError::too_many_requests(
             "Cannot evict pod as it would violate the pod's disruption budget.",

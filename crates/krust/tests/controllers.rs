@@ -1506,6 +1506,41 @@ fn disruption_budgets_report_status_and_hold_a_drain() {
     ]);
     server.wait_for(&status, Duration::from_secs(30), |out| out == "2/2/1/1/SufficientPods");
     server.ok(&["drain", "pdb-0", "--ignore-daemonsets", "--timeout=90s"]);
+
+    // An unready pod under a budget that does not hold: refused under the default
+    // IfHealthyBudget, let go under AlwaysAllow.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: stray, labels: {app: guarded}}\nspec:\n  nodeName: nowhere\n  containers: [{name: c, image: busybox}]\n",
+    );
+    server.ok(&[
+        "patch",
+        "pdb",
+        "guard",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"maxUnavailable":null,"minAvailable":3}}"#,
+    ]);
+    let evict = || {
+        server.kubectl_with(
+            common::tool("kubectl"),
+            &["create", "--raw", "/api/v1/namespaces/default/pods/stray/eviction", "-f", "-"],
+            Some(r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"stray","namespace":"default"}}"#),
+        )
+    };
+    let out = evict();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("disruption budget"), "{err}");
+    server.ok(&[
+        "patch",
+        "pdb",
+        "guard",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"unhealthyPodEvictionPolicy":"AlwaysAllow"}}"#,
+    ]);
+    let out = evict();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.wait_for(
         &["get", "pods", "-l", "app=guarded", "-o", "jsonpath={.items[*].spec.nodeName}"],
         Duration::from_secs(60),
