@@ -228,7 +228,7 @@ async fn check_budgets(rest: &Rest, namespace: &str, pod: &Value, ready: bool) -
     // An unready pod takes nothing from the healthy count: `AlwaysAllow` lets it go at
     // once, the default `IfHealthyBudget` only while the budget holds.
     let allowed = if ready {
-        healthy - 1 >= desired_healthy
+        healthy > desired_healthy
     } else {
         pdb.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str)
             == Some("AlwaysAllow")
