@@ -19,16 +19,17 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodTemplateSpec, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::history;
-use crate::informer::{self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of};
+use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
+use crate::pod_control;
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::replicaset::{Expectations, controller_ref, is_available, is_ready};
 use crate::selectors::{label_selector_matches, node_selector_term_matches, untolerated};
@@ -534,7 +535,11 @@ impl DaemonSetController {
         let name = set.name_any();
         // Read before the pods: a creation seen after the list was taken must not count.
         let satisfied = self.expectations.satisfied(key);
-        let pods = self.claim_pods(&set, &namespace).await?;
+        let selector = &set.spec.selector;
+        let adopt = !crate::selectors::is_empty_selector(selector);
+        let selects = |p: &CachedPod| label_selector_matches(selector, p.labels());
+        let pods =
+            pod_control::claim_pods(&self.client, &self.pods, set.as_ref(), selects, adopt).await?;
         let (revision, hash) = self.revision(&set, &namespace, &pods).await?;
         let tolerations = daemon_tolerations(&set.spec.template);
         let mut by_node: BTreeMap<&str, Vec<&CachedPod>> = BTreeMap::new();
@@ -655,74 +660,22 @@ impl DaemonSetController {
         for _ in made..create.len() {
             self.expectations.created(key);
         }
-        for (name, uid) in &plan.delete {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(name, &params).await {
-                Ok(_) => self.recorder.record(
-                    object_ref(set),
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
-                ),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                    self.expectations.deleted(key, &format!("{namespace}/{name}"));
-                }
-                Err(e) => {
-                    self.expectations.deleted(key, &format!("{namespace}/{name}"));
-                    first_error.get_or_insert(e);
-                }
-            }
+        if let Some(e) = pod_control::delete_pods(
+            &api,
+            &self.recorder,
+            set,
+            &self.expectations,
+            key,
+            &plan.delete,
+        )
+        .await
+        {
+            first_error.get_or_insert(e);
         }
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
-    }
-
-    async fn claim_pods(
-        &self,
-        set: &DaemonSet,
-        namespace: &str,
-    ) -> Result<Vec<Arc<CachedPod>>, Error> {
-        let uid = set.uid().unwrap_or_default();
-        let selector = &set.spec.selector;
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let mut claimed = Vec::new();
-        for pod in self.pods.by_index(BY_CONTROLLER, &uid) {
-            if label_selector_matches(selector, pod.labels()) {
-                claimed.push(pod);
-            } else if set.metadata.deletion_timestamp.is_none() {
-                let remaining: Vec<OwnerReference> =
-                    pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
-                let patch = serde_json::json!({"metadata": {"ownerReferences": remaining, "resourceVersion": pod.resource_version()}});
-                patch_ignoring_races(&api, &pod.name_any(), &patch).await?;
-            }
-        }
-        if set.metadata.deletion_timestamp.is_some()
-            || crate::selectors::is_empty_selector(selector)
-        {
-            return Ok(claimed);
-        }
-        for pod in self.pods.by_index(ORPHANS_BY_NAMESPACE, namespace) {
-            if pod.metadata.deletion_timestamp.is_some()
-                || !label_selector_matches(selector, pod.labels())
-            {
-                continue;
-            }
-            let mut refs = pod.owner_references().to_vec();
-            refs.push(controller_ref(set));
-            let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-            if let Some(adopted) = patch_ignoring_races(&api, &pod.name_any(), &patch).await? {
-                claimed.push(Arc::new(CachedPod::from(&adopted)));
-            }
-        }
-        Ok(claimed)
     }
 
     /// The revision of the current template (created, or an older one with the same template
@@ -834,18 +787,6 @@ impl DaemonSetController {
             }
         }
         Ok(())
-    }
-}
-
-async fn patch_ignoring_races(
-    api: &Api<Pod>,
-    name: &str,
-    patch: &serde_json::Value,
-) -> Result<Option<Pod>, Error> {
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(pod) => Ok(Some(pod)),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -22,14 +22,15 @@ use k8s_openapi::api::batch::v1::{
     Job, JobCondition, JobStatus, PodFailurePolicyRule, UncountedTerminatedPods,
 };
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
 
 use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
-use crate::informer::{self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of};
+use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
+use crate::pod_control;
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::replicaset::{Expectations, controller_ref, is_ready};
 use crate::selectors::label_selector_matches;
@@ -679,13 +680,19 @@ impl JobController {
             return Ok(Requeue::After(Duration::from_millis(200)));
         }
         let namespace = job.namespace().unwrap_or_default();
-        let name = job.name_any();
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         // Read before the pods: a pod whose creation is seen after this list was taken
         // must not count as seen (the list would lack it, and its index be run twice).
         let satisfied = self.expectations.satisfied(key);
-        let pods = self.claim_pods(&job, &namespace).await?;
+        let selector = job.spec.as_ref().and_then(|s| s.selector.clone());
+        // Without a selector (never stored: the strategy generates one) only owned pods count.
+        let adopt = selector.as_ref().is_some_and(|s| !crate::selectors::is_empty_selector(s))
+            && !is_finished_job(&job);
+        let selects =
+            |p: &CachedPod| selector.as_ref().is_none_or(|s| label_selector_matches(s, p.labels()));
+        let pods =
+            pod_control::claim_pods(&self.client, &self.pods, job.as_ref(), selects, adopt).await?;
         let mut job = (*job).clone();
 
         // 1. Finished pods not yet counted: recorded as uncounted first.
@@ -961,7 +968,7 @@ impl JobController {
         }
 
         // 5. Pods.
-        self.execute(&job, key, &name, &to_create, &to_delete, &pods).await?;
+        self.execute(&job, key, &to_create, &to_delete, &pods).await?;
         Ok(requeue.map_or(Requeue::No, |r| Requeue::After(r.max(Duration::from_millis(100)))))
     }
 
@@ -1011,7 +1018,6 @@ impl JobController {
         &self,
         job: &Job,
         key: &str,
-        name: &str,
         create: &[Option<i32>],
         delete: &[(String, String)],
         pods: &[Arc<CachedPod>],
@@ -1081,83 +1087,16 @@ impl JobController {
             }
             batch *= 2;
         }
-        for (pod, uid) in delete {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.clone()),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(pod, &params).await {
-                Ok(_) => self.recorder.record(
-                    object_ref(job),
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {pod}"),
-                ),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                    self.expectations.deleted(key, &format!("{namespace}/{pod}"))
-                }
-                Err(e) => {
-                    self.expectations.deleted(key, &format!("{namespace}/{pod}"));
-                    first_error.get_or_insert(e);
-                }
-            }
+        if let Some(e) =
+            pod_control::delete_pods(&api, &self.recorder, job, &self.expectations, key, delete)
+                .await
+        {
+            first_error.get_or_insert(e);
         }
-        let _ = name;
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
-    }
-
-    async fn claim_pods(&self, job: &Job, namespace: &str) -> Result<Vec<Arc<CachedPod>>, Error> {
-        let uid = job.uid().unwrap_or_default();
-        let Some(selector) = job.spec.as_ref().and_then(|s| s.selector.clone()) else {
-            return Ok(self.pods.by_index(BY_CONTROLLER, &uid));
-        };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let mut claimed = Vec::new();
-        for pod in self.pods.by_index(BY_CONTROLLER, &uid) {
-            if label_selector_matches(&selector, pod.labels()) {
-                claimed.push(pod);
-            } else if job.metadata.deletion_timestamp.is_none() {
-                let remaining: Vec<OwnerReference> =
-                    pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
-                let patch = serde_json::json!({"metadata": {"ownerReferences": remaining, "resourceVersion": pod.resource_version()}});
-                match api
-                    .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        if job.metadata.deletion_timestamp.is_some()
-            || is_finished_job(job)
-            || crate::selectors::is_empty_selector(&selector)
-        {
-            return Ok(claimed);
-        }
-        for pod in self.pods.by_index(ORPHANS_BY_NAMESPACE, namespace) {
-            if pod.metadata.deletion_timestamp.is_some()
-                || !label_selector_matches(&selector, pod.labels())
-            {
-                continue;
-            }
-            let mut refs = pod.owner_references().to_vec();
-            refs.push(controller_ref(job));
-            let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-            match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(adopted) => claimed.push(Arc::new(CachedPod::from(&adopted))),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(claimed)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod pod_control;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod rootcacert;

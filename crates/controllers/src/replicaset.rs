@@ -25,9 +25,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
-use crate::informer::{
-    self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of, split_key,
-};
+use crate::informer::{self, Change, Informer, key_of, split_key};
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::selectors::label_selector_matches;
 
@@ -459,7 +457,18 @@ impl<K: ReplicaOwner> ReplicaController<K> {
         let namespace = namespace.unwrap_or_default();
         let uid = rs.uid().unwrap_or_default();
         let satisfied = self.expectations.satisfied(key);
-        let pods = self.claim_pods(&rs, namespace).await?;
+        let selector = rs.selector();
+        let empty_selector = crate::selectors::is_empty_selector(&selector);
+        let selects =
+            |p: &CachedPod| !empty_selector && label_selector_matches(&selector, p.labels());
+        let pods = crate::pod_control::claim_pods(
+            &self.client,
+            &self.pods,
+            rs.as_ref(),
+            selects,
+            !empty_selector,
+        )
+        .await?;
         let active: Vec<Arc<CachedPod>> = pods.into_iter().filter(|p| is_active(p)).collect();
         let mut failure = None;
         if satisfied && rs.meta().deletion_timestamp.is_none() {
@@ -530,53 +539,6 @@ impl<K: ReplicaOwner> ReplicaController<K> {
             ));
         }
         Ok(Requeue::No)
-    }
-
-    /// The pods this ReplicaSet controls, after adopting matching orphans and releasing
-    /// owned pods that no longer match.
-    async fn claim_pods(&self, rs: &K, namespace: &str) -> Result<Vec<Arc<CachedPod>>, Error> {
-        let uid = rs.uid().unwrap_or_default();
-        let selector = rs.selector();
-        let empty_selector = crate::selectors::is_empty_selector(&selector);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let mut claimed = Vec::new();
-        for pod in self.pods.by_index(BY_CONTROLLER, &uid) {
-            if !empty_selector && label_selector_matches(&selector, pod.labels()) {
-                claimed.push(pod);
-            } else if rs.meta().deletion_timestamp.is_none() {
-                // Release: drop our controller reference.
-                let remaining: Vec<OwnerReference> =
-                    pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
-                let patch = serde_json::json!({"metadata": {"ownerReferences": remaining, "resourceVersion": pod.resource_version()}});
-                match api
-                    .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        if rs.meta().deletion_timestamp.is_some() || empty_selector {
-            return Ok(claimed);
-        }
-        for pod in self.pods.by_index(ORPHANS_BY_NAMESPACE, namespace) {
-            if pod.metadata.deletion_timestamp.is_some()
-                || !label_selector_matches(&selector, pod.labels())
-            {
-                continue;
-            }
-            let mut refs = pod.owner_references().to_vec();
-            refs.push(controller_ref(rs));
-            let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-            match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(adopted) => claimed.push(Arc::new(CachedPod::from(&adopted))),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(claimed)
     }
 
     async fn manage_replicas(

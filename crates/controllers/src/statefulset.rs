@@ -27,7 +27,8 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::history;
-use crate::informer::{self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of};
+use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
+use crate::pod_control;
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::replicaset::{controller_ref, is_available, is_ready};
 use crate::selectors::label_selector_matches;
@@ -510,7 +511,15 @@ impl StatefulSetController {
         let namespace = set.namespace().unwrap_or_default();
         let name = set.name_any();
         let spec = SetSpec::of(&set);
-        let pods = self.claim_pods(&set, &namespace).await?;
+        let deleting = set.metadata.deletion_timestamp.is_some();
+        let pods = pod_control::claim_pods(
+            &self.client,
+            &self.pods,
+            set.as_ref(),
+            |p| self.selects(&set, p),
+            !deleting,
+        )
+        .await?;
         let (current, update) = self.revisions(&set, &namespace).await?;
         let current_name = current.name_any();
         let update_name = update.name_any();
@@ -547,43 +556,6 @@ impl StatefulSetController {
             return Err(e);
         }
         Ok(plan.requeue_after.map_or(Requeue::No, Requeue::After))
-    }
-
-    /// The set's members, after adopting matching orphans and releasing owned pods that no
-    /// longer match its selector or name.
-    async fn claim_pods(
-        &self,
-        set: &StatefulSet,
-        namespace: &str,
-    ) -> Result<Vec<Arc<CachedPod>>, Error> {
-        let uid = set.uid().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let mut claimed = Vec::new();
-        for pod in self.pods.by_index(BY_CONTROLLER, &uid) {
-            if self.selects(set, &pod) {
-                claimed.push(pod);
-            } else if set.metadata.deletion_timestamp.is_none() {
-                let remaining: Vec<OwnerReference> =
-                    pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
-                let patch = serde_json::json!({"metadata": {"ownerReferences": remaining, "resourceVersion": pod.resource_version()}});
-                patch_ignoring_races(&api, &pod.name_any(), &patch).await?;
-            }
-        }
-        if set.metadata.deletion_timestamp.is_some() {
-            return Ok(claimed);
-        }
-        for pod in self.pods.by_index(ORPHANS_BY_NAMESPACE, namespace) {
-            if pod.metadata.deletion_timestamp.is_some() || !self.selects(set, &pod) {
-                continue;
-            }
-            let mut refs = pod.owner_references().to_vec();
-            refs.push(controller_ref(set));
-            let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
-            if let Some(adopted) = patch_ignoring_races(&api, &pod.name_any(), &patch).await? {
-                claimed.push(Arc::new(CachedPod::from(&adopted)));
-            }
-        }
-        Ok(claimed)
     }
 
     /// The current and update revisions, creating the update revision when the template is
@@ -854,20 +826,6 @@ impl StatefulSetController {
             }
         }
         Ok(())
-    }
-}
-
-/// A merge patch whose conflict or missing object means the cache was behind: the next
-/// sync sees the truth.
-async fn patch_ignoring_races(
-    api: &Api<Pod>,
-    name: &str,
-    patch: &serde_json::Value,
-) -> Result<Option<Pod>, Error> {
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(pod) => Ok(Some(pod)),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 

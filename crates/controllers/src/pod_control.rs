@@ -1,0 +1,111 @@
+//! What every pod-owning controller does to its pods alike (upstream's
+//! `ControllerRefManager` and `PodControl`): claim them — keep the owned pods its selector
+//! still selects, release the others, adopt matching orphans — and delete victims with their
+//! UID as a precondition, events recorded and expectations kept.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::Error;
+use crate::cached_pod::CachedPod;
+use crate::events::{EventType, Recorder, object_ref};
+use crate::informer::{BY_CONTROLLER, Informer, ORPHANS_BY_NAMESPACE};
+use crate::replicaset::{Expectations, controller_ref};
+
+/// A merge patch whose conflict or missing object means the cache was behind: the next
+/// sync sees the truth.
+async fn patch_ignoring_races(
+    api: &Api<Pod>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<Option<Pod>, Error> {
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(pod) => Ok(Some(pod)),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pods `owner` controls: its owned pods that `selects` keeps, after releasing the
+/// others (unless the owner is being deleted) and, when `adopt`, adopting the orphans of
+/// its namespace that `selects` picks.
+pub(crate) async fn claim_pods<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    pods: &Informer<CachedPod>,
+    owner: &K,
+    selects: impl Fn(&CachedPod) -> bool,
+    adopt: bool,
+) -> Result<Vec<Arc<CachedPod>>, Error> {
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    let namespace = owner.meta().namespace.clone().unwrap_or_default();
+    let deleting = owner.meta().deletion_timestamp.is_some();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let mut claimed = Vec::new();
+    for pod in pods.by_index(BY_CONTROLLER, &uid) {
+        if selects(&pod) {
+            claimed.push(pod);
+        } else if !deleting {
+            // Release: drop our controller reference.
+            let remaining: Vec<OwnerReference> =
+                pod.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
+            let patch = serde_json::json!({"metadata": {"ownerReferences": remaining, "resourceVersion": pod.resource_version()}});
+            patch_ignoring_races(&api, &pod.name_any(), &patch).await?;
+        }
+    }
+    if deleting || !adopt {
+        return Ok(claimed);
+    }
+    for pod in pods.by_index(ORPHANS_BY_NAMESPACE, &namespace) {
+        if pod.metadata.deletion_timestamp.is_some() || !selects(&pod) {
+            continue;
+        }
+        let mut refs = pod.owner_references().to_vec();
+        refs.push(controller_ref(owner));
+        let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
+        if let Some(adopted) = patch_ignoring_races(&api, &pod.name_any(), &patch).await? {
+            claimed.push(Arc::new(CachedPod::from(&adopted)));
+        }
+    }
+    Ok(claimed)
+}
+
+/// Deletes `victims` (name, UID) of `owner`, each only if it is still the pod seen (its UID
+/// as a precondition); a pod already gone or replaced counts as deleted for the
+/// expectations of `key`. Returns the first error, after trying them all.
+pub(crate) async fn delete_pods<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    recorder: &Recorder,
+    owner: &K,
+    expectations: &Expectations,
+    key: &str,
+    victims: &[(String, String)],
+) -> Option<kube::Error> {
+    let namespace = owner.meta().namespace.clone().unwrap_or_default();
+    let mut first_error = None;
+    for (name, uid) in victims {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => recorder.record(
+                object_ref(owner),
+                EventType::Normal,
+                "SuccessfulDelete",
+                format!("Deleted pod: {name}"),
+            ),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                expectations.deleted(key, &format!("{namespace}/{name}"));
+            }
+            Err(e) => {
+                expectations.deleted(key, &format!("{namespace}/{name}"));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error
+}
