@@ -23,8 +23,8 @@ use crate::Error;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{BY_CONTROLLER, Change, Informer, key_of};
 use crate::job::{finished_at, is_finished_job};
+use crate::pod_control::controller_ref;
 use crate::queue::{Queue, Requeue, run_workers};
-use crate::replicaset::controller_ref;
 
 /// The annotation with the time a CronJob's Job was scheduled for.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";

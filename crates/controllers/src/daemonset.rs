@@ -30,8 +30,9 @@ use crate::events::{EventType, Recorder, object_ref};
 use crate::history;
 use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
 use crate::pod_control;
+use crate::pod_control::{Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
-use crate::replicaset::{Expectations, controller_ref, is_available, is_ready};
+use crate::replicaset::{is_available, is_ready};
 use crate::selectors::{label_selector_matches, node_selector_term_matches, untolerated};
 
 /// At most this many pods are created in one sync (upstream's burstReplicas is 250).

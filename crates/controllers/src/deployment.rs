@@ -26,8 +26,8 @@ use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{
     self, BY_CONTROLLER, Change, Informer, ORPHANS_BY_NAMESPACE, key_of, split_key,
 };
+use crate::pod_control::controller_ref;
 use crate::queue::{Queue, Requeue, run_workers};
-use crate::replicaset::controller_ref;
 use crate::selectors::{is_empty_selector, label_selector_matches};
 
 /// The label (and selector term) that ties a ReplicaSet's pods to its template.

@@ -31,8 +31,9 @@ use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
 use crate::pod_control;
+use crate::pod_control::{Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
-use crate::replicaset::{Expectations, controller_ref, is_ready};
+use crate::replicaset::is_ready;
 use crate::selectors::label_selector_matches;
 
 /// The finalizer that keeps a Job's finished pod until the Job has counted it.

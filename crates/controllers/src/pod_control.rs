@@ -3,7 +3,9 @@
 //! still selects, release the others, adopt matching orphans — and delete victims with their
 //! UID as a precondition, events recorded and expectations kept.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -14,7 +16,69 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{BY_CONTROLLER, Informer, ORPHANS_BY_NAMESPACE};
-use crate::replicaset::{Expectations, controller_ref};
+
+/// Expectations not met within this long are given up (a lost watch event).
+const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+struct Expectation {
+    adds: i64,
+    deletes: HashSet<String>,
+    since: Instant,
+}
+
+/// Pending creations and deletions per owner key.
+#[derive(Debug, Default)]
+pub(crate) struct Expectations {
+    map: Mutex<HashMap<String, Expectation>>,
+}
+
+impl Expectations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn satisfied(&self, key: &str) -> bool {
+        match self.lock().get(key) {
+            None => true,
+            Some(e) => {
+                (e.adds <= 0 && e.deletes.is_empty()) || e.since.elapsed() > EXPECTATIONS_TTL
+            }
+        }
+    }
+
+    pub(crate) fn expect(&self, key: &str, adds: i64, deletes: HashSet<String>) {
+        self.lock().insert(key.to_owned(), Expectation { adds, deletes, since: Instant::now() });
+    }
+
+    pub(crate) fn created(&self, key: &str) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.adds -= 1;
+        }
+    }
+
+    pub(crate) fn deleted(&self, key: &str, pod: &str) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.deletes.remove(pod);
+        }
+    }
+
+    pub(crate) fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+/// A controller reference to `owner`.
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.name_any(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
 
 /// A merge patch whose conflict or missing object means the cache was behind: the next
 /// sync sees the truth.

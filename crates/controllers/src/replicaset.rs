@@ -10,9 +10,9 @@
 //! under-shoot.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
@@ -26,62 +26,12 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{self, Change, Informer, key_of, split_key};
+use crate::pod_control::{Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::selectors::label_selector_matches;
 
 /// At most this many pods are created or deleted in one sync (upstream's burstReplicas).
 const BURST: usize = 500;
-/// Expectations not met within this long are given up (a lost watch event).
-const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
-
-#[derive(Debug)]
-struct Expectation {
-    adds: i64,
-    deletes: HashSet<String>,
-    since: Instant,
-}
-
-/// Pending creations and deletions per owner key.
-#[derive(Debug, Default)]
-pub(crate) struct Expectations {
-    map: Mutex<HashMap<String, Expectation>>,
-}
-
-impl Expectations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn satisfied(&self, key: &str) -> bool {
-        match self.lock().get(key) {
-            None => true,
-            Some(e) => {
-                (e.adds <= 0 && e.deletes.is_empty()) || e.since.elapsed() > EXPECTATIONS_TTL
-            }
-        }
-    }
-
-    pub(crate) fn expect(&self, key: &str, adds: i64, deletes: HashSet<String>) {
-        self.lock().insert(key.to_owned(), Expectation { adds, deletes, since: Instant::now() });
-    }
-
-    pub(crate) fn created(&self, key: &str) {
-        if let Some(e) = self.lock().get_mut(key) {
-            e.adds -= 1;
-        }
-    }
-
-    pub(crate) fn deleted(&self, key: &str, pod: &str) {
-        if let Some(e) = self.lock().get_mut(key) {
-            e.deletes.remove(pod);
-        }
-    }
-
-    pub(crate) fn forget(&self, key: &str) {
-        self.lock().remove(key);
-    }
-}
-
 /// Whether the pod's Ready condition is True.
 pub fn is_ready(pod: &CachedPod) -> bool {
     ready_since(pod).is_some()
@@ -153,18 +103,6 @@ pub fn is_active(pod: &CachedPod) -> bool {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         )
-}
-
-/// A controller reference to `owner`.
-pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
-    OwnerReference {
-        api_version: K::api_version(&()).into_owned(),
-        kind: K::kind(&()).into_owned(),
-        name: owner.name_any(),
-        uid: owner.meta().uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// A new pod from a template, owned by `owner`.

@@ -29,8 +29,9 @@ use crate::events::{EventType, Recorder, object_ref};
 use crate::history;
 use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
 use crate::pod_control;
+use crate::pod_control::controller_ref;
 use crate::queue::{Queue, Requeue, run_workers};
-use crate::replicaset::{controller_ref, is_available, is_ready};
+use crate::replicaset::{is_available, is_ready};
 use crate::selectors::label_selector_matches;
 
 /// The pod label holding the revision (ControllerRevision name) a pod was made from.
