@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::core::pod::{default_pod_spec, validate_pod_spec};
+use crate::registry::core::pod::default_pod_spec;
 use crate::registry::{set_default, spec_mut};
 use crate::status::Cause;
 use crate::strategy::Strategy;
@@ -95,24 +95,11 @@ impl Strategy for CronJobs {
             }
         }
         let template = spec.and_then(|s| s.pointer("/jobTemplate/spec/template"));
-        validate_pod_spec(
-            template.and_then(|t| t.get("spec")),
-            "spec.jobTemplate.spec.template.spec",
+        crate::registry::batch::job::validate_pod_template(
+            template,
+            "spec.jobTemplate.spec.template",
             causes,
         );
-        let restart = template
-            .and_then(|t| t.pointer("/spec/restartPolicy"))
-            .and_then(Value::as_str)
-            .unwrap_or("Always");
-        if restart != "OnFailure" && restart != "Never" {
-            causes.push(Cause::new(
-                "FieldValueNotSupported",
-                "spec.jobTemplate.spec.template.spec.restartPolicy",
-                format!(
-                    "Unsupported value: {restart:?}: supported values: \"OnFailure\", \"Never\""
-                ),
-            ));
-        }
     }
 
     fn columns(&self) -> Vec<Column> {

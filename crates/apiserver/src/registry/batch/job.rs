@@ -16,6 +16,29 @@ pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 /// The label with the Job's name on its pods.
 pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 
+/// Validates a Job's pod template (at `path`, for the messages): a valid pod spec whose
+/// restart policy is `OnFailure` or `Never`. Returns that policy. The CronJob strategy
+/// checks its Job template with it too.
+pub(crate) fn validate_pod_template<'v>(
+    template: Option<&'v Value>,
+    path: &str,
+    causes: &mut Vec<Cause>,
+) -> &'v str {
+    validate_pod_spec(template.and_then(|t| t.get("spec")), &format!("{path}.spec"), causes);
+    let restart = template
+        .and_then(|t| t.pointer("/spec/restartPolicy"))
+        .and_then(Value::as_str)
+        .unwrap_or("Always");
+    if restart != "OnFailure" && restart != "Never" {
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            &format!("{path}.spec.restartPolicy"),
+            format!("Unsupported value: \"{restart}\": supported values: \"OnFailure\", \"Never\""),
+        ));
+    }
+    restart
+}
+
 /// The Job strategy.
 #[derive(Debug)]
 pub struct Jobs;
@@ -167,20 +190,7 @@ impl Strategy for Jobs {
             )),
         }
         let template = spec.and_then(|s| s.get("template"));
-        validate_pod_spec(template.and_then(|t| t.get("spec")), "spec.template.spec", causes);
-        let restart = template
-            .and_then(|t| t.pointer("/spec/restartPolicy"))
-            .and_then(Value::as_str)
-            .unwrap_or("Always");
-        if restart != "OnFailure" && restart != "Never" {
-            causes.push(Cause::new(
-                "FieldValueNotSupported",
-                "spec.template.spec.restartPolicy",
-                format!(
-                    "Unsupported value: \"{restart}\": supported values: \"OnFailure\", \"Never\""
-                ),
-            ));
-        }
+        let restart = validate_pod_template(template, "spec.template", causes);
         if spec.and_then(|s| s.get("podFailurePolicy")).is_some_and(|p| !p.is_null())
             && restart != "Never"
         {
