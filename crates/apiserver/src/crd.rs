@@ -63,6 +63,7 @@ pub(crate) fn types_of(crd: &Value) -> Vec<ResourceType> {
                 strings(spec.pointer("/names/shortNames")),
                 strings(spec.pointer("/names/categories")),
                 v.pointer("/subresources/status").is_some(),
+                v.pointer("/subresources/scale").and_then(scale_paths),
             )
         })
         .filter(|t| !t.version.is_empty())
@@ -168,4 +169,24 @@ pub async fn follow(rest: std::sync::Arc<Rest>) {
             }
         }
     }
+}
+
+/// A JSON path of a CRD's scale subresource (`.spec.replicas`) as a JSON pointer; only
+/// simple dotted paths are allowed, as upstream's validation requires.
+fn json_pointer(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('.')?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    if parts.iter().any(|p| p.is_empty() || p.contains(['[', ']', '*', '/'])) {
+        return None;
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+fn scale_paths(scale: &Value) -> Option<crate::resources::ScalePaths> {
+    let path = |key: &str| scale.get(key).and_then(Value::as_str).and_then(json_pointer);
+    Some(crate::resources::ScalePaths {
+        spec_replicas: path("specReplicasPath")?,
+        status_replicas: path("statusReplicasPath")?,
+        label_selector: path("labelSelectorPath"),
+    })
 }

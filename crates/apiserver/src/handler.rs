@@ -73,6 +73,8 @@ pub struct ApiServer {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// OpenID Connect ID tokens (`oidc-issuer-url`), if configured.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// The nodes' and pods' resource usage, served as `metrics.k8s.io`.
+    pub resource_metrics: Arc<crate::resource_metrics::Samples>,
 }
 
 /// A long-running request's budget slot, carried in its response's extensions so that the
@@ -1189,14 +1191,23 @@ impl ApiServer {
             return Ok(json_response(StatusCode::CREATED, &answer));
         }
         if rt.strategy.is_computed() {
-            return self.serve_computed(&rt, verb, target.name.as_deref(), table, include).await;
+            let labels = query.get("labelSelector").unwrap_or("");
+            LabelSelector::parse(labels)?;
+            let request = crate::strategy::ComputedRequest {
+                source: self.rest.as_ref(),
+                namespace: ns,
+                name: target.name.as_deref(),
+                labels,
+                metrics: &self.resource_metrics,
+            };
+            return self.serve_computed(&rt, verb, request, table, include).await;
         }
         match verb {
             "get" => {
                 let name = target.name.as_deref().unwrap_or("");
                 let stored = self.rest.get(&rt, ns, name).await?;
                 if target.subresource.as_deref() == Some("scale") {
-                    return Ok(json_response(StatusCode::OK, &scale_of(&stored.object)));
+                    return Ok(json_response(StatusCode::OK, &scale_of(&rt, &stored.object)));
                 }
                 if table {
                     let rv = stored.mod_revision.to_string();
@@ -1303,7 +1314,7 @@ impl ApiServer {
                 let duplicate_warnings = duplicate_fields(options.field_validation, &duplicates)?;
                 if target.subresource.as_deref() == Some("scale") {
                     let current = self.rest.get(&rt, ns, &name).await?;
-                    let scale = scale_of(&current.object);
+                    let scale = scale_of(&rt, &current.object);
                     let patched = match patch_type {
                         PatchType::Json => crate::patch::json_patch(&scale, &patch)?,
                         _ => crate::patch::merge_patch(&scale, &patch),
@@ -1385,7 +1396,12 @@ impl ApiServer {
                 )],
             ));
         }
-        let mut patch = json!({"spec": {"replicas": replicas}});
+        let spec_path = rt.scale_paths.as_ref().map_or("/spec/replicas", |p| &p.spec_replicas);
+        // The replicas at their path, as a merge patch: `{"spec": {"replicas": n}}`.
+        let mut patch = json!(replicas);
+        for part in spec_path.trim_start_matches('/').split('/').rev() {
+            patch = json!({ part: patch });
+        }
         if let Some(rv) = scale
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -1395,7 +1411,7 @@ impl ApiServer {
         }
         let (object, _, _) =
             self.rest.patch(rt, ns, name, PatchType::Merge, patch, Some("scale"), options).await?;
-        Ok(json_response(StatusCode::OK, &scale_of(&object.object)))
+        Ok(json_response(StatusCode::OK, &scale_of(rt, &object.object)))
     }
 
     /// What follows a successful write of some types: namespace finalization, and serving (or
@@ -1427,15 +1443,12 @@ impl ApiServer {
         &self,
         rt: &ResourceType,
         verb: &str,
-        name: Option<&str>,
+        request: crate::strategy::ComputedRequest<'_>,
         table: bool,
         include: IncludeObject,
     ) -> ApiResult<Response<Body>> {
-        let store = match self.rest.store.current_revision().await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut objects = rt.strategy.computed_objects(&store);
+        let name = request.name;
+        let mut objects = rt.strategy.computed_objects(request).await?;
         match verb {
             "get" => {
                 let name = name.unwrap_or("");
@@ -1652,17 +1665,33 @@ fn table_response(value: &Value) -> Response<Body> {
     r
 }
 
-fn scale_of(object: &Value) -> Value {
-    // A ReplicationController's selector is a plain label map; the apps kinds' are
-    // LabelSelectors.
-    let selector = object.pointer("/spec/selector");
-    let structured = selector
-        .and_then(Value::as_object)
-        .is_some_and(|m| m.contains_key("matchLabels") || m.contains_key("matchExpressions"));
-    let selector = if structured {
-        table::label_selector_string(selector)
-    } else {
-        table::label_map_string(selector)
+fn scale_of(rt: &ResourceType, object: &Value) -> Value {
+    let (spec_path, status_path) = match &rt.scale_paths {
+        Some(paths) => (paths.spec_replicas.as_str(), paths.status_replicas.as_str()),
+        None => ("/spec/replicas", "/status/replicas"),
+    };
+    let selector = match &rt.scale_paths {
+        // A custom resource keeps its selector as the string the scale shows.
+        Some(paths) => paths
+            .label_selector
+            .as_deref()
+            .and_then(|p| object.pointer(p))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        None => {
+            // A ReplicationController's selector is a plain label map; the apps kinds' are
+            // LabelSelectors.
+            let selector = object.pointer("/spec/selector");
+            let structured = selector.and_then(Value::as_object).is_some_and(|m| {
+                m.contains_key("matchLabels") || m.contains_key("matchExpressions")
+            });
+            if structured {
+                table::label_selector_string(selector)
+            } else {
+                table::label_map_string(selector)
+            }
+        }
     };
     json!({
         "kind": "Scale",
@@ -1674,8 +1703,8 @@ fn scale_of(object: &Value) -> Value {
             "resourceVersion": object.pointer("/metadata/resourceVersion"),
             "creationTimestamp": object.pointer("/metadata/creationTimestamp"),
         },
-        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {"replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+        "spec": {"replicas": object.pointer(spec_path).and_then(Value::as_i64).unwrap_or(0)},
+        "status": {"replicas": object.pointer(status_path).and_then(Value::as_i64).unwrap_or(0), "selector": selector},
     })
 }
 

@@ -18,6 +18,7 @@ use crate::body::{Body, RequestBody};
 use crate::status::{ApiError, ApiResult};
 
 /// Talks to node agents.
+#[derive(Clone)]
 pub struct NodeProxy {
     tls: tokio_rustls::TlsConnector,
 }
@@ -53,6 +54,22 @@ impl NodeProxy {
             .with_client_auth_cert(certs, key)
             .map_err(tls_error)?;
         Ok(NodeProxy { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+    }
+
+    /// `GET path` of the agent at `addr`, read whole up to `limit` bytes (an agent that
+    /// sends more is refused rather than believed).
+    pub async fn get(&self, addr: SocketAddr, path: &str, limit: usize) -> ApiResult<Bytes> {
+        let request = Request::builder()
+            .method(hyper::Method::GET)
+            .uri(path)
+            .body(http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}).boxed())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let response = self.forward(addr, request, path).await?;
+        let body = http_body_util::Limited::new(response.into_body(), limit);
+        match body.collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) => Err(ApiError::new(502, "InternalError", format!("reading {path}: {e}"))),
+        }
     }
 
     /// Forwards `request` to the agent at `addr` as `path_and_query`, streaming the answer

@@ -42,6 +42,9 @@ pub struct ResourceType {
     pub has_status: bool,
     /// Whether the type has a `scale` subresource.
     pub has_scale: bool,
+    /// Where a custom resource keeps what its `scale` subresource shows (JSON pointers);
+    /// `None` for the built-in kinds (`spec.replicas`, `status.replicas`, `spec.selector`).
+    pub scale_paths: Option<ScalePaths>,
     /// Whether a spec change bumps `metadata.generation` (types with a spec or CRDs).
     pub tracks_generation: bool,
     /// A review type (`SelfSubjectAccessReview`, ...): only `create`, answered at once and
@@ -57,6 +60,18 @@ pub struct ResourceType {
     /// Where this type's resource quantities sit, read from its schema on first use (every
     /// write checks them, so this is computed once per type, not per write).
     pub(crate) quantities: std::sync::OnceLock<Vec<crate::quantity::QuantityPath>>,
+}
+
+/// A CRD's scale subresource: where the replicas asked for, the replicas there are and the
+/// label selector (a string, as the scale shows it) sit in its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// `specReplicasPath` as a JSON pointer.
+    pub spec_replicas: String,
+    /// `statusReplicasPath` as a JSON pointer.
+    pub status_replicas: String,
+    /// `labelSelectorPath` as a JSON pointer, if given.
+    pub label_selector: Option<String>,
 }
 
 /// How one served version maps onto the stored version of its kind.
@@ -208,6 +223,7 @@ where
         categories: extra.categories.iter().map(|s| (*s).to_owned()).collect(),
         has_status: extra.status,
         has_scale: extra.scale,
+        scale_paths: None,
         tracks_generation: extra.generation,
         create_only: false,
         codec: Some(roundtrip::<T>),
@@ -239,6 +255,7 @@ where
         categories: Vec::new(),
         has_status: false,
         has_scale: false,
+        scale_paths: None,
         tracks_generation: false,
         create_only: true,
         codec: Some(roundtrip::<T>),

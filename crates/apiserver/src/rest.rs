@@ -1488,6 +1488,33 @@ fn allocation_key(range: &str, item: &str) -> String {
     format!("/registry/krust.io/allocations/{range}/{item}")
 }
 
+impl crate::strategy::ComputedSource for Rest {
+    fn store_health(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.store.current_revision().await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+        plural: &'a str,
+        namespace: Option<&'a str>,
+        labels: &'a str,
+    ) -> BoxFuture<'a, ApiResult<Vec<Value>>> {
+        Box::pin(async move {
+            let rt = self
+                .registry
+                .lookup(group, version, plural)
+                .ok_or_else(|| ApiError::internal(format!("{plural}.{group} is not served")))?;
+            let options =
+                ListOptions { labels: LabelSelector::parse(labels)?, ..Default::default() };
+            self.list(&rt, namespace, &options).await?.objects()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

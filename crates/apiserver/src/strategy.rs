@@ -7,6 +7,39 @@ use serde_json::Value;
 
 use crate::status::{ApiError, Cause};
 
+/// What a computed type may read of the stored objects (the registry implements it; the
+/// trait keeps strategies from depending on the registry's code).
+pub trait ComputedSource: Send + Sync {
+    /// Whether the store answers.
+    fn store_health(&self) -> futures::future::BoxFuture<'_, Result<(), String>>;
+
+    /// The objects of a served type in `namespace` (every one for `None`) that the label
+    /// selector (text form) selects.
+    fn list<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+        plural: &'a str,
+        namespace: Option<&'a str>,
+        labels: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>>;
+}
+
+/// What a read of a computed type has to go on.
+#[derive(Clone, Copy)]
+pub struct ComputedRequest<'a> {
+    /// The stored objects.
+    pub source: &'a dyn ComputedSource,
+    /// The namespace asked for, if any.
+    pub namespace: Option<&'a str>,
+    /// The name asked for, if any.
+    pub name: Option<&'a str>,
+    /// The label selector of a list, in text form (already checked to parse).
+    pub labels: &'a str,
+    /// The resource metrics the server scrapes.
+    pub metrics: &'a crate::resource_metrics::Samples,
+}
+
 /// How unknown or duplicate fields in a request are treated (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldValidation {
@@ -149,9 +182,13 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// The objects of a computed type, given whether the store answers.
-    fn computed_objects(&self, _store: &Result<(), String>) -> Vec<Value> {
-        Vec::new()
+    /// The objects of a computed type that `request` asks for (its namespace and label
+    /// selector applied; the name is applied by the caller).
+    fn computed_objects<'a>(
+        &'a self,
+        _request: ComputedRequest<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// For a create-only type that acts on another resource (a Binding): the plural and

@@ -100,6 +100,8 @@ pub struct CachedPodStatus {
     /// `podIP` (Endpoints list it).
     #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
+    /// `startTime` (the HPA discounts the CPU of pods still starting).
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// The read part of a `ContainerStatus`.

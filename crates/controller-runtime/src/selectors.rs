@@ -29,6 +29,56 @@ pub fn label_selector_matches(selector: &LabelSelector, labels: &Labels) -> bool
     })
 }
 
+/// A label selector in its text form (`a=b,c!=d,e in (f,g),h notin (i),j,!k`, as a scale
+/// subresource's `status.selector` carries it) as a `LabelSelector`; `None` when malformed.
+pub fn parse_label_selector(text: &str) -> Option<LabelSelector> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1)?,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    let requirement = |key: &str, operator: &str, values: Option<Vec<String>>| {
+        let key = key.trim();
+        (!key.is_empty() && !key.contains(char::is_whitespace)).then(|| LabelSelectorRequirement {
+            key: key.to_owned(),
+            operator: operator.to_owned(),
+            values,
+        })
+    };
+    let set = |rest: &str| -> Option<Vec<String>> {
+        let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+        Some(inner.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
+    };
+    let mut expressions = Vec::new();
+    for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let r = if let Some((k, v)) = part.split_once("!=") {
+            requirement(k, "NotIn", Some(vec![v.trim().to_owned()]))?
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            requirement(k, "In", Some(vec![v.trim().to_owned()]))?
+        } else if let Some((k, rest)) = part.split_once(" notin ") {
+            requirement(k, "NotIn", Some(set(rest)?))?
+        } else if let Some((k, rest)) = part.split_once(" in ") {
+            requirement(k, "In", Some(set(rest)?))?
+        } else if let Some(k) = part.strip_prefix('!') {
+            requirement(k, "DoesNotExist", None)?
+        } else {
+            requirement(part, "Exists", None)?
+        };
+        expressions.push(r);
+    }
+    Some(LabelSelector { match_labels: None, match_expressions: Some(expressions) })
+}
+
 /// Whether a label selector selects nothing at all (`{}` selects everything; a missing
 /// selector, nothing).
 pub fn is_empty_selector(selector: &LabelSelector) -> bool {
@@ -106,6 +156,30 @@ pub fn untolerated<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_selectors_parse_as_the_api_writes_them() {
+        let labels: Labels =
+            [("app", "web"), ("tier", "front")].map(|(k, v)| (k.into(), v.into())).into();
+        let yes = [
+            "app=web",
+            "app==web,tier",
+            "tier in (front, back),!gone",
+            "app!=db",
+            "",
+            "env notin (prod)",
+        ];
+        for text in yes {
+            let s = parse_label_selector(text).expect(text);
+            assert!(label_selector_matches(&s, &labels), "{text}");
+        }
+        for text in ["app=db", "gone", "!app", "tier notin (front)"] {
+            let s = parse_label_selector(text).expect(text);
+            assert!(!label_selector_matches(&s, &labels), "{text}");
+        }
+        assert!(parse_label_selector("a in (b").is_none());
+        assert!(parse_label_selector("a b").is_none());
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -24,6 +24,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod pod_control;
+pub mod podautoscaler;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod rootcacert;
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -83,6 +85,7 @@ pub struct Informers {
     jobs: Arc<Informer<Job>>,
     cron_jobs: Arc<Informer<CronJob>>,
     pod_disruption_budgets: Arc<Informer<PodDisruptionBudget>>,
+    horizontal_pod_autoscalers: Arc<Informer<HorizontalPodAutoscaler>>,
     service_accounts: Arc<Informer<ServiceAccount>>,
     services: Arc<Informer<Service>>,
     node_leases: Arc<Informer<Lease>>,
@@ -155,6 +158,7 @@ impl Informers {
             jobs: Informer::new(),
             cron_jobs: Informer::new(),
             pod_disruption_budgets: Informer::new(),
+            horizontal_pod_autoscalers: Informer::new(),
             service_accounts: Informer::new(),
             services: Informer::new(),
             node_leases: Informer::new(),
@@ -183,6 +187,11 @@ impl Informers {
     informer_getter!(jobs, Job, "jobs");
     informer_getter!(cron_jobs, CronJob, "cronjobs");
     informer_getter!(pod_disruption_budgets, PodDisruptionBudget, "poddisruptionbudgets");
+    informer_getter!(
+        horizontal_pod_autoscalers,
+        HorizontalPodAutoscaler,
+        "horizontalpodautoscalers"
+    );
     informer_getter!(service_accounts, ServiceAccount, "serviceaccounts");
     informer_getter!(services, Service, "services");
     informer_getter!(cluster_roles, ClusterRole, "clusterroles");
@@ -258,6 +267,8 @@ pub struct ManagerConfig {
     /// Each controller's own credentials (upstream's `--use-service-account-credentials`);
     /// none: every controller acts through the informers' client.
     pub credentials: Option<Credentials>,
+    /// The HorizontalPodAutoscaler controller's settings.
+    pub hpa: podautoscaler::HpaConfig,
 }
 
 /// Gives each controller a client acting as its own ServiceAccount in `kube-system`, named
@@ -281,6 +292,7 @@ impl Default for ManagerConfig {
             root_ca: None,
             signing_ca: None,
             credentials: None,
+            hpa: podautoscaler::HpaConfig::default(),
         }
     }
 }
@@ -374,6 +386,12 @@ pub fn controller_manager(
             replication_controllers: replication_controllers.clone(),
         },
     );
+    let horizontal = podautoscaler::HorizontalController::new(
+        as_sa("horizontal-pod-autoscaler"),
+        informers.horizontal_pod_autoscalers(),
+        pods.clone(),
+        config.hpa,
+    );
     let service_account = serviceaccount::ServiceAccountController::new(
         as_sa("service-account-controller"),
         informers.namespaces(),
@@ -445,6 +463,7 @@ pub fn controller_manager(
             let job = job.clone();
             let cron_job = cron_job.clone();
             let disruption = disruption.clone();
+            let horizontal = horizontal.clone();
             let ttl_after_finished = ttl_after_finished.clone();
             let service_account = service_account.clone();
             let endpoints = endpoints.clone();
@@ -471,6 +490,7 @@ pub fn controller_manager(
                     job.run(config.workers * 4),
                     cron_job.run(config.workers),
                     disruption.run(config.workers),
+                    horizontal.run(config.workers),
                     ttl_after_finished.run(),
                     service_account.run(),
                     endpoints.run(config.workers),

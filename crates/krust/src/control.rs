@@ -44,6 +44,10 @@ impl SchedulerArgs {
     }
 }
 
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// Flags of the controller manager, in `krust server` and `krust controller-manager`.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ManagerArgs {
@@ -62,6 +66,22 @@ pub(crate) struct ManagerArgs {
     /// How long events are kept after they were last seen.
     #[arg(long, default_value = "1h", value_parser = crate::flags::parse_duration)]
     event_ttl: Duration,
+    /// How often each HorizontalPodAutoscaler is reconciled.
+    #[arg(long, default_value = "15s", value_parser = crate::flags::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long a scale-down waits for higher recommendations when the HPA's behavior
+    /// names no window.
+    #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// The smallest change of the metrics' ratio to their target that the HPA acts on.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
+    /// How long after a pod's start its CPU samples may be distorted by its start-up.
+    #[arg(long, default_value = "5m", value_parser = crate::flags::parse_duration)]
+    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
+    /// How long after a pod's start its readiness may still be the initial one.
+    #[arg(long, default_value = "30s", value_parser = crate::flags::parse_duration)]
+    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
 }
 
 impl ManagerArgs {
@@ -77,6 +97,19 @@ impl ManagerArgs {
             root_ca: None,
             signing_ca: None,
             credentials: None,
+            hpa: controllers::podautoscaler::HpaConfig {
+                sync_period: self.horizontal_pod_autoscaler_sync_period.max(Duration::from_secs(1)),
+                downscale_stabilization: self.horizontal_pod_autoscaler_downscale_stabilization,
+                tuning: controllers::podautoscaler::replica_calculator::Tuning {
+                    tolerance: self.horizontal_pod_autoscaler_tolerance.clamp(0.0, 1.0),
+                    cpu_initialization_period: secs(
+                        self.horizontal_pod_autoscaler_cpu_initialization_period,
+                    ),
+                    initial_readiness_delay: secs(
+                        self.horizontal_pod_autoscaler_initial_readiness_delay,
+                    ),
+                },
+            },
         }
     }
 }

@@ -131,6 +131,10 @@ pub(crate) struct ServerArgs {
     /// again, without a restart, at 80% of it (hidden: tests shorten it to see a renewal).
     #[arg(long, default_value = "8760h", value_parser = crate::flags::parse_duration, hide = true)]
     serving_certificate_validity: Duration,
+    /// How often the built-in metrics API scrapes every node's resource usage
+    /// (metrics-server's `--metric-resolution`); `kubectl top` and the HPA read it.
+    #[arg(long, default_value = "15s", value_parser = crate::flags::parse_duration)]
+    metrics_resolution: Duration,
     /// Size quota of the embedded store, in MiB.
     #[arg(long, default_value_t = 2048)]
     datastore_quota_mib: u64,
@@ -426,7 +430,19 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             }
         }))
     };
+    let node_proxy = node_proxy(&pki)?;
+    let resource_metrics = Arc::new(apiserver::resource_metrics::Samples::default());
+    tokio::spawn(crate::until(
+        shutdown_rx.clone(),
+        apiserver::scraper::run(
+            rest.clone(),
+            node_proxy.clone(),
+            resource_metrics.clone(),
+            args.metrics_resolution.max(Duration::from_secs(1)),
+        ),
+    ));
     let api = Arc::new(ApiServer {
+        resource_metrics,
         rest: rest.clone(),
         registry,
         authorizer: match args.authorization_mode {
@@ -436,7 +452,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
         metrics: Default::default(),
         compactor: compactor_stats,
         advertise_address: format!("{endpoint_ip}:{}", args.https_listen_port),
-        node_proxy: Some(node_proxy(&pki)?),
+        node_proxy: Some(node_proxy.clone()),
         node_join: Some(apiserver::join::NodeJoin {
             pki: pki.clone(),
             secret,

@@ -71,6 +71,7 @@ pub async fn summary(ctx: &StreamContext) -> Result<Value, AgentError> {
         entry.5 += core_ns;
     }
     let now = jiff::Timestamp::now().to_string();
+    let host = host_usage();
     let (mut node_cpu, mut node_memory) = (0u64, 0u64);
     let pods: Vec<Value> = pods
         .into_iter()
@@ -86,12 +87,67 @@ pub async fn summary(ctx: &StreamContext) -> Result<Value, AgentError> {
             })
         })
         .collect();
+    // The node's own figures are the host's, as the kubelet reports its root cgroup's (the
+    // metrics API's node usage includes what runs outside pods); the pods' sums stand in
+    // where `/proc` cannot be read.
+    let (core_ns, working_set) = host.unwrap_or((0, node_memory));
     Ok(json!({
         "node": {
             "nodeName": ctx.node_name,
-            "cpu": { "time": now, "usageNanoCores": node_cpu },
-            "memory": { "time": now, "workingSetBytes": node_memory },
+            "cpu": { "time": now, "usageNanoCores": node_cpu, "usageCoreNanoSeconds": core_ns },
+            "memory": { "time": now, "workingSetBytes": working_set },
         },
         "pods": pods,
     }))
+}
+
+/// The host's CPU time (core-nanoseconds, every mode but idle and iowait, from `/proc/stat`)
+/// and memory working set (`/proc/meminfo`: in use minus inactive file pages, cAdvisor's
+/// definition for the root cgroup).
+fn host_usage() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    Some((cpu_core_nanoseconds(&stat)?, working_set_bytes(&meminfo)?))
+}
+
+/// Busy time from the aggregate `cpu` line of `/proc/stat`, in clock ticks of 1/100 s
+/// (`USER_HZ`, fixed at 100 for user space on Linux) turned into nanoseconds.
+fn cpu_core_nanoseconds(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 =
+        ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| *t).sum();
+    Some(busy.saturating_mul(10_000_000))
+}
+
+fn working_set_bytes(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|kb| kb * 1024)
+        })
+    };
+    let used = field("MemTotal")?.saturating_sub(field("MemFree")?);
+    Some(used.saturating_sub(field("Inactive(file)").unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_cpu_counts_busy_ticks_only() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        // 100 + 5 + 50 + 3 + 2 + 1 = 161 ticks of 10 ms.
+        assert_eq!(cpu_core_nanoseconds(stat), Some(1_610_000_000));
+        assert_eq!(cpu_core_nanoseconds("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn host_working_set_leaves_out_inactive_file_pages() {
+        let meminfo = "MemTotal:       1000 kB\nMemFree:         200 kB\nInactive(file):  300 kB\n";
+        assert_eq!(working_set_bytes(meminfo), Some(500 * 1024));
+        assert_eq!(working_set_bytes("MemFree: 1 kB\n"), None);
+    }
 }

@@ -246,6 +246,11 @@ fn cluster_roles() -> Vec<Value> {
         ),
         aggregate_into("edit", edit_rules()),
         aggregate_into("view", view_rules()),
+        // What k3s's metrics-server adds: whoever may view may read the metrics API.
+        with_rules(
+            object("ClusterRole", metadata("system:aggregated-metrics-reader", None, Some("view"))),
+            vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+        ),
         // Discovery, health and version endpoints; the bindings decide who may use them.
         cluster_role(
             "system:discovery",

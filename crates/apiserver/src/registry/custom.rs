@@ -26,6 +26,7 @@ impl ResourceType {
         short_names: Vec<String>,
         categories: Vec<String>,
         has_status: bool,
+        scale_paths: Option<crate::resources::ScalePaths>,
     ) -> ResourceType {
         ResourceType {
             group: group.to_owned(),
@@ -38,7 +39,8 @@ impl ResourceType {
             short_names,
             categories,
             has_status,
-            has_scale: false,
+            has_scale: scale_paths.is_some(),
+            scale_paths,
             tracks_generation: true,
             create_only: false,
             codec: None,

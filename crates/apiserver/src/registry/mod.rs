@@ -18,6 +18,7 @@ pub mod custom;
 pub mod discovery;
 pub mod events;
 pub mod flowcontrol;
+pub mod metrics;
 pub mod networking;
 pub mod node;
 pub mod policy;
@@ -188,6 +189,8 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         resource_v1::ResourceClaim => "resourceclaim" [] [] status generation => resource::resourceclaim::ResourceClaims;
         resource_v1::ResourceClaimTemplate => "resourceclaimtemplate" [] [] generation => resource::resourceclaimtemplate::ResourceClaimTemplates;
         resource_v1::ResourceSlice => "resourceslice" [] [] generation => resource::resourceslice::ResourceSlices;
+        metrics::NodeMetrics => "nodemetrics" [] [] => metrics::nodemetrics::NodeMetricsStrategy;
+        metrics::PodMetrics => "podmetrics" [] [] => metrics::podmetrics::PodMetricsStrategy;
     });
     for rt in &mut types {
         // autoscaling/v1 is served over v2's storage.

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::status::Cause;
 use crate::strategy::Strategy;
 use crate::table::{AGE, Column, NAME, age_of, col, n, s};
 
@@ -79,9 +80,59 @@ impl Strategy for HorizontalPodAutoscalers {
     }
 
     fn default(&self, object: &mut Value) {
-        if let Some(spec) = crate::registry::spec_mut(object) {
-            crate::registry::set_default(spec, "minReplicas", json!(1));
+        let v2 = object.get("apiVersion").and_then(Value::as_str) != Some("autoscaling/v1");
+        let Some(spec) = crate::registry::spec_mut(object) else { return };
+        crate::registry::set_default(spec, "minReplicas", json!(1));
+        if !v2 {
+            return;
         }
+        // v2's defaults: 80% of the pods' CPU requests when no metric is named, and a
+        // behavior's missing rules and fields completed with the controller's defaults.
+        if spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            spec.insert(
+                "metrics".into(),
+                json!([{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+            );
+        }
+        if let Some(behavior) = spec.get_mut("behavior").and_then(Value::as_object_mut) {
+            let defaults = [
+                (
+                    "scaleUp",
+                    json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                        {"type": "Pods", "value": 4, "periodSeconds": 15},
+                        {"type": "Percent", "value": 100, "periodSeconds": 15}]}),
+                ),
+                (
+                    "scaleDown",
+                    json!({"selectPolicy": "Max", "policies": [
+                        {"type": "Percent", "value": 100, "periodSeconds": 15}]}),
+                ),
+            ];
+            for (direction, default) in defaults {
+                let rules = behavior.entry(direction).or_insert_with(|| json!({}));
+                if rules.is_null() {
+                    *rules = json!({});
+                }
+                let Some(rules) = rules.as_object_mut() else { continue };
+                for (field, value) in default.as_object().into_iter().flatten() {
+                    let missing = rules
+                        .get(field)
+                        .is_none_or(|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty));
+                    if missing {
+                        rules.insert(field.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate(&self, object: &Value, causes: &mut Vec<Cause>) {
+        validate_spec(object, causes);
+    }
+
+    fn validate_update(&self, new: &Value, _old: &Value, causes: &mut Vec<Cause>) {
+        validate_spec(new, causes);
     }
 
     fn columns(&self) -> Vec<Column> {
@@ -114,6 +165,208 @@ impl Strategy for HorizontalPodAutoscalers {
             json!(n(obj, "/status/currentReplicas")),
             json!(age_of(obj, "/metadata/creationTimestamp", now)),
         ]
+    }
+}
+
+fn invalid(causes: &mut Vec<Cause>, field: &str, value: &Value, message: &str) {
+    causes.push(Cause::new(
+        "FieldValueInvalid",
+        field,
+        format!("Invalid value: {value}: {message}"),
+    ));
+}
+
+fn required(causes: &mut Vec<Cause>, field: &str) {
+    causes.push(Cause::new("FieldValueRequired", field, "Required value"));
+}
+
+/// Upstream's checks of an HPA's spec (both versions): the target, the replica bounds, and
+/// for v2 each metric's source and target and the behavior's windows and policies.
+fn validate_spec(object: &Value, causes: &mut Vec<Cause>) {
+    let spec = object.get("spec").unwrap_or(&Value::Null);
+    let target = spec.get("scaleTargetRef").unwrap_or(&Value::Null);
+    for field in ["kind", "name"] {
+        match target.get(field).and_then(Value::as_str) {
+            None | Some("") => required(causes, &format!("spec.scaleTargetRef.{field}")),
+            Some(v) if v.contains('/') || v.contains('%') || v == "." || v == ".." => invalid(
+                causes,
+                &format!("spec.scaleTargetRef.{field}"),
+                &json!(v),
+                "may not contain '/'",
+            ),
+            Some(_) => {}
+        }
+    }
+    let min = spec.get("minReplicas").and_then(Value::as_i64);
+    let max = spec.get("maxReplicas").and_then(Value::as_i64).unwrap_or(0);
+    if let Some(min) = min
+        && min < 1
+    {
+        invalid(causes, "spec.minReplicas", &json!(min), "must be greater than or equal to 1");
+    }
+    if max < 1 {
+        invalid(causes, "spec.maxReplicas", &json!(max), "must be greater than 0");
+    }
+    if let Some(min) = min
+        && max < min
+    {
+        invalid(
+            causes,
+            "spec.maxReplicas",
+            &json!(max),
+            "must be greater than or equal to `minReplicas`",
+        );
+    }
+    if let Some(cpu) = spec.get("targetCPUUtilizationPercentage").and_then(Value::as_i64)
+        && cpu < 1
+    {
+        invalid(
+            causes,
+            "spec.targetCPUUtilizationPercentage",
+            &json!(cpu),
+            "must be greater than 0",
+        );
+    }
+    for (i, metric) in
+        spec.get("metrics").and_then(Value::as_array).into_iter().flatten().enumerate()
+    {
+        validate_metric(metric, &format!("spec.metrics[{i}]"), causes);
+    }
+    if let Some(behavior) = spec.get("behavior").filter(|b| !b.is_null()) {
+        for direction in ["scaleUp", "scaleDown"] {
+            if let Some(rules) = behavior.get(direction).filter(|r| !r.is_null()) {
+                validate_rules(rules, &format!("spec.behavior.{direction}"), causes);
+            }
+        }
+    }
+}
+
+const METRIC_SOURCES: [(&str, &str); 5] = [
+    ("Object", "object"),
+    ("Pods", "pods"),
+    ("Resource", "resource"),
+    ("ContainerResource", "containerResource"),
+    ("External", "external"),
+];
+
+fn validate_metric(metric: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let kind = metric.get("type").and_then(Value::as_str).unwrap_or("");
+    let set: Vec<&str> = METRIC_SOURCES
+        .iter()
+        .filter(|(_, field)| metric.get(*field).is_some_and(|v| !v.is_null()))
+        .map(|(t, _)| *t)
+        .collect();
+    if kind.is_empty() {
+        required(causes, &format!("{path}.type"));
+        return;
+    }
+    let Some((_, field)) = METRIC_SOURCES.iter().find(|(t, _)| *t == kind) else {
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            &format!("{path}.type"),
+            format!(
+                "Unsupported value: {kind:?}: supported values: \"ContainerResource\", \"External\", \"Object\", \"Pods\", \"Resource\""
+            ),
+        ));
+        return;
+    };
+    if set.len() > 1 || (set.len() == 1 && set[0] != kind) {
+        causes.push(Cause::new(
+            "FieldValueForbidden",
+            &format!("{path}.{field}"),
+            "Forbidden: must populate the given metric source only",
+        ));
+    }
+    let Some(source) = metric.get(*field).filter(|v| !v.is_null()) else {
+        required(causes, &format!("{path}.{field}"));
+        return;
+    };
+    let source_path = format!("{path}.{field}");
+    if matches!(kind, "Resource" | "ContainerResource")
+        && source.get("name").and_then(Value::as_str).is_none_or(str::is_empty)
+    {
+        required(causes, &format!("{source_path}.name"));
+    }
+    if kind == "ContainerResource"
+        && source.get("container").and_then(Value::as_str).is_none_or(str::is_empty)
+    {
+        required(causes, &format!("{source_path}.container"));
+    }
+    let target = source.get("target").unwrap_or(&Value::Null);
+    let target_path = format!("{source_path}.target");
+    match target.get("type").and_then(Value::as_str).unwrap_or("") {
+        "" => required(causes, &format!("{target_path}.type")),
+        "Utilization" => match target.get("averageUtilization").and_then(Value::as_i64) {
+            None => required(causes, &format!("{target_path}.averageUtilization")),
+            Some(u) if u < 1 => invalid(
+                causes,
+                &format!("{target_path}.averageUtilization"),
+                &json!(u),
+                "must be greater than 0",
+            ),
+            Some(_) => {}
+        },
+        "AverageValue" | "Value" => {}
+        other => causes.push(Cause::new(
+            "FieldValueNotSupported",
+            &format!("{target_path}.type"),
+            format!("Unsupported value: {other:?}: supported values: \"AverageValue\", \"Utilization\", \"Value\""),
+        )),
+    }
+}
+
+fn validate_rules(rules: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if let Some(window) = rules.get("stabilizationWindowSeconds").and_then(Value::as_i64) {
+        let field = format!("{path}.stabilizationWindowSeconds");
+        if window < 0 {
+            invalid(causes, &field, &json!(window), "must be greater than or equal to zero");
+        } else if window > 3600 {
+            invalid(causes, &field, &json!(window), "must be less than or equal to 3600");
+        }
+    }
+    if let Some(select) = rules.get("selectPolicy").and_then(Value::as_str)
+        && !matches!(select, "Max" | "Min" | "Disabled")
+    {
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            &format!("{path}.selectPolicy"),
+            format!(
+                "Unsupported value: {select:?}: supported values: \"Disabled\", \"Max\", \"Min\""
+            ),
+        ));
+    }
+    for (i, policy) in
+        rules.get("policies").and_then(Value::as_array).into_iter().flatten().enumerate()
+    {
+        let p = format!("{path}.policies[{i}]");
+        match policy.get("type").and_then(Value::as_str).unwrap_or("") {
+            "Pods" | "Percent" => {}
+            other => causes.push(Cause::new(
+                "FieldValueNotSupported",
+                &format!("{p}.type"),
+                format!("Unsupported value: {other:?}: supported values: \"Percent\", \"Pods\""),
+            )),
+        }
+        let period = policy.get("periodSeconds").and_then(Value::as_i64).unwrap_or(0);
+        if period <= 0 {
+            invalid(
+                causes,
+                &format!("{p}.periodSeconds"),
+                &json!(period),
+                "must be greater than zero",
+            );
+        } else if period > 1800 {
+            invalid(
+                causes,
+                &format!("{p}.periodSeconds"),
+                &json!(period),
+                "must be less than or equal to 1800",
+            );
+        }
+        let value = policy.get("value").and_then(Value::as_i64).unwrap_or(0);
+        if value <= 0 {
+            invalid(causes, &format!("{p}.value"), &json!(value), "must be greater than zero");
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::strategy::Strategy;
+use crate::status::ApiError;
+use crate::strategy::{ComputedRequest, Strategy};
 use crate::table::{Column, NAME, col, s};
 
 /// The ComponentStatus strategy.
@@ -29,14 +30,20 @@ impl Strategy for ComponentStatuses {
         true
     }
 
-    fn computed_objects(&self, store: &Result<(), String>) -> Vec<Value> {
-        // The scheduler and controller manager are tasks of this server: they are as healthy
-        // as the server answering. The store is asked.
-        vec![
-            status("controller-manager", &Ok(())),
-            status("etcd-0", store),
-            status("scheduler", &Ok(())),
-        ]
+    fn computed_objects<'a>(
+        &'a self,
+        request: ComputedRequest<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>> {
+        Box::pin(async move {
+            let store = request.source.store_health().await;
+            // The scheduler and controller manager are tasks of this server: they are as
+            // healthy as the server answering. The store is asked.
+            Ok(vec![
+                status("controller-manager", &Ok(())),
+                status("etcd-0", &store),
+                status("scheduler", &Ok(())),
+            ])
+        })
     }
 
     fn columns(&self) -> Vec<Column> {

@@ -1,0 +1,54 @@
+//! NodeMetrics: each node's usage, with the node's labels (a label selector selects nodes).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::{mebibytes, millicores, usage_cells};
+use crate::status::ApiError;
+use crate::strategy::{ComputedRequest, Strategy};
+use crate::table::{Column, NAME, col, s};
+
+/// The NodeMetrics strategy.
+#[derive(Debug)]
+pub struct NodeMetricsStrategy;
+
+impl Strategy for NodeMetricsStrategy {
+    fn is_computed(&self) -> bool {
+        true
+    }
+
+    fn computed_objects<'a>(
+        &'a self,
+        request: ComputedRequest<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>> {
+        Box::pin(async move {
+            let nodes = request.source.list("", "v1", "nodes", None, request.labels).await?;
+            let labels: HashMap<&str, &Value> = nodes
+                .iter()
+                .filter_map(|n| {
+                    Some((n.pointer("/metadata/name")?.as_str()?, &n["metadata"]["labels"]))
+                })
+                .collect();
+            let mut metrics = request.metrics.node_metrics(request.name);
+            metrics.retain_mut(|m| {
+                let Some(node_labels) = labels.get(s(m, "/metadata/name")) else {
+                    return false;
+                };
+                if node_labels.as_object().is_some_and(|l| !l.is_empty()) {
+                    m["metadata"]["labels"] = (*node_labels).clone();
+                }
+                true
+            });
+            Ok(metrics)
+        })
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![NAME, col("CPU", "string", 0), col("Memory", "string", 0), col("Window", "string", 0)]
+    }
+
+    fn cells(&self, obj: &Value, _now: i64) -> Vec<Value> {
+        usage_cells(millicores(s(obj, "/usage/cpu")), mebibytes(s(obj, "/usage/memory")), obj)
+    }
+}
