@@ -804,6 +804,15 @@ impl ApiServer {
                         s.revision, s.size_bytes
                     ));
                 }
+                let footprint = self.resource_metrics.footprint();
+                extra.push_str(&format!(
+                    "krust_resource_metrics_nodes {}\nkrust_resource_metrics_pods {}\nkrust_resource_metrics_containers {}\nkrust_resource_metrics_bytes {}\nkrust_resource_metrics_scrape_seconds {}\n",
+                    footprint.nodes,
+                    footprint.pods,
+                    footprint.containers,
+                    footprint.bytes,
+                    self.resource_metrics.last_scrape().as_secs_f64()
+                ));
                 let mut r = Response::new(full(self.metrics.render(&extra)));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -159,6 +159,8 @@ struct NodeSample {
 #[derive(Debug, Default)]
 pub struct Samples {
     nodes: RwLock<HashMap<Box<str>, NodeSample>>,
+    /// How long the last scrape of every node took, in milliseconds.
+    last_scrape_ms: std::sync::atomic::AtomicU64,
 }
 
 fn parse_time(text: Option<&str>) -> Option<i64> {
@@ -214,6 +216,19 @@ impl Samples {
         nodes.insert(node.into(), sample);
     }
 
+    /// Notes how long a scrape of every node took.
+    pub fn scraped(&self, took: std::time::Duration) {
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.last_scrape_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the last scrape of every node took.
+    pub fn last_scrape(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.last_scrape_ms.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Forgets a node (deleted, or its scrape failed: metrics-server serves only what the last
     /// scrape read).
     pub fn forget(&self, node: &str) {
@@ -225,6 +240,38 @@ impl Samples {
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         let mut nodes = self.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         nodes.retain(|name, _| keep(name));
+    }
+
+    /// What the samples hold and the heap they take (entries, strings and table slack;
+    /// not the allocator's own overhead), for `/metrics` and the benchmark.
+    pub fn footprint(&self) -> Footprint {
+        use std::mem::size_of;
+        let nodes = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A hash table's slot: key, value and one control byte.
+        let slot = |k: usize, v: usize| k + v + 1;
+        let mut f = Footprint {
+            nodes: nodes.len(),
+            bytes: nodes.capacity() * slot(size_of::<Box<str>>(), size_of::<NodeSample>()),
+            ..Footprint::default()
+        };
+        for (name, sample) in nodes.iter() {
+            f.bytes += name.len()
+                + sample.pods.capacity()
+                    * slot(size_of::<Arc<str>>(), size_of::<HashMap<Box<str>, PodSample>>());
+            for (namespace, pods) in &sample.pods {
+                // Shared by the node's pods; counted once per node.
+                f.bytes += namespace.len() + 2 * size_of::<usize>();
+                f.bytes += pods.capacity() * slot(size_of::<Box<str>>(), size_of::<PodSample>());
+                for (pod, s) in pods {
+                    f.pods += 1;
+                    f.containers += s.containers.len();
+                    f.bytes += pod.len()
+                        + s.containers.capacity() * size_of::<(Box<str>, Meter)>()
+                        + s.containers.iter().map(|(c, _)| c.len()).sum::<usize>();
+                }
+            }
+        }
+        f
     }
 
     /// NodeMetrics of every node with two readings (or only `name`).
@@ -277,6 +324,19 @@ impl Samples {
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out
     }
+}
+
+/// The size of the samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Nodes scraped.
+    pub nodes: usize,
+    /// Pods known.
+    pub pods: usize,
+    /// Containers known.
+    pub containers: usize,
+    /// Heap bytes.
+    pub bytes: usize,
 }
 
 /// One pod's metrics, before rendering (the labels come from the pod).
@@ -444,6 +504,9 @@ mod tests {
         assert!(samples.pod_metrics(None, &|_, _| true).is_empty(), "p is gone, q is new");
         samples.record("n1", summary("2026-01-01T00:00:45Z", 40, &[("a", "q", &[("c", 2, 1)])]));
         assert_eq!(samples.pod_metrics(None, &|_, _| true).len(), 1);
+        let f = samples.footprint();
+        assert_eq!((f.nodes, f.pods, f.containers), (1, 1, 1));
+        assert!(f.bytes > 0 && f.bytes < 4096, "{f:?}");
         samples.retain(|_| false);
         assert!(samples.node_metrics(None).is_empty());
     }

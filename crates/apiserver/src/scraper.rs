@@ -27,7 +27,9 @@ pub async fn run(rest: Arc<Rest>, proxy: NodeProxy, samples: Arc<Samples>, resol
         // A scrape that takes longer than the period is cut there: a slow agent must not
         // hold back every other node's next reading.
         let timeout = resolution.min(Duration::from_secs(10));
+        let started = std::time::Instant::now();
         scrape(&rest, &proxy, &samples, timeout).await;
+        samples.scraped(started.elapsed());
     }
 }
 

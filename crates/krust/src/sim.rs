@@ -56,6 +56,10 @@ pub(crate) struct NodesArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// Serve a kubelet endpoint with `/stats/summary` per node on 127.0.0.1 (made-up usage
+    /// of the nodes' pods), for the metrics API to scrape.
+    #[arg(long)]
+    stats: bool,
 }
 
 impl NodesArgs {
@@ -72,6 +76,7 @@ impl NodesArgs {
             taints,
             lease_interval: self.lease_interval,
             parallel: self.parallel,
+            stats: self.stats,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! with the same operations against a real etcd started on loopback ports.
 
 mod api;
+mod metrics;
 mod pods;
 mod scheduler;
 mod services;
@@ -39,6 +40,9 @@ enum BenchCommand {
     /// Workload controllers at scale on simulated nodes: a DaemonSet created and rolled
     /// beside a Deployment of as many replicas, Jobs run to completion, CronJobs due at once.
     Workloads(workloads::WorkloadsBenchArgs),
+    /// The metrics API at scale: simulated nodes serving `/stats/summary`, the samples'
+    /// memory, and `kubectl top pods -A` / `kubectl top nodes` against it.
+    Metrics(metrics::MetricsBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -60,6 +64,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
         BenchCommand::Services(args) => services::run(args).await,
         BenchCommand::Workloads(args) => workloads::run(args).await,
+        BenchCommand::Metrics(args) => metrics::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(

@@ -34,7 +34,7 @@ pub(crate) struct WorkloadsBenchArgs {
     max_unavailable: String,
 }
 
-struct Sim(Child);
+pub(super) struct Sim(pub(super) Child);
 
 impl Drop for Sim {
     fn drop(&mut self) {
@@ -43,7 +43,7 @@ impl Drop for Sim {
     }
 }
 
-fn template(app: &str, extra_labels: serde_json::Value) -> serde_json::Value {
+pub(super) fn template(app: &str, extra_labels: serde_json::Value) -> serde_json::Value {
     let mut labels = serde_json::json!({"app": app});
     if let (Some(l), Some(extra)) = (labels.as_object_mut(), extra_labels.as_object()) {
         l.extend(extra.clone());
@@ -56,7 +56,11 @@ fn template(app: &str, extra_labels: serde_json::Value) -> serde_json::Value {
 }
 
 /// Polls `done` every 200 ms until it holds or `timeout` passes; the time it took.
-async fn until<F, Fut>(timeout: Duration, what: &str, mut done: F) -> anyhow::Result<Duration>
+pub(super) async fn until<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut done: F,
+) -> anyhow::Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,

@@ -21,6 +21,8 @@ use tokio::sync::Semaphore;
 
 use crate::AgentError;
 
+mod stats;
+
 /// The label every simulated node carries.
 pub const SIMULATED_LABEL: &str = "node.krust.io/simulated";
 
@@ -47,6 +49,8 @@ pub struct SimConfig {
     pub lease_interval: Duration,
     /// Requests in flight at once.
     pub parallel: usize,
+    /// Each node serves `/stats/summary` on its own port of 127.0.0.1 (see `stats.rs`).
+    pub stats: bool,
 }
 
 impl Default for SimConfig {
@@ -62,6 +66,7 @@ impl Default for SimConfig {
             taints: Vec::new(),
             lease_interval: Duration::from_secs(10),
             parallel: 64,
+            stats: false,
         }
     }
 }
@@ -97,9 +102,19 @@ fn node_object(config: &SimConfig, i: usize) -> Node {
     }
 }
 
-fn node_status(config: &SimConfig, i: usize, previous: Option<&Node>) -> serde_json::Value {
+/// A node's status; `endpoint` is the port of its stats endpoint on 127.0.0.1, if it serves
+/// one (else it reports port 0: no endpoint).
+fn node_status(
+    config: &SimConfig,
+    i: usize,
+    previous: Option<&Node>,
+    endpoint: Option<u16>,
+) -> serde_json::Value {
     let name = format!("{}-{i}", config.prefix);
-    let (node_ip, _) = addresses(i);
+    let node_ip = match endpoint {
+        Some(_) => "127.0.0.1".to_owned(),
+        None => addresses(i).0,
+    };
     let resources = BTreeMap::from([
         ("cpu".to_owned(), Quantity(config.cpu.clone())),
         ("memory".to_owned(), Quantity(config.memory.clone())),
@@ -120,7 +135,7 @@ fn node_status(config: &SimConfig, i: usize, previous: Option<&Node>) -> serde_j
             os_image: "krust simulated node".into(),
             ..NodeSystemInfo::default()
         },
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": endpoint.unwrap_or(0)}},
     })
 }
 
@@ -144,12 +159,22 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let (listeners, serving) = if config.stats {
+        let listeners = stats::bind(config.count).await?;
+        let serving = stats::certificate(&client, &format!("{}-0", config.prefix)).await?;
+        (listeners, Some(serving))
+    } else {
+        (Vec::new(), None)
+    };
+    let ports: Arc<Vec<u16>> =
+        Arc::new(listeners.iter().filter_map(|l| l.local_addr().ok().map(|a| a.port())).collect());
     let config = Arc::new(config);
     let registered = futures::stream::iter(0..config.count)
         .map(|i| {
             let nodes = nodes.clone();
             let client = client.clone();
             let config = config.clone();
+            let ports = ports.clone();
             async move {
                 let node = node_object(&config, i);
                 let name = node.name_any();
@@ -158,7 +183,7 @@ pub async fn run(
                     Err(kube::Error::Api(s)) if s.code == 409 => nodes.get(&name).await?,
                     Err(e) => return Err(AgentError::from(e)),
                 };
-                let status = node_status(&config, i, Some(&created));
+                let status = node_status(&config, i, Some(&created), ports.get(i).copied());
                 let node = crate::node::patch_status(&client, &name, &status).await?;
                 crate::node::renew_lease(&client, &node).await?;
                 Ok::<Node, AgentError>(node)
@@ -178,12 +203,27 @@ pub async fn run(
     tracing::info!(count = by_name.len(), "simulated nodes registered");
     let by_name = Arc::new(by_name);
     let slots = Arc::new(Semaphore::new(config.parallel.max(1)));
-    let heartbeats =
-        tokio::spawn(heartbeat(client.clone(), config.clone(), by_name.clone(), slots.clone()));
-    let kubelet = tokio::spawn(run_pods(client, by_name, slots));
+    let running: Option<stats::Running> = serving.as_ref().map(|_| stats::Running::default());
+    let endpoints = match (&serving, &running) {
+        (Some((cert, key)), Some(running)) => {
+            stats::serve(listeners, &config.prefix, cert, key, running.clone())?
+        }
+        _ => Vec::new(),
+    };
+    let heartbeats = tokio::spawn(heartbeat(
+        client.clone(),
+        config.clone(),
+        by_name.clone(),
+        slots.clone(),
+        ports,
+    ));
+    let kubelet = tokio::spawn(run_pods(client, by_name, slots, running));
     let _ = shutdown.wait_for(|stop| *stop).await;
     heartbeats.abort();
     kubelet.abort();
+    for endpoint in endpoints {
+        endpoint.abort();
+    }
     Ok(())
 }
 
@@ -194,6 +234,7 @@ async fn heartbeat(
     config: Arc<SimConfig>,
     nodes: Arc<HashMap<String, usize>>,
     slots: Arc<Semaphore>,
+    ports: Arc<Vec<u16>>,
 ) {
     let names: Vec<(String, usize)> = nodes.iter().map(|(n, i)| (n.clone(), *i)).collect();
     if names.is_empty() {
@@ -215,6 +256,7 @@ async fn heartbeat(
             let name = name.clone();
             let i = *i;
             let refresh_status = round % status_every == status_every - 1;
+            let port = ports.get(i).copied();
             tokio::spawn(async move {
                 let _permit = permit;
                 let node = Node {
@@ -227,7 +269,7 @@ async fn heartbeat(
                 if refresh_status {
                     let nodes: Api<Node> = Api::all(client.clone());
                     let previous = nodes.get_opt(&name).await.ok().flatten();
-                    let status = node_status(&config, i, previous.as_ref());
+                    let status = node_status(&config, i, previous.as_ref(), port);
                     if let Err(e) = crate::node::patch_status(&client, &name, &status).await {
                         tracing::debug!(node = %name, error = %e, "refreshing a simulated node failed");
                     }
@@ -240,7 +282,12 @@ async fn heartbeat(
 
 /// The simulated kubelet: pods bound to our nodes become Running and Ready; pods being
 /// deleted are removed.
-async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slots: Arc<Semaphore>) {
+async fn run_pods(
+    client: kube::Client,
+    nodes: Arc<HashMap<String, usize>>,
+    slots: Arc<Semaphore>,
+    running: Option<stats::Running>,
+) {
     // The cached view decodes only what a simulated kubelet reads, which keeps this
     // process cheap beside the server it loads.
     let api: Api<CachedPod> = Api::all(client.clone());
@@ -254,6 +301,7 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
                 let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.started.remove(&uid);
                 s.deleting.remove(&uid);
+                forget(running.as_ref(), &nodes, &p, &uid);
                 continue;
             }
             Ok(_) => continue,
@@ -285,6 +333,26 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
                 Some(format!("{}.{host}", addresses(index).1))
             }
         };
+        if deleting {
+            forget(running.as_ref(), &nodes, &pod, &uid);
+        } else if let Some(running) = &running
+            && !pod.labels().contains_key(EXIT_CODE_LABEL)
+        {
+            let pod = stats::RunningPod {
+                namespace: pod.namespace().unwrap_or_default(),
+                name: pod.name_any(),
+                uid: uid.clone(),
+                containers: pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter())
+                    .map(|c| c.name.clone())
+                    .collect(),
+                started: std::time::Instant::now(),
+            };
+            let mut running = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            running.entry(index).or_default().insert(uid.clone(), pod);
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let client = client.clone();
         tokio::spawn(async move {
@@ -322,6 +390,25 @@ async fn run_pods(client: kube::Client, nodes: Arc<HashMap<String, usize>>, slot
                 }
             }
         });
+    }
+}
+
+/// Drops a pod from its node's stats.
+fn forget(
+    running: Option<&stats::Running>,
+    nodes: &HashMap<String, usize>,
+    pod: &CachedPod,
+    uid: &str,
+) {
+    let Some(running) = running else { return };
+    let Some(index) =
+        pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| nodes.get(n))
+    else {
+        return;
+    };
+    let mut running = running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(pods) = running.get_mut(index) {
+        pods.remove(uid);
     }
 }
 

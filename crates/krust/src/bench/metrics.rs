@@ -1,0 +1,186 @@
+//! `krust bench metrics`: the built-in metrics API at scale. A real `krust server` child
+//! scrapes simulated nodes (a `krust sim nodes --stats` child: each node a TLS endpoint on
+//! 127.0.0.1 with a made-up `/stats/summary` of its pods), then the real `kubectl top`
+//! reads it. Reported: the samples' memory (the server's own accounting, and its RSS), a
+//! whole scrape's duration, and the time of `kubectl top pods -A` and `kubectl top nodes`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, ListParams, PostParams};
+
+use super::api::Server;
+use super::workloads::{Sim, template, until};
+
+/// Flags of `krust bench metrics`.
+#[derive(Debug, Args)]
+pub(crate) struct MetricsBenchArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pods per node.
+    #[arg(long, default_value_t = 30)]
+    pods_per_node: usize,
+    /// The server's `--metrics-resolution`.
+    #[arg(long, default_value = "15s")]
+    resolution: String,
+    /// The kubectl to time (default: `.tools/bin/kubectl`, else the one on PATH).
+    #[arg(long)]
+    kubectl: Option<std::path::PathBuf>,
+}
+
+/// A gauge of the server's `/metrics`.
+async fn gauge(client: &kube::Client, name: &str) -> anyhow::Result<f64> {
+    let text = client.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0))
+}
+
+/// Runs kubectl `args` three times: the median wall time and the last output's line count.
+fn time_kubectl(
+    kubectl: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<(Duration, usize)> {
+    let mut times = Vec::new();
+    let mut lines = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stderr(Stdio::piped())
+            .output()?;
+        times.push(started.elapsed());
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines = out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+    }
+    times.sort();
+    Ok((times[1], lines))
+}
+
+pub(crate) async fn run(args: MetricsBenchArgs) -> anyhow::Result<()> {
+    let kubectl = args.kubectl.clone().unwrap_or_else(|| {
+        let pinned = std::path::PathBuf::from(".tools/bin/kubectl");
+        if pinned.exists() { pinned } else { "kubectl".into() }
+    });
+    let resolution = format!("--metrics-resolution={}", args.resolution);
+    let server = Server::start_with("metrics", &[&resolution])?;
+    let client = server.client().await?;
+    let _sim = Sim(Command::new(std::env::current_exe()?)
+        .args(["sim", "nodes", "--stats", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .args(["--count", &args.nodes.to_string(), "--parallel", "128"])
+        .env("KRUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let registered =
+        until(Duration::from_secs(600), "node registration", || {
+            let nodes = nodes.clone();
+            async move {
+                Ok(nodes.list_metadata(&ListParams::default()).await?.items.len() >= args.nodes)
+            }
+        })
+        .await?;
+    println!(
+        "{} simulated nodes with stats endpoints registered in {:.1} s",
+        args.nodes,
+        registered.as_secs_f64()
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))?,
+        )
+        .await?;
+    let total = args.nodes * args.pods_per_node;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "bench");
+    let per_deployment = args.nodes.max(1);
+    let count = total.div_ceil(per_deployment);
+    for d in 0..count {
+        let replicas = per_deployment.min(total - d * per_deployment);
+        let name = format!("app-{d}");
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": template(&name, serde_json::json!({}))}
+        }))?;
+        deployments.create(&PostParams::default(), &deployment).await?;
+    }
+    let took = until(Duration::from_secs(3600), "the pods", || {
+        let deployments = deployments.clone();
+        async move {
+            let list = deployments.list(&ListParams::default()).await?;
+            let available: i32 = list
+                .items
+                .iter()
+                .map(|d| d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0))
+                .sum();
+            Ok(usize::try_from(available).unwrap_or(0) >= total)
+        }
+    })
+    .await?;
+    println!("{total} pods running in {:.1} s", took.as_secs_f64());
+    let rss_before = server.rss_mib();
+    // Every pod is served once it has two readings.
+    let served = until(Duration::from_secs(600), "every pod's metrics", || {
+        let client = client.clone();
+        async move {
+            let list: serde_json::Value = client
+                .request(http::Request::get("/apis/metrics.k8s.io/v1beta1/pods").body(Vec::new())?)
+                .await?;
+            Ok(list["items"].as_array().map_or(0, Vec::len) >= total)
+        }
+    })
+    .await?;
+    println!("every pod in the metrics API {:.1} s later", served.as_secs_f64());
+    let started = Instant::now();
+    let list: serde_json::Value = client
+        .request(http::Request::get("/apis/metrics.k8s.io/v1beta1/pods").body(Vec::new())?)
+        .await?;
+    let raw = started.elapsed();
+    let items = list["items"].as_array().map_or(0, Vec::len);
+    drop(list);
+    let bytes = gauge(&client, "krust_resource_metrics_bytes").await?;
+    let pods = gauge(&client, "krust_resource_metrics_pods").await?;
+    let scrape = gauge(&client, "krust_resource_metrics_scrape_seconds").await?;
+    let (top_pods, rows) =
+        time_kubectl(&kubectl, &server.kubeconfig, &["top", "pods", "-A", "--no-headers"])?;
+    let (top_nodes, node_rows) =
+        time_kubectl(&kubectl, &server.kubeconfig, &["top", "nodes", "--no-headers"])?;
+    let (top_ns, ns_rows) = time_kubectl(
+        &kubectl,
+        &server.kubeconfig,
+        &["top", "pods", "-n", "bench", "-l", "app=app-0", "--no-headers"],
+    )?;
+    println!(
+        "samples: {pods:.0} pods on {} nodes, {:.1} MiB (server accounting, target ≤ 100 MB); server RSS {rss_before:.0} MiB before the pods' metrics, {:.0} MiB after",
+        args.nodes,
+        bytes / 1_048_576.0,
+        server.rss_mib()
+    );
+    println!("a scrape of every node: {scrape:.2} s (resolution {})", args.resolution);
+    println!("GET /apis/metrics.k8s.io/v1beta1/pods: {items} items in {:.3} s", raw.as_secs_f64());
+    println!(
+        "kubectl top pods -A: {rows} rows in {:.3} s (median of 3; target ≤ 1 s)",
+        top_pods.as_secs_f64()
+    );
+    println!("kubectl top nodes: {node_rows} rows in {:.3} s", top_nodes.as_secs_f64());
+    println!(
+        "kubectl top pods -n bench -l app=app-0: {ns_rows} rows in {:.3} s",
+        top_ns.as_secs_f64()
+    );
+    Ok(())
+}
