@@ -356,7 +356,7 @@ pub struct PodMetric {
 
 impl PodMetric {
     /// The PodMetrics object, with `labels` when known.
-    pub fn render(&self, labels: Option<&Value>) -> Value {
+    pub fn render(&self, labels: Option<&std::collections::BTreeMap<String, String>>) -> Value {
         let containers: Vec<Value> = self
             .containers
             .iter()
@@ -367,8 +367,8 @@ impl PodMetric {
             "namespace": self.namespace,
             "creationTimestamp": now_rfc3339(),
         });
-        if let Some(labels) = labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
-            metadata["labels"] = labels.clone();
+        if let Some(labels) = labels.filter(|l| !l.is_empty()) {
+            metadata["labels"] = json!(labels);
         }
         json!({
             "kind": "PodMetrics",
@@ -485,7 +485,8 @@ mod tests {
         let pods = samples.pod_metrics(Some("a"), &|_, _| true);
         assert_eq!(pods[0].containers, vec![("c".to_owned(), 100_000_000, 3072)]);
         assert!(samples.pod_metrics(Some("b"), &|_, _| true).is_empty());
-        let rendered = pods[0].render(Some(&json!({"app": "x"})));
+        let labels = std::collections::BTreeMap::from([("app".to_owned(), "x".to_owned())]);
+        let rendered = pods[0].render(Some(&labels));
         assert_eq!(
             rendered["containers"][0]["usage"],
             json!({"cpu": "100000000n", "memory": "3Ki"})

@@ -213,6 +213,30 @@ pub struct Rest {
     pub admission: crate::admission::Admission,
 }
 
+/// The names and labels of a stored object, decoded without the rest of it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct MetadataOnly {
+    /// `metadata.name`.
+    #[serde(default)]
+    pub name: String,
+    /// `metadata.namespace`.
+    #[serde(default)]
+    pub namespace: String,
+    /// `metadata.labels`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `metadata` of a stored or listed object's JSON (defaults when it cannot be read).
+pub fn metadata_of(bytes: &[u8]) -> MetadataOnly {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        #[serde(default)]
+        metadata: MetadataOnly,
+    }
+    serde_json::from_slice::<Wrapper>(bytes).map(|w| w.metadata).unwrap_or_default()
+}
+
 /// A list read.
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {
@@ -532,6 +556,8 @@ impl Rest {
             }
         }
         let filtering = !options.labels.is_empty() || !options.fields.is_empty();
+        // Labels are stored as served for every type but the converted ones.
+        let labels_only = filtering && options.fields.is_empty() && rt.conversion.is_none();
         let mut items = Vec::new();
         let mut continue_token = None;
         loop {
@@ -554,7 +580,13 @@ impl Rest {
             let mut last_key = None;
             for kv in &response.kvs {
                 last_key = Some(kv.key.clone());
-                if filtering {
+                if labels_only {
+                    // Only the labels are read (the rest of the object is skipped, not
+                    // built): a selected list of a large collection stays cheap.
+                    if !options.labels.matches_labels(&metadata_of(&kv.value).labels) {
+                        continue;
+                    }
+                } else if filtering {
                     let stored = decode(kv)?;
                     // Selectors see the object as this version serves it.
                     let object =
@@ -1495,14 +1527,14 @@ impl crate::strategy::ComputedSource for Rest {
         })
     }
 
-    fn list<'a>(
+    fn list_labels<'a>(
         &'a self,
         group: &'a str,
         version: &'a str,
         plural: &'a str,
         namespace: Option<&'a str>,
         labels: &'a str,
-    ) -> BoxFuture<'a, ApiResult<Vec<Value>>> {
+    ) -> BoxFuture<'a, ApiResult<Vec<crate::strategy::Labelled>>> {
         Box::pin(async move {
             let rt = self
                 .registry
@@ -1510,7 +1542,15 @@ impl crate::strategy::ComputedSource for Rest {
                 .ok_or_else(|| ApiError::internal(format!("{plural}.{group} is not served")))?;
             let options =
                 ListOptions { labels: LabelSelector::parse(labels)?, ..Default::default() };
-            self.list(&rt, namespace, &options).await?.objects()
+            let page = self.list(&rt, namespace, &options).await?;
+            Ok(page
+                .items
+                .iter()
+                .map(|item| {
+                    let m = metadata_of(item);
+                    (m.namespace, m.name, m.labels)
+                })
+                .collect())
         })
     }
 }

@@ -7,22 +7,26 @@ use serde_json::Value;
 
 use crate::status::{ApiError, Cause};
 
+/// An object's namespace, name and labels.
+pub type Labelled = (String, String, std::collections::BTreeMap<String, String>);
+
 /// What a computed type may read of the stored objects (the registry implements it; the
 /// trait keeps strategies from depending on the registry's code).
 pub trait ComputedSource: Send + Sync {
     /// Whether the store answers.
     fn store_health(&self) -> futures::future::BoxFuture<'_, Result<(), String>>;
 
-    /// The objects of a served type in `namespace` (every one for `None`) that the label
-    /// selector (text form) selects.
-    fn list<'a>(
+    /// The namespace, name and labels of the objects of a served type in `namespace`
+    /// (every one for `None`) that the label selector (text form) selects; the rest of each
+    /// object is not decoded.
+    fn list_labels<'a>(
         &'a self,
         group: &'a str,
         version: &'a str,
         plural: &'a str,
         namespace: Option<&'a str>,
         labels: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>>;
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Labelled>, ApiError>>;
 }
 
 /// What a read of a computed type has to go on.

@@ -52,17 +52,22 @@ const ORPHAN_PREFIX: &str = "pod:";
 const BURST: usize = 500;
 
 /// `1,3-5` ↔ {1, 3, 4, 5}: the form of `completedIndexes` and `failedIndexes`.
-pub fn parse_indexes(text: &str) -> BTreeSet<i32> {
+pub fn parse_indexes(text: &str, completions: Option<i32>) -> BTreeSet<i32> {
+    // Only the Job's own indexes: a status that names `0-2147483647` (anyone allowed to
+    // write it can) must not make the controller allocate two billion of them.
+    let limit = completions.unwrap_or(0).clamp(0, MAX_INDEXED_COMPLETIONS);
     let mut set = BTreeSet::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
                 if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
-                    set.extend(a..=b);
+                    set.extend(a.max(0)..=b.min(limit - 1));
                 }
             }
             None => {
-                if let Ok(a) = part.parse() {
+                if let Ok(a) = part.parse::<i32>()
+                    && (0..limit).contains(&a)
+                {
                     set.insert(a);
                 }
             }
@@ -70,6 +75,9 @@ pub fn parse_indexes(text: &str) -> BTreeSet<i32> {
     }
     set
 }
+
+/// The most completions (and so indexes) an Indexed Job may have, as upstream.
+pub const MAX_INDEXED_COMPLETIONS: i32 = 100_000;
 
 /// The compressed form of a set of indexes.
 pub fn format_indexes(set: &BTreeSet<i32>) -> String {
@@ -426,9 +434,10 @@ pub fn finished_at(job: &Job) -> Option<jiff::Timestamp> {
 /// Whether a success policy rule is met by the completed indexes (the index of the first
 /// rule met).
 pub fn success_policy_met(job: &Job, completed: &BTreeSet<i32>) -> Option<usize> {
-    let rules = &job.spec.as_ref()?.success_policy.as_ref()?.rules;
+    let spec = job.spec.as_ref()?;
+    let rules = &spec.success_policy.as_ref()?.rules;
     rules.iter().position(|rule| {
-        let set = rule.succeeded_indexes.as_deref().map(parse_indexes);
+        let set = rule.succeeded_indexes.as_deref().map(|t| parse_indexes(t, spec.completions));
         let hits = match &set {
             Some(set) => set.intersection(completed).count(),
             None => completed.len(),
@@ -681,6 +690,7 @@ impl JobController {
             return Ok(Requeue::After(Duration::from_millis(200)));
         }
         let namespace = job.namespace().unwrap_or_default();
+        let job_completions = job.spec.as_ref().and_then(|s| s.completions);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         // Read before the pods: a pod whose creation is seen after this list was taken
@@ -710,7 +720,8 @@ impl JobController {
                 .extend(newly.succeeded.iter().cloned());
             uncounted.failed.get_or_insert_with(Vec::new).extend(newly.failed.iter().cloned());
             if !newly.failed_indexes.is_empty() {
-                let mut failed = parse_indexes(status.failed_indexes.as_deref().unwrap_or(""));
+                let mut failed =
+                    parse_indexes(status.failed_indexes.as_deref().unwrap_or(""), job_completions);
                 failed.extend(newly.failed_indexes.iter().copied());
                 status.failed_indexes = Some(format_indexes(&failed));
             }
@@ -751,7 +762,8 @@ impl JobController {
         }
 
         // 3. Uncounted pods move into the counters.
-        let mut completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+        let mut completed =
+            parse_indexes(status.completed_indexes.as_deref().unwrap_or(""), job_completions);
         // A succeeded pod's index is complete whether or not it was counted yet.
         completed.extend(
             pods.iter().filter(|p| phase(p) == Some("Succeeded")).filter_map(|p| index_of(p)),
@@ -797,7 +809,8 @@ impl JobController {
             .iter()
             .filter(|p| !is_finished(p) && p.metadata.deletion_timestamp.is_some())
             .count();
-        let failed_indexes = parse_indexes(status.failed_indexes.as_deref().unwrap_or(""));
+        let failed_indexes =
+            parse_indexes(status.failed_indexes.as_deref().unwrap_or(""), job_completions);
         let succeeded = status.succeeded.unwrap_or(0);
         let failed = status.failed.unwrap_or(0);
         let mut conditions = status.conditions.clone().unwrap_or_default();
@@ -1196,8 +1209,11 @@ mod tests {
     fn index_sets_compress_and_parse() {
         let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into_iter().collect();
         assert_eq!(format_indexes(&set), "0-2,4,6-7");
-        assert_eq!(parse_indexes("0-2,4,6-7"), set);
-        assert!(parse_indexes("").is_empty());
+        assert_eq!(parse_indexes("0-2,4,6-7", Some(8)), set);
+        assert!(parse_indexes("", Some(8)).is_empty());
+        // Out of the Job's range: clipped, never allocated.
+        assert_eq!(parse_indexes("5-2147483647,-3,9", Some(8)).len(), 3);
+        assert!(parse_indexes("0-2147483647", None).is_empty());
     }
 
     #[test]
@@ -1325,7 +1341,8 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_secs(40));
         assert_eq!(backoff(20), Duration::from_secs(360));
         let j = job(
-            json!({"template": {}, "successPolicy": {"rules": [{"succeededIndexes": "0-2", "succeededCount": 2}]}}),
+            json!({"template": {}, "completionMode": "Indexed", "completions": 6,
+                   "successPolicy": {"rules": [{"succeededIndexes": "0-2", "succeededCount": 2}]}}),
             json!({}),
         );
         assert_eq!(success_policy_met(&j, &[0, 5].into_iter().collect()), None);

@@ -170,6 +170,13 @@ impl Strategy for Jobs {
                         "Required value: when completion mode is Indexed",
                     ));
                 }
+                if let Some(c) = int("completions").filter(|c| *c > 100_000) {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        "spec.completions",
+                        format!("Invalid value: {c}: must be less than or equal to 100000 when completion mode is Indexed"),
+                    ));
+                }
                 if int("parallelism").unwrap_or(1) > 100_000 {
                     causes.push(Cause::new("FieldValueInvalid", "spec.parallelism", "Invalid value: must be less than or equal to 100000 when completion mode is Indexed"));
                 }

@@ -1,6 +1,6 @@
 //! NodeMetrics: each node's usage, with the node's labels (a label selector selects nodes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -23,20 +23,16 @@ impl Strategy for NodeMetricsStrategy {
         request: ComputedRequest<'a>,
     ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>> {
         Box::pin(async move {
-            let nodes = request.source.list("", "v1", "nodes", None, request.labels).await?;
-            let labels: HashMap<&str, &Value> = nodes
-                .iter()
-                .filter_map(|n| {
-                    Some((n.pointer("/metadata/name")?.as_str()?, &n["metadata"]["labels"]))
-                })
-                .collect();
+            let nodes = request.source.list_labels("", "v1", "nodes", None, request.labels).await?;
+            let labels: HashMap<&str, &BTreeMap<String, String>> =
+                nodes.iter().map(|(_, name, labels)| (name.as_str(), labels)).collect();
             let mut metrics = request.metrics.node_metrics(request.name);
             metrics.retain_mut(|m| {
                 let Some(node_labels) = labels.get(s(m, "/metadata/name")) else {
                     return false;
                 };
-                if node_labels.as_object().is_some_and(|l| !l.is_empty()) {
-                    m["metadata"]["labels"] = (*node_labels).clone();
+                if !node_labels.is_empty() {
+                    m["metadata"]["labels"] = serde_json::json!(node_labels);
                 }
                 true
             });

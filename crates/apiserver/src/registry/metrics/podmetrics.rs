@@ -3,7 +3,7 @@
 //! cluster-wide list without one (`kubectl top pods -A`) is answered from the samples
 //! alone, since reading every pod would cost more than the answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
@@ -34,17 +34,14 @@ impl Strategy for PodMetricsStrategy {
                     .map(|m| m.render(None))
                     .collect());
             }
-            let pods =
-                request.source.list("", "v1", "pods", request.namespace, request.labels).await?;
-            let labels: HashMap<(&str, &str), &Value> = pods
+            let pods = request
+                .source
+                .list_labels("", "v1", "pods", request.namespace, request.labels)
+                .await?;
+            let labels: HashMap<(&str, &str), &BTreeMap<String, String>> = pods
                 .iter()
-                .filter(|p| request.name.is_none_or(|n| s(p, "/metadata/name") == n))
-                .map(|p| {
-                    (
-                        (s(p, "/metadata/namespace"), s(p, "/metadata/name")),
-                        &p["metadata"]["labels"],
-                    )
-                })
+                .filter(|(_, name, _)| request.name.is_none_or(|n| name == n))
+                .map(|(namespace, name, labels)| ((namespace.as_str(), name.as_str()), labels))
                 .collect();
             Ok(samples
                 .pod_metrics(request.namespace, &|ns, name| labels.contains_key(&(ns, name)))
