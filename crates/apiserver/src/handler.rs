@@ -1209,7 +1209,8 @@ impl ApiServer {
                 labels,
                 metrics: &self.resource_metrics,
             };
-            return self.serve_computed(&rt, verb, request, table, include).await;
+            let protobuf = accept.split(',').any(crate::protobuf::is_protobuf);
+            return self.serve_computed(&rt, verb, request, table, protobuf, include).await;
         }
         match verb {
             "get" => {
@@ -1454,9 +1455,22 @@ impl ApiServer {
         verb: &str,
         request: crate::strategy::ComputedRequest<'_>,
         table: bool,
+        protobuf: bool,
         include: IncludeObject,
     ) -> ApiResult<Response<Body>> {
         let name = request.name;
+        if protobuf
+            && !table
+            && (verb == "get" || verb == "list")
+            && let Some(encoding) = rt.strategy.computed_protobuf(request, verb == "list")
+        {
+            let mut r = Response::new(full(encoding.await?));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+            );
+            return Ok(r);
+        }
         let mut objects = rt.strategy.computed_objects(request).await?;
         match verb {
             "get" => {

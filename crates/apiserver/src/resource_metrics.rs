@@ -356,7 +356,11 @@ pub struct PodMetric {
 
 impl PodMetric {
     /// The PodMetrics object, with `labels` when known.
-    pub fn render(&self, labels: Option<&std::collections::BTreeMap<String, String>>) -> Value {
+    pub fn render(
+        &self,
+        labels: Option<&std::collections::BTreeMap<String, String>>,
+        created: &str,
+    ) -> Value {
         let containers: Vec<Value> = self
             .containers
             .iter()
@@ -365,7 +369,7 @@ impl PodMetric {
         let mut metadata = json!({
             "name": self.name,
             "namespace": self.namespace,
-            "creationTimestamp": now_rfc3339(),
+            "creationTimestamp": created,
         });
         if let Some(labels) = labels.filter(|l| !l.is_empty()) {
             metadata["labels"] = json!(labels);
@@ -408,11 +412,11 @@ fn usage(nanocores: u64, bytes: u64) -> Value {
 }
 
 /// Bytes as metrics-server writes them: in Ki when whole, else plain.
-fn memory(bytes: u64) -> String {
+pub(crate) fn memory(bytes: u64) -> String {
     if bytes.is_multiple_of(1024) { format!("{}Ki", bytes / 1024) } else { bytes.to_string() }
 }
 
-fn rfc3339(ns: i64) -> String {
+pub(crate) fn rfc3339(ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(ns))
         .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
         .unwrap_or_default()
@@ -424,7 +428,7 @@ fn now_rfc3339() -> String {
 }
 
 /// A window as Go prints a `time.Duration` (`15.002s`, `1m0.5s`).
-fn duration(ns: i64) -> String {
+pub(crate) fn duration(ns: i64) -> String {
     let ms = ns / 1_000_000;
     let (minutes, ms) = (ms / 60_000, ms % 60_000);
     let seconds = ms as f64 / 1000.0;
@@ -486,7 +490,7 @@ mod tests {
         assert_eq!(pods[0].containers, vec![("c".to_owned(), 100_000_000, 3072)]);
         assert!(samples.pod_metrics(Some("b"), &|_, _| true).is_empty());
         let labels = std::collections::BTreeMap::from([("app".to_owned(), "x".to_owned())]);
-        let rendered = pods[0].render(Some(&labels));
+        let rendered = pods[0].render(Some(&labels), "2026-01-01T00:00:20Z");
         assert_eq!(
             rendered["containers"][0]["usage"],
             json!({"cpu": "100000000n", "memory": "3Ki"})

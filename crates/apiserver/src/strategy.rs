@@ -195,6 +195,16 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// The protobuf body of the computed objects `request` asks for (one, or a `list`), for
+    /// clients that prefer it; `None`: the type is served as JSON only.
+    fn computed_protobuf<'a>(
+        &'a self,
+        _request: ComputedRequest<'a>,
+        _list: bool,
+    ) -> Option<futures::future::BoxFuture<'a, Result<Vec<u8>, ApiError>>> {
+        None
+    }
+
     /// For a create-only type that acts on another resource (a Binding): the plural and
     /// subresource its create is served as, for the object its body names.
     fn redirects_to(&self) -> Option<(&'static str, &'static str)> {

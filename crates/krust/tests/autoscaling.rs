@@ -93,6 +93,11 @@ fn top_reads_the_metrics_api_and_the_hpa_scales_on_cpu_up_and_back_down() {
         })
     });
     eprintln!("kubectl top pods after {:?}:\n{top}", started.elapsed());
+    // kubectl asks for protobuf first, and gets it.
+    let verbose = server.kubectl(&["top", "pods", "--v=8"]);
+    let log = String::from_utf8_lossy(&verbose.stderr);
+    // A GET carries no Content-Type of its own: this is the response's.
+    assert!(log.contains("Content-Type: application/vnd.kubernetes.protobuf"), "{log}");
     let containers = server.ok(&["top", "pods", "--containers", "--no-headers"]);
     assert!(containers.split_whitespace().any(|w| w == "burn"), "{containers}");
     let all = server.ok(&["top", "pods", "-A", "--sort-by=cpu", "--no-headers"]);

@@ -191,5 +191,8 @@ pub(crate) async fn run(args: MetricsBenchArgs) -> anyhow::Result<()> {
         "kubectl top pods -n bench -l app=app-0: {ns_rows} rows in {:.3} s",
         top_ns.as_secs_f64()
     );
+    // The server first, so it does not scrape nodes that are already gone.
+    drop(client);
+    drop(server);
     Ok(())
 }

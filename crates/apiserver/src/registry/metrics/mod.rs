@@ -4,6 +4,7 @@
 
 pub mod nodemetrics;
 pub mod podmetrics;
+pub mod wire;
 
 use std::collections::BTreeMap;
 

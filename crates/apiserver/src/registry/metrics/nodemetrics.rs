@@ -40,6 +40,21 @@ impl Strategy for NodeMetricsStrategy {
         })
     }
 
+    fn computed_protobuf<'a>(
+        &'a self,
+        request: ComputedRequest<'a>,
+        list: bool,
+    ) -> Option<futures::future::BoxFuture<'a, Result<Vec<u8>, ApiError>>> {
+        Some(Box::pin(async move {
+            let objects = self.computed_objects(request).await?;
+            if !list && objects.is_empty() {
+                let name = request.name.unwrap_or("");
+                return Err(ApiError::not_found("metrics.k8s.io", "nodes", name));
+            }
+            Ok(super::wire::encode_nodes(&objects, list))
+        }))
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![NAME, col("CPU", "string", 0), col("Memory", "string", 0), col("Window", "string", 0)]
     }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::{mebibytes, millicores, usage_cells};
+use crate::resource_metrics::PodMetric;
 use crate::status::ApiError;
 use crate::strategy::{ComputedRequest, Strategy};
 use crate::table::{Column, NAME, col, s};
@@ -15,6 +16,47 @@ use crate::table::{Column, NAME, col, s};
 /// The PodMetrics strategy.
 #[derive(Debug)]
 pub struct PodMetricsStrategy;
+
+/// Labels by (namespace, name).
+pub(super) type PodLabels = HashMap<(String, String), BTreeMap<String, String>>;
+
+fn now() -> String {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+}
+
+/// A pod's labels, when the pods were read.
+pub(super) fn labels_of<'a>(
+    labels: &'a PodLabels,
+    m: &PodMetric,
+) -> Option<&'a BTreeMap<String, String>> {
+    if labels.is_empty() {
+        return None;
+    }
+    labels.get(&(m.namespace.clone(), m.name.clone()))
+}
+
+/// The pods' metrics the request selects (by name too), with their labels where the pods
+/// were read.
+async fn select(request: ComputedRequest<'_>) -> Result<(Vec<PodMetric>, PodLabels), ApiError> {
+    let samples = request.metrics;
+    let by_name = |name: &str| request.name.is_none_or(|n| n == name);
+    if request.namespace.is_none() && request.labels.trim().is_empty() {
+        let metrics = samples.pod_metrics(None, &|_, name| by_name(name));
+        return Ok((metrics, HashMap::new()));
+    }
+    let pods =
+        request.source.list_labels("", "v1", "pods", request.namespace, request.labels).await?;
+    let labels: PodLabels = pods
+        .into_iter()
+        .filter(|(_, name, _)| by_name(name))
+        .map(|(namespace, name, labels)| ((namespace, name), labels))
+        .collect();
+    let metrics = samples.pod_metrics(request.namespace, &|ns, name| {
+        labels.contains_key(&(ns.to_owned(), name.to_owned()))
+    });
+    Ok((metrics, labels))
+}
 
 impl Strategy for PodMetricsStrategy {
     fn is_computed(&self) -> bool {
@@ -26,29 +68,26 @@ impl Strategy for PodMetricsStrategy {
         request: ComputedRequest<'a>,
     ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>> {
         Box::pin(async move {
-            let samples = request.metrics;
-            if request.namespace.is_none() && request.labels.trim().is_empty() {
-                return Ok(samples
-                    .pod_metrics(None, &|_, _| true)
-                    .iter()
-                    .map(|m| m.render(None))
-                    .collect());
-            }
-            let pods = request
-                .source
-                .list_labels("", "v1", "pods", request.namespace, request.labels)
-                .await?;
-            let labels: HashMap<(&str, &str), &BTreeMap<String, String>> = pods
-                .iter()
-                .filter(|(_, name, _)| request.name.is_none_or(|n| name == n))
-                .map(|(namespace, name, labels)| ((namespace.as_str(), name.as_str()), labels))
-                .collect();
-            Ok(samples
-                .pod_metrics(request.namespace, &|ns, name| labels.contains_key(&(ns, name)))
-                .iter()
-                .map(|m| m.render(labels.get(&(m.namespace.as_str(), m.name.as_str())).copied()))
-                .collect())
+            let (metrics, labels) = select(request).await?;
+            let created = now();
+            Ok(metrics.iter().map(|m| m.render(labels_of(&labels, m), &created)).collect())
         })
+    }
+
+    fn computed_protobuf<'a>(
+        &'a self,
+        request: ComputedRequest<'a>,
+        list: bool,
+    ) -> Option<futures::future::BoxFuture<'a, Result<Vec<u8>, ApiError>>> {
+        Some(Box::pin(async move {
+            let (metrics, labels) = select(request).await?;
+            if !list && metrics.is_empty() {
+                let name = request.name.unwrap_or("");
+                return Err(ApiError::not_found("metrics.k8s.io", "pods", name));
+            }
+            let created = jiff::Timestamp::now().as_second();
+            Ok(super::wire::encode_pods(&metrics, &labels, created, list))
+        }))
     }
 
     fn columns(&self) -> Vec<Column> {
