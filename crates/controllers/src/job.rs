@@ -523,6 +523,10 @@ pub struct JobController {
     /// never decides from a cached Job older than its own last write (its counts would be
     /// behind, and it would run an index or a completion again).
     written: Mutex<HashMap<String, u64>>,
+    /// Pods (by UID) whose tracking finalizer this controller removed, until the cache shows
+    /// it gone: until then the cached pod still looks finished and uncounted, and counting it
+    /// again would count one failure or success twice (upstream's finalizer expectations).
+    released: Mutex<HashSet<String>>,
     recorder: Recorder,
 }
 
@@ -554,6 +558,7 @@ impl JobController {
             expectations: Expectations::default(),
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            released: Mutex::new(HashSet::new()),
         });
         let this = Arc::downgrade(&controller);
         jobs.on_change(move |change| {
@@ -577,6 +582,15 @@ impl JobController {
         let this = Arc::downgrade(&controller);
         pods.on_change(move |change| {
             let Some(c) = this.upgrade() else { return };
+            match change {
+                Change::Added(p) | Change::Updated(_, p) if !has_finalizer(p) => {
+                    c.lock_released().remove(p.metadata.uid.as_deref().unwrap_or(""));
+                }
+                Change::Deleted(p) => {
+                    c.lock_released().remove(p.metadata.uid.as_deref().unwrap_or(""));
+                }
+                _ => {}
+            }
             match change {
                 Change::Added(pod) => {
                     if has_finalizer(pod) && c.job_gone(pod) {
@@ -645,6 +659,10 @@ impl JobController {
         Ok(Requeue::No)
     }
 
+    fn lock_released(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.released.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -706,7 +724,17 @@ impl JobController {
             pod_control::claim_pods(&self.client, &self.pods, job.as_ref(), selects, adopt).await?;
         let mut job = (*job).clone();
 
-        // 1. Finished pods not yet counted: recorded as uncounted first.
+        // 1. Finished pods not yet counted: recorded as uncounted first. A pod whose finalizer
+        // this controller already removed was counted, even if the cache does not show it yet.
+        let pods: Vec<Arc<CachedPod>> = {
+            let released = self.lock_released();
+            pods.into_iter()
+                .filter(|p| {
+                    !(has_finalizer(p)
+                        && released.contains(p.metadata.uid.as_deref().unwrap_or("")))
+                })
+                .collect()
+        };
         let newly = newly_finished(&job, &pods);
         let now = Time(jiff::Timestamp::now());
         let mut status = job.status.clone().unwrap_or_default();
@@ -1022,7 +1050,10 @@ impl JobController {
         ]))
         .map_err(|e| Error::Invalid(e.to_string()))?;
         match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.lock_released().insert(pod.metadata.uid.clone().unwrap_or_default());
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
