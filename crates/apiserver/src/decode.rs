@@ -8,6 +8,21 @@ use crate::resources::ResourceType;
 use crate::status::ApiError;
 use crate::strategy::FieldValidation;
 
+/// Go's `omitempty` on ObjectMeta: upstream never writes an empty list or map there, so the
+/// last finalizer, owner, label or annotation removed leaves no `[]` or `{}` behind.
+fn omit_empty_metadata(object: &mut Value) {
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    for key in ["finalizers", "ownerReferences", "labels", "annotations"] {
+        let empty = meta.get(key).is_some_and(|v| {
+            v.as_array().is_some_and(Vec::is_empty)
+                || v.as_object().is_some_and(serde_json::Map::is_empty)
+        });
+        if empty {
+            meta.remove(key);
+        }
+    }
+}
+
 impl ResourceType {
     /// Decodes `object` through its built-in type: field types are checked (a wrong type is 400),
     /// unknown fields are reported according to `validation`, and the canonical form is returned.
@@ -17,12 +32,17 @@ impl ResourceType {
         object: Value,
         validation: FieldValidation,
     ) -> Result<(Value, Vec<String>), ApiError> {
-        let Some(codec) = self.codec else { return Ok((object, Vec::new())) };
+        let Some(codec) = self.codec else {
+            let mut object = object;
+            omit_empty_metadata(&mut object);
+            return Ok((object, Vec::new()));
+        };
         let original = object.clone();
-        let canonical = codec(object)
+        let mut canonical = codec(object)
             .map_err(|e| ApiError::bad_request(format!("error decoding {}: {e}", self.kind)))?;
         let mut unknown = Vec::new();
         unknown_fields(&original, &canonical, &mut String::new(), &mut unknown);
+        omit_empty_metadata(&mut canonical);
         let warnings: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.')))
@@ -126,6 +146,17 @@ mod tests {
             "status": {"acceptedNames": {"plural": "widgets", "kind": "Widget"}, "storedVersions": ["v1"]}});
         let (out, _) = crds.canonicalize_status(crd.clone(), FieldValidation::Strict).unwrap();
         assert_eq!(out["status"]["storedVersions"], serde_json::json!(["v1"]));
+    }
+
+    #[test]
+    fn empty_metadata_lists_and_maps_are_omitted_as_upstream_writes_them() {
+        let registry = Registry::new();
+        let cm = registry.lookup("", "v1", "configmaps").unwrap();
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x",
+            "finalizers": [], "labels": {}, "annotations": {"a": "b"}, "ownerReferences": []}});
+        let (out, warnings) = cm.canonicalize(obj, FieldValidation::Strict).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(out["metadata"], json!({"name": "x", "annotations": {"a": "b"}}));
     }
 
     #[test]
