@@ -218,6 +218,10 @@ pub fn plan(spec: &SetSpec, hash: &str, nodes: &[NodeView<'_>], now: jiff::Times
     let is_new = |p: &CachedPod| hash_of_pod(p) == Some(hash);
     // Nodes whose pods are settled enough for the rolling update to look at.
     let mut settled: Vec<(&str, Option<&CachedPod>, Option<&CachedPod>)> = Vec::new();
+    // Nodes that should run a pod and have none that lives (its old pod still terminating,
+    // or its replacement not made yet): unavailable too, or a rolling update would take the
+    // next node's pod while this one is still without.
+    let mut without = 0;
     for node in nodes {
         let (failed, live): (Vec<&CachedPod>, Vec<&CachedPod>) = node
             .pods
@@ -241,6 +245,9 @@ pub fn plan(spec: &SetSpec, hash: &str, nodes: &[NodeView<'_>], now: jiff::Times
             // a pod and has none gets one.
             if node.run && failed.is_empty() && !terminating {
                 plan.create.push(node.name.to_owned());
+            }
+            if node.run {
+                without += 1;
             }
             continue;
         }
@@ -270,8 +277,8 @@ pub fn plan(spec: &SetSpec, hash: &str, nodes: &[NodeView<'_>], now: jiff::Times
     if spec.max_surge == 0 {
         // Replace old pods in place: unavailable ones at once, available ones while fewer
         // than maxUnavailable nodes are without an available pod.
-        let mut unavailable =
-            settled.iter().filter(|(_, n, o)| !n.or(*o).is_some_and(available)).count() as i32;
+        let mut unavailable = without
+            + settled.iter().filter(|(_, n, o)| !n.or(*o).is_some_and(available)).count() as i32;
         for (_, new, old) in &settled {
             let (None, Some(old)) = (new, old) else { continue };
             if !available(old) {
@@ -938,5 +945,28 @@ mod tests {
         // OnDelete leaves old pods alone.
         let p = plan(&SetSpec { on_delete: true, ..spec(1, 0) }, "new", &nodes, now());
         assert!(p.create.is_empty() && p.delete.is_empty());
+    }
+
+    #[test]
+    fn a_node_left_without_its_pod_counts_against_max_unavailable() {
+        // n0's old pod was deleted for the roll and its replacement is not made yet; n1 keeps
+        // its old pod until n0 is back (upstream's conformance spec "rollback without
+        // unnecessary restarts" catches the roll that takes both at once).
+        let kept = pod("o1", "old", "Running", true);
+        let nodes = vec![
+            NodeView { name: "n0", run: true, keep: true, pods: vec![] },
+            NodeView { name: "n1", run: true, keep: true, pods: vec![&kept] },
+        ];
+        let p = plan(&spec(1, 0), "new", &nodes, now());
+        assert_eq!(p.create, vec!["n0".to_owned()]);
+        assert!(p.delete.is_empty(), "{p:?}");
+        // And while n0's replacement is up but not available (a bad image), still none.
+        let stuck = pod("n0-new", "new", "Pending", false);
+        let nodes = vec![
+            NodeView { name: "n0", run: true, keep: true, pods: vec![&stuck] },
+            NodeView { name: "n1", run: true, keep: true, pods: vec![&kept] },
+        ];
+        let p = plan(&spec(1, 0), "new", &nodes, now());
+        assert!(p.create.is_empty() && p.delete.is_empty(), "{p:?}");
     }
 }
