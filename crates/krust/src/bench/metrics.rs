@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, ListParams, PostParams};
 
 use super::api::Server;
-use super::workloads::{Sim, template, until};
+use super::workloads::{simulated_cluster, template, until};
 
 /// Flags of `krust bench metrics`.
 #[derive(Debug, Args)]
@@ -77,35 +76,12 @@ pub(crate) async fn run(args: MetricsBenchArgs) -> anyhow::Result<()> {
     let resolution = format!("--metrics-resolution={}", args.resolution);
     let server = Server::start_with("metrics", &[&resolution])?;
     let client = server.client().await?;
-    let _sim = Sim(Command::new(std::env::current_exe()?)
-        .args(["sim", "nodes", "--stats", "--kubeconfig"])
-        .arg(&server.kubeconfig)
-        .args(["--count", &args.nodes.to_string(), "--parallel", "128"])
-        // Its client's errors once the server is gone at the end are not news.
-        .env("KRUST_LOG", "warn,kube_client=off")
-        .stdout(Stdio::null())
-        .spawn()?);
-    let nodes: Api<Node> = Api::all(client.clone());
-    let registered =
-        until(Duration::from_secs(600), "node registration", || {
-            let nodes = nodes.clone();
-            async move {
-                Ok(nodes.list_metadata(&ListParams::default()).await?.items.len() >= args.nodes)
-            }
-        })
-        .await?;
+    let (_sim, registered) = simulated_cluster(&server, &client, args.nodes, &["--stats"]).await?;
     println!(
         "{} simulated nodes with stats endpoints registered in {:.1} s",
         args.nodes,
         registered.as_secs_f64()
     );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))?,
-        )
-        .await?;
     let total = args.nodes * args.pods_per_node;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "bench");
     let per_deployment = args.nodes.max(1);

@@ -75,26 +75,30 @@ where
     }
 }
 
-pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
-    let server = Server::start_with("workloads", &[])?;
-    let client = server.client().await?;
-    let _sim = Sim(Command::new(std::env::current_exe()?)
+/// Starts `count` simulated nodes (`krust sim nodes` with `extra` flags) against `server`,
+/// waits until every one is registered and makes the `bench` namespace. The nodes live as
+/// long as the returned guard; the time their registration took comes with it.
+pub(super) async fn simulated_cluster(
+    server: &Server,
+    client: &kube::Client,
+    count: usize,
+    extra: &[&str],
+) -> anyhow::Result<(Sim, Duration)> {
+    let sim = Sim(Command::new(std::env::current_exe()?)
         .args(["sim", "nodes", "--kubeconfig"])
         .arg(&server.kubeconfig)
-        .args(["--count", &args.nodes.to_string(), "--parallel", "128"])
-        .env("KRUST_LOG", "warn")
+        .args(["--count", &count.to_string(), "--parallel", "128"])
+        .args(extra)
+        // Its client's errors once the server is gone at the end are not news.
+        .env("KRUST_LOG", "warn,kube_client=off")
         .stdout(Stdio::null())
         .spawn()?);
     let nodes: Api<Node> = Api::all(client.clone());
-    let registered =
-        until(Duration::from_secs(600), "node registration", || {
-            let nodes = nodes.clone();
-            async move {
-                Ok(nodes.list_metadata(&ListParams::default()).await?.items.len() >= args.nodes)
-            }
-        })
-        .await?;
-    println!("{} simulated nodes registered in {:.1} s", args.nodes, registered.as_secs_f64());
+    let registered = until(Duration::from_secs(600), "node registration", || {
+        let nodes = nodes.clone();
+        async move { Ok(nodes.list_metadata(&ListParams::default()).await?.items.len() >= count) }
+    })
+    .await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(
@@ -102,6 +106,14 @@ pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
             &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))?,
         )
         .await?;
+    Ok((sim, registered))
+}
+
+pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
+    let server = Server::start_with("workloads", &[])?;
+    let client = server.client().await?;
+    let (_sim, registered) = simulated_cluster(&server, &client, args.nodes, &[]).await?;
+    println!("{} simulated nodes registered in {:.1} s", args.nodes, registered.as_secs_f64());
     let n = args.nodes as i32;
 
     // A Deployment of one replica per node: the reference rate on the same path.
