@@ -416,19 +416,20 @@ pub(crate) fn memory(bytes: u64) -> String {
     if bytes.is_multiple_of(1024) { format!("{}Ki", bytes / 1024) } else { bytes.to_string() }
 }
 
-pub(crate) fn rfc3339(ns: i64) -> String {
+fn rfc3339(ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(ns))
         .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
         .unwrap_or_default()
 }
 
-fn now_rfc3339() -> String {
+/// Now, to the second, as object timestamps are written.
+pub(crate) fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
     now.round(jiff::Unit::Second).unwrap_or(now).to_string()
 }
 
 /// A window as Go prints a `time.Duration` (`15.002s`, `1m0.5s`).
-pub(crate) fn duration(ns: i64) -> String {
+fn duration(ns: i64) -> String {
     let ms = ns / 1_000_000;
     let (minutes, ms) = (ms / 60_000, ms % 60_000);
     let seconds = ms as f64 / 1000.0;

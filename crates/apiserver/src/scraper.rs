@@ -15,8 +15,9 @@ use crate::rest::{ListOptions, Rest};
 /// Agents scraped at once.
 const PARALLEL: usize = 64;
 
-/// The largest summary believed (110 pods of a few containers take ~100 KB).
-const MAX_SUMMARY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest summary believed (110 pods of a few containers take ~100 KB); with 64 reads
+/// at once, a hostile agent set can hold at most 256 MiB of the server.
+const MAX_SUMMARY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Scrapes until dropped, every `resolution`.
 pub async fn run(rest: Arc<Rest>, proxy: NodeProxy, samples: Arc<Samples>, resolution: Duration) {

@@ -235,14 +235,11 @@ impl HorizontalController {
             None => ("", api_version),
         };
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk).await.map_err(|e| {
+        // A kind without a scale subresource answers the GET of its scale with 404, which
+        // becomes the FailedGetScale condition.
+        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk).await.map_err(|e| {
             format!("unable to find the resource of {api_version}, Kind={kind}: {e}")
         })?;
-        if !caps.subresources.iter().any(|(sub, _)| sub.plural == format!("{}/scale", ar.plural))
-            && !caps.subresources.iter().any(|(sub, _)| sub.plural == "scale")
-        {
-            tracing::debug!(kind, "no scale subresource in discovery; trying anyway");
-        }
         self.lock_resources().insert(key, ar.clone());
         Ok(ar)
     }

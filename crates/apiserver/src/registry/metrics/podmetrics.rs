@@ -20,11 +20,6 @@ pub struct PodMetricsStrategy;
 /// Labels by (namespace, name).
 pub(super) type PodLabels = HashMap<(String, String), BTreeMap<String, String>>;
 
-fn now() -> String {
-    let now = jiff::Timestamp::now();
-    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
-}
-
 /// A pod's labels, when the pods were read.
 pub(super) fn labels_of<'a>(
     labels: &'a PodLabels,
@@ -69,7 +64,7 @@ impl Strategy for PodMetricsStrategy {
     ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, ApiError>> {
         Box::pin(async move {
             let (metrics, labels) = select(request).await?;
-            let created = now();
+            let created = crate::resource_metrics::now_rfc3339();
             Ok(metrics.iter().map(|m| m.render(labels_of(&labels, m), &created)).collect())
         })
     }

@@ -89,23 +89,15 @@ fn usage(tag: u32, usage: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// One NodeMetrics or PodMetrics message.
-fn item(object: &Value, out: &mut Vec<u8>) {
+/// One NodeMetrics message (PodMetrics are encoded from the samples, `pod`).
+fn node(object: &Value, out: &mut Vec<u8>) {
     object_meta(&object["metadata"], out);
     if let Some(t) = object["timestamp"].as_str() {
         time(2, t, out);
     }
     let window = duration_nanos(object["window"].as_str().unwrap_or("0s"));
     message(3, out, |d| varint_field(1, window as u64, d));
-    if object.get("usage").is_some() {
-        usage(4, &object["usage"], out);
-    }
-    for c in object["containers"].as_array().into_iter().flatten() {
-        message(4, out, |m| {
-            bytes_field(1, c["name"].as_str().unwrap_or("").as_bytes(), m);
-            usage(2, &c["usage"], m);
-        });
-    }
+    usage(4, &object["usage"], out);
 }
 
 /// The protobuf body of one NodeMetrics (`list` false) or a list of them.
@@ -114,10 +106,10 @@ pub fn encode_nodes(objects: &[Value], list: bool) -> Vec<u8> {
     if list {
         message(1, &mut raw, |_| {});
         for object in objects {
-            message(2, &mut raw, |m| item(object, m));
+            message(2, &mut raw, |m| node(object, m));
         }
     } else if let Some(object) = objects.first() {
-        item(object, &mut raw);
+        node(object, &mut raw);
     }
     envelope("NodeMetrics", list, &raw)
 }
