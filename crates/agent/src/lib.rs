@@ -10,6 +10,7 @@ pub mod clock;
 pub mod containerd;
 pub mod cri;
 pub mod image;
+pub mod local_volume;
 
 use std::path::{Path, PathBuf};
 
@@ -109,6 +110,9 @@ pub struct AgentConfig {
     pub cluster_domain: String,
     /// How pod networks reach each other across nodes.
     pub flannel_backend: routes::Backend,
+    /// Where the local-path provisioner's volumes live on this node (none: the node keeps
+    /// none, as simulated nodes).
+    pub local_storage_path: Option<PathBuf>,
 }
 
 /// Where the agent keeps the TLS material of its endpoint: the cluster CA (to verify the API
@@ -152,6 +156,10 @@ impl AgentConfig {
     pub fn new(data_dir: PathBuf, node_name: String, node_ip: IpAddr) -> AgentConfig {
         AgentConfig {
             cgroup_root: format!("/krust/{node_name}"),
+            // `<data-dir>/storage` beside `<data-dir>/agent`, as k3s keeps it.
+            local_storage_path: Some(
+                data_dir.parent().map_or_else(|| data_dir.join("storage"), |d| d.join("storage")),
+            ),
             data_dir,
             node_name,
             node_ip,
@@ -371,6 +379,14 @@ pub async fn run(
         });
     }
 
+    if let Some(storage) = config.local_storage_path.clone() {
+        tokio::spawn(local_volume::run_keeper(
+            client.clone(),
+            config.node_name.clone(),
+            storage,
+            shutdown.clone(),
+        ));
+    }
     if config.service_proxy {
         tokio::spawn(serviceproxy::run(client.clone(), config.clone(), shutdown.clone()));
     }
@@ -420,6 +436,7 @@ pub async fn run(
         clock: clock::Clock::default(),
         pod_cgroups: true,
         host_ports: Default::default(),
+        volume_users: Default::default(),
     });
     tracing::info!(node = %config.node_name, pod_cidr, "node agent is running");
     pods::run(ctx, shutdown).await;

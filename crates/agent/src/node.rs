@@ -44,10 +44,17 @@ pub fn initial_node(config: &AgentConfig) -> Node {
         metadata: ObjectMeta {
             name: Some(config.node_name.clone()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                "node.alpha.kubernetes.io/ttl".to_owned(),
-                "0".to_owned(),
-            )])),
+            annotations: Some({
+                let mut a =
+                    BTreeMap::from([("node.alpha.kubernetes.io/ttl".to_owned(), "0".to_owned())]);
+                if let Some(path) = config.local_storage_path.as_ref() {
+                    a.insert(
+                        controller_runtime::local_volume::STORAGE_PATH_ANNOTATION.to_owned(),
+                        path.display().to_string(),
+                    );
+                }
+                a
+            }),
             ..Default::default()
         },
         spec: Some(k8s_openapi::api::core::v1::NodeSpec {
@@ -78,7 +85,10 @@ pub async fn register(client: &kube::Client, config: &AgentConfig) -> Result<Nod
             Ok(node)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            let patch = json!({ "metadata": { "labels": wanted.metadata.labels } });
+            let patch = json!({ "metadata": {
+                "labels": wanted.metadata.labels,
+                "annotations": wanted.metadata.annotations,
+            } });
             let node = nodes
                 .patch(&config.node_name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;

@@ -67,6 +67,10 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
     }
     let mut mounts = crate::pods::volumes::mounts_under(&config.data_dir);
     mounts.extend(crate::pods::volumes::mounts_under(&config.run_dir()));
+    // Local volumes are unmounted (their loop devices go with them), their data kept.
+    if let Some(storage) = config.local_storage_path.as_ref() {
+        mounts.extend(crate::pods::volumes::mounts_under(storage));
+    }
     mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for m in mounts {
         if rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH).is_ok() {

@@ -393,6 +393,15 @@ impl NodeAuthorizer {
                     Err(no_relationship(node, attributes))
                 }
             }
+            // krust's local volumes: each agent watches the volumes it holds (by label; a
+            // volume object carries no secret) and lets go of deleted ones, which
+            // NodeRestriction narrows to removing its own finalizer.
+            ("", "persistentvolumes", "") if matches!(attributes.verb, "list" | "watch") => Ok(()),
+            ("", "persistentvolumes", "")
+                if attributes.verb == "update" && !attributes.name.is_empty() =>
+            {
+                Ok(())
+            }
             ("", "persistentvolumes", _) => Err("can only read persistentvolumes".to_owned()),
             ("", "serviceaccounts", "token") if attributes.verb == "create" => {
                 graph_object(Kind::ServiceAccount)

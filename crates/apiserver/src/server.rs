@@ -460,6 +460,25 @@ pub async fn bootstrap(
             Err(e) => return Err(e.into()),
         }
     }
+    // The default StorageClass, as k3s ships `local-path` (provisioned by the PersistentVolume
+    // controller and the node agents: `controller_runtime::local_volume`). Created when
+    // missing only, so an operator's edits of its annotations stand.
+    let storage_classes = registry
+        .lookup("storage.k8s.io", "v1", "storageclasses")
+        .ok_or(ServerError::NotServed("storageclasses"))?;
+    let class = json!({
+        "metadata": {"name": "local-path",
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "krust.io/local-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": true,
+    });
+    match server.rest.create(&storage_classes, None, class, &options).await {
+        Ok(_) => {}
+        Err(e) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
     // API priority and fairness: upstream's bootstrap configuration, created when missing.
     let flowcontrol = "flowcontrol.apiserver.k8s.io";
     let levels = registry

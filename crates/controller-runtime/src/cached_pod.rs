@@ -67,6 +67,74 @@ pub struct CachedPodSpec {
     pub subdomain: Option<String>,
     /// `hostNetwork` (such a pod has the node's address, and no policy of its own).
     pub host_network: Option<bool>,
+    /// `volumes`, only those backed by a claim (a `persistentVolumeClaim`, or an
+    /// `ephemeral` one whose claim is `<pod>-<volume>`): what the scheduler binds and the
+    /// claims' protection waits for. Other volumes are skipped.
+    #[serde(deserialize_with = "claim_volumes")]
+    pub volumes: Option<Vec<CachedVolume>>,
+}
+
+/// A pod volume backed by a PersistentVolumeClaim.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CachedVolume {
+    /// The volume's name.
+    pub name: String,
+    /// The claim's name (for an ephemeral volume, `<pod>-<volume>`, filled in by
+    /// [`CachedPod::claim_names`]; empty here).
+    pub claim_name: String,
+    /// Whether the claim is the pod's own ephemeral one.
+    pub ephemeral: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawVolume {
+    name: String,
+    #[serde(default)]
+    persistent_volume_claim: Option<RawClaimSource>,
+    #[serde(default)]
+    ephemeral: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawClaimSource {
+    #[serde(default)]
+    claim_name: String,
+}
+
+fn claim_volumes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<CachedVolume>>, D::Error> {
+    let all: Option<Vec<RawVolume>> = Option::deserialize(d)?;
+    let kept: Vec<CachedVolume> = all
+        .into_iter()
+        .flatten()
+        .filter_map(|v| match (v.persistent_volume_claim, v.ephemeral) {
+            (Some(c), _) => {
+                Some(CachedVolume { name: v.name, claim_name: c.claim_name, ephemeral: false })
+            }
+            (None, Some(_)) => {
+                Some(CachedVolume { name: v.name, claim_name: String::new(), ephemeral: true })
+            }
+            (None, None) => None,
+        })
+        .collect();
+    Ok((!kept.is_empty()).then_some(kept))
+}
+
+impl CachedPod {
+    /// The names of the claims the pod's volumes use (ephemeral ones as `<pod>-<volume>`).
+    pub fn claim_names(&self) -> Vec<String> {
+        let pod = self.metadata.name.as_deref().unwrap_or("");
+        self.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|v| if v.ephemeral { format!("{pod}-{}", v.name) } else { v.claim_name.clone() })
+            .collect()
+    }
 }
 
 /// The read part of a `Container`.

@@ -104,7 +104,12 @@ where
         name: &'static str,
         values: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
     ) {
-        self.indexers.write().unwrap_or_else(lock_poisoned).push((name, Box::new(values)));
+        // Components sharing the informer may each ask for the same index: the first one
+        // stands (an index of one name is the same function wherever it is asked for).
+        let mut indexers = self.indexers.write().unwrap_or_else(lock_poisoned);
+        if !indexers.iter().any(|(n, _)| *n == name) {
+            indexers.push((name, Box::new(values)));
+        }
     }
 
     /// The object under `key`.
@@ -284,6 +289,16 @@ pub const BY_CONTROLLER: &str = "controller";
 pub const ORPHANS_BY_NAMESPACE: &str = "orphans";
 /// Index name: `spec.nodeName` of pods.
 pub const BY_NODE: &str = "node";
+/// Index of pods by the claims their volumes use (`namespace/claim`).
+pub const BY_CLAIM: &str = "claim";
+
+/// Indexes pods by the claims their volumes use ([`BY_CLAIM`]).
+pub fn index_pods_by_claim(pods: &Informer<crate::cached_pod::CachedPod>) {
+    pods.add_index(BY_CLAIM, |p| {
+        let namespace = p.metadata.namespace.as_deref().unwrap_or("");
+        p.claim_names().into_iter().map(|c| format!("{namespace}/{c}")).collect()
+    });
+}
 
 /// Adds the controller and orphan indexes every owning controller reads.
 pub fn index_by_controller<K>(informer: &Informer<K>)

@@ -8,6 +8,7 @@ pub mod cached_pod;
 pub mod events;
 pub mod informer;
 pub mod leader;
+pub mod local_volume;
 pub mod quantity;
 pub mod queue;
 pub mod selectors;

@@ -124,6 +124,29 @@ pub fn node_selector_term_matches(
             .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node_name)))
 }
 
+/// Whether a node selector (its terms ORed) matches a node.
+pub fn node_selector_matches(
+    selector: &k8s_openapi::api::core::v1::NodeSelector,
+    node_name: &str,
+    labels: &Labels,
+) -> bool {
+    selector.node_selector_terms.iter().any(|t| node_selector_term_matches(t, node_name, labels))
+}
+
+/// Whether a PersistentVolume may be used on a node: its `nodeAffinity` (none: anywhere).
+pub fn volume_fits_node(
+    volume: &k8s_openapi::api::core::v1::PersistentVolume,
+    node_name: &str,
+    labels: &Labels,
+) -> bool {
+    volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+        .is_none_or(|r| node_selector_matches(r, node_name, labels))
+}
+
 /// Whether `toleration` tolerates `taint`.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())

@@ -8,7 +8,9 @@
 //! time, reading the informers' caches and writing through the API.
 
 // The shared client machinery, under the paths the controllers have always used.
-pub use controller_runtime::{cached_pod, events, informer, leader, quantity, queue, selectors};
+pub use controller_runtime::{
+    cached_pod, events, informer, leader, local_volume, quantity, queue, selectors,
+};
 
 pub mod certificates;
 pub mod clusterroleaggregation;
@@ -23,6 +25,7 @@ pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod pod_control;
 pub mod podautoscaler;
 pub mod replicaset;
@@ -45,10 +48,12 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, ReplicationController, ResourceQuota, Service, ServiceAccount,
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, ReplicationController, ResourceQuota,
+    Service, ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
 use kube::Api;
 use kube::runtime::watcher;
 
@@ -91,6 +96,10 @@ pub struct Informers {
     node_leases: Arc<Informer<Lease>>,
     cluster_roles: Arc<Informer<ClusterRole>>,
     certificate_signing_requests: Arc<Informer<CertificateSigningRequest>>,
+    persistent_volumes: Arc<Informer<PersistentVolume>>,
+    persistent_volume_claims: Arc<Informer<PersistentVolumeClaim>>,
+    storage_classes: Arc<Informer<StorageClass>>,
+    storage_capacities: Arc<Informer<CSIStorageCapacity>>,
     wanted: Mutex<Vec<(&'static str, Option<Starter>)>>,
     /// Set to stop every informer's watch (see [`Informers::stop`]).
     stopped: tokio::sync::watch::Sender<bool>,
@@ -164,6 +173,10 @@ impl Informers {
             node_leases: Informer::new(),
             cluster_roles: Informer::new(),
             certificate_signing_requests: Informer::new(),
+            persistent_volumes: Informer::new(),
+            persistent_volume_claims: Informer::new(),
+            storage_classes: Informer::new(),
+            storage_capacities: Informer::new(),
             wanted: Mutex::new(Vec::new()),
             stopped: tokio::sync::watch::channel(false).0,
         })
@@ -200,6 +213,10 @@ impl Informers {
         CertificateSigningRequest,
         "certificatesigningrequests"
     );
+    informer_getter!(persistent_volumes, PersistentVolume, "persistentvolumes");
+    informer_getter!(persistent_volume_claims, PersistentVolumeClaim, "persistentvolumeclaims");
+    informer_getter!(storage_classes, StorageClass, "storageclasses");
+    informer_getter!(storage_capacities, CSIStorageCapacity, "csistoragecapacities");
 
     informer_getter!(
         node_leases,
@@ -237,8 +254,15 @@ pub fn scheduler(
     let pods = informers.pods();
     let nodes = informers.nodes();
     let namespaces = informers.namespaces();
-    let scheduler = Scheduler::new(client.clone(), pods.clone(), &nodes, &namespaces, config);
+    let volumes = scheduler::VolumeSources {
+        claims: informers.persistent_volume_claims(),
+        volumes: informers.persistent_volumes(),
+        classes: informers.storage_classes(),
+    };
+    let scheduler =
+        Scheduler::new(client.clone(), pods.clone(), &nodes, &namespaces, volumes.clone(), config);
     async move {
+        volumes.wait_synced().await;
         pods.wait_synced().await;
         nodes.wait_synced().await;
         namespaces.wait_synced().await;
@@ -421,6 +445,16 @@ pub fn controller_manager(
             ca,
         )
     });
+    let persistent_volume = persistentvolume::PersistentVolumeController::new(
+        as_sa("persistent-volume-binder"),
+        persistentvolume::Sources {
+            volumes: informers.persistent_volumes(),
+            claims: informers.persistent_volume_claims(),
+            classes: informers.storage_classes(),
+            nodes: informers.nodes(),
+            pods: pods.clone(),
+        },
+    );
     let garbage_collector = gc::GarbageCollector::new(as_sa("generic-garbage-collector"));
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
@@ -472,6 +506,7 @@ pub fn controller_manager(
             let root_ca = root_ca.clone();
             let aggregation = aggregation.clone();
             let certificates = certificates.clone();
+            let persistent_volume = persistent_volume.clone();
             async move {
                 let root_ca = async move {
                     if let Some(publisher) = root_ca {
@@ -503,6 +538,7 @@ pub fn controller_manager(
                     events,
                     aggregation.run(),
                     certificates.run(),
+                    persistent_volume.run(config.workers),
                     token_cleaner,
                 );
             }

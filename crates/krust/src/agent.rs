@@ -32,6 +32,10 @@ pub(crate) struct AgentArgs {
     /// Port of the agent's HTTPS endpoint (logs, exec, port-forward, stats).
     #[arg(long, default_value_t = 10250)]
     pub(crate) kubelet_port: u16,
+    /// Where the `local-path` StorageClass's volumes live on this node (default
+    /// `<data-dir>/storage`).
+    #[arg(long)]
+    pub(crate) default_local_storage_path: Option<PathBuf>,
     /// A kubelet tunable, `key=value` (repeatable): `max-pods`, `pod-max-pids`.
     #[arg(long = "kubelet-arg", value_name = "KEY=VALUE")]
     pub(crate) kubelet_args: Vec<String>,
@@ -73,6 +77,9 @@ impl AgentArgs {
         }
         config.private_registry = self.private_registry.clone();
         config.serve_port = self.kubelet_port;
+        if let Some(path) = self.default_local_storage_path.clone() {
+            config.local_storage_path = Some(path);
+        }
         config.service_proxy = !self.disable_service_proxy;
         for arg in &self.kube_proxy_args {
             let (key, value) = arg

@@ -4,6 +4,7 @@
 
 mod admission;
 pub mod cgroups;
+pub mod claims;
 pub mod config;
 pub mod env;
 pub mod events;
@@ -62,6 +63,8 @@ pub(crate) struct Context {
     /// The host ports of the pods admitted on this node, by pod UID (the kubelet's
     /// `NodePorts` admission: a pod whose host port is taken is failed, not started).
     pub(crate) host_ports: admission::HostPorts,
+    /// Which pods use which local volumes (unmounted when the last one goes).
+    pub(crate) volume_users: Arc<crate::local_volume::Users>,
 }
 
 struct Handle {

@@ -98,6 +98,7 @@ impl Harness {
             clock: clock.clone(),
             pod_cgroups: false,
             host_ports: Default::default(),
+            volume_users: Default::default(),
         });
         Harness { ctx, runtime, clock, api, _dir: dir }
     }

@@ -398,6 +398,7 @@ pub fn container_mounts(
     container: &Container,
     env: &[(String, String)],
     etc_hosts: Option<&Path>,
+    claims: &super::claims::Claims,
 ) -> Result<Vec<cri::Mount>, MountError> {
     let vars: std::collections::HashMap<&str, &str> =
         env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -413,7 +414,14 @@ pub fn container_mounts(
         let volume = volumes
             .get(vm.name.as_str())
             .ok_or_else(|| MountError(format!("volume {} not found in the pod", vm.name)))?;
-        let mut host = volume_path(pods_dir, &uid, volume);
+        let claim = claims.get(vm.name.as_str());
+        let mut host = match claim {
+            Some(c) => c.path.clone(),
+            None if volume.persistent_volume_claim.is_some() || volume.ephemeral.is_some() => {
+                return Err(MountError(format!("volume {} is not mounted yet", vm.name)));
+            }
+            None => volume_path(pods_dir, &uid, volume),
+        };
         // `subPathExpr` is `subPath` with the container's `$(VAR)`s expanded (upstream
         // refuses a mount with both).
         let expanded = vm
@@ -437,7 +445,7 @@ pub fn container_mounts(
         mounts.push(cri::Mount {
             container_path: vm.mount_path.clone(),
             host_path: host.display().to_string(),
-            readonly: vm.read_only == Some(true),
+            readonly: vm.read_only == Some(true) || claim.is_some_and(|c| c.read_only),
             propagation: propagation as i32,
             ..Default::default()
         });
@@ -511,13 +519,18 @@ mod tests {
         .unwrap();
         let container = pod.spec.as_ref().unwrap().containers[0].clone();
         let env = vec![("POD_NAME".to_owned(), "p-1".to_owned())];
-        let mounts = container_mounts(dir.path(), &pod, &container, &env, None).unwrap();
+        let mounts =
+            container_mounts(dir.path(), &pod, &container, &env, None, &Default::default())
+                .unwrap();
         assert!(mounts[0].host_path.ends_with("/p-1/x"), "{}", mounts[0].host_path);
         assert!(Path::new(&mounts[0].host_path).is_dir());
         assert!(Path::new(&mounts[1].host_path).join("p-1").is_dir());
         // An expansion may not leave the volume.
         let env = vec![("POD_NAME".to_owned(), "..".to_owned())];
-        assert!(container_mounts(dir.path(), &pod, &container, &env, None).is_err());
+        assert!(
+            container_mounts(dir.path(), &pod, &container, &env, None, &Default::default())
+                .is_err()
+        );
     }
 
     #[test]

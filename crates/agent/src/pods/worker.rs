@@ -82,6 +82,7 @@ struct Launch<'a> {
     sources: &'a Sources,
     downward: &'a Downward,
     etc_hosts: Option<&'a std::path::Path>,
+    claims: &'a super::claims::Claims,
 }
 
 /// One pod's worker state.
@@ -209,20 +210,36 @@ impl Worker {
             node_cpu: ctx.node_cpu,
             node_memory: ctx.node_memory as f64,
         };
-        if let Err(e) = volumes::set_up(&ctx.pods_dir, pod, &sources, &downward) {
-            if self.mount_error.as_deref() != Some(&e.0) {
-                ctx.recorder.pod(
-                    &self.key,
-                    "",
-                    EventType::Warning,
-                    "FailedMount",
-                    &format!("MountVolume.SetUp failed: {e}"),
-                );
-                self.mount_error = Some(e.0.clone());
+        let set_up = match super::claims::resolve(
+            &ctx.client,
+            pod,
+            ctx.config.local_storage_path.as_deref(),
+        )
+        .await
+        {
+            Ok(claims) => volumes::set_up(&ctx.pods_dir, pod, &sources, &downward).map(|()| claims),
+            Err(e) => Err(e),
+        };
+        let claims = match set_up {
+            Ok(claims) => {
+                ctx.volume_users.using(&uid, claims.values().map(|c| c.path.as_path()));
+                claims
             }
-            self.report(pod, &observed).await?;
-            return Ok(Next::After(Duration::from_secs(2)));
-        }
+            Err(e) => {
+                if self.mount_error.as_deref() != Some(&e.0) {
+                    ctx.recorder.pod(
+                        &self.key,
+                        "",
+                        EventType::Warning,
+                        "FailedMount",
+                        &format!("MountVolume.SetUp failed: {e}"),
+                    );
+                    self.mount_error = Some(e.0.clone());
+                }
+                self.report(pod, &observed).await?;
+                return Ok(Next::After(Duration::from_secs(2)));
+            }
+        };
         self.mount_error = None;
 
         let sandbox = match observed.sandbox().filter(|s| s.ready).cloned() {
@@ -274,6 +291,7 @@ impl Worker {
             sources: &sources,
             downward: &downward,
             etc_hosts: etc_hosts.as_deref(),
+            claims: &claims,
         };
         // Containers of an earlier sandbox do not count for this one's init sequence.
         let current = Observed {
@@ -534,7 +552,7 @@ impl Worker {
         attempt: u32,
         launch: &Launch<'_>,
     ) -> Result<bool, AgentError> {
-        let Launch { sandbox, sandbox_config, sources, downward, etc_hosts } = *launch;
+        let Launch { sandbox, sandbox_config, sources, downward, etc_hosts, claims } = *launch;
         let ctx = self.ctx.clone();
         let path = field_path(c, init);
         let Some(image) = self.ensure_image(pod, c, &path).await? else { return Ok(false) };
@@ -550,13 +568,14 @@ impl Worker {
                 return Ok(false);
             }
         };
-        let mut mounts = match volumes::container_mounts(&ctx.pods_dir, pod, c, &env, etc_hosts) {
-            Ok(m) => m,
-            Err(e) => {
-                self.fail(c, &path, "CreateContainerConfigError", &e.0);
-                return Ok(false);
-            }
-        };
+        let mut mounts =
+            match volumes::container_mounts(&ctx.pods_dir, pod, c, &env, etc_hosts, claims) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.fail(c, &path, "CreateContainerConfigError", &e.0);
+                    return Ok(false);
+                }
+            };
         // The termination message file, read back when the container ends.
         let message_file = self.termination_file(&c.name, attempt);
         if let Some(dir) = message_file.parent() {
@@ -1040,6 +1059,13 @@ impl Worker {
             runtime::stop_sandbox(ctx.cri.as_ref(), &s.id, true).await?;
         }
         volumes::tear_down(&ctx.pods_dir, &self.key.uid).map_err(|e| AgentError::Runtime(e.0))?;
+        if let Some(storage) = ctx.config.local_storage_path.as_deref() {
+            for path in ctx.volume_users.release(&self.key.uid) {
+                if let Err(e) = crate::local_volume::unmount(storage, &path) {
+                    tracing::warn!(path = %path.display(), error = %e, "unmounting a local volume failed");
+                }
+            }
+        }
         for qos in [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort] {
             if !ctx.pod_cgroups {
                 break;

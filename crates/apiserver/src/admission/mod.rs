@@ -6,11 +6,13 @@
 
 pub mod allocations;
 pub mod certificates;
+pub mod default_storage_class;
 pub mod default_toleration_seconds;
 pub mod limit_ranger;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
 pub mod node_restriction;
+pub mod persistent_volume_claim_resize;
 pub mod pod_security;
 pub mod priority;
 pub mod rbac_escalation;
@@ -18,6 +20,7 @@ pub mod resource_quota;
 pub mod service_account;
 pub mod service_cluster_ip;
 pub mod service_node_port;
+pub mod storage_object_in_use_protection;
 
 use std::sync::Arc;
 
@@ -267,6 +270,7 @@ impl Admission {
         }
         validating.push(Box::new(limit_ranger::LimitRanger));
         validating.push(Box::new(resource_quota::ResourceQuota));
+        validating.push(Box::new(persistent_volume_claim_resize::PersistentVolumeClaimResize));
         Admission {
             mutating: vec![
                 Box::new(service_cluster_ip::ServiceClusterIp::new(
@@ -284,6 +288,8 @@ impl Admission {
                 Box::new(default_toleration_seconds::DefaultTolerationSeconds),
                 Box::new(priority::Priority),
                 Box::new(limit_ranger::LimitRanger),
+                Box::new(default_storage_class::DefaultStorageClass),
+                Box::new(storage_object_in_use_protection::StorageObjectInUseProtection),
             ],
             validating,
         }

@@ -142,6 +142,50 @@ fn check_pod(node: &str, attributes: &Attributes<'_>, object: Option<&Value>) ->
     }
 }
 
+/// krust's local volumes: a node may only let go of a volume it holds, by removing the
+/// `krust.io/local-volume` finalizer once it wiped the data; nothing else of any volume.
+fn check_volume(node: &str, attributes: &Attributes<'_>, object: Option<&Value>) -> ApiResult<()> {
+    const FINALIZER: &str = "krust.io/local-volume";
+    const NODE_LABEL: &str = "/metadata/labels/krust.io~1local-volume-node";
+    let refuse = || {
+        Err(ApiError::forbidden(format!(
+            "node \"{node}\" may only remove the {FINALIZER} finalizer of a volume it holds"
+        )))
+    };
+    let (Some(old), Some(new), Operation::Update, None) =
+        (attributes.old, object, attributes.operation, attributes.subresource)
+    else {
+        return refuse();
+    };
+    if text(Some(old), NODE_LABEL) != node {
+        return refuse();
+    }
+    let without = |o: &Value| {
+        let mut o = o.clone();
+        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for volatile in ["finalizers", "resourceVersion", "managedFields", "generation"] {
+                meta.remove(volatile);
+            }
+        }
+        o
+    };
+    let finalizers = |o: &Value| -> Vec<String> {
+        o.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut expected = finalizers(old);
+    expected.retain(|f| f != FINALIZER);
+    if without(old) != without(new) || finalizers(new) != expected {
+        return refuse();
+    }
+    Ok(())
+}
+
 async fn check_token(
     node: &str,
     objects: &dyn Objects,
@@ -184,7 +228,10 @@ impl Validating for NodeRestriction {
         attributes.user.and_then(node_of).is_some()
             && attributes.rt.is_builtin()
             && attributes.rt.group.is_empty()
-            && matches!(attributes.rt.kind.as_str(), "Node" | "Pod" | "ServiceAccount")
+            && matches!(
+                attributes.rt.kind.as_str(),
+                "Node" | "Pod" | "ServiceAccount" | "PersistentVolume"
+            )
     }
 
     fn validate<'a>(
@@ -198,6 +245,7 @@ impl Validating for NodeRestriction {
             match attributes.rt.kind.as_str() {
                 "Node" => check_node(node, attributes, object),
                 "Pod" => check_pod(node, attributes, object),
+                "PersistentVolume" => check_volume(node, attributes, object),
                 "ServiceAccount" if attributes.subresource == Some("token") => {
                     check_token(node, objects, attributes, object).await
                 }

@@ -560,6 +560,10 @@ pub enum Unfit {
     Spread,
     /// Topology spread: the node lacks the topology label.
     SpreadMissingLabel,
+    /// A bound claim's volume does not accept the node.
+    VolumeNodeAffinityConflict,
+    /// An unbound claim finds no volume, nor room to provision one, on the node.
+    VolumeBindingNoMatch,
 }
 
 impl Unfit {
@@ -581,6 +585,10 @@ impl Unfit {
             Unfit::SpreadMissingLabel => {
                 "node(s) didn't match pod topology spread constraints (missing required label)"
                     .into()
+            }
+            Unfit::VolumeNodeAffinityConflict => "node(s) had volume node affinity conflict".into(),
+            Unfit::VolumeBindingNoMatch => {
+                "node(s) didn't find available persistent volumes to bind".into()
             }
         }
     }

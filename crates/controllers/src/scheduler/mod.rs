@@ -7,13 +7,17 @@
 //! changes (a node added or changed, a pod gone) with a per-pod back-off.
 
 pub mod framework;
+pub mod volume_binding;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -24,6 +28,7 @@ use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{Change, Informer};
 use crate::selectors::Labels;
 use framework::{ClusterState, NodeInfo, NodeTable, PodInfo, ResourceStrategy, Unfit};
+use volume_binding::{Need, Needs};
 
 /// The scheduler name pods ask for by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -93,6 +98,8 @@ struct State {
     nominated: HashMap<String, HashMap<String, Arc<PodInfo>>>,
     /// Pod key → the node it is nominated to.
     nominated_to: HashMap<String, String>,
+    /// What each node's annotations say of its local storage (the volume filter reads it).
+    storage: HashMap<String, volume_binding::Annotations>,
     seq: u64,
 }
 
@@ -148,6 +155,14 @@ impl State {
     }
 
     /// Something changed that may let waiting pods fit: they retry once their back-off ends.
+    /// The volume plugins' verdict on `node` (nothing to check without needs).
+    fn volumes_unfit(&self, needs: &[Need], node: &NodeInfo) -> Option<Unfit> {
+        if needs.is_empty() {
+            return None;
+        }
+        volume_binding::check_node(needs, node, self.storage.get(&node.name))
+    }
+
     fn cluster_changed(&mut self) {
         for (key, (attempts, last, priority)) in self.unschedulable.drain() {
             self.backoff.insert(key, (attempts, last + backoff(attempts), priority));
@@ -195,6 +210,9 @@ impl State {
     }
 
     fn set_node(&mut self, node: &Node) {
+        let storage = volume_binding::Annotations::of(node);
+        let storage_changed =
+            self.storage.insert(node.name_any(), storage).is_none_or(|old| old != storage);
         let mut info = NodeInfo::new(node);
         let relevant_change = match self.nodes.get_mut(&info.name) {
             // Replaced in place, so the node keeps its position in the search order.
@@ -227,12 +245,13 @@ impl State {
                 true
             }
         };
-        if relevant_change {
+        if relevant_change || storage_changed {
             self.cluster_changed();
         }
     }
 
     fn remove_node(&mut self, name: &str) {
+        self.storage.remove(name);
         if let Some(old) = self.nodes.remove(name) {
             for image in old.images.keys() {
                 if let Some(n) = self.image_nodes.get_mut(image) {
@@ -286,6 +305,9 @@ const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(300);
 pub struct Scheduler {
     client: kube::Client,
     pods: Arc<Informer<CachedPod>>,
+    volumes: VolumeSources,
+    /// Woken by every claim change: binds waiting for their claims to be bound.
+    claims_changed: Arc<Notify>,
     config: SchedulerConfig,
     state: Mutex<State>,
     wake: Notify,
@@ -298,6 +320,61 @@ impl std::fmt::Debug for Scheduler {
         f.debug_struct("Scheduler").field("config", &self.config).finish()
     }
 }
+
+/// The informers the volume plugins read.
+#[derive(Debug, Clone)]
+pub struct VolumeSources {
+    /// PersistentVolumeClaims.
+    pub claims: Arc<Informer<PersistentVolumeClaim>>,
+    /// PersistentVolumes.
+    pub volumes: Arc<Informer<PersistentVolume>>,
+    /// StorageClasses.
+    pub classes: Arc<Informer<StorageClass>>,
+}
+
+impl VolumeSources {
+    /// Waits until every cache has listed.
+    pub async fn wait_synced(&self) {
+        self.claims.wait_synced().await;
+        self.volumes.wait_synced().await;
+        self.classes.wait_synced().await;
+    }
+}
+
+struct Lookup<'a> {
+    sources: &'a VolumeSources,
+    pods: &'a Informer<CachedPod>,
+}
+
+impl volume_binding::Lookup for Lookup<'_> {
+    fn claim(&self, key: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.sources.claims.get(key)
+    }
+    fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+        self.sources.volumes.get(name)
+    }
+    fn class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.sources.classes.get(name)
+    }
+    fn volumes(&self) -> Vec<Arc<PersistentVolume>> {
+        self.sources.volumes.list()
+    }
+    fn used_by_other(&self, key: &str, pod_key: &str) -> bool {
+        self.pods.by_index(crate::informer::BY_CLAIM, key).iter().any(|p| {
+            crate::informer::key_of(p.as_ref()) != pod_key
+                && !is_terminal(p)
+                && p.metadata.deletion_timestamp.is_none()
+        })
+    }
+}
+
+/// A pod assumed onto a node: the pod, the node, the attempts so far and the claims to
+/// write the node on before binding.
+type Decision = (Arc<PodInfo>, String, u32, Vec<Arc<PersistentVolumeClaim>>);
+
+/// How long a pod's binding waits for its claims to be bound (upstream's
+/// `bindTimeoutSeconds`).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn is_terminal(pod: &CachedPod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
@@ -314,9 +391,16 @@ impl Scheduler {
         pods: Arc<Informer<CachedPod>>,
         nodes: &Informer<Node>,
         namespaces: &Informer<Namespace>,
+        volumes: VolumeSources,
         config: SchedulerConfig,
     ) -> Arc<Scheduler> {
+        crate::informer::index_pods_by_claim(&pods);
+        let claims_changed = Arc::new(Notify::new());
+        let this_notify = claims_changed.clone();
+        volumes.claims.on_change(move |_| this_notify.notify_waiters());
         let scheduler = Arc::new(Scheduler {
+            volumes: volumes.clone(),
+            claims_changed,
             recorder: Recorder::new(client.clone(), &config.scheduler_name),
             binds: Arc::new(Semaphore::new(config.parallel_binds.max(1))),
             client,
@@ -340,6 +424,20 @@ impl Scheduler {
                     Change::Deleted(n) => state.remove_node(&n.name_any()),
                 }
                 drop(state);
+                s.wake.notify_one();
+            }
+        });
+        let this = Arc::downgrade(&scheduler);
+        volumes.claims.on_change(move |_| {
+            if let Some(s) = this.upgrade() {
+                s.state().cluster_changed();
+                s.wake.notify_one();
+            }
+        });
+        let this = Arc::downgrade(&scheduler);
+        volumes.volumes.on_change(move |_| {
+            if let Some(s) = this.upgrade() {
+                s.state().cluster_changed();
                 s.wake.notify_one();
             }
         });
@@ -469,29 +567,52 @@ impl Scheduler {
         {
             return;
         }
-        if let Some((info, node, attempts)) = self.decide(key, pod) {
-            self.clone().bind(info, node, attempts).await;
+        if let Some((info, node, attempts, select)) = self.decide(key, pod) {
+            self.clone().bind(info, node, attempts, select).await;
         }
     }
 
     /// One scheduling decision, under the cache lock: the pod is assumed onto a node
     /// (returned for binding), or marked unschedulable (and may preempt).
-    fn decide(
-        self: &Arc<Self>,
-        key: &str,
-        pod: Arc<CachedPod>,
-    ) -> Option<(Arc<PodInfo>, String, u32)> {
+    fn decide(self: &Arc<Self>, key: &str, pod: Arc<CachedPod>) -> Option<Decision> {
+        let claims = pod.claim_names();
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let needs = volume_binding::needs(
+            &namespace,
+            key,
+            &claims,
+            &Lookup { sources: &self.volumes, pods: &self.pods },
+        );
         let mut state = self.state();
         let info = Arc::new(PodInfo::new(pod, &state.namespace_labels));
         let attempts = state.attempts.get(key).copied().unwrap_or(0) + 1;
-        match self.find_node(&mut state, &info) {
+        let needs = match needs {
+            Needs::None => Vec::new(),
+            Needs::Nodes(needs) => needs,
+            Needs::Nowhere(why) => {
+                let total = state.nodes.len();
+                let message = format!(
+                    "0/{total} nodes are available: {why}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling."
+                );
+                state.attempts.remove(key);
+                state
+                    .unschedulable
+                    .insert(key.to_owned(), (attempts, Instant::now(), info.priority));
+                let changed = state.last_message.get(key) != Some(&message);
+                state.last_message.insert(key.to_owned(), message.clone());
+                drop(state);
+                self.unschedulable(&info, message, changed, None);
+                return None;
+            }
+        };
+        match self.find_node(&mut state, &info, &needs) {
             Ok(node) => {
                 state.attempts.remove(key);
                 state.last_message.remove(key);
                 state.clear_nomination(key);
                 state.assumed.insert(key.to_owned());
                 state.place(info.clone(), &node);
-                Some((info, node, attempts))
+                Some((info, node, attempts, volume_binding::to_select(&needs)))
             }
             Err(reasons) => {
                 let total = state.nodes.len();
@@ -551,7 +672,12 @@ impl Scheduler {
         (total * pct / 100).max(100)
     }
 
-    fn find_node(&self, state: &mut State, pod: &PodInfo) -> Result<String, HashMap<Unfit, usize>> {
+    fn find_node(
+        &self,
+        state: &mut State,
+        pod: &PodInfo,
+        needs: &[Need],
+    ) -> Result<String, HashMap<Unfit, usize>> {
         let total = state.nodes.len();
         let mut reasons: HashMap<Unfit, usize> = HashMap::new();
         if total == 0 {
@@ -569,6 +695,7 @@ impl Scheduler {
         if let Some(node) = state.nominated_to.get(&pod.key).and_then(|n| state.nodes.get(n))
             && framework::filter(pod, node, cluster.as_ref())
                 .or_else(|| state.held_for_others(pod, node))
+                .or_else(|| state.volumes_unfit(needs, node))
                 .is_none()
         {
             return Ok(node.name.clone());
@@ -582,6 +709,7 @@ impl Scheduler {
                 examined += 1;
                 match framework::filter(pod, node, cluster.as_ref())
                     .or_else(|| state.held_for_others(pod, node))
+                    .or_else(|| state.volumes_unfit(needs, node))
                 {
                     None => feasible.push(node),
                     Some(unfit) => *reasons.entry(unfit).or_insert(0) += 1,
@@ -611,6 +739,7 @@ impl Scheduler {
             examined += 1;
             match framework::filter(pod, node, cluster.as_ref())
                 .or_else(|| state.held_for_others(pod, node))
+                .or_else(|| state.volumes_unfit(needs, node))
             {
                 None => {
                     feasible.push(node);
@@ -643,7 +772,112 @@ impl Scheduler {
         Ok(chosen)
     }
 
-    async fn bind(self: Arc<Self>, pod: Arc<PodInfo>, node: String, attempts: u32) {
+    /// Binds the pod; first, when it has claims waiting for their first consumer, writes
+    /// the node on them and waits (without holding a binding slot) until they are bound.
+    async fn bind(
+        self: Arc<Self>,
+        pod: Arc<PodInfo>,
+        node: String,
+        attempts: u32,
+        select: Vec<Arc<PersistentVolumeClaim>>,
+    ) {
+        if select.is_empty() {
+            return self.bind_pod(pod, node, attempts).await;
+        }
+        tokio::spawn(async move {
+            match self.bind_volumes(&node, &select).await {
+                Ok(()) => self.bind_pod(pod, node, attempts).await,
+                Err(why) => {
+                    tracing::debug!(pod = %pod.key, %node, %why, "binding volumes failed");
+                    self.recorder.record(
+                        object_ref(pod.pod.as_ref()),
+                        EventType::Warning,
+                        "FailedScheduling",
+                        format!("running PreBind plugin \"VolumeBinding\": {why}"),
+                    );
+                    self.forget_assumed(&pod, attempts, true);
+                }
+            }
+        });
+    }
+
+    /// Writes `node` on the claims (`volume.kubernetes.io/selected-node`) and waits until
+    /// the PersistentVolume controller has bound every one.
+    async fn bind_volumes(
+        &self,
+        node: &str,
+        claims: &[Arc<PersistentVolumeClaim>],
+    ) -> Result<(), String> {
+        use crate::local_volume::SELECTED_NODE;
+        for claim in claims {
+            let namespace = claim.namespace().unwrap_or_default();
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &namespace);
+            let mut current = (**claim).clone();
+            for _ in 0..5 {
+                if volume_binding::is_bound(&current)
+                    || current.annotations().get(SELECTED_NODE).map(String::as_str) == Some(node)
+                {
+                    break;
+                }
+                current.annotations_mut().insert(SELECTED_NODE.into(), node.into());
+                match api.replace(&current.name_any(), &PostParams::default(), &current).await {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        current = api.get(&claim.name_any()).await.map_err(|e| e.to_string())?;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        let deadline = Instant::now() + VOLUME_BIND_TIMEOUT;
+        loop {
+            let notified = self.claims_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut waiting = 0;
+            for claim in claims {
+                match self.volumes.claims.get(&crate::informer::key_of(claim.as_ref())) {
+                    Some(c) if c.metadata.uid == claim.metadata.uid => {
+                        if !volume_binding::is_bound(&c) {
+                            waiting += 1;
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "persistentvolumeclaim {:?} is gone",
+                            claim.name_any()
+                        ));
+                    }
+                }
+            }
+            if waiting == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err("binding volumes: context deadline exceeded".into());
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
+    }
+
+    /// Forgets an assumption whose binding failed; the pod is tried again after a back-off
+    /// (`retry`) or when it changes.
+    fn forget_assumed(&self, pod: &PodInfo, attempts: u32, retry: bool) {
+        let mut state = self.state();
+        if state.assumed.contains(&pod.key) {
+            state.unplace(&pod.key);
+            if retry {
+                state.backoff.insert(
+                    pod.key.clone(),
+                    (attempts, Instant::now() + backoff(attempts), pod.priority),
+                );
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    async fn bind_pod(self: Arc<Self>, pod: Arc<PodInfo>, node: String, attempts: u32) {
         let Ok(permit) = self.binds.clone().acquire_owned().await else { return };
         tokio::spawn(async move {
             let _permit = permit;
@@ -683,20 +917,9 @@ impl Scheduler {
                 }
                 Err(e) => {
                     tracing::debug!(pod = %pod.key, %node, error = %e, "binding failed");
-                    let mut state = self.state();
-                    if state.assumed.contains(&pod.key) {
-                        state.unplace(&pod.key);
-                        let retry =
-                            !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
-                        if retry {
-                            state.backoff.insert(
-                                pod.key.clone(),
-                                (attempts, Instant::now() + backoff(attempts), pod.priority),
-                            );
-                        }
-                    }
-                    drop(state);
-                    self.wake.notify_one();
+                    let retry =
+                        !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+                    self.forget_assumed(&pod, attempts, retry);
                 }
             }
         });

@@ -1,0 +1,474 @@
+//! The node's half of the local-path provisioner (`controller_runtime::local_volume` holds
+//! the contract): each provisioned PersistentVolume is an ext4 filesystem in a sparse image
+//! file of the claim's size, loop-mounted at the volume's `local.path`, so writing past the
+//! claim fails with ENOSPC inside the pod and the node's disk loses at most the claim's
+//! size. Made when a pod first mounts the volume (the control plane only creates the
+//! object), grown when the claim grows, wiped when the object is deleted (its finalizer is
+//! removed only then).
+//!
+//! Growing is online (`resize2fs` on the mounted filesystem) where the agent has
+//! CAP_SYS_RESOURCE, which the kernel asks for; without it the filesystem grows at its next
+//! mount, and the claim keeps `FileSystemResizePending` until then, as upstream's offline
+//! expansion does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use controller_runtime::local_volume::{
+    FINALIZER, FREE_ANNOTATION, NODE_LABEL, PROVISIONED_BY, PROVISIONER,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+
+/// What can go wrong with a local volume on the node.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A tool (mkfs, mount, resize2fs) failed.
+    #[error("{0}")]
+    Tool(String),
+    /// The volume's path is not under the node's storage path.
+    #[error("volume path {0} is outside the node's local storage path")]
+    Outside(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io { path: path.to_owned(), source }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, VolumeError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| VolumeError::Tool(format!("{program}: {e}")))?;
+    if !out.status.success() {
+        return Err(VolumeError::Tool(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The image file of the volume mounted at `path` (beside the volumes, hidden).
+pub fn image_of(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.parent().unwrap_or(Path::new("/")).join(".images").join(format!("{name}.img"))
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// The loop device backing `image`, if attached.
+fn loop_device(image: &Path) -> Option<String> {
+    let out = run("losetup", &["-j", &image.to_string_lossy()]).ok()?;
+    out.lines().next().and_then(|l| l.split(':').next()).map(str::to_owned)
+}
+
+/// Makes sure the volume at `path` exists, is at least `bytes` large and is mounted
+/// (idempotent: the pod's every sync calls it). `storage` is the node's storage path.
+pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError> {
+    if path.parent() != Some(storage) {
+        return Err(VolumeError::Outside(path.to_owned()));
+    }
+    let image = image_of(path);
+    if is_mount_point(path) {
+        grow_mounted(path, &image, bytes)?;
+        return Ok(());
+    }
+    if let Some(dir) = image.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    std::fs::create_dir_all(path).map_err(io(path))?;
+    let image_text = image.to_string_lossy().into_owned();
+    match std::fs::metadata(&image) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Sparse: the disk is used as the volume fills, never beyond its size.
+            let file = std::fs::File::create(&image).map_err(io(&image))?;
+            file.set_len(bytes).map_err(io(&image))?;
+            drop(file);
+            // Lazy initialisation: a new volume costs milliseconds, not a write of its tables.
+            run(
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-m",
+                    "0",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                    &image_text,
+                ],
+            )?;
+        }
+        Err(e) => return Err(io(&image)(e)),
+        Ok(meta) => {
+            if meta.len() < bytes {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&image)
+                    .and_then(|f| f.set_len(bytes))
+                    .map_err(io(&image))?;
+            }
+            // Grown while unmounted, or while mounted without an online resize: the
+            // filesystem catches up with its image before it is mounted.
+            if ext4_bytes(&image).is_some_and(|fs| fs < bytes.max(meta.len())) {
+                run("e2fsck", &["-f", "-p", &image_text])?;
+                run("resize2fs", &[&image_text])?;
+                tracing::info!(path = %path.display(), bytes, "local volume grown offline");
+            }
+        }
+    }
+    run("mount", &["-o", "loop", &image_text, &path.to_string_lossy()])?;
+    // Any pod user may write, as upstream's local-path volumes allow.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(io(path))?;
+    tracing::info!(path = %path.display(), bytes, "local volume mounted");
+    Ok(())
+}
+
+/// Grows a mounted volume to `bytes`: the image, the loop device, the filesystem. False
+/// when only the image grew (no online resize here; the next mount finishes it).
+fn grow_mounted(path: &Path, image: &Path, bytes: u64) -> Result<bool, VolumeError> {
+    let size = std::fs::metadata(image).map_err(io(image))?.len();
+    let device = loop_device(image);
+    if size >= bytes {
+        // A resize that could not run online waits for the next mount; nothing to redo.
+        return Ok(true);
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .and_then(|f| f.set_len(bytes))
+        .map_err(io(image))?;
+    let Some(device) = device else { return Ok(false) };
+    run("losetup", &["-c", &device])?;
+    match run("resize2fs", &[&device]) {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), bytes, "local volume grown online");
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "growing the mounted filesystem failed (the kernel asks CAP_SYS_RESOURCE); it grows at its next mount");
+            Ok(false)
+        }
+    }
+}
+
+/// The size of the ext4 filesystem in `image`, from its superblock (1 KiB in): the block
+/// count (low and, with 64-bit blocks, high word) times the block size.
+fn ext4_bytes(image: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(image).ok()?;
+    file.seek(SeekFrom::Start(1024)).ok()?;
+    let mut sb = [0u8; 1024];
+    file.read_exact(&mut sb).ok()?;
+    let word = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return None;
+    }
+    let incompat_64bit = word(0x60) & 0x80 != 0;
+    let blocks =
+        u64::from(word(0x4)) | if incompat_64bit { u64::from(word(0x150)) << 32 } else { 0 };
+    let block_size = 1024u64 << word(0x18).min(16);
+    Some(blocks * block_size)
+}
+
+/// The size of the filesystem at `path` (bytes), when mounted.
+pub fn filesystem_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_blocks * st.f_frsize)
+}
+
+/// Unmounts and deletes the volume at `path` (idempotent).
+pub fn delete(storage: &Path, path: &Path) -> Result<(), VolumeError> {
+    if path.parent() != Some(storage) {
+        return Err(VolumeError::Outside(path.to_owned()));
+    }
+    let image = image_of(path);
+    if is_mount_point(path) {
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| VolumeError::Tool(format!("unmounting {}: {e}", path.display())))?;
+    }
+    // A loop device mounted with `-o loop` goes with the unmount (autoclear); one left by
+    // a crash between attach and mount is detached here.
+    if let Some(device) = loop_device(&image) {
+        let _ = run("losetup", &["-d", &device]);
+    }
+    for (p, dir) in [(&image, false), (&path.to_owned(), true)] {
+        let result = if dir { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(p)(e)),
+        }
+    }
+    tracing::info!(path = %path.display(), "local volume deleted");
+    Ok(())
+}
+
+/// Which pods on this node use which local volumes (pod UIDs by volume path): a volume is
+/// mounted while some pod uses it and unmounted when the last one goes, as upstream's
+/// kubelet unmounts a device no pod uses; a resize that could not run online runs at the
+/// mount after. Rebuilt after a restart as the pods sync.
+#[derive(Debug, Default)]
+pub struct Users(
+    std::sync::Mutex<std::collections::HashMap<PathBuf, std::collections::HashSet<String>>>,
+);
+
+impl Users {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<PathBuf, std::collections::HashSet<String>>,
+    > {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that pod `uid` uses the volumes at `paths`.
+    pub fn using<'a>(&self, uid: &str, paths: impl Iterator<Item = &'a Path>) {
+        let mut users = self.lock();
+        for path in paths {
+            users.entry(path.to_owned()).or_default().insert(uid.to_owned());
+        }
+    }
+
+    /// Forgets pod `uid`; the volumes no pod uses any more.
+    pub fn release(&self, uid: &str) -> Vec<PathBuf> {
+        let mut users = self.lock();
+        let mut unused = Vec::new();
+        users.retain(|path, pods| {
+            pods.remove(uid);
+            if pods.is_empty() {
+                unused.push(path.clone());
+                false
+            } else {
+                true
+            }
+        });
+        unused
+    }
+}
+
+/// Unmounts the volume at `path` (its data stays; the loop device goes with the mount).
+pub fn unmount(storage: &Path, path: &Path) -> Result<(), VolumeError> {
+    if path.parent() != Some(storage) || !is_mount_point(path) {
+        return Ok(());
+    }
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+        .map_err(|e| VolumeError::Tool(format!("unmounting {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "local volume unmounted: no pod uses it");
+    Ok(())
+}
+
+/// Bytes free on the filesystem holding `storage`.
+pub fn free_bytes(storage: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(storage).ok()?;
+    Some(st.f_bavail * st.f_frsize)
+}
+
+fn ours(volume: &PersistentVolume) -> bool {
+    volume.annotations().get(PROVISIONED_BY).map(String::as_str) == Some(PROVISIONER)
+}
+
+fn path_of(volume: &PersistentVolume) -> Option<PathBuf> {
+    volume.spec.as_ref().and_then(|s| s.local.as_ref()).map(|l| PathBuf::from(&l.path))
+}
+
+fn capacity_of(volume: &PersistentVolume) -> u64 {
+    volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .and_then(controller_runtime::quantity::bytes)
+        .and_then(|b| u64::try_from(b).ok())
+        .unwrap_or(0)
+}
+
+/// Keeps the node's local volumes: wipes deleted ones (then lets their object go), grows
+/// mounted ones whose claim grew (then reports the claim's new capacity), and publishes
+/// the free space. Runs until `shutdown`.
+pub async fn run_keeper(
+    client: kube::Client,
+    node: String,
+    storage: PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let config = watcher::Config::default().labels(&format!("{NODE_LABEL}={node}"));
+    let stream = watcher::watcher(volumes.clone(), config);
+    let mut stream = std::pin::pin!(stream);
+    let mut publish = tokio::time::interval(Duration::from_secs(30));
+    let mut last_free: Option<u64> = None;
+    loop {
+        tokio::select! {
+            () = crate::stopped(&mut shutdown) => return,
+            _ = publish.tick() => {
+                last_free = publish_free(&client, &node, &storage, last_free).await;
+            }
+            event = stream.next() => {
+                let Some(event) = event else { return };
+                let volume = match event {
+                    Ok(watcher::Event::Apply(v) | watcher::Event::InitApply(v)) => v,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "watching local volumes");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = keep(&client, &storage, &volume).await {
+                    tracing::warn!(volume = %volume.name_any(), error = %e, "keeping a local volume failed; retried at its next change");
+                }
+            }
+        }
+    }
+}
+
+async fn keep(
+    client: &kube::Client,
+    storage: &Path,
+    volume: &PersistentVolume,
+) -> Result<(), String> {
+    if !ours(volume) {
+        return Ok(());
+    }
+    let Some(path) = path_of(volume) else { return Ok(()) };
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    if volume.metadata.deletion_timestamp.is_some() {
+        if !volume.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let (storage, p) = (storage.to_owned(), path.clone());
+        tokio::task::spawn_blocking(move || delete(&storage, &p))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut updated = volume.clone();
+        updated.finalizers_mut().retain(|f| f != FINALIZER);
+        match volumes.replace(&volume.name_any(), &PostParams::default(), &updated).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        return Ok(());
+    }
+    // Growing: only a volume some pod has mounted here (an unmounted one grows when next
+    // mounted).
+    if !is_mount_point(&path) {
+        return Ok(());
+    }
+    let want = capacity_of(volume);
+    let image = image_of(&path);
+    let (p, i) = (path.clone(), image.clone());
+    let online = tokio::task::spawn_blocking(move || grow_mounted(&p, &i, want))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if online && filesystem_bytes(&path).is_some() {
+        report_capacity(client, volume).await?;
+    }
+    Ok(())
+}
+
+/// Tells the claim its volume's new capacity and that no resize is pending any more.
+pub async fn report_capacity(
+    client: &kube::Client,
+    volume: &PersistentVolume,
+) -> Result<(), String> {
+    let Some(r) = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else { return Ok(()) };
+    let (Some(namespace), Some(name)) = (r.namespace.as_deref(), r.name.as_deref()) else {
+        return Ok(());
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let claim = match claims.get(name).await {
+        Ok(c) => c,
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let capacity = volume.spec.as_ref().and_then(|s| s.capacity.clone());
+    let status = claim.status.clone().unwrap_or_default();
+    let pending = status.conditions.iter().flatten().any(|c| c.type_ == "FileSystemResizePending");
+    if status.capacity == capacity && !pending {
+        return Ok(());
+    }
+    let conditions: Vec<_> = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != "FileSystemResizePending" && c.type_ != "Resizing")
+        .collect();
+    let patch = serde_json::json!({"status": {"capacity": capacity, "conditions": conditions}});
+    match claims.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Publishes the free bytes of the storage path when they moved by 1% or more.
+async fn publish_free(
+    client: &kube::Client,
+    node: &str,
+    storage: &Path,
+    last: Option<u64>,
+) -> Option<u64> {
+    let _ = std::fs::create_dir_all(storage);
+    let free = free_bytes(storage)?;
+    if last.is_some_and(|l| l.abs_diff(free) < l / 100) {
+        return last;
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {FREE_ANNOTATION: free.to_string()}}});
+    match nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Some(free),
+        Err(e) => {
+            tracing::debug!(error = %e, "publishing the free local storage failed");
+            last
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_live_beside_the_volumes_and_paths_stay_inside() {
+        assert_eq!(
+            image_of(Path::new("/var/lib/krust/storage/pvc-1")),
+            PathBuf::from("/var/lib/krust/storage/.images/pvc-1.img")
+        );
+        let storage = Path::new("/var/lib/krust/storage");
+        assert!(matches!(
+            ensure(storage, Path::new("/etc/passwd"), 1),
+            Err(VolumeError::Outside(_))
+        ));
+        assert!(matches!(
+            delete(storage, Path::new("/var/lib/krust/storage/a/b")),
+            Err(VolumeError::Outside(_))
+        ));
+    }
+}

@@ -1,0 +1,270 @@
+//! Persistent storage end to end, with real pods on a real node: the default `local-path`
+//! StorageClass, claims provisioned on the node the pod went to, capacity enforced by the
+//! volume's own filesystem, protection of claims in use, data kept across pods, and the
+//! volume wiped once its claim is gone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{BUSYBOX, KrustServer};
+
+fn claim(name: &str, size: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {name}
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: {size}
+{extra}"#
+    )
+}
+
+/// The reference text's pod with a claim (busybox in place of postgres, which cannot be
+/// pulled here), running `script`.
+fn postgres_pod(name: &str, claim: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: postgres
+    image: {BUSYBOX}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "{script}"]
+    volumeMounts:
+    - name: data
+      mountPath: /var/lib/postgresql/data
+  volumes:
+  - name: data
+    persistentVolumeClaim:
+      claimName: {claim}
+"#
+    )
+}
+
+fn storage_dir(server: &KrustServer) -> PathBuf {
+    server.dir.path().join("data/storage")
+}
+
+/// Bytes the file really occupies on the host's disk (a sparse image only what was written).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+fn mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| Path::new(p) == path)
+}
+
+#[test]
+fn a_claim_is_provisioned_where_its_pod_runs_holds_its_size_and_goes_with_the_claim() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().expect("a node");
+    let classes = server.ok(&["get", "storageclass"]);
+    assert!(
+        classes.contains("local-path (default)") && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
+
+    // The claim names no class: it gets the default one, and waits for its first pod.
+    server.ok_stdin(&["apply", "-f", "-"], &claim("postgres-data", "64Mi", ""));
+    assert_eq!(
+        server.ok(&["get", "pvc", "postgres-data", "-o", "jsonpath={.spec.storageClassName}"]),
+        "local-path"
+    );
+    server.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=postgres-data",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        Duration::from_secs(30),
+        |out| out.contains("WaitForFirstConsumer"),
+    );
+    assert_eq!(
+        server.ok(&["get", "pvc", "postgres-data", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+
+    // A pod writes 100 MiB into its 64 MiB claim: the volume fills, the write fails with
+    // ENOSPC, and the host gives up no more than the claim's size.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod(
+            "postgres",
+            "postgres-data",
+            "echo hello > /var/lib/postgresql/data/kept; dd if=/dev/zero of=/var/lib/postgresql/data/fill bs=1M count=100; echo dd-done; sleep 3600",
+        ),
+    );
+    server.wait_phase("default", "postgres", "Running", Duration::from_secs(90));
+    server.wait_for(&["logs", "postgres"], Duration::from_secs(60), |out| out.contains("dd-done"));
+    let logs = server.ok(&["logs", "postgres"]);
+    assert!(logs.contains("No space left on device"), "{logs}");
+    let volume = server.ok(&["get", "pvc", "postgres-data", "-o", "jsonpath={.spec.volumeName}"]);
+    assert!(volume.starts_with("pvc-"), "{volume}");
+    assert_eq!(
+        server.ok(&["get", "pvc", "postgres-data", "-o", "jsonpath={.status.phase}"]),
+        "Bound"
+    );
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "pvc",
+            "postgres-data",
+            "-o",
+            "jsonpath={.metadata.annotations.volume\\.kubernetes\\.io/selected-node}"
+        ]),
+        node
+    );
+    assert_eq!(
+        server.ok(&["get", "pv", &volume, "-o", "jsonpath={.status.phase} {.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]} {.spec.persistentVolumeReclaimPolicy}"]),
+        format!("Bound {node} Delete")
+    );
+    let path = storage_dir(&server).join(&volume);
+    let image = storage_dir(&server).join(".images").join(format!("{volume}.img"));
+    assert!(mounted(&path), "{} is not mounted", path.display());
+    let used = allocated(&image);
+    assert!(used <= 64 << 20, "the image took {used} bytes of the host for a 64 MiB claim");
+    assert!(used >= 32 << 20, "the image took only {used} bytes: the writes went elsewhere");
+
+    // The claim is protected while its pod lives.
+    server.ok(&["delete", "pvc", "postgres-data", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let still = server.ok(&[
+        "get",
+        "pvc",
+        "postgres-data",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp} {.metadata.finalizers}",
+    ]);
+    assert!(still.contains("kubernetes.io/pvc-protection"), "{still}");
+
+    // The pod goes: the claim, its volume and the data on the node follow.
+    server.ok(&["delete", "pod", "postgres", "--wait=true", "--timeout=60s"]);
+    server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(60), str::is_empty);
+    server.wait_for(&["get", "pv", "-o", "name"], Duration::from_secs(60), str::is_empty);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (mounted(&path) || image.exists() || path.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!mounted(&path) && !image.exists() && !path.exists(), "the volume's data stayed");
+
+    // Bad input: no quantity; a selector on a dynamic class is refused by the provisioner.
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["apply", "-f", "-"],
+        Some(&claim("bad", "lots", "")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quantities must match the regular expression"), "{err}");
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &["apply", "-f", "-"],
+        Some(&claim("none", "1Gi", "").replace("  accessModes: [\"ReadWriteOnce\"]\n", "")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.accessModes: Required value: at least 1 access mode is required"),
+        "{err}"
+    );
+    assert!(server.ok(&["get", "pvc", "-o", "name"]).is_empty());
+}
+
+#[test]
+fn data_outlives_its_pod_and_a_claim_grows_but_never_shrinks() {
+    let server = KrustServer::start_with_agent(&[]);
+    server.ok_stdin(&["apply", "-f", "-"], &claim("data", "64Mi", ""));
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod(
+            "first",
+            "data",
+            "echo written-by-first > /var/lib/postgresql/data/note; sleep 3600",
+        ),
+    );
+    server.wait_phase("default", "first", "Running", Duration::from_secs(90));
+    server.wait_for(
+        &["exec", "first", "--", "cat", "/var/lib/postgresql/data/note"],
+        Duration::from_secs(30),
+        |out| out == "written-by-first",
+    );
+    server.ok(&["delete", "pod", "first", "--wait=true", "--timeout=60s"]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod("second", "data", "cat /var/lib/postgresql/data/note; sleep 3600"),
+    );
+    server.wait_phase("default", "second", "Running", Duration::from_secs(90));
+    server.wait_for(&["logs", "second"], Duration::from_secs(30), |out| {
+        out.contains("written-by-first")
+    });
+
+    // Shrinking is refused; growing is admitted and reaches the volume.
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"32Mi"}}}}"#,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "spec.resources.requests.storage: Forbidden: field can not be less than previous value"
+        ),
+        "{err}"
+    );
+    server.ok(&[
+        "patch",
+        "pvc",
+        "data",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
+    ]);
+    let volume = server.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
+    server.wait_for(
+        &["get", "pv", &volume, "-o", "jsonpath={.spec.capacity.storage}"],
+        Duration::from_secs(30),
+        |out| out == "128Mi",
+    );
+    // The image grew at once; the filesystem grows online where the agent may resize a
+    // mounted ext4 (CAP_SYS_RESOURCE), else at the next mount: a new pod sees 128 MiB.
+    let image = storage_dir(&server).join(".images").join(format!("{volume}.img"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0) < 128 << 20 {
+        assert!(Instant::now() < deadline, "the image did not grow");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.ok(&["delete", "pod", "second", "--wait=true", "--timeout=60s"]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod("third", "data", "cat /var/lib/postgresql/data/note; dd if=/dev/zero of=/var/lib/postgresql/data/fill bs=1M count=100 && echo wrote-100; sleep 3600"),
+    );
+    server.wait_phase("default", "third", "Running", Duration::from_secs(90));
+    server.wait_for(&["logs", "third"], Duration::from_secs(60), |out| out.contains("wrote-100"));
+    assert!(server.ok(&["logs", "third"]).contains("written-by-first"));
+    server.wait_for(
+        &["get", "pvc", "data", "-o", "jsonpath={.status.capacity.storage} {.status.conditions}"],
+        Duration::from_secs(30),
+        |out| out.trim() == "128Mi",
+    );
+}
