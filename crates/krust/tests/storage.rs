@@ -268,3 +268,121 @@ fn data_outlives_its_pod_and_a_claim_grows_but_never_shrinks() {
         |out| out.trim() == "128Mi",
     );
 }
+
+fn stateful_set(retention: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: postgres-headless
+spec:
+  clusterIP: None
+  selector: {{app: postgres}}
+  ports: [{{port: 5432}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: postgres
+spec:
+  serviceName: postgres-headless
+  replicas: 3
+  persistentVolumeClaimRetentionPolicy: {retention}
+  selector:
+    matchLabels: {{app: postgres}}
+  template:
+    metadata:
+      labels: {{app: postgres}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: postgres
+        image: {BUSYBOX}
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "[ -f /var/lib/postgresql/data/who ] || hostname > /var/lib/postgresql/data/who; sleep 3600"]
+        volumeMounts:
+        - name: data
+          mountPath: /var/lib/postgresql/data
+  volumeClaimTemplates:
+  - metadata:
+      name: data
+    spec:
+      accessModes: ["ReadWriteOnce"]
+      storageClassName: local-path
+      resources:
+        requests:
+          storage: 64Mi
+"#
+    )
+}
+
+fn wait_reads_own_data(server: &KrustServer, ordinals: std::ops::Range<usize>) {
+    for i in ordinals {
+        let pod = format!("postgres-{i}");
+        server.wait_phase("default", &pod, "Running", Duration::from_secs(120));
+        server.wait_for(
+            &["exec", &pod, "--", "cat", "/var/lib/postgresql/data/who"],
+            Duration::from_secs(30),
+            |out| out == pod,
+        );
+    }
+}
+
+#[test]
+fn a_stateful_set_keeps_each_members_data_across_deletion_restart_and_scaling() {
+    let mut server = KrustServer::start_with_agent(&[]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &stateful_set("{whenDeleted: Retain, whenScaled: Retain}"),
+    );
+    wait_reads_own_data(&server, 0..3);
+    let claims = server.ok(&[
+        "get",
+        "pvc",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+    ]);
+    assert_eq!(claims.trim(), "data-postgres-0=Bound data-postgres-1=Bound data-postgres-2=Bound");
+
+    // A member deleted comes back with the same name on the same claim.
+    let uid = server.ok(&["get", "pod", "postgres-1", "-o", "jsonpath={.metadata.uid}"]);
+    server.ok(&["delete", "pod", "postgres-1", "--wait=true", "--timeout=60s"]);
+    server.wait_for(
+        &["get", "pod", "postgres-1", "-o", "jsonpath={.metadata.uid}"],
+        Duration::from_secs(60),
+        |out| !out.is_empty() && out != uid,
+    );
+    wait_reads_own_data(&server, 1..2);
+
+    // The whole server and its agent restart: the members run on, and one deleted after
+    // the restart finds its data again.
+    server.restart();
+    server.wait_node_ready(&server.node.clone().expect("a node"));
+    server.ok(&["delete", "pod", "postgres-0", "--wait=true", "--timeout=60s"]);
+    wait_reads_own_data(&server, 0..3);
+
+    // whenScaled: Retain — scaling down keeps the claims, scaling up finds the data.
+    server.ok(&["scale", "statefulset", "postgres", "--replicas=1"]);
+    server.wait_for(&["get", "pods", "-o", "name"], Duration::from_secs(60), |out| {
+        out.trim() == "pod/postgres-0"
+    });
+    assert_eq!(server.ok(&["get", "pvc", "-o", "name"]).lines().count(), 3);
+    server.ok(&["scale", "statefulset", "postgres", "--replicas=3"]);
+    wait_reads_own_data(&server, 0..3);
+
+    // whenScaled: Delete — the claims of the members scaled away go, and their volumes.
+    server.ok(&[
+        "patch",
+        "statefulset",
+        "postgres",
+        "-p",
+        r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete"}}}"#,
+    ]);
+    server.ok(&["scale", "statefulset", "postgres", "--replicas=1"]);
+    server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(90), |out| {
+        out.trim() == "persistentvolumeclaim/data-postgres-0"
+    });
+    server.wait_for(&["get", "pv", "-o", "name"], Duration::from_secs(60), |out| {
+        out.lines().count() == 1
+    });
+}
