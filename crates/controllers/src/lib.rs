@@ -20,6 +20,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod ephemeral;
 pub mod gc;
 pub mod history;
 pub mod job;
@@ -455,6 +456,11 @@ pub fn controller_manager(
             pods: pods.clone(),
         },
     );
+    let ephemeral_volume = ephemeral::EphemeralVolumeController::new(
+        as_sa("ephemeral-volume-controller"),
+        pods.clone(),
+        informers.persistent_volume_claims(),
+    );
     let garbage_collector = gc::GarbageCollector::new(as_sa("generic-garbage-collector"));
     garbage_collector.share(pods.clone());
     garbage_collector.share(replica_sets.clone());
@@ -507,6 +513,7 @@ pub fn controller_manager(
             let aggregation = aggregation.clone();
             let certificates = certificates.clone();
             let persistent_volume = persistent_volume.clone();
+            let ephemeral_volume = ephemeral_volume.clone();
             async move {
                 let root_ca = async move {
                     if let Some(publisher) = root_ca {
@@ -539,6 +546,7 @@ pub fn controller_manager(
                     aggregation.run(),
                     certificates.run(),
                     persistent_volume.run(config.workers),
+                    ephemeral_volume.run(config.workers),
                     token_cleaner,
                 );
             }

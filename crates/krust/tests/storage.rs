@@ -386,3 +386,48 @@ fn a_stateful_set_keeps_each_members_data_across_deletion_restart_and_scaling() 
         out.lines().count() == 1
     });
 }
+
+#[test]
+fn an_ephemeral_volume_is_a_claim_made_for_its_pod_and_gone_with_it() {
+    let server = KrustServer::start_with_agent(&[]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: scratch
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "df -k /scratch | tail -1; sleep 3600"]
+    volumeMounts: [{{name: work, mountPath: /scratch}}]
+  volumes:
+  - name: work
+    ephemeral:
+      volumeClaimTemplate:
+        metadata:
+          labels: {{kind: scratch}}
+        spec:
+          accessModes: ["ReadWriteOnce"]
+          resources: {{requests: {{storage: 32Mi}}}}
+"#
+        ),
+    );
+    server.wait_phase("default", "scratch", "Running", Duration::from_secs(90));
+    assert_eq!(
+        server.ok(&["get", "pvc", "scratch-work", "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name} {.metadata.labels.kind} {.status.phase}"]),
+        "Pod/scratch scratch Bound"
+    );
+    // The pod sees a filesystem of the claim's size, not the node's disk.
+    server.wait_for(&["logs", "scratch"], Duration::from_secs(30), |out| !out.is_empty());
+    let df = server.ok(&["logs", "scratch"]);
+    let total_kib: u64 = df.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+    assert!((16 << 10..=32 << 10).contains(&total_kib), "{df}");
+    server.ok(&["delete", "pod", "scratch", "--wait=true", "--timeout=60s"]);
+    server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(60), str::is_empty);
+    server.wait_for(&["get", "pv", "-o", "name"], Duration::from_secs(60), str::is_empty);
+}
