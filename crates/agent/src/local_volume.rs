@@ -365,14 +365,28 @@ async fn keep(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let mut updated = volume.clone();
-        updated.finalizers_mut().retain(|f| f != FINALIZER);
-        match volumes.replace(&volume.name_any(), &PostParams::default(), &updated).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.to_string()),
+        // The PersistentVolume controller may be removing its own finalizer at the same
+        // time: a conflict is retried on the volume as it is now.
+        let mut current = volume.clone();
+        for _ in 0..5 {
+            if !current.finalizers().iter().any(|f| f == FINALIZER) {
+                return Ok(());
+            }
+            current.finalizers_mut().retain(|f| f != FINALIZER);
+            match volumes.replace(&volume.name_any(), &PostParams::default(), &current).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    match volumes.get(&volume.name_any()).await {
+                        Ok(v) => current = v,
+                        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
-        return Ok(());
+        return Err("the volume kept changing while its finalizer was removed".into());
     }
     // Growing: only a volume some pod has mounted here (an unmounted one grows when next
     // mounted).

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, KrustServer};
+use common::{BUSYBOX, JoinedAgent, KrustServer, NetNs, join_agent};
 
 fn apply(server: &KrustServer, manifest: &str) {
     server.ok_stdin(&["apply", "-f", "-"], manifest);
@@ -1065,106 +1065,6 @@ fn kubeconfig_pem(path: &std::path::Path, field: &str) -> Vec<u8> {
     child.wait_with_output().unwrap().stdout
 }
 
-/// A network namespace joined to the host by a veth pair: the host side is `.1`, the
-/// namespace side `.2` of a /30. The namespace is held by a process of its own rather than
-/// `ip netns add`, which would bind-mount /run/netns over itself and hide the namespaces
-/// containerd already mounted there (so it could never remove them). Gone on drop.
-struct NetNs {
-    holder: std::process::Child,
-    host_if: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-impl NetNs {
-    fn create(index: u16) -> NetNs {
-        let holder = std::process::Command::new("unshare")
-            .args(["--net", "--", "sleep", "100000"])
-            .spawn()
-            .unwrap();
-        let (a, b) = (index / 64 % 256, (index % 64) * 4);
-        let host_ip = format!("10.254.{a}.{}", b + 1);
-        let ns_ip = format!("10.254.{a}.{}", b + 2);
-        let host_if = format!("krt{index}h");
-        let ns_if = format!("krt{index}n");
-        let mut ns = NetNs {
-            holder,
-            host_if: host_if.clone(),
-            host_ip: host_ip.clone(),
-            ns_ip: ns_ip.clone(),
-        };
-        let pid = ns.holder.id().to_string();
-        // unshare(1) enters the namespace before exec'ing sleep; wait until it has.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
-            == std::fs::read_link("/proc/self/ns/net").ok()
-        {
-            assert!(Instant::now() < deadline, "unshare did not enter a new network namespace");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("ip").args(args).output().unwrap();
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        let inside = |args: &[&str]| {
-            let out = std::process::Command::new("nsenter")
-                .arg(format!("--net=/proc/{pid}/ns/net"))
-                .arg("ip")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?} in the namespace: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let _ = std::process::Command::new("ip").args(["link", "delete", &host_if]).output();
-        run(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
-        run(&["link", "set", &ns_if, "netns", &pid]);
-        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        run(&["link", "set", &host_if, "up"]);
-        inside(&["addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
-        inside(&["link", "set", &ns_if, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        inside(&["route", "add", "default", "via", &host_ip]);
-        ns.host_if = host_if;
-        ns
-    }
-
-    /// `--net=` argument for nsenter.
-    fn nsenter_arg(&self) -> String {
-        format!("--net=/proc/{}/ns/net", self.holder.id())
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_if]).output();
-    }
-}
-
-/// A `krust agent` joined from inside a network namespace; killed and reset on drop.
-struct JoinedAgent {
-    child: std::process::Child,
-    nsenter: String,
-    data: std::path::PathBuf,
-}
-
-impl Drop for JoinedAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::process::Command::new("nsenter")
-            .arg(&self.nsenter)
-            .args([env!("CARGO_BIN_EXE_krust"), "reset", "--data-dir"])
-            .arg(&self.data)
-            .output();
-    }
-}
-
 #[test]
 fn agents_join_from_their_own_network_namespaces() {
     let port = common::free_port();
@@ -1780,28 +1680,6 @@ fn grpc_and_tcp_probes_pass_and_fail() {
     server.wait_pod("default", "grpc", &ready("app"), Duration::from_secs(30), |s| s == "true");
 }
 
-/// Starts a `krust agent` named `node` inside `ns`, joined to `server`.
-fn join_agent(server: &KrustServer, ns: &NetNs, node: &str) -> JoinedAgent {
-    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
-    let data = server.dir.path().join(format!("agent-{node}"));
-    std::fs::create_dir_all(data.join("agent/images")).unwrap();
-    common::busybox_archive(BUSYBOX, &data.join("agent/images/busybox.tar"));
-    let child = std::process::Command::new("nsenter")
-        .arg(ns.nsenter_arg())
-        .args([env!("CARGO_BIN_EXE_krust"), "agent"])
-        .arg(format!("--server=https://{}:{}", ns.host_ip, server.port))
-        .arg(format!("--token={}", token.trim()))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg(format!("--node-name={node}"))
-        .arg(format!("--node-ip={}", ns.ns_ip))
-        .env("KRUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    JoinedAgent { child, nsenter: ns.nsenter_arg(), data }
-}
-
 /// Services across three nodes (the server's own and two agents in network namespaces):
 /// a pod on the first node reaches a ClusterIP whose backends run on the other two, every
 /// ready backend answers and the unready one never does; a readiness failure takes a
@@ -1821,8 +1699,8 @@ fn services_spread_over_three_nodes() {
         "--node-monitor-period=1s",
     ]);
     let (b, c) = (format!("b-{port}"), format!("c-{port}"));
-    let _agent_b = join_agent(&server, &ns_b, &b);
-    let mut agent_c = Some(join_agent(&server, &ns_c, &c));
+    let _agent_b = join_agent(&server, &ns_b, &b, &[]);
+    let mut agent_c = Some(join_agent(&server, &ns_c, &c, &[]));
     server.wait_node_ready(&b);
     server.wait_node_ready(&c);
     let a = server.node.clone().unwrap();
@@ -1995,8 +1873,8 @@ fn pods_on_two_nodes_talk_over_the_vxlan_overlay() {
         &format!("--tls-san={}", ns_c.host_ip),
     ]);
     let (b, c) = (format!("vb-{port}"), format!("vc-{port}"));
-    let _agent_b = join_agent(&server, &ns_b, &b);
-    let _agent_c = join_agent(&server, &ns_c, &c);
+    let _agent_b = join_agent(&server, &ns_b, &b, &[]);
+    let _agent_c = join_agent(&server, &ns_c, &c, &[]);
     server.wait_node_ready(&b);
     server.wait_node_ready(&c);
     let pod = |name: &str, node: &str| {

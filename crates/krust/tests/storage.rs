@@ -431,3 +431,69 @@ spec:
     server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(60), str::is_empty);
     server.wait_for(&["get", "pv", "-o", "name"], Duration::from_secs(60), str::is_empty);
 }
+
+#[test]
+fn claims_follow_their_pods_node_and_access_modes_hold_across_two_nodes() {
+    let port = common::free_port();
+    let ns = common::NetNs::create(port % 4096);
+    let server = KrustServer::start_with_agent(&[
+        "--bind-address=0.0.0.0",
+        &format!("--tls-san={}", ns.host_ip),
+    ]);
+    let far = format!("far-{port}");
+    let agent = common::join_agent(&server, &ns, &far, &["--node-label=zone=far"]);
+    server.wait_node_ready(&far);
+
+    // Provisioned on the node the scheduler picked for the first pod (pinned there by its
+    // selector); a second pod on the same claim goes where the volume is.
+    server.ok_stdin(&["apply", "-f", "-"], &claim("far-data", "64Mi", ""));
+    let writer = postgres_pod(
+        "writer",
+        "far-data",
+        "echo from-far > /var/lib/postgresql/data/note; sleep 3600",
+    )
+    .replace(
+        "spec:\n  terminationGracePeriodSeconds",
+        "spec:\n  nodeSelector: {zone: far}\n  terminationGracePeriodSeconds",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &writer);
+    server.wait_phase("default", "writer", "Running", Duration::from_secs(90));
+    assert_eq!(server.pod_field("default", "writer", "{.spec.nodeName}"), far);
+    let volume = server.ok(&["get", "pvc", "far-data", "-o", "jsonpath={.spec.volumeName}"]);
+    assert!(
+        agent.data.join("storage/.images").join(format!("{volume}.img")).exists(),
+        "the volume was not made on the far node"
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod("reader", "far-data", "cat /var/lib/postgresql/data/note; sleep 3600"),
+    );
+    server.wait_phase("default", "reader", "Running", Duration::from_secs(90));
+    assert_eq!(server.pod_field("default", "reader", "{.spec.nodeName}"), far);
+    server.wait_for(&["logs", "reader"], Duration::from_secs(30), |out| out == "from-far");
+
+    // ReadWriteOncePod: a second pod stays Pending with upstream's message.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &claim("solo", "16Mi", "").replace("[\"ReadWriteOnce\"]", "[\"ReadWriteOncePod\"]"),
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("solo-1", "solo", "sleep 3600"));
+    server.wait_phase("default", "solo-1", "Running", Duration::from_secs(90));
+    server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("solo-2", "solo", "sleep 3600"));
+    server.wait_for(
+        &["get", "pod", "solo-2", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        Duration::from_secs(30),
+        |out| out.contains("node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode"),
+    );
+
+    // A claim larger than any node's free space is placed nowhere.
+    server.ok_stdin(&["apply", "-f", "-"], &claim("huge", "100Pi", ""));
+    server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("huge", "huge", "sleep 3600"));
+    server.wait_for(
+        &["get", "pod", "huge", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}"],
+        Duration::from_secs(30),
+        |out| out.contains("0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind."),
+    );
+    assert!(server.ok(&["get", "pv", "-o", "name"]).lines().count() == 2);
+    drop(agent);
+}

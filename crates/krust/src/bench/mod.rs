@@ -8,6 +8,7 @@ mod metrics;
 mod pods;
 mod scheduler;
 mod services;
+mod volumes;
 mod workloads;
 
 use std::sync::Arc;
@@ -43,6 +44,9 @@ enum BenchCommand {
     /// The metrics API at scale: simulated nodes serving `/stats/summary`, the samples'
     /// memory, and `kubectl top pods -A` / `kubectl top nodes` against it.
     Metrics(metrics::MetricsBenchArgs),
+    /// Local volumes: pods with a new local-path claim beside pods with an emptyDir, and
+    /// claims provisioned, mounted and deleted on one node with leaks checked (needs root).
+    Volumes(volumes::VolumeBenchArgs),
     /// Storage: embedded backend vs. raw etcd (Debian's etcd-server, started on loopback).
     Store {
         /// Durable writes per backend.
@@ -65,6 +69,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Services(args) => services::run(args).await,
         BenchCommand::Workloads(args) => workloads::run(args).await,
         BenchCommand::Metrics(args) => metrics::run(args).await,
+        BenchCommand::Volumes(args) => volumes::run(args).await,
         BenchCommand::Store { writes, concurrency, value_bytes } => {
             let dir = tempfile_dir()?;
             let embedded: SharedStore = Arc::new(storage::embedded::EmbeddedStore::open(

@@ -42,7 +42,7 @@ pub(crate) struct PodBenchArgs {
 pub(super) struct Cluster {
     server: Child,
     agent: Option<Child>,
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     pub(super) kubeconfig: PathBuf,
 }
 
@@ -195,7 +195,7 @@ fn pod(name: &str) -> Pod {
     .unwrap_or_default()
 }
 
-fn is_ready(p: &Pod) -> bool {
+pub(super) fn is_ready(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(|s| {
         s.phase.as_deref() == Some("Running")
             && s.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
@@ -203,7 +203,7 @@ fn is_ready(p: &Pod) -> bool {
 }
 
 /// Records when each pod was first seen Running and Ready.
-async fn ready_watch(pods: Api<Pod>, seen: Arc<Mutex<HashMap<String, Instant>>>) {
+pub(super) async fn ready_watch(pods: Api<Pod>, seen: Arc<Mutex<HashMap<String, Instant>>>) {
     let config = watcher::Config::default().labels("bench=pods");
     let mut stream = watcher(pods, config).boxed();
     while let Some(event) = stream.next().await {
@@ -220,7 +220,7 @@ async fn ready_watch(pods: Api<Pod>, seen: Arc<Mutex<HashMap<String, Instant>>>)
     }
 }
 
-async fn wait_ready(
+pub(super) async fn wait_ready(
     seen: &Arc<Mutex<HashMap<String, Instant>>>,
     names: &[String],
     timeout: Duration,
@@ -236,7 +236,7 @@ async fn wait_ready(
     }
 }
 
-async fn delete_all(pods: &Api<Pod>) -> anyhow::Result<()> {
+pub(super) async fn delete_all(pods: &Api<Pod>) -> anyhow::Result<()> {
     pods.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=pods"))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -250,7 +250,7 @@ async fn delete_all(pods: &Api<Pod>) -> anyhow::Result<()> {
     }
 }
 
-fn summary(name: &str, ms: Vec<f64>) -> (f64, f64) {
+pub(super) fn summary(name: &str, ms: Vec<f64>) -> (f64, f64) {
     let mut sorted: Vec<Duration> =
         ms.iter().map(|m| Duration::from_secs_f64(m / 1000.0)).collect();
     sorted.sort();

@@ -490,3 +490,130 @@ pub fn kubectl_as(
         String::from_utf8_lossy(&out.stderr).trim().to_owned(),
     )
 }
+
+/// A network namespace joined to the host by a veth pair: the host side is `.1`, the
+/// namespace side `.2` of a /30. The namespace is held by a process of its own rather than
+/// `ip netns add`, which would bind-mount /run/netns over itself and hide the namespaces
+/// containerd already mounted there (so it could never remove them). Gone on drop.
+pub struct NetNs {
+    holder: std::process::Child,
+    host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl NetNs {
+    pub fn create(index: u16) -> NetNs {
+        let holder = std::process::Command::new("unshare")
+            .args(["--net", "--", "sleep", "100000"])
+            .spawn()
+            .unwrap();
+        let (a, b) = (index / 64 % 256, (index % 64) * 4);
+        let host_ip = format!("10.254.{a}.{}", b + 1);
+        let ns_ip = format!("10.254.{a}.{}", b + 2);
+        let host_if = format!("krt{index}h");
+        let ns_if = format!("krt{index}n");
+        let mut ns = NetNs {
+            holder,
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        let pid = ns.holder.id().to_string();
+        // unshare(1) enters the namespace before exec'ing sleep; wait until it has.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+            == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            assert!(Instant::now() < deadline, "unshare did not enter a new network namespace");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let inside = |args: &[&str]| {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .arg("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?} in the namespace: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = std::process::Command::new("ip").args(["link", "delete", &host_if]).output();
+        run(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        run(&["link", "set", &ns_if, "netns", &pid]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        inside(&["addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
+        inside(&["link", "set", &ns_if, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", "default", "via", &host_ip]);
+        ns.host_if = host_if;
+        ns
+    }
+
+    /// `--net=` argument for nsenter.
+    pub fn nsenter_arg(&self) -> String {
+        format!("--net=/proc/{}/ns/net", self.holder.id())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_if]).output();
+    }
+}
+
+/// A `krust agent` joined from inside a network namespace; killed and reset on drop.
+pub struct JoinedAgent {
+    pub child: std::process::Child,
+    pub nsenter: String,
+    pub data: std::path::PathBuf,
+}
+
+impl Drop for JoinedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("nsenter")
+            .arg(&self.nsenter)
+            .args([env!("CARGO_BIN_EXE_krust"), "reset", "--data-dir"])
+            .arg(&self.data)
+            .output();
+    }
+}
+
+/// Joins a `krust agent` named `node` to `server` from inside `ns` (the server must listen
+/// on all addresses with `--tls-san=<ns.host_ip>`), with busybox imported and `extra`
+/// flags. Wait for its node to be Ready before using it.
+pub fn join_agent(server: &KrustServer, ns: &NetNs, node: &str, extra: &[&str]) -> JoinedAgent {
+    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
+    let data = server.dir.path().join(format!("agent-{node}"));
+    std::fs::create_dir_all(data.join("agent/images")).unwrap();
+    busybox_archive(BUSYBOX, &data.join("agent/images/busybox.tar"));
+    // nsenter enters the network namespace only; `ip netns exec` would also remount /sys
+    // without its cgroup mounts, which runc needs.
+    let child = Command::new("nsenter")
+        .arg(ns.nsenter_arg())
+        .args([env!("CARGO_BIN_EXE_krust"), "agent"])
+        .arg(format!("--server=https://{}:{}", ns.host_ip, server.port))
+        .arg(format!("--token={}", token.trim()))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(format!("--node-name={node}"))
+        .arg(format!("--node-ip={}", ns.ns_ip))
+        .args(extra)
+        .env("KRUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    JoinedAgent { child, nsenter: ns.nsenter_arg(), data }
+}
