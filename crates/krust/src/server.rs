@@ -95,6 +95,10 @@ pub(crate) struct ServerArgs {
     /// `enforce=privileged` admits everything, as upstream's default does.
     #[arg(long, default_value = "", value_parser = parse_pod_security_default)]
     pod_security_default: apiserver::admission::pod_security::PodSecurityConfig,
+    /// Folders a PersistentVolume's hostPath or local path must lie under (comma-separated;
+    /// none: any path, as upstream).
+    #[arg(long, value_delimiter = ',')]
+    local_storage_allowed_paths: Vec<String>,
     /// An API server tunable, `key=value` (repeatable): `authorization-mode` (`Node,RBAC`,
     /// the default, or `AlwaysAllow` to let every authenticated client do everything);
     /// `encryption-provider-config` (an `EncryptionConfiguration` file of your own, instead
@@ -404,6 +408,7 @@ pub(crate) async fn run(mut args: ServerArgs) -> anyhow::Result<()> {
             Some(cluster_cidr),
             (args.authorization_mode != AuthorizationMode::AlwaysAllow).then(|| rbac.clone()),
             Some(args.pod_security_default.clone()),
+            args.local_storage_allowed_paths.clone(),
         ),
     });
     apiserver::crd::sync(&rest).await?;

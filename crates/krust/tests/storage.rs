@@ -497,3 +497,119 @@ fn claims_follow_their_pods_node_and_access_modes_hold_across_two_nodes() {
     assert!(server.ok(&["get", "pv", "-o", "name"]).lines().count() == 2);
     drop(agent);
 }
+
+#[test]
+fn bad_volumes_classes_and_claims_are_refused_with_upstreams_words() {
+    let server = KrustServer::start_control_plane(&["--local-storage-allowed-paths=/mnt,/srv"]);
+    let pv = |name: &str, source: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {name}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n{source}"
+        )
+    };
+    let refused = |manifest: &str| {
+        let out =
+            server.kubectl_with(common::tool("kubectl"), &["apply", "-f", "-"], Some(manifest));
+        assert!(!out.status.success(), "{manifest} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&pv("etc", "  hostPath: {path: /etc}\n"));
+    assert!(
+        err.contains("spec.hostPath.path: Forbidden: must be under one of the allowed local storage paths: /mnt, /srv"),
+        "{err}"
+    );
+    let err = refused(&pv("climb", "  hostPath: {path: /mnt/../etc}\n"));
+    assert!(err.contains("allowed local storage paths"), "{err}");
+    let err = refused(&pv("nothing", ""));
+    assert!(err.contains("spec: Required value: must specify a volume type"), "{err}");
+    let err = refused(&pv("local", "  local: {path: /mnt/disk}\n"));
+    assert!(
+        err.contains("spec.nodeAffinity: Required value: Local volume requires node affinity"),
+        "{err}"
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &pv("disk", "  hostPath: {path: /mnt/disk}\n"));
+    server.wait_for(
+        &["get", "pv", "disk", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(30),
+        |out| out == "Available",
+    );
+    let err = refused(&pv("disk", "  hostPath: {path: /srv/other}\n"));
+    assert!(err.contains("spec.persistentvolumesource: Forbidden: spec.persistentvolumesource is immutable after creation"), "{err}");
+
+    // A static claim binds to the volume that fits; the volume turns Bound.
+    server.ok_stdin(&["apply", "-f", "-"], &claim("static", "512Mi", "  storageClassName: \"\"\n"));
+    server.wait_for(
+        &["get", "pvc", "static", "-o", "jsonpath={.status.phase} {.spec.volumeName}"],
+        Duration::from_secs(30),
+        |out| out == "Bound disk",
+    );
+    assert_eq!(
+        server.ok(&["get", "pv", "disk", "-o", "jsonpath={.status.phase} {.spec.claimRef.name}"]),
+        "Bound static"
+    );
+    // Growing needs a class that allows it.
+    let out = server.kubectl_with(
+        common::tool("kubectl"),
+        &[
+            "patch",
+            "pvc",
+            "static",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}"#,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"), "{err}");
+    // The claim goes, the Retain volume stays Released.
+    server.ok(&["delete", "pvc", "static"]);
+    server.wait_for(
+        &["get", "pv", "disk", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(30),
+        |out| out == "Released",
+    );
+
+    // A class with parameters the local-path provisioner does not take, and a selector on a
+    // dynamic class: events say why, nothing is provisioned.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: odd\nprovisioner: krust.io/local-path\nvolumeBindingMode: Immediate\nparameters: {speed: fast}\n",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &claim("odd", "1Gi", "  storageClassName: odd\n"));
+    server.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=odd",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        Duration::from_secs(30),
+        |out| out.contains("invalid StorageClass parameter \"speed\""),
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: now\nprovisioner: krust.io/local-path\nvolumeBindingMode: Immediate\n",
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &claim(
+            "picky",
+            "1Gi",
+            "  storageClassName: now\n  selector: {matchLabels: {tier: gold}}\n",
+        ),
+    );
+    server.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=picky",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        Duration::from_secs(30),
+        |out| out.contains("claim Selector is not supported"),
+    );
+    assert_eq!(server.ok(&["get", "pv", "-o", "name"]).trim(), "persistentvolume/disk");
+}

@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod default_storage_class;
 pub mod default_toleration_seconds;
 pub mod limit_ranger;
+pub mod local_storage_paths;
 pub mod namespace_lifecycle;
 pub mod node_pod_cidr;
 pub mod node_restriction;
@@ -250,6 +251,7 @@ impl Admission {
         cluster_cidr: Option<Ipv4Cidr>,
         rbac: Option<Arc<crate::rbac::Rbac>>,
         pod_security: Option<pod_security::PodSecurityConfig>,
+        local_storage_allowed_paths: Vec<String>,
     ) -> Admission {
         // One lock for everything allocated from a range of the cluster: two creates must not
         // pick the same address. (Within one API server; several servers sharing etcd need
@@ -271,6 +273,9 @@ impl Admission {
         validating.push(Box::new(limit_ranger::LimitRanger));
         validating.push(Box::new(resource_quota::ResourceQuota));
         validating.push(Box::new(persistent_volume_claim_resize::PersistentVolumeClaimResize));
+        validating.push(Box::new(local_storage_paths::LocalStoragePaths {
+            allowed: local_storage_allowed_paths,
+        }));
         Admission {
             mutating: vec![
                 Box::new(service_cluster_ip::ServiceClusterIp::new(
