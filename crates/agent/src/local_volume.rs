@@ -20,7 +20,7 @@ use controller_runtime::local_volume::{
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
@@ -377,10 +377,14 @@ async fn keep(
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    match volumes.get(&volume.name_any()).await {
-                        Ok(v) => current = v,
-                        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-                        Err(e) => return Err(e.to_string()),
+                    // Read back as the watch reads it (by the node's label): a node may not
+                    // GET a volume no pod of its uses, and a deleted claim's volume is one.
+                    let node = volume.labels().get(NODE_LABEL).cloned().unwrap_or_default();
+                    let params = ListParams::default().labels(&format!("{NODE_LABEL}={node}"));
+                    let listed = volumes.list(&params).await.map_err(|e| e.to_string())?;
+                    match listed.items.into_iter().find(|v| v.name_any() == volume.name_any()) {
+                        Some(v) => current = v,
+                        None => return Ok(()),
                     }
                 }
                 Err(e) => return Err(e.to_string()),

@@ -386,11 +386,17 @@ impl NodeAuthorizer {
             ("", "persistentvolumeclaims", _) => {
                 Err("can only read persistentvolumeclaims, or update their status".to_owned())
             }
-            // krust's local volumes: each agent watches the volumes it holds (by label) and
-            // reads the one it lets go of, so a node reads any volume (upstream: only those
-            // its pods use; a volume object carries no secret), and may update one, which
+            ("", "persistentvolumes", "") if reads && !attributes.name.is_empty() => {
+                if self.graph().volume_related(node, attributes.name) {
+                    Ok(())
+                } else {
+                    Err(no_relationship(node, attributes))
+                }
+            }
+            // krust's local volumes: each agent lists and watches the volumes it holds (by
+            // label; a volume object carries no secret), and lets go of deleted ones, which
             // NodeRestriction narrows to removing its own finalizer.
-            ("", "persistentvolumes", "") if reads => Ok(()),
+            ("", "persistentvolumes", "") if matches!(attributes.verb, "list" | "watch") => Ok(()),
             ("", "persistentvolumes", "")
                 if attributes.verb == "update" && !attributes.name.is_empty() =>
             {
