@@ -395,7 +395,9 @@ pub async fn run(
         tokio::spawn(routes::run(client.clone(), config.clone(), shutdown.clone()));
     }
     let directory = stream::server::Directory::default();
+    let volume_users = Arc::new(local_volume::Users::default());
     let stream_ctx = stream::server::StreamContext {
+        volume_users: volume_users.clone(),
         cri: cri.clone(),
         directory: directory.clone(),
         node_name: config.node_name.clone(),
@@ -436,7 +438,7 @@ pub async fn run(
         clock: clock::Clock::default(),
         pod_cgroups: true,
         host_ports: Default::default(),
-        volume_users: Default::default(),
+        volume_users,
     });
     tracing::info!(node = %config.node_name, pod_cidr, "node agent is running");
     pods::run(ctx, shutdown).await;

@@ -226,48 +226,68 @@ pub fn delete(storage: &Path, path: &Path) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Which pods on this node use which local volumes (pod UIDs by volume path): a volume is
-/// mounted while some pod uses it and unmounted when the last one goes, as upstream's
-/// kubelet unmounts a device no pod uses; a resize that could not run online runs at the
-/// mount after. Rebuilt after a restart as the pods sync.
+/// Which pods on this node use which claim-backed volumes: a local volume is mounted while
+/// some pod uses it and unmounted when the last one goes, as upstream's kubelet unmounts a
+/// device no pod uses (a resize that could not run online runs at the mount after); the
+/// stats endpoint reports each pod's volumes from here. Rebuilt after a restart as the
+/// pods sync.
 #[derive(Debug, Default)]
-pub struct Users(
-    std::sync::Mutex<std::collections::HashMap<PathBuf, std::collections::HashSet<String>>>,
-);
+pub struct Users(std::sync::Mutex<std::collections::HashMap<String, Vec<Use>>>);
+
+/// One pod volume backed by a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Use {
+    /// The pod's volume name.
+    pub volume: String,
+    /// The claim's name (in the pod's namespace).
+    pub claim: String,
+    /// The volume's path on the node.
+    pub path: PathBuf,
+}
 
 impl Users {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<PathBuf, std::collections::HashSet<String>>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<Use>>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records that pod `uid` uses the volumes at `paths`.
-    pub fn using<'a>(&self, uid: &str, paths: impl Iterator<Item = &'a Path>) {
-        let mut users = self.lock();
-        for path in paths {
-            users.entry(path.to_owned()).or_default().insert(uid.to_owned());
-        }
+    /// Records the claim-backed volumes pod `uid` uses.
+    pub fn using(&self, uid: &str, uses: Vec<Use>) {
+        self.lock().insert(uid.to_owned(), uses);
     }
 
-    /// Forgets pod `uid`; the volumes no pod uses any more.
+    /// The claim-backed volumes of pod `uid`.
+    pub fn uses_of(&self, uid: &str) -> Vec<Use> {
+        self.lock().get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Forgets pod `uid`; the volume paths no other pod uses.
     pub fn release(&self, uid: &str) -> Vec<PathBuf> {
         let mut users = self.lock();
-        let mut unused = Vec::new();
-        users.retain(|path, pods| {
-            pods.remove(uid);
-            if pods.is_empty() {
-                unused.push(path.clone());
-                false
-            } else {
-                true
-            }
-        });
-        unused
+        let Some(gone) = users.remove(uid) else { return Vec::new() };
+        gone.into_iter()
+            .map(|u| u.path)
+            .filter(|p| !users.values().flatten().any(|u| &u.path == p))
+            .collect()
     }
+}
+
+/// A volume's figures as the stats summary reports them (upstream's `VolumeStats`).
+pub fn volume_stats(use_: &Use, namespace: &str, now: &str) -> Option<serde_json::Value> {
+    let st = rustix::fs::statvfs(&use_.path).ok()?;
+    let capacity = st.f_blocks * st.f_frsize;
+    let available = st.f_bavail * st.f_frsize;
+    let used = (st.f_blocks - st.f_bfree) * st.f_frsize;
+    Some(serde_json::json!({
+        "time": now,
+        "name": use_.volume,
+        "pvcRef": {"name": use_.claim, "namespace": namespace},
+        "capacityBytes": capacity,
+        "availableBytes": available,
+        "usedBytes": used,
+        "inodes": st.f_files,
+        "inodesFree": st.f_ffree,
+        "inodesUsed": st.f_files.saturating_sub(st.f_ffree),
+    }))
 }
 
 /// Unmounts the volume at `path` (its data stays; the loop device goes with the mount).
@@ -472,6 +492,35 @@ async fn publish_free(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_is_released_when_its_last_pod_goes() {
+        let users = Users::default();
+        let u = |v: &str, p: &str| Use { volume: v.into(), claim: "c".into(), path: p.into() };
+        users.using("a", vec![u("data", "/s/pvc-1"), u("logs", "/s/pvc-2")]);
+        users.using("b", vec![u("data", "/s/pvc-1")]);
+        assert_eq!(users.release("a"), vec![PathBuf::from("/s/pvc-2")]);
+        assert_eq!(users.uses_of("b").len(), 1);
+        assert_eq!(users.release("b"), vec![PathBuf::from("/s/pvc-1")]);
+        assert!(users.release("b").is_empty());
+    }
+
+    #[test]
+    fn the_filesystem_size_is_read_from_the_superblock() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let image = dir.path().join("v.img");
+        let mut bytes = vec![0u8; 4096];
+        let sb = 1024;
+        // 32768 blocks of 4 KiB (log 2 above 1 KiB), ext4's magic.
+        bytes[sb + 0x4..sb + 0x8].copy_from_slice(&32768u32.to_le_bytes());
+        bytes[sb + 0x18..sb + 0x1c].copy_from_slice(&2u32.to_le_bytes());
+        bytes[sb + 0x38..sb + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        std::fs::write(&image, &bytes).expect("written");
+        assert_eq!(ext4_bytes(&image), Some(128 << 20));
+        bytes[sb + 0x38] = 0;
+        std::fs::write(&image, &bytes).expect("written");
+        assert_eq!(ext4_bytes(&image), None, "not ext4");
+    }
 
     #[test]
     fn images_live_beside_the_volumes_and_paths_stay_inside() {

@@ -389,6 +389,17 @@ impl PersistentVolumeController {
         .await;
     }
 
+    /// An event about a claim.
+    fn claim_event(
+        &self,
+        claim: &PersistentVolumeClaim,
+        kind: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        self.recorder.record(object_ref(claim), kind, reason, message);
+    }
+
     fn in_use(&self, key: &str) -> bool {
         self.pods.by_index(BY_CLAIM, key).iter().any(|p| {
             !p.status
@@ -425,8 +436,8 @@ impl PersistentVolumeController {
         let selected = claim.annotations().get(SELECTED_NODE).cloned();
         let node = selected.as_deref().and_then(|n| self.nodes.get(n));
         if waits && selected.is_none() {
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Normal,
                 "WaitForFirstConsumer",
                 "waiting for first consumer to be created before binding",
@@ -438,8 +449,8 @@ impl PersistentVolumeController {
             return self.bind(&claim, volume).await;
         }
         if class_name.is_empty() {
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Normal,
                 "FailedBinding",
                 "no persistent volumes available for this claim and no storage class is set",
@@ -447,8 +458,8 @@ impl PersistentVolumeController {
             return Ok(Requeue::No);
         }
         let Some(class) = class else {
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Warning,
                 "ProvisioningFailed",
                 format!("storageclass.storage.k8s.io {class_name:?} not found"),
@@ -456,8 +467,8 @@ impl PersistentVolumeController {
             return Ok(Requeue::After(std::time::Duration::from_secs(15)));
         };
         if class.provisioner != PROVISIONER {
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Normal,
                 "ExternalProvisioning",
                 format!("Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.", class.provisioner),
@@ -475,12 +486,7 @@ impl PersistentVolumeController {
         selected: Option<&str>,
     ) -> Result<Requeue, Error> {
         let fail = |message: String| {
-            self.recorder.record(
-                object_ref(claim.as_ref()),
-                EventType::Warning,
-                "ProvisioningFailed",
-                message,
-            );
+            self.claim_event(claim.as_ref(), EventType::Warning, "ProvisioningFailed", message);
             Ok(Requeue::After(std::time::Duration::from_secs(15)))
         };
         if claim.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some() {
@@ -529,8 +535,8 @@ impl PersistentVolumeController {
         let volume = provisioned_volume(claim, class, &node.name_any(), &path);
         let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
         match volumes.create(&PostParams::default(), &volume).await {
-            Ok(created) => self.recorder.record(
-                object_ref(claim.as_ref()),
+            Ok(created) => self.claim_event(
+                claim.as_ref(),
                 EventType::Normal,
                 "ProvisioningSucceeded",
                 format!("Successfully provisioned volume {}", created.name_any()),
@@ -586,8 +592,8 @@ impl PersistentVolumeController {
     ) -> Result<Requeue, Error> {
         let Some(volume) = self.volumes.get(volume_name) else {
             if phase_of_claim(claim) == "Bound" {
-                self.recorder.record(
-                    object_ref(claim.as_ref()),
+                self.claim_event(
+                    claim.as_ref(),
                     EventType::Warning,
                     "ClaimLost",
                     "Bound claim has lost its PersistentVolume. Data on the volume is lost!",
@@ -608,8 +614,8 @@ impl PersistentVolumeController {
             if volume_fits_claim(&volume, claim, None) {
                 return self.bind(claim, &volume).await;
             }
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Warning,
                 "FailedBinding",
                 format!("volume {volume_name:?} does not fit the claim"),
@@ -617,8 +623,8 @@ impl PersistentVolumeController {
             return Ok(Requeue::No);
         }
         if !refers_to(&volume, claim) {
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Warning,
                 "FailedBinding",
                 format!("volume {volume_name:?} already bound to a different claim."),
@@ -657,8 +663,8 @@ impl PersistentVolumeController {
             ignore_gone(
                 volumes.replace(&volume.name_any(), &PostParams::default(), &updated).await,
             )?;
-            self.recorder.record(
-                object_ref(claim.as_ref()),
+            self.claim_event(
+                claim.as_ref(),
                 EventType::Normal,
                 "ExternalExpanding",
                 format!("waiting for the agent of the node to grow volume {volume_name:?}"),

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, JoinedAgent, KrustServer, NetNs, join_agent};
+use common::{BUSYBOX, KrustServer, NetNs, join_agent, kubeconfig_pem};
 
 fn apply(server: &KrustServer, manifest: &str) {
     server.ok_stdin(&["apply", "-f", "-"], manifest);
@@ -1049,22 +1049,6 @@ fn the_agent_endpoint_admits_only_the_api_server_and_serves_stats() {
     assert!(busy["containers"][0]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
 }
 
-/// A base64 field of a kubeconfig (`client-certificate-data`…), decoded.
-fn kubeconfig_pem(path: &std::path::Path, field: &str) -> Vec<u8> {
-    use std::io::Write;
-    let text = std::fs::read_to_string(path).unwrap();
-    let line = text.lines().find(|l| l.trim_start().starts_with(field)).unwrap();
-    let b64 = line.split_once(':').unwrap().1.trim().to_owned();
-    let mut child = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
-    child.wait_with_output().unwrap().stdout
-}
-
 #[test]
 fn agents_join_from_their_own_network_namespaces() {
     let port = common::free_port();
@@ -1073,29 +1057,13 @@ fn agents_join_from_their_own_network_namespaces() {
         "--bind-address=0.0.0.0",
         &format!("--tls-san={}", ns.host_ip),
     ]);
-    let token = std::fs::read_to_string(server.dir.path().join("data/server/node-token")).unwrap();
-    let data = server.dir.path().join("agent2");
-    std::fs::create_dir_all(data.join("agent/images")).unwrap();
-    common::busybox_archive(BUSYBOX, &data.join("agent/images/busybox.tar"));
     let node = format!("far-{port}");
-    // nsenter enters the network namespace only; `ip netns exec` would also remount /sys
-    // without its cgroup mounts, which runc needs.
-    let child = std::process::Command::new("nsenter")
-        .arg(ns.nsenter_arg())
-        .args([env!("CARGO_BIN_EXE_krust"), "agent"])
-        .arg(format!("--server=https://{}:{}", ns.host_ip, server.port))
-        .arg(format!("--token={}", token.trim()))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg(format!("--node-name={node}"))
-        .arg(format!("--node-ip={}", ns.ns_ip))
-        .arg("--node-label=zone=far")
-        .arg("--node-taint=dedicated=far:NoSchedule")
-        .env("KRUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _agent = JoinedAgent { child, nsenter: ns.nsenter_arg(), data };
+    let _agent = join_agent(
+        &server,
+        &ns,
+        &node,
+        &["--node-label=zone=far", "--node-taint=dedicated=far:NoSchedule"],
+    );
     server.wait_node_ready(&node);
     assert_eq!(
         server.ok(&["get", "node", &node, "-o", "jsonpath={.status.addresses[0].address}"]),

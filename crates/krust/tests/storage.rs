@@ -427,6 +427,22 @@ spec:
     let df = server.ok(&["logs", "scratch"]);
     let total_kib: u64 = df.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or(0);
     assert!((16 << 10..=32 << 10).contains(&total_kib), "{df}");
+    // The agent's summary reports the pod's volume with its claim, as the kubelet does.
+    let summary = common::stats_summary(&server);
+    let pod = summary["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == "scratch"))
+        .cloned()
+        .unwrap_or_default();
+    let volume = &pod["volume"][0];
+    assert_eq!(
+        (volume["name"].as_str(), volume["pvcRef"]["name"].as_str()),
+        (Some("work"), Some("scratch-work")),
+        "{pod}"
+    );
+    let capacity = volume["capacityBytes"].as_u64().unwrap_or(0);
+    assert!((16 << 20..=32 << 20).contains(&capacity), "{volume}");
+    assert!(volume["inodes"].as_u64().unwrap_or(0) > 0, "{volume}");
     server.ok(&["delete", "pod", "scratch", "--wait=true", "--timeout=60s"]);
     server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(60), str::is_empty);
     server.wait_for(&["get", "pv", "-o", "name"], Duration::from_secs(60), str::is_empty);

@@ -15,6 +15,8 @@ use super::volumes::MountError;
 /// A claim-backed volume as mounted: its path on the node and whether it is read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMount {
+    /// The claim's name.
+    pub claim: String,
     /// The volume's path on the node.
     pub path: PathBuf,
     /// Mounted read-only everywhere (`persistentVolumeClaim.readOnly`).
@@ -107,7 +109,7 @@ pub async fn resolve(
         } else if !path.exists() {
             return Err(MountError(format!("{pv_what}: path {} does not exist", path.display())));
         }
-        out.insert(volume, ClaimMount { path, read_only });
+        out.insert(volume, ClaimMount { claim: claim_name, path, read_only });
     }
     Ok(out)
 }

@@ -222,7 +222,17 @@ impl Worker {
         };
         let claims = match set_up {
             Ok(claims) => {
-                ctx.volume_users.using(&uid, claims.values().map(|c| c.path.as_path()));
+                ctx.volume_users.using(
+                    &uid,
+                    claims
+                        .iter()
+                        .map(|(volume, c)| crate::local_volume::Use {
+                            volume: volume.clone(),
+                            claim: c.claim.clone(),
+                            path: c.path.clone(),
+                        })
+                        .collect(),
+                );
                 claims
             }
             Err(e) => {

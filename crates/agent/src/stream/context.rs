@@ -24,6 +24,8 @@ pub struct StreamContext {
     pub directory: Directory,
     /// The node's name (for stats).
     pub node_name: String,
+    /// The pods' claim-backed volumes (for stats).
+    pub volume_users: std::sync::Arc<crate::local_volume::Users>,
 }
 
 /// The UID of the pod `namespace/name` on this node.

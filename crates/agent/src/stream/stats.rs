@@ -78,13 +78,23 @@ pub async fn summary(ctx: &StreamContext) -> Result<Value, AgentError> {
         .map(|(uid, (namespace, name, containers, cpu, memory, core_ns))| {
             node_cpu += cpu;
             node_memory += memory;
-            json!({
+            let volumes: Vec<Value> = ctx
+                .volume_users
+                .uses_of(&uid)
+                .iter()
+                .filter_map(|u| crate::local_volume::volume_stats(u, &namespace, &now))
+                .collect();
+            let mut pod = json!({
                 "podRef": { "name": name, "namespace": namespace, "uid": uid },
                 "startTime": now,
                 "containers": containers,
                 "cpu": { "time": now, "usageNanoCores": cpu, "usageCoreNanoSeconds": core_ns },
                 "memory": { "time": now, "workingSetBytes": memory },
-            })
+            });
+            if !volumes.is_empty() {
+                pod["volume"] = Value::Array(volumes);
+            }
+            pod
         })
         .collect();
     // The node's own figures are the host's, as the kubelet reports its root cgroup's (the

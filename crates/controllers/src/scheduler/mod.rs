@@ -155,6 +155,22 @@ impl State {
     }
 
     /// Something changed that may let waiting pods fit: they retry once their back-off ends.
+    /// Parks a pod that fits nowhere until the cluster changes; whether its message is new
+    /// (the condition is rewritten only then).
+    fn mark_unschedulable(
+        &mut self,
+        key: &str,
+        attempts: u32,
+        priority: i32,
+        message: &str,
+    ) -> bool {
+        self.attempts.remove(key);
+        self.unschedulable.insert(key.to_owned(), (attempts, Instant::now(), priority));
+        let changed = self.last_message.get(key).map(String::as_str) != Some(message);
+        self.last_message.insert(key.to_owned(), message.to_owned());
+        changed
+    }
+
     /// The volume plugins' verdict on `node` (nothing to check without needs).
     fn volumes_unfit(&self, needs: &[Need], node: &NodeInfo) -> Option<Unfit> {
         if needs.is_empty() {
@@ -594,12 +610,7 @@ impl Scheduler {
                 let message = format!(
                     "0/{total} nodes are available: {why}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling."
                 );
-                state.attempts.remove(key);
-                state
-                    .unschedulable
-                    .insert(key.to_owned(), (attempts, Instant::now(), info.priority));
-                let changed = state.last_message.get(key) != Some(&message);
-                state.last_message.insert(key.to_owned(), message.clone());
+                let changed = state.mark_unschedulable(key, attempts, info.priority, &message);
                 drop(state);
                 self.unschedulable(&info, message, changed, None);
                 return None;
@@ -647,12 +658,7 @@ impl Scheduler {
                     }
                     None => {}
                 }
-                state.attempts.remove(key);
-                state
-                    .unschedulable
-                    .insert(key.to_owned(), (attempts, Instant::now(), info.priority));
-                let changed = state.last_message.get(key) != Some(&message);
-                state.last_message.insert(key.to_owned(), message.clone());
+                let changed = state.mark_unschedulable(key, attempts, info.priority, &message);
                 drop(state);
                 self.unschedulable(&info, message, changed, preempted);
                 None

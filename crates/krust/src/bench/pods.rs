@@ -260,11 +260,8 @@ pub(super) fn summary(name: &str, ms: Vec<f64>) -> (f64, f64) {
     (p50, p99)
 }
 
-pub(crate) async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
-    let cluster = Cluster::start()?;
-    let client =
-        crate::agent::client_from_kubeconfig(&std::fs::read_to_string(&cluster.kubeconfig)?)
-            .await?;
+/// Waits until the bench's node reports Ready.
+pub(super) async fn wait_node_ready(client: &kube::Client) -> anyhow::Result<()> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -272,11 +269,19 @@ pub(crate) async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             s.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
         });
         if ready {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "the agent's node did not become Ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+pub(crate) async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let client =
+        crate::agent::client_from_kubeconfig(&std::fs::read_to_string(&cluster.kubeconfig)?)
+            .await?;
+    wait_node_ready(&client).await?;
     // Let start-up work settle before reading idle memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = rss_mib(cluster.agent_pid());

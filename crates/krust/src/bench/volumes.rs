@@ -13,7 +13,7 @@ use clap::Args;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-use super::pods::{Cluster, IMAGE, NODE, delete_all, ready_watch, summary, wait_ready};
+use super::pods::{Cluster, IMAGE, delete_all, ready_watch, summary, wait_node_ready, wait_ready};
 
 /// Flags of `krust bench volumes`.
 #[derive(Debug, Args)]
@@ -114,18 +114,7 @@ pub(crate) async fn run(args: VolumeBenchArgs) -> anyhow::Result<()> {
     let client =
         crate::agent::client_from_kubeconfig(&std::fs::read_to_string(&cluster.kubeconfig)?)
             .await?;
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = nodes.get_opt(NODE).await?.and_then(|n| n.status).is_some_and(|s| {
-            s.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
-        });
-        if ready {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the agent's node did not become Ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_node_ready(&client).await?;
     let storage = cluster.dir.join("agent").join("storage");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");

@@ -617,3 +617,48 @@ pub fn join_agent(server: &KrustServer, ns: &NetNs, node: &str, extra: &[&str]) 
         .unwrap();
     JoinedAgent { child, nsenter: ns.nsenter_arg(), data }
 }
+
+/// A base64 field of a kubeconfig (`client-certificate-data`…), decoded.
+pub fn kubeconfig_pem(path: &std::path::Path, field: &str) -> Vec<u8> {
+    use std::io::Write;
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().find(|l| l.trim_start().starts_with(field)).unwrap();
+    let b64 = line.split_once(':').unwrap().1.trim().to_owned();
+    let mut child = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+/// The server's own node agent's `/stats/summary`, read with the admin's certificate (which
+/// the agent admits, as the API server's), as JSON.
+pub fn stats_summary(server: &KrustServer) -> serde_json::Value {
+    let node = server.node.clone().expect("a node");
+    let port = server.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
+    ]);
+    let cert = server.dir.path().join("admin-stats.crt");
+    let key = server.dir.path().join("admin-stats.key");
+    std::fs::write(&cert, kubeconfig_pem(&server.kubeconfig, "client-certificate-data")).unwrap();
+    std::fs::write(&key, kubeconfig_pem(&server.kubeconfig, "client-key-data")).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(server.dir.path().join("data/agent/tls/ca.crt"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("https://127.0.0.1:{port}/stats/summary"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
