@@ -399,11 +399,12 @@ metadata:
   name: scratch
 spec:
   terminationGracePeriodSeconds: 1
+  securityContext: {{runAsUser: 1000, fsGroup: 2000}}
   containers:
   - name: c
     image: {BUSYBOX}
     imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "df -k /scratch | tail -1; sleep 3600"]
+    command: ["sh", "-c", "df -k /scratch | tail -1; echo groups $(id -G); stat -c 'root %g %a' /scratch; touch /scratch/mine && stat -c 'file %u %g' /scratch/mine; sleep 3600"]
     volumeMounts: [{{name: work, mountPath: /scratch}}]
   volumes:
   - name: work
@@ -423,8 +424,16 @@ spec:
         "Pod/scratch scratch Bound"
     );
     // The pod sees a filesystem of the claim's size, not the node's disk.
-    server.wait_for(&["logs", "scratch"], Duration::from_secs(30), |out| !out.is_empty());
+    server.wait_for(&["logs", "scratch"], Duration::from_secs(30), |out| out.contains("file "));
     let df = server.ok(&["logs", "scratch"]);
+    // fsGroup: the container has the group, the volume belongs to it (setgid), and a file
+    // the non-root user makes there is its own, in that group.
+    assert!(
+        df.lines().any(|l| l.starts_with("groups ") && l.split_whitespace().any(|g| g == "2000")),
+        "{df}"
+    );
+    assert!(df.contains("root 2000 2777"), "{df}");
+    assert!(df.contains("file 1000 2000"), "{df}");
     let total_kib: u64 = df.split_whitespace().nth(1).and_then(|t| t.parse().ok()).unwrap_or(0);
     assert!((16 << 10..=32 << 10).contains(&total_kib), "{df}");
     // The agent's summary reports the pod's volume with its claim, as the kubelet does.

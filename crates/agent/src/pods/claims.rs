@@ -21,6 +21,8 @@ pub struct ClaimMount {
     pub path: PathBuf,
     /// Mounted read-only everywhere (`persistentVolumeClaim.readOnly`).
     pub read_only: bool,
+    /// Whether the pod's `fsGroup` applies (a `local` volume; not a `hostPath` one).
+    pub takes_fs_group: bool,
 }
 
 /// Claim-backed volumes by pod volume name.
@@ -109,7 +111,8 @@ pub async fn resolve(
         } else if !path.exists() {
             return Err(MountError(format!("{pv_what}: path {} does not exist", path.display())));
         }
-        out.insert(volume, ClaimMount { claim: claim_name, path, read_only });
+        let takes_fs_group = spec.local.is_some();
+        out.insert(volume, ClaimMount { claim: claim_name, path, read_only, takes_fs_group });
     }
     Ok(out)
 }

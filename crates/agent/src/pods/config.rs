@@ -349,7 +349,7 @@ pub fn sandbox_config(
                 namespace_options: Some(namespace_options(&spec)),
                 run_as_user: security.run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: security.run_as_group.map(|value| cri::Int64Value { value }),
-                supplemental_groups: security.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&security),
                 privileged,
                 ..Default::default()
             }),
@@ -476,7 +476,7 @@ pub fn container_config(
                 run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: sc.read_only_root_filesystem == Some(true),
-                supplemental_groups: pod_sc.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&pod_sc),
                 no_new_privs: sc.allow_privilege_escalation == Some(false),
                 masked_paths: if privileged {
                     Vec::new()
@@ -526,6 +526,18 @@ pub fn expand_vars(input: &str, vars: &HashMap<&str, &str>) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The pod's supplemental groups, with its `fsGroup` among them (as upstream's kubelet adds
+/// it, so the containers may use the volumes given to that group).
+fn supplemental_groups(sc: &k8s_openapi::api::core::v1::PodSecurityContext) -> Vec<i64> {
+    let mut groups = sc.supplemental_groups.clone().unwrap_or_default();
+    if let Some(g) = sc.fs_group
+        && !groups.contains(&g)
+    {
+        groups.push(g);
+    }
+    groups
 }
 
 #[cfg(test)]

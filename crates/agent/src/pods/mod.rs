@@ -10,6 +10,7 @@ pub mod env;
 pub mod events;
 pub mod images;
 mod objects;
+pub mod ownership;
 mod plan;
 pub(crate) use objects::ObjectCache;
 pub mod probe;

@@ -96,6 +96,9 @@ pub(crate) struct Worker {
     last_status: Option<Value>,
     last_grace: Option<i64>,
     mount_error: Option<String>,
+    /// Whether the pod's `fsGroup` was applied to its volumes (once per pod, as upstream
+    /// applies it when it sets the volumes up).
+    fs_group_applied: bool,
     /// Set once the agent failed the pod (its active deadline passed, or admission refused
     /// it).
     failed: Option<Waiting>,
@@ -125,6 +128,7 @@ impl Worker {
             last_status: None,
             last_grace: None,
             mount_error: None,
+            fs_group_applied: false,
             failed: None,
             admitted: false,
             probers: HashMap::new(),
@@ -251,6 +255,20 @@ impl Worker {
             }
         };
         self.mount_error = None;
+        if !self.fs_group_applied {
+            if let Err(e) = self.apply_fs_group(pod, &claims) {
+                ctx.recorder.pod(
+                    &self.key,
+                    "",
+                    EventType::Warning,
+                    "FailedMount",
+                    &format!("MountVolume.SetUp failed: {e}"),
+                );
+                self.report(pod, &observed).await?;
+                return Ok(Next::After(Duration::from_secs(2)));
+            }
+            self.fs_group_applied = true;
+        }
 
         let sandbox = match observed.sandbox().filter(|s| s.ready).cloned() {
             Some(s) => s,
@@ -725,6 +743,31 @@ impl Worker {
 
     /// The address probes and hooks connect to: the sandbox's, or the node's for pods on the
     /// host network.
+    /// The pod's `fsGroup` on its emptyDir and `local` claim volumes.
+    fn apply_fs_group(
+        &self,
+        pod: &Pod,
+        claims: &super::claims::Claims,
+    ) -> Result<(), volumes::MountError> {
+        let Some(spec) = pod.spec.as_ref() else { return Ok(()) };
+        let sc = spec.security_context.as_ref();
+        let Some(gid) = sc.and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok()) else {
+            return Ok(());
+        };
+        let policy = sc.and_then(|s| s.fs_group_change_policy.as_deref());
+        for volume in spec.volumes.iter().flatten() {
+            let path = if volume.empty_dir.is_some() {
+                volumes::volume_path(&self.ctx.pods_dir, &self.key.uid, volume)
+            } else if let Some(c) = claims.get(&volume.name).filter(|c| c.takes_fs_group) {
+                c.path.clone()
+            } else {
+                continue;
+            };
+            super::ownership::set_fs_group(&path, gid, policy)?;
+        }
+        Ok(())
+    }
+
     fn pod_ip(&self, pod: &Pod, sandbox_ip: &str) -> String {
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             self.ctx.config.node_ip.to_string()
