@@ -146,6 +146,38 @@ pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError
     Ok(())
 }
 
+/// Makes sure the Block volume at `path` exists, is at least `bytes` large and has a loop
+/// device, which is returned: the image itself, unformatted, is what the pod sees.
+pub fn ensure_block(storage: &Path, path: &Path, bytes: u64) -> Result<PathBuf, VolumeError> {
+    if path.parent() != Some(storage) {
+        return Err(VolumeError::Outside(path.to_owned()));
+    }
+    let image = image_of(path);
+    if let Some(dir) = image.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&image)
+        .map_err(io(&image))?;
+    let grew = file.metadata().map_err(io(&image))?.len() < bytes;
+    if grew {
+        file.set_len(bytes).map_err(io(&image))?;
+    }
+    drop(file);
+    if let Some(device) = loop_device(&image) {
+        if grew {
+            run("losetup", &["-c", &device])?;
+        }
+        return Ok(PathBuf::from(device));
+    }
+    let device = run("losetup", &["--find", "--show", &image.to_string_lossy()])?;
+    tracing::info!(path = %path.display(), bytes, device = device.trim(), "local block volume attached");
+    Ok(PathBuf::from(device.trim()))
+}
+
 /// Grows a mounted volume to `bytes`: the image, the loop device, the filesystem. False
 /// when only the image grew (no online resize here; the next mount finishes it).
 fn grow_mounted(path: &Path, image: &Path, bytes: u64) -> Result<bool, VolumeError> {
@@ -292,13 +324,29 @@ pub fn volume_stats(use_: &Use, namespace: &str, now: &str) -> Option<serde_json
 
 /// Unmounts the volume at `path` (its data stays; the loop device goes with the mount).
 pub fn unmount(storage: &Path, path: &Path) -> Result<(), VolumeError> {
-    if path.parent() != Some(storage) || !is_mount_point(path) {
+    if path.parent() != Some(storage) {
         return Ok(());
     }
-    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
-        .map_err(|e| VolumeError::Tool(format!("unmounting {}: {e}", path.display())))?;
-    tracing::info!(path = %path.display(), "local volume unmounted: no pod uses it");
+    if is_mount_point(path) {
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| VolumeError::Tool(format!("unmounting {}: {e}", path.display())))?;
+        tracing::info!(path = %path.display(), "local volume unmounted: no pod uses it");
+    } else if let Some(device) = loop_device(&image_of(path)) {
+        // A Block volume: its loop device goes with its last pod.
+        run("losetup", &["-d", &device])?;
+        tracing::info!(path = %path.display(), "local block volume detached: no pod uses it");
+    }
     Ok(())
+}
+
+/// Detaches every loop device backing an image under `storage` (`krust reset`).
+pub fn detach_all(storage: &Path) {
+    let Ok(entries) = std::fs::read_dir(storage.join(".images")) else { return };
+    for entry in entries.flatten() {
+        if let Some(device) = loop_device(&entry.path()) {
+            let _ = run("losetup", &["-d", &device]);
+        }
+    }
 }
 
 /// Bytes free on the filesystem holding `storage`.

@@ -77,6 +77,10 @@ pub async fn reset(config: &AgentConfig) -> Result<ResetReport, AgentError> {
             report.mounts += 1;
         }
     }
+    // Block volumes' loop devices (filesystem volumes' went with their mounts).
+    if let Some(storage) = config.local_storage_path.as_ref() {
+        crate::local_volume::detach_all(storage);
+    }
     crate::cni::remove_masquerade(config).await;
     let table = crate::serviceproxy::table_name(config);
     crate::serviceproxy::nftables::delete(&table).await;

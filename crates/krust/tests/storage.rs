@@ -638,3 +638,56 @@ fn bad_volumes_classes_and_claims_are_refused_with_upstreams_words() {
     );
     assert_eq!(server.ok(&["get", "pv", "-o", "name"]).trim(), "persistentvolume/disk");
 }
+
+#[test]
+fn a_block_claim_is_a_device_of_its_size_in_the_pod() {
+    let server = KrustServer::start_with_agent(&[]);
+    server.ok_stdin(&["apply", "-f", "-"], &claim("raw", "32Mi", "  volumeMode: Block\n"));
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: raw
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "[ -b /dev/xvda ] && echo is-block; dd if=/dev/zero of=/dev/xvda bs=1M count=40; echo dd-done; sleep 3600"]
+    volumeDevices: [{{name: raw, devicePath: /dev/xvda}}]
+  volumes:
+  - name: raw
+    persistentVolumeClaim: {{claimName: raw}}
+"#
+        ),
+    );
+    server.wait_phase("default", "raw", "Running", Duration::from_secs(90));
+    server.wait_for(&["logs", "raw"], Duration::from_secs(60), |out| out.contains("dd-done"));
+    let logs = server.ok(&["logs", "raw"]);
+    assert!(logs.contains("is-block") && logs.contains("No space left on device"), "{logs}");
+    assert!(logs.contains("32+0 records out"), "the device was not the claim's size: {logs}");
+    let volume = server.ok(&["get", "pvc", "raw", "-o", "jsonpath={.spec.volumeName}"]);
+    assert_eq!(server.ok(&["get", "pv", &volume, "-o", "jsonpath={.spec.volumeMode}"]), "Block");
+    let image = storage_dir(&server).join(".images").join(format!("{volume}.img"));
+    let attached = || {
+        let out = std::process::Command::new("losetup").arg("-j").arg(&image).output().unwrap();
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    assert!(attached(), "no loop device for {}", image.display());
+    // The last pod gone, the device is detached; the claim gone, the image too.
+    server.ok(&["delete", "pod", "raw", "--wait=true", "--timeout=60s"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attached() {
+        assert!(Instant::now() < deadline, "the loop device stayed attached");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.ok(&["delete", "pvc", "raw"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while image.exists() {
+        assert!(Instant::now() < deadline, "the image stayed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

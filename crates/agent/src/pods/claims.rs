@@ -23,6 +23,8 @@ pub struct ClaimMount {
     pub read_only: bool,
     /// Whether the pod's `fsGroup` applies (a `local` volume; not a `hostPath` one).
     pub takes_fs_group: bool,
+    /// The block device of a `volumeMode: Block` volume.
+    pub device: Option<PathBuf>,
 }
 
 /// Claim-backed volumes by pod volume name.
@@ -47,6 +49,15 @@ fn api_error(what: &str, e: kube::Error) -> MountError {
         kube::Error::Api(s) if s.code == 404 => format!("{what} not found"),
         other => format!("reading {what}: {other}"),
     })
+}
+
+fn capacity_bytes(spec: &k8s_openapi::api::core::v1::PersistentVolumeSpec) -> u64 {
+    spec.capacity
+        .as_ref()
+        .and_then(|c| c.get("storage"))
+        .and_then(controller_runtime::quantity::bytes)
+        .and_then(|b| u64::try_from(b).ok())
+        .unwrap_or(0)
 }
 
 /// Resolves the pod's claim-backed volumes; `storage` is where the node keeps the
@@ -88,17 +99,29 @@ pub async fn resolve(
             )));
         };
         let ours = pv.annotations().get(PROVISIONED_BY).map(String::as_str) == Some(PROVISIONER);
-        if ours {
+        let block = spec.volume_mode.as_deref() == Some("Block");
+        let mut device = None;
+        if ours && block {
             let Some(storage) = storage.map(std::path::Path::to_path_buf) else {
                 return Err(MountError(format!("{pv_what}: this node keeps no local volumes")));
             };
-            let bytes = spec
-                .capacity
-                .as_ref()
-                .and_then(|c| c.get("storage"))
-                .and_then(controller_runtime::quantity::bytes)
-                .and_then(|b| u64::try_from(b).ok())
-                .unwrap_or(0);
+            let bytes = capacity_bytes(&spec);
+            let p = path.clone();
+            let dev = tokio::task::spawn_blocking(move || {
+                crate::local_volume::ensure_block(&storage, &p, bytes)
+            })
+            .await
+            .map_err(|e| MountError(e.to_string()))?
+            .map_err(|e| MountError(format!("{pv_what}: {e}")))?;
+            device = Some(dev);
+        } else if block {
+            // A static Block volume names its device.
+            device = Some(path.clone());
+        } else if ours {
+            let Some(storage) = storage.map(std::path::Path::to_path_buf) else {
+                return Err(MountError(format!("{pv_what}: this node keeps no local volumes")));
+            };
+            let bytes = capacity_bytes(&spec);
             let p = path.clone();
             tokio::task::spawn_blocking(move || crate::local_volume::ensure(&storage, &p, bytes))
                 .await
@@ -111,8 +134,11 @@ pub async fn resolve(
         } else if !path.exists() {
             return Err(MountError(format!("{pv_what}: path {} does not exist", path.display())));
         }
-        let takes_fs_group = spec.local.is_some();
-        out.insert(volume, ClaimMount { claim: claim_name, path, read_only, takes_fs_group });
+        let takes_fs_group = spec.local.is_some() && !block;
+        out.insert(
+            volume,
+            ClaimMount { claim: claim_name, path, read_only, takes_fs_group, device },
+        );
     }
     Ok(out)
 }

@@ -395,6 +395,8 @@ pub struct ContainerInputs {
     pub env: Vec<(String, String)>,
     /// Host mounts.
     pub mounts: Vec<cri::Mount>,
+    /// Block devices (`volumeDevices` of Block claims).
+    pub devices: Vec<cri::Device>,
     /// Image reference (as pulled).
     pub image: String,
     /// Restart attempt (0 for the first run).
@@ -461,6 +463,7 @@ pub fn container_config(
             .map(|(key, value)| cri::KeyValue { key: key.clone(), value: value.clone() })
             .collect(),
         mounts: inputs.mounts.clone(),
+        devices: inputs.devices.clone(),
         labels,
         annotations,
         log_path: format!("{}/{}.log", container.name, inputs.attempt),

@@ -462,6 +462,29 @@ pub fn container_mounts(
     Ok(mounts)
 }
 
+/// The CRI devices of `container`: its `volumeDevices`, each a Block claim's device.
+pub fn container_devices(
+    container: &Container,
+    claims: &super::claims::Claims,
+) -> Result<Vec<cri::Device>, MountError> {
+    container
+        .volume_devices
+        .iter()
+        .flatten()
+        .map(|vd| {
+            let device = claims
+                .get(vd.name.as_str())
+                .and_then(|c| c.device.as_ref())
+                .ok_or_else(|| MountError(format!("volume {} is not a block volume", vd.name)))?;
+            Ok(cri::Device {
+                container_path: vd.device_path.clone(),
+                host_path: device.display().to_string(),
+                permissions: "rwm".into(),
+            })
+        })
+        .collect()
+}
+
 /// Writes the pod's `/etc/hosts` (localhost entries, then the pod's address and hostname, then
 /// `hostAliases`), as upstream's kubelet manages it.
 pub fn write_etc_hosts(pods_dir: &Path, pod: &Pod, pod_ip: &str) -> Result<PathBuf, MountError> {

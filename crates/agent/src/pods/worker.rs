@@ -622,7 +622,15 @@ impl Worker {
             host_path: message_file.display().to_string(),
             ..Default::default()
         });
-        let inputs = ContainerInputs { env, mounts, image, attempt, node_memory: ctx.node_memory };
+        let devices = match volumes::container_devices(c, claims) {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail(c, &path, "CreateContainerConfigError", &e.0);
+                return Ok(false);
+            }
+        };
+        let inputs =
+            ContainerInputs { env, mounts, devices, image, attempt, node_memory: ctx.node_memory };
         let config = config::container_config(pod, c, &ctx.config.node_name, &inputs);
         let created =
             ctx.cri.create_container(sandbox.id.clone(), config, sandbox_config.clone()).await;
