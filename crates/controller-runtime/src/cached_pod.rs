@@ -126,13 +126,25 @@ fn claim_volumes<'de, D: serde::Deserializer<'de>>(
 impl CachedPod {
     /// The names of the claims the pod's volumes use (ephemeral ones as `<pod>-<volume>`).
     pub fn claim_names(&self) -> Vec<String> {
+        self.claims().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The claims the pod's volumes use, each with whether it is the pod's own ephemeral
+    /// one (`<pod>-<volume>`, made by the ephemeral volume controller).
+    pub fn claims(&self) -> Vec<(String, bool)> {
         let pod = self.metadata.name.as_deref().unwrap_or("");
         self.spec
             .as_ref()
             .and_then(|s| s.volumes.as_ref())
             .into_iter()
             .flatten()
-            .map(|v| if v.ephemeral { format!("{pod}-{}", v.name) } else { v.claim_name.clone() })
+            .map(|v| {
+                if v.ephemeral {
+                    (format!("{pod}-{}", v.name), true)
+                } else {
+                    (v.claim_name.clone(), false)
+                }
+            })
             .collect()
     }
 }

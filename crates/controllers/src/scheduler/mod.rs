@@ -591,7 +591,7 @@ impl Scheduler {
     /// One scheduling decision, under the cache lock: the pod is assumed onto a node
     /// (returned for binding), or marked unschedulable (and may preempt).
     fn decide(self: &Arc<Self>, key: &str, pod: Arc<CachedPod>) -> Option<Decision> {
-        let claims = pod.claim_names();
+        let claims = pod.claims();
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let needs = volume_binding::needs(
             &namespace,

@@ -81,15 +81,26 @@ fn bytes(claim: &PersistentVolumeClaim) -> i64 {
 }
 
 /// The needs of a pod in `namespace` (key `pod_key`) using `claims`.
-pub fn needs(namespace: &str, pod_key: &str, claims: &[String], lookup: &dyn Lookup) -> Needs {
+pub fn needs(
+    namespace: &str,
+    pod_key: &str,
+    claims: &[(String, bool)],
+    lookup: &dyn Lookup,
+) -> Needs {
     if claims.is_empty() {
         return Needs::None;
     }
     let mut out = Vec::new();
-    for name in claims {
+    for (name, ephemeral) in claims {
         let key = format!("{namespace}/{name}");
         let Some(claim) = lookup.claim(&key) else {
-            return Needs::Nowhere(format!("persistentvolumeclaim {name:?} not found"));
+            return Needs::Nowhere(if *ephemeral {
+                format!(
+                    "waiting for ephemeral volume controller to create the persistentvolumeclaim {name:?}"
+                )
+            } else {
+                format!("persistentvolumeclaim {name:?} not found")
+            });
         };
         if claim.metadata.deletion_timestamp.is_some() {
             return Needs::Nowhere(format!("persistentvolumeclaim {name:?} is being deleted"));
@@ -302,7 +313,7 @@ mod tests {
         let n = |names: &[&str], f: &Fake| match needs(
             "d",
             "d/p",
-            &names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &names.iter().map(|s| (s.to_string(), false)).collect::<Vec<_>>(),
             f,
         ) {
             Needs::Nowhere(why) => why,
@@ -317,12 +328,12 @@ mod tests {
     #[test]
     fn bound_volumes_pin_the_node_and_waiting_claims_need_room() {
         let f = fake();
-        let Needs::Nodes(bound) = needs("d", "d/p", &["bound".into()], &f) else {
+        let Needs::Nodes(bound) = needs("d", "d/p", &[("bound".into(), false)], &f) else {
             panic!("needs per node")
         };
         assert_eq!(check_node(&bound, &node("a"), None), None);
         assert_eq!(check_node(&bound, &node("b"), None), Some(Unfit::VolumeNodeAffinityConflict));
-        let Needs::Nodes(wait) = needs("d", "d/p", &["wait".into()], &f) else {
+        let Needs::Nodes(wait) = needs("d", "d/p", &[("wait".into(), false)], &f) else {
             panic!("needs per node")
         };
         let keeps = Annotations { storage_path: true, free: Some(10 << 30) };
