@@ -271,7 +271,9 @@ pub struct Users(std::sync::Mutex<std::collections::HashMap<String, Vec<Use>>>);
 pub struct Use {
     /// The pod's volume name.
     pub volume: String,
-    /// The claim's name (in the pod's namespace).
+    /// The claim's namespace (the pod's).
+    pub namespace: String,
+    /// The claim's name.
     pub claim: String,
     /// The volume's path on the node.
     pub path: PathBuf,
@@ -290,6 +292,14 @@ impl Users {
     /// The claim-backed volumes of pod `uid`.
     pub fn uses_of(&self, uid: &str) -> Vec<Use> {
         self.lock().get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Every claim-backed volume in use on the node, once per claim.
+    pub fn all(&self) -> Vec<Use> {
+        let mut all: Vec<Use> = self.lock().values().flatten().cloned().collect();
+        all.sort_by(|a, b| (&a.namespace, &a.claim).cmp(&(&b.namespace, &b.claim)));
+        all.dedup_by(|a, b| a.namespace == b.namespace && a.claim == b.claim);
+        all
     }
 
     /// Forgets pod `uid`; the volume paths no other pod uses.
@@ -320,6 +330,48 @@ pub fn volume_stats(use_: &Use, namespace: &str, now: &str) -> Option<serde_json
         "inodesFree": st.f_ffree,
         "inodesUsed": st.f_files.saturating_sub(st.f_ffree),
     }))
+}
+
+/// The kubelet's volume metrics (`kubelet_volume_stats_*`, by namespace and claim) of the
+/// claim-backed volumes in use, in Prometheus' text format.
+pub fn volume_metrics(users: &Users) -> String {
+    const METRICS: [(&str, &str); 6] = [
+        ("capacity_bytes", "Capacity in bytes of the volume"),
+        ("available_bytes", "Number of available bytes in the volume"),
+        ("used_bytes", "Number of used bytes in the volume"),
+        ("inodes", "Maximum number of inodes in the volume"),
+        ("inodes_free", "Number of free inodes in the volume"),
+        ("inodes_used", "Number of used inodes in the volume"),
+    ];
+    let figures: Vec<(Use, [u64; 6])> = users
+        .all()
+        .into_iter()
+        .filter_map(|u| {
+            let st = rustix::fs::statvfs(&u.path).ok()?;
+            let f = st.f_frsize;
+            let values = [
+                st.f_blocks * f,
+                st.f_bavail * f,
+                (st.f_blocks - st.f_bfree) * f,
+                st.f_files,
+                st.f_ffree,
+                st.f_files.saturating_sub(st.f_ffree),
+            ];
+            Some((u, values))
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, (name, help)) in METRICS.iter().enumerate() {
+        out.push_str(&format!("# HELP kubelet_volume_stats_{name} [ALPHA] {help}\n"));
+        out.push_str(&format!("# TYPE kubelet_volume_stats_{name} gauge\n"));
+        for (u, values) in &figures {
+            out.push_str(&format!(
+                "kubelet_volume_stats_{name}{{namespace=\"{}\",persistentvolumeclaim=\"{}\"}} {}\n",
+                u.namespace, u.claim, values[i]
+            ));
+        }
+    }
+    out
 }
 
 /// Unmounts the volume at `path` (its data stays; the loop device goes with the mount).
@@ -544,9 +596,15 @@ mod tests {
     #[test]
     fn a_volume_is_released_when_its_last_pod_goes() {
         let users = Users::default();
-        let u = |v: &str, p: &str| Use { volume: v.into(), claim: "c".into(), path: p.into() };
+        let u = |v: &str, p: &str| Use {
+            volume: v.into(),
+            namespace: "d".into(),
+            claim: format!("c-{v}"),
+            path: p.into(),
+        };
         users.using("a", vec![u("data", "/s/pvc-1"), u("logs", "/s/pvc-2")]);
         users.using("b", vec![u("data", "/s/pvc-1")]);
+        assert_eq!(users.all().len(), 2, "one entry per claim");
         assert_eq!(users.release("a"), vec![PathBuf::from("/s/pvc-2")]);
         assert_eq!(users.uses_of("b").len(), 1);
         assert_eq!(users.release("b"), vec![PathBuf::from("/s/pvc-1")]);

@@ -452,6 +452,13 @@ spec:
     let capacity = volume["capacityBytes"].as_u64().unwrap_or(0);
     assert!((16 << 20..=32 << 20).contains(&capacity), "{volume}");
     assert!(volume["inodes"].as_u64().unwrap_or(0) > 0, "{volume}");
+    // And its `/metrics` the kubelet's volume metrics.
+    let metrics = String::from_utf8(common::agent_get(&server, "/metrics")).unwrap_or_default();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kubelet_volume_stats_capacity_bytes{namespace=\"default\",persistentvolumeclaim=\"scratch-work\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(line.rsplit(' ').next(), Some(capacity.to_string().as_str()), "{line}");
     server.ok(&["delete", "pod", "scratch", "--wait=true", "--timeout=60s"]);
     server.wait_for(&["get", "pvc", "-o", "name"], Duration::from_secs(60), str::is_empty);
     server.wait_for(&["get", "pv", "-o", "name"], Duration::from_secs(60), str::is_empty);

@@ -232,6 +232,7 @@ impl Worker {
                         .iter()
                         .map(|(volume, c)| crate::local_volume::Use {
                             volume: volume.clone(),
+                            namespace: self.key.namespace.clone(),
                             claim: c.claim.clone(),
                             path: c.path.clone(),
                         })

@@ -195,6 +195,9 @@ async fn route(ctx: StreamContext, request: Request<Incoming>) -> Response<Body>
             super::exec::exec(ctx.clone(), request, ns, pod, container, true).await
         }
         ["portForward", ns, pod] => super::exec::port_forward(ctx.clone(), request, ns, pod).await,
+        ["metrics"] => {
+            text(StatusCode::OK, &crate::local_volume::volume_metrics(&ctx.volume_users))
+        }
         ["stats", "summary"] => match super::stats::summary(&ctx).await {
             Ok(v) => json(StatusCode::OK, &v),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

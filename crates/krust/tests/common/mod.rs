@@ -634,9 +634,14 @@ pub fn kubeconfig_pem(path: &std::path::Path, field: &str) -> Vec<u8> {
     child.wait_with_output().unwrap().stdout
 }
 
-/// The server's own node agent's `/stats/summary`, read with the admin's certificate (which
-/// the agent admits, as the API server's), as JSON.
+/// The server's own node agent's `/stats/summary`, as JSON.
 pub fn stats_summary(server: &KrustServer) -> serde_json::Value {
+    serde_json::from_slice(&agent_get(server, "/stats/summary")).unwrap()
+}
+
+/// A GET of `path` on the server's own node agent, with the admin's certificate (which the
+/// agent admits, as the API server's).
+pub fn agent_get(server: &KrustServer, path: &str) -> Vec<u8> {
     let node = server.node.clone().expect("a node");
     let port = server.ok(&[
         "get",
@@ -656,9 +661,9 @@ pub fn stats_summary(server: &KrustServer) -> serde_json::Value {
         .arg(&cert)
         .arg("--key")
         .arg(&key)
-        .arg(format!("https://127.0.0.1:{port}/stats/summary"))
+        .arg(format!("https://127.0.0.1:{port}{path}"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
 }
