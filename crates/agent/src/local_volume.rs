@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use controller_runtime::local_volume::{
-    FINALIZER, FREE_ANNOTATION, NODE_LABEL, PROVISIONED_BY, PROVISIONER,
-};
+use controller_runtime::local_volume::{FINALIZER, NODE_LABEL, PROVISIONED_BY, PROVISIONER};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -565,22 +563,51 @@ pub async fn report_capacity(
     }
 }
 
-/// Publishes the free bytes of the storage path when they moved by 1% or more.
+/// Publishes the free bytes of the storage path, when they moved by 1% or more, as the
+/// CSIStorageCapacity `kube-system/local-path-<node>` of the `local-path` class (what the
+/// scheduler checks a new claim's size against).
 async fn publish_free(
     client: &kube::Client,
     node: &str,
     storage: &Path,
     last: Option<u64>,
 ) -> Option<u64> {
+    use k8s_openapi::api::storage::v1::CSIStorageCapacity;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
     let _ = std::fs::create_dir_all(storage);
     let free = free_bytes(storage)?;
     if last.is_some_and(|l| l.abs_diff(free) < l / 100) {
         return last;
     }
-    let nodes: Api<Node> = Api::all(client.clone());
-    let patch =
-        serde_json::json!({"metadata": {"annotations": {FREE_ANNOTATION: free.to_string()}}});
-    match nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let api: Api<CSIStorageCapacity> = Api::namespaced(client.clone(), "kube-system");
+    let name = controller_runtime::local_volume::capacity_name(node);
+    let mut capacity = CSIStorageCapacity {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some("kube-system".into()),
+            ..ObjectMeta::default()
+        },
+        storage_class_name: controller_runtime::local_volume::STORAGE_CLASS.into(),
+        node_topology: Some(LabelSelector {
+            match_labels: Some(std::collections::BTreeMap::from([(
+                "kubernetes.io/hostname".to_owned(),
+                node.to_owned(),
+            )])),
+            match_expressions: None,
+        }),
+        capacity: Some(Quantity(free.to_string())),
+        maximum_volume_size: Some(Quantity(free.to_string())),
+    };
+    let result = match api.get_opt(&name).await {
+        Ok(Some(existing)) => {
+            capacity.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &capacity).await
+        }
+        Ok(None) => api.create(&PostParams::default(), &capacity).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(_) => Some(free),
         Err(e) => {
             tracing::debug!(error = %e, "publishing the free local storage failed");

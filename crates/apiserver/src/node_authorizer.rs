@@ -422,6 +422,20 @@ impl NodeAuthorizer {
                         .to_owned())
                 }
             }
+            // krust's local volumes: each agent publishes the free space of its storage
+            // path as the CSIStorageCapacity `kube-system/local-path-<node>`, which
+            // NodeRestriction holds to its own node's topology.
+            ("storage.k8s.io", "csistoragecapacities", "") => {
+                let own = attributes.namespace == "kube-system"
+                    && (attributes.name == format!("local-path-{node}")
+                        || (attributes.name.is_empty() && attributes.verb == "create"));
+                let verb = matches!(attributes.verb, "get" | "create" | "update" | "patch");
+                if own && verb {
+                    Ok(())
+                } else {
+                    Err("can only access the CSIStorageCapacity local-path-<node> of the requesting node in kube-system".to_owned())
+                }
+            }
             ("storage.k8s.io", "csinodes", "") => {
                 let own = attributes.name == node
                     || (attributes.name.is_empty() && attributes.verb == "create");

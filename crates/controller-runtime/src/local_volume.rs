@@ -21,6 +21,9 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// Volume label naming the node that holds it (so an agent watches only its own).
 pub const NODE_LABEL: &str = "krust.io/local-volume-node";
-/// Node annotation: bytes free where the node's agent keeps local volumes (what the
-/// scheduler checks a new claim's size against).
-pub const FREE_ANNOTATION: &str = "krust.io/local-storage-free";
+/// The CSIStorageCapacity (in `kube-system`) in which a node's agent publishes the bytes
+/// free where it keeps local volumes (what the scheduler checks a new claim's size
+/// against): `local-path-<node>`, its topology the node's hostname label.
+pub fn capacity_name(node: &str) -> String {
+    format!("local-path-{node}")
+}

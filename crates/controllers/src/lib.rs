@@ -259,6 +259,7 @@ pub fn scheduler(
         claims: informers.persistent_volume_claims(),
         volumes: informers.persistent_volumes(),
         classes: informers.storage_classes(),
+        capacities: informers.storage_capacities(),
     };
     let scheduler =
         Scheduler::new(client.clone(), pods.clone(), &nodes, &namespaces, volumes.clone(), config);

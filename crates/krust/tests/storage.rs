@@ -518,7 +518,24 @@ fn claims_follow_their_pods_node_and_access_modes_hold_across_two_nodes() {
         |out| out.contains("node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode"),
     );
 
-    // A claim larger than any node's free space is placed nowhere.
+    // A claim larger than any node's free space is placed nowhere: each agent publishes
+    // its free space as a CSIStorageCapacity of the local-path class.
+    let own = server.node.clone().expect("a node");
+    server.wait_for(
+        &[
+            "get",
+            "csistoragecapacities",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.storageClassName} {end}",
+        ],
+        Duration::from_secs(30),
+        |out| {
+            out.contains(&format!("local-path-{far}=local-path"))
+                && out.contains(&format!("local-path-{own}=local-path"))
+        },
+    );
     server.ok_stdin(&["apply", "-f", "-"], &claim("huge", "100Pi", ""));
     server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("huge", "huge", "sleep 3600"));
     server.wait_for(

@@ -186,6 +186,34 @@ fn check_volume(node: &str, attributes: &Attributes<'_>, object: Option<&Value>)
     Ok(())
 }
 
+/// krust's local volumes: a node's CSIStorageCapacity is named after it and speaks of its
+/// own node only (the scheduler trusts it for that node's free space).
+fn check_capacity(
+    node: &str,
+    attributes: &Attributes<'_>,
+    object: Option<&Value>,
+) -> ApiResult<()> {
+    if attributes.operation == Operation::Delete {
+        return Err(ApiError::forbidden(format!(
+            "node \"{node}\" may not delete CSIStorageCapacity objects"
+        )));
+    }
+    let own_name = text(object, "/metadata/name") == format!("local-path-{node}");
+    let labels =
+        object.and_then(|o| o.pointer("/nodeTopology/matchLabels")).and_then(Value::as_object);
+    let own_topology =
+        labels.is_some_and(|l| {
+            l.len() == 1 && l.get("kubernetes.io/hostname").and_then(Value::as_str) == Some(node)
+        }) && object.and_then(|o| o.pointer("/nodeTopology/matchExpressions")).is_none();
+    if own_name && own_topology {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "node \"{node}\" may only publish CSIStorageCapacity local-path-{node} for its own hostname"
+        )))
+    }
+}
+
 async fn check_token(
     node: &str,
     objects: &dyn Objects,
@@ -227,11 +255,12 @@ impl Validating for NodeRestriction {
     fn applies(&self, attributes: &Attributes<'_>) -> bool {
         attributes.user.and_then(node_of).is_some()
             && attributes.rt.is_builtin()
-            && attributes.rt.group.is_empty()
-            && matches!(
-                attributes.rt.kind.as_str(),
-                "Node" | "Pod" | "ServiceAccount" | "PersistentVolume"
-            )
+            && ((attributes.rt.group.is_empty()
+                && matches!(
+                    attributes.rt.kind.as_str(),
+                    "Node" | "Pod" | "ServiceAccount" | "PersistentVolume"
+                ))
+                || attributes.is("storage.k8s.io", "CSIStorageCapacity"))
     }
 
     fn validate<'a>(
@@ -246,6 +275,7 @@ impl Validating for NodeRestriction {
                 "Node" => check_node(node, attributes, object),
                 "Pod" => check_pod(node, attributes, object),
                 "PersistentVolume" => check_volume(node, attributes, object),
+                "CSIStorageCapacity" => check_capacity(node, attributes, object),
                 "ServiceAccount" if attributes.subresource == Some("token") => {
                     check_token(node, objects, attributes, object).await
                 }

@@ -226,9 +226,10 @@ impl State {
     }
 
     fn set_node(&mut self, node: &Node) {
-        let storage = volume_binding::Annotations::of(node);
-        let storage_changed =
-            self.storage.insert(node.name_any(), storage).is_none_or(|old| old != storage);
+        let keeps = volume_binding::Annotations::keeps_volumes(node);
+        let entry = self.storage.entry(node.name_any()).or_default();
+        let storage_changed = entry.storage_path != keeps;
+        entry.storage_path = keeps;
         let mut info = NodeInfo::new(node);
         let relevant_change = match self.nodes.get_mut(&info.name) {
             // Replaced in place, so the node keeps its position in the search order.
@@ -346,6 +347,8 @@ pub struct VolumeSources {
     pub volumes: Arc<Informer<PersistentVolume>>,
     /// StorageClasses.
     pub classes: Arc<Informer<StorageClass>>,
+    /// CSIStorageCapacities (the nodes' free local storage).
+    pub capacities: Arc<Informer<k8s_openapi::api::storage::v1::CSIStorageCapacity>>,
 }
 
 impl VolumeSources {
@@ -354,6 +357,7 @@ impl VolumeSources {
         self.claims.wait_synced().await;
         self.volumes.wait_synced().await;
         self.classes.wait_synced().await;
+        self.capacities.wait_synced().await;
     }
 }
 
@@ -449,6 +453,21 @@ impl Scheduler {
                 s.state().cluster_changed();
                 s.wake.notify_one();
             }
+        });
+        let this = Arc::downgrade(&scheduler);
+        volumes.capacities.on_change(move |change| {
+            let Some(s) = this.upgrade() else { return };
+            let (Change::Added(c) | Change::Updated(_, c) | Change::Deleted(c)) = change;
+            let Some((node, bytes)) = volume_binding::capacity_of(c) else { return };
+            let mut state = s.state();
+            let free = (!matches!(change, Change::Deleted(_))).then_some(bytes);
+            let entry = state.storage.entry(node).or_default();
+            if entry.free != free {
+                entry.free = free;
+                state.cluster_changed();
+            }
+            drop(state);
+            s.wake.notify_one();
         });
         let this = Arc::downgrade(&scheduler);
         volumes.volumes.on_change(move |_| {

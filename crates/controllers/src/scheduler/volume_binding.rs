@@ -17,7 +17,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 
 use super::framework::{NodeInfo, Unfit};
-use crate::local_volume::{FREE_ANNOTATION, PROVISIONER, STORAGE_PATH_ANNOTATION};
+use crate::local_volume::{PROVISIONER, STORAGE_CLASS, STORAGE_PATH_ANNOTATION};
 use crate::persistentvolume::volume_fits_claim;
 use crate::selectors::volume_fits_node;
 
@@ -186,7 +186,8 @@ pub fn check_node(
     None
 }
 
-/// What the scheduler reads of a node's local storage, from its annotations.
+/// What the scheduler knows of a node's local storage: whether its agent keeps local
+/// volumes (its annotation), and the bytes free there (its CSIStorageCapacity).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Annotations {
     /// Whether the node's agent keeps local volumes.
@@ -196,14 +197,29 @@ pub struct Annotations {
 }
 
 impl Annotations {
-    /// Read from a node's annotations.
-    pub fn of(node: &k8s_openapi::api::core::v1::Node) -> Annotations {
-        let a = node.annotations();
-        Annotations {
-            storage_path: a.contains_key(STORAGE_PATH_ANNOTATION),
-            free: a.get(FREE_ANNOTATION).and_then(|v| v.parse().ok()),
-        }
+    /// Whether the node's annotations say its agent keeps local volumes.
+    pub fn keeps_volumes(node: &k8s_openapi::api::core::v1::Node) -> bool {
+        node.annotations().contains_key(STORAGE_PATH_ANNOTATION)
     }
+}
+
+/// The node and free bytes a `local-path` CSIStorageCapacity reports (its topology names
+/// the node by hostname).
+pub fn capacity_of(
+    capacity: &k8s_openapi::api::storage::v1::CSIStorageCapacity,
+) -> Option<(String, i64)> {
+    if capacity.storage_class_name != STORAGE_CLASS {
+        return None;
+    }
+    let node = capacity
+        .node_topology
+        .as_ref()?
+        .match_labels
+        .as_ref()?
+        .get("kubernetes.io/hostname")?
+        .clone();
+    let bytes = capacity.capacity.as_ref().and_then(crate::quantity::bytes)?;
+    Some((node, bytes))
 }
 
 /// The claims of `needs` the chosen node must be written on.
