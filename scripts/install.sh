@@ -13,6 +13,9 @@ command -v iptables >/dev/null || need_apt+=(iptables)
 # The service proxy programs nftables and flushes UDP conntrack entries.
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
+# Local volumes: ext4 images (mkfs, e2fsck, resize2fs) on loop devices (losetup, mount).
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v losetup >/dev/null || need_apt+=(mount)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
