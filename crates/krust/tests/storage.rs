@@ -267,6 +267,24 @@ fn data_outlives_its_pod_and_a_claim_grows_but_never_shrinks() {
         Duration::from_secs(30),
         |out| out.trim() == "128Mi",
     );
+
+    // `Immediate` binding: the claim is provisioned (on a node that keeps volumes) and
+    // bound before any pod asks for it; a pod then runs on it there.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: now\nprovisioner: krust.io/local-path\nvolumeBindingMode: Immediate\n",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &claim("early", "16Mi", "  storageClassName: now\n"));
+    server.wait_for(
+        &["get", "pvc", "early", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(30),
+        |out| out == "Bound",
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod("late", "early", "echo on-early > /var/lib/postgresql/data/x; cat /var/lib/postgresql/data/x; sleep 3600"),
+    );
+    server.wait_for(&["logs", "late"], Duration::from_secs(90), |out| out == "on-early");
 }
 
 fn stateful_set(retention: &str) -> String {
