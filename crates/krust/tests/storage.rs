@@ -25,9 +25,16 @@ spec:
     )
 }
 
-/// The reference text's pod with a claim (busybox in place of postgres, which cannot be
-/// pulled here), running `script`.
-fn postgres_pod(name: &str, claim: &str, script: &str) -> String {
+/// A busybox pod `name` whose one container runs `script`; `pod_extra` and `container_extra`
+/// are indented YAML lines added to the pod's and the container's spec, `volumes` the pod's
+/// volumes.
+fn pod_manifest(
+    name: &str,
+    pod_extra: &str,
+    script: &str,
+    container_extra: &str,
+    volumes: &str,
+) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -35,19 +42,25 @@ metadata:
   name: {name}
 spec:
   terminationGracePeriodSeconds: 1
-  containers:
+{pod_extra}  containers:
   - name: postgres
     image: {BUSYBOX}
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "{script}"]
-    volumeMounts:
-    - name: data
-      mountPath: /var/lib/postgresql/data
-  volumes:
-  - name: data
-    persistentVolumeClaim:
-      claimName: {claim}
-"#
+{container_extra}  volumes:
+{volumes}"#
+    )
+}
+
+/// The reference text's pod with a claim (busybox in place of postgres, which cannot be
+/// pulled here), running `script`.
+fn postgres_pod(name: &str, claim: &str, script: &str) -> String {
+    pod_manifest(
+        name,
+        "",
+        script,
+        "    volumeMounts:\n    - name: data\n      mountPath: /var/lib/postgresql/data\n",
+        &format!("  - name: data\n    persistentVolumeClaim:\n      claimName: {claim}\n"),
     )
 }
 
@@ -410,30 +423,12 @@ fn an_ephemeral_volume_is_a_claim_made_for_its_pod_and_gone_with_it() {
     let server = KrustServer::start_with_agent(&[]);
     server.ok_stdin(
         &["apply", "-f", "-"],
-        &format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: scratch
-spec:
-  terminationGracePeriodSeconds: 1
-  securityContext: {{runAsUser: 1000, fsGroup: 2000}}
-  containers:
-  - name: c
-    image: {BUSYBOX}
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "df -k /scratch | tail -1; echo groups $(id -G); stat -c 'root %g %a' /scratch; touch /scratch/mine && stat -c 'file %u %g' /scratch/mine; sleep 3600"]
-    volumeMounts: [{{name: work, mountPath: /scratch}}]
-  volumes:
-  - name: work
-    ephemeral:
-      volumeClaimTemplate:
-        metadata:
-          labels: {{kind: scratch}}
-        spec:
-          accessModes: ["ReadWriteOnce"]
-          resources: {{requests: {{storage: 32Mi}}}}
-"#
+        &pod_manifest(
+            "scratch",
+            "  securityContext: {runAsUser: 1000, fsGroup: 2000}\n",
+            "df -k /scratch | tail -1; echo groups $(id -G); stat -c 'root %g %a' /scratch; touch /scratch/mine && stat -c 'file %u %g' /scratch/mine; sleep 3600",
+            "    volumeMounts: [{name: work, mountPath: /scratch}]\n",
+            "  - name: work\n    ephemeral:\n      volumeClaimTemplate:\n        metadata:\n          labels: {kind: scratch}\n        spec:\n          accessModes: [\"ReadWriteOnce\"]\n          resources: {requests: {storage: 32Mi}}\n",
         ),
     );
     server.wait_phase("default", "scratch", "Running", Duration::from_secs(90));
@@ -687,23 +682,12 @@ fn a_block_claim_is_a_device_of_its_size_in_the_pod() {
     server.ok_stdin(&["apply", "-f", "-"], &claim("raw", "32Mi", "  volumeMode: Block\n"));
     server.ok_stdin(
         &["apply", "-f", "-"],
-        &format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: raw
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: {BUSYBOX}
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "[ -b /dev/xvda ] && echo is-block; dd if=/dev/zero of=/dev/xvda bs=1M count=40; echo dd-done; sleep 3600"]
-    volumeDevices: [{{name: raw, devicePath: /dev/xvda}}]
-  volumes:
-  - name: raw
-    persistentVolumeClaim: {{claimName: raw}}
-"#
+        &pod_manifest(
+            "raw",
+            "",
+            "[ -b /dev/xvda ] && echo is-block; dd if=/dev/zero of=/dev/xvda bs=1M count=40; echo dd-done; sleep 3600",
+            "    volumeDevices: [{name: raw, devicePath: /dev/xvda}]\n",
+            "  - name: raw\n    persistentVolumeClaim: {claimName: raw}\n",
         ),
     );
     server.wait_phase("default", "raw", "Running", Duration::from_secs(90));
