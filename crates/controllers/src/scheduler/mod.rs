@@ -98,8 +98,8 @@ struct State {
     nominated: HashMap<String, HashMap<String, Arc<PodInfo>>>,
     /// Pod key → the node it is nominated to.
     nominated_to: HashMap<String, String>,
-    /// What each node's annotations say of its local storage (the volume filter reads it).
-    storage: HashMap<String, volume_binding::Annotations>,
+    /// What is known of each node's local storage (the volume filter reads it).
+    storage: HashMap<String, volume_binding::LocalStorage>,
     seq: u64,
 }
 
@@ -154,7 +154,6 @@ impl State {
         framework::fits_with_nominated(pod, node, nominated.values())
     }
 
-    /// Something changed that may let waiting pods fit: they retry once their back-off ends.
     /// Parks a pod that fits nowhere until the cluster changes; whether its message is new
     /// (the condition is rewritten only then).
     fn mark_unschedulable(
@@ -179,6 +178,7 @@ impl State {
         volume_binding::check_node(needs, node, self.storage.get(&node.name))
     }
 
+    /// Something changed that may let waiting pods fit: they retry once their back-off ends.
     fn cluster_changed(&mut self) {
         for (key, (attempts, last, priority)) in self.unschedulable.drain() {
             self.backoff.insert(key, (attempts, last + backoff(attempts), priority));
@@ -226,7 +226,7 @@ impl State {
     }
 
     fn set_node(&mut self, node: &Node) {
-        let keeps = volume_binding::Annotations::keeps_volumes(node);
+        let keeps = volume_binding::LocalStorage::keeps_volumes(node);
         let entry = self.storage.entry(node.name_any()).or_default();
         let storage_changed = entry.storage_path != keeps;
         entry.storage_path = keeps;

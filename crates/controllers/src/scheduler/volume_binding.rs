@@ -155,7 +155,7 @@ pub fn needs(
 pub fn check_node(
     needs: &[Need],
     node: &NodeInfo,
-    annotations: Option<&Annotations>,
+    storage: Option<&LocalStorage>,
 ) -> Option<Unfit> {
     // Room the provisioner needs on this node for all of the pod's new volumes at once.
     let mut provisioning = 0i64;
@@ -171,14 +171,14 @@ pub fn check_node(
                     continue;
                 }
                 match provision {
-                    Some(b) if annotations.is_some_and(|a| a.storage_path) => provisioning += b,
+                    Some(b) if storage.is_some_and(|a| a.storage_path) => provisioning += b,
                     _ => return Some(Unfit::VolumeBindingNoMatch),
                 }
             }
         }
     }
     if provisioning > 0
-        && let Some(free) = annotations.and_then(|a| a.free)
+        && let Some(free) = storage.and_then(|a| a.free)
         && free < provisioning
     {
         return Some(Unfit::VolumeBindingNoMatch);
@@ -189,14 +189,14 @@ pub fn check_node(
 /// What the scheduler knows of a node's local storage: whether its agent keeps local
 /// volumes (its annotation), and the bytes free there (its CSIStorageCapacity).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Annotations {
+pub struct LocalStorage {
     /// Whether the node's agent keeps local volumes.
     pub storage_path: bool,
     /// Bytes free there, when reported.
     pub free: Option<i64>,
 }
 
-impl Annotations {
+impl LocalStorage {
     /// Whether the node's annotations say its agent keeps local volumes.
     pub fn keeps_volumes(node: &k8s_openapi::api::core::v1::Node) -> bool {
         node.annotations().contains_key(STORAGE_PATH_ANNOTATION)
@@ -352,8 +352,8 @@ mod tests {
         let Needs::Nodes(wait) = needs("d", "d/p", &[("wait".into(), false)], &f) else {
             panic!("needs per node")
         };
-        let keeps = Annotations { storage_path: true, free: Some(10 << 30) };
-        let full = Annotations { storage_path: true, free: Some(1 << 20) };
+        let keeps = LocalStorage { storage_path: true, free: Some(10 << 30) };
+        let full = LocalStorage { storage_path: true, free: Some(1 << 20) };
         assert_eq!(check_node(&wait, &node("a"), Some(&keeps)), None);
         assert_eq!(check_node(&wait, &node("a"), Some(&full)), Some(Unfit::VolumeBindingNoMatch));
         assert_eq!(check_node(&wait, &node("a"), None), Some(Unfit::VolumeBindingNoMatch));
