@@ -39,6 +39,25 @@ pub enum VolumeError {
     /// The volume's path is not under the node's storage path.
     #[error("volume path {0} is outside the node's local storage path")]
     Outside(PathBuf),
+    /// A new volume larger than the space left where volumes live.
+    #[error("the volume asks {asked} bytes, more than the {free} bytes free on this node")]
+    NoRoom {
+        /// Bytes asked.
+        asked: u64,
+        /// Bytes free.
+        free: u64,
+    },
+}
+
+/// Refuses a new volume that the storage path's filesystem could not hold: a sparse image
+/// would be made, and only fail once written to, filling the node's disk on the way (the
+/// scheduler checks free space for waiting claims; an `Immediate` claim is placed without
+/// it).
+fn check_room(storage: &Path, bytes: u64) -> Result<(), VolumeError> {
+    match free_bytes(storage) {
+        Some(free) if bytes > free => Err(VolumeError::NoRoom { asked: bytes, free }),
+        _ => Ok(()),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
@@ -88,7 +107,11 @@ pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError
     }
     let image = image_of(path);
     if is_mount_point(path) {
-        grow_mounted(path, &image, bytes)?;
+        // A growth that cannot happen now leaves the mounted volume as it is: the pods
+        // using it run on, and the claim keeps its resize pending.
+        if let Err(e) = grow_mounted(path, &image, bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "growing a local volume failed");
+        }
         return Ok(());
     }
     if let Some(dir) = image.parent() {
@@ -100,6 +123,7 @@ pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError
     let image_text = image.to_string_lossy().into_owned();
     match std::fs::metadata(&image) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            check_room(storage, bytes)?;
             // Sparse: the disk is used as the volume fills, never beyond its size.
             let file = std::fs::File::create(&image).map_err(io(&image))?;
             file.set_len(bytes).map_err(io(&image))?;
@@ -121,6 +145,7 @@ pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError
         Err(e) => return Err(io(&image)(e)),
         Ok(meta) => {
             if meta.len() < bytes {
+                check_room(storage, bytes - meta.len())?;
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&image)
@@ -154,14 +179,19 @@ pub fn ensure_block(storage: &Path, path: &Path, bytes: u64) -> Result<PathBuf, 
     if let Some(dir) = image.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
+    if !image.exists() {
+        check_room(storage, bytes)?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&image)
         .map_err(io(&image))?;
-    let grew = file.metadata().map_err(io(&image))?.len() < bytes;
+    let size = file.metadata().map_err(io(&image))?.len();
+    let grew = size < bytes;
     if grew {
+        check_room(storage, bytes - size)?;
         file.set_len(bytes).map_err(io(&image))?;
     }
     drop(file);
@@ -184,6 +214,9 @@ fn grow_mounted(path: &Path, image: &Path, bytes: u64) -> Result<bool, VolumeErr
     if size >= bytes {
         // A resize that could not run online waits for the next mount; nothing to redo.
         return Ok(true);
+    }
+    if let Some(storage) = path.parent() {
+        check_room(storage, bytes - size)?;
     }
     std::fs::OpenOptions::new()
         .write(true)

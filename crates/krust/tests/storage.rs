@@ -298,6 +298,30 @@ fn data_outlives_its_pod_and_a_claim_grows_but_never_shrinks() {
         &postgres_pod("late", "early", "echo on-early > /var/lib/postgresql/data/x; cat /var/lib/postgresql/data/x; sleep 3600"),
     );
     server.wait_for(&["logs", "late"], Duration::from_secs(90), |out| out == "on-early");
+
+    // An `Immediate` claim larger than the node's disk is bound without a pod, but the node
+    // makes no volume of it: the pod that mounts it is told why.
+    server.ok_stdin(&["apply", "-f", "-"], &claim("vast", "100Ti", "  storageClassName: now\n"));
+    server.wait_for(
+        &["get", "pvc", "vast", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(30),
+        |out| out == "Bound",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("vast", "vast", "sleep 3600"));
+    server.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=vast,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        Duration::from_secs(60),
+        |out| out.contains("more than the") && out.contains("bytes free on this node"),
+    );
+    let volume = server.ok(&["get", "pvc", "vast", "-o", "jsonpath={.spec.volumeName}"]);
+    assert!(!storage_dir(&server).join(".images").join(format!("{volume}.img")).exists());
 }
 
 fn stateful_set(retention: &str) -> String {
