@@ -23,8 +23,10 @@ command -v iptables >/dev/null || need_apt+=(iptables)
 # The service proxy programs nftables and flushes UDP conntrack entries.
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
-# Local volumes: ext4 images (mkfs, e2fsck, resize2fs) on loop devices (losetup, mount).
+# Local volumes: XFS or ext4 images (mkfs, xfs_growfs, e2fsck, resize2fs) on loop devices
+# (losetup, mount).
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null || need_apt+=(xfsprogs)
 command -v losetup >/dev/null || need_apt+=(mount)
 # Tests ask the API server without credentials.
 command -v curl >/dev/null || need_apt+=(curl)

@@ -15,6 +15,7 @@ command -v nft >/dev/null || need_apt+=(nftables)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
 # Local volumes: ext4 images (mkfs, e2fsck, resize2fs) on loop devices (losetup, mount).
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null || need_apt+=(xfsprogs)
 command -v losetup >/dev/null || need_apt+=(mount)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq

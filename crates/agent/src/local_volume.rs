@@ -1,15 +1,17 @@
 //! The node's half of the local-path provisioner (`controller_runtime::local_volume` holds
-//! the contract): each provisioned PersistentVolume is an ext4 filesystem in a sparse image
-//! file of the claim's size, loop-mounted at the volume's `local.path`, so writing past the
+//! the contract): each provisioned PersistentVolume is a filesystem (XFS, or ext4) in a
+//! sparse image file of the claim's size, loop-mounted at the volume's `local.path`, so writing past the
 //! claim fails with ENOSPC inside the pod and the node's disk loses at most the claim's
 //! size. Made when a pod first mounts the volume (the control plane only creates the
 //! object), grown when the claim grows, wiped when the object is deleted (its finalizer is
 //! removed only then).
 //!
-//! Growing is online (`resize2fs` on the mounted filesystem) where the agent has
-//! CAP_SYS_RESOURCE, which the kernel asks for; without it the filesystem grows at its next
-//! mount, and the claim keeps `FileSystemResizePending` until then, as upstream's offline
-//! expansion does.
+//! The filesystem is the volume's `local.fsType` (the class's `fsType` parameter), else XFS
+//! where `mkfs.xfs` is installed, else ext4. XFS is the default because it grows online
+//! with CAP_SYS_ADMIN alone, which mounting needs anyway; the kernel grows a mounted ext4
+//! only for CAP_SYS_RESOURCE, which a containerised agent often lacks. A filesystem that
+//! cannot grow online grows at its next mount, and the claim keeps
+//! `FileSystemResizePending` until then, as upstream's offline expansion does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,9 +35,12 @@ pub enum VolumeError {
         /// The error.
         source: std::io::Error,
     },
-    /// A tool (mkfs, mount, resize2fs) failed.
+    /// A tool (mkfs, mount, resize2fs, xfs_growfs) failed.
     #[error("{0}")]
     Tool(String),
+    /// A filesystem the agent does not make.
+    #[error("fsType {0:?} is not supported for local volumes (xfs or ext4)")]
+    FsType(String),
     /// The volume's path is not under the node's storage path.
     #[error("volume path {0} is outside the node's local storage path")]
     Outside(PathBuf),
@@ -65,8 +70,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, VolumeError> {
+    run_with(program, args, &[])
+}
+
+fn run_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, VolumeError> {
     let out = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .map_err(|e| VolumeError::Tool(format!("{program}: {e}")))?;
     if !out.status.success() {
@@ -99,9 +109,77 @@ fn loop_device(image: &Path) -> Option<String> {
     out.lines().next().and_then(|l| l.split(':').next()).map(str::to_owned)
 }
 
+/// The filesystems a local volume can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filesystem {
+    /// XFS: grows online with CAP_SYS_ADMIN.
+    Xfs,
+    /// ext4: grows online only with CAP_SYS_RESOURCE.
+    Ext4,
+}
+
+impl Filesystem {
+    /// The filesystem a new volume gets: the volume's `fsType` when it names one, else XFS
+    /// where its tools are installed, else ext4.
+    pub fn choose(fs_type: Option<&str>) -> Result<Self, VolumeError> {
+        match fs_type.filter(|t| !t.is_empty()) {
+            Some("xfs") => Ok(Self::Xfs),
+            Some("ext4") => Ok(Self::Ext4),
+            Some(other) => Err(VolumeError::FsType(other.to_owned())),
+            None if tool_installed("mkfs.xfs") => Ok(Self::Xfs),
+            None => Ok(Self::Ext4),
+        }
+    }
+
+    /// Formats `image`.
+    fn make(self, image: &str, bytes: u64) -> Result<(), VolumeError> {
+        match self {
+            // xfsprogs refuses filesystems under 300 MB since 5.19 (small ones are slow, not
+            // wrong); the variables its own test suite sets lift that, so a 64 Mi claim gets
+            // 64 Mi, not 300.
+            Self::Xfs => {
+                let small: &[(&str, &str)] = if bytes < 300_000_000 {
+                    &[("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")]
+                } else {
+                    &[]
+                };
+                run_with("mkfs.xfs", &["-q", "-f", image], small).map(drop)
+            }
+            // Lazy initialisation: a new volume costs milliseconds, not a write of its tables.
+            Self::Ext4 => run(
+                "mkfs.ext4",
+                &["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", image],
+            )
+            .map(drop),
+        }
+    }
+
+    /// The filesystem in `image` and its size in bytes, from its superblock.
+    fn of_image(image: &Path) -> Option<(Self, u64)> {
+        use std::io::Read;
+        let mut head = [0u8; 2048];
+        std::fs::File::open(image).ok()?.read_exact(&mut head).ok()?;
+        if let Some(bytes) = xfs_bytes(&head) {
+            return Some((Self::Xfs, bytes));
+        }
+        ext4_bytes(&head).map(|bytes| (Self::Ext4, bytes))
+    }
+}
+
+fn tool_installed(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
 /// Makes sure the volume at `path` exists, is at least `bytes` large and is mounted
-/// (idempotent: the pod's every sync calls it). `storage` is the node's storage path.
-pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError> {
+/// (idempotent: the pod's every sync calls it). `storage` is the node's storage path;
+/// `fs_type` the volume's `local.fsType`, which a new volume is formatted with.
+pub fn ensure(
+    storage: &Path,
+    path: &Path,
+    bytes: u64,
+    fs_type: Option<&str>,
+) -> Result<(), VolumeError> {
     if path.parent() != Some(storage) {
         return Err(VolumeError::Outside(path.to_owned()));
     }
@@ -121,26 +199,21 @@ pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError
     }
     std::fs::create_dir_all(path).map_err(io(path))?;
     let image_text = image.to_string_lossy().into_owned();
+    // An XFS filesystem grows only mounted: one whose image grew meanwhile is grown after.
+    let mut grow_xfs = false;
     match std::fs::metadata(&image) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let filesystem = Filesystem::choose(fs_type)?;
             check_room(storage, bytes)?;
             // Sparse: the disk is used as the volume fills, never beyond its size.
             let file = std::fs::File::create(&image).map_err(io(&image))?;
             file.set_len(bytes).map_err(io(&image))?;
             drop(file);
-            // Lazy initialisation: a new volume costs milliseconds, not a write of its tables.
-            run(
-                "mkfs.ext4",
-                &[
-                    "-q",
-                    "-F",
-                    "-m",
-                    "0",
-                    "-E",
-                    "lazy_itable_init=1,lazy_journal_init=1",
-                    &image_text,
-                ],
-            )?;
+            if let Err(e) = filesystem.make(&image_text, bytes) {
+                // No half-made volume: the next try starts again.
+                let _ = std::fs::remove_file(&image);
+                return Err(e);
+            }
         }
         Err(e) => return Err(io(&image)(e)),
         Ok(meta) => {
@@ -153,15 +226,24 @@ pub fn ensure(storage: &Path, path: &Path, bytes: u64) -> Result<(), VolumeError
                     .map_err(io(&image))?;
             }
             // Grown while unmounted, or while mounted without an online resize: the
-            // filesystem catches up with its image before it is mounted.
-            if ext4_bytes(&image).is_some_and(|fs| fs < bytes.max(meta.len())) {
-                run("e2fsck", &["-f", "-p", &image_text])?;
-                run("resize2fs", &[&image_text])?;
-                tracing::info!(path = %path.display(), bytes, "local volume grown offline");
+            // filesystem catches up with its image.
+            match Filesystem::of_image(&image) {
+                Some((Filesystem::Ext4, fs)) if fs < bytes.max(meta.len()) => {
+                    run("e2fsck", &["-f", "-p", &image_text])?;
+                    run("resize2fs", &[&image_text])?;
+                    tracing::info!(path = %path.display(), bytes, "local volume grown offline");
+                }
+                Some((Filesystem::Xfs, fs)) => grow_xfs = fs < bytes.max(meta.len()),
+                _ => {}
             }
         }
     }
-    run("mount", &["-o", "loop", &image_text, &path.to_string_lossy()])?;
+    let path_text = path.to_string_lossy().into_owned();
+    run("mount", &["-o", "loop", &image_text, &path_text])?;
+    if grow_xfs {
+        run("xfs_growfs", &[&path_text])?;
+        tracing::info!(path = %path.display(), bytes, "local volume grown at its mount");
+    }
     // Any pod user may write, as upstream's local-path volumes allow.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(io(path))?;
@@ -225,26 +307,37 @@ fn grow_mounted(path: &Path, image: &Path, bytes: u64) -> Result<bool, VolumeErr
         .map_err(io(image))?;
     let Some(device) = device else { return Ok(false) };
     run("losetup", &["-c", &device])?;
-    match run("resize2fs", &[&device]) {
+    let grown = match Filesystem::of_image(image) {
+        Some((Filesystem::Xfs, _)) => run("xfs_growfs", &[&path.to_string_lossy()]),
+        _ => run("resize2fs", &[&device]),
+    };
+    match grown {
         Ok(_) => {
             tracing::info!(path = %path.display(), bytes, "local volume grown online");
             Ok(true)
         }
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "growing the mounted filesystem failed (the kernel asks CAP_SYS_RESOURCE); it grows at its next mount");
+            tracing::warn!(path = %path.display(), error = %e, "growing the mounted filesystem failed (for ext4 the kernel asks CAP_SYS_RESOURCE); it grows at its next mount");
             Ok(false)
         }
     }
 }
 
-/// The size of the ext4 filesystem in `image`, from its superblock (1 KiB in): the block
-/// count (low and, with 64-bit blocks, high word) times the block size.
-fn ext4_bytes(image: &Path) -> Option<u64> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(image).ok()?;
-    file.seek(SeekFrom::Start(1024)).ok()?;
-    let mut sb = [0u8; 1024];
-    file.read_exact(&mut sb).ok()?;
+/// The size of an XFS filesystem from the image's first bytes (its superblock, big-endian):
+/// the data block count times the block size.
+fn xfs_bytes(head: &[u8; 2048]) -> Option<u64> {
+    if &head[0..4] != b"XFSB" {
+        return None;
+    }
+    let block_size = u32::from_be_bytes(head[4..8].try_into().ok()?);
+    let blocks = u64::from_be_bytes(head[8..16].try_into().ok()?);
+    blocks.checked_mul(u64::from(block_size))
+}
+
+/// The size of an ext4 filesystem from the image's first bytes (its superblock is 1 KiB
+/// in): the block count (low and, with 64-bit blocks, high word) times the block size.
+fn ext4_bytes(head: &[u8; 2048]) -> Option<u64> {
+    let sb = &head[1024..];
     let word = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
     if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
         return None;
@@ -682,10 +775,18 @@ mod tests {
         bytes[sb + 0x18..sb + 0x1c].copy_from_slice(&2u32.to_le_bytes());
         bytes[sb + 0x38..sb + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
         std::fs::write(&image, &bytes).expect("written");
-        assert_eq!(ext4_bytes(&image), Some(128 << 20));
+        assert_eq!(Filesystem::of_image(&image), Some((Filesystem::Ext4, 128 << 20)));
         bytes[sb + 0x38] = 0;
         std::fs::write(&image, &bytes).expect("written");
-        assert_eq!(ext4_bytes(&image), None, "not ext4");
+        assert_eq!(Filesystem::of_image(&image), None, "not a filesystem");
+        // XFS: 16384 blocks of 4 KiB, big-endian.
+        bytes[0..4].copy_from_slice(b"XFSB");
+        bytes[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        bytes[8..16].copy_from_slice(&16384u64.to_be_bytes());
+        std::fs::write(&image, &bytes).expect("written");
+        assert_eq!(Filesystem::of_image(&image), Some((Filesystem::Xfs, 64 << 20)));
+        assert!(matches!(Filesystem::choose(Some("btrfs")), Err(VolumeError::FsType(_))));
+        assert_eq!(Filesystem::choose(Some("ext4")).ok(), Some(Filesystem::Ext4));
     }
 
     #[test]
@@ -696,7 +797,7 @@ mod tests {
         );
         let storage = Path::new("/var/lib/krust/storage");
         assert!(matches!(
-            ensure(storage, Path::new("/etc/passwd"), 1),
+            ensure(storage, Path::new("/etc/passwd"), 1, None),
             Err(VolumeError::Outside(_))
         ));
         assert!(matches!(

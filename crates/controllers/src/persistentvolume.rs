@@ -145,6 +145,31 @@ pub fn find_match<'a>(
         .min_by_key(|v| (capacity(v), v.name_any()))
 }
 
+/// The one parameter a local-path class takes: `fsType`, the filesystem its volumes get
+/// (`xfs` or `ext4`; the node picks when unset). Anything else is the reason provisioning
+/// fails.
+pub fn local_path_parameters(class: &StorageClass) -> Result<Option<String>, String> {
+    let mut fs_type = None;
+    for (key, value) in class.parameters.iter().flatten() {
+        match key.as_str() {
+            "fsType" | "csi.storage.k8s.io/fstype" if value == "xfs" || value == "ext4" => {
+                fs_type = Some(value.clone());
+            }
+            "fsType" | "csi.storage.k8s.io/fstype" => {
+                return Err(format!(
+                    "invalid StorageClass parameter {key:?}: {value:?} is not a filesystem the {PROVISIONER} provisioner makes (xfs, ext4)"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "invalid StorageClass parameter {key:?}: the {PROVISIONER} provisioner takes only fsType"
+                ));
+            }
+        }
+    }
+    Ok(fs_type)
+}
+
 /// The volume the local-path provisioner makes for `claim` on `node`, whose agent keeps its
 /// volumes under `storage_path`.
 pub fn provisioned_volume(
@@ -182,7 +207,7 @@ pub fn provisioned_volume(
             mount_options: class.mount_options.clone(),
             local: Some(k8s_openapi::api::core::v1::LocalVolumeSource {
                 path: format!("{}/{name}", storage_path.trim_end_matches('/')),
-                fs_type: None,
+                fs_type: local_path_parameters(class).ok().flatten(),
             }),
             node_affinity: Some(VolumeNodeAffinity {
                 required: Some(NodeSelector {
@@ -492,10 +517,8 @@ impl PersistentVolumeController {
         if claim.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some() {
             return fail("claim Selector is not supported".into());
         }
-        if let Some((key, _)) = class.parameters.iter().flatten().next() {
-            return fail(format!(
-                "invalid StorageClass parameter {key:?}: the {PROVISIONER} provisioner takes none"
-            ));
+        if let Err(message) = local_path_parameters(class) {
+            return fail(message);
         }
         // `Immediate`: the node with a storage path whose agent is Ready, first by name.
         let node = match selected {
@@ -846,6 +869,24 @@ mod tests {
         };
         assert!(volume_fits_claim(&pv, &c, Some(&node("a"))));
         assert!(!volume_fits_claim(&pv, &c, Some(&node("b"))));
+    }
+
+    #[test]
+    fn a_local_path_class_takes_only_a_known_filesystem() {
+        let class = |parameters: serde_json::Value| -> StorageClass {
+            serde_json::from_value(json!({"metadata": {"name": "c"}, "provisioner": PROVISIONER,
+                "parameters": parameters}))
+            .expect("a class")
+        };
+        assert_eq!(local_path_parameters(&class(json!({}))), Ok(None));
+        assert_eq!(
+            local_path_parameters(&class(json!({"fsType": "ext4"}))),
+            Ok(Some("ext4".into()))
+        );
+        let bad = local_path_parameters(&class(json!({"fsType": "btrfs"}))).unwrap_err();
+        assert!(bad.contains("\"btrfs\" is not a filesystem"), "{bad}");
+        let odd = local_path_parameters(&class(json!({"speed": "fast"}))).unwrap_err();
+        assert!(odd.contains("takes only fsType"), "{odd}");
     }
 
     #[test]

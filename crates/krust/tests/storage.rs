@@ -246,6 +246,8 @@ fn data_outlives_its_pod_and_a_claim_grows_but_never_shrinks() {
         ),
         "{err}"
     );
+    // The default filesystem (XFS) grows online: the running pod writes 100 MiB more
+    // into the same mount, with no restart, and the claim reports its new size.
     server.ok(&[
         "patch",
         "pvc",
@@ -255,28 +257,75 @@ fn data_outlives_its_pod_and_a_claim_grows_but_never_shrinks() {
     ]);
     let volume = server.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
     server.wait_for(
-        &["get", "pv", &volume, "-o", "jsonpath={.spec.capacity.storage}"],
-        Duration::from_secs(30),
-        |out| out == "128Mi",
+        &["get", "pvc", "data", "-o", "jsonpath={.status.capacity.storage} {.status.conditions}"],
+        Duration::from_secs(60),
+        |out| out.trim() == "128Mi",
     );
-    // The image grew at once; the filesystem grows online where the agent may resize a
-    // mounted ext4 (CAP_SYS_RESOURCE), else at the next mount: a new pod sees 128 MiB.
-    let image = storage_dir(&server).join(".images").join(format!("{volume}.img"));
+    assert_eq!(
+        server.ok(&["get", "pv", &volume, "-o", "jsonpath={.spec.capacity.storage}"]),
+        "128Mi"
+    );
+    let wrote = server.ok(&[
+        "exec",
+        "second",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/var/lib/postgresql/data/fill bs=1M count=100 2>&1 && echo wrote-100",
+    ]);
+    assert!(wrote.contains("wrote-100"), "{wrote}");
+    assert!(
+        server.ok(&["logs", "second"]).contains("written-by-first"),
+        "the same pod, not a new one"
+    );
+
+    // ext4 (a class's `fsType`) grows online where the agent may resize a mounted ext4
+    // (CAP_SYS_RESOURCE), else at its next mount: a new pod sees 128 MiB, the claim then
+    // reports it.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: ext4\nprovisioner: krust.io/local-path\nvolumeBindingMode: WaitForFirstConsumer\nallowVolumeExpansion: true\nparameters: {fsType: ext4}\n",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &claim("data4", "64Mi", "  storageClassName: ext4\n"));
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &postgres_pod("e4", "data4", "echo on-ext4 > /var/lib/postgresql/data/note; sleep 3600"),
+    );
+    server.wait_phase("default", "e4", "Running", Duration::from_secs(90));
+    let volume4 = server.ok(&["get", "pvc", "data4", "-o", "jsonpath={.spec.volumeName}"]);
+    assert_eq!(server.ok(&["get", "pv", &volume4, "-o", "jsonpath={.spec.local.fsType}"]), "ext4");
+    let fs = server.ok(&[
+        "exec",
+        "e4",
+        "--",
+        "sh",
+        "-c",
+        "grep ' /var/lib/postgresql/data ' /proc/mounts",
+    ]);
+    assert!(fs.contains(" ext4 "), "{fs}");
+    server.ok(&[
+        "patch",
+        "pvc",
+        "data4",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
+    ]);
+    let image = storage_dir(&server).join(".images").join(format!("{volume4}.img"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0) < 128 << 20 {
         assert!(Instant::now() < deadline, "the image did not grow");
         std::thread::sleep(Duration::from_millis(200));
     }
-    server.ok(&["delete", "pod", "second", "--wait=true", "--timeout=60s"]);
+    server.ok(&["delete", "pod", "e4", "--wait=true", "--timeout=60s"]);
     server.ok_stdin(
         &["apply", "-f", "-"],
-        &postgres_pod("third", "data", "cat /var/lib/postgresql/data/note; dd if=/dev/zero of=/var/lib/postgresql/data/fill bs=1M count=100 && echo wrote-100; sleep 3600"),
+        &postgres_pod("third", "data4", "cat /var/lib/postgresql/data/note; dd if=/dev/zero of=/var/lib/postgresql/data/fill bs=1M count=100 && echo wrote-100; sleep 3600"),
     );
     server.wait_phase("default", "third", "Running", Duration::from_secs(90));
     server.wait_for(&["logs", "third"], Duration::from_secs(60), |out| out.contains("wrote-100"));
-    assert!(server.ok(&["logs", "third"]).contains("written-by-first"));
+    assert!(server.ok(&["logs", "third"]).contains("on-ext4"));
     server.wait_for(
-        &["get", "pvc", "data", "-o", "jsonpath={.status.capacity.storage} {.status.conditions}"],
+        &["get", "pvc", "data4", "-o", "jsonpath={.status.capacity.storage} {.status.conditions}"],
         Duration::from_secs(30),
         |out| out.trim() == "128Mi",
     );

@@ -123,10 +123,13 @@ pub async fn resolve(
             };
             let bytes = capacity_bytes(&spec);
             let p = path.clone();
-            tokio::task::spawn_blocking(move || crate::local_volume::ensure(&storage, &p, bytes))
-                .await
-                .map_err(|e| MountError(e.to_string()))?
-                .map_err(|e| MountError(format!("{pv_what}: {e}")))?;
+            let fs_type = spec.local.as_ref().and_then(|l| l.fs_type.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::local_volume::ensure(&storage, &p, bytes, fs_type.as_deref())
+            })
+            .await
+            .map_err(|e| MountError(e.to_string()))?
+            .map_err(|e| MountError(format!("{pv_what}: {e}")))?;
             // A volume that grew while unmounted has its new size now: the claim learns it.
             if let Err(e) = crate::local_volume::report_capacity(client, &pv).await {
                 tracing::debug!(volume = %pv_name, error = %e, "reporting a claim's capacity");
