@@ -534,17 +534,25 @@ impl PersistentVolumeController {
                 nodes.into_iter().next()
             }
         };
-        let Some(node) = node else {
-            return fail(match selected {
-                Some(name) => format!("node {name:?} not found"),
-                None => "no ready node keeps local volumes".into(),
-            });
-        };
-        let Some(path) = node.annotations().get(STORAGE_PATH_ANNOTATION).cloned() else {
-            return fail(format!(
-                "node {:?} has no local storage path (its agent publishes {STORAGE_PATH_ANNOTATION})",
-                node.name_any()
-            ));
+        let path = node.as_ref().and_then(|n| n.annotations().get(STORAGE_PATH_ANNOTATION));
+        let (Some(node), Some(path)) = (node.as_ref(), path.cloned()) else {
+            let message = match (selected, &node) {
+                (Some(name), None) => format!("node {name:?} not found"),
+                (None, _) => "no ready node keeps local volumes".into(),
+                (Some(name), Some(_)) => format!(
+                    "node {name:?} has no local storage path (its agent publishes {STORAGE_PATH_ANNOTATION})"
+                ),
+            };
+            if selected.is_some() {
+                // The volume cannot be made where the scheduler chose: giving the choice
+                // back lets it pick another node, as upstream's provisioners do.
+                let mut updated = (**claim).clone();
+                updated.annotations_mut().remove(SELECTED_NODE);
+                ignore_gone(
+                    claims.replace(&claim.name_any(), &PostParams::default(), &updated).await,
+                )?;
+            }
+            return fail(message);
         };
         // Say who provisions, as upstream does on the claim, before the volume exists.
         if claim.annotations().get(STORAGE_PROVISIONER).map(String::as_str) != Some(PROVISIONER) {

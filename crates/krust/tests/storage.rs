@@ -790,3 +790,66 @@ fn a_block_claim_is_a_device_of_its_size_in_the_pod() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn another_provisioners_claim_is_scheduled_and_a_choice_given_back_is_made_again() {
+    let server = KrustServer::start_with_agent(&[]);
+    server
+        .wait_for(&["get", "nodes", "-o", "name"], Duration::from_secs(60), |out| !out.is_empty());
+    let node = server.ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+
+    // A class of some other provisioner (none runs here): the scheduler still picks a node
+    // for its waiting claim, as upstream assumes a provisioner without capacity tracking
+    // can make the volume anywhere its class allows.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: elsewhere\nprovisioner: example.com/nfs\nvolumeBindingMode: WaitForFirstConsumer\n",
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &claim("far-away", "1Gi", "  storageClassName: elsewhere\n"),
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("waits", "far-away", "sleep 3600"));
+    let selected = "jsonpath={.metadata.annotations.volume\\.kubernetes\\.io/selected-node}";
+    server.wait_for(&["get", "pvc", "far-away", "-o", selected], Duration::from_secs(30), |out| {
+        out == node
+    });
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server
+            .events("far-away")
+            .contains("ExternalProvisioning: Waiting for a volume to be created")
+    });
+    assert_eq!(
+        server.pod_field("default", "waits", "{.spec.nodeName}"),
+        "",
+        "bound only after its claim"
+    );
+
+    // The provisioner gives the choice back (as one does when it cannot make the volume
+    // there): the scheduler drops the placement and chooses again.
+    server.ok(&["annotate", "pvc", "far-away", "volume.kubernetes.io/selected-node-"]);
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server.events("waits").contains("selectedNode annotation reset for PVC \"far-away\"")
+    });
+    server.wait_for(&["get", "pvc", "far-away", "-o", selected], Duration::from_secs(60), |out| {
+        out == node
+    });
+
+    // The local-path provisioner gives back a node it cannot use.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &claim("ghostly", "1Gi", "  storageClassName: local-path\n").replace(
+            "metadata:\n",
+            "metadata:\n  annotations: {volume.kubernetes.io/selected-node: ghost}\n",
+        ),
+    );
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server.events("ghostly").contains("ProvisioningFailed: node \"ghost\" not found")
+    });
+    server.wait_for(
+        &["get", "pvc", "ghostly", "-o", selected],
+        Duration::from_secs(30),
+        str::is_empty,
+    );
+    assert_eq!(server.ok(&["get", "pv", "-o", "name"]), "", "nothing provisioned");
+}

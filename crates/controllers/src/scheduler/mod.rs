@@ -855,17 +855,32 @@ impl Scheduler {
             }
         }
         let deadline = Instant::now() + VOLUME_BIND_TIMEOUT;
+        let mut seen = vec![false; claims.len()];
         loop {
             let notified = self.claims_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let mut waiting = 0;
-            for claim in claims {
+            for (i, claim) in claims.iter().enumerate() {
                 match self.volumes.claims.get(&crate::informer::key_of(claim.as_ref())) {
                     Some(c) if c.metadata.uid == claim.metadata.uid => {
-                        if !volume_binding::is_bound(&c) {
-                            waiting += 1;
+                        if volume_binding::is_bound(&c) {
+                            continue;
                         }
+                        // The provisioner gave the choice back (the volume cannot be made
+                        // there): the pod is scheduled again, as upstream's binder does. Only
+                        // once the cache has shown our choice: until then it may lag our write.
+                        let chosen =
+                            c.annotations().get(SELECTED_NODE).map(String::as_str) == Some(node);
+                        if chosen {
+                            seen[i] = true;
+                        } else if seen[i] {
+                            return Err(format!(
+                                "selectedNode annotation reset for PVC {:?}",
+                                c.name_any()
+                            ));
+                        }
+                        waiting += 1;
                     }
                     _ => {
                         return Err(format!(

@@ -6,7 +6,10 @@
 //! another live pod holds make the pod unschedulable everywhere (upstream's pre-filter
 //! messages). Otherwise each claim becomes a [`Need`]: a bound claim's volume must accept
 //! the node (its node affinity), an unbound `WaitForFirstConsumer` claim needs a free
-//! volume that fits the node or room for the local-path provisioner there. The scheduler
+//! volume that fits the node, or a provisioner that can make one there: room for the
+//! local-path provisioner, any node the class's `allowedTopologies` admits for another
+//! (upstream assumes a provisioner without capacity tracking can), none for
+//! `kubernetes.io/no-provisioner`. The scheduler
 //! then writes the chosen node on the unbound claims (`volume.kubernetes.io/selected-node`)
 //! and binds the pod once the PersistentVolume controller has bound them.
 
@@ -18,6 +21,9 @@ use kube::ResourceExt;
 
 use super::framework::{NodeInfo, Unfit};
 use crate::local_volume::{PROVISIONER, STORAGE_CLASS, STORAGE_PATH_ANNOTATION};
+
+/// The provisioner of classes whose volumes are all made by hand (upstream's name).
+const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 use crate::persistentvolume::volume_fits_claim;
 use crate::selectors::volume_fits_node;
 
@@ -27,16 +33,44 @@ pub enum Need {
     /// A bound claim: its volume's node affinity.
     Bound(Arc<PersistentVolume>),
     /// An unbound claim waiting for its first consumer: one of `candidates` must fit the
-    /// node, or (with `provision`, the bytes asked) the local-path provisioner must have
-    /// room there.
+    /// node, or its class's provisioner must be able to make a volume there.
     Unbound {
         /// The claim.
         claim: Arc<PersistentVolumeClaim>,
         /// Free volumes of its class.
         candidates: Vec<Arc<PersistentVolume>>,
-        /// Bytes to provision when the class is the local-path one.
-        provision: Option<i64>,
+        /// Who could make a volume instead.
+        provision: Provision,
     },
+}
+
+/// Who can make a volume for a waiting claim, and where.
+#[derive(Debug, Clone)]
+pub enum Provision {
+    /// Nobody (`kubernetes.io/no-provisioner`, or no class): a free volume must fit.
+    Nothing,
+    /// The local-path provisioner: the bytes asked, on a node that keeps volumes and has
+    /// them free, within the class's allowed topologies.
+    Local(i64, Arc<StorageClass>),
+    /// Another provisioner: any node within the class's allowed topologies.
+    Elsewhere(Arc<StorageClass>),
+}
+
+/// Whether the class's `allowedTopologies` admit the node: any term, each of whose label
+/// expressions the node's labels meet (no terms: every node).
+fn topology_allows(
+    class: &StorageClass,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let Some(terms) = class.allowed_topologies.as_ref().filter(|t| !t.is_empty()) else {
+        return true;
+    };
+    terms.iter().any(|term| {
+        term.match_label_expressions
+            .iter()
+            .flatten()
+            .all(|e| labels.get(&e.key).is_some_and(|v| e.values.iter().any(|w| w == v)))
+    })
 }
 
 /// What the pod's claims demand: nothing, a reason it fits nowhere, or per-node needs.
@@ -144,8 +178,11 @@ pub fn needs(
                     && volume_fits_claim(v, &claim, None)
             })
             .collect();
-        let provision =
-            class.as_ref().filter(|c| c.provisioner == PROVISIONER).map(|_| bytes(&claim));
+        let provision = match class {
+            Some(c) if c.provisioner == PROVISIONER => Provision::Local(bytes(&claim), c),
+            Some(c) if c.provisioner != NO_PROVISIONER => Provision::Elsewhere(c),
+            _ => Provision::Nothing,
+        };
         out.push(Need::Unbound { claim, candidates, provision });
     }
     Needs::Nodes(out)
@@ -171,7 +208,13 @@ pub fn check_node(
                     continue;
                 }
                 match provision {
-                    Some(b) if storage.is_some_and(|a| a.storage_path) => provisioning += b,
+                    Provision::Local(b, class)
+                        if storage.is_some_and(|a| a.storage_path)
+                            && topology_allows(class, &node.labels) =>
+                    {
+                        provisioning += b;
+                    }
+                    Provision::Elsewhere(class) if topology_allows(class, &node.labels) => {}
                     _ => return Some(Unfit::VolumeBindingNoMatch),
                 }
             }
@@ -284,6 +327,24 @@ mod tests {
             ),
         );
         f.classes.insert(
+            "far".into(),
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": "far"},
+                    "provisioner": "example.com/nfs", "volumeBindingMode": "WaitForFirstConsumer",
+                    "allowedTopologies": [{"matchLabelExpressions": [
+                        {"key": "kubernetes.io/hostname", "values": ["a", "c"]}]}]}))
+                .expect("a class"),
+            ),
+        );
+        f.classes.insert(
+            "manual".into(),
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": "manual"},
+                    "provisioner": NO_PROVISIONER, "volumeBindingMode": "WaitForFirstConsumer"}))
+                .expect("a class"),
+            ),
+        );
+        f.classes.insert(
             "now".into(),
             Arc::new(
                 serde_json::from_value(json!({"metadata": {"name": "now"},
@@ -302,6 +363,8 @@ mod tests {
         };
         f.claims.insert("d/wait".into(), claim("wait", "local-path", json!(["ReadWriteOnce"]), ""));
         f.claims.insert("d/now".into(), claim("now", "now", json!(["ReadWriteOnce"]), ""));
+        f.claims.insert("d/far".into(), claim("far", "far", json!(["ReadWriteOnce"]), ""));
+        f.claims.insert("d/manual".into(), claim("manual", "manual", json!(["ReadWriteOnce"]), ""));
         f.claims.insert(
             "d/bound".into(),
             claim("bound", "local-path", json!(["ReadWriteOnce"]), "pv-a"),
@@ -358,5 +421,25 @@ mod tests {
         assert_eq!(check_node(&wait, &node("a"), Some(&full)), Some(Unfit::VolumeBindingNoMatch));
         assert_eq!(check_node(&wait, &node("a"), None), Some(Unfit::VolumeBindingNoMatch));
         assert_eq!(to_select(&wait).len(), 1);
+    }
+
+    #[test]
+    fn other_provisioners_may_make_volumes_where_their_class_allows() {
+        let f = fake();
+        let Needs::Nodes(far) = needs("d", "d/p", &[("far".into(), false)], &f) else {
+            panic!("needs per node")
+        };
+        // No local storage is asked of the node: the provisioner is somebody else.
+        assert_eq!(check_node(&far, &node("c"), None), None);
+        assert_eq!(check_node(&far, &node("b"), None), Some(Unfit::VolumeBindingNoMatch));
+        let Needs::Nodes(manual) = needs("d", "d/p", &[("manual".into(), false)], &f) else {
+            panic!("needs per node")
+        };
+        let keeps = LocalStorage { storage_path: true, free: Some(10 << 30) };
+        assert_eq!(
+            check_node(&manual, &node("a"), Some(&keeps)),
+            Some(Unfit::VolumeBindingNoMatch),
+            "no provisioner: only a free volume would do"
+        );
     }
 }
