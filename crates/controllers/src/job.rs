@@ -992,7 +992,10 @@ impl JobController {
             to_delete = active.iter().map(|p| name_uid(p)).collect();
         }
         status.conditions = (!conditions.is_empty()).then_some(conditions);
-        status.active = Some(active.len() as i32);
+        // 5. Pods first, so that the one status write counts those just made as active (as
+        // upstream does): a new Job costs one status write, not one before and one after.
+        let (made, pods_failed) = self.execute(&job, key, &to_create, &to_delete, &pods).await;
+        status.active = Some((active.len() + made) as i32);
         status.ready = Some(active.iter().filter(|p| is_ready(p)).count() as i32);
         status.terminating = Some(terminating as i32);
         if status.succeeded.is_none() {
@@ -1003,14 +1006,14 @@ impl JobController {
         }
         if job.status.as_ref() != Some(&status) {
             match self.write_status(key, &jobs, &job, &status).await {
-                Ok(updated) => job = updated,
+                Ok(_) => {}
                 Err(Error::Api(kube::Error::Api(s))) if s.code == 404 => return Ok(Requeue::No),
                 Err(e) => return Err(e),
             }
         }
-
-        // 5. Pods.
-        self.execute(&job, key, &to_create, &to_delete, &pods).await?;
+        if let Some(e) = pods_failed {
+            return Err(e);
+        }
         Ok(requeue.map_or(Requeue::No, |r| Requeue::After(r.max(Duration::from_millis(100)))))
     }
 
@@ -1059,6 +1062,7 @@ impl JobController {
         }
     }
 
+    /// Creates and deletes pods; how many were made, and the first failure.
     async fn execute(
         &self,
         job: &Job,
@@ -1066,9 +1070,9 @@ impl JobController {
         create: &[Option<i32>],
         delete: &[(String, String)],
         pods: &[Arc<CachedPod>],
-    ) -> Result<(), Error> {
+    ) -> (usize, Option<Error>) {
         if create.is_empty() && delete.is_empty() {
-            return Ok(());
+            return (0, None);
         }
         let namespace = job.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
@@ -1089,6 +1093,7 @@ impl JobController {
         }
         let mut first_error = None;
         let mut created = 0;
+        let mut made = 0;
         let mut batch = 1;
         // Slow start, as the ReplicaSet controller: a systematic failure costs one request.
         while created < create.len() {
@@ -1106,12 +1111,15 @@ impl JobController {
             created += chunk.len();
             for result in results {
                 match result {
-                    Ok(pod) => self.recorder.record(
-                        object_ref(job),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", pod.name_any()),
-                    ),
+                    Ok(pod) => {
+                        made += 1;
+                        self.recorder.record(
+                            object_ref(job),
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", pod.name_any()),
+                        );
+                    }
                     Err(e) => {
                         self.expectations.created(key);
                         self.recorder.record(
@@ -1138,10 +1146,7 @@ impl JobController {
         {
             first_error.get_or_insert(e);
         }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        (made, first_error.map(Error::from))
     }
 }
 
