@@ -166,6 +166,10 @@ pub fn node_status(
         "ephemeral-storage".to_owned(),
         Quantity(format!("{}", disk_total - disk_total / 10)),
     );
+    let mut allocatable = serde_json::to_value(&allocatable).unwrap_or_else(|_| json!({}));
+    for (name, quantity) in extended_allocatable(previous, &capacity) {
+        allocatable[name.as_str()] = serde_json::to_value(quantity).unwrap_or_default();
+    }
     let uname = rustix::system::uname();
     let memory_pressure = available_memory_bytes().is_some_and(|a| a < (100 << 20));
     let disk_pressure = disk_total > 0 && disk_free < disk_total / 10;
@@ -319,6 +323,47 @@ pub async fn renew_lease(client: &kube::Client, node: &Node) -> Result<(), Agent
     }
 }
 
+/// The allocatable entries of extended resources someone else advertised in the node's
+/// capacity (an operator's patch, as upstream documents for node-level resources): each
+/// allocatable as it is, as the kubelet makes every capacity entry allocatable; one taken
+/// out of the capacity goes (None: a merge patch removes a key only when told to, with
+/// null). `own` is the capacity the agent measures.
+fn extended_allocatable(
+    previous: Option<&Node>,
+    own: &BTreeMap<String, Quantity>,
+) -> Vec<(String, Option<Quantity>)> {
+    let status = previous.and_then(|n| n.status.as_ref());
+    let advertised = status.and_then(|s| s.capacity.as_ref());
+    let mut out: Vec<(String, Option<Quantity>)> = advertised
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| !own.contains_key(*name))
+        .map(|(name, quantity)| (name.clone(), Some(quantity.clone())))
+        .collect();
+    let allocatable = status.and_then(|s| s.allocatable.as_ref());
+    for name in allocatable.into_iter().flatten().map(|(name, _)| name) {
+        if !own.contains_key(name) && !advertised.is_some_and(|a| a.contains_key(name)) {
+            out.push((name.clone(), None));
+        }
+    }
+    out
+}
+
+/// Whether the node's capacity names a resource its allocatable lacks or differs on (an
+/// extended resource someone advertised; the agent's own ones always differ by design).
+fn unallocated_capacity(node: &Node) -> bool {
+    const OWN: [&str; 5] = ["cpu", "memory", "pods", "ephemeral-storage", "hugepages-2Mi"];
+    let Some(status) = node.status.as_ref() else { return false };
+    let (capacity, allocatable) = (status.capacity.as_ref(), status.allocatable.as_ref());
+    let added = capacity.into_iter().flatten().any(|(name, quantity)| {
+        !OWN.contains(&name.as_str()) && allocatable.and_then(|a| a.get(name)) != Some(quantity)
+    });
+    let removed = allocatable.into_iter().flatten().any(|(name, _)| {
+        !OWN.contains(&name.as_str()) && !capacity.is_some_and(|c| c.contains_key(name))
+    });
+    added || removed
+}
+
 /// Keeps the Lease fresh every 10 s and the status fresh every minute or whenever `runtime`
 /// changes, until `shutdown`.
 pub async fn heartbeat(
@@ -338,6 +383,15 @@ pub async fn heartbeat(
                 if let Err(e) = renew_lease(&client, &node).await {
                     tracing::warn!(error = %e, "renewing the node lease failed");
                 }
+                // An extended resource advertised since the last write is made allocatable
+                // within a lease period, as the kubelet's 10 s status loop does.
+                let nodes: Api<Node> = Api::all(client.clone());
+                if let Ok(fresh) = nodes.get(&config.node_name).await
+                    && unallocated_capacity(&fresh)
+                {
+                    node = fresh;
+                    write_status = true;
+                }
             }
             _ = status_tick.tick() => write_status = true,
             changed = runtime.changed() => {
@@ -354,5 +408,28 @@ pub async fn heartbeat(
                 Err(e) => tracing::warn!(error = %e, "updating node status failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_extended_resources_become_allocatable_and_go_with_their_capacity() {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {
+            "capacity": {"cpu": "2", "example.com/fakecpu": "1k"},
+            "allocatable": {"cpu": "2", "example.com/gone": "5"}}}))
+        .expect("a node");
+        let own = BTreeMap::from([("cpu".to_owned(), Quantity("2".into()))]);
+        assert_eq!(
+            extended_allocatable(Some(&node), &own),
+            vec![
+                ("example.com/fakecpu".to_owned(), Some(Quantity("1k".into()))),
+                ("example.com/gone".to_owned(), None),
+            ]
+        );
+        assert!(unallocated_capacity(&node), "a status write is due");
+        assert!(extended_allocatable(None, &own).is_empty());
     }
 }

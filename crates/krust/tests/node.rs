@@ -2085,3 +2085,51 @@ fn the_agent_renews_its_client_and_serving_certificates_before_they_expire() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("system:node:{node}"));
 }
+
+#[test]
+fn extended_resources_an_operator_advertises_become_allocatable_and_are_scheduled() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().unwrap();
+    server.wait_node_ready(&node);
+    // As upstream documents for node-level extended resources: a JSON patch of the node's
+    // status capacity. The agent makes it allocatable (the scheduler's figure) by itself.
+    server.ok(&[
+        "patch",
+        "node",
+        &node,
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/status/capacity/example.com~1dongle","value":"2"}]"#,
+    ]);
+    let allocatable = r"jsonpath={.status.allocatable.example\.com/dongle}";
+    server.wait_for(&["get", "node", &node, "-o", allocatable], Duration::from_secs(40), |out| {
+        out == "2"
+    });
+    let wants = |name: &str, count: u32| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    resources:\n      limits: {{example.com/dongle: {count}}}\n"
+        )
+    };
+    apply(&server, &wants("one", 1));
+    server.wait_phase("default", "one", "Running", Duration::from_secs(60));
+    apply(&server, &wants("two-more", 2));
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server.events("two-more").contains("Insufficient example.com/dongle")
+    });
+    // Taken out of the capacity, it goes from the allocatable too.
+    server.ok(&[
+        "patch",
+        "node",
+        &node,
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/status/capacity/example.com~1dongle"}]"#,
+    ]);
+    server.wait_for(
+        &["get", "node", &node, "-o", allocatable],
+        Duration::from_secs(40),
+        str::is_empty,
+    );
+}
