@@ -133,6 +133,40 @@ impl Aggregator {
     }
 }
 
+/// Upstream's spam filter: an object may get `SPAM_BURST` events of one type and reason at
+/// once, then one more every `SPAM_REFILL`; the rest are dropped. A DaemonSet creating 5,000
+/// pods records 25 `SuccessfulCreate` events (the aggregated one counting the first of the
+/// rest), not 5,000 writes to the API.
+const SPAM_BURST: f64 = 25.0;
+const SPAM_REFILL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The token buckets of the spam filter, per (object uid, type, reason).
+#[derive(Debug, Default)]
+struct SpamFilter {
+    buckets: HashMap<(String, &'static str, String), (f64, std::time::Instant)>,
+}
+
+impl SpamFilter {
+    /// Whether an event may be posted now (taking a token).
+    fn allow(&mut self, uid: &str, kind: EventType, reason: &str, now: std::time::Instant) -> bool {
+        if self.buckets.len() >= REMEMBERED {
+            self.buckets.clear();
+        }
+        let bucket = self
+            .buckets
+            .entry((uid.to_owned(), kind.as_str(), reason.to_owned()))
+            .or_insert((SPAM_BURST, now));
+        let refilled = now.duration_since(bucket.1).as_secs_f64() / SPAM_REFILL.as_secs_f64();
+        bucket.0 = (bucket.0 + refilled).min(SPAM_BURST);
+        bucket.1 = now;
+        if bucket.0 < 1.0 {
+            return false;
+        }
+        bucket.0 -= 1.0;
+        true
+    }
+}
+
 /// What makes two events the same one: (object uid, field path, reason, message).
 type PostedKey = (String, String, String, String);
 
@@ -144,14 +178,15 @@ async fn post_events(
 ) {
     let mut seen: HashMap<PostedKey, (String, String, i32)> = HashMap::new();
     let mut aggregator = Aggregator::default();
+    let mut spam = SpamFilter::default();
     let mut in_flight = tokio::task::JoinSet::new();
     while let Some(mut event) = rx.recv().await {
-        event.message = aggregator.message(
-            event.object.uid.as_deref().unwrap_or(""),
-            event.kind,
-            &event.reason,
-            &event.message,
-        );
+        let uid = event.object.uid.as_deref().unwrap_or("");
+        event.message = aggregator.message(uid, event.kind, &event.reason, &event.message);
+        if !spam.allow(uid, event.kind, &event.reason, std::time::Instant::now()) {
+            tracing::trace!(reason = %event.reason, "event dropped by the spam filter");
+            continue;
+        }
         // A handful of posts at once keeps up with a busy scheduler without flooding.
         while in_flight.len() >= 8 {
             in_flight.join_next().await;
@@ -262,6 +297,20 @@ pub async fn expire(client: kube::Client, ttl: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_gets_twenty_five_events_of_a_reason_then_one_every_five_minutes() {
+        let mut spam = SpamFilter::default();
+        let t0 = std::time::Instant::now();
+        let allowed =
+            (0..100).filter(|_| spam.allow("u", EventType::Normal, "Created", t0)).count();
+        assert_eq!(allowed, 25);
+        assert!(spam.allow("u", EventType::Warning, "Failed", t0), "another reason has its own");
+        assert!(spam.allow("other", EventType::Normal, "Created", t0), "another object too");
+        assert!(!spam.allow("u", EventType::Normal, "Created", t0 + SPAM_REFILL / 2));
+        assert!(spam.allow("u", EventType::Normal, "Created", t0 + SPAM_REFILL + SPAM_REFILL / 2));
+        assert!(!spam.allow("u", EventType::Normal, "Created", t0 + SPAM_REFILL + SPAM_REFILL / 2));
+    }
 
     #[test]
     fn similar_events_of_one_object_are_combined_after_ten() {
