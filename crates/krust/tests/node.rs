@@ -2093,15 +2093,10 @@ fn extended_resources_an_operator_advertises_become_allocatable_and_are_schedule
     server.wait_node_ready(&node);
     // As upstream documents for node-level extended resources: a JSON patch of the node's
     // status capacity. The agent makes it allocatable (the scheduler's figure) by itself.
-    server.ok(&[
-        "patch",
-        "node",
-        &node,
-        "--subresource=status",
-        "--type=json",
-        "-p",
-        r#"[{"op":"add","path":"/status/capacity/example.com~1dongle","value":"2"}]"#,
-    ]);
+    let patch_status = |patch: &str| {
+        server.ok(&["patch", "node", &node, "--subresource=status", "--type=json", "-p", patch]);
+    };
+    patch_status(r#"[{"op":"add","path":"/status/capacity/example.com~1dongle","value":"2"}]"#);
     let allocatable = r"jsonpath={.status.allocatable.example\.com/dongle}";
     server.wait_for(&["get", "node", &node, "-o", allocatable], Duration::from_secs(40), |out| {
         out == "2"
@@ -2118,15 +2113,7 @@ fn extended_resources_an_operator_advertises_become_allocatable_and_are_schedule
         server.events("two-more").contains("Insufficient example.com/dongle")
     });
     // Taken out of the capacity, it goes from the allocatable too.
-    server.ok(&[
-        "patch",
-        "node",
-        &node,
-        "--subresource=status",
-        "--type=json",
-        "-p",
-        r#"[{"op":"remove","path":"/status/capacity/example.com~1dongle"}]"#,
-    ]);
+    patch_status(r#"[{"op":"remove","path":"/status/capacity/example.com~1dongle"}]"#);
     server.wait_for(
         &["get", "node", &node, "-o", allocatable],
         Duration::from_secs(40),
