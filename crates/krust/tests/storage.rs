@@ -853,3 +853,36 @@ fn another_provisioners_claim_is_scheduled_and_a_choice_given_back_is_made_again
     );
     assert_eq!(server.ok(&["get", "pv", "-o", "name"]), "", "nothing provisioned");
 }
+
+#[test]
+fn a_pod_goes_only_to_a_node_in_its_bound_volumes_zone() {
+    let server = KrustServer::start_with_agent(&[]);
+    let node = server.node.clone().expect("a node");
+    server.wait_node_ready(&node);
+    server.ok(&["label", "node", &node, "topology.kubernetes.io/zone=b"]);
+    let host = server.dir.path().join("zoned");
+    std::fs::create_dir_all(&host).expect("a folder");
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: zoned\n  labels: {{topology.kubernetes.io/zone: a}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: ''\n  hostPath: {{path: {}}}\n",
+            host.display()
+        ),
+    );
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        &claim("zoned", "1Gi", "  storageClassName: ''\n  volumeName: zoned\n"),
+    );
+    server.wait_for(
+        &["get", "pvc", "zoned", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(30),
+        |out| out == "Bound",
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &postgres_pod("zoned", "zoned", "sleep 3600"));
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server.events("zoned").contains("node(s) had no available volume zone")
+    });
+    // Moved into the volume's zone, the node takes the pod.
+    server.ok(&["label", "node", &node, "topology.kubernetes.io/zone=a", "--overwrite"]);
+    server.wait_phase("default", "zoned", "Running", Duration::from_secs(90));
+}

@@ -562,6 +562,8 @@ pub enum Unfit {
     SpreadMissingLabel,
     /// A bound claim's volume does not accept the node.
     VolumeNodeAffinityConflict,
+    /// A bound claim's volume is labelled with zones (or regions) the node is not in.
+    VolumeZoneConflict,
     /// An unbound claim finds no volume, nor room to provision one, on the node.
     VolumeBindingNoMatch,
 }
@@ -587,6 +589,7 @@ impl Unfit {
                     .into()
             }
             Unfit::VolumeNodeAffinityConflict => "node(s) had volume node affinity conflict".into(),
+            Unfit::VolumeZoneConflict => "node(s) had no available volume zone".into(),
             Unfit::VolumeBindingNoMatch => {
                 "node(s) didn't find available persistent volumes to bind".into()
             }

@@ -56,6 +56,34 @@ pub enum Provision {
     Elsewhere(Arc<StorageClass>),
 }
 
+/// The zone and region labels a volume may carry (GA and beta), each with its twin.
+const ZONE_LABELS: [(&str, &str); 4] = [
+    ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"),
+    ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region"),
+    ("failure-domain.beta.kubernetes.io/zone", "topology.kubernetes.io/zone"),
+    ("failure-domain.beta.kubernetes.io/region", "topology.kubernetes.io/region"),
+];
+
+/// Upstream's VolumeZone: a volume labelled with zones or regions (several joined by `__`)
+/// accepts only nodes in one of them, the beta and GA labels standing for each other. A
+/// node with no zone or region label at all accepts any volume.
+fn zones_allow(
+    volume: &PersistentVolume,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    if !ZONE_LABELS.iter().any(|(key, _)| labels.contains_key(*key)) {
+        return true;
+    }
+    let volume_labels = volume.metadata.labels.as_ref();
+    ZONE_LABELS.iter().all(|(key, twin)| {
+        let Some(wanted) = volume_labels.and_then(|l| l.get(*key)) else { return true };
+        labels
+            .get(*key)
+            .or_else(|| labels.get(*twin))
+            .is_some_and(|have| wanted.split("__").any(|z| z == have))
+    })
+}
+
 /// Whether the class's `allowedTopologies` admit the node: any term, each of whose label
 /// expressions the node's labels meet (no terms: every node).
 fn topology_allows(
@@ -201,6 +229,9 @@ pub fn check_node(
             Need::Bound(volume) => {
                 if !volume_fits_node(volume, &node.name, &node.labels) {
                     return Some(Unfit::VolumeNodeAffinityConflict);
+                }
+                if !zones_allow(volume, &node.labels) {
+                    return Some(Unfit::VolumeZoneConflict);
                 }
             }
             Need::Unbound { candidates, provision, .. } => {
@@ -421,6 +452,39 @@ mod tests {
         assert_eq!(check_node(&wait, &node("a"), Some(&full)), Some(Unfit::VolumeBindingNoMatch));
         assert_eq!(check_node(&wait, &node("a"), None), Some(Unfit::VolumeBindingNoMatch));
         assert_eq!(to_select(&wait).len(), 1);
+    }
+
+    #[test]
+    fn a_zoned_volume_accepts_only_nodes_of_its_zones() {
+        let pv: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "z",
+            "labels": {"topology.kubernetes.io/zone": "a__b"}}}))
+        .expect("a volume");
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(zones_allow(&pv, &labels(&[("topology.kubernetes.io/zone", "b")])));
+        assert!(!zones_allow(&pv, &labels(&[("topology.kubernetes.io/zone", "c")])));
+        assert!(
+            zones_allow(&pv, &labels(&[("failure-domain.beta.kubernetes.io/zone", "a")])),
+            "beta stands for GA"
+        );
+        assert!(
+            !zones_allow(&pv, &labels(&[("topology.kubernetes.io/region", "r")])),
+            "zoned node lacking the zone"
+        );
+        assert!(
+            zones_allow(&pv, &labels(&[("kubernetes.io/hostname", "n")])),
+            "a node with no zones"
+        );
+        let mut f = fake();
+        f.volumes.insert("pv-a".into(), Arc::new(pv));
+        let Needs::Nodes(bound) = needs("d", "d/p", &[("bound".into(), false)], &f) else {
+            panic!("needs per node")
+        };
+        let mut far = node("far");
+        far.labels = labels(&[("topology.kubernetes.io/zone", "c")]);
+        assert_eq!(check_node(&bound, &far, None), Some(Unfit::VolumeZoneConflict));
+        assert_eq!(Unfit::VolumeZoneConflict.message(), "node(s) had no available volume zone");
     }
 
     #[test]
