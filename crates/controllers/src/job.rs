@@ -844,6 +844,8 @@ impl JobController {
         let mut conditions = status.conditions.clone().unwrap_or_default();
         let mut to_delete: Vec<(String, String)> = Vec::new();
         let mut to_create: Vec<Option<i32>> = Vec::new();
+        // The event of the Job's end, recorded once its condition is written.
+        let mut finished: Option<(EventType, String, String)> = None;
         let mut requeue = None;
         let was_suspended = conditions.iter().any(|c| c.type_ == "Suspended" && c.status == "True");
         if !is_finished_job(&job) {
@@ -952,15 +954,25 @@ impl JobController {
                 to_delete = active.iter().map(|p| name_uid(p)).collect();
                 if active.is_empty() && terminating == 0 {
                     match failure {
-                        Some(f) => set_condition(
-                            &mut conditions,
-                            "Failed",
-                            "True",
-                            f.reason.as_deref().unwrap_or(""),
-                            f.message.as_deref().unwrap_or(""),
-                            &now,
-                        ),
+                        Some(f) => {
+                            let reason = f.reason.clone().unwrap_or_default();
+                            let message = f.message.clone().unwrap_or_default();
+                            set_condition(
+                                &mut conditions,
+                                "Failed",
+                                "True",
+                                &reason,
+                                &message,
+                                &now,
+                            );
+                            finished = Some((EventType::Warning, reason, message));
+                        }
                         None => {
+                            finished = Some((
+                                EventType::Normal,
+                                "Completed".to_owned(),
+                                "Job completed".to_owned(),
+                            ));
                             set_condition(
                                 &mut conditions,
                                 "Complete",
@@ -1006,7 +1018,12 @@ impl JobController {
         }
         if job.status.as_ref() != Some(&status) {
             match self.write_status(key, &jobs, &job, &status).await {
-                Ok(_) => {}
+                // As upstream, the Job's end is an event too (`kubectl describe job`).
+                Ok(_) => {
+                    if let Some((kind, reason, message)) = finished {
+                        self.recorder.record(object_ref(&job), kind, &reason, message);
+                    }
+                }
                 Err(Error::Api(kube::Error::Api(s))) if s.code == 404 => return Ok(Requeue::No),
                 Err(e) => return Err(e),
             }

@@ -1185,6 +1185,9 @@ fn an_indexed_job_completes_every_index_once_across_a_controller_manager_kill() 
     );
     let _manager = Manager::start(&server);
     server.ok(&["wait", "--for=condition=complete", "job/idx", "--timeout=180s"]);
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server.events("idx").contains("Completed: Job completed")
+    });
     let status = server.ok(&[
         "get",
         "job",
@@ -1241,6 +1244,12 @@ fn jobs_fail_by_back_off_limit_and_pod_failure_policy_suspend_and_expire() {
         "jsonpath={.status.failed} {.status.conditions[?(@.type==\"Failed\")].reason}",
     ]);
     assert_eq!(failed, "1 BackoffLimitExceeded");
+    // The end is an event, as upstream's (`kubectl describe job`).
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server
+            .events("limited")
+            .contains("BackoffLimitExceeded: Job has reached the specified backoff limit")
+    });
 
     // Suspended: no pod runs until resumed; then it completes and, with a TTL, is deleted.
     server.ok_stdin(
