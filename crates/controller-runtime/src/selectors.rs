@@ -147,6 +147,23 @@ pub fn volume_fits_node(
         .is_none_or(|r| node_selector_matches(r, node_name, labels))
 }
 
+/// Whether a StorageClass's `allowedTopologies` admit a node: any term, each of whose label
+/// requirements the node's labels meet (no terms: every node).
+pub fn topology_allows(
+    class: &k8s_openapi::api::storage::v1::StorageClass,
+    labels: &Labels,
+) -> bool {
+    let Some(terms) = class.allowed_topologies.as_ref().filter(|t| !t.is_empty()) else {
+        return true;
+    };
+    terms.iter().any(|term| {
+        term.match_label_expressions
+            .iter()
+            .flatten()
+            .all(|e| labels.get(&e.key).is_some_and(|v| e.values.iter().any(|w| w == v)))
+    })
+}
+
 /// Whether `toleration` tolerates `taint`.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())

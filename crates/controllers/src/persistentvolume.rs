@@ -35,7 +35,7 @@ use crate::local_volume::{
     FINALIZER, NODE_LABEL, PROVISIONED_BY, PROVISIONER, SELECTED_NODE, STORAGE_PATH_ANNOTATION,
 };
 use crate::queue::{Queue, Requeue, run_workers};
-use crate::selectors::{label_selector_matches, volume_fits_node};
+use crate::selectors::{label_selector_matches, topology_allows, volume_fits_node};
 
 const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
@@ -520,7 +520,8 @@ impl PersistentVolumeController {
         if let Err(message) = local_path_parameters(class) {
             return fail(message);
         }
-        // `Immediate`: the node with a storage path whose agent is Ready, first by name.
+        // `Immediate`: the node with a storage path whose agent is Ready, within the class's
+        // allowed topologies, first by name.
         let node = match selected {
             Some(name) => self.nodes.get(name),
             None => {
@@ -528,7 +529,11 @@ impl PersistentVolumeController {
                     .nodes
                     .list()
                     .into_iter()
-                    .filter(|n| n.annotations().contains_key(STORAGE_PATH_ANNOTATION) && ready(n))
+                    .filter(|n| {
+                        n.annotations().contains_key(STORAGE_PATH_ANNOTATION)
+                            && ready(n)
+                            && topology_allows(class, n.labels())
+                    })
                     .collect();
                 nodes.sort_by_key(|n| n.name_any());
                 nodes.into_iter().next()
@@ -538,7 +543,7 @@ impl PersistentVolumeController {
         let (Some(node), Some(path)) = (node.as_ref(), path.cloned()) else {
             let message = match (selected, &node) {
                 (Some(name), None) => format!("node {name:?} not found"),
-                (None, _) => "no ready node keeps local volumes".into(),
+                (None, _) => "no ready node keeps local volumes where the class allows".into(),
                 (Some(name), Some(_)) => format!(
                     "node {name:?} has no local storage path (its agent publishes {STORAGE_PATH_ANNOTATION})"
                 ),

@@ -746,6 +746,16 @@ fn bad_volumes_classes_and_claims_are_refused_with_upstreams_words() {
         Duration::from_secs(30),
         |out| out.contains("claim Selector is not supported"),
     );
+    // An `Immediate` class whose allowed topologies name no node: nothing is provisioned.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: nowhere\nprovisioner: krust.io/local-path\nvolumeBindingMode: Immediate\nallowedTopologies: [{matchLabelExpressions: [{key: kubernetes.io/hostname, values: [no-such-node]}]}]\n",
+    );
+    server
+        .ok_stdin(&["apply", "-f", "-"], &claim("fenced", "1Gi", "  storageClassName: nowhere\n"));
+    server.wait_for(&["get", "events"], Duration::from_secs(30), |_| {
+        server.events("fenced").contains("no ready node keeps local volumes where the class allows")
+    });
     assert_eq!(server.ok(&["get", "pv", "-o", "name"]).trim(), "persistentvolume/disk");
 }
 

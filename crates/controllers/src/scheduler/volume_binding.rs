@@ -25,7 +25,7 @@ use crate::local_volume::{PROVISIONER, STORAGE_CLASS, STORAGE_PATH_ANNOTATION};
 /// The provisioner of classes whose volumes are all made by hand (upstream's name).
 const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 use crate::persistentvolume::volume_fits_claim;
-use crate::selectors::volume_fits_node;
+use crate::selectors::{topology_allows, volume_fits_node};
 
 /// What one claim demands of a node.
 #[derive(Debug, Clone)]
@@ -81,23 +81,6 @@ fn zones_allow(
             .get(*key)
             .or_else(|| labels.get(*twin))
             .is_some_and(|have| wanted.split("__").any(|z| z == have))
-    })
-}
-
-/// Whether the class's `allowedTopologies` admit the node: any term, each of whose label
-/// expressions the node's labels meet (no terms: every node).
-fn topology_allows(
-    class: &StorageClass,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    let Some(terms) = class.allowed_topologies.as_ref().filter(|t| !t.is_empty()) else {
-        return true;
-    };
-    terms.iter().any(|term| {
-        term.match_label_expressions
-            .iter()
-            .flatten()
-            .all(|e| labels.get(&e.key).is_some_and(|v| e.values.iter().any(|w| w == v)))
     })
 }
 
