@@ -167,7 +167,8 @@ pub fn node_status(
         Quantity(format!("{}", disk_total - disk_total / 10)),
     );
     let mut allocatable = serde_json::to_value(&allocatable).unwrap_or_else(|_| json!({}));
-    for (name, quantity) in extended_allocatable(previous, &capacity) {
+    debug_assert!(capacity.keys().all(|k| MEASURED.contains(&k.as_str())));
+    for (name, quantity) in extended_allocatable(previous) {
         allocatable[name.as_str()] = serde_json::to_value(quantity).unwrap_or_default();
     }
     let uname = rustix::system::uname();
@@ -323,45 +324,41 @@ pub async fn renew_lease(client: &kube::Client, node: &Node) -> Result<(), Agent
     }
 }
 
+/// The resources `node_status` measures; any other capacity entry was advertised by
+/// someone else.
+const MEASURED: [&str; 5] = ["cpu", "memory", "pods", "ephemeral-storage", "hugepages-2Mi"];
+
 /// The allocatable entries of extended resources someone else advertised in the node's
 /// capacity (an operator's patch, as upstream documents for node-level resources): each
 /// allocatable as it is, as the kubelet makes every capacity entry allocatable; one taken
 /// out of the capacity goes (None: a merge patch removes a key only when told to, with
-/// null). `own` is the capacity the agent measures.
-fn extended_allocatable(
-    previous: Option<&Node>,
-    own: &BTreeMap<String, Quantity>,
-) -> Vec<(String, Option<Quantity>)> {
+/// null).
+fn extended_allocatable(previous: Option<&Node>) -> Vec<(String, Option<Quantity>)> {
     let status = previous.and_then(|n| n.status.as_ref());
     let advertised = status.and_then(|s| s.capacity.as_ref());
+    let own = |name: &str| MEASURED.contains(&name);
     let mut out: Vec<(String, Option<Quantity>)> = advertised
         .into_iter()
         .flatten()
-        .filter(|(name, _)| !own.contains_key(*name))
+        .filter(|(name, _)| !own(name))
         .map(|(name, quantity)| (name.clone(), Some(quantity.clone())))
         .collect();
     let allocatable = status.and_then(|s| s.allocatable.as_ref());
     for name in allocatable.into_iter().flatten().map(|(name, _)| name) {
-        if !own.contains_key(name) && !advertised.is_some_and(|a| a.contains_key(name)) {
+        if !own(name) && !advertised.is_some_and(|a| a.contains_key(name)) {
             out.push((name.clone(), None));
         }
     }
     out
 }
 
-/// Whether the node's capacity names a resource its allocatable lacks or differs on (an
-/// extended resource someone advertised; the agent's own ones always differ by design).
+/// Whether the node's allocatable is behind its advertised extended resources (a status
+/// write is due).
 fn unallocated_capacity(node: &Node) -> bool {
-    const OWN: [&str; 5] = ["cpu", "memory", "pods", "ephemeral-storage", "hugepages-2Mi"];
-    let Some(status) = node.status.as_ref() else { return false };
-    let (capacity, allocatable) = (status.capacity.as_ref(), status.allocatable.as_ref());
-    let added = capacity.into_iter().flatten().any(|(name, quantity)| {
-        !OWN.contains(&name.as_str()) && allocatable.and_then(|a| a.get(name)) != Some(quantity)
-    });
-    let removed = allocatable.into_iter().flatten().any(|(name, _)| {
-        !OWN.contains(&name.as_str()) && !capacity.is_some_and(|c| c.contains_key(name))
-    });
-    added || removed
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    extended_allocatable(Some(node))
+        .iter()
+        .any(|(name, quantity)| allocatable.and_then(|a| a.get(name)) != quantity.as_ref())
 }
 
 /// Keeps the Lease fresh every 10 s and the status fresh every minute or whenever `runtime`
@@ -421,15 +418,19 @@ mod tests {
             "capacity": {"cpu": "2", "example.com/fakecpu": "1k"},
             "allocatable": {"cpu": "2", "example.com/gone": "5"}}}))
         .expect("a node");
-        let own = BTreeMap::from([("cpu".to_owned(), Quantity("2".into()))]);
         assert_eq!(
-            extended_allocatable(Some(&node), &own),
+            extended_allocatable(Some(&node)),
             vec![
                 ("example.com/fakecpu".to_owned(), Some(Quantity("1k".into()))),
                 ("example.com/gone".to_owned(), None),
             ]
         );
         assert!(unallocated_capacity(&node), "a status write is due");
-        assert!(extended_allocatable(None, &own).is_empty());
+        assert!(extended_allocatable(None).is_empty());
+        let caught_up: Node = serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {
+            "capacity": {"cpu": "2", "example.com/fakecpu": "1k"},
+            "allocatable": {"cpu": "1", "example.com/fakecpu": "1k"}}}))
+        .expect("a node");
+        assert!(!unallocated_capacity(&caught_up), "nothing due");
     }
 }
