@@ -433,18 +433,26 @@ pub fn container_for(pod: &Value, requested: Option<&str>, name: &str) -> ApiRes
 /// The agent endpoint of a Node: its InternalIP and kubelet port.
 pub fn node_endpoint(node: &Value) -> Option<SocketAddr> {
     let addresses = node.pointer("/status/addresses").and_then(Value::as_array)?;
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64);
+    kubelet_endpoint(
+        addresses.iter().map(|a| (a["type"].as_str().unwrap_or(""), a["address"].as_str())),
+        port,
+    )
+}
+
+/// The agent endpoint from a Node's addresses (type, address) and kubelet port: the
+/// InternalIP (else the first address) and the port, 10250 when unset or 0.
+pub fn kubelet_endpoint<'a>(
+    addresses: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
+    port: Option<u64>,
+) -> Option<SocketAddr> {
     let ip: IpAddr = addresses
-        .iter()
-        .find(|a| a["type"] == "InternalIP")
-        .or_else(|| addresses.first())
-        .and_then(|a| a["address"].as_str())
+        .clone()
+        .find(|(kind, _)| *kind == "InternalIP")
+        .or_else(|| addresses.clone().next())
+        .and_then(|(_, address)| address)
         .and_then(|a| a.parse().ok())?;
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_u64)
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
-        .unwrap_or(10250);
+    let port = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0).unwrap_or(10250);
     Some(SocketAddr::new(ip, port))
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
-use storage::{Compare, KeyValue, Op, RangeRequest, SharedStore, Txn};
+use storage::{Compare, KeyValue, Op, RangeRequest, SharedStore, Store, Txn};
 
 use crate::admission::{self, Attributes, Operation};
 use crate::managed;
@@ -306,6 +306,39 @@ impl ListPage {
     }
 }
 
+/// Tries at a free generated name before a create with `generateName` gives up.
+const GENERATE_NAME_TRIES: u32 = 8;
+
+/// Writes a new object (`first`: its key and bytes) unless its key is taken; the revision
+/// written, or `None` when taken. A name that was generated (`regenerate` given) is generated
+/// again when taken, up to [`GENERATE_NAME_TRIES`] in all, as upstream's RetryGenerateName:
+/// five random characters collide about once in 5,000 pods of one owner, and a 409 there
+/// stalls the owner's controller for a back-off.
+async fn put_new(
+    store: &dyn Store,
+    first: (String, Bytes),
+    mut regenerate: Option<impl FnMut() -> ApiResult<(String, Bytes)>>,
+) -> ApiResult<Option<i64>> {
+    let (mut key, mut value) = first;
+    for attempt in 1..=GENERATE_NAME_TRIES {
+        let response = store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision { key: key.clone(), equals: 0 }],
+                success: vec![Op::Put { key, value }],
+                failure: vec![],
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(Some(response.revision));
+        }
+        match regenerate.as_mut() {
+            Some(next) if attempt < GENERATE_NAME_TRIES => (key, value) = next()?,
+            _ => break,
+        }
+    }
+    Ok(None)
+}
+
 impl Rest {
     /// The Namespace type, which the registry needs for namespace checks.
     pub fn namespaces(&self) -> ApiResult<Arc<ResourceType>> {
@@ -337,6 +370,8 @@ impl Rest {
         applied: bool,
     ) -> ApiResult<(Written, Vec<String>)> {
         self.prepare_type_meta(rt, &mut object)?;
+        // The generateName prefix, when the name was generated here.
+        let mut generated = None;
         {
             let meta = meta_mut(&mut object)?;
             if rt.namespaced {
@@ -362,6 +397,7 @@ impl Rest {
             {
                 let prefix: String = prefix.chars().take(58).collect();
                 meta.insert("name".into(), json!(format!("{prefix}{}", generate_suffix())));
+                generated = Some(prefix);
             }
             for field in
                 ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
@@ -389,7 +425,7 @@ impl Rest {
         }
         rt.strategy.default(&mut object);
         rt.strategy.prepare_create(&mut object);
-        let name = meta_str(&object, "name").unwrap_or("").to_owned();
+        let mut name = meta_str(&object, "name").unwrap_or("").to_owned();
         let attributes = Attributes {
             operation: Operation::Create,
             rt,
@@ -411,7 +447,7 @@ impl Rest {
             managed::record_update(&rt.kind, None, &mut object, options.writer(&api_version, None));
         }
         let key = rt.key(namespace, &name);
-        let (bytes, as_served) = encode_stored(rt, &object)?;
+        let (mut bytes, mut as_served) = encode_stored(rt, &object)?;
         if options.dry_run {
             let (existing, _) = storage::get(self.store.as_ref(), &key).await?;
             if existing.is_some() {
@@ -421,19 +457,22 @@ impl Rest {
                 Written { object, body: None, warnings: Vec::new(), audit: notices.audit };
             return Ok((written, warnings));
         }
-        let response = self
-            .store
-            .txn(Txn {
-                compares: vec![Compare::ModRevision { key: key.clone(), equals: 0 }],
-                success: vec![Op::Put { key, value: bytes.clone() }],
-                failure: vec![],
-            })
-            .await?;
-        if !response.succeeded {
+        let first = (key, bytes.clone());
+        let (o, n, b, served) = (&mut object, &mut name, &mut bytes, &mut as_served);
+        let regenerate = generated.as_deref().map(|prefix| {
+            move || -> ApiResult<(String, Bytes)> {
+                *n = format!("{prefix}{}", generate_suffix());
+                meta_mut(o)?.insert("name".into(), json!(n));
+                (*b, *served) = encode_stored(rt, o)?;
+                Ok((rt.key(namespace, n), b.clone()))
+            }
+        });
+        let revision = put_new(self.store.as_ref(), first, regenerate).await?;
+        let Some(revision) = revision else {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
-        }
-        set_resource_version(&mut object, response.revision);
-        let mut written = Written::new(object, &bytes, as_served, response.revision);
+        };
+        set_resource_version(&mut object, revision);
+        let mut written = Written::new(object, &bytes, as_served, revision);
         written.audit = notices.audit;
         Ok((written, warnings))
     }
@@ -1558,6 +1597,39 @@ impl crate::strategy::ComputedSource for Rest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_generated_name_that_is_taken_is_generated_again_a_given_one_is_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = storage::embedded::EmbeddedStore::open(storage::embedded::Config::with_dir(
+            dir.path().join("db"),
+        ))
+        .expect("store");
+        let taken = || ("/p/taken".to_owned(), Bytes::from_static(b"{}"));
+        type Next = fn() -> ApiResult<(String, Bytes)>;
+        let no_retry: Option<Next> = None;
+        assert!(put_new(&store, taken(), no_retry).await.unwrap().is_some(), "a free key");
+        // A given name that is taken: refused at once.
+        assert_eq!(put_new(&store, taken(), no_retry).await.unwrap(), None);
+        // A generated one: the next name is tried.
+        let mut tries = 0;
+        let next = || {
+            tries += 1;
+            Ok((format!("/p/fresh-{tries}"), Bytes::from_static(b"{}")))
+        };
+        assert!(put_new(&store, taken(), Some(next)).await.unwrap().is_some());
+        assert_eq!(tries, 1);
+        let (kv, _) = storage::get(&store, "/p/fresh-1").await.unwrap();
+        assert!(kv.is_some(), "written under the new name");
+        // Every name taken: given up after eight tries in all, as upstream.
+        let mut tries = 0;
+        let always_taken = || {
+            tries += 1;
+            Ok(taken())
+        };
+        assert_eq!(put_new(&store, taken(), Some(always_taken)).await.unwrap(), None);
+        assert_eq!(tries, GENERATE_NAME_TRIES - 1);
+    }
 
     fn kv(value: Bytes, mod_revision: i64) -> KeyValue {
         KeyValue { key: "/k".into(), value, create_revision: 1, mod_revision, version: 1 }

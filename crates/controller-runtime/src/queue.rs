@@ -184,7 +184,10 @@ where
         tasks.spawn(async move {
             loop {
                 let key = queue.get().await;
-                match sync(key.clone()).await {
+                let started = std::time::Instant::now();
+                let result = sync(key.clone()).await;
+                tracing::debug!(controller = name, %key, took = ?started.elapsed(), ok = result.is_ok(), "synced");
+                match result {
                     Ok(requeue) => {
                         queue.forget(&key);
                         if let Requeue::After(delay) = requeue {

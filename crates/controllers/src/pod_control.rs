@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 
@@ -16,6 +16,41 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{BY_CONTROLLER, Informer, ORPHANS_BY_NAMESPACE};
+
+/// Whether a pod's change may change what a pod-owning controller counts or decides: its
+/// labels, owners, deletion, phase, readiness and the container facts that rank pods for
+/// deletion. Binding (`nodeName`, `PodScheduled`) is not among them.
+pub(crate) fn counted_differently(old: &CachedPod, new: &CachedPod) -> bool {
+    // Runs on every pod update, so it compares in place rather than building views.
+    fn status(p: &CachedPod) -> Option<&crate::cached_pod::CachedPodStatus> {
+        p.status.as_ref()
+    }
+    fn ready(p: &CachedPod) -> Option<(&str, Option<&Time>)> {
+        status(p)
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| (c.status.as_str(), c.last_transition_time.as_ref()))
+    }
+    let containers_differ = match (
+        status(old).and_then(|s| s.container_statuses.as_deref()),
+        status(new).and_then(|s| s.container_statuses.as_deref()),
+    ) {
+        (Some(a), Some(b)) => {
+            a.len() != b.len()
+                || a.iter()
+                    .zip(b)
+                    .any(|(a, b)| (a.ready, a.restart_count) != (b.ready, b.restart_count))
+        }
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    old.metadata.labels != new.metadata.labels
+        || old.metadata.owner_references != new.metadata.owner_references
+        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+        || status(old).and_then(|s| s.phase.as_deref())
+            != status(new).and_then(|s| s.phase.as_deref())
+        || ready(old) != ready(new)
+        || containers_differ
+}
 
 /// Expectations not met within this long are given up (a lost watch event).
 const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);

@@ -26,7 +26,7 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{self, Change, Informer, key_of, split_key};
-use crate::pod_control::{Expectations, controller_ref};
+use crate::pod_control::{self, Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::selectors::label_selector_matches;
 
@@ -60,41 +60,6 @@ pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestam
 /// How long the ReplicaSet controller gathers its pods' changes before a sync: a sync reads
 /// every pod of the ReplicaSet, so under churn one sync per window replaces one per change.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
-
-/// Whether a pod's change may change what the ReplicaSet controller counts or decides: its
-/// labels, owners, deletion, phase, readiness and the container facts that rank pods for
-/// deletion. Binding (`nodeName`, `PodScheduled`) is not among them.
-fn counted_differently(old: &CachedPod, new: &CachedPod) -> bool {
-    // Runs on every pod update, so it compares in place rather than building views.
-    fn status(p: &CachedPod) -> Option<&crate::cached_pod::CachedPodStatus> {
-        p.status.as_ref()
-    }
-    fn ready(p: &CachedPod) -> Option<(&str, Option<&Time>)> {
-        status(p)
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| (c.status.as_str(), c.last_transition_time.as_ref()))
-    }
-    let containers_differ = match (
-        status(old).and_then(|s| s.container_statuses.as_deref()),
-        status(new).and_then(|s| s.container_statuses.as_deref()),
-    ) {
-        (Some(a), Some(b)) => {
-            a.len() != b.len()
-                || a.iter()
-                    .zip(b)
-                    .any(|(a, b)| (a.ready, a.restart_count) != (b.ready, b.restart_count))
-        }
-        (a, b) => a.is_some() != b.is_some(),
-    };
-    old.metadata.labels != new.metadata.labels
-        || old.metadata.owner_references != new.metadata.owner_references
-        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
-        || status(old).and_then(|s| s.phase.as_deref())
-            != status(new).and_then(|s| s.phase.as_deref())
-        || ready(old) != ready(new)
-        || containers_differ
-}
 
 /// Whether the pod is still counted (not finished, not being deleted).
 pub fn is_active(pod: &CachedPod) -> bool {
@@ -335,7 +300,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 }
                 match key {
                     Some(k) if old_key.as_ref() != Some(&k) => self.queue.add(k),
-                    Some(k) if counted_differently(old, pod) => {
+                    Some(k) if pod_control::counted_differently(old, pod) => {
                         self.queue.add_batched(k, BATCH_WINDOW);
                     }
                     // Binding and other changes that neither the status nor any decision
@@ -619,8 +584,8 @@ mod tests {
             "spec": {"containers": [{"name": "c"}]},
             "status": {"phase": "Pending"}
         }));
-        assert!(!counted_differently(&pending, &bound));
-        assert!(counted_differently(&bound, &ready));
-        assert!(counted_differently(&pending, &relabeled));
+        assert!(!pod_control::counted_differently(&pending, &bound));
+        assert!(pod_control::counted_differently(&bound, &ready));
+        assert!(pod_control::counted_differently(&pending, &relabeled));
     }
 }

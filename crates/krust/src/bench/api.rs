@@ -73,7 +73,12 @@ impl Server {
             .arg(dir.join("data"))
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
-            .env("KRUST_LOG", "warn")
+            // `KRUST_BENCH_SERVER_LOG` traces the server under measurement (its stderr),
+            // e.g. `warn,controller_runtime::queue=debug` for every sync's duration.
+            .env(
+                "KRUST_LOG",
+                std::env::var("KRUST_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()?;
         let server = Server { child, dir, kubeconfig };
