@@ -121,7 +121,8 @@ pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
     // store and the event history grow during the run, so whichever comes later pays more.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "bench");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
-    let before = deployment_phase(&deployments, &pods, n, "reference").await?;
+    let budget = args.max_unavailable.as_str();
+    let (before, _) = deployment_phase(&deployments, &pods, n, "reference", budget, false).await?;
     // The DaemonSet: created on every node, then rolled.
     let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), "bench");
     let ds: DaemonSet = serde_json::from_value(serde_json::json!({
@@ -154,20 +155,26 @@ pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
     let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"bench/rolled": "1"}}}}});
     daemon_sets.patch("agent", &PatchParams::default(), &Patch::Merge(&patch)).await?;
     let took = until(Duration::from_secs(3600), "the DaemonSet's roll", ready(true)).await?;
+    let rolled_rate = f64::from(n) / took.as_secs_f64();
     println!(
-        "DaemonSet rolled across {n} nodes (maxUnavailable {}) in {:.2} s: {:.0} pods replaced/s",
-        args.max_unavailable,
+        "DaemonSet rolled across {n} nodes (maxUnavailable {budget}, maxSurge 0) in {:.2} s: {rolled_rate:.0} pods replaced/s",
         took.as_secs_f64(),
-        f64::from(n) / took.as_secs_f64()
     );
     daemon_sets.delete("agent", &Default::default()).await?;
     drain(&pods, "the DaemonSet").await?;
-    let after = deployment_phase(&deployments, &pods, n, "again").await?;
+    let (after, deployment_rolled) =
+        deployment_phase(&deployments, &pods, n, "again", budget, true).await?;
     let deployment_rate = f64::midpoint(before, after);
     println!(
         "DaemonSet creation: {:.2}× the Deployment's rate (their mean {deployment_rate:.0} pods/s, before and after it)",
         created_rate / deployment_rate
     );
+    if let Some(rolled) = deployment_rolled {
+        println!(
+            "DaemonSet roll: {:.2}× the Deployment's roll with the same budget ({rolled:.0} pods replaced/s)",
+            rolled_rate / rolled
+        );
+    }
 
     // Jobs of one pod each, run to completion. Completions are counted from a watch: a list
     // of every Job five times a second would be most of what the server does.
@@ -260,37 +267,62 @@ pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates a Deployment of `n` replicas named `name`, waits until all are available, deletes
-/// it and waits for its pods to go: the rate (pods/s) at which it became available.
+/// Creates a Deployment of `n` replicas named `name` (rolling updates within
+/// `max_unavailable`, no surge: the DaemonSet's budget), waits until all are available and,
+/// when `roll`, rolls it to a new template and waits for that; then deletes it and waits for
+/// its pods to go. The rates (pods/s) at which it became available and was rolled.
 async fn deployment_phase(
     deployments: &Api<Deployment>,
     pods: &Api<Pod>,
     n: i32,
     name: &str,
-) -> anyhow::Result<f64> {
+    max_unavailable: &str,
+    roll: bool,
+) -> anyhow::Result<(f64, Option<f64>)> {
     let d: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
-        "spec": {"replicas": n, "selector": {"matchLabels": {"app": name}}, "template": template(name, serde_json::json!({}))}
+        "spec": {"replicas": n, "selector": {"matchLabels": {"app": name}}, "template": template(name, serde_json::json!({})),
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": max_unavailable, "maxSurge": 0}}}
     }))?;
     deployments.create(&PostParams::default(), &d).await?;
-    let took = until(Duration::from_secs(1800), "the Deployment", || {
-        let deployments = deployments.clone();
-        async move {
-            let d = deployments.get(name).await?;
-            Ok(d.status.and_then(|s| s.available_replicas).unwrap_or(0) >= n)
+    let done = |updated: bool| {
+        move || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get(name).await?;
+                let fresh =
+                    d.metadata.generation == d.status.as_ref().and_then(|s| s.observed_generation);
+                let s = d.status.unwrap_or_default();
+                Ok(fresh
+                    && s.available_replicas.unwrap_or(0) >= n
+                    && (!updated
+                        || (s.updated_replicas.unwrap_or(0) == n && s.replicas.unwrap_or(0) == n)))
+            }
         }
-    })
-    .await?;
+    };
+    let took = until(Duration::from_secs(1800), "the Deployment", done(false)).await?;
     let rate = f64::from(n) / took.as_secs_f64();
     println!(
         "Deployment \"{name}\" of {n} replicas available in {:.2} s: {rate:.0} pods/s",
         took.as_secs_f64()
     );
+    let mut rolled = None;
+    if roll {
+        let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"bench/rolled": "1"}}}}});
+        deployments.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let took = until(Duration::from_secs(3600), "the Deployment's roll", done(true)).await?;
+        let rate = f64::from(n) / took.as_secs_f64();
+        println!(
+            "Deployment \"{name}\" rolled (maxUnavailable {max_unavailable}, maxSurge 0) in {:.2} s: {rate:.0} pods replaced/s",
+            took.as_secs_f64()
+        );
+        rolled = Some(rate);
+    }
     deployments.delete(name, &Default::default()).await?;
     // The next phase starts on a quiet cluster: these pods, deleted in the background by
     // the garbage collector, would otherwise be torn down during its run.
     drain(pods, &format!("the Deployment \"{name}\"")).await?;
-    Ok(rate)
+    Ok((rate, rolled))
 }
 
 /// Waits until the namespace's pods are gone (those of `what`, just deleted), so that the
