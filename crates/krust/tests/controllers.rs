@@ -251,7 +251,16 @@ async fn deployments_roll_out_roll_back_heal_and_are_collected() {
         "jsonpath={.items[*].metadata.ownerReferences}",
     ]);
     assert!(!owners.contains("Deployment"), "{owners}");
-    assert_eq!(running_pods(&server, "default", "kept").len(), 2);
+    let kept = running_pods(&server, "default", "kept");
+    // When this fails, say what became of the ReplicaSet and its pods (it failed once in CI,
+    // unexplained, with no server log to go on).
+    assert_eq!(
+        kept.len(),
+        2,
+        "orphaned pods not running: {kept:?}\n{}",
+        server.ok(&["get", "rs,pods", "-l", "app=kept", "-o",
+            "jsonpath={range .items[*]}{.kind} {.metadata.name} {.status.phase} {.metadata.deletionTimestamp} {.metadata.ownerReferences}{\"\\n\"}{end}"])
+    );
 
     // Deleting a namespace empties it, then it goes.
     server.ok(&["create", "namespace", "doomed"]);
