@@ -109,18 +109,16 @@ impl ScrapedNode {
 async fn scrape(rest: &Rest, proxy: &NodeProxy, samples: &Samples, timeout: Duration) {
     let Some(nodes_rt) = rest.registry.lookup("", "v1", "nodes") else { return };
     let nodes = match rest.list(&nodes_rt, None, &ListOptions::default()).await {
-        Ok(page) => match page
+        // A node that does not read as one is skipped, not every node's scrape with it.
+        Ok(page) => page
             .items
             .iter()
-            .map(|b| serde_json::from_slice::<ScrapedNode>(b))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(nodes) => nodes,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: reading nodes failed");
-                return;
-            }
-        },
+            .filter_map(|b| {
+                serde_json::from_slice::<ScrapedNode>(b)
+                    .inspect_err(|e| tracing::warn!(error = %e, "metrics: reading a node failed"))
+                    .ok()
+            })
+            .collect::<Vec<_>>(),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: listing nodes failed");
             return;

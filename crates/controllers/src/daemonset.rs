@@ -30,16 +30,13 @@ use crate::events::{EventType, Recorder, object_ref};
 use crate::history;
 use crate::informer::{self, BY_CONTROLLER, Change, Informer, key_of};
 use crate::pod_control;
-use crate::pod_control::{Expectations, controller_ref};
+use crate::pod_control::{BATCH_WINDOW, Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::replicaset::{is_available, is_ready};
 use crate::selectors::{label_selector_matches, node_selector_term_matches, untolerated};
 
 /// At most this many pods are created in one sync (upstream's burstReplicas is 250).
 const BURST: usize = 500;
-
-/// Pod and node changes arriving within this long are one sync.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 /// The pod label holding the template hash a daemon pod was made from.
 pub const HASH_LABEL: &str = "controller-revision-hash";

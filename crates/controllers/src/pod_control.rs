@@ -17,6 +17,11 @@ use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{BY_CONTROLLER, Informer, ORPHANS_BY_NAMESPACE};
 
+/// How long a pod-owning controller (ReplicaSet, DaemonSet) gathers its pods' changes before
+/// a sync: a sync reads every pod of the owner (and, for a DaemonSet, every node), so under
+/// churn one sync per window replaces one per change.
+pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
 /// Whether a pod's change may change what a pod-owning controller counts or decides: its
 /// labels, owners, deletion, phase, readiness and the container facts that rank pods for
 /// deletion. Binding (`nodeName`, `PodScheduled`) is not among them.

@@ -26,7 +26,7 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{self, Change, Informer, key_of, split_key};
-use crate::pod_control::{self, Expectations, controller_ref};
+use crate::pod_control::{self, BATCH_WINDOW, Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::selectors::label_selector_matches;
 
@@ -56,10 +56,6 @@ pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestam
             || since + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) <= now
     })
 }
-
-/// How long the ReplicaSet controller gathers its pods' changes before a sync: a sync reads
-/// every pod of the ReplicaSet, so under churn one sync per window replaces one per change.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 /// Whether the pod is still counted (not finished, not being deleted).
 pub fn is_active(pod: &CachedPod) -> bool {
