@@ -356,11 +356,15 @@ impl DeploymentController {
         if d.metadata.deletion_timestamp.is_some() {
             return Ok(out);
         }
+        let mut may_adopt = None;
         for rs in self.replica_sets.by_index(ORPHANS_BY_NAMESPACE, namespace) {
             if rs.metadata.deletion_timestamp.is_some()
                 || !label_selector_matches(&d.spec.selector, rs.labels())
             {
                 continue;
+            }
+            if !*may_adopt.get_or_insert(crate::pod_control::can_adopt(&self.client, d).await?) {
+                break;
             }
             let mut refs = rs.owner_references().to_vec();
             refs.push(controller_ref(d));

@@ -10,8 +10,8 @@
 //!   removed from its dependents, then loses the finalizer.
 //!
 //! An owner that is missing from the graph is confirmed gone with a live GET (and UID
-//! check) before anything is deleted, so a watch that has not caught up never causes a
-//! wrong deletion.
+//! check), and the dependent itself is read again and written only at that version, so a
+//! watch that has not caught up never causes a wrong deletion.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,18 @@ struct Item {
 }
 
 impl Item {
+    fn from_meta(kind: &Arc<Kind>, meta: &ObjectMeta) -> Item {
+        Item {
+            kind: kind.clone(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            owners: meta.owner_references.clone().unwrap_or_default(),
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers.clone().unwrap_or_default(),
+        }
+    }
+
     fn has_finalizer(&self, f: &str) -> bool {
         self.deleting && self.finalizers.iter().any(|x| x == f)
     }
@@ -249,15 +261,7 @@ impl GarbageCollector {
 
     fn observe(&self, kind: &Arc<Kind>, meta: &ObjectMeta) {
         let Some(uid) = meta.uid.clone() else { return };
-        let item = Item {
-            kind: kind.clone(),
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone().unwrap_or_default(),
-            resource_version: meta.resource_version.clone().unwrap_or_default(),
-            owners: meta.owner_references.clone().unwrap_or_default(),
-            deleting: meta.deletion_timestamp.is_some(),
-            finalizers: meta.finalizers.clone().unwrap_or_default(),
-        };
+        let item = Item::from_meta(kind, meta);
         let mut enqueue = Vec::new();
         {
             let mut graph = self.graph();
@@ -383,16 +387,19 @@ impl GarbageCollector {
         if item.owners.is_empty() || item.deleting {
             return Ok(Requeue::No);
         }
-        // Owners are gone ("dangling"), deleting in the foreground ("waiting"), or solid.
-        let mut dangling = Vec::new();
-        let mut waiting = Vec::new();
-        for owner in &item.owners {
-            if self.graph().items.get(&owner.uid).is_some_and(|o| o.has_finalizer(FOREGROUND)) {
-                waiting.push(owner.uid.clone());
-            } else if !self.owner_exists(owner, item.namespace.as_deref()).await? {
-                dangling.push(owner.uid.clone());
-            }
+        let (dangling, waiting) = self.departing_owners(&item).await?;
+        if dangling.is_empty() && waiting.is_empty() {
+            return Ok(Requeue::No);
         }
+        // The graph can lag behind the object: an owner's deletion arrives on the owner's
+        // watch, possibly before the update that removed the reference to it arrives on this
+        // one (an Orphan deletion makes exactly that sequence). So, as upstream, what is done
+        // is decided on the object as it is now, and written only if it is still that.
+        let Some(mut item) = self.latest(&api, &item, uid).await? else { return Ok(Requeue::No) };
+        if item.owners.is_empty() || item.deleting {
+            return Ok(Requeue::No);
+        }
+        let (dangling, waiting) = self.departing_owners(&item).await?;
         let solid = item.owners.len() - dangling.len() - waiting.len();
         if solid == 0 {
             // A dependent of this object that itself waits for its dependents may close a
@@ -416,7 +423,11 @@ impl GarbageCollector {
                         .patch(&item.name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                     {
-                        Ok(_) => {}
+                        // The deletion below is preconditioned on this write's version.
+                        Ok(patched) => {
+                            item.resource_version =
+                                patched.metadata.resource_version.unwrap_or_default();
+                        }
                         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Requeue::No),
                         // Changed meanwhile: look again at what it is now.
                         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -436,13 +447,17 @@ impl GarbageCollector {
                 propagation_policy: Some(policy),
                 preconditions: Some(Preconditions {
                     uid: Some(uid.to_owned()),
-                    resource_version: None,
+                    resource_version: Some(item.resource_version.clone()),
                 }),
                 ..DeleteParams::default()
             };
             match api.delete(&item.name, &params).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // Changed since it was read: look again at what it is now.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return Ok(Requeue::After(std::time::Duration::from_millis(200)));
+                }
                 Err(e) => return Err(e.into()),
             }
             return Ok(Requeue::No);
@@ -458,10 +473,42 @@ impl GarbageCollector {
             match api.patch(&item.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return Ok(Requeue::After(std::time::Duration::from_millis(200)));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(Requeue::No)
+    }
+
+    /// The owners of `item` that are gone ("dangling") and those deleting in the foreground
+    /// ("waiting"); the others are solid.
+    async fn departing_owners(&self, item: &Item) -> Result<(Vec<String>, Vec<String>), Error> {
+        let mut dangling = Vec::new();
+        let mut waiting = Vec::new();
+        for owner in &item.owners {
+            if self.graph().items.get(&owner.uid).is_some_and(|o| o.has_finalizer(FOREGROUND)) {
+                waiting.push(owner.uid.clone());
+            } else if !self.owner_exists(owner, item.namespace.as_deref()).await? {
+                dangling.push(owner.uid.clone());
+            }
+        }
+        Ok((dangling, waiting))
+    }
+
+    /// `item` as the API has it now; `None` when it is gone or was replaced (another UID).
+    async fn latest(
+        &self,
+        api: &Api<DynamicObject>,
+        item: &Item,
+        uid: &str,
+    ) -> Result<Option<Item>, Error> {
+        let Some(found) = api.get_opt(&item.name).await? else { return Ok(None) };
+        if found.metadata.uid.as_deref() != Some(uid) {
+            return Ok(None);
+        }
+        Ok(Some(Item::from_meta(&item.kind, &found.metadata)))
     }
 
     async fn orphan_dependents(&self, owner_uid: &str) -> Result<(), Error> {

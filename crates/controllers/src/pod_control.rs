@@ -137,13 +137,19 @@ async fn patch_ignoring_races(
 /// The pods `owner` controls: its owned pods that `selects` keeps, after releasing the
 /// others (unless the owner is being deleted) and, when `adopt`, adopting the orphans of
 /// its namespace that `selects` picks.
-pub(crate) async fn claim_pods<K: Resource<DynamicType = ()>>(
+pub(crate) async fn claim_pods<K>(
     client: &kube::Client,
     pods: &Informer<CachedPod>,
     owner: &K,
     selects: impl Fn(&CachedPod) -> bool,
     adopt: bool,
-) -> Result<Vec<Arc<CachedPod>>, Error> {
+) -> Result<Vec<Arc<CachedPod>>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let uid = owner.meta().uid.clone().unwrap_or_default();
     let namespace = owner.meta().namespace.clone().unwrap_or_default();
     let deleting = owner.meta().deletion_timestamp.is_some();
@@ -163,9 +169,13 @@ pub(crate) async fn claim_pods<K: Resource<DynamicType = ()>>(
     if deleting || !adopt {
         return Ok(claimed);
     }
+    let mut may_adopt = None;
     for pod in pods.by_index(ORPHANS_BY_NAMESPACE, &namespace) {
         if pod.metadata.deletion_timestamp.is_some() || !selects(&pod) {
             continue;
+        }
+        if !*may_adopt.get_or_insert(can_adopt(client, owner).await?) {
+            break;
         }
         let mut refs = pod.owner_references().to_vec();
         refs.push(controller_ref(owner));
@@ -175,6 +185,28 @@ pub(crate) async fn claim_pods<K: Resource<DynamicType = ()>>(
         }
     }
     Ok(claimed)
+}
+
+/// Whether `owner` may adopt orphans: it still exists, as the same object, and is not being
+/// deleted, as the API says now, not as a cache says. A sync works on the owner as it was when
+/// the sync began; had it since been deleted with Orphan propagation, its dependents are
+/// orphans just released by the garbage collector, and adopting them back would let them be
+/// collected with it once it is gone. Upstream's `RecheckDeletionTimestamp` does the same.
+pub(crate) async fn can_adopt<K>(client: &kube::Client, owner: &K) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let namespace = owner.meta().namespace.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    Ok(match api.get_opt(&owner.name_any()).await? {
+        Some(fresh) => {
+            fresh.meta().uid == owner.meta().uid && fresh.meta().deletion_timestamp.is_none()
+        }
+        None => false,
+    })
 }
 
 /// Deletes `victims` (name, UID) of `owner`, each only if it is still the pod seen (its UID

@@ -613,6 +613,53 @@ fn foreground_deletion_of_an_owner_circle_completes() {
 }
 
 #[test]
+fn orphaned_dependents_of_another_kind_survive_their_owner() {
+    // An Orphan deletion rewrites every dependent, then the owner goes. The owner's deletion
+    // reaches the collector on the owner kind's watch, possibly before the dependents' updates
+    // reach it on theirs: the collector must decide on a dependent as the API has it then,
+    // not as its graph last saw it (still pointing at an owner that is gone).
+    let server = KrustServer::start_control_plane(&[]);
+    server.ok(&["create", "serviceaccount", "owner"]);
+    let uid = server.ok(&["get", "serviceaccount", "owner", "-o", "jsonpath={.metadata.uid}"]);
+    let dependents: String = (0..150)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dep-{i}\n  labels: {{role: dep}}\n  ownerReferences: [{{apiVersion: v1, kind: ServiceAccount, name: owner, uid: \"{uid}\"}}]\n"
+            )
+        })
+        .collect();
+    server.ok_stdin(&["create", "-f", "-"], &dependents);
+    server.ok(&["delete", "serviceaccount", "owner", "--cascade=orphan"]);
+    // Every reference goes once the owner is gone.
+    server.wait_for(
+        &[
+            "get",
+            "configmaps",
+            "-l",
+            "role=dep",
+            "-o",
+            "jsonpath={.items[*].metadata.ownerReferences}",
+        ],
+        Duration::from_secs(60),
+        |o| o.trim().is_empty(),
+    );
+    // A later collection done tells that the collector has worked through the owner's
+    // deletion too; none of the orphans may have gone with it.
+    server.ok(&["create", "serviceaccount", "later"]);
+    let later = server.ok(&["get", "serviceaccount", "later", "-o", "jsonpath={.metadata.uid}"]);
+    server.ok_stdin(
+        &["create", "-f", "-"],
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: collected\n  ownerReferences: [{{apiVersion: v1, kind: ServiceAccount, name: later, uid: \"{later}\"}}]\n"),
+    );
+    server.ok(&["delete", "serviceaccount", "later"]);
+    server.wait_for(&["get", "configmaps", "-o", "name"], Duration::from_secs(60), |o| {
+        !o.contains("configmap/collected")
+    });
+    let left = server.ok(&["get", "configmaps", "-l", "role=dep", "-o", "name"]);
+    assert_eq!(left.lines().count(), 150, "orphans deleted with their owner:\n{left}");
+}
+
+#[test]
 fn endpoints_and_slices_follow_the_pods_a_service_selects() {
     let server = KrustServer::start_control_plane(&[]);
     let _nodes = SimNodes::start(&server, "ep", 2, &[]);
