@@ -37,11 +37,10 @@ impl ResourceType {
             omit_empty_metadata(&mut object);
             return Ok((object, Vec::new()));
         };
-        let original = object.clone();
-        let mut canonical = codec(object)
+        let mut canonical = codec(&object)
             .map_err(|e| ApiError::bad_request(format!("error decoding {}: {e}", self.kind)))?;
         let mut unknown = Vec::new();
-        unknown_fields(&original, &canonical, &mut String::new(), &mut unknown);
+        unknown_fields(&object, &canonical, &mut String::new(), &mut unknown);
         omit_empty_metadata(&mut canonical);
         let warnings: Vec<String> = unknown
             .iter()

@@ -57,6 +57,23 @@ pub async fn bind(
         )));
     }
     let annotations = body.pointer("/metadata/annotations").cloned();
+    // The pod itself is not validated again by a binding (see `Rest::guaranteed_update`):
+    // what the binding brings into it, its annotations, is checked here.
+    if let Some(annotations) = &annotations {
+        let mut causes = Vec::new();
+        let probe = json!({"metadata": {"name": name, "annotations": annotations}});
+        crate::strategy::validate_metadata(
+            crate::strategy::NameRule::Subdomain,
+            &probe,
+            &mut causes,
+        );
+        if !annotations.is_object() && !annotations.is_null() {
+            causes.push(Cause::new("FieldValueInvalid", "metadata.annotations", "must be a map"));
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid("Binding", "", name, causes));
+        }
+    }
     let rt = pods_type(rest)?;
     let now =
         jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());

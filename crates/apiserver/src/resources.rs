@@ -4,7 +4,7 @@
 //! Names and scopes come from `k8s-openapi`'s `Resource` impls so they match upstream exactly;
 //! short names and categories are what upstream's discovery lists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// How a stored object of a built-in type is decoded into its `k8s-openapi` type and back, which
 /// checks field types and drops (or, with strict validation, reports) unknown fields.
-pub(crate) type Codec = fn(Value) -> Result<Value, serde_json::Error>;
+pub(crate) type Codec = fn(&Value) -> Result<Value, serde_json::Error>;
 
 /// Adds a built-in type's OpenAPI schema (and those it refers to) to a generator.
 pub(crate) type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
@@ -181,10 +181,12 @@ fn schema_of<T: schemars::JsonSchema>(
     generator.subschema_for::<T>()
 }
 
+/// Decoded from a borrowed value: the caller keeps the input to find what decoding dropped,
+/// and a copy of the whole tree for that cost more than the strings copied here.
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(
-    value: Value,
+    value: &Value,
 ) -> Result<Value, serde_json::Error> {
-    let typed: T = serde_json::from_value(value)?;
+    let typed = <T as serde::Deserialize>::deserialize(value)?;
     serde_json::to_value(typed)
 }
 
@@ -270,33 +272,63 @@ where
 /// definitions add and remove entries at run time.
 #[derive(Debug)]
 pub struct Registry {
-    types: RwLock<Arc<Vec<Arc<ResourceType>>>>,
+    types: RwLock<Types>,
+}
+
+/// The served types, and indexes of them by plural and by kind: a request looks its type up
+/// several times (handler, admission plugins), and a scan of every type was a measurable
+/// share of a small write.
+#[derive(Debug, Default)]
+struct Types {
+    all: Arc<Vec<Arc<ResourceType>>>,
+    by_plural: HashMap<String, Vec<Arc<ResourceType>>>,
+    by_kind: HashMap<String, Vec<Arc<ResourceType>>>,
+}
+
+impl Types {
+    fn new(all: Vec<Arc<ResourceType>>) -> Types {
+        let mut by_plural: HashMap<String, Vec<Arc<ResourceType>>> = HashMap::new();
+        let mut by_kind: HashMap<String, Vec<Arc<ResourceType>>> = HashMap::new();
+        for t in &all {
+            by_plural.entry(t.plural.clone()).or_default().push(t.clone());
+            by_kind.entry(t.kind.clone()).or_default().push(t.clone());
+        }
+        Types { all: Arc::new(all), by_plural, by_kind }
+    }
 }
 
 impl Registry {
     /// A registry of the given types.
     pub fn with_types(types: Vec<ResourceType>) -> Registry {
-        Registry { types: RwLock::new(Arc::new(types.into_iter().map(Arc::new).collect())) }
+        Registry { types: RwLock::new(Types::new(types.into_iter().map(Arc::new).collect())) }
+    }
+
+    fn types(&self) -> std::sync::RwLockReadGuard<'_, Types> {
+        self.types.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every served type, in discovery order.
     pub fn all(&self) -> Arc<Vec<Arc<ResourceType>>> {
-        self.types.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.types().all.clone()
     }
 
     /// Finds a type by group, version and plural.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
-        self.all()
+        self.types()
+            .by_plural
+            .get(plural)?
             .iter()
-            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .find(|t| t.group == group && t.version == version)
             .cloned()
     }
 
     /// Finds a type by group, version and kind.
     pub fn lookup_kind(&self, group: &str, version: &str, kind: &str) -> Option<Arc<ResourceType>> {
-        self.all()
+        self.types()
+            .by_kind
+            .get(kind)?
             .iter()
-            .find(|t| t.group == group && t.version == version && t.kind == kind)
+            .find(|t| t.group == group && t.version == version)
             .cloned()
     }
 
@@ -329,7 +361,7 @@ impl Registry {
     pub(crate) fn set_custom(&self, custom: Vec<ResourceType>) {
         let mut guard = self.types.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next: Vec<Arc<ResourceType>> =
-            guard.iter().filter(|t| t.is_builtin()).cloned().collect();
+            guard.all.iter().filter(|t| t.is_builtin()).cloned().collect();
         for t in custom {
             let shadows =
                 next.iter().any(|b| b.is_builtin() && b.group == t.group && b.plural == t.plural);
@@ -337,7 +369,7 @@ impl Registry {
                 next.push(Arc::new(t));
             }
         }
-        *guard = Arc::new(next);
+        *guard = Types::new(next);
     }
 }
 

@@ -221,6 +221,18 @@ async fn bad_input_gets_status_and_changes_nothing() {
             422,
         ),
         (
+            // A binding's annotations go into the pod, which a binding does not validate
+            // again: they are checked first.
+            request(
+                "POST",
+                "/api/v1/namespaces/default/pods/p/binding",
+                br#"{"metadata":{"name":"p","annotations":{"not a key!":"v"}},"target":{"name":"n"}}"#
+                    .to_vec(),
+                "application/json",
+            ),
+            422,
+        ),
+        (
             request(
                 "PATCH",
                 "/api/v1/namespaces/default/configmaps/none",
