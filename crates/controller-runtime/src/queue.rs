@@ -16,8 +16,8 @@ struct State {
     dirty: HashSet<String>,
     processing: HashSet<String>,
     failures: HashMap<String, u32>,
-    /// Keys whose batching window is open (see [`Queue::add_batched`]).
-    batching: HashSet<String>,
+    /// Keys whose batching window is open, and when it closes (see [`Queue::add_batched`]).
+    batching: HashMap<String, tokio::time::Instant>,
 }
 
 /// The queue; share it behind an `Arc`.
@@ -77,16 +77,31 @@ impl Queue {
     /// sync over every pod. A key already waiting is left as it is.
     pub fn add_batched(self: &Arc<Self>, key: impl Into<String>, window: Duration) {
         let key = key.into();
+        let closes = tokio::time::Instant::now() + window;
         {
             let mut state = self.state();
-            if state.dirty.contains(&key) || !state.batching.insert(key.clone()) {
+            if state.dirty.contains(&key) {
                 return;
+            }
+            // A window that closes sooner replaces a longer one still open (an owner whose
+            // outstanding creations were all just seen is no longer content to wait long).
+            match state.batching.get(&key) {
+                Some(open) if *open <= closes => return,
+                _ => {
+                    state.batching.insert(key.clone(), closes);
+                }
             }
         }
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(window).await;
-            queue.state().batching.remove(&key);
+            tokio::time::sleep_until(closes).await;
+            let mut state = queue.state();
+            // Only the window still open adds the key; a replaced one ends silently.
+            if state.batching.get(&key) != Some(&closes) {
+                return;
+            }
+            state.batching.remove(&key);
+            drop(state);
             queue.add(key);
         });
     }
@@ -256,5 +271,25 @@ mod tests {
         assert_eq!(q.get().await, "rs");
         q.done("rs");
         assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_window_replaces_a_longer_one_still_open() {
+        let q = Queue::new();
+        let start = tokio::time::Instant::now();
+        q.add_batched("ds", Duration::from_millis(500));
+        q.add_batched("ds", Duration::from_millis(50));
+        assert_eq!(q.get().await, "ds");
+        assert_eq!(start.elapsed(), Duration::from_millis(50), "the shorter window decides");
+        q.done("ds");
+        // The replaced window ends without adding the key once more.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(q.is_empty());
+        // A longer window does not extend a shorter one.
+        q.add_batched("ds", Duration::from_millis(50));
+        q.add_batched("ds", Duration::from_millis(500));
+        let start = tokio::time::Instant::now();
+        assert_eq!(q.get().await, "ds");
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
     }
 }

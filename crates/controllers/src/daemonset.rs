@@ -111,6 +111,19 @@ pub fn eligible(
     (run, keep)
 }
 
+/// Whether a DaemonSet changed in nothing but its status (and bookkeeping): the controller's
+/// own status write, which no decision depends on.
+fn status_only(old: &DaemonSet, new: &DaemonSet) -> bool {
+    let (o, n) = (&old.metadata, &new.metadata);
+    old.spec == new.spec
+        && o.generation == n.generation
+        && o.deletion_timestamp == n.deletion_timestamp
+        && o.labels == n.labels
+        && o.annotations == n.annotations
+        && o.owner_references == n.owner_references
+        && o.finalizers == n.finalizers
+}
+
 /// The node a daemon pod is for: where it is bound, else the node its affinity names.
 pub fn node_of(pod: &CachedPod) -> Option<&str> {
     let spec = pod.spec.as_ref()?;
@@ -444,6 +457,13 @@ impl DaemonSetController {
             if let Change::Deleted(s) = change {
                 c.expectations.forget(&key_of(s.as_ref()));
             }
+            // Its own status writes come back as updates: a sync each would walk every node
+            // again to find the status it just wrote.
+            if let Change::Updated(old, new) = change
+                && status_only(old, new)
+            {
+                return;
+            }
             let (Change::Added(s) | Change::Updated(_, s) | Change::Deleted(s)) = change;
             c.queue.add(key_of(s.as_ref()));
         });
@@ -478,7 +498,7 @@ impl DaemonSetController {
                         // wait per batch was a tenth of a 5,000-node rollout).
                         self.queue.add(key);
                     } else {
-                        self.queue.add_batched(key, BATCH_WINDOW);
+                        self.queue.add_batched(key, pod_control::OUTSTANDING_WINDOW);
                     }
                 } else if informer::controller_of(pod.as_ref()).is_none() {
                     self.enqueue_matching(pod);
@@ -492,9 +512,9 @@ impl DaemonSetController {
                 }
                 match set_key_of(pod) {
                     Some(key) => {
-                        if pod.metadata.deletion_timestamp.is_some()
-                            && old.metadata.deletion_timestamp.is_none()
-                        {
+                        let newly_deleting = pod.metadata.deletion_timestamp.is_some()
+                            && old.metadata.deletion_timestamp.is_none();
+                        if newly_deleting {
                             self.expectations.deleted(&key, &key_of(pod.as_ref()));
                         }
                         // Changes nothing counted or decided depends on (a binding to the
@@ -502,7 +522,13 @@ impl DaemonSetController {
                         if pod_control::counted_differently(old, pod)
                             || node_of(old) != node_of(pod)
                         {
-                            self.queue.add_batched(key, BATCH_WINDOW);
+                            let satisfied = self.expectations.satisfied(&key);
+                            if newly_deleting && satisfied {
+                                // The last deletion of a batch: the next step may go at once.
+                                self.queue.add(key);
+                            } else {
+                                self.queue.add_batched(key, pod_control::window(satisfied));
+                            }
                         }
                     }
                     None if informer::controller_of(pod.as_ref()).is_none() => {
@@ -897,6 +923,31 @@ mod tests {
             tolerations.iter().any(|t| t.key.as_deref() == Some("node.kubernetes.io/not-ready")
                 && t.effect.as_deref() == Some("NoExecute"))
         );
+    }
+
+    #[test]
+    fn only_a_change_beside_the_status_makes_a_sync() {
+        let set: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "d", "generation": 1, "resourceVersion": "1"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}},
+                     "template": {"metadata": {"labels": {"a": "b"}}}}
+        }))
+        .unwrap();
+        let mut written = set.clone();
+        written.metadata.resource_version = Some("2".into());
+        written.status = Some(DaemonSetStatus { number_ready: 3, ..DaemonSetStatus::default() });
+        assert!(status_only(&set, &written), "its own status write");
+        let mut edited = written.clone();
+        edited.metadata.generation = Some(2);
+        edited.spec.min_ready_seconds = Some(5);
+        assert!(!status_only(&written, &edited), "a spec change");
+        let mut deleting = written.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        assert!(!status_only(&written, &deleting), "a deletion");
+        let mut relabelled = written.clone();
+        relabelled.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+        assert!(!status_only(&written, &relabelled), "a label");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{self, Change, Informer, key_of, split_key};
-use crate::pod_control::{self, BATCH_WINDOW, Expectations, controller_ref};
+use crate::pod_control::{self, Expectations, controller_ref};
 use crate::queue::{Queue, Requeue, run_workers};
 use crate::selectors::label_selector_matches;
 
@@ -270,7 +270,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                             // The last pod of a batch: the next batch may go at once.
                             self.queue.add(key);
                         } else {
-                            self.queue.add_batched(key, BATCH_WINDOW);
+                            self.queue.add_batched(key, pod_control::OUTSTANDING_WINDOW);
                         }
                     }
                     None if informer::controller_of(pod.as_ref()).is_none() => {
@@ -281,10 +281,9 @@ impl<K: ReplicaOwner> ReplicaController<K> {
             }
             Change::Updated(old, pod) => {
                 let key = owner_key::<K>(pod);
-                if pod.metadata.deletion_timestamp.is_some()
-                    && old.metadata.deletion_timestamp.is_none()
-                    && let Some(k) = &key
-                {
+                let newly_deleting = pod.metadata.deletion_timestamp.is_some()
+                    && old.metadata.deletion_timestamp.is_none();
+                if newly_deleting && let Some(k) = &key {
                     // A pod being deleted counts as gone for expectations, as upstream.
                     self.expectations.deleted(k, &key_of(pod.as_ref()));
                 }
@@ -297,7 +296,13 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 match key {
                     Some(k) if old_key.as_ref() != Some(&k) => self.queue.add(k),
                     Some(k) if pod_control::counted_differently(old, pod) => {
-                        self.queue.add_batched(k, BATCH_WINDOW);
+                        let satisfied = self.expectations.satisfied(&k);
+                        if newly_deleting && satisfied {
+                            // The last deletion of a batch: the next step may go at once.
+                            self.queue.add(k);
+                        } else {
+                            self.queue.add_batched(k, pod_control::window(satisfied));
+                        }
                     }
                     // Binding and other changes that neither the status nor any decision
                     // of the ReplicaSet depends on.
