@@ -493,13 +493,7 @@ impl DaemonSetController {
             Change::Added(pod) => {
                 if let Some(key) = set_key_of(pod) {
                     self.expectations.created(&key);
-                    if self.expectations.satisfied(&key) {
-                        // The last pod of a batch: the next batch may go at once (a 50 ms
-                        // wait per batch was a tenth of a 5,000-node rollout).
-                        self.queue.add(key);
-                    } else {
-                        self.queue.add_batched(key, pod_control::OUTSTANDING_WINDOW);
-                    }
+                    pod_control::enqueue_owner(&self.queue, &self.expectations, key, true);
                 } else if informer::controller_of(pod.as_ref()).is_none() {
                     self.enqueue_matching(pod);
                 }
@@ -522,13 +516,12 @@ impl DaemonSetController {
                         if pod_control::counted_differently(old, pod)
                             || node_of(old) != node_of(pod)
                         {
-                            let satisfied = self.expectations.satisfied(&key);
-                            if newly_deleting && satisfied {
-                                // The last deletion of a batch: the next step may go at once.
-                                self.queue.add(key);
-                            } else {
-                                self.queue.add_batched(key, pod_control::window(satisfied));
-                            }
+                            pod_control::enqueue_owner(
+                                &self.queue,
+                                &self.expectations,
+                                key,
+                                newly_deleting,
+                            );
                         }
                     }
                     None if informer::controller_of(pod.as_ref()).is_none() => {

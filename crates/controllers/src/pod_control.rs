@@ -16,6 +16,7 @@ use crate::Error;
 use crate::cached_pod::CachedPod;
 use crate::events::{EventType, Recorder, object_ref};
 use crate::informer::{BY_CONTROLLER, Informer, ORPHANS_BY_NAMESPACE};
+use crate::queue::Queue;
 
 /// How long a pod-owning controller (ReplicaSet, DaemonSet) gathers its pods' changes before
 /// a sync: a sync reads every pod of the owner (and, for a DaemonSet, every node), so under
@@ -27,12 +28,23 @@ pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(50);
 /// everything anyway, so the syncs in between could only refresh the status, and each one
 /// delayed that next sync by its own length (a DaemonSet's sync walks every node: at 5,000
 /// nodes, two dozen of them were a tenth of the DaemonSet's creation).
-pub(crate) const OUTSTANDING_WINDOW: Duration = Duration::from_millis(500);
+const OUTSTANDING_WINDOW: Duration = Duration::from_millis(500);
 
-/// The batch window for a counted change of a pod of an owner whose expectations are (or
-/// are not) satisfied.
-pub(crate) fn window(satisfied: bool) -> Duration {
-    if satisfied { BATCH_WINDOW } else { OUTSTANDING_WINDOW }
+/// Queues the owner `key` after a change of one of its pods that it counts. `observed`: the
+/// change is a creation or deletion of the owner's being seen, which the expectations just
+/// took in. The last outstanding one seen syncs at once (the next batch may go); other
+/// changes wait the batch window, or the longer one while some are still outstanding.
+pub(crate) fn enqueue_owner(
+    queue: &Arc<Queue>,
+    expectations: &Expectations,
+    key: String,
+    observed: bool,
+) {
+    match (expectations.satisfied(&key), observed) {
+        (true, true) => queue.add(key),
+        (true, false) => queue.add_batched(key, BATCH_WINDOW),
+        (false, _) => queue.add_batched(key, OUTSTANDING_WINDOW),
+    }
 }
 
 /// Whether a pod's change may change what a pod-owning controller counts or decides: its

@@ -266,12 +266,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 match owner_key::<K>(pod) {
                     Some(key) => {
                         self.expectations.created(&key);
-                        if self.expectations.satisfied(&key) {
-                            // The last pod of a batch: the next batch may go at once.
-                            self.queue.add(key);
-                        } else {
-                            self.queue.add_batched(key, pod_control::OUTSTANDING_WINDOW);
-                        }
+                        pod_control::enqueue_owner(&self.queue, &self.expectations, key, true);
                     }
                     None if informer::controller_of(pod.as_ref()).is_none() => {
                         self.enqueue_matching(pod)
@@ -296,13 +291,12 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 match key {
                     Some(k) if old_key.as_ref() != Some(&k) => self.queue.add(k),
                     Some(k) if pod_control::counted_differently(old, pod) => {
-                        let satisfied = self.expectations.satisfied(&k);
-                        if newly_deleting && satisfied {
-                            // The last deletion of a batch: the next step may go at once.
-                            self.queue.add(k);
-                        } else {
-                            self.queue.add_batched(k, pod_control::window(satisfied));
-                        }
+                        pod_control::enqueue_owner(
+                            &self.queue,
+                            &self.expectations,
+                            k,
+                            newly_deleting,
+                        );
                     }
                     // Binding and other changes that neither the status nor any decision
                     // of the ReplicaSet depends on.
