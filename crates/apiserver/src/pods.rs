@@ -58,21 +58,10 @@ pub async fn bind(
     }
     let annotations = body.pointer("/metadata/annotations").cloned();
     // The pod itself is not validated again by a binding (see `Rest::guaranteed_update`):
-    // what the binding brings into it, its annotations, is checked here.
+    // what the binding brings into it, its annotations, is checked here, alone and then
+    // merged into the pod's (their total size is bounded).
     if let Some(annotations) = &annotations {
-        let mut causes = Vec::new();
-        let probe = json!({"metadata": {"name": name, "annotations": annotations}});
-        crate::strategy::validate_metadata(
-            crate::strategy::NameRule::Subdomain,
-            &probe,
-            &mut causes,
-        );
-        if !annotations.is_object() && !annotations.is_null() {
-            causes.push(Cause::new("FieldValueInvalid", "metadata.annotations", "must be a map"));
-        }
-        if !causes.is_empty() {
-            return Err(ApiError::invalid("Binding", "", name, causes));
-        }
+        check_annotations(name, annotations)?;
     }
     let rt = pods_type(rest)?;
     let now =
@@ -108,6 +97,7 @@ pub async fn bind(
                     target.insert(k.clone(), v.clone());
                 }
             }
+            check_annotations(name, target)?;
         }
         set_condition(
             &mut pod,
@@ -118,6 +108,22 @@ pub async fn bind(
     })
     .await?;
     Ok(success(201))
+}
+
+/// Upstream's metadata rules for `annotations` (keys, total size), as a Binding's 422.
+fn check_annotations(name: &str, annotations: &Value) -> ApiResult<()> {
+    let mut causes = Vec::new();
+    if annotations.is_object() {
+        let probe = json!({"metadata": {"name": name, "annotations": annotations}});
+        crate::strategy::validate_metadata(
+            crate::strategy::NameRule::Subdomain,
+            &probe,
+            &mut causes,
+        );
+    } else if !annotations.is_null() {
+        causes.push(Cause::new("FieldValueInvalid", "metadata.annotations", "must be a map"));
+    }
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid("Binding", "", name, causes)) }
 }
 
 /// Replaces the pod condition of the same type, or adds it.
@@ -280,6 +286,19 @@ mod tests {
         assert_eq!(scaled(&json!("50%"), 3), Some(2));
         assert_eq!(scaled(&json!("10%"), 10), Some(1));
         assert_eq!(scaled(&json!("x"), 10), None);
+    }
+
+    #[test]
+    fn binding_annotations_follow_the_metadata_rules() {
+        assert!(check_annotations("p", &json!({"a.example/b": "c"})).is_ok());
+        assert!(check_annotations("p", &Value::Null).is_ok());
+        assert_eq!(check_annotations("p", &json!({"not a key!": "v"})).unwrap_err().code, 422);
+        assert_eq!(check_annotations("p", &json!("text")).unwrap_err().code, 422);
+        // Over the total size once merged into the pod's own.
+        let big = "x".repeat(200 * 1024);
+        assert!(check_annotations("p", &json!({"a": big})).is_ok());
+        let merged = json!({"a": big, "b": big});
+        assert_eq!(check_annotations("p", &merged).unwrap_err().code, 422);
     }
 
     #[test]
