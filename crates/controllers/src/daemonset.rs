@@ -669,56 +669,60 @@ impl DaemonSetController {
                 .collect::<HashSet<_>>(),
         );
         let template = history::template_of(revision).unwrap_or_else(|| set.spec.template.clone());
-        let mut first_error = None;
-        let mut made = 0;
-        let mut batch = 1;
-        while made < create.len() && first_error.is_none() {
-            let chunk = &create[made..(made + batch).min(create.len())];
-            made += chunk.len();
-            batch *= 2;
-            let creates = futures::future::join_all(chunk.iter().map(|node| {
-                let pod = pod_for(set, &template, hash, node);
-                let api = api.clone();
-                async move { (node, api.create(&PostParams::default(), &pod).await) }
-            }))
-            .await;
-            for (node, result) in creates {
-                match result {
-                    Ok(pod) => self.recorder.record(
-                        object_ref(set),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", pod.name_any()),
-                    ),
-                    Err(e) => {
-                        self.expectations.created(key);
-                        self.recorder.record(
+        // Creations and deletions are for different nodes: made side by side, a rolling
+        // update's sync (pods made where the old ones are gone, the next old ones deleted)
+        // takes the longer of the two rather than their sum.
+        let creating = async {
+            let mut first_error = None;
+            let mut made = 0;
+            let mut batch = 1;
+            while made < create.len() && first_error.is_none() {
+                let chunk = &create[made..(made + batch).min(create.len())];
+                made += chunk.len();
+                batch *= 2;
+                let creates = futures::future::join_all(chunk.iter().map(|node| {
+                    let pod = pod_for(set, &template, hash, node);
+                    let api = api.clone();
+                    async move { (node, api.create(&PostParams::default(), &pod).await) }
+                }))
+                .await;
+                for (node, result) in creates {
+                    match result {
+                        Ok(pod) => self.recorder.record(
                             object_ref(set),
-                            EventType::Warning,
-                            "FailedCreate",
-                            format!("Error creating pod for node {node}: {e}"),
-                        );
-                        first_error.get_or_insert(e);
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", pod.name_any()),
+                        ),
+                        Err(e) => {
+                            self.expectations.created(key);
+                            self.recorder.record(
+                                object_ref(set),
+                                EventType::Warning,
+                                "FailedCreate",
+                                format!("Error creating pod for node {node}: {e}"),
+                            );
+                            first_error.get_or_insert(e);
+                        }
                     }
                 }
             }
-        }
-        // Creations never attempted are not expected either.
-        for _ in made..create.len() {
-            self.expectations.created(key);
-        }
-        if let Some(e) = pod_control::delete_pods(
+            // Creations never attempted are not expected either.
+            for _ in made..create.len() {
+                self.expectations.created(key);
+            }
+            first_error
+        };
+        let deleting = pod_control::delete_pods(
             &api,
             &self.recorder,
             set,
             &self.expectations,
             key,
             &plan.delete,
-        )
-        .await
-        {
-            first_error.get_or_insert(e);
-        }
+        );
+        let (create_error, delete_error) = futures::join!(creating, deleting);
+        let first_error = create_error.or(delete_error);
         match first_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
