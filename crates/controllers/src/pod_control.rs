@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -22,6 +23,9 @@ use crate::queue::Queue;
 /// a sync: a sync reads every pod of the owner (and, for a DaemonSet, every node), so under
 /// churn one sync per window replaces one per change.
 pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// How many of a sync's pod deletions are in flight at once.
+const DELETE_CONCURRENCY: usize = 64;
 
 /// How long a pod's change waits before its owner's sync while the owner's creations or
 /// deletions are still outstanding: the sync the last of them triggers (at once) recomputes
@@ -246,15 +250,22 @@ pub(crate) async fn delete_pods<K: Resource<DynamicType = ()>>(
     victims: &[(String, String)],
 ) -> Option<kube::Error> {
     let namespace = owner.meta().namespace.clone().unwrap_or_default();
-    // All at once, as the ReplicaSet controller deletes (and upstream's): one after another,
-    // a DaemonSet's rolling update of 250 nodes a sync spent half a second here.
-    let results = futures::future::join_all(victims.iter().map(|(name, uid)| {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
-            ..DeleteParams::default()
-        };
-        async move { (name, api.delete(name, &params).await) }
+    // Side by side, as upstream's controllers delete: one after another, a DaemonSet's
+    // rolling update of 250 nodes a sync spent half a second here. Bounded, so that a
+    // controller run out of process does not open a connection per victim.
+    let results: Vec<_> = futures::stream::iter(victims.iter().cloned().map(|(name, uid)| {
+        let api = api.clone();
+        async move {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+                ..DeleteParams::default()
+            };
+            let result = api.delete(&name, &params).await;
+            (name, result)
+        }
     }))
+    .buffer_unordered(DELETE_CONCURRENCY)
+    .collect()
     .await;
     let mut first_error = None;
     for (name, result) in results {
