@@ -1167,7 +1167,7 @@ impl ApiServer {
                 let options = write_options(&query, &user_agent, user)?;
                 crate::pods::bind(&self.rest, ns, name, &body, &options).await?
             } else {
-                let options = delete_options(&query, &[], &content_type, user)?;
+                let options = delete_options(&query, &[], &content_type, user, false)?;
                 crate::pods::evict(&self.rest, ns, name, &body, options).await?
             };
             return Ok(json_response(StatusCode::CREATED, &answer));
@@ -1351,14 +1351,16 @@ impl ApiServer {
             "delete" => {
                 let name = target.name.clone().unwrap_or_default();
                 let bytes = read_bytes(request).await?;
-                let options = delete_options(&query, &bytes, &content_type, user)?;
+                let options =
+                    delete_options(&query, &bytes, &content_type, user, rt.orphans_by_default())?;
                 let object = self.rest.delete(&rt, ns, &name, &options).await?;
                 self.after_write(&rt, &object, true, options.dry_run).await;
                 Ok(json_response(StatusCode::OK, &object))
             }
             "deletecollection" => {
                 let bytes = read_bytes(request).await?;
-                let options = delete_options(&query, &bytes, &content_type, user)?;
+                let options =
+                    delete_options(&query, &bytes, &content_type, user, rt.orphans_by_default())?;
                 let list = list_options(&rt, &query)?;
                 let page = self
                     .rest
@@ -1765,11 +1767,14 @@ fn write_options(
     })
 }
 
+/// The options of a delete. `orphan_by_default`: the resource's dependents are orphaned
+/// when the request says nothing of them (see `ResourceType::orphans_by_default`).
 fn delete_options(
     query: &Query,
     body: &[u8],
     content_type: &str,
     user: Option<&UserInfo>,
+    orphan_by_default: bool,
 ) -> ApiResult<DeleteOptions> {
     let mut options = DeleteOptions {
         user: user.cloned(),
@@ -1778,9 +1783,7 @@ fn delete_options(
         dry_run: dry_run(query)?,
         ..DeleteOptions::default()
     };
-    if query.get("orphanDependents") == Some("true") && options.propagation_policy.is_none() {
-        options.propagation_policy = Some("Orphan".into());
-    }
+    let mut orphan_dependents = query.get("orphanDependents").map(|o| o == "true");
     if !body.is_empty() {
         let value: Value = if protobuf::is_protobuf(content_type) {
             protobuf::decode_object(body)?
@@ -1796,10 +1799,8 @@ fn delete_options(
             }
             options.propagation_policy = Some(p.to_owned());
         }
-        if value.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-            && options.propagation_policy.is_none()
-        {
-            options.propagation_policy = Some("Orphan".into());
+        if let Some(o) = value.get("orphanDependents").and_then(Value::as_bool) {
+            orphan_dependents = Some(o);
         }
         if let Some(g) = value.get("gracePeriodSeconds").and_then(Value::as_i64) {
             options.grace_period_seconds = Some(g);
@@ -1813,6 +1814,11 @@ fn delete_options(
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(str::to_owned);
+    }
+    // A policy decides; else the deprecated `orphanDependents` (false: dependents go in the
+    // background); else the resource's own default.
+    if options.propagation_policy.is_none() && orphan_dependents.unwrap_or(orphan_by_default) {
+        options.propagation_policy = Some("Orphan".into());
     }
     Ok(options)
 }

@@ -88,6 +88,17 @@ pub(crate) struct Conversion {
 }
 
 impl ResourceType {
+    /// Whether a delete that names no propagation policy orphans the dependents: batch/v1
+    /// Jobs and v1 ReplicationControllers keep the behaviour they had before the server
+    /// collected garbage, as upstream keeps it (`kubectl` always names a policy; a client
+    /// that deletes a Job bare leaves its pods).
+    pub(crate) fn orphans_by_default(&self) -> bool {
+        matches!(
+            (self.group.as_str(), self.version.as_str(), self.plural.as_str()),
+            ("batch", "v1", "jobs") | ("", "v1", "replicationcontrollers")
+        )
+    }
+
     /// Checks every resource quantity of `object` (see [`crate::quantity::validate`]).
     pub(crate) fn validate_quantities(
         &self,

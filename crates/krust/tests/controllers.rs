@@ -660,6 +660,93 @@ fn orphaned_dependents_of_another_kind_survive_their_owner() {
 }
 
 #[test]
+fn jobs_and_replication_controllers_orphan_their_pods_when_a_delete_names_no_policy() {
+    // Upstream keeps the pre-garbage-collection default for batch/v1 Jobs and v1
+    // ReplicationControllers: a delete that names no policy orphans their pods (kubectl
+    // always names one; a bare API call does not). `orphanDependents=false` deletes them.
+    let server = KrustServer::start_control_plane(&[]);
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: ReplicationController
+metadata: {{name: rc-bare}}
+spec:
+  replicas: 2
+  selector: {{app: rc-bare}}
+  template:
+    metadata: {{labels: {{app: rc-bare}}}}
+    spec: {{containers: [{{name: c, image: {BUSYBOX}}}]}}
+---
+apiVersion: v1
+kind: ReplicationController
+metadata: {{name: rc-false}}
+spec:
+  replicas: 1
+  selector: {{app: rc-false}}
+  template:
+    metadata: {{labels: {{app: rc-false}}}}
+    spec: {{containers: [{{name: c, image: {BUSYBOX}}}]}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: job-bare}}
+spec:
+  parallelism: 2
+  completions: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: {BUSYBOX}}}]
+"#
+    );
+    server.ok_stdin(&["apply", "-f", "-"], &manifests);
+    let count = |selector: &str| {
+        let pods = server.ok(&["get", "pods", "-l", selector, "-o", "name"]);
+        pods.lines().filter(|l| !l.is_empty()).count()
+    };
+    for (selector, n) in [("app=rc-bare", 2), ("app=rc-false", 1), ("job-name=job-bare", 2)] {
+        server.wait_for(
+            &["get", "pods", "-l", selector, "-o", "name"],
+            Duration::from_secs(60),
+            |o| o.lines().filter(|l| !l.is_empty()).count() == n,
+        );
+    }
+    server.ok(&["delete", "--raw", "/api/v1/namespaces/default/replicationcontrollers/rc-bare"]);
+    server.ok(&["delete", "--raw", "/apis/batch/v1/namespaces/default/jobs/job-bare"]);
+    server.ok(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/replicationcontrollers/rc-false?orphanDependents=false",
+    ]);
+    // The owners go; the explicit `false` takes its pod along.
+    server.wait_for(&["get", "rc,jobs", "-o", "name"], Duration::from_secs(60), |o| {
+        o.trim().is_empty()
+    });
+    server.wait_for(
+        &["get", "pods", "-l", "app=rc-false", "-o", "name"],
+        Duration::from_secs(60),
+        |o| o.trim().is_empty(),
+    );
+    // The others are orphans: no reference left, none deleted.
+    for selector in ["app=rc-bare", "job-name=job-bare"] {
+        server.wait_for(
+            &["get", "pods", "-l", selector, "-o", "jsonpath={.items[*].metadata.ownerReferences}"],
+            Duration::from_secs(60),
+            |o| o.trim().is_empty(),
+        );
+    }
+    assert_eq!(count("app=rc-bare"), 2, "a bare delete of a ReplicationController took its pods");
+    let job_pods = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=job-bare",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.deletionTimestamp}{\"/\"}{end}",
+    ]);
+    assert_eq!(job_pods.trim(), "//", "a bare delete of a Job took its pods: {job_pods}");
+}
+
+#[test]
 fn endpoints_and_slices_follow_the_pods_a_service_selects() {
     let server = KrustServer::start_control_plane(&[]);
     let _nodes = SimNodes::start(&server, "ep", 2, &[]);
