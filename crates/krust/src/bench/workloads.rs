@@ -3,7 +3,7 @@
 //! scheduler and controllers: a DaemonSet created and rolled across every node beside a
 //! Deployment of as many replicas (the same pods-per-second path, measured in the same
 //! run), Jobs of one pod each run to completion (the simulated kubelet finishes pods
-//! labelled `sim.krust.io/exit-code`), and CronJobs all due in the same minute.
+//! labelled `sim.krust.io/exit-code`), one Job of many pods, and CronJobs all due in the same minute.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 use super::api::Server;
 
@@ -29,6 +29,12 @@ pub(crate) struct WorkloadsBenchArgs {
     /// CronJobs due in the same minute.
     #[arg(long, default_value_t = 1000)]
     cron_jobs: usize,
+    /// Completions of the one large Job (0: no such phase).
+    #[arg(long, default_value_t = 5000)]
+    job_completions: i32,
+    /// Its parallelism.
+    #[arg(long, default_value_t = 500)]
+    job_parallelism: i32,
     /// The DaemonSet's rolling update budget.
     #[arg(long, default_value = "10%")]
     max_unavailable: String,
@@ -209,7 +215,34 @@ pub(crate) async fn run(args: WorkloadsBenchArgs) -> anyhow::Result<()> {
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64()
     );
-    jobs.delete_collection(&Default::default(), &ListParams::default()).await?;
+    // Named: a Job deleted bare orphans its pods, as upstream's does.
+    jobs.delete_collection(&DeleteParams::background(), &ListParams::default()).await?;
+    drain(&pods, "the Jobs").await?;
+
+    // One Job of many pods, `parallelism` at a time: each sync sees a batch finish, counts
+    // it, releases its finalizers and makes the next batch.
+    if args.job_completions > 0 {
+        let (completions, parallelism) = (args.job_completions, args.job_parallelism);
+        let mut t = job_template.clone();
+        t["spec"]["restartPolicy"] = serde_json::json!("Never");
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "large"},
+            "spec": {"completions": completions, "parallelism": parallelism, "template": t}
+        }))?;
+        jobs.create(&PostParams::default(), &job).await?;
+        let took = until(Duration::from_secs(1800), "the large Job", || {
+            let jobs = jobs.clone();
+            async move { Ok(complete(&jobs.get("large").await?)) }
+        })
+        .await?;
+        println!(
+            "a Job of {completions} completions, parallelism {parallelism}: Complete after {:.2} s: {:.0} pods/s",
+            took.as_secs_f64(),
+            f64::from(completions) / took.as_secs_f64()
+        );
+        jobs.delete("large", &DeleteParams::background()).await?;
+        drain(&pods, "the large Job").await?;
+    }
 
     // CronJobs due in the same minute: created just after a minute starts, they first run at
     // the next; measured from that minute until every one has its Job.
