@@ -450,6 +450,7 @@ const MEANINGFUL_ZERO: &[&str] = &[
     "maxFailedIndexes",
     "mode",
     "optional",
+    "orphanDependents",
     "parallelism",
     "partition",
     "priority",
@@ -644,6 +645,17 @@ mod tests {
             pod["volumes"][0],
             serde_json::json!({"name": "scratch", "emptyDir": {"medium": "Memory"}})
         );
+    }
+
+    #[test]
+    fn delete_options_keep_an_explicit_orphan_dependents_false() {
+        // `orphanDependents: false` (field 3) differs from leaving it out: for a Job or a
+        // ReplicationController the default is to orphan (the e2e framework's deletes send it).
+        let raw = [3 << 3, 0];
+        let options = decode_object(&envelope("batch/v1", "DeleteOptions", &raw)).unwrap();
+        assert_eq!(options["orphanDependents"], serde_json::json!(false));
+        let options = decode_object(&envelope("v1", "DeleteOptions", &[])).unwrap();
+        assert!(options.get("orphanDependents").is_none());
     }
 
     #[test]
