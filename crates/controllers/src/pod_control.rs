@@ -25,7 +25,7 @@ use crate::queue::Queue;
 pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 /// How many of a sync's pod deletions are in flight at once.
-const DELETE_CONCURRENCY: usize = 64;
+const DELETIONS_IN_FLIGHT: usize = 64;
 
 /// How long a pod's change waits before its owner's sync while the owner's creations or
 /// deletions are still outstanding: the sync the last of them triggers (at once) recomputes
@@ -264,7 +264,7 @@ pub(crate) async fn delete_pods<K: Resource<DynamicType = ()>>(
             (name, result)
         }
     }))
-    .buffer_unordered(DELETE_CONCURRENCY)
+    .buffer_unordered(DELETIONS_IN_FLIGHT)
     .collect()
     .await;
     let mut first_error = None;

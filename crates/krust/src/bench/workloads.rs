@@ -3,7 +3,8 @@
 //! scheduler and controllers: a DaemonSet created and rolled across every node beside a
 //! Deployment of as many replicas (the same pods-per-second path, measured in the same
 //! run), Jobs of one pod each run to completion (the simulated kubelet finishes pods
-//! labelled `sim.krust.io/exit-code`), one Job of many pods, and CronJobs all due in the same minute.
+//! labelled `sim.krust.io/exit-code`), one Job of many pods, and CronJobs all due in the
+//! same minute.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
