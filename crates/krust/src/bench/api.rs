@@ -535,14 +535,29 @@ fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {
 
 /// CPU time (user and system) process `pid` has used, in seconds (0 if unreadable).
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces; the fields after it are space-separated, with
-    // utime and stime the 12th and 13th after the closing parenthesis.
+    // utime and stime.
+    stat_seconds(&format!("/proc/{pid}/stat"), [11, 12])
+}
+
+/// CPU time (user and system) of this process's children that have ended and been waited
+/// for: read before and after a `Command::output()`, the difference is that command's own.
+/// (The server and simulator children are waited for only at the end.)
+pub(crate) fn waited_children_cpu_seconds() -> f64 {
+    // cutime and cstime.
+    stat_seconds("/proc/self/stat", [13, 14])
+}
+
+/// The sum of two tick fields of a `/proc/…/stat`, in seconds.
+fn stat_seconds(path: &str, fields_after_name: [usize; 2]) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are space-separated, counted
+    // from the closing parenthesis (utime is the 12th, as index 11).
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    let ticks: u64 =
+        fields_after_name.iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
     // /proc counts in USER_HZ, which Linux fixes at 100 for this interface.
     ticks as f64 / 100.0
 }
