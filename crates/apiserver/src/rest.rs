@@ -243,13 +243,62 @@ pub struct MetadataOnly {
 }
 
 /// `metadata` of a stored or listed object's JSON (defaults when it cannot be read).
+///
+/// Reading stops at the end of `metadata`: a selected list reads this for every object of
+/// the collection, and stored objects have their keys sorted, so `metadata` comes before
+/// `spec` and `status`, most of a pod's bytes, which are then never scanned.
 pub fn metadata_of(bytes: &[u8]) -> MetadataOnly {
-    #[derive(serde::Deserialize)]
-    struct Wrapper {
-        #[serde(default)]
-        metadata: MetadataOnly,
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
+
+    /// Whether a key is `metadata` (escaped keys included).
+    struct IsMetadata(bool);
+    impl<'de> serde::Deserialize<'de> for IsMetadata {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Key;
+            impl Visitor<'_> for Key {
+                type Value = IsMetadata;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsMetadata, E> {
+                    Ok(IsMetadata(key == "metadata"))
+                }
+            }
+            d.deserialize_str(Key)
+        }
     }
-    serde_json::from_slice::<Wrapper>(bytes).map(|w| w.metadata).unwrap_or_default()
+
+    /// The object: its `metadata` goes to the slot, and the read then ends with an error
+    /// that only says "done" (serde_json would otherwise insist on reading to the end).
+    struct Object<'a>(&'a mut Option<MetadataOnly>);
+    impl<'de> DeserializeSeed<'de> for Object<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Object<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(IsMetadata(metadata)) = map.next_key()? {
+                if metadata {
+                    *self.0 = Some(map.next_value()?);
+                    return Err(A::Error::custom("metadata read"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut metadata = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // The error is either the stop above (the slot is filled) or unreadable JSON (defaults).
+    let _ = Object(&mut metadata).deserialize(&mut deserializer);
+    metadata.unwrap_or_default()
 }
 
 /// A list read.
@@ -1691,5 +1740,39 @@ mod tests {
         );
         let stamped: Value = serde_json::from_slice(&stamp(&kv(legacy, 7)).unwrap()).unwrap();
         assert_eq!(stamped["metadata"]["resourceVersion"], "7");
+    }
+
+    #[test]
+    fn metadata_is_read_without_the_rest_of_the_object() {
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "web-1",
+                "namespace": "shop",
+                "labels": {"app": "web", "tier": "front"},
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                "uid": "u-1",
+            },
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running"},
+        });
+        let bytes = serde_json::to_vec(&pod).unwrap();
+        let m = metadata_of(&bytes);
+        assert_eq!((m.name.as_str(), m.namespace.as_str()), ("web-1", "shop"));
+        assert_eq!(m.labels.get("tier").map(String::as_str), Some("front"));
+        // What follows `metadata` is never read: even broken JSON there does not matter.
+        let cut = bytes.windows(7).position(|w| w == b"\"spec\":").unwrap();
+        let mut truncated = bytes[..cut].to_vec();
+        truncated.extend_from_slice(b"\"spec\": [1, }");
+        assert_eq!(metadata_of(&truncated).labels, m.labels);
+        // Keys in any order, escaped keys too.
+        let m = metadata_of(br#"{"spec":{"x":[1,{"metadata":{}}]},"meta\u0064ata":{"name":"n","labels":{"a":"b"}}}"#);
+        assert_eq!(m.name, "n");
+        assert_eq!(m.labels.get("a").map(String::as_str), Some("b"));
+        // No metadata, or no JSON: defaults.
+        assert!(metadata_of(br#"{"spec":{}}"#).name.is_empty());
+        assert!(metadata_of(b"not json").labels.is_empty());
+        assert!(metadata_of(br#"{"metadata":{"name":1}}"#).name.is_empty());
     }
 }
